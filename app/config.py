@@ -1,0 +1,116 @@
+"""One settings class, read from the environment (and `.env`), validated at start."""
+
+import ipaddress
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS_DIR = REPO_ROOT / "aws_cli_bash_scripts"
+DEFAULT_SANDBOX_URL = "http://127.0.0.1:5055"
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. A bad value stops the server at start with a clear message."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    aws_region: str | None = None
+    aws_default_region: str | None = None
+    ec2_endpoint_url: str | None = None
+    ec2_target: Literal["sandbox", "aws"] | None = None
+    key_name: str = Field("my_ec2_keypair", pattern=r"^[\x20-\x7e]{1,255}$")
+    ssh_key_path: str = "~/.ssh/my_ec2_keypair.pem"
+    database_url: str = "./data/instances.db"
+    backend: str = "awscli"
+    reconcile_interval_seconds: float = Field(30.0, gt=0, le=86400)
+    allowed_instance_types: Annotated[list[str], NoDecode] = ["t3.micro", "t4g.micro"]
+    free_tier_amis: Annotated[list[str], NoDecode] = []
+    ssh_ingress_cidr: str = "0.0.0.0/0"
+    aws_cli: str = "aws"
+    aws_cli_timeout_seconds: float = Field(60.0, gt=0, le=3600)
+    max_aws_processes: int = Field(8, ge=1, le=64)
+    ami_catalog_ttl_hours: float = Field(24.0, gt=0)
+
+    _split = field_validator("allowed_instance_types", "free_tier_amis", mode="before")(_split_csv)
+
+    @field_validator("backend")
+    @classmethod
+    def _backend_supported(cls, value: str) -> str:
+        if value != "awscli":
+            raise ValueError(f"BACKEND={value!r} is not supported; the only backend is 'awscli'")
+        return value
+
+    @field_validator("allowed_instance_types")
+    @classmethod
+    def _types_look_right(cls, value: list[str]) -> list[str]:
+        bad = [t for t in value if not re.fullmatch(r"[a-z][a-z0-9-]*\.[a-z0-9]+", t)]
+        if bad or not value:
+            raise ValueError(f"ALLOWED_INSTANCE_TYPES must list instance types like t3.micro, got {bad or value}")
+        return value
+
+    @field_validator("free_tier_amis")
+    @classmethod
+    def _amis_look_right(cls, value: list[str]) -> list[str]:
+        bad = [a for a in value if not re.fullmatch(r"ami-[0-9a-f]{8,17}", a)]
+        if bad:
+            raise ValueError(f"FREE_TIER_AMIS must list AMI ids like ami-0123456789abcdef0, got {bad}")
+        return value
+
+    @field_validator("ssh_ingress_cidr")
+    @classmethod
+    def _cidr(cls, value: str) -> str:
+        try:
+            net = ipaddress.IPv4Network(value, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"SSH_INGRESS_CIDR must be an IPv4 CIDR like 203.0.113.7/32: {exc}") from exc
+        return str(net)
+
+    @field_validator("ec2_endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("EC2_ENDPOINT_URL must start with http:// or https://")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _sandbox_endpoint(self) -> "Settings":
+        if self.ec2_target == "sandbox" and not self.ec2_endpoint_url:
+            self.ec2_endpoint_url = DEFAULT_SANDBOX_URL
+        if self.ec2_target == "aws" and self.ec2_endpoint_url:
+            raise ValueError("EC2_TARGET=aws but EC2_ENDPOINT_URL is set; unset one of them")
+        return self
+
+    @property
+    def region(self) -> str:
+        return self.aws_region or self.aws_default_region or "us-east-1"
+
+    @property
+    def target_label(self) -> str:
+        """SANDBOX when an emulator endpoint is set, AWS otherwise."""
+        return "SANDBOX" if self.ec2_endpoint_url else "AWS"
+
+    @property
+    def database_path(self) -> Path:
+        url = self.database_url
+        if url.startswith("sqlite:///"):
+            url = url[len("sqlite:///") :]
+        path = Path(url).expanduser()
+        return path if path.is_absolute() else Path.cwd() / path
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

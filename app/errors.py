@@ -1,0 +1,140 @@
+"""Domain errors and the one error envelope of the API.
+
+Every error body is ``{"detail": <a sentence to act on>, "code": <machine code>}``, plus
+``aws_error_code`` when AWS refused, and ``errors`` (field list) for schema failures.
+"""
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("ec2_creator")
+
+
+class ApiError(Exception):
+    """An error with an HTTP status, a machine code and a sentence a person can act on."""
+
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        code: str | None = None,
+        status_code: int | None = None,
+        aws_error_code: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if code:
+            self.code = code
+        if status_code:
+            self.status_code = status_code
+        self.aws_error_code = aws_error_code
+        self.retry_after = retry_after
+
+    def body(self) -> dict:
+        body: dict = {"detail": self.detail, "code": self.code}
+        if self.aws_error_code:
+            body["aws_error_code"] = self.aws_error_code
+        return body
+
+
+class NotFound(ApiError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(ApiError):
+    status_code = 409
+    code = "conflict"
+
+
+class PolicyViolation(ApiError):
+    """The request would leave the free tier (or breaks another local policy)."""
+
+    status_code = 400
+    code = "free_tier_violation"
+
+
+class BadRequest(ApiError):
+    status_code = 400
+    code = "bad_request"
+
+
+class Unavailable(ApiError):
+    status_code = 503
+    code = "aws_unavailable"
+
+
+class UpstreamTimeout(ApiError):
+    status_code = 504
+    code = "aws_timeout"
+
+
+class UpstreamError(ApiError):
+    status_code = 502
+    code = "aws_error"
+
+
+# Declared on routes so the OpenAPI schema documents the envelope.
+ERROR_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "detail": {"type": "string"},
+        "code": {"type": "string"},
+        "aws_error_code": {"type": "string"},
+        "errors": {"type": "array", "items": {"type": "object"}},
+    },
+    "required": ["detail", "code"],
+}
+
+
+def error_responses(*statuses: int) -> dict:
+    return {
+        status: {"description": "Error", "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+        for status in statuses
+    }
+
+
+def _json(status: int, body: dict, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content=body, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every error, ours and the framework's, to the one envelope."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        return _json(exc.status_code, exc.body(), headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
+            for err in exc.errors()
+        ]
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        where = ".".join(str(part) for part in first["loc"] if part != "body") or "request"
+        detail = f"Invalid request: {where}: {first['msg']}."
+        return _json(422, {"detail": detail, "code": "validation_error", "errors": errors})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}
+        detail = exc.detail if isinstance(exc.detail, str) else "Request failed."
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = "No such route. See /docs for the API."
+        return _json(exc.status_code, {"detail": detail, "code": codes.get(exc.status_code, "http_error")},
+                     getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", exc_info=exc)
+        return _json(500, {"detail": "Internal error; see the server log.", "code": "internal_error"})

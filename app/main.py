@@ -1,0 +1,80 @@
+"""The application: settings, database, reconciler task, routes, offline docs, one error envelope."""
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
+from pydantic import ValidationError
+
+from app.config import Settings, get_settings
+from app.errors import ApiError, install_error_handlers
+from app.models.instance import Health
+from app.routers import instances
+from app.services.aws_cli import AwsCli
+from app.services.db import Database
+from app.services.instances import InstanceService
+
+log = logging.getLogger("ec2_creator")
+
+
+def _load_settings() -> Settings:
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        raise SystemExit(f"ec2-creator-local: bad configuration: {problems}") from None
+
+
+async def _warm_catalog(service: InstanceService) -> None:
+    try:
+        await service.ensure_catalog()
+    except ApiError as exc:
+        log.warning("AMI catalogue not loaded yet (%s); the next create retries", exc.detail)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)
+    settings = _load_settings()
+    db = Database(settings.database_path)
+    await asyncio.to_thread(db.migrate)
+    service = InstanceService(settings, db, AwsCli(settings))
+    await service.load_catalog()
+    app.state.service = service
+    endpoint = settings.ec2_endpoint_url or "the AWS default endpoint"
+    log.info("EC2 Creator Local targets %s (%s, region %s); database %s", settings.target_label, endpoint,
+             settings.region, settings.database_path)
+    warm = asyncio.create_task(_warm_catalog(service))
+    service.reconciler.start()
+    try:
+        yield
+    finally:
+        await service.reconciler.stop()
+        warm.cancel()
+
+
+def create_app() -> FastAPI:
+    app = FastAPIOffline(
+        title="EC2 Creator Local",
+        version="1.0.0",
+        description="Provision and manage free-tier EC2 instances through AWS CLI scripts. "
+                    "Reads come from the local record; a background reconciler keeps it in step with EC2.",
+        lifespan=lifespan,
+        redoc_url=None,
+    )
+    install_error_handlers(app)
+    app.include_router(instances.router)
+
+    @app.get("/health", response_model=Health, tags=["health"])
+    async def health() -> dict:
+        """Liveness: answers at once, never calls AWS."""
+        return {"status": "ok"}
+
+    return app
+
+
+app = create_app()

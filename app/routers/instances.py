@@ -1,0 +1,73 @@
+"""Thin routes: validate, call the service, return the recorded instance."""
+
+from fastapi import APIRouter, Query, Response, status
+
+from app.deps import DbDep, InstanceDep, ServiceDep
+from app.errors import error_responses
+from app.models.instance import EventList, Instance, InstanceCreate, InstanceList, SyncResult
+
+router = APIRouter(prefix="/instances", tags=["instances"])
+
+AWS_ERRORS = (400, 404, 409, 422, 502, 503, 504)
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=Instance,
+             responses=error_responses(*AWS_ERRORS))
+async def create_instance(body: InstanceCreate, service: ServiceDep) -> dict:
+    """Launch a free-tier instance; answers as soon as EC2 accepted it (state pending)."""
+    return await service.create(body)
+
+
+@router.get("", response_model=InstanceList, responses=error_responses(422))
+def list_instances(db: DbDep, include_terminated: bool = Query(False, description="Also list terminated ones")) -> dict:
+    """List tracked instances (from the database; never calls AWS)."""
+    return {"instances": db.list_instances(include_terminated)}
+
+
+@router.post("/sync", response_model=SyncResult, responses=error_responses(502, 503, 504))
+async def sync_instances(service: ServiceDep) -> dict:
+    """Reconcile with EC2 now: one describe-instances call; returns what changed."""
+    result = await service.reconciler.sweep()
+    return result.__dict__
+
+
+@router.get("/{instance_id}", response_model=Instance, responses=error_responses(404, 422))
+def get_instance(instance: InstanceDep) -> dict:
+    """One tracked instance (from the database; never calls AWS)."""
+    return instance
+
+
+@router.get("/{instance_id}/events", response_model=EventList, responses=error_responses(404, 422))
+def instance_events(instance: InstanceDep, db: DbDep) -> dict:
+    """The instance's history: every observed state change, with time and source."""
+    return {"events": db.list_events(instance["id"])}
+
+
+async def _transition(instance: dict, action: str, service, response: Response) -> dict:
+    row, changed = await service.transition(instance["id"], action)
+    response.status_code = status.HTTP_202_ACCEPTED if changed else status.HTTP_200_OK
+    return row
+
+
+@router.post("/{instance_id}/start", response_model=Instance, status_code=status.HTTP_202_ACCEPTED,
+             responses={200: {"description": "Already running or pending (nothing done)", "model": Instance},
+                        **error_responses(*AWS_ERRORS)})
+async def start_instance(instance: InstanceDep, service: ServiceDep, response: Response) -> dict:
+    """Start a stopped instance (202, state pending); 200 if it already runs; 409 if terminated."""
+    return await _transition(instance, "start", service, response)
+
+
+@router.post("/{instance_id}/stop", response_model=Instance, status_code=status.HTTP_202_ACCEPTED,
+             responses={200: {"description": "Already stopping or stopped (nothing done)", "model": Instance},
+                        **error_responses(*AWS_ERRORS)})
+async def stop_instance(instance: InstanceDep, service: ServiceDep, response: Response) -> dict:
+    """Stop a running instance (202, state stopping); 200 if already stopped; 409 if terminated."""
+    return await _transition(instance, "stop", service, response)
+
+
+@router.delete("/{instance_id}", response_model=Instance, status_code=status.HTTP_202_ACCEPTED,
+               responses={200: {"description": "Already terminated (nothing done)", "model": Instance},
+                          **error_responses(*AWS_ERRORS)})
+async def delete_instance(instance: InstanceDep, service: ServiceDep, response: Response) -> dict:
+    """Terminate the instance in EC2 (202); the record stays, with state terminated."""
+    return await _transition(instance, "delete", service, response)

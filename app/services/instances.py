@@ -1,0 +1,176 @@
+"""What the routes call: create, start, stop, delete. Route -> policy -> runner -> store.
+
+A create with a warm AMI catalogue costs one `aws` process; start/stop/delete cost one each and
+no-op transitions cost none. Mutations on one instance are serialised by a per-instance lock.
+"""
+
+import asyncio
+import logging
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+
+from app.config import Settings
+from app.errors import ApiError, Conflict, UpstreamError
+from app.models.instance import InstanceCreate
+from app.services.aws_cli import AwsCli
+from app.services.db import Database
+from app.services.free_tier import Catalog, check_create, check_static, login_user_for
+from app.services.reconciler import SECURITY_GROUP_NAME, Reconciler
+
+log = logging.getLogger("ec2_creator.instances")
+
+
+@dataclass(frozen=True)
+class Transition:
+    script: str
+    response_key: str
+    allowed: frozenset[str]  # states from which EC2 is asked
+    noop: frozenset[str]  # states in which the request is already satisfied
+
+
+TRANSITIONS = {
+    "start": Transition("start_instance.sh", "StartingInstances",
+                        frozenset({"stopped"}), frozenset({"pending", "running"})),
+    "stop": Transition("stop_instance.sh", "StoppingInstances",
+                       frozenset({"pending", "running"}), frozenset({"stopping", "stopped"})),
+    "delete": Transition("destroy_instance.sh", "TerminatingInstances",
+                         frozenset({"pending", "running", "stopping", "stopped"}),
+                         frozenset({"shutting-down", "terminated"})),
+}
+
+
+class InstanceService:
+    def __init__(self, settings: Settings, db: Database, aws: AwsCli) -> None:
+        self.settings = settings
+        self.db = db
+        self.aws = aws
+        self.catalog = Catalog()
+        self.reconciler = Reconciler(settings, db, aws, self.login_user_of)
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._catalog_lock = asyncio.Lock()
+        self._sg_lock = asyncio.Lock()
+
+    # -- AMI catalogue -------------------------------------------------------------------------
+    def login_user_of(self, ami_id: str | None) -> str:
+        info = self.catalog.amis.get(ami_id or "")
+        return info.login_user if info else login_user_for(None)
+
+    async def load_catalog(self) -> None:
+        """Load the cached catalogue from SQLite (no process)."""
+        amis, types, resolved_at = await asyncio.to_thread(self.db.load_catalog)
+        self.catalog = Catalog.from_rows(amis, types, resolved_at)
+
+    async def ensure_catalog(self) -> Catalog:
+        """The catalogue, fetched from EC2 only when missing or older than AMI_CATALOG_TTL_HOURS."""
+        if self.catalog.is_fresh(self.settings.ami_catalog_ttl_hours):
+            return self.catalog
+        async with self._catalog_lock:
+            if not self.catalog.is_fresh(self.settings.ami_catalog_ttl_hours):
+                fetched = await Catalog.fetch(self.aws, self.settings.free_tier_amis)
+                await asyncio.to_thread(self.db.save_catalog, *fetched.to_rows())
+                await self.load_catalog()
+                log.info("AMI catalogue: %d AMIs, free-tier types %s", len(self.catalog.amis),
+                         ", ".join(sorted(self.catalog.types)))
+        return self.catalog
+
+    # -- security group ------------------------------------------------------------------------
+    def _sg_cache_key(self) -> str:
+        return f"security_group:{self.settings.ec2_endpoint_url or 'aws'}:{self.settings.region}"
+
+    async def ensure_security_group(self, refresh: bool = False) -> str:
+        """The reusable SSH security group, created and opened on first use, then cached."""
+        key = self._sg_cache_key()
+        async with self._sg_lock:
+            cached = None if refresh else await asyncio.to_thread(self.db.kv_get, key)
+            if cached:
+                return cached
+            found = await self.aws.run("find_security_group.sh", "--name", SECURITY_GROUP_NAME)
+            groups = found.get("SecurityGroups") or []
+            if groups:
+                group_id = groups[0]["GroupId"]
+                opened = any(p.get("FromPort") == 22 and any(r.get("CidrIp") == self.settings.ssh_ingress_cidr
+                                                             for r in p.get("IpRanges") or [])
+                             for p in groups[0].get("IpPermissions") or [])
+            else:
+                created = await self.aws.run("create_security_group.sh", "--name", SECURITY_GROUP_NAME,
+                                             "--description", "SSH access for instances made by ec2-creator-local")
+                group_id, opened = created["GroupId"], False
+            if not opened:
+                try:
+                    await self.aws.run("authorize_ssh.sh", "--group-id", group_id,
+                                       "--cidr", self.settings.ssh_ingress_cidr)
+                except ApiError as exc:
+                    if exc.aws_error_code != "InvalidPermission.Duplicate":
+                        raise
+            await asyncio.to_thread(self.db.kv_set, key, group_id)
+            return group_id
+
+    # -- create ----------------------------------------------------------------------------------
+    async def create(self, req: InstanceCreate) -> dict:
+        """Check policy, launch with one `aws` process, record what EC2 answered."""
+        check_static(self.settings.allowed_instance_types, req.instance_type, req.storage_gb)
+        catalog = await self.ensure_catalog()
+        ami = check_create(catalog, self.settings.allowed_instance_types, req.ami, req.instance_type,
+                           req.storage_gb)
+        request_id = uuid.uuid4().hex
+        group_id = await self.ensure_security_group() if req.create_security_group else None
+        args = ["--name", req.name, "--ami", ami.ami_id, "--type", req.instance_type,
+                "--storage-gb", str(req.storage_gb), "--root-device", ami.root_device_name,
+                "--request-id", request_id, "--client-token", request_id]
+        for key, value in (req.tags or {}).items():
+            args += ["--tag", key, value]
+        try:
+            doc = await self.aws.run("create_instance.sh", *args,
+                                     *(["--security-group-id", group_id] if group_id else []))
+        except ApiError as exc:
+            if group_id and exc.aws_error_code in ("InvalidGroup.NotFound", "InvalidGroupId.NotFound"):
+                # The cached group was deleted outside the API: make it again and launch once more.
+                group_id = await self.ensure_security_group(refresh=True)
+                doc = await self.aws.run("create_instance.sh", *args, "--security-group-id", group_id)
+            else:
+                raise
+        instances = doc.get("Instances") or []
+        if not instances:
+            raise UpstreamError("EC2 accepted the launch but returned no instance.", code="aws_bad_output")
+        row = {
+            "id": instances[0]["InstanceId"], "name": req.name, "ami": ami.ami_id,
+            "instance_type": req.instance_type, "storage_gb": req.storage_gb, "security_group_id": group_id,
+            "tags": req.tags or {}, "backend_used": self.settings.backend, "login_user": ami.login_user,
+            "request_id": request_id, "launched_at": instances[0].get("LaunchTime"),
+        }
+        recorded = await asyncio.to_thread(self.reconciler.record_launch, instances[0], row)
+        self.reconciler.request_sweep()
+        return recorded
+
+    # -- start / stop / delete -----------------------------------------------------------------
+    async def transition(self, instance_id: str, action: str) -> tuple[dict, bool]:
+        """Apply `action` unless the state makes it a no-op (False) or impossible (409)."""
+        rule = TRANSITIONS[action]
+        async with self._locks[instance_id]:
+            row = await asyncio.to_thread(self.db.get_instance, instance_id)
+            state = row["state"]
+            if state in rule.noop:
+                return row, False
+            if state not in rule.allowed:
+                raise Conflict(f"Cannot {action} instance {instance_id}: it is {state}.", code="wrong_state")
+            request_id = uuid.uuid4().hex
+            try:
+                doc = await self.aws.run(rule.script, instance_id)
+            except ApiError as exc:
+                if exc.aws_error_code == "InvalidInstanceID.NotFound":
+                    gone = await asyncio.to_thread(self.reconciler.record_gone, row, action, request_id,
+                                                   exc.aws_error_code)
+                    if action == "delete":
+                        return gone, True
+                    raise Conflict(f"EC2 no longer has instance {instance_id}; it is recorded as terminated.",
+                                   code="instance_gone", aws_error_code=exc.aws_error_code) from None
+                if exc.status_code == 409:
+                    self.reconciler.request_sweep()  # our recorded state is behind EC2's
+                raise
+            changes = doc.get(rule.response_key) or [{}]
+            recorded = await asyncio.to_thread(self.reconciler.record_transition, row, changes[0], action,
+                                               request_id)
+        self.reconciler.request_sweep()
+        return recorded, True
+
