@@ -1,0 +1,302 @@
+"""REST contract suite: the real server process, the real bash scripts and `aws`, a real moto server.
+
+Each test starts from a fresh emulator (the record catches up through a sync); fixtures in conftest.py.
+"""
+
+import threading
+
+import httpx
+import pytest
+
+from conftest import KEY_NAME, wait_until
+
+X86_TYPE = "t3.micro"
+ARM_TYPE = "t4g.micro"
+
+
+def create(api: httpx.Client, **overrides) -> httpx.Response:
+    body = {"name": "web-1", "ami": "amazon-linux-2023", "instance_type": X86_TYPE} | overrides
+    return api.post("/instances", json=body)
+
+
+def created(api: httpx.Client, **overrides) -> dict:
+    response = create(api, **overrides)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def state_in_api(api: httpx.Client, instance_id: str) -> str:
+    return api.get(f"/instances/{instance_id}").json()["state"]
+
+
+# -- health and docs ---------------------------------------------------------------------------
+def test_health_is_exactly_ok(api):
+    response = api.get("/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_openapi_lists_every_seed_route(api):
+    paths = api.get("/openapi.json").json()["paths"]
+    assert {"get", "post"} <= set(paths["/instances"])
+    assert {"get", "delete"} <= set(paths["/instances/{instance_id}"])
+    assert "post" in paths["/instances/{instance_id}/start"]
+    assert "post" in paths["/instances/{instance_id}/stop"]
+
+
+def test_docs_page_uses_no_cdn(api):
+    html = api.get("/docs").text
+    assert "cdn.jsdelivr.net" not in html and "unpkg.com" not in html
+    js = api.get("/static-offline-docs/swagger-ui-bundle.js")
+    assert js.status_code == 200 and len(js.content) > 100_000
+
+
+# -- create ------------------------------------------------------------------------------------
+def test_create_answers_at_once_with_the_resolved_ami_and_tags_in_ec2(api, fresh_emulator):
+    item = created(api, name="web-1", tags={"Owner": "me", "Env": "dev"})
+    assert item["id"].startswith("i-")
+    assert item["state"] in ("pending", "running")
+    expected_ami = fresh_emulator.ami()
+    assert item["ami"] == expected_ami
+    assert item["instance_type"] == X86_TYPE
+    assert item["storage_gb"] == 8
+    assert item["security_group_id"] is None
+    assert item["tags"] == {"Owner": "me", "Env": "dev"}
+    assert item["backend_used"] == "awscli"
+    assert item["created_at"] and item["updated_at"]
+
+    ec2 = fresh_emulator.instances()[item["id"]]
+    tags = {t["Key"]: t["Value"] for t in ec2["Tags"]}
+    assert tags["Name"] == "web-1" and tags["ManagedBy"] == "ec2-creator-local"
+    assert tags["Owner"] == "me" and tags["Env"] == "dev" and tags["RequestId"]
+    assert ec2["KeyName"] == KEY_NAME
+    assert ec2["ImageId"] == expected_ami
+
+
+def test_create_uses_the_amis_root_device_gp3_and_size(api, fresh_emulator):
+    item = created(api, storage_gb=20)
+    ec2 = fresh_emulator.instances()[item["id"]]
+    mappings = ec2["BlockDeviceMappings"]
+    assert [m["DeviceName"] for m in mappings] == ["/dev/xvda"]
+    volume = fresh_emulator.ec2.describe_volumes(VolumeIds=[mappings[0]["Ebs"]["VolumeId"]])["Volumes"][0]
+    assert volume["Size"] == 20 and volume["VolumeType"] == "gp3"
+    assert item["storage_gb"] == 20
+
+
+def test_reconciler_fills_state_public_ip_and_ssh_string(api):
+    item = created(api)
+    done = wait_until(lambda: (r := api.get(f"/instances/{item['id']}").json())["state"] == "running" and r)
+    assert done["public_ip"]
+    assert done["ssh_string"] == f"ssh -i ~/.ssh/my_ec2_keypair.pem ec2-user@{done['public_ip']}"
+
+
+def test_arm_alias_on_a_graviton_type(api, fresh_emulator):
+    item = created(api, instance_type=ARM_TYPE)
+    assert item["ami"] == fresh_emulator.ami("al2023-ami-kernel-default-arm64")
+
+
+def test_create_with_an_ami_id_an_alias_resolves_to(api, fresh_emulator):
+    ami = fresh_emulator.ami()
+    assert created(api, ami=ami)["ami"] == ami
+
+
+def test_create_costs_exactly_one_aws_process_and_reads_none(api, api_server):
+    created(api)  # the catalogue is warm after the first create at the latest
+    before = len(api_server.aws_calls())
+    item = created(api, name="second")
+    api.get("/instances")
+    api.get(f"/instances/{item['id']}")
+    calls = api_server.aws_calls()[before:]
+    mutations = [c for c in calls if "describe-instances" not in c]
+    assert len(mutations) == 1 and "run-instances" in mutations[0]
+
+
+def test_security_group_is_created_once_and_reused(api, fresh_emulator):
+    first = created(api, create_security_group=True)
+    second = created(api, name="web-2", create_security_group=True)
+    assert first["security_group_id"] and first["security_group_id"] == second["security_group_id"]
+    groups = fresh_emulator.ec2.describe_security_groups(
+        Filters=[{"Name": "group-name", "Values": ["ec2-creator-local"]}])["SecurityGroups"]
+    assert len(groups) == 1 and groups[0]["GroupId"] == first["security_group_id"]
+    rules = groups[0]["IpPermissions"]
+    assert any(r["FromPort"] == 22 and r["ToPort"] == 22 and {"CidrIp": "0.0.0.0/0"} in
+               [{"CidrIp": ip["CidrIp"]} for ip in r["IpRanges"]] for r in rules)
+    ec2 = fresh_emulator.instances()[first["id"]]
+    assert first["security_group_id"] in [g["GroupId"] for g in ec2["SecurityGroups"]]
+
+
+# -- free tier: 400, nothing spawned, nothing launched -----------------------------------------
+@pytest.mark.parametrize("overrides, code", [
+    ({"instance_type": "t2.large"}, "instance_type_not_allowed"),
+    ({"instance_type": "m5.24xlarge"}, "instance_type_not_allowed"),
+    ({"storage_gb": 31}, "storage_not_free_tier"),
+    ({"storage_gb": 7}, "storage_not_free_tier"),
+    ({"ami": "ami-0123456789abcdef0"}, "ami_not_free_tier"),
+    ({"ami": "windows-2022"}, "ami_not_free_tier"),
+    ({"ami": "ubuntu-24.04"}, "ami_alias_unavailable"),  # moto publishes no Ubuntu parameters
+])
+def test_free_tier_violations_are_400_and_spawn_nothing(api, api_server, fresh_emulator, overrides, code):
+    created(api, name="warm")  # make sure the catalogue is loaded: the check itself must spawn nothing
+    before = len(api_server.aws_calls())
+    response = create(api, name="bad", **overrides)
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == code
+    assert response.json()["detail"]
+    mutations = [c for c in api_server.aws_calls()[before:] if "describe-instances" not in c]
+    assert mutations == []
+    names = [{t["Key"]: t["Value"] for t in i.get("Tags", [])}.get("Name") for i in fresh_emulator.instances().values()]
+    assert "bad" not in names
+
+
+def test_arm64_ami_on_x86_type_is_400(api, fresh_emulator):
+    response = create(api, ami=fresh_emulator.ami("al2023-ami-kernel-default-arm64"), instance_type=X86_TYPE)
+    assert response.status_code == 400
+    assert response.json()["code"] == "architecture_mismatch"
+
+
+@pytest.mark.parametrize("body", [
+    {},
+    {"name": "x", "ami": "amazon-linux-2023"},
+    {"name": "", "ami": "amazon-linux-2023", "instance_type": X86_TYPE},
+    {"name": "x", "ami": "amazon-linux-2023", "instance_type": X86_TYPE, "storage_gb": "lots"},
+    {"name": "x", "ami": "amazon-linux-2023", "instance_type": X86_TYPE, "tags": {"aws:owner": "me"}},
+    {"name": "x", "ami": "amazon-linux-2023", "instance_type": X86_TYPE, "tags": {"ManagedBy": "me"}},
+])
+def test_schema_errors_are_422_in_the_envelope(api, body):
+    response = api.post("/instances", json=body)
+    assert response.status_code == 422
+    payload = response.json()
+    assert isinstance(payload["detail"], str) and payload["code"] == "validation_error"
+    assert payload["errors"]
+
+
+# -- list / get --------------------------------------------------------------------------------
+def test_list_leaves_out_terminated_unless_asked(api):
+    keep = created(api, name="keep")
+    gone = created(api, name="gone")
+    assert api.delete(f"/instances/{gone['id']}").status_code == 202
+    wait_until(lambda: state_in_api(api, gone["id"]) == "terminated")
+    listed = {i["id"] for i in api.get("/instances").json()["instances"]}
+    assert keep["id"] in listed and gone["id"] not in listed
+    everything = {i["id"] for i in api.get("/instances", params={"include_terminated": "true"}).json()["instances"]}
+    assert {keep["id"], gone["id"]} <= everything
+
+
+@pytest.mark.parametrize("method, path", [
+    ("GET", "/instances/i-0123456789abcdef0"),
+    ("POST", "/instances/i-0123456789abcdef0/start"),
+    ("POST", "/instances/i-0123456789abcdef0/stop"),
+    ("DELETE", "/instances/i-0123456789abcdef0"),
+    ("GET", "/instances/i-0123456789abcdef0/events"),
+    ("GET", "/instances/not-an-id"),
+    ("DELETE", "/instances/..%2F..%2Fetc"),
+])
+def test_unknown_id_is_404_on_every_route(api, api_server, method, path):
+    before = len(api_server.aws_calls())
+    response = api.request(method, path)
+    assert response.status_code == 404
+    assert response.json()["code"] in ("instance_not_found", "not_found")
+    assert [c for c in api_server.aws_calls()[before:] if "describe-instances" not in c] == []
+
+
+# -- lifecycle ---------------------------------------------------------------------------------
+def test_stop_start_delete_lifecycle(api, fresh_emulator):
+    item = created(api)
+    instance_id = item["id"]
+    wait_until(lambda: state_in_api(api, instance_id) == "running")
+
+    stop = api.post(f"/instances/{instance_id}/stop")
+    assert stop.status_code == 202 and stop.json()["state"] in ("stopping", "stopped")
+    assert fresh_emulator.instances()[instance_id]["State"]["Name"] == "stopped"
+    wait_until(lambda: state_in_api(api, instance_id) == "stopped")
+    assert api.get(f"/instances/{instance_id}").json()["public_ip"] is None
+
+    again = api.post(f"/instances/{instance_id}/stop")
+    assert again.status_code == 200 and again.json()["state"] == "stopped"
+
+    start = api.post(f"/instances/{instance_id}/start")
+    assert start.status_code == 202 and start.json()["state"] in ("pending", "running")
+    wait_until(lambda: state_in_api(api, instance_id) == "running")
+    assert api.post(f"/instances/{instance_id}/start").status_code == 200
+
+    delete = api.delete(f"/instances/{instance_id}")
+    assert delete.status_code == 202 and delete.json()["state"] in ("shutting-down", "terminated")
+    assert fresh_emulator.instances()[instance_id]["State"]["Name"] == "terminated"
+    wait_until(lambda: state_in_api(api, instance_id) == "terminated")
+
+    for action in ("start", "stop"):
+        conflict = api.post(f"/instances/{instance_id}/{action}")
+        assert conflict.status_code == 409 and conflict.json()["code"] == "wrong_state"
+    assert api.delete(f"/instances/{instance_id}").status_code == 200
+    assert api.get(f"/instances/{instance_id}").json()["state"] == "terminated"
+
+
+def test_events_record_each_state_change(api):
+    item = created(api)
+    wait_until(lambda: state_in_api(api, item["id"]) == "running")
+    api.post(f"/instances/{item['id']}/stop")
+    events = api.get(f"/instances/{item['id']}/events").json()["events"]
+    assert events[0]["action"] == "create" and events[0]["source"] == "api" and events[0]["from_state"] is None
+    assert any(e["to_state"] == "running" and e["source"] == "reconcile" for e in events)
+    assert events[-1]["action"] == "stop" and events[-1]["from_state"] == "running"
+
+
+# -- convergence with EC2 ---------------------------------------------------------------------
+def test_changes_made_outside_the_api_show_up(api, fresh_emulator):
+    item = created(api)
+    wait_until(lambda: state_in_api(api, item["id"]) == "running")
+    fresh_emulator.ec2.stop_instances(InstanceIds=[item["id"]])
+    wait_until(lambda: state_in_api(api, item["id"]) == "stopped")
+    fresh_emulator.ec2.terminate_instances(InstanceIds=[item["id"]])
+    wait_until(lambda: state_in_api(api, item["id"]) == "terminated")
+
+
+def test_sync_adopts_tagged_instances_and_ignores_untagged(api, fresh_emulator):
+    ami = fresh_emulator.ami()
+    tagged = fresh_emulator.ec2.run_instances(
+        ImageId=ami, InstanceType=X86_TYPE, MinCount=1, MaxCount=1,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": [
+            {"Key": "Name", "Value": "by-hand"}, {"Key": "ManagedBy", "Value": "ec2-creator-local"}]}],
+    )["Instances"][0]["InstanceId"]
+    untagged = fresh_emulator.ec2.run_instances(ImageId=ami, InstanceType=X86_TYPE, MinCount=1,
+                                                MaxCount=1)["Instances"][0]["InstanceId"]
+    result = api.post("/instances/sync").json()  # the background sweep may have adopted it already
+    assert untagged not in result["adopted"]
+    adopted = api.get(f"/instances/{tagged}").json()
+    assert api.get(f"/instances/{tagged}/events").json()["events"][0]["source"] == "adopt"
+    assert adopted["name"] == "by-hand" and adopted["ami"] == ami and adopted["instance_type"] == X86_TYPE
+    assert api.get(f"/instances/{untagged}").status_code == 404
+    assert untagged in fresh_emulator.instances() and \
+        fresh_emulator.instances()[untagged]["State"]["Name"] == "running"
+
+
+# -- non-blocking ------------------------------------------------------------------------------
+def test_health_answers_while_creates_run(api, api_server):
+    created(api, name="warm")
+    results: list[int] = []
+
+    def one(i: int) -> None:
+        with httpx.Client(base_url=api_server.url, timeout=60) as client:
+            results.append(create(client, name=f"c-{i}").status_code)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    health_during = []
+    while any(t.is_alive() for t in threads):
+        health_during.append(api.get("/health").status_code)
+    for t in threads:
+        t.join()
+    assert results == [201] * 4
+    assert health_during and set(health_during) == {200}
+
+
+# -- AWS failures map to clear codes -----------------------------------------------------------
+def test_missing_key_pair_is_400_with_the_fix(api, fresh_emulator):
+    created(api, name="warm")
+    fresh_emulator.ec2.delete_key_pair(KeyName=KEY_NAME)
+    response = create(api, name="no-key")
+    body = response.json()
+    assert response.status_code == 400, response.text
+    assert body["code"] == "key_pair_missing" and body["aws_error_code"] == "InvalidKeyPair.NotFound"
+    assert "create-key-pair" in body["detail"]

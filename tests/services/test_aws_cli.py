@@ -1,0 +1,51 @@
+"""Unit tests of how a failed `aws` run maps to an API error (stderr texts as the CLI prints them)."""
+
+import pytest
+
+from app.services.aws_cli import classify
+
+
+def aws_error(code: str, op: str = "RunInstances", msg: str = "details") -> str:
+    return f"\nAn error occurred ({code}) when calling the {op} operation: {msg}\n"
+
+
+@pytest.mark.parametrize("code, status, machine", [
+    ("InvalidInstanceID.NotFound", 404, "instance_not_found"),
+    ("IncorrectInstanceState", 409, "wrong_state"),
+    ("InvalidKeyPair.NotFound", 400, "key_pair_missing"),
+    ("InvalidParameterValue", 400, "aws_bad_parameter"),
+    ("InvalidAMIID.Malformed", 400, "aws_bad_parameter"),
+    ("MissingParameter", 400, "aws_bad_parameter"),
+    ("InsufficientInstanceCapacity", 503, "aws_capacity"),
+    ("RequestLimitExceeded", 503, "aws_throttled"),
+    ("AuthFailure", 503, "aws_credentials"),
+    ("SomethingNew", 502, "aws_error"),
+])
+def test_aws_error_codes(code, status, machine):
+    error = classify("create_instance.sh", 254, aws_error(code))
+    assert (error.status_code, error.code, error.aws_error_code) == (status, machine, code)
+    assert "details" in error.detail
+
+
+def test_key_pair_error_says_how_to_fix_it():
+    assert "create-key-pair" in classify("x", 254, aws_error("InvalidKeyPair.NotFound")).detail
+
+
+def test_throttling_and_capacity_carry_retry_after():
+    assert classify("x", 254, aws_error("Throttling")).retry_after
+    assert classify("x", 254, aws_error("InsufficientInstanceCapacity")).retry_after
+
+
+@pytest.mark.parametrize("stderr, status, machine", [
+    ('\nCould not connect to the endpoint URL: "http://127.0.0.1:9/"\n', 503, "endpoint_unreachable"),
+    ("\nUnable to locate credentials. You can configure credentials by running \"aws configure\".\n", 503,
+     "no_credentials"),
+    ('\nRead timeout on endpoint URL: "https://ec2.us-east-1.amazonaws.com/"\n', 504, "aws_timeout"),
+    ("\nYou must specify a region. You can also configure your region by running \"aws configure\".\n", 503,
+     "no_region"),
+    ("create_instance.sh: --name is required\n", 502, "script_usage"),
+])
+def test_non_aws_failures(stderr, status, machine):
+    rc = 2 if "required" in stderr else 255
+    error = classify("create_instance.sh", rc, stderr)
+    assert (error.status_code, error.code) == (status, machine)

@@ -1,0 +1,47 @@
+"""The SQLite store: schema version, migration of the original project's database, WAL."""
+
+import sqlite3
+
+from app.services.db import SCHEMA_VERSION, Database
+
+ORIGINAL_SCHEMA = """CREATE TABLE instances (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, public_ip TEXT, ami TEXT NOT NULL, instance_type TEXT NOT NULL,
+    state TEXT NOT NULL, ssh_string TEXT, security_group_id TEXT, backend_used TEXT NOT NULL,
+    created_at TEXT NOT NULL, updated_at TEXT NOT NULL)"""
+
+
+def test_original_database_migrates_without_losing_a_row(tmp_path):
+    path = tmp_path / "instances.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(ORIGINAL_SCHEMA)
+        conn.executemany("INSERT INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?)", [
+            ("i-0123456789abcdef0", "old-1", "1.2.3.4", "ami-0123456789abcdef0", "t3.micro", "running",
+             "ssh -i k.pem ec2-user@1.2.3.4", None, "awscli", "2026-02-20 10:00:00", "2026-02-20 10:00:00"),
+            ("i-0123456789abcdef1", "old-2", None, "ami-0123456789abcdef0", "t3.micro", "stopped", None,
+             "sg-0123456789abcdef0", "awscli", "2026-02-20 11:00:00", "2026-02-20 11:00:00"),
+        ])
+    db = Database(path)
+    db.migrate()
+    db.migrate()  # idempotent
+    rows = db.list_instances(include_terminated=True)
+    assert [r["name"] for r in rows] == ["old-1", "old-2"]
+    assert rows[0]["public_ip"] == "1.2.3.4" and rows[1]["security_group_id"] == "sg-0123456789abcdef0"
+    assert rows[0]["tags"] == {} and rows[0]["storage_gb"] is None
+    conn = db.connect()
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_upsert_update_and_events(tmp_path):
+    db = Database(tmp_path / "x.db")
+    db.migrate()
+    db.upsert_instance({"id": "i-0123456789abcdef0", "name": "a", "state": "pending", "tags": {"k": "v"},
+                        "created_at": "t0", "updated_at": "t0"})
+    db.upsert_instance({"id": "i-0123456789abcdef0", "name": "b", "state": "running", "created_at": "t1",
+                        "updated_at": "t1"})
+    row = db.get_instance("i-0123456789abcdef0")
+    assert (row["name"], row["state"], row["created_at"], row["tags"]) == ("b", "running", "t0", {"k": "v"})
+    db.update_instance("i-0123456789abcdef0", {"state": "terminated"})
+    assert db.list_instances() == [] and len(db.list_instances(include_terminated=True)) == 1
+    db.add_event("i-0123456789abcdef0", "stop", "running", "stopping", "api", "req-1")
+    assert db.list_events("i-0123456789abcdef0")[0]["request_id"] == "req-1"

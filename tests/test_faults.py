@@ -1,0 +1,84 @@
+"""AWS failures seen through the real server: unreachable endpoint, a hanging endpoint, no credentials."""
+
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from conftest import ApiServer, free_port
+
+BODY = {"name": "x", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
+
+
+@pytest.fixture
+def server_at(tmp_path):
+    servers = []
+
+    def start(endpoint: str, **env) -> ApiServer:
+        servers.append(ApiServer(tmp_path, endpoint, RECONCILE_INTERVAL_SECONDS="3600", **env))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def test_unreachable_endpoint_is_503_and_health_stays_up(server_at):
+    server = server_at(f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    with httpx.Client(base_url=server.url, timeout=60) as api:
+        response = api.post("/instances", json=BODY)
+        assert response.status_code == 503, response.text
+        assert response.json()["code"] == "endpoint_unreachable"
+        assert int(response.headers["Retry-After"]) > 0
+        assert api.post("/instances/sync").status_code == 503
+        assert api.get("/health").json() == {"status": "ok"}
+        assert api.get("/instances").json() == {"instances": []}
+
+
+@pytest.fixture
+def silent_endpoint():
+    """A TCP server that accepts connections and never answers (an `aws` call that hangs)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        sock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(sock.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    sock.close()
+
+
+def test_hanging_aws_call_is_504_within_the_bound(server_at, silent_endpoint):
+    server = server_at(silent_endpoint, AWS_CLI_TIMEOUT_SECONDS="3")
+    with httpx.Client(base_url=server.url, timeout=60) as api:
+        t0 = time.monotonic()
+        response = api.post("/instances", json=BODY)
+        assert response.status_code == 504, response.text
+        assert response.json()["code"] == "aws_timeout"
+        assert time.monotonic() - t0 < 30
+        assert api.get("/health").status_code == 200
+
+
+def test_missing_credentials_are_503_with_the_fix(server_at, tmp_path):
+    server = server_at(f"http://127.0.0.1:{free_port()}", AWS_ACCESS_KEY_ID="", AWS_SECRET_ACCESS_KEY="")
+    with httpx.Client(base_url=server.url, timeout=60) as api:
+        response = api.post("/instances", json=BODY)
+        assert response.status_code == 503, response.text
+        assert response.json()["code"] == "no_credentials"
+        assert "AWS_PROFILE" in response.json()["detail"]

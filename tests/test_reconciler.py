@@ -1,0 +1,56 @@
+"""Reconciliation through the real server with the background loop slowed down, so each sweep is ours."""
+
+import httpx
+import pytest
+
+from conftest import ApiServer
+
+
+@pytest.fixture(scope="module")
+def slow_server(emulator, tmp_path_factory):
+    server = ApiServer(tmp_path_factory.mktemp("slow"), emulator.url, RECONCILE_INTERVAL_SECONDS="3600")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def api(slow_server, fresh_emulator):
+    with httpx.Client(base_url=slow_server.url, timeout=60) as client:
+        client.post("/instances/sync").raise_for_status()
+        yield client
+
+
+def launch(emulator, tags: list[dict] | None = None) -> str:
+    spec = [{"ResourceType": "instance", "Tags": tags}] if tags else []
+    return emulator.ec2.run_instances(ImageId=emulator.ami(), InstanceType="t3.micro", MinCount=1, MaxCount=1,
+                                      TagSpecifications=spec)["Instances"][0]["InstanceId"]
+
+
+def test_sync_reports_adopted_updated_and_gone(api, slow_server, fresh_emulator):
+    managed = [{"Key": "ManagedBy", "Value": "ec2-creator-local"}, {"Key": "Name", "Value": "hand"},
+               {"Key": "Owner", "Value": "me"}]
+    adopted = launch(fresh_emulator, managed)
+    launch(fresh_emulator)  # untagged: never listed
+    before = len(slow_server.aws_calls())
+    first = api.post("/instances/sync").json()
+    assert first == {"adopted": [adopted], "updated": [], "gone": []}
+    assert len(slow_server.aws_calls()) - before == 1  # one describe-instances, whatever was found
+    row = api.get(f"/instances/{adopted}").json()
+    assert row["name"] == "hand" and row["tags"] == {"Owner": "me"} and row["state"] == "running"
+
+    fresh_emulator.ec2.stop_instances(InstanceIds=[adopted])
+    assert api.post("/instances/sync").json() == {"adopted": [], "updated": [adopted], "gone": []}
+    assert api.get(f"/instances/{adopted}").json()["state"] == "stopped"
+
+    fresh_emulator.reset()  # EC2 forgets it entirely
+    assert api.post("/instances/sync").json() == {"adopted": [], "updated": [], "gone": [adopted]}
+    assert api.get(f"/instances/{adopted}").json()["state"] == "terminated"
+    assert [i["id"] for i in api.get("/instances").json()["instances"]] == []
+
+
+def test_records_survive_a_restart(api, slow_server, fresh_emulator):
+    item = api.post("/instances", json={"name": "keep", "ami": "amazon-linux-2023",
+                                        "instance_type": "t3.micro"}).json()
+    slow_server.stop()
+    slow_server.start()
+    assert api.get(f"/instances/{item['id']}").json()["name"] == "keep"
