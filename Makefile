@@ -1,0 +1,63 @@
+# EC2 Creator Local: `make run` (API on 127.0.0.1:8000 against the local EC2 sandbox), `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_BOOT ?= python3
+VENV        := .venv
+PY          := $(VENV)/bin/python
+STAMP       := $(VENV)/.installed
+HOST        ?= 127.0.0.1
+PORT        ?= 8000
+EC2_TARGET  ?= sandbox
+SANDBOX_PORT ?= 5055
+SANDBOX_URL := http://127.0.0.1:$(SANDBOX_PORT)
+
+.PHONY: help venv run sandbox sandbox-stop test test-python test-bash lint clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+venv: $(STAMP) ## Create/refresh the virtualenv (rebuilt when requirements change)
+
+sandbox: venv ## Start the local EC2 emulator (moto server) with key pair my_ec2_keypair
+	@SANDBOX_PORT=$(SANDBOX_PORT) scripts/sandbox.sh start
+
+sandbox-stop: ## Stop the local EC2 emulator
+	@SANDBOX_PORT=$(SANDBOX_PORT) scripts/sandbox.sh stop
+
+run: venv ## Start the API on $(HOST):$(PORT); EC2_TARGET=sandbox (default) or aws
+ifeq ($(EC2_TARGET),aws)
+	@echo "ec2-creator-local: target AWS (real account, region $${AWS_REGION:-$${AWS_DEFAULT_REGION:-us-east-1}}): API docs at http://$(HOST):$(PORT)/docs"
+	@EC2_TARGET=aws $(PY) -m uvicorn app.main:app --host $(HOST) --port $(PORT)
+else ifeq ($(EC2_TARGET),sandbox)
+	@SANDBOX_PORT=$(SANDBOX_PORT) scripts/sandbox.sh start
+	@echo "ec2-creator-local: target SANDBOX (local EC2 emulator at $(SANDBOX_URL), no AWS account used): API docs at http://$(HOST):$(PORT)/docs"
+	@env -u AWS_PROFILE -u AWS_DEFAULT_PROFILE -u AWS_SESSION_TOKEN AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing \
+	    AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} AWS_EC2_METADATA_DISABLED=true \
+	    EC2_TARGET=sandbox EC2_ENDPOINT_URL=$(SANDBOX_URL) \
+	    DATABASE_URL=$${SANDBOX_DATABASE_URL:-./data/sandbox/instances.db} \
+	    SSH_KEY_PATH=$${SSH_KEY_PATH:-./data/sandbox/my_ec2_keypair.pem} \
+	    $(PY) -m uvicorn app.main:app --host $(HOST) --port $(PORT)
+else
+	@echo "EC2_TARGET must be 'sandbox' or 'aws', not '$(EC2_TARGET)'" >&2; exit 2
+endif
+
+lint: venv ## shellcheck the bash scripts
+	shellcheck -S style aws_cli_bash_scripts/*.sh scripts/*.sh
+
+test-bash: venv ## bats suites for the bash scripts
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bats tests/aws_cli_bash_scripts tests/scripts
+
+test-python: venv ## pytest: REST contract suite (test_api.py) and tests/
+	$(PY) -m pytest -q test_api.py tests
+
+test: lint test-bash test-python ## Everything CI runs
+
+clean: ## Remove the venv and local data
+	rm -rf $(VENV) data/sandbox
