@@ -1,6 +1,8 @@
 """Thin routes: validate, call the service, return the recorded instance."""
 
-from fastapi import APIRouter, Query, Response, status
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response, status
 
 from app.deps import DbDep, InstanceDep, ServiceDep
 from app.errors import error_responses
@@ -10,12 +12,21 @@ router = APIRouter(prefix="/instances", tags=["instances"])
 
 AWS_ERRORS = (400, 404, 409, 422, 502, 503, 504)
 
+IdempotencyKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$",
+    description="Retry-safe create: the same key with the same body returns the same instance "
+                "(kept at least 24 h); with another body, 409.")]
+
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=Instance,
              responses=error_responses(*AWS_ERRORS))
-async def create_instance(body: InstanceCreate, service: ServiceDep) -> dict:
+async def create_instance(body: InstanceCreate, service: ServiceDep, response: Response,
+                          idempotency_key: IdempotencyKey = None) -> dict:
     """Launch a free-tier instance; answers as soon as EC2 accepted it (state pending)."""
-    return await service.create(body)
+    row, replayed = await service.create(body, idempotency_key)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return row
 
 
 @router.get("", response_model=InstanceList, responses=error_responses(422))

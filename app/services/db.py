@@ -95,6 +95,15 @@ class Database:
                 name TEXT PRIMARY KEY, architecture TEXT NOT NULL, fetched_at TEXT NOT NULL)"""
         )
         conn.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        # One row per create request, written BEFORE the aws process starts (crash recovery and
+        # Idempotency-Key replay). status: pending -> launched | failed.
+        conn.execute(
+            """CREATE TABLE IF NOT EXISTS launches (
+                request_id TEXT PRIMARY KEY, idempotency_key TEXT UNIQUE, body_hash TEXT NOT NULL,
+                body TEXT NOT NULL, status TEXT NOT NULL, instance_id TEXT, error TEXT,
+                created_at TEXT NOT NULL, updated_at TEXT NOT NULL)"""
+        )
+        conn.execute("CREATE INDEX IF NOT EXISTS launches_status ON launches(status)")
 
     # -- instances -------------------------------------------------------------------------
     @staticmethod
@@ -161,6 +170,44 @@ class Database:
 
     def transaction(self) -> "_Transaction":
         return _Transaction(self.connect())
+
+    # -- launches (one row per create request) ---------------------------------------------------
+    def claim_launch(self, request_id: str, idempotency_key: str | None, body_hash: str,
+                     body: dict) -> dict | None:
+        """Insert a pending launch; if the key is taken, return the existing launch instead.
+
+        A failed launch under the same key is replaced, so a retry after a failure tries again.
+        """
+        now = utcnow()
+        with self.transaction() as conn:
+            if idempotency_key is not None:
+                row = conn.execute("SELECT * FROM launches WHERE idempotency_key = ?", (idempotency_key,)).fetchone()
+                if row is not None and not (row["status"] == "failed" and row["body_hash"] == body_hash):
+                    return dict(row)
+                conn.execute("DELETE FROM launches WHERE idempotency_key = ?", (idempotency_key,))
+            conn.execute(
+                "INSERT INTO launches (request_id, idempotency_key, body_hash, body, status, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, 'pending', ?, ?)",
+                (request_id, idempotency_key, body_hash, json.dumps(body, sort_keys=True), now, now))
+        return None
+
+    def finish_launch(self, request_id: str, status: str, instance_id: str | None = None,
+                      error: str | None = None) -> None:
+        self.connect().execute(
+            "UPDATE launches SET status = ?, instance_id = COALESCE(?, instance_id), error = ?, updated_at = ? "
+            "WHERE request_id = ?", (status, instance_id, error, utcnow(), request_id))
+
+    def get_launch(self, request_id: str) -> dict | None:
+        row = self.connect().execute("SELECT * FROM launches WHERE request_id = ?", (request_id,)).fetchone()
+        return dict(row) if row else None
+
+    def get_launch_by_key(self, idempotency_key: str) -> dict | None:
+        row = self.connect().execute("SELECT * FROM launches WHERE idempotency_key = ?",
+                                     (idempotency_key,)).fetchone()
+        return dict(row) if row else None
+
+    def pending_launches(self) -> list[dict]:
+        return [dict(r) for r in self.connect().execute("SELECT * FROM launches WHERE status = 'pending'")]
 
     # -- catalogue ---------------------------------------------------------------------------
     def save_catalog(self, amis: Iterable[dict], types: Iterable[dict]) -> None:

@@ -5,6 +5,8 @@ no-op transitions cost none. Mutations on one instance are serialised by a per-i
 """
 
 import asyncio
+import hashlib
+import json
 import logging
 import uuid
 from collections import defaultdict
@@ -19,6 +21,25 @@ from app.services.free_tier import Catalog, check_create, check_static, login_us
 from app.services.reconciler import SECURITY_GROUP_NAME, Reconciler
 
 log = logging.getLogger("ec2_creator.instances")
+
+
+class _AlreadyClaimed(Exception):
+    """Another request (maybe from before a restart) holds this Idempotency-Key."""
+
+
+def request_hash(req: InstanceCreate) -> str:
+    canonical = json.dumps(req.model_dump(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def client_token(idempotency_key: str | None, request_id: str) -> str:
+    """EC2's ClientToken (<= 64 ASCII): the key itself when it fits, else its SHA-256."""
+    if idempotency_key is None:
+        return request_id
+    if len(idempotency_key) <= 64 and idempotency_key.isascii() and idempotency_key.isprintable() \
+            and " " not in idempotency_key:
+        return idempotency_key
+    return hashlib.sha256(idempotency_key.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -50,6 +71,7 @@ class InstanceService:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._catalog_lock = asyncio.Lock()
         self._sg_lock = asyncio.Lock()
+        self._inflight: dict[str, asyncio.Future] = {}
 
     # -- AMI catalogue -------------------------------------------------------------------------
     def login_user_of(self, ami_id: str | None) -> str:
@@ -107,29 +129,75 @@ class InstanceService:
             return group_id
 
     # -- create ----------------------------------------------------------------------------------
-    async def create(self, req: InstanceCreate) -> dict:
-        """Check policy, launch with one `aws` process, record what EC2 answered."""
+    async def create(self, req: InstanceCreate, idempotency_key: str | None = None) -> tuple[dict, bool]:
+        """Check policy, launch with one `aws` process, record what EC2 answered.
+
+        Returns (instance, replayed). With an Idempotency-Key, a repeat of the same request gets the
+        same instance without a second launch; concurrent repeats wait for the first.
+        """
         check_static(self.settings.allowed_instance_types, req.instance_type, req.storage_gb)
         catalog = await self.ensure_catalog()
         ami = check_create(catalog, self.settings.allowed_instance_types, req.ami, req.instance_type,
                            req.storage_gb)
-        request_id = uuid.uuid4().hex
-        group_id = await self.ensure_security_group() if req.create_security_group else None
-        args = ["--name", req.name, "--ami", ami.ami_id, "--type", req.instance_type,
-                "--storage-gb", str(req.storage_gb), "--root-device", ami.root_device_name,
-                "--request-id", request_id, "--client-token", request_id]
-        for key, value in (req.tags or {}).items():
-            args += ["--tag", key, value]
+        if idempotency_key is None:
+            return await self._launch(req, ami, None, request_hash(req)), False
+        inflight = self._inflight.get(idempotency_key)
+        if inflight is not None:
+            await asyncio.shield(inflight)  # the first request with this key is running: share its outcome
+            return await self._replay(idempotency_key, req), True
+        future = asyncio.get_running_loop().create_future()
+        self._inflight[idempotency_key] = future
         try:
-            doc = await self.aws.run("create_instance.sh", *args,
-                                     *(["--security-group-id", group_id] if group_id else []))
-        except ApiError as exc:
-            if group_id and exc.aws_error_code in ("InvalidGroup.NotFound", "InvalidGroupId.NotFound"):
+            return await self._launch(req, ami, idempotency_key, request_hash(req)), False
+        except _AlreadyClaimed:
+            return await self._replay(idempotency_key, req), True
+        finally:
+            del self._inflight[idempotency_key]
+            future.set_result(None)
+
+    async def _replay(self, idempotency_key: str, req: InstanceCreate) -> dict:
+        launch = await asyncio.to_thread(self.db.get_launch_by_key, idempotency_key)
+        if launch is None or launch["body_hash"] != request_hash(req):
+            raise Conflict("This Idempotency-Key was already used with a different request body; use a new key.",
+                           code="idempotency_key_reused")
+        if launch["status"] == "launched":
+            row = await asyncio.to_thread(self.db.get_instance, launch["instance_id"])
+            if row is not None:
+                return row
+        if launch["status"] == "failed":
+            raise Conflict(f"The request with this Idempotency-Key failed ({launch['error']}); retry to try again.",
+                           code="idempotent_request_failed")
+        raise Conflict("A request with this Idempotency-Key is still being resolved; retry in a few seconds.",
+                       code="launch_in_progress", retry_after=5)
+
+    async def _launch(self, req: InstanceCreate, ami, idempotency_key: str | None, body_hash: str) -> dict:
+        request_id = uuid.uuid4().hex
+        body = {"request": req.model_dump(), "ami_id": ami.ami_id, "login_user": ami.login_user}
+        # The launch row is written BEFORE the aws process starts: a crash leaves a trace to resolve.
+        existing = await asyncio.to_thread(self.db.claim_launch, request_id, idempotency_key, body_hash, body)
+        if existing is not None:
+            raise _AlreadyClaimed()
+        try:
+            group_id = await self.ensure_security_group() if req.create_security_group else None
+            args = ["--name", req.name, "--ami", ami.ami_id, "--type", req.instance_type,
+                    "--storage-gb", str(req.storage_gb), "--root-device", ami.root_device_name,
+                    "--request-id", request_id, "--client-token", client_token(idempotency_key, request_id)]
+            for key, value in (req.tags or {}).items():
+                args += ["--tag", key, value]
+            try:
+                doc = await self.aws.run("create_instance.sh", *args,
+                                         *(["--security-group-id", group_id] if group_id else []))
+            except ApiError as exc:
+                if not (group_id and exc.aws_error_code in ("InvalidGroup.NotFound", "InvalidGroupId.NotFound")):
+                    raise
                 # The cached group was deleted outside the API: make it again and launch once more.
                 group_id = await self.ensure_security_group(refresh=True)
                 doc = await self.aws.run("create_instance.sh", *args, "--security-group-id", group_id)
-            else:
-                raise
+        except ApiError as exc:
+            if exc.status_code != 504:  # a timeout may still have launched: the reconciler resolves it
+                await asyncio.to_thread(self.db.finish_launch, request_id, "failed", None,
+                                        exc.aws_error_code or exc.code)
+            raise
         instances = doc.get("Instances") or []
         if not instances:
             raise UpstreamError("EC2 accepted the launch but returned no instance.", code="aws_bad_output")

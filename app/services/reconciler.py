@@ -8,8 +8,10 @@ state change gets its event.
 """
 
 import asyncio
+import json
 import logging
 import time
+from datetime import datetime, timedelta, timezone
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -20,6 +22,7 @@ from app.services.db import Database, utcnow
 log = logging.getLogger("ec2_creator.reconciler")
 
 BATCH_DELAY_SECONDS = 0.5  # follow-up sweeps wait this long so concurrent mutations share one
+LAUNCH_GRACE = timedelta(minutes=10)  # a launch not seen in EC2 after this long has failed
 RESERVED_TAGS = {"Name", "ManagedBy", "RequestId"}
 SECURITY_GROUP_NAME = "ec2-creator-local"
 
@@ -33,6 +36,15 @@ class SweepResult:
 
 def tags_of(instance: dict) -> dict[str, str]:
     return {t["Key"]: t.get("Value", "") for t in instance.get("Tags") or [] if "Key" in t}
+
+
+def _iso(value: str | None) -> str | None:
+    """EC2's LaunchTime in our timestamp format (UTC, microseconds, Z)."""
+    try:
+        at = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def state_of(instance: dict) -> str:
@@ -50,6 +62,9 @@ class Reconciler:
         self._task: asyncio.Task | None = None
         self.sweeps = 0
         self.last_error: str | None = None
+        # Launches pending from before this process started were cut short by a crash: the
+        # first sweep finds their instances by RequestId tag, or marks them failed.
+        self.started_at = utcnow()
 
     # -- loop --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -127,15 +142,20 @@ class Reconciler:
         seen: set[str] = set()
         with self.db.transaction():
             tracked = self.db.tracked_ids()
+            pending = {launch["request_id"]: launch for launch in self.db.pending_launches()}
             for instance in observed:
                 instance_id = instance.get("InstanceId")
                 if not instance_id:
                     continue
                 seen.add(instance_id)
+                launch = pending.pop(tags_of(instance).get("RequestId", ""), None)
+                if launch is not None:
+                    self.db.finish_launch(launch["request_id"], "launched", instance_id)
                 row = tracked.get(instance_id)
                 if row is None:
-                    if state_of(instance) != "terminated" and self.db.get_instance(instance_id) is None:
-                        self._adopt(instance)
+                    if (launch is not None or state_of(instance) != "terminated") \
+                            and self.db.get_instance(instance_id) is None:
+                        self._adopt(instance, launch)
                         result.adopted.append(instance_id)
                     continue
                 if (row.get("updated_at") or "") > started:
@@ -150,24 +170,37 @@ class Reconciler:
                                                       "ssh_string": None, "updated_at": now})
                 self.db.add_event(instance_id, "gone", row.get("state"), "terminated", "reconcile", at=now)
                 result.gone.append(instance_id)
+            self._fail_lost_launches(pending.values())
         return result
 
-    def _adopt(self, instance: dict) -> None:
-        """Track a ManagedBy-tagged instance we have no row for (launched by hand, or lost in a crash)."""
+    def _fail_lost_launches(self, unresolved) -> None:
+        """Launches EC2 shows no instance for: cut short by a crash, or long overdue."""
+        overdue = (datetime.now(timezone.utc) - LAUNCH_GRACE).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        for launch in unresolved:
+            if launch["created_at"] < self.started_at or launch["created_at"] < overdue:
+                self.db.finish_launch(launch["request_id"], "failed",
+                                      error="no instance with this request id exists in EC2")
+
+    def _adopt(self, instance: dict, launch: dict | None = None) -> None:
+        """Track a ManagedBy-tagged instance we have no row for (launched by hand, or lost in a crash).
+
+        When it carries the RequestId of one of our launches, what that request asked for is kept.
+        """
         tags = tags_of(instance)
         ami = instance.get("ImageId")
-        login_user = self.login_user_of(ami)
+        asked = json.loads(launch["body"]) if launch else {}
+        login_user = asked.get("login_user") or self.login_user_of(ami)
         launched = instance.get("LaunchTime") or utcnow()
         now = utcnow()
         groups = [g.get("GroupId") for g in instance.get("SecurityGroups") or []
                   if g.get("GroupName") == SECURITY_GROUP_NAME]
         row = {
             "id": instance["InstanceId"], "name": tags.get("Name"), "ami": ami,
-            "instance_type": instance.get("InstanceType"), "storage_gb": None,
+            "instance_type": instance.get("InstanceType"), "storage_gb": asked.get("request", {}).get("storage_gb"),
             "security_group_id": groups[0] if groups else None,
             "tags": {k: v for k, v in tags.items() if k not in RESERVED_TAGS},
             "backend_used": "awscli", "login_user": login_user, "request_id": tags.get("RequestId"),
-            "launched_at": launched, "created_at": now, "updated_at": now, "state": None,
+            "launched_at": launched, "created_at": _iso(launched) or now, "updated_at": now, "state": None,
         }
         fields = self._observed_fields(row, instance)
         self.db.upsert_instance({**row, **fields})
@@ -178,10 +211,12 @@ class Reconciler:
         now = utcnow()
         fields = self._observed_fields(row, instance)
         with self.db.transaction():
-            existing = self.db.get_instance(row["id"])
-            self.db.upsert_instance({**row, **fields, "created_at": now, "updated_at": now})
-            if existing is None:
+            self.db.finish_launch(row["request_id"], "launched", row["id"])
+            if self.db.get_instance(row["id"]) is None:
+                self.db.upsert_instance({**row, **fields, "created_at": now, "updated_at": now})
                 self.db.add_event(row["id"], "create", None, fields["state"], "api", row.get("request_id"), at=now)
+            else:  # a sweep adopted it first and holds a newer observed state: add what we asked for
+                self.db.update_instance(row["id"], {**row, "updated_at": now})
         return self.db.get_instance(row["id"])
 
     def record_transition(self, row: dict, instance_state: dict, action: str, request_id: str | None) -> dict:

@@ -1,0 +1,201 @@
+"""Lifecycle you can trust: retry-safe create, serialised mutations, crash and shutdown recovery.
+
+Real server process, real bash scripts and `aws`, real moto server.
+"""
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import ApiServer, wait_until
+
+BODY = {"name": "idem", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
+
+
+@pytest.fixture
+def server(emulator, tmp_path):
+    srv = ApiServer(tmp_path, emulator.url)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def api(server, fresh_emulator):
+    with httpx.Client(base_url=server.url, timeout=120) as client:
+        client.post("/instances", json=BODY | {"name": "warm-up"}).raise_for_status()  # warm the catalogue
+        yield client
+
+
+def run_instances_calls(server: ApiServer) -> list[list[str]]:
+    return [c for c in server.aws_calls() if "run-instances" in c]
+
+
+def managed_live(emulator) -> set[str]:
+    return {i for i, d in emulator.instances(managed_only=True).items() if d["State"]["Name"] != "terminated"}
+
+
+def tracked(api: httpx.Client) -> list[str]:
+    return [i["id"] for i in api.get("/instances").json()["instances"]]
+
+
+# -- Idempotency-Key ---------------------------------------------------------------------------
+def test_same_key_same_body_returns_the_same_instance_without_a_second_launch(api, server, fresh_emulator):
+    headers = {"Idempotency-Key": "order-42"}
+    first = api.post("/instances", json=BODY, headers=headers)
+    launches = len(run_instances_calls(server))
+    again = api.post("/instances", json=BODY, headers=headers)
+    assert first.status_code == again.status_code == 201
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert len(run_instances_calls(server)) == launches  # no second aws process
+    call = run_instances_calls(server)[-1]
+    assert call[call.index("--client-token") + 1] == "order-42"  # EC2 dedupes a retried launch too
+    names = [{t["Key"]: t["Value"] for t in d["Tags"]}["Name"] for d in fresh_emulator.instances().values()]
+    assert names.count("idem") == 1
+
+
+def test_same_key_other_body_is_409(api):
+    headers = {"Idempotency-Key": "order-43"}
+    assert api.post("/instances", json=BODY, headers=headers).status_code == 201
+    other = api.post("/instances", json=BODY | {"name": "other"}, headers=headers)
+    assert other.status_code == 409 and other.json()["code"] == "idempotency_key_reused"
+
+
+def test_concurrent_retries_with_one_key_launch_once(api, server, fresh_emulator):
+    before = len(run_instances_calls(server))
+    results: list[httpx.Response] = []
+
+    def post() -> None:
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            results.append(client.post("/instances", json=BODY, headers={"Idempotency-Key": "burst-1"}))
+
+    threads = [threading.Thread(target=post) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.status_code for r in results] == [201] * 5
+    assert len({r.json()["id"] for r in results}) == 1
+    assert len(run_instances_calls(server)) - before == 1
+
+
+def test_long_keys_become_a_64_char_client_token(api, server):
+    key = "k" * 200
+    assert api.post("/instances", json=BODY, headers={"Idempotency-Key": key}).status_code == 201
+    call = run_instances_calls(server)[-1]
+    token = call[call.index("--client-token") + 1]
+    assert len(token) == 64 and token != key[:64]
+
+
+@pytest.mark.parametrize("key", ["", "has space", "x" * 256])
+def test_malformed_keys_are_422(api, server, key):
+    before = len(server.aws_calls())
+    response = api.post("/instances", json=BODY, headers={"Idempotency-Key": key})
+    assert response.status_code == 422
+    assert [c for c in server.aws_calls()[before:] if "describe-instances" not in c] == []
+
+
+# -- serialised mutations ----------------------------------------------------------------------
+def test_start_and_stop_racing_end_consistent(api, server, fresh_emulator):
+    instance_id = api.post("/instances", json=BODY).json()["id"]
+    wait_until(lambda: api.get(f"/instances/{instance_id}").json()["state"] == "running")
+    statuses: list[int] = []
+
+    def hit(action: str) -> None:
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            statuses.append(client.post(f"/instances/{instance_id}/{action}").status_code)
+
+    threads = [threading.Thread(target=hit, args=(a,)) for a in ["stop", "start"] * 4]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert set(statuses) <= {200, 202, 409} and len(statuses) == 8
+    api.post("/instances/sync")
+    ec2_state = fresh_emulator.instances()[instance_id]["State"]["Name"]
+    assert api.get(f"/instances/{instance_id}").json()["state"] == ec2_state
+
+
+# -- crashes and shutdown ----------------------------------------------------------------------
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def test_kill_9_mid_burst_then_restart_tracks_every_instance_once(api, server, fresh_emulator):
+    results: list[object] = []
+
+    def post(i: int) -> None:
+        try:
+            with httpx.Client(base_url=server.url, timeout=60) as client:
+                results.append(client.post("/instances", json=BODY | {"name": f"burst-{i}"},
+                                           headers={"Idempotency-Key": f"crash-{i}"}).status_code)
+        except httpx.HTTPError as exc:
+            results.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: len(run_instances_calls(server)) >= 4, timeout=30, interval=0.05)
+    time.sleep(0.3)
+    victims = [server.proc.pid, *descendants(server.proc.pid)]
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for t in threads:
+        t.join()
+    server.stop()
+    assert any(r != 201 for r in results), "the kill came too late to test anything"
+
+    server.start()
+    api.post("/instances/sync").raise_for_status()
+    listed = tracked(api)
+    assert len(listed) == len(set(listed))  # none twice
+    assert set(listed) == managed_live(fresh_emulator)  # every live instance tracked, nothing invented
+
+    # Replaying each key now launches only what never reached EC2; nothing is launched twice.
+    for i in range(8):
+        replay = api.post("/instances", json=BODY | {"name": f"burst-{i}"}, headers={"Idempotency-Key": f"crash-{i}"})
+        assert replay.status_code == 201, replay.text
+    names = [{t["Key"]: t["Value"] for t in d["Tags"]}["Name"] for d in fresh_emulator.instances().values()]
+    assert sorted(n for n in names if n.startswith("burst-")) == [f"burst-{i}" for i in range(8)]
+
+
+def test_sigterm_lets_an_in_flight_create_finish_and_be_recorded(api, server, fresh_emulator):
+    outcome: dict[str, httpx.Response] = {}
+
+    def post() -> None:
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            outcome["response"] = client.post("/instances", json=BODY | {"name": "in-flight"})
+
+    before = len(run_instances_calls(server))
+    thread = threading.Thread(target=post)
+    thread.start()
+    wait_until(lambda: len(run_instances_calls(server)) > before, timeout=30, interval=0.02)
+    server.proc.send_signal(signal.SIGTERM)
+    thread.join()
+    response = outcome["response"]
+    assert response.status_code == 201, response.text
+    assert server.proc.wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once drained
+    server.stop()
+    server.start()
+    assert api.get(f"/instances/{response.json()['id']}").json()["name"] == "in-flight"
