@@ -51,8 +51,9 @@ class Transition:
 
 
 TRANSITIONS = {
+    # "stopping" is asked too: our record may lag EC2, which answers 409 if it really is stopping.
     "start": Transition("start_instance.sh", "StartingInstances",
-                        frozenset({"stopped"}), frozenset({"pending", "running"})),
+                        frozenset({"stopped", "stopping"}), frozenset({"pending", "running"})),
     "stop": Transition("stop_instance.sh", "StoppingInstances",
                        frozenset({"pending", "running"}), frozenset({"stopping", "stopped"})),
     "delete": Transition("destroy_instance.sh", "TerminatingInstances",
