@@ -12,7 +12,7 @@ EC2_TARGET  ?= sandbox
 SANDBOX_PORT ?= 5055
 SANDBOX_URL := http://127.0.0.1:$(SANDBOX_PORT)
 
-.PHONY: help venv run sandbox sandbox-stop test test-python test-bash lint clean
+.PHONY: help venv run sandbox sandbox-stop test test-python test-bash lint clean bench bench-smoke
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -58,6 +58,12 @@ test-python: venv ## pytest: REST contract suite (test_api.py) and tests/
 	$(PY) -m pytest -q test_api.py tests
 
 test: lint test-bash test-python ## Everything CI runs
+
+bench: venv ## Full benchmark (several minutes): data/bench/results.json and docs/PERFORMANCE.md
+	$(PY) bench/run_bench.py
+
+bench-smoke: venv ## Benchmark at small sizes (< 60 s); fails if a process-count budget line misses
+	$(PY) bench/run_bench.py --smoke
 
 clean: ## Remove the venv and local data
 	rm -rf $(VENV) data/sandbox

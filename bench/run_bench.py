@@ -1,0 +1,803 @@
+#!/usr/bin/env python3
+"""Benchmark: what each call costs, in `aws` processes, seconds and MiB, against the budget.
+
+Starts its own moto server and its own API server (conftest's Emulator / ApiServer / safe_env: fake
+credentials, explicit 127.0.0.1 endpoint, proxy guard), with AWS_CLI pointing at
+bench/aws_count_shim.sh, which logs every `aws` process the server spawns.
+
+    python bench/run_bench.py            # full run: data/bench/results.json + docs/PERFORMANCE.md
+    python bench/run_bench.py --smoke    # small sizes, < 60 s, checks only the process-count budget
+
+Phases (full sizes; --smoke uses the small ones in SMOKE):
+  1. raw cost: one `aws ec2 describe-instances` and one `aws ec2 run-instances`, timed directly,
+     interleaved with API creates (POST /instances) so both see the same machine;
+  2. `aws` processes per API operation (create, get, list, stop, start, delete), from the shim log;
+  3. 8 serial creates, then 8 concurrent creates with /health probed all along;
+  4. a burst of 32 concurrent creates with server + children RSS sampled every 50 ms;
+  5. 10 / 100 / 1,000 tracked instances (seeded straight into the emulator, tagged ManagedBy, then
+     adopted by a reconcile sweep): GET /instances and GET /instances/{id} p50/p99, server RSS;
+  6. at 1,000: a sweep (POST /instances/sync) against one raw describe-instances of the same set.
+
+The reconciler's periodic interval is set to an hour so that only the sweeps the API asks for
+(after a mutation, or /instances/sync) run: periodic sweeps would otherwise land inside timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+
+from conftest import KEY_NAME, VENV_BIN, ApiServer, Emulator, safe_env  # noqa: E402
+
+SHIM = ROOT / "bench" / "aws_count_shim.sh"
+AWS = VENV_BIN / "aws"
+FINDINGS = ROOT / "bench" / "FINDINGS.md"
+DEFAULT_JSON = ROOT / "data" / "bench" / "results.json"
+DEFAULT_DOC = ROOT / "docs" / "PERFORMANCE.md"
+
+MANAGED_TAG = {"Key": "ManagedBy", "Value": "ec2-creator-local"}
+MANAGED_FILTER = '[{"Name":"tag:ManagedBy","Values":["ec2-creator-local"]}]'
+MUTATING = {"run-instances", "start-instances", "stop-instances", "terminate-instances"}
+GLOBAL_OPTS_WITH_VALUE = {"--output", "--cli-connect-timeout", "--cli-read-timeout", "--endpoint-url",
+                          "--region", "--profile", "--query", "--color", "--ca-bundle"}
+MAX_AWS_PROCESSES = 8  # the server's default; the bench does not override it
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Sizes:
+    name: str
+    tracked: tuple[int, ...]  # GET latency measured with this many tracked instances
+    raw_samples: int  # raw run-instances / API create pairs
+    serial: int  # serial creates, then as many concurrent
+    burst: int  # concurrent creates under the memory sampler
+    list_samples: int
+    get_samples: int
+    sweep_samples: int
+    serial_leg: bool = True  # time `serial` creates one after another (the concurrency ratio's base)
+    quiet_wait_s: float = 120.0  # before a timed phase, wait up to this long for other load to stop
+
+
+FULL = Sizes("full", (10, 100, 1000), raw_samples=5, serial=8, burst=32, list_samples=100, get_samples=300,
+             sweep_samples=3)
+SMOKE = Sizes("smoke", (10,), raw_samples=1, serial=2, burst=4, list_samples=20, get_samples=20, sweep_samples=1,
+              serial_leg=False, quiet_wait_s=0.0)
+
+
+# -- processes, from /proc ------------------------------------------------------------------------
+def _children_map() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = defaultdict(list)
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(b")", 1)[1].split()[1])
+        kids[ppid].append(int(entry.name))
+    return kids
+
+
+def descendants(pid: int) -> list[int]:
+    kids, out, todo = _children_map(), [], [pid]
+    while todo:
+        for child in kids.get(todo.pop(), ()):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0  # gone, or a zombie
+
+
+def is_aws(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    return any(Path(a.decode(errors="replace")).name == "aws" for a in argv[:2])
+
+
+class Sampler(threading.Thread):
+    """Every `interval` s: RSS of the server and of all its descendants, and how many are `aws`."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.interval = pid, interval
+        self.samples: list[tuple[float, int, int, int]] = []  # (t, server rss, children rss, aws count)
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        t0 = time.perf_counter()
+        while not self._halt.is_set():
+            kids = descendants(self.pid)
+            self.samples.append((time.perf_counter() - t0, rss_bytes(self.pid), sum(map(rss_bytes, kids)),
+                                 sum(map(is_aws, kids))))
+            self._halt.wait(self.interval)
+
+    def stop(self) -> dict:
+        self._halt.set()
+        self.join()
+        peak = max(self.samples, key=lambda s: s[1] + s[2])
+        return {"samples": len(self.samples), "peak_total_mib": round((peak[1] + peak[2]) / MIB, 1),
+                "server_at_peak_mib": round(peak[1] / MIB, 1), "children_at_peak_mib": round(peak[2] / MIB, 1),
+                "peak_server_mib": round(max(s[1] for s in self.samples) / MIB, 1),
+                "max_concurrent_aws": max(s[3] for s in self.samples)}
+
+
+def wait_idle(pid: int, quiet: float = 0.7, timeout: float = 300.0) -> None:
+    """Until the server has had no child process for `quiet` s (its follow-up sweep included:
+    a sweep is asked for before the response and starts BATCH_DELAY_SECONDS = 0.5 s later)."""
+    deadline = time.monotonic() + timeout
+    calm_since = time.monotonic()
+    while time.monotonic() < deadline:
+        if descendants(pid):
+            calm_since = time.monotonic()
+        elif time.monotonic() - calm_since >= quiet:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"server {pid} still had child processes after {timeout} s")
+
+
+# -- CPU: ours vs everybody else's (other jobs on the machine skew every timing) ----------------
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s() -> float:
+    """Busy CPU seconds of the whole machine since boot (all CPUs, /proc/stat)."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:9]]
+    return (sum(values) - values[3] - values[4]) / CLK_TCK
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of `pid` and its live descendants, including their reaped children."""
+    total = 0
+    for p in [pid, *descendants(pid)]:
+        try:
+            with open(f"/proc/{p}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return total / CLK_TCK
+
+
+class CpuMeter:
+    """Busy CPU seconds spent outside this benchmark's process tree between two readings."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.t, self.busy, self.ours = time.perf_counter(), machine_busy_s(), tree_cpu_s(os.getpid())
+
+    def read(self) -> dict:
+        t, busy, ours = time.perf_counter(), machine_busy_s(), tree_cpu_s(os.getpid())
+        wall = max(t - self.t, 1e-6)
+        foreign = max(0.0, (busy - self.busy) - (ours - self.ours))
+        return {"wall_s": round(wall, 2), "ours_cpu_s": round(ours - self.ours, 2),
+                "foreign_cpu_s": round(foreign, 2), "foreign_cores": round(foreign / wall, 2)}
+
+
+def wait_quiet(max_wait: float, log, threshold: float = 0.15) -> dict:
+    """Wait (up to max_wait s) until other processes use < threshold cores for 2 s in a row."""
+    t0 = time.perf_counter()
+    calm = 0
+    last = {"foreign_cores": 0.0}
+    while time.perf_counter() - t0 < max_wait:
+        meter = CpuMeter()
+        time.sleep(1.0)
+        last = meter.read()
+        calm = calm + 1 if last["foreign_cores"] < threshold else 0
+        if calm >= 2:
+            break
+    waited = round(time.perf_counter() - t0, 1)
+    if waited > 3:
+        log(f"  waited {waited} s for other load to stop (last: {last['foreign_cores']} cores busy elsewhere)")
+    return {"waited_s": waited, "foreign_cores_at_start": last["foreign_cores"]}
+
+
+# -- the shim log ----------------------------------------------------------------------------------
+def operation(argv: list[str]) -> str:
+    """'describe-instances' from ['--output', 'json', ..., 'ec2', 'describe-instances', ...]."""
+    words, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in GLOBAL_OPTS_WITH_VALUE:
+            skip = True
+        elif not arg.startswith("-"):
+            words.append(arg)
+            if len(words) == 2:
+                return words[1]
+    return " ".join(words) or "?"
+
+
+class CallLog:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def ops(self) -> list[str]:
+        return [operation(json.loads(line)) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def mark(self) -> int:
+        return len(self.ops())
+
+    def since(self, mark: int) -> Counter:
+        return Counter(self.ops()[mark:])
+
+
+# -- stats -----------------------------------------------------------------------------------------
+def pct(values: list[float], q: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
+
+
+def latency_summary(values: list[float]) -> dict:
+    return {"n": len(values), "p50_ms": ms(pct(values, 50)), "p99_ms": ms(pct(values, 99)),
+            "max_ms": ms(max(values))}
+
+
+# -- the raw `aws` process -------------------------------------------------------------------------
+def raw_aws(emulator_url: str, *args: str) -> float:
+    """Time one `aws` process with the global options common.sh's aws_call passes."""
+    env = safe_env(AWS_PAGER="", AWS_RETRY_MODE="standard", AWS_MAX_ATTEMPTS="3")
+    argv = [str(AWS), "--output", "json", "--cli-connect-timeout", "5", "--cli-read-timeout", "30",
+            "--endpoint-url", emulator_url, "--region", "us-east-1", *args]
+    t0 = time.perf_counter()
+    done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
+    elapsed = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise RuntimeError(f"aws {' '.join(args[:2])} failed: {done.stderr.decode()[-500:]}")
+    return elapsed
+
+
+def raw_run_instances(emulator_url: str, ami: str) -> float:
+    tags = json.dumps([{"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": "bench-raw"}]}])
+    devices = '[{"DeviceName":"/dev/xvda","Ebs":{"VolumeSize":8,"VolumeType":"gp3","DeleteOnTermination":true}}]'
+    return raw_aws(emulator_url, "ec2", "run-instances", "--image-id", ami, "--instance-type", "t3.micro",
+                   "--count", "1", "--key-name", KEY_NAME, "--block-device-mappings", devices,
+                   "--tag-specifications", tags)
+
+
+def raw_describe(emulator_url: str) -> float:
+    return raw_aws(emulator_url, "ec2", "describe-instances", "--filters", MANAGED_FILTER)
+
+
+# -- API helpers -----------------------------------------------------------------------------------
+def create_body(i: int | str) -> dict:
+    return {"name": f"bench-{i}", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
+
+
+def timed(client: httpx.Client, method: str, url: str, **kw) -> tuple[float, httpx.Response]:
+    t0 = time.perf_counter()
+    response = client.request(method, url, **kw)
+    return time.perf_counter() - t0, response
+
+
+def expect(response: httpx.Response, *codes: int) -> httpx.Response:
+    if response.status_code not in codes:
+        raise RuntimeError(f"{response.request.method} {response.request.url} -> {response.status_code}: "
+                           f"{response.text[:500]}")
+    return response
+
+
+async def concurrent_creates(url: str, count: int, tag: str, probe_health: bool) -> dict:
+    """`count` POST /instances at once; with probe_health, GET /health every 10 ms meanwhile."""
+    limits = httpx.Limits(max_connections=count + 4, max_keepalive_connections=count + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+        done = asyncio.Event()
+        health: list[float] = []
+
+        async def probe() -> None:
+            while not done.is_set():
+                t0 = time.perf_counter()
+                expect(await client.get("/health"), 200)
+                health.append(time.perf_counter() - t0)
+                await asyncio.sleep(0.01)
+
+        latencies: list[float] = []
+
+        async def one(i: int) -> int:
+            t_req = time.perf_counter()
+            response = await client.post("/instances", json=create_body(f"{tag}-{i}"))
+            latencies.append(round(time.perf_counter() - t_req, 3))
+            return response.status_code
+
+        prober = asyncio.create_task(probe()) if probe_health else None
+        t0 = time.perf_counter()
+        codes = await asyncio.gather(*(one(i) for i in range(count)))
+        wall = time.perf_counter() - t0
+        done.set()
+        if prober:
+            await prober
+    return {"wall_s": wall, "codes": dict(Counter(codes)), "health": health, "latencies": sorted(latencies)}
+
+
+# -- the run ---------------------------------------------------------------------------------------
+class Bench:
+    def __init__(self, sizes: Sizes, workdir: Path, log=print) -> None:
+        self.sizes, self.workdir, self.log = sizes, workdir, log
+        self.results: dict = {"profile": sizes.name, "sizes": asdict(sizes)}
+
+    def run(self) -> dict:
+        t_start = time.perf_counter()
+        self.results["machine"] = machine_info()
+        self.emu = Emulator(self.workdir)
+        try:
+            self.emu.reset()
+            self.ami = self.emu.ami()
+            self.log("warming the emulator (its first EC2 call is slow)")
+            raw_describe(self.emu.url)
+            self.server = ApiServer(self.workdir, self.emu.url, AWS_CLI=str(SHIM), RECONCILE_INTERVAL_SECONDS="3600")
+            try:
+                self.calls = CallLog(self.server.shim_log)
+                self.pid = self.server.proc.pid
+                self.client = httpx.Client(base_url=self.server.url, timeout=600)
+                wait_idle(self.pid)  # the AMI catalogue warms at start (its `aws` calls) and the first sweep
+                self.results["startup_aws_calls"] = dict(self.calls.since(0))
+                self.results["memory"] = {"server_idle_mib": round(rss_bytes(self.pid) / MIB, 1)}
+                for phase in (self.phase_raw_and_create_latency, self.phase_process_counts,
+                              self.phase_concurrency, self.phase_burst, self.phase_scale):
+                    self.timed_phase(phase)
+            finally:
+                self.server.stop()
+        finally:
+            self.emu.close()
+        self.results["duration_s"] = round(time.perf_counter() - t_start, 1)
+        self.results["checks"] = checks(self.results)
+        return self.results
+
+    def timed_phase(self, phase) -> None:
+        """Run one phase, recording how much CPU other processes on the machine took meanwhile."""
+        name = phase.__name__.removeprefix("phase_")
+        quiet = wait_quiet(self.sizes.quiet_wait_s, self.log) if self.sizes.quiet_wait_s else {}
+        meter = CpuMeter()
+        phase()
+        self.results.setdefault("machine_load", {})[name] = {**quiet, **meter.read()}
+
+    # 1 ------------------------------------------------------------------------------------------
+    def phase_raw_and_create_latency(self) -> None:
+        self.log("phase 1: raw aws processes vs POST /instances")
+        raw_run, raw_desc, api = [], [], []
+        for i in range(self.sizes.raw_samples):
+            raw_desc.append(raw_describe(self.emu.url))
+            raw_run.append(raw_run_instances(self.emu.url, self.ami))
+            elapsed, response = timed(self.client, "POST", "/instances", json=create_body(f"lat-{i}"))
+            expect(response, 201)
+            api.append(elapsed)
+            wait_idle(self.pid)
+        self.results["raw"] = {
+            "describe_instances_s": [round(x, 3) for x in raw_desc],
+            "run_instances_s": [round(x, 3) for x in raw_run],
+            "describe_instances_median_s": round(statistics.median(raw_desc), 3),
+            "run_instances_median_s": round(statistics.median(raw_run), 3),
+        }
+        self.results["create_latency"] = {
+            "api_s": [round(x, 3) for x in api],
+            "api_median_s": round(statistics.median(api), 3),
+            "ratio_to_raw_run_instances": round(statistics.median(api) / statistics.median(raw_run), 3),
+        }
+
+    # 2 ------------------------------------------------------------------------------------------
+    def phase_process_counts(self) -> None:
+        self.log("phase 2: aws processes per API operation")
+        counts: dict[str, dict] = {}
+
+        def measure(name: str, method: str, path: str, *codes: int, **kw) -> httpx.Response:
+            mark = self.calls.mark()
+            response = expect(self.client.request(method, path, **kw), *codes)
+            wait_idle(self.pid)
+            ops = self.calls.since(mark)
+            counts[name] = {"total": sum(ops.values()), "mutating": sum(n for op, n in ops.items() if op in MUTATING),
+                            "describe_instances": ops.get("describe-instances", 0), "by_operation": dict(ops)}
+            return response
+
+        iid = measure("create", "POST", "/instances", 201, json=create_body("count")).json()["id"]
+        measure("get", "GET", f"/instances/{iid}", 200)
+        measure("list", "GET", "/instances", 200)
+        measure("stop", "POST", f"/instances/{iid}/stop", 202)
+        state = expect(self.client.get(f"/instances/{iid}"), 200).json()["state"]
+        if state != "stopped":
+            raise RuntimeError(f"after stop and its follow-up sweep the instance is {state}, not stopped")
+        measure("start", "POST", f"/instances/{iid}/start", 202)
+        measure("delete", "DELETE", f"/instances/{iid}", 202)
+        self.results["aws_processes_per_operation"] = counts
+
+    # 3 ------------------------------------------------------------------------------------------
+    def phase_concurrency(self) -> None:
+        n = self.sizes.serial
+        result: dict = {"creates": n}
+        if self.sizes.serial_leg:
+            self.log(f"phase 3: {n} serial creates, {n} concurrent, then {n} concurrent with /health probed")
+            t0 = time.perf_counter()
+            for i in range(n):
+                expect(self.client.post("/instances", json=create_body(f"serial-{i}")), 201)
+            serial = time.perf_counter() - t0
+            wait_idle(self.pid)
+            plain = asyncio.run(concurrent_creates(self.server.url, n, "conc", probe_health=False))
+            if plain["codes"] != {201: n}:
+                raise RuntimeError(f"concurrent creates answered {plain['codes']}")
+            wait_idle(self.pid)
+            result |= {"serial_wall_s": round(serial, 3), "concurrent_wall_s": round(plain["wall_s"], 3),
+                       "ratio_concurrent_to_serial": round(plain["wall_s"] / serial, 3)}
+        else:
+            self.log(f"phase 3: {n} concurrent creates with /health probed")
+        mark = self.calls.mark()
+        run = asyncio.run(concurrent_creates(self.server.url, n, "probed", probe_health=True))
+        wait_idle(self.pid)
+        ops = self.calls.since(mark)
+        if run["codes"] != {201: n}:
+            raise RuntimeError(f"concurrent creates answered {run['codes']}")
+        self.results["concurrency"] = result | {
+            "probed_concurrent_wall_s": round(run["wall_s"], 3), "create_latencies_s": run["latencies"],
+            "aws_processes": dict(ops), "describe_instances": ops.get("describe-instances", 0),
+            "health_during_creates": latency_summary(run["health"]),
+        }
+
+    # 4 ------------------------------------------------------------------------------------------
+    def phase_burst(self) -> None:
+        n = self.sizes.burst
+        self.log(f"phase 4: burst of {n} concurrent creates, RSS sampled every 50 ms")
+        sampler = Sampler(self.pid)
+        sampler.start()
+        run = asyncio.run(concurrent_creates(self.server.url, n, "burst", probe_health=False))
+        wait_idle(self.pid)
+        memory = sampler.stop()
+        self.results["burst"] = {"creates": n, "codes": run["codes"], "succeeded": run["codes"].get(201, 0),
+                                 "wall_s": round(run["wall_s"], 3), **memory}
+
+    # 5 + 6 --------------------------------------------------------------------------------------
+    def tracked(self) -> list[dict]:
+        return expect(self.client.get("/instances"), 200).json()["instances"]
+
+    def sync(self) -> tuple[float, dict]:
+        elapsed, response = timed(self.client, "POST", "/instances/sync")
+        return elapsed, expect(response, 200).json()
+
+    def phase_scale(self) -> None:
+        self.log("phase 5: emptying the emulator, then 10 / 100 / 1,000 tracked instances")
+        self.emu.reset()
+        self.sync()
+        if self.tracked():
+            raise RuntimeError("instances still listed after the emulator was reset and a sweep ran")
+        scale: dict[str, dict] = {}
+        for n in self.sizes.tracked:
+            have = len(self.tracked())
+            seeded, adopt_s, adopted, ops = 0.0, 0.0, {}, Counter()
+            if n > have:
+                t0 = time.perf_counter()
+                self.emu.ec2.run_instances(
+                    ImageId=self.ami, InstanceType="t3.micro", MinCount=n - have, MaxCount=n - have,
+                    TagSpecifications=[{"ResourceType": "instance",
+                                        "Tags": [MANAGED_TAG, {"Key": "Name", "Value": f"seed-{n}"}]}])
+                seeded = time.perf_counter() - t0
+                mark = self.calls.mark()
+                adopt_s, adopted = self.sync()
+                ops = self.calls.since(mark)
+            listed = self.tracked()
+            if len(listed) != n:
+                raise RuntimeError(f"{len(listed)} instances listed, {n} expected")
+            self.log(f"  {n} tracked (seeded in {seeded:.1f} s, adopted by one sweep in {adopt_s:.1f} s)")
+            wait_idle(self.pid)
+            ids = [i["id"] for i in listed]
+            lists, gets = [], []
+            for _ in range(self.sizes.list_samples):
+                elapsed, response = timed(self.client, "GET", "/instances")
+                expect(response, 200)
+                lists.append(elapsed)
+            list_bytes = len(response.content)
+            mark_reads = self.calls.mark()
+            for k in range(self.sizes.get_samples):
+                elapsed, response = timed(self.client, "GET", f"/instances/{ids[(k * 7919) % len(ids)]}")
+                expect(response, 200)
+                gets.append(elapsed)
+            scale[str(n)] = {
+                "adopt_sweep_s": round(adopt_s, 3), "adopted": len(adopted.get("adopted", [])),
+                "adopt_sweep_aws_processes": dict(ops), "seed_s": round(seeded, 3),
+                "list": latency_summary(lists), "get": latency_summary(gets),
+                "list_response_bytes": list_bytes,
+                "reads_aws_processes": sum(self.calls.since(mark_reads).values()),
+                "server_rss_mib": round(rss_bytes(self.pid) / MIB, 1),
+            }
+        self.results["scale"] = scale
+        top = self.sizes.tracked[-1]
+        self.results["memory"]["server_tracked_n"] = top
+        self.results["memory"]["server_tracked_mib"] = scale[str(top)]["server_rss_mib"]
+        self.phase_sweep(top)
+
+    def phase_sweep(self, n: int) -> None:
+        self.log(f"phase 6: one sweep vs one raw describe-instances, {n} instances")
+        raws, sweeps, procs, health_max = [], [], [], []
+        for _ in range(self.sizes.sweep_samples):
+            raws.append(raw_describe(self.emu.url))
+            wait_idle(self.pid)
+            mark = self.calls.mark()
+            sampler = Sampler(self.pid)
+            sampler.start()
+            stop = threading.Event()
+            health: list[float] = []
+
+            def probe() -> None:
+                with httpx.Client(base_url=self.server.url, timeout=60) as c:
+                    while not stop.is_set():
+                        t0 = time.perf_counter()
+                        expect(c.get("/health"), 200)
+                        health.append(time.perf_counter() - t0)
+                        stop.wait(0.02)
+
+            prober = threading.Thread(target=probe, daemon=True)
+            prober.start()
+            elapsed, result = self.sync()
+            stop.set()
+            prober.join()
+            memory = sampler.stop()
+            sweeps.append(elapsed)
+            procs.append(sum(self.calls.since(mark).values()))
+            health_max.append(max(health, default=0.0))
+            if any(result.values()):
+                raise RuntimeError(f"a steady-state sweep changed something: {result}")
+        self.results["sweep"] = {
+            "instances": n, "sweep_s": [round(x, 3) for x in sweeps], "raw_describe_s": [round(x, 3) for x in raws],
+            "sweep_median_s": round(statistics.median(sweeps), 3),
+            "raw_describe_median_s": round(statistics.median(raws), 3),
+            "ratio_to_raw_describe": round(statistics.median(sweeps) / statistics.median(raws), 3),
+            "aws_processes_per_sweep": max(procs), "health_max_during_sweep_ms": ms(max(health_max)),
+            "server_peak_rss_during_sweep_mib": memory["peak_server_mib"],
+        }
+        self.results["memory"]["server_peak_during_sweep_mib"] = memory["peak_server_mib"]
+
+
+def machine_info() -> dict:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor() or "?")
+    version = subprocess.run([str(AWS), "--version"], capture_output=True, text=True, env=safe_env())
+    import moto
+
+    return {"cpus": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)), "cpu_model": model,
+            "mem_total_mib": int(Path("/proc/meminfo").read_text().split()[1]) // 1024,
+            "aws_cli_version": (version.stdout or version.stderr).strip(), "python": platform.python_version(),
+            "moto": moto.__version__, "kernel": platform.release(),
+            "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+# -- budget ----------------------------------------------------------------------------------------
+def checks(r: dict) -> list[dict]:
+    """Each budget line: value, limit, pass. kind 'count' lines are deterministic (the smoke asserts
+    them); 'timing' and 'memory' lines depend on the machine and are only reported."""
+    out: list[dict] = []
+
+    def add(name: str, kind: str, value, limit: str, ok: bool) -> None:
+        out.append({"name": name, "kind": kind, "value": value, "budget": limit, "pass": bool(ok)})
+
+    per_op = r["aws_processes_per_operation"]
+    for op in ("get", "list"):
+        add(f"{op}: aws processes", "count", per_op[op]["total"], "= 0", per_op[op]["total"] == 0)
+    for n, s in r["scale"].items():
+        add(f"reads at {n} tracked: aws processes", "count", s["reads_aws_processes"], "= 0",
+            s["reads_aws_processes"] == 0)
+    for op in ("create", "start", "stop", "delete"):
+        add(f"{op}: mutating aws processes", "count", per_op[op]["mutating"], "= 1", per_op[op]["mutating"] == 1)
+        other = per_op[op]["total"] - per_op[op]["mutating"] - per_op[op]["describe_instances"]
+        add(f"{op}: other aws processes (catalogue warm)", "count", other, "= 0", other == 0)
+    c = r["concurrency"]
+    add(f"{c['creates']} concurrent creates: describe-instances", "count", c["describe_instances"], "<= 2",
+        c["describe_instances"] <= 2)
+    sw = r["sweep"]
+    add(f"sweep at {sw['instances']}: aws processes", "count", sw["aws_processes_per_sweep"], "= 1",
+        sw["aws_processes_per_sweep"] == 1)
+    for n, s in r["scale"].items():
+        procs = sum(s["adopt_sweep_aws_processes"].values())
+        add(f"adopting sweep to {n}: aws processes", "count", procs, "= 1", procs == 1)
+    b = r["burst"]
+    add(f"burst of {b['creates']}: creates that succeeded", "count", b["succeeded"], f"= {b['creates']}",
+        b["succeeded"] == b["creates"])
+    add(f"burst of {b['creates']}: most aws processes at once", "count", b["max_concurrent_aws"],
+        f"<= {MAX_AWS_PROCESSES}", b["max_concurrent_aws"] <= MAX_AWS_PROCESSES)
+
+    h = c["health_during_creates"]
+    add(f"/health p50 during {c['creates']} creates (ms)", "timing", h["p50_ms"], "<= 20", h["p50_ms"] <= 20)
+    add(f"/health max during {c['creates']} creates (ms)", "timing", h["max_ms"], "<= 200", h["max_ms"] <= 200)
+    if "ratio_concurrent_to_serial" in c:
+        add(f"{c['creates']} concurrent / {c['creates']} serial creates", "timing", c["ratio_concurrent_to_serial"],
+            "<= 0.6", c["ratio_concurrent_to_serial"] <= 0.6)
+    ratio = r["create_latency"]["ratio_to_raw_run_instances"]
+    add("API create / raw run-instances", "timing", ratio, "<= 1.15", ratio <= 1.15)
+    top = str(max(int(k) for k in r["scale"]))
+    lst, get = r["scale"][top]["list"], r["scale"][top]["get"]
+    add(f"GET /instances p50 at {top} (ms)", "timing", lst["p50_ms"], "<= 30", lst["p50_ms"] <= 30)
+    add(f"GET /instances/{{id}} p50 at {top} (ms)", "timing", get["p50_ms"], "<= 5", get["p50_ms"] <= 5)
+    add(f"sweep / raw describe at {sw['instances']}", "timing", sw["ratio_to_raw_describe"], "<= 1.2",
+        sw["ratio_to_raw_describe"] <= 1.2)
+    m = r["memory"]
+    rss = max(m["server_tracked_mib"], m.get("server_peak_during_sweep_mib", 0))
+    add(f"server RSS with {m['server_tracked_n']} tracked, incl. sweeps (MiB)", "memory", rss, "<= 150", rss <= 150)
+    add(f"server + aws children, burst of {b['creates']} (MiB)", "memory", b["peak_total_mib"], "<= 1024",
+        b["peak_total_mib"] <= 1024)
+    return out
+
+
+# -- report ----------------------------------------------------------------------------------------
+def table(r: dict) -> str:
+    raw, cl, c, b, sw, m = r["raw"], r["create_latency"], r["concurrency"], r["burst"], r["sweep"], r["memory"]
+    rows = [
+        ("raw `aws ec2 describe-instances` (few instances), median", f"{raw['describe_instances_median_s']:.3f} s"),
+        ("raw `aws ec2 run-instances`, median", f"{raw['run_instances_median_s']:.3f} s"),
+        ("API `POST /instances`, median", f"{cl['api_median_s']:.3f} s"),
+        ("API create / raw run-instances", f"{cl['ratio_to_raw_run_instances']:.2f}"),
+    ]
+    for op, v in r["aws_processes_per_operation"].items():
+        detail = ", ".join(f"{k} {n}" for k, n in sorted(v["by_operation"].items())) or "none"
+        rows.append((f"`aws` processes: {op}", f"{v['total']} ({detail})"))
+    h = c["health_during_creates"]
+    rows += [
+        (f"/health during {c['creates']} concurrent creates p50 / p99 / max",
+         f"{h['p50_ms']} / {h['p99_ms']} / {h['max_ms']} ms (n={h['n']})"),
+    ]
+    if "ratio_concurrent_to_serial" in c:
+        rows += [
+            (f"{c['creates']} serial creates, wall", f"{c['serial_wall_s']:.2f} s"),
+            (f"{c['creates']} concurrent creates, wall", f"{c['concurrent_wall_s']:.2f} s"),
+            ("concurrent / serial", f"{c['ratio_concurrent_to_serial']:.2f}"),
+        ]
+    rows += [
+        (f"{c['creates']} concurrent creates with /health probed, wall", f"{c['probed_concurrent_wall_s']:.2f} s"),
+        (f"describe-instances after {c['creates']} concurrent creates", str(c["describe_instances"])),
+    ]
+    for n, s in r["scale"].items():
+        rows.append((f"GET /instances at {n}: p50 / p99", f"{s['list']['p50_ms']} / {s['list']['p99_ms']} ms"))
+        rows.append((f"GET /instances/{{id}} at {n}: p50 / p99", f"{s['get']['p50_ms']} / {s['get']['p99_ms']} ms"))
+    rows += [
+        (f"sweep at {sw['instances']} (POST /instances/sync), median", f"{sw['sweep_median_s']:.2f} s"),
+        (f"raw describe-instances of the same {sw['instances']}, median", f"{sw['raw_describe_median_s']:.2f} s"),
+        ("sweep / raw describe", f"{sw['ratio_to_raw_describe']:.2f}"),
+        ("`aws` processes per sweep", str(sw["aws_processes_per_sweep"])),
+        (f"/health max during a sweep at {sw['instances']}", f"{sw['health_max_during_sweep_ms']} ms"),
+        ("server RSS idle", f"{m['server_idle_mib']} MiB"),
+        (f"server RSS with {m['server_tracked_n']} tracked (after reads)", f"{m['server_tracked_mib']} MiB"),
+        (f"server RSS peak during a sweep at {sw['instances']}", f"{m.get('server_peak_during_sweep_mib')} MiB"),
+        (f"burst of {b['creates']} creates: succeeded", f"{b['succeeded']} / {b['creates']} in {b['wall_s']:.1f} s"),
+        (f"burst of {b['creates']}: peak server + children RSS",
+         f"{b['peak_total_mib']} MiB (server {b['server_at_peak_mib']}, children {b['children_at_peak_mib']})"),
+        (f"burst of {b['creates']}: most `aws` processes at once", str(b["max_concurrent_aws"])),
+    ]
+    width = max(len(a) for a, _ in rows)
+    return "\n".join(f"{a:<{width}}  {v}" for a, v in rows)
+
+
+BOUNDS = """\
+- **Raw `aws` process** (~1 s): Python start-up plus botocore loading its service models, then one
+  HTTP call; on this emulator the call itself is a few ms. The CLI's start-up is the unit of cost.
+- **Create latency**: one `create_instance.sh` (bash, then `aws ec2 run-instances`) plus the
+  server's share: request parsing, two SQLite transactions (launch claim, record) in worker
+  threads. Ideally the ratio to a raw `run-instances` is ~1.0; anything above is server overhead or
+  a queue for a process slot (`MAX_AWS_PROCESSES`), or CPU taken by a follow-up sweep.
+- **Processes per operation**: reads are answered from SQLite (0). A mutation is one script; its
+  follow-up refresh is a request for a sweep, and requests arriving within the 0.5 s batch delay
+  (and during a sweep) share one `describe-instances`.
+- **/health under load**: the event loop is never blocked by a process (asyncio subprocesses), so
+  /health is bounded by CPU scheduling: 8 `aws` processes share 2 cores with the server.
+- **8 concurrent / 8 serial**: each `aws` is ~1 s of CPU, single-threaded; on 2 cores 8 of them
+  cannot finish faster than ~8 × CPU / 2, so the floor of the ratio is ~0.5 plus the follow-up sweeps.
+- **List / get**: one SQLite query in a worker thread plus JSON rendering through the response
+  model; a list is O(n) in tracked instances, a get O(1) (primary key).
+- **Sweep**: one `describe-instances` of every ManagedBy instance (the emulator spends most of it
+  rendering XML, the CLI parsing it), then one SQLite transaction comparing n rows. The server's
+  share is parsing the CLI's JSON and the comparison.
+- **Memory**: each `aws` is ~70 MiB RSS; `MAX_AWS_PROCESSES` (8) bounds the children at ~8 × 70 MiB;
+  the server's own RSS grows with the largest describe answer it parses (a sweep at 1,000 is ~5 MB of
+  JSON, i.e. tens of MiB of Python objects while it is applied).
+"""
+
+
+def markdown(r: dict) -> str:
+    m = r["machine"]
+    lines = [
+        "# Performance", "",
+        "Generated by `make bench` (`bench/run_bench.py`); do not edit by hand: the findings section comes",
+        "from `bench/FINDINGS.md`. Raw figures: `data/bench/results.json`.", "",
+        "The unit of cost is one `aws` process. The benchmark runs against its own moto server and API",
+        "server (fake credentials, 127.0.0.1 only), counts every `aws` process the server spawns through",
+        "`bench/aws_count_shim.sh` (AWS_CLI), and samples RSS from /proc every 50 ms.", "",
+        "## Machine", "",
+        f"- CPUs: {m['cpus']} ({m['cpus_usable']} usable), {m['cpu_model']}; memory {m['mem_total_mib']} MiB",
+        f"- AWS CLI: `{m['aws_cli_version']}`",
+        f"- Python {m['python']}, moto {m['moto']}, kernel {m['kernel']}",
+        f"- Run: {m['date']}, profile `{r['profile']}`, {r['duration_s']} s", "",
+        "## Figures", "", "```", table(r), "```", "",
+        "## Budget", "",
+        "| Line | Kind | Value | Budget | Result |", "|---|---|---|---|---|",
+    ]
+    for c in r["checks"]:
+        lines.append(f"| {c['name']} | {c['kind']} | {c['value']} | {c['budget']} | "
+                     f"{'pass' if c['pass'] else '**MISS**'} |")
+    lines += ["", "## Other load on the machine during each phase", "",
+              "CPU used by processes outside the benchmark's tree (other jobs), from /proc/stat; the",
+              "machine has 2 cores, so 0.5 cores elsewhere already skews a timing.", "",
+              "| Phase | Wall s | Bench CPU s | Other CPU s | Other cores | Waited for quiet s |",
+              "|---|---|---|---|---|---|"]
+    for name, load in r.get("machine_load", {}).items():
+        lines.append(f"| {name} | {load['wall_s']} | {load['ours_cpu_s']} | {load['foreign_cpu_s']} | "
+                     f"{load['foreign_cores']} | {load.get('waited_s', '-')} |")
+    lines += ["", "## What bounds each figure", "", BOUNDS]
+    if FINDINGS.exists():
+        lines += ["## Findings (profiled)", "", FINDINGS.read_text().strip(), ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="small sizes; check only process counts")
+    parser.add_argument("--json", type=Path, help=f"results JSON (default {DEFAULT_JSON.relative_to(ROOT)}, "
+                                                  "or results-smoke.json with --smoke)")
+    parser.add_argument("--quiet-wait", type=float, help="seconds to wait for other load to stop before each "
+                                                          "timed phase (full default 120, smoke 0)")
+    parser.add_argument("--doc", type=Path, help=f"markdown report (full run default "
+                                                 f"{DEFAULT_DOC.relative_to(ROOT)}; smoke writes none)")
+    args = parser.parse_args(argv)
+    sizes = SMOKE if args.smoke else FULL
+    if args.quiet_wait is not None:
+        sizes = replace(sizes, quiet_wait_s=args.quiet_wait)
+    out_json = args.json or (DEFAULT_JSON.with_name("results-smoke.json") if args.smoke else DEFAULT_JSON)
+    out_doc = args.doc or (None if args.smoke else DEFAULT_DOC)
+
+    def log(msg: str) -> None:
+        print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="ec2cl-bench-") as tmp:
+        results = Bench(sizes, Path(tmp), log).run()
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(results, indent=2) + "\n")
+    if out_doc:
+        out_doc.parent.mkdir(parents=True, exist_ok=True)
+        out_doc.write_text(markdown(results))
+    print(table(results))
+    print()
+    for c in results["checks"]:
+        print(f"{'pass' if c['pass'] else 'MISS':4}  [{c['kind']:6}]  {c['name']}: {c['value']} (budget {c['budget']})")
+    for name, load in results.get("machine_load", {}).items():
+        if load["foreign_cores"] > 0.3:
+            log(f"note: other processes used {load['foreign_cores']} cores during phase {name}: its timings are skewed")
+    log(f"wrote {out_json}" + (f" and {out_doc}" if out_doc else ""))
+    failed_counts = [c for c in results["checks"] if c["kind"] == "count" and not c["pass"]]
+    return 1 if failed_counts else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
