@@ -26,6 +26,9 @@ STRICT_MOTO = {"MOTO_ENABLE_KEYPAIR_VALIDATION": "true", "MOTO_ENABLE_AMI_VALIDA
                "MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION": "true"}
 
 
+BACKGROUND_OPERATIONS = {"describe-instances", "describe-instance-types", "get-parameters", "describe-images"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -154,6 +157,11 @@ class ApiServer:
     def aws_calls(self) -> list[list[str]]:
         """Every `aws` process the server spawned so far, as argv lists."""
         return [json.loads(line) for line in self.shim_log.read_text().splitlines() if line.strip()]
+
+    def mutations_since(self, mark: int) -> list[list[str]]:
+        """`aws` processes spawned after `aws_calls()[:mark]` that are not background reads
+        (reconcile sweeps, the AMI catalogue warming up at start)."""
+        return [c for c in self.aws_calls()[mark:] if not BACKGROUND_OPERATIONS & set(c)]
 
     def server_log(self) -> str:
         return self.log_path.read_text(errors="replace")

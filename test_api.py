@@ -106,8 +106,7 @@ def test_create_costs_exactly_one_aws_process_and_reads_none(api, api_server):
     item = created(api, name="second")
     api.get("/instances")
     api.get(f"/instances/{item['id']}")
-    calls = api_server.aws_calls()[before:]
-    mutations = [c for c in calls if "describe-instances" not in c]
+    mutations = api_server.mutations_since(before)
     assert len(mutations) == 1 and "run-instances" in mutations[0]
 
 
@@ -142,7 +141,7 @@ def test_free_tier_violations_are_400_and_spawn_nothing(api, api_server, fresh_e
     assert response.status_code == 400, response.text
     assert response.json()["code"] == code
     assert response.json()["detail"]
-    mutations = [c for c in api_server.aws_calls()[before:] if "describe-instances" not in c]
+    mutations = api_server.mutations_since(before)
     assert mutations == []
     names = [{t["Key"]: t["Value"] for t in i.get("Tags", [])}.get("Name") for i in fresh_emulator.instances().values()]
     assert "bad" not in names
@@ -196,7 +195,7 @@ def test_unknown_id_is_404_on_every_route(api, api_server, method, path):
     response = api.request(method, path)
     assert response.status_code == 404
     assert response.json()["code"] in ("instance_not_found", "not_found")
-    assert [c for c in api_server.aws_calls()[before:] if "describe-instances" not in c] == []
+    assert api_server.mutations_since(before) == []
 
 
 # -- lifecycle ---------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     aws_cli_timeout_seconds: float = Field(60.0, gt=0, le=3600)
     max_aws_processes: int = Field(8, ge=1, le=64)
     ami_catalog_ttl_hours: float = Field(24.0, gt=0)
+    api_token: SecretStr | None = None
+    max_body_bytes: int = Field(65536, ge=1024, le=10 * 1024 * 1024)
 
     _split = field_validator("allowed_instance_types", "free_tier_amis", mode="before")(_split_csv)
 
@@ -75,6 +77,16 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ValueError(f"SSH_INGRESS_CIDR must be an IPv4 CIDR like 203.0.113.7/32: {exc}") from exc
         return str(net)
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _token(cls, value: object) -> object:
+        if value in (None, ""):
+            return None
+        if isinstance(value, str) and (len(value) < 16 or not value.isprintable() or " " in value):
+            raise ValueError("API_TOKEN must be at least 16 printable characters without spaces "
+                             "(e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))')")
+        return value
 
     @field_validator("ec2_endpoint_url")
     @classmethod

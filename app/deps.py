@@ -1,11 +1,13 @@
 """FastAPI dependencies, in one place."""
 
+import hmac
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.config import Settings
-from app.errors import NotFound
+from app.errors import NotFound, Unauthorized
 from app.models.instance import INSTANCE_ID_PATTERN
 from app.services.db import Database
 from app.services.instances import InstanceService
@@ -42,3 +44,18 @@ def valid_instance(instance_id: InstanceIdPath, db: DbDep) -> dict:
 
 
 InstanceDep = Annotated[dict, Depends(valid_instance)]
+
+
+_bearer = HTTPBearer(auto_error=False, description="The server's API_TOKEN (required when it is set)")
+
+
+def require_token(request: Request,
+                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    """With API_TOKEN set, every /instances route needs `Authorization: Bearer <token>`."""
+    token = request.app.state.service.settings.api_token
+    if token is None:
+        return
+    given = credentials.credentials if credentials else ""
+    if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+        raise Unauthorized("Missing or wrong bearer token: send 'Authorization: Bearer <API_TOKEN>'.",
+                           headers={"WWW-Authenticate": "Bearer"})

@@ -28,6 +28,7 @@ class ApiError(Exception):
         status_code: int | None = None,
         aws_error_code: str | None = None,
         retry_after: int | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(detail)
         self.detail = detail
@@ -37,6 +38,9 @@ class ApiError(Exception):
             self.status_code = status_code
         self.aws_error_code = aws_error_code
         self.retry_after = retry_after
+        self.headers = dict(headers or {})
+        if retry_after:
+            self.headers["Retry-After"] = str(retry_after)
 
     def body(self) -> dict:
         body: dict = {"detail": self.detail, "code": self.code}
@@ -48,6 +52,11 @@ class ApiError(Exception):
 class NotFound(ApiError):
     status_code = 404
     code = "not_found"
+
+
+class Unauthorized(ApiError):
+    status_code = 401
+    code = "unauthorized"
 
 
 class Conflict(ApiError):
@@ -111,8 +120,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-        return _json(exc.status_code, exc.body(), headers)
+        return _json(exc.status_code, exc.body(), exc.headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

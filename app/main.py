@@ -12,6 +12,7 @@ from app.config import Settings, get_settings
 from app.errors import ApiError, install_error_handlers
 from app.models.instance import Health
 from app.routers import instances
+from app.security import GuardMiddleware, check_bind
 from app.services.aws_cli import AwsCli
 from app.services.db import Database
 from app.services.instances import InstanceService
@@ -40,6 +41,7 @@ async def lifespan(app: FastAPI):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
     settings = _load_settings()
+    check_bind(settings)
     db = Database(settings.database_path)
     await asyncio.to_thread(db.migrate)
     service = InstanceService(settings, db, AwsCli(settings))
@@ -67,6 +69,7 @@ def create_app() -> FastAPI:
         redoc_url=None,
     )
     install_error_handlers(app)
+    app.add_middleware(GuardMiddleware, settings_getter=_load_settings)
     app.include_router(instances.router)
 
     @app.get("/health", response_model=Health, tags=["health"])

@@ -2,13 +2,14 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Response, status
 
-from app.deps import DbDep, InstanceDep, ServiceDep
+from app.deps import DbDep, InstanceDep, ServiceDep, require_token
 from app.errors import error_responses
 from app.models.instance import EventList, Instance, InstanceCreate, InstanceList, SyncResult
 
-router = APIRouter(prefix="/instances", tags=["instances"])
+router = APIRouter(prefix="/instances", tags=["instances"], dependencies=[Depends(require_token)],
+                   responses=error_responses(401))
 
 AWS_ERRORS = (400, 404, 409, 422, 502, 503, 504)
 

@@ -1,0 +1,90 @@
+"""Access control through the real server: bearer token, loopback-only without a token, body limit."""
+
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from app.config import Settings
+from app.security import check_bind, is_loopback, requested_bind_host
+from conftest import ROOT, ApiServer, safe_env
+
+TOKEN = "s3cret-token-for-tests-0123456789"
+
+
+@pytest.fixture(scope="module")
+def token_server(emulator, tmp_path_factory):
+    server = ApiServer(tmp_path_factory.mktemp("token"), emulator.url, API_TOKEN=TOKEN)
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("method, path", [
+    ("GET", "/instances"), ("POST", "/instances"), ("POST", "/instances/sync"),
+    ("GET", "/instances/i-0123456789abcdef0"), ("DELETE", "/instances/i-0123456789abcdef0"),
+    ("POST", "/instances/i-0123456789abcdef0/start"), ("POST", "/instances/i-0123456789abcdef0/stop"),
+    ("GET", "/instances/i-0123456789abcdef0/events"),
+])
+@pytest.mark.parametrize("auth", [None, "Bearer wrong-token", f"Basic {TOKEN}", f"Bearer {TOKEN}x", "Bearer"])
+def test_every_instances_route_needs_the_token(token_server, method, path, auth):
+    before = len(token_server.aws_calls())
+    headers = {"Authorization": auth} if auth else {}
+    response = httpx.request(method, token_server.url + path, headers=headers,
+                             json={"name": "x", "ami": "amazon-linux-2023", "instance_type": "t3.micro"})
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert response.json()["code"] == "unauthorized"
+    assert TOKEN not in response.text
+    assert token_server.mutations_since(before) == []
+
+
+def test_right_token_works_and_health_and_docs_stay_open(token_server, fresh_emulator):
+    good = {"Authorization": f"Bearer {TOKEN}"}
+    assert httpx.get(f"{token_server.url}/instances", headers=good).status_code == 200
+    created = httpx.post(f"{token_server.url}/instances", headers=good, timeout=60,
+                         json={"name": "authed", "ami": "amazon-linux-2023", "instance_type": "t3.micro"})
+    assert created.status_code == 201
+    assert httpx.get(f"{token_server.url}/health").json() == {"status": "ok"}
+    assert httpx.get(f"{token_server.url}/docs").status_code == 200
+    schemes = httpx.get(f"{token_server.url}/openapi.json").json()["components"]["securitySchemes"]
+    assert any(s.get("scheme") == "bearer" for s in schemes.values())  # Swagger's Authorize button
+
+
+def test_token_never_reaches_logs_or_the_database(token_server):
+    httpx.get(f"{token_server.url}/instances", headers={"Authorization": f"Bearer {TOKEN}"})
+    httpx.get(f"{token_server.url}/instances", headers={"Authorization": "Bearer nope"})
+    assert TOKEN not in token_server.server_log()
+    assert TOKEN.encode() not in token_server.db_path.read_bytes()
+
+
+@pytest.mark.parametrize("host, loopback", [("127.0.0.1", True), ("127.8.9.1", True), ("::1", True),
+                                            ("localhost", True), ("0.0.0.0", False), ("192.0.2.10", False),
+                                            ("::", False), ("example.com", False)])
+def test_loopback_detection(host, loopback):
+    assert is_loopback(host) is loopback
+
+
+def test_bind_host_from_argv():
+    assert requested_bind_host(["uvicorn", "app.main:app", "--host", "0.0.0.0"]) == "0.0.0.0"
+    assert requested_bind_host(["uvicorn", "--host=::"]) == "::"
+    settings = Settings(_env_file=None, api_token=None)
+    check_bind(settings, ["x", "--host", "127.0.0.1"])
+    with pytest.raises(SystemExit, match="API_TOKEN"):
+        check_bind(settings, ["x", "--host", "0.0.0.0"])
+    check_bind(Settings(_env_file=None, api_token=TOKEN), ["x", "--host", "0.0.0.0"])
+
+
+def test_server_refuses_a_public_bind_without_a_token(tmp_path):
+    env = safe_env(DATABASE_URL=str(tmp_path / "db"), EC2_ENDPOINT_URL="http://127.0.0.1:9")
+    done = subprocess.run([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "0"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "without API_TOKEN" in done.stderr
+
+
+def test_oversized_bodies_are_413(token_server):
+    big = "x" * 70_000
+    response = httpx.post(f"{token_server.url}/instances", headers={"Authorization": f"Bearer {TOKEN}"},
+                          content=f'{{"name": "{big}"}}', timeout=30)
+    assert response.status_code == 413 and response.json()["code"] == "body_too_large"
