@@ -141,7 +141,8 @@ class InstanceService:
         ami = check_create(catalog, self.settings.allowed_instance_types, req.ami, req.instance_type,
                            req.storage_gb)
         if idempotency_key is None:
-            return await self._launch(req, ami, None, request_hash(req)), False
+            with self.reconciler.mutating():
+                return await self._launch(req, ami, None, request_hash(req)), False
         inflight = self._inflight.get(idempotency_key)
         if inflight is not None:
             await asyncio.shield(inflight)  # the first request with this key is running: share its outcome
@@ -149,7 +150,8 @@ class InstanceService:
         future = asyncio.get_running_loop().create_future()
         self._inflight[idempotency_key] = future
         try:
-            return await self._launch(req, ami, idempotency_key, request_hash(req)), False
+            with self.reconciler.mutating():
+                return await self._launch(req, ami, idempotency_key, request_hash(req)), False
         except _AlreadyClaimed:
             return await self._replay(idempotency_key, req), True
         finally:
@@ -217,6 +219,10 @@ class InstanceService:
         """Apply `action` unless the state makes it a no-op (False) or impossible (409)."""
         rule = TRANSITIONS[action]
         async with self._locks[instance_id]:
+            return await self._transition_locked(instance_id, action, rule)
+
+    async def _transition_locked(self, instance_id: str, action: str, rule: Transition) -> tuple[dict, bool]:
+        with self.reconciler.mutating():
             row = await asyncio.to_thread(self.db.get_instance, instance_id)
             state = row["state"]
             if state in rule.noop:

@@ -11,9 +11,10 @@ import asyncio
 import json
 import logging
 import time
-from datetime import datetime, timedelta, timezone
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 
 from app.config import Settings
 from app.errors import ApiError
@@ -22,6 +23,7 @@ from app.services.db import Database, utcnow
 log = logging.getLogger("ec2_creator.reconciler")
 
 BATCH_DELAY_SECONDS = 0.5  # follow-up sweeps wait this long so concurrent mutations share one
+MAX_BATCH_WAIT_SECONDS = 10.0  # ...and up to this long for mutations still running to finish
 LAUNCH_GRACE = timedelta(minutes=10)  # a launch not seen in EC2 after this long has failed
 RESERVED_TAGS = {"Name", "ManagedBy", "RequestId"}
 SECURITY_GROUP_NAME = "ec2-creator-local"
@@ -62,6 +64,7 @@ class Reconciler:
         self._task: asyncio.Task | None = None
         self.sweeps = 0
         self.last_error: str | None = None
+        self.mutations_in_flight = 0
         # Launches pending from before this process started were cut short by a crash: the
         # first sweep finds their instances by RequestId tag, or marks them failed.
         self.started_at = utcnow()
@@ -82,6 +85,22 @@ class Reconciler:
         """Ask for a sweep soon; many requests close together become one sweep."""
         self._wake.set()
 
+    @contextmanager
+    def mutating(self) -> Iterator[None]:
+        """Mark a mutation in flight: a requested sweep waits for the burst to finish."""
+        self.mutations_in_flight += 1
+        try:
+            yield
+        finally:
+            self.mutations_in_flight -= 1
+
+    async def _settle(self) -> None:
+        """After a wake-up: a short pause, then wait (bounded) until no mutation is running."""
+        await asyncio.sleep(BATCH_DELAY_SECONDS)
+        deadline = time.monotonic() + MAX_BATCH_WAIT_SECONDS
+        while self.mutations_in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+
     async def _loop(self) -> None:
         while True:
             try:
@@ -93,7 +112,7 @@ class Reconciler:
                 log.exception("sweep failed")
             try:
                 await asyncio.wait_for(self._wake.wait(), self.settings.reconcile_interval_seconds)
-                await asyncio.sleep(BATCH_DELAY_SECONDS)
+                await self._settle()
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
