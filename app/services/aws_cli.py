@@ -20,6 +20,7 @@ from app.errors import ApiError, BadRequest, Conflict, NotFound, Unavailable, Up
 
 log = logging.getLogger("ec2_creator.aws")
 
+INLINE_PARSE_LIMIT = 64 * 1024
 _AWS_ERROR = re.compile(r"An error occurred \(([^)]+)\)[^:]*:\s*(.*)", re.S)
 
 THROTTLING = {"RequestLimitExceeded", "Throttling", "ThrottlingException", "TooManyRequestsException"}
@@ -148,12 +149,13 @@ class AwsCli:
             error = classify(script, proc.returncode, stderr)
             log.warning("%s failed (exit %s): %s", script, proc.returncode, error.detail)
             raise error
-        text = out.decode(errors="replace").strip()
-        if not text:
+        if not out.strip():
             return {}
         try:
-            return json.loads(text)
-        except json.JSONDecodeError:
+            if len(out) > INLINE_PARSE_LIMIT:  # a big describe (1,000 instances is ~MBs): off the loop
+                return await asyncio.to_thread(json.loads, out)
+            return json.loads(out)
+        except (json.JSONDecodeError, UnicodeDecodeError):
             raise UpstreamError(f"The AWS CLI ({script}) printed something that is not JSON.",
                                 code="aws_bad_output") from None
 
