@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import re
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
@@ -23,6 +24,10 @@ from app.services.reconciler import SECURITY_GROUP_NAME, Reconciler
 log = logging.getLogger("ec2_creator.instances")
 
 
+PLAIN_TOKEN = re.compile(r"[!-,.-~][!-~]{0,63}")  # printable ASCII, not starting with '-'
+URL_PREFIX = re.compile(r"(?i)(fileb?|https?)://")
+
+
 class _AlreadyClaimed(Exception):
     """Another request (maybe from before a restart) holds this Idempotency-Key."""
 
@@ -36,9 +41,9 @@ def client_token(idempotency_key: str | None, request_id: str) -> str:
     """EC2's ClientToken (<= 64 ASCII): the key itself when it fits, else its SHA-256."""
     if idempotency_key is None:
         return request_id
-    if len(idempotency_key) <= 64 and idempotency_key.isascii() and idempotency_key.isprintable() \
-            and " " not in idempotency_key:
+    if PLAIN_TOKEN.fullmatch(idempotency_key) and not URL_PREFIX.match(idempotency_key):
         return idempotency_key
+    # Too long, or shaped like an option / a file:// or http:// value the AWS CLI would act on.
     return hashlib.sha256(idempotency_key.encode()).hexdigest()
 
 
