@@ -11,8 +11,12 @@ PORT        ?= 8000
 EC2_TARGET  ?= sandbox
 SANDBOX_PORT ?= 5055
 SANDBOX_URL := http://127.0.0.1:$(SANDBOX_PORT)
+# `make test JUNIT_DIR=reports`: pytest and bats also write JUnit XML there (the Jenkins build job).
+JUNIT_DIR   ?=
+NPM_STAMP   := node_modules/.installed
+JENKINSFILES := jenkins/deployment/Jenkinsfile jenkins/deployment/Jenkinsfile.manage
 
-.PHONY: help venv run sandbox sandbox-stop test test-python test-bash lint clean bench bench-smoke
+.PHONY: help venv run sandbox sandbox-stop test test-python test-bash test-jenkins lint clean bench bench-smoke
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -52,12 +56,23 @@ lint: venv ## shellcheck the bash scripts
 	shellcheck -S style aws_cli_bash_scripts/*.sh scripts/*.sh
 
 test-bash: venv ## bats suites for the bash scripts
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bats tests/aws_cli_bash_scripts tests/scripts
+	$(if $(JUNIT_DIR),mkdir -p $(JUNIT_DIR)/bats)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bats $(if $(JUNIT_DIR),--report-formatter junit --output $(JUNIT_DIR)/bats) \
+	    tests/aws_cli_bash_scripts tests/scripts
+
+$(NPM_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $(NPM_STAMP)
+
+test-jenkins: venv $(NPM_STAMP) ## Render jenkins/jobs.yaml (Jenkins Job Builder), lint the Jenkinsfiles, check the jobs
+	$(VENV)/bin/jenkins-jobs -l error test jenkins/jobs.yaml >/dev/null
+	npx --no-install npm-groovy-lint --noserver --failon error $(JENKINSFILES)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bats tests/jenkins
 
 test-python: venv ## pytest: REST contract suite (test_api.py) and tests/
-	$(PY) -m pytest -q test_api.py tests
+	$(PY) -m pytest -q test_api.py tests $(if $(JUNIT_DIR),--junitxml=$(JUNIT_DIR)/pytest.xml)
 
-test: lint test-bash test-python ## Everything CI runs
+test: lint test-bash test-jenkins test-python ## Everything CI runs
 
 bench: venv ## Full benchmark (several minutes): data/bench/results.json and docs/PERFORMANCE.md
 	$(PY) bench/run_bench.py
