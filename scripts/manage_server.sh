@@ -95,8 +95,7 @@ Commands and exit codes:
             one that is not this server), 3 not running, 4 cannot tell
             (running but unhealthy, unreadable PID file, no permission)
   restart   stop if running, then start
-  Usage errors exit 2; a server owned by another user that cannot be
-  signalled makes stop exit 4.
+  Usage errors exit 2; stop exits 4 when the server belongs to another user.
 
 Environment:
   PID_FILE       default APP_DIR/data/run/server.pid (a .starttime file and a
@@ -355,7 +354,7 @@ write_file_atomically() {
 #######################################
 take_lock() {
   local wait_s=$((START_TIMEOUT + STOP_TIMEOUT + KILL_WAIT_S + 10))
-  if ! exec 9>>"${LOCK_FILE}"; then
+  if ! { exec 9>>"${LOCK_FILE}"; } 2>/dev/null; then
     die "cannot open lock file ${LOCK_FILE} (run this as the user that owns $(dirname -- "${LOCK_FILE}"))" \
       "${EXIT_NO_PERMISSION}"
   fi
@@ -419,6 +418,10 @@ do_stop() {
     dead | foreign | invalid)
       remove_state_files
       info "not running; removed the stale PID file (${STATE_DETAIL}; nothing signalled)"
+      ;;
+    unknown)
+      die "cannot tell whether the server runs: ${STATE_DETAIL}; nothing signalled" \
+        "${EXIT_NO_PERMISSION}"
       ;;
     *)
       die "cannot tell whether the server runs: ${STATE_DETAIL}; nothing signalled"

@@ -353,6 +353,34 @@ s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(); time.sleep(300)' "${PORT}"
   [ "$(servers_on "${PORT}")" -eq 0 ]
 }
 
+@test "a server of another user: status and stop exit 4 and signal nothing" {
+  if [[ "$(id -u)" -ne 0 ]] || ! command -v runuser >/dev/null || ! id nobody >/dev/null 2>&1 \
+    || ! runuser -u nobody -- test -x "${MANAGE}"; then
+    skip "needs root, runuser and a user 'nobody' that can run ${MANAGE}"
+  fi
+  # A checkout that 'nobody' can see, served by root.
+  APP_DIR="$(mktemp -d /tmp/manage-server-bats.XXXXXX)"
+  chmod 755 "${APP_DIR}"
+  make_app_dir "${APP_DIR}"
+  RUN_DIR="${APP_DIR}/data/run"
+  PIDF="${RUN_DIR}/server.pid"
+  start_ok
+  local pid
+  pid="$(cat "${PIDF}")"
+  run runuser -u nobody -- "${MANAGE}" status "${APP_DIR}" 127.0.0.1 "${PORT}"
+  [ "${status}" -eq 4 ]
+  [[ "${output}" == *"no permission"* ]]
+  run --separate-stderr runuser -u nobody -- "${MANAGE}" stop "${APP_DIR}"
+  echo "${stderr}"
+  [ "${status}" -eq 4 ]
+  [[ "${stderr}" != *"line "* ]]
+  alive "${pid}"
+  health
+  run "${MANAGE}" stop "${APP_DIR}"
+  [ "${status}" -eq 0 ]
+  rm -rf "${APP_DIR}"
+}
+
 @test "running but not answering: status 4; stop escalates to SIGKILL" {
   start_ok
   local pid
