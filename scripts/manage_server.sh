@@ -279,7 +279,11 @@ find_server() {
     STATE="absent"
     return 0
   fi
-  if [[ -L "${PID_FILE}" || ! -f "${PID_FILE}" ]]; then
+  if [[ -L "${PID_FILE}" ]]; then  # never followed; removing it removes the link only
+    STATE="invalid" STATE_DETAIL="PID file ${PID_FILE} is a symbolic link"
+    return 0
+  fi
+  if [[ ! -f "${PID_FILE}" ]]; then
     STATE="unreadable" STATE_DETAIL="PID file ${PID_FILE} is not a regular file"
     return 0
   fi

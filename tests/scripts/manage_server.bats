@@ -333,7 +333,7 @@ s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(); time.sleep(300)' "${PORT}"
   alive "${canary}"
 }
 
-@test "a PID file that is a directory or a symlink: status 4, stop and start refuse" {
+@test "a PID file that is a directory: status 4, stop and start refuse; a symlink is never followed" {
   mkdir -p "${PIDF}"
   run "${MANAGE}" status "${APP_DIR}" 127.0.0.1 "${PORT}"
   [ "${status}" -eq 4 ]
@@ -343,14 +343,20 @@ s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(); time.sleep(300)' "${PORT}"
   [ "${status}" -eq 1 ]
   [ -d "${PIDF}" ]
   rmdir "${PIDF}"
+  [ "$(servers_on "${PORT}")" -eq 0 ]
+  # A symlink (say, planted to make us overwrite or trust another file) is
+  # not trusted, and replacing or removing it leaves its target alone.
   echo 1 >"${BATS_TEST_TMPDIR}/elsewhere"
   ln -s "${BATS_TEST_TMPDIR}/elsewhere" "${PIDF}"
   run "${MANAGE}" status "${APP_DIR}" 127.0.0.1 "${PORT}"
   [ "${status}" -eq 4 ]
-  run --separate-stderr "${MANAGE}" start "${APP_DIR}" 127.0.0.1 "${PORT}"
-  [ "${status}" -eq 1 ]
+  run "${MANAGE}" stop "${APP_DIR}"
+  [ "${status}" -eq 0 ]
+  [ ! -L "${PIDF}" ]
+  ln -s "${BATS_TEST_TMPDIR}/elsewhere" "${PIDF}"
+  start_ok
+  [ ! -L "${PIDF}" ]
   [ "$(cat "${BATS_TEST_TMPDIR}/elsewhere")" = 1 ]
-  [ "$(servers_on "${PORT}")" -eq 0 ]
 }
 
 @test "a server of another user: status and stop exit 4 and signal nothing" {
