@@ -1,0 +1,228 @@
+"""EC2 going away under a running server: the emulator is stopped (connection refused), paused
+(an `aws` call that hangs), then brought back on the same port.
+
+The API answers 503 / 504 within a bounded time, /health stays 200 at once, what was recorded is
+neither lost nor half-written, and the next call works once the endpoint is back. The emulator
+here is our own moto server on a port we keep, not the session one.
+"""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import KEY_NAME, STRICT_MOTO, VENV_BIN, ApiServer, free_port, safe_env, stop_process, wait_http, wait_until
+
+# AWS_CLI_TIMEOUT_SECONDS of the server under test: short, but above what one `aws` process takes
+# on a busy 2-core machine (the first EC2 call to a fresh moto server is the slowest, ~3 s).
+CLI_TIMEOUT = 8
+UNREACHABLE_BOUND = 20  # connection refused: the CLI's own retries (3 attempts) plus one process start
+BODY = {"ami": "amazon-linux-2023", "instance_type": "t3.micro"}
+
+
+class OwnEmulator:
+    """A moto server on a fixed port that can be stopped, paused and started again."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.tmp = tmp
+        self.proc: subprocess.Popen | None = None
+        self.paused = False
+
+    def start(self) -> None:
+        log = open(self.tmp / f"moto-{time.time_ns()}.log", "wb")
+        self.proc = subprocess.Popen([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=log, stderr=subprocess.STDOUT, env=safe_env(**STRICT_MOTO),
+                                     start_new_session=True)
+        log.close()
+        wait_http(f"{self.url}/moto-api/", proc=self.proc)
+        ec2 = self.ec2()
+        ec2.create_key_pair(KeyName=KEY_NAME)  # a new moto server starts empty
+        ec2.describe_instances()  # and loads its EC2 backend on first use: not on the API's clock
+
+    def ec2(self):
+        import boto3
+
+        return boto3.client("ec2", endpoint_url=self.url, region_name="us-east-1",
+                            aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        self.resume()
+        if self.proc is not None:
+            stop_process(self.proc)
+        self.proc = None
+
+    def pause(self) -> None:
+        """SIGSTOP: connections are still accepted by the kernel, nothing ever answers."""
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        if self.paused and self.proc is not None:
+            os.killpg(self.proc.pid, signal.SIGCONT)
+        self.paused = False
+
+    def managed(self) -> dict[str, dict]:
+        pages = self.ec2().get_paginator("describe_instances").paginate(
+            Filters=[{"Name": "tag:ManagedBy", "Values": ["ec2-creator-local"]}])
+        return {i["InstanceId"]: i for p in pages for r in p["Reservations"] for i in r["Instances"]}
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory):
+    emulator = OwnEmulator(tmp_path_factory.mktemp("own-moto"))
+    emulator.start()
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture(scope="module")
+def server(emu, tmp_path_factory):
+    srv = ApiServer(tmp_path_factory.mktemp("restart"), emu.url, AWS_CLI_TIMEOUT_SECONDS=str(CLI_TIMEOUT))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def api(server, emu):
+    if not emu.running():
+        emu.start()
+    emu.resume()
+    with httpx.Client(base_url=server.url, timeout=120) as client:
+        yield client
+    emu.resume()
+
+
+def timed(call):
+    started = time.monotonic()
+    response = call()
+    return response, time.monotonic() - started
+
+
+def records(server: ApiServer) -> dict:
+    """Everything the server wrote, read straight from its SQLite file."""
+    with sqlite3.connect(server.db_path) as db:
+        db.row_factory = sqlite3.Row
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        return {
+            "instances": {r["id"]: dict(r) for r in db.execute("SELECT * FROM instances")},
+            "events": [dict(r) for r in db.execute("SELECT * FROM instance_events ORDER BY seq")],
+            "launches": {r["request_id"]: dict(r) for r in db.execute("SELECT * FROM launches")},
+        }
+
+
+def assert_health_at_once(api: httpx.Client) -> None:
+    response, took = timed(lambda: api.get("/health"))
+    assert response.status_code == 200 and response.json() == {"status": "ok"}
+    assert took < 1.0, f"/health took {took:.2f}s while EC2 is away"
+
+
+def assert_record_agrees_with_ec2(api: httpx.Client, emu: OwnEmulator) -> None:
+    def agree() -> bool:
+        if api.post("/instances/sync").status_code != 200:
+            return False
+        listed = {i["id"]: i["state"] for i in api.get("/instances").json()["instances"]}
+        in_ec2 = {i: d["State"]["Name"] for i, d in emu.managed().items() if d["State"]["Name"] != "terminated"}
+        return listed == in_ec2
+
+    wait_until(agree, timeout=30, interval=1)
+
+
+def create(api: httpx.Client, name: str) -> dict:
+    response = api.post("/instances", json={**BODY, "name": name})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def test_stopped_emulator_is_503_nothing_is_lost_and_the_restart_is_picked_up(server, emu, api):
+    wait_until(lambda: api.post("/instances/sync").status_code == 200, timeout=60, interval=1)
+    kept = create(api, "before-the-outage")
+    assert api.post("/instances/sync").status_code == 200
+    listed_before = api.get("/instances").json()
+    before = records(server)
+
+    emu.stop()
+    response, took = timed(lambda: api.post("/instances", json={**BODY, "name": "during-the-outage"}))
+    assert response.status_code == 503, response.text
+    assert response.json()["code"] == "endpoint_unreachable"
+    assert int(response.headers["Retry-After"]) > 0
+    assert took < UNREACHABLE_BOUND, f"503 took {took:.1f}s"
+    response, took = timed(lambda: api.post(f"/instances/{kept['id']}/stop"))
+    assert response.status_code == 503, response.text
+    assert took < UNREACHABLE_BOUND
+    assert api.post("/instances/sync").status_code == 503
+    assert_health_at_once(api)
+    time.sleep(3)  # a few failed reconcile sweeps (RECONCILE_INTERVAL_SECONDS=1) go by
+
+    assert api.get("/instances").json() == listed_before
+    assert api.get(f"/instances/{kept['id']}").json() == next(
+        i for i in listed_before["instances"] if i["id"] == kept["id"])
+    during = records(server)
+    assert during["instances"] == before["instances"]
+    assert during["events"] == before["events"]
+    failed = {k: v for k, v in during["launches"].items() if k not in before["launches"]}
+    assert [v["status"] for v in failed.values()] == ["failed"], failed  # resolved, not left pending
+    assert not [v for v in during["launches"].values() if v["status"] == "pending"]
+
+    emu.start()  # same port, a new and empty moto server (our key pair created again)
+    created, took = timed(lambda: create(api, "after-the-outage"))
+    assert took < 60
+    assert_record_agrees_with_ec2(api, emu)
+    assert api.post(f"/instances/{created['id']}/stop").status_code == 202
+
+    # The new emulator never heard of the first instance: it is kept, marked terminated, with its history.
+    after = records(server)
+    assert after["instances"][kept["id"]]["state"] == "terminated"
+    assert after["events"][:len(before["events"])] == before["events"]
+    everything = {i["id"] for i in api.get("/instances", params={"include_terminated": "true"}).json()["instances"]}
+    assert {kept["id"], created["id"]} <= everything
+    assert not [v for v in after["launches"].values() if v["status"] == "pending"]
+
+
+def test_hanging_emulator_is_504_within_the_timeout_and_records_stay_whole(server, emu, api):
+    kept = create(api, "before-the-hang")
+    assert_record_agrees_with_ec2(api, emu)
+    listed_before = api.get("/instances").json()
+    before = records(server)
+
+    emu.pause()
+    response, took = timed(lambda: api.post("/instances", json={**BODY, "name": "during-the-hang"}))
+    assert response.status_code == 504, response.text
+    assert response.json()["code"] == "aws_timeout"
+    # One aws process, killed after AWS_CLI_TIMEOUT_SECONDS; a create with a warm catalogue waits for
+    # no other process (a sweep holding a slot does not delay it: MAX_AWS_PROCESSES is 8).
+    assert took < CLI_TIMEOUT + 3, f"504 took {took:.1f}s"
+    response, took = timed(lambda: api.post(f"/instances/{kept['id']}/stop"))
+    assert response.status_code == 504, response.text
+    assert took < CLI_TIMEOUT + 3
+    assert_health_at_once(api)
+    assert api.get("/instances").json() == listed_before
+    during = records(server)
+    assert during["instances"] == before["instances"]
+    assert during["events"] == before["events"]
+    # The timed-out create keeps its launch row pending: EC2 may still launch it, the reconciler decides.
+    new = [v for k, v in during["launches"].items() if k not in before["launches"]]
+    assert [v["status"] for v in new] == ["pending"], new
+
+    emu.resume()
+    # Whatever the paused emulator did with the requests it had queued (launch, stop), the record
+    # catches up with EC2: nothing lost, nothing invented.
+    assert_record_agrees_with_ec2(api, emu)
+    for request_id, launch in records(server)["launches"].items():
+        if launch["status"] == "pending":
+            tagged = [i for i, d in emu.managed().items()
+                      if {t["Key"]: t["Value"] for t in d.get("Tags", [])}.get("RequestId") == request_id]
+            assert tagged == [], f"launch {request_id} is in EC2 ({tagged}) but still pending"
+    after_create = create(api, "after-the-hang")
+    assert after_create["state"] in ("pending", "running")
+    assert api.get(f"/instances/{kept['id']}").status_code == 200
+    assert records(server)["events"][:len(before["events"])] == before["events"]
