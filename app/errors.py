@@ -5,6 +5,7 @@ Every error body is ``{"detail": <a sentence to act on>, "code": <machine code>}
 """
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -115,6 +116,15 @@ def _json(status: int, body: dict, headers: dict | None = None) -> JSONResponse:
     return JSONResponse(status_code=status, content=body, headers=headers)
 
 
+def _documented_methods(request: Request) -> list[str]:
+    """The methods the OpenAPI document lists for this path (its own entry first, else a template)."""
+    paths = request.app.openapi()["paths"]
+    path = request.url.path
+    if path not in paths:
+        path = next((t for t in paths if re.fullmatch(re.sub(r"\{[^/]+\}", "[^/]+", t), path)), path)
+    return sorted(method.upper() for method in paths.get(path, {}))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map every error, ours and the framework's, to the one envelope."""
 
@@ -134,13 +144,17 @@ def install_error_handlers(app: FastAPI) -> None:
         return _json(422, {"detail": detail, "code": "validation_error", "errors": errors})
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 413: "body_too_large"}
         detail = exc.detail if isinstance(exc.detail, str) else "Request failed."
         if exc.status_code == 404 and detail == "Not Found":
             detail = "No such route. See /docs for the API."
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            # Starlette names only the first matching route's methods; RFC 9110 wants all of them.
+            headers = {**(headers or {}), "Allow": ", ".join(_documented_methods(request))}
         return _json(exc.status_code, {"detail": detail, "code": codes.get(exc.status_code, "http_error")},
-                     getattr(exc, "headers", None))
+                     headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

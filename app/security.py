@@ -5,6 +5,7 @@ import json
 import os
 import sys
 
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import Settings
@@ -81,8 +82,11 @@ class GuardMiddleware:
             await _reject(send, 413, "body_too_large", f"Request body larger than {limit} bytes.")
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(StarletteHTTPException):
+    """Raised while a chunked body is read: FastAPI renders it through the one error envelope."""
+
+    def __init__(self) -> None:
+        super().__init__(413, "Request body too large.")
 
 
 async def _reject(send: Send, status: int, code: str, detail: str) -> None:

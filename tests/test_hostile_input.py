@@ -309,8 +309,10 @@ def test_create_refuses_bodies_over_the_limit_even_chunked(client, watch):
 
     assert_refused(client.post("/instances", content=b"".join(chunks()),
                                headers={"content-type": "application/json"}))
-    # Without Content-Length the limit is enforced while reading (FastAPI reports it as a 400).
-    assert_refused(client.post("/instances", content=chunks(), headers={"content-type": "application/json"}))
+    # Without Content-Length the limit is enforced while reading.
+    chunked = client.post("/instances", content=chunks(), headers={"content-type": "application/json"})
+    assert_refused(chunked)
+    assert chunked.status_code == 413 and chunked.json()["code"] == "body_too_large"
 
 
 # -- Idempotency-Key --------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StringConstraints,
+                      WithJsonSchema, field_validator)
 
 # EC2 tag values allow letters, digits, spaces and _ . : / = + - @ ; names use the same set.
 EC2_TEXT = r"^[A-Za-z0-9 _.:/=+\-@]*$"
@@ -12,6 +13,21 @@ RESERVED_TAG_KEYS = {"Name", "ManagedBy", "RequestId"}
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.:/=+\-@]*$")]
 TagKey = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=EC2_TEXT)]
 TagValue = Annotated[str, StringConstraints(max_length=256, pattern=EC2_TEXT)]
+# Written out: pydantic renders dict[TagKey, TagValue] as patternProperties, which lets any other key
+# carry any value as far as the schema is concerned.
+Tags = Annotated[dict[TagKey, TagValue], WithJsonSchema({
+    "type": "object", "maxProperties": 40,
+    "propertyNames": {"minLength": 1, "maxLength": 128, "pattern": EC2_TEXT,
+                      "not": {"anyOf": [{"enum": sorted(RESERVED_TAG_KEYS)}, {"pattern": "^[aA][wW][sS]:"}]}},
+    "additionalProperties": {"type": "string", "maxLength": 256, "pattern": EC2_TEXT},
+})]
+
+
+def _json_integer(value: object) -> object:
+    """A JSON number only: no "8" or true coerced into an int (the schema says integer)."""
+    if isinstance(value, (str, bool)):
+        raise ValueError("must be a JSON integer")
+    return value
 
 
 class InstanceCreate(BaseModel):
@@ -23,10 +39,10 @@ class InstanceCreate(BaseModel):
                     "or a free-tier AMI id", examples=["amazon-linux-2023"])
     instance_type: Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[a-z0-9][a-z0-9.\-]*$")] = (
         Field(description="A free-tier instance type", examples=["t3.micro"]))
-    storage_gb: int = Field(8, description="Root volume size in GB (8-30, gp3)", ge=-(2**31), le=2**31)
-    create_security_group: bool = Field(
+    storage_gb: Annotated[int, BeforeValidator(_json_integer)] = Field(8, description="Root volume size in GB (8-30, gp3)", ge=-(2**31), le=2**31)
+    create_security_group: StrictBool = Field(
         False, description="Attach the reusable 'ec2-creator-local' security group (SSH from SSH_INGRESS_CIDR)")
-    tags: dict[TagKey, TagValue] | None = Field(None, description="Extra tags", max_length=40)
+    tags: Tags | None = Field(None, description="Extra tags", max_length=40)
 
     @field_validator("tags")
     @classmethod
