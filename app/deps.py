@@ -1,5 +1,6 @@
 """FastAPI dependencies, in one place."""
 
+import asyncio
 import hmac
 from typing import Annotated
 
@@ -34,9 +35,9 @@ InstanceIdPath = Annotated[str, Path(description="EC2 instance id, e.g. i-012345
                                      json_schema_extra={"pattern": INSTANCE_ID_PATTERN})]
 
 
-def valid_instance(instance_id: InstanceIdPath, db: DbDep) -> dict:
+async def valid_instance(instance_id: InstanceIdPath, db: DbDep) -> dict:
     """The recorded instance, or 404. Shared by every /instances/{instance_id} route."""
-    row = db.get_instance(instance_id)
+    row = await asyncio.to_thread(db.get_instance, instance_id)
     if row is None:
         raise NotFound(f"No instance {instance_id!r} is tracked. GET /instances lists the known ones.",
                        code="instance_not_found")

@@ -31,9 +31,10 @@ async def create_instance(body: InstanceCreate, service: ServiceDep, response: R
 
 
 @router.get("", response_model=InstanceList, responses=error_responses(422))
-def list_instances(db: DbDep, include_terminated: bool = Query(False, description="Also list terminated ones")) -> dict:
+def list_instances(db: DbDep,
+                   include_terminated: bool = Query(False, description="Also list terminated ones")) -> Response:
     """List tracked instances (from the database; never calls AWS)."""
-    return {"instances": db.list_instances(include_terminated)}
+    return Response(db.list_instances_json(include_terminated), media_type="application/json")
 
 
 @router.post("/sync", response_model=SyncResult, responses=error_responses(502, 503, 504))
@@ -44,7 +45,7 @@ async def sync_instances(service: ServiceDep) -> dict:
 
 
 @router.get("/{instance_id}", response_model=Instance, responses=error_responses(404, 422))
-def get_instance(instance: InstanceDep) -> dict:
+async def get_instance(instance: InstanceDep) -> dict:
     """One tracked instance (from the database; never calls AWS)."""
     return instance
 

@@ -4,6 +4,7 @@ Methods are synchronous and fast; async code calls them through `asyncio.to_thre
 event loop never waits on the disk. Each thread gets its own connection.
 """
 
+import itertools
 import json
 import sqlite3
 import threading
@@ -24,8 +25,18 @@ ADDED_COLUMNS = {
     "launched_at": "TEXT",
 }
 INSTANCE_FIELDS = ORIGINAL_COLUMNS + tuple(ADDED_COLUMNS)
+# What the API shows of an instance (the response model's fields, in its order).
+PUBLIC_FIELDS = ("id", "name", "public_ip", "ssh_string", "state", "ami", "instance_type", "storage_gb",
+                 "security_group_id", "tags", "backend_used", "created_at", "updated_at")
 
 ACTIVE = "state NOT IN ('terminated', 'failed')"
+
+
+def _tags(text: str | None) -> dict:
+    try:
+        return json.loads(text or "{}")
+    except json.JSONDecodeError:
+        return {}
 
 
 def utcnow() -> str:
@@ -36,6 +47,10 @@ class Database:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._local = threading.local()
+        # Bumped after every committed write to `instances`; the rendered list is cached per value.
+        self._generations = itertools.count(1)
+        self.generation = 0
+        self._list_cache: dict[bool, tuple[int, bytes]] = {}
 
     # -- connection and schema -------------------------------------------------------------
     def connect(self) -> sqlite3.Connection:
@@ -111,10 +126,7 @@ class Database:
         if row is None:
             return None
         item = dict(row)
-        try:
-            item["tags"] = json.loads(item.get("tags") or "{}")
-        except json.JSONDecodeError:
-            item["tags"] = {}
+        item["tags"] = _tags(item.get("tags"))
         return item
 
     def get_instance(self, instance_id: str) -> dict | None:
@@ -125,6 +137,25 @@ class Database:
         where = "" if include_terminated else f"WHERE {ACTIVE}"
         rows = self.connect().execute(f"SELECT * FROM instances {where} ORDER BY created_at, id")
         return [self._row(r) for r in rows]
+
+    def list_instances_json(self, include_terminated: bool = False) -> bytes:
+        """`{"instances": [...]}` rendered once per change of the table, not once per request."""
+        generation = self.generation  # read before the query: a later write invalidates the result
+        cached = self._list_cache.get(include_terminated)
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        where = "" if include_terminated else f"WHERE {ACTIVE}"
+        rows = self.connect().execute(
+            f"SELECT {', '.join(PUBLIC_FIELDS)} FROM instances {where} ORDER BY created_at, id").fetchall()
+        items = [dict(zip(PUBLIC_FIELDS, row)) for row in rows]
+        for item in items:
+            item["tags"] = _tags(item["tags"])
+        body = json.dumps({"instances": items}, separators=(",", ":")).encode()
+        self._list_cache[include_terminated] = (generation, body)
+        return body
+
+    def _written(self) -> None:
+        self.generation = next(self._generations)  # atomic: concurrent writers never share a value
 
     def tracked_ids(self) -> dict[str, dict]:
         """Every instance not yet terminated, by id (what a sweep compares with EC2)."""
@@ -142,6 +173,7 @@ class Database:
             f"ON CONFLICT(id) DO UPDATE SET {updates}",
             [fields[c] for c in columns],
         )
+        self._written()
 
     def update_instance(self, instance_id: str, fields: dict[str, Any]) -> None:
         if not fields:
@@ -151,6 +183,7 @@ class Database:
             fields["tags"] = json.dumps(fields["tags"] or {}, sort_keys=True)
         sets = ", ".join(f"{c} = ?" for c in fields)
         self.connect().execute(f"UPDATE instances SET {sets} WHERE id = ?", [*fields.values(), instance_id])
+        self._written()
 
     # -- events ----------------------------------------------------------------------------
     def add_event(self, instance_id: str, action: str, from_state: str | None, to_state: str | None,
@@ -169,7 +202,7 @@ class Database:
         return [dict(r) for r in rows]
 
     def transaction(self) -> "_Transaction":
-        return _Transaction(self.connect())
+        return _Transaction(self.connect(), self._written)
 
     # -- launches (one row per create request) ---------------------------------------------------
     def claim_launch(self, request_id: str, idempotency_key: str | None, body_hash: str,
@@ -249,8 +282,9 @@ class Database:
 class _Transaction:
     """`with db.transaction() as conn:` runs the block in one IMMEDIATE transaction."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, on_commit) -> None:
         self.conn = conn
+        self.on_commit = on_commit
 
     def __enter__(self) -> sqlite3.Connection:
         self.conn.execute("BEGIN IMMEDIATE")
@@ -258,3 +292,4 @@ class _Transaction:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        self.on_commit()  # writes inside bumped the generation before they were visible: bump again

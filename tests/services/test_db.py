@@ -1,5 +1,6 @@
 """The SQLite store: schema version, migration of the original project's database, WAL."""
 
+import json
 import sqlite3
 
 from app.services.db import SCHEMA_VERSION, Database
@@ -45,3 +46,19 @@ def test_upsert_update_and_events(tmp_path):
     assert db.list_instances() == [] and len(db.list_instances(include_terminated=True)) == 1
     db.add_event("i-0123456789abcdef0", "stop", "running", "stopping", "api", "req-1")
     assert db.list_events("i-0123456789abcdef0")[0]["request_id"] == "req-1"
+
+
+def test_rendered_list_follows_every_write(tmp_path):
+    db = Database(tmp_path / "x.db")
+    db.migrate()
+    assert json.loads(db.list_instances_json()) == {"instances": []}
+    db.upsert_instance({"id": "i-0123456789abcdef0", "name": "a", "state": "running", "tags": {"k": "v"},
+                        "login_user": "ec2-user", "created_at": "t0", "updated_at": "t0"})
+    listed = json.loads(db.list_instances_json())["instances"]
+    assert [i["name"] for i in listed] == ["a"] and listed[0]["tags"] == {"k": "v"}
+    assert "login_user" not in listed[0]  # only the public fields
+    with db.transaction():
+        db.update_instance("i-0123456789abcdef0", {"state": "terminated"})
+    assert json.loads(db.list_instances_json()) == {"instances": []}
+    assert json.loads(db.list_instances_json(include_terminated=True))["instances"][0]["state"] == "terminated"
+    assert db.list_instances_json() is db.list_instances_json()  # cached while nothing changes
