@@ -71,6 +71,7 @@ class Sizes:
     list_samples: int
     get_samples: int
     sweep_samples: int
+    concurrency_rounds: int = 2  # serial / concurrent pairs (medians are compared)
     serial_leg: bool = True  # time `serial` creates one after another (the concurrency ratio's base)
     quiet_wait_s: float = 120.0  # before a timed phase, wait up to this long for other load to stop
 
@@ -280,7 +281,8 @@ def raw_aws(emulator_url: str, *args: str) -> float:
     argv = [str(AWS), "--output", "json", "--cli-connect-timeout", "5", "--cli-read-timeout", "30",
             "--endpoint-url", emulator_url, "--region", "us-east-1", *args]
     t0 = time.perf_counter()
-    done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
+    # stdout into a pipe, read to the end, as the server reads a script's output
+    done = subprocess.run(argv, env=env, capture_output=True, timeout=300)
     elapsed = time.perf_counter() - t0
     if done.returncode != 0:
         raise RuntimeError(f"aws {' '.join(args[:2])} failed: {done.stderr.decode()[-500:]}")
@@ -373,7 +375,7 @@ class Bench:
                 self.results["startup_aws_calls"] = dict(self.calls.since(0))
                 self.results["memory"] = {"server_idle_mib": round(rss_bytes(self.pid) / MIB, 1)}
                 for phase in (self.phase_raw_and_create_latency, self.phase_process_counts,
-                              self.phase_concurrency, self.phase_burst, self.phase_scale):
+                              self.phase_concurrency, self.phase_burst, self.phase_scale, self.phase_sweep):
                     self.timed_phase(phase)
             finally:
                 self.server.stop()
@@ -445,17 +447,25 @@ class Bench:
         result: dict = {"creates": n}
         if self.sizes.serial_leg:
             self.log(f"phase 3: {n} serial creates, {n} concurrent, then {n} concurrent with /health probed")
-            t0 = time.perf_counter()
-            for i in range(n):
-                expect(self.client.post("/instances", json=create_body(f"serial-{i}")), 201)
-            serial = time.perf_counter() - t0
-            wait_idle(self.pid)
-            plain = asyncio.run(concurrent_creates(self.server.url, n, "conc", probe_health=False))
-            if plain["codes"] != {201: n}:
-                raise RuntimeError(f"concurrent creates answered {plain['codes']}")
-            wait_idle(self.pid)
-            result |= {"serial_wall_s": round(serial, 3), "concurrent_wall_s": round(plain["wall_s"], 3),
-                       "ratio_concurrent_to_serial": round(plain["wall_s"] / serial, 3)}
+            serials, concurrents = [], []
+            for r in range(self.sizes.concurrency_rounds):
+                if r and self.sizes.quiet_wait_s:
+                    wait_quiet(self.sizes.quiet_wait_s / 2, self.log)
+                t0 = time.perf_counter()
+                for i in range(n):
+                    expect(self.client.post("/instances", json=create_body(f"serial-{r}-{i}")), 201)
+                serials.append(time.perf_counter() - t0)
+                wait_idle(self.pid)
+                plain = asyncio.run(concurrent_creates(self.server.url, n, f"conc-{r}", probe_health=False))
+                if plain["codes"] != {201: n}:
+                    raise RuntimeError(f"concurrent creates answered {plain['codes']}")
+                concurrents.append(plain["wall_s"])
+                wait_idle(self.pid)
+            serial, conc = statistics.median(serials), statistics.median(concurrents)
+            result |= {"serial_wall_s": round(serial, 3), "concurrent_wall_s": round(conc, 3),
+                       "serial_rounds_s": [round(x, 3) for x in serials],
+                       "concurrent_rounds_s": [round(x, 3) for x in concurrents],
+                       "ratio_concurrent_to_serial": round(conc / serial, 3)}
         else:
             self.log(f"phase 3: {n} concurrent creates with /health probed")
         mark = self.calls.mark()
@@ -515,6 +525,8 @@ class Bench:
                 raise RuntimeError(f"{len(listed)} instances listed, {n} expected")
             self.log(f"  {n} tracked (seeded in {seeded:.1f} s, adopted by one sweep in {adopt_s:.1f} s)")
             wait_idle(self.pid)
+            quiet = wait_quiet(self.sizes.quiet_wait_s, self.log) if self.sizes.quiet_wait_s else {}
+            meter = CpuMeter()
             ids = [i["id"] for i in listed]
             lists, gets = [], []
             for _ in range(self.sizes.list_samples):
@@ -534,50 +546,60 @@ class Bench:
                 "list_response_bytes": list_bytes,
                 "reads_aws_processes": sum(self.calls.since(mark_reads).values()),
                 "server_rss_mib": round(rss_bytes(self.pid) / MIB, 1),
+                "machine_load_during_reads": {**quiet, **meter.read()},
             }
         self.results["scale"] = scale
         top = self.sizes.tracked[-1]
         self.results["memory"]["server_tracked_n"] = top
         self.results["memory"]["server_tracked_mib"] = scale[str(top)]["server_rss_mib"]
-        self.phase_sweep(top)
 
-    def phase_sweep(self, n: int) -> None:
+    def phase_sweep(self) -> None:
+        """Timed sweeps run bare (no sampler, no prober: their CPU would land in the timing on 2 cores);
+        one more sweep, not timed, runs under /health probes and the RSS sampler."""
+        n = self.sizes.tracked[-1]
         self.log(f"phase 6: one sweep vs one raw describe-instances, {n} instances")
-        raws, sweeps, procs, health_max = [], [], [], []
+        raws, sweeps, procs = [], [], []
         for _ in range(self.sizes.sweep_samples):
+            if self.sizes.quiet_wait_s:
+                wait_quiet(self.sizes.quiet_wait_s / 2, self.log)
             raws.append(raw_describe(self.emu.url))
             wait_idle(self.pid)
             mark = self.calls.mark()
-            sampler = Sampler(self.pid)
-            sampler.start()
-            stop = threading.Event()
-            health: list[float] = []
-
-            def probe() -> None:
-                with httpx.Client(base_url=self.server.url, timeout=60) as c:
-                    while not stop.is_set():
-                        t0 = time.perf_counter()
-                        expect(c.get("/health"), 200)
-                        health.append(time.perf_counter() - t0)
-                        stop.wait(0.02)
-
-            prober = threading.Thread(target=probe, daemon=True)
-            prober.start()
             elapsed, result = self.sync()
-            stop.set()
-            prober.join()
-            memory = sampler.stop()
             sweeps.append(elapsed)
             procs.append(sum(self.calls.since(mark).values()))
-            health_max.append(max(health, default=0.0))
             if any(result.values()):
                 raise RuntimeError(f"a steady-state sweep changed something: {result}")
+        wait_idle(self.pid)
+        sampler = Sampler(self.pid)
+        sampler.start()
+        stop = threading.Event()
+        health: list[float] = []
+
+        def probe() -> None:
+            with httpx.Client(base_url=self.server.url, timeout=60) as c:
+                while not stop.is_set():
+                    t0 = time.perf_counter()
+                    expect(c.get("/health"), 200)
+                    health.append(time.perf_counter() - t0)
+                    stop.wait(0.02)
+
+        prober = threading.Thread(target=probe, daemon=True)
+        prober.start()
+        mark = self.calls.mark()
+        probed_s, _ = self.sync()
+        procs.append(sum(self.calls.since(mark).values()))
+        stop.set()
+        prober.join()
+        memory = sampler.stop()
         self.results["sweep"] = {
             "instances": n, "sweep_s": [round(x, 3) for x in sweeps], "raw_describe_s": [round(x, 3) for x in raws],
             "sweep_median_s": round(statistics.median(sweeps), 3),
             "raw_describe_median_s": round(statistics.median(raws), 3),
             "ratio_to_raw_describe": round(statistics.median(sweeps) / statistics.median(raws), 3),
-            "aws_processes_per_sweep": max(procs), "health_max_during_sweep_ms": ms(max(health_max)),
+            "aws_processes_per_sweep": max(procs), "probed_sweep_s": round(probed_s, 3),
+            "health_during_sweep": latency_summary(health or [0.0]),
+            "health_max_during_sweep_ms": ms(max(health, default=0.0)),
             "server_peak_rss_during_sweep_mib": memory["peak_server_mib"],
         }
         self.results["memory"]["server_peak_during_sweep_mib"] = memory["peak_server_mib"]
@@ -589,7 +611,13 @@ def machine_info() -> dict:
     version = subprocess.run([str(AWS), "--version"], capture_output=True, text=True, env=safe_env())
     import moto
 
-    return {"cpus": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)), "cpu_model": model,
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else "?"
+
+    commit = git("rev-parse", "--short", "HEAD") + (" + uncommitted changes in app/" if git("status", "--porcelain",
+                                                                                            "--", "app") else "")
+    return {"commit": commit,"cpus": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)), "cpu_model": model,
             "mem_total_mib": int(Path("/proc/meminfo").read_text().split()[1]) // 1024,
             "aws_cli_version": (version.stdout or version.stderr).strip(), "python": platform.python_version(),
             "moto": moto.__version__, "kernel": platform.release(),
@@ -672,8 +700,10 @@ def table(r: dict) -> str:
     ]
     if "ratio_concurrent_to_serial" in c:
         rows += [
-            (f"{c['creates']} serial creates, wall", f"{c['serial_wall_s']:.2f} s"),
-            (f"{c['creates']} concurrent creates, wall", f"{c['concurrent_wall_s']:.2f} s"),
+            (f"{c['creates']} serial creates, wall (median of rounds)",
+             f"{c['serial_wall_s']:.2f} s {c['serial_rounds_s']}"),
+            (f"{c['creates']} concurrent creates, wall (median of rounds)",
+             f"{c['concurrent_wall_s']:.2f} s {c['concurrent_rounds_s']}"),
             ("concurrent / serial", f"{c['ratio_concurrent_to_serial']:.2f}"),
         ]
     rows += [
@@ -688,7 +718,9 @@ def table(r: dict) -> str:
         (f"raw describe-instances of the same {sw['instances']}, median", f"{sw['raw_describe_median_s']:.2f} s"),
         ("sweep / raw describe", f"{sw['ratio_to_raw_describe']:.2f}"),
         ("`aws` processes per sweep", str(sw["aws_processes_per_sweep"])),
-        (f"/health max during a sweep at {sw['instances']}", f"{sw['health_max_during_sweep_ms']} ms"),
+        (f"/health during another sweep at {sw['instances']} p50 / p99 / max",
+         f"{sw['health_during_sweep']['p50_ms']} / {sw['health_during_sweep']['p99_ms']} / "
+         f"{sw['health_max_during_sweep_ms']} ms"),
         ("server RSS idle", f"{m['server_idle_mib']} MiB"),
         (f"server RSS with {m['server_tracked_n']} tracked (after reads)", f"{m['server_tracked_mib']} MiB"),
         (f"server RSS peak during a sweep at {sw['instances']}", f"{m.get('server_peak_during_sweep_mib')} MiB"),
@@ -715,8 +747,9 @@ BOUNDS = """\
   /health is bounded by CPU scheduling: 8 `aws` processes share 2 cores with the server.
 - **8 concurrent / 8 serial**: each `aws` is ~1 s of CPU, single-threaded; on 2 cores 8 of them
   cannot finish faster than ~8 × CPU / 2, so the floor of the ratio is ~0.5 plus the follow-up sweeps.
-- **List / get**: one SQLite query in a worker thread plus JSON rendering through the response
-  model; a list is O(n) in tracked instances, a get O(1) (primary key).
+- **List / get**: since 59ed8a6 the list body is rendered once per change of the table (cached,
+  keyed on a write generation) and served as bytes, so an unchanged list costs the same at 10 and
+  1,000; one render is O(n) (~10 ms at 1,000). A get is one primary-key lookup in a worker thread.
 - **Sweep**: one `describe-instances` of every ManagedBy instance (the emulator spends most of it
   rendering XML, the CLI parsing it), then one SQLite transaction comparing n rows. The server's
   share is parsing the CLI's JSON and the comparison.
@@ -739,7 +772,8 @@ def markdown(r: dict) -> str:
         f"- CPUs: {m['cpus']} ({m['cpus_usable']} usable), {m['cpu_model']}; memory {m['mem_total_mib']} MiB",
         f"- AWS CLI: `{m['aws_cli_version']}`",
         f"- Python {m['python']}, moto {m['moto']}, kernel {m['kernel']}",
-        f"- Run: {m['date']}, profile `{r['profile']}`, {r['duration_s']} s", "",
+        f"- Run: {m['date']}, profile `{r['profile']}`, {r['duration_s']} s, app at commit "
+        f"`{m.get('commit', '?')}`", "",
         "## Figures", "", "```", table(r), "```", "",
         "## Budget", "",
         "| Line | Kind | Value | Budget | Result |", "|---|---|---|---|---|",
@@ -766,6 +800,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="small sizes; check only process counts")
     parser.add_argument("--json", type=Path, help=f"results JSON (default {DEFAULT_JSON.relative_to(ROOT)}, "
                                                   "or results-smoke.json with --smoke)")
+    parser.add_argument("--from-json", type=Path, help="run nothing: re-render the report (and the doc) from "
+                                                       "this results JSON, e.g. after editing bench/FINDINGS.md")
     parser.add_argument("--quiet-wait", type=float, help="seconds to wait for other load to stop before each "
                                                           "timed phase (full default 120, smoke 0)")
     parser.add_argument("--doc", type=Path, help=f"markdown report (full run default "
@@ -780,10 +816,14 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
-    with tempfile.TemporaryDirectory(prefix="ec2cl-bench-") as tmp:
-        results = Bench(sizes, Path(tmp), log).run()
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(results, indent=2) + "\n")
+    if args.from_json:
+        results = json.loads(args.from_json.read_text())
+        out_doc = args.doc or (DEFAULT_DOC if results["profile"] == "full" else None)
+    else:
+        with tempfile.TemporaryDirectory(prefix="ec2cl-bench-") as tmp:
+            results = Bench(sizes, Path(tmp), log).run()
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        out_json.write_text(json.dumps(results, indent=2) + "\n")
     if out_doc:
         out_doc.parent.mkdir(parents=True, exist_ok=True)
         out_doc.write_text(markdown(results))
@@ -794,7 +834,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, load in results.get("machine_load", {}).items():
         if load["foreign_cores"] > 0.3:
             log(f"note: other processes used {load['foreign_cores']} cores during phase {name}: its timings are skewed")
-    log(f"wrote {out_json}" + (f" and {out_doc}" if out_doc else ""))
+    written = ([] if args.from_json else [str(out_json)]) + ([str(out_doc)] if out_doc else [])
+    log(f"wrote {' and '.join(written) or 'nothing'}")
     failed_counts = [c for c in results["checks"] if c["kind"] == "count" and not c["pass"]]
     return 1 if failed_counts else 0
 
