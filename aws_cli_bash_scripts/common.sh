@@ -309,3 +309,63 @@ require_sg_description() {
   fi
   require_plain_cli_value "${value}" "security group description"
 }
+
+#######################################
+# Usage of a one-instance action script (start / stop / destroy).
+# Arguments:
+#   VERB (e.g. Start), OPERATION (e.g. start-instances)
+#######################################
+instance_action_usage() {
+  local verb="$1" operation="$2"
+  cat <<USAGE
+Usage: ${0##*/} [--] INSTANCE_ID
+
+${verb} one EC2 instance (aws ec2 ${operation}) and print the AWS JSON.
+
+Arguments:
+  INSTANCE_ID   i-xxxxxxxx (i- and 8 to 17 hex digits)
+
+Options:
+  -h, --help    show this help
+
+Environment: AWS_CLI, EC2_ENDPOINT_URL, AWS_REGION.
+USAGE
+}
+
+#######################################
+# The whole CLI of a one-instance action script:
+#   SCRIPT [--] INSTANCE_ID  ->  aws ec2 OPERATION --instance-ids INSTANCE_ID
+# Arguments:
+#   OPERATION, then the script's own arguments.
+#######################################
+instance_action_main() {
+  local operation="$1"
+  shift
+  local -a positional=()
+  while (($# > 0)); do
+    case "$1" in
+      -h | --help)
+        usage
+        exit 0
+        ;;
+      --)
+        shift
+        positional+=("$@")
+        break
+        ;;
+      -*)
+        usage_error "unknown option: '$1'"
+        ;;
+      *)
+        positional+=("$1")
+        shift
+        ;;
+    esac
+  done
+  if ((${#positional[@]} != 1)); then
+    usage_error "exactly one INSTANCE_ID is required"
+  fi
+  require_instance_id "${positional[0]}"
+
+  aws_call ec2 "${operation}" --instance-ids "${positional[0]}"
+}
