@@ -294,7 +294,10 @@ def test_health_answers_while_creates_run(api, api_server):
 def test_missing_key_pair_is_400_with_the_fix(api, fresh_emulator):
     created(api, name="warm")
     fresh_emulator.ec2.delete_key_pair(KeyName=KEY_NAME)
-    response = create(api, name="no-key")
+    try:
+        response = create(api, name="no-key")
+    finally:
+        fresh_emulator.ec2.create_key_pair(KeyName=KEY_NAME)  # module fixtures elsewhere share the emulator
     body = response.json()
     assert response.status_code == 400, response.text
     assert body["code"] == "key_pair_missing" and body["aws_error_code"] == "InvalidKeyPair.NotFound"
