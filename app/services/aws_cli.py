@@ -13,7 +13,6 @@ import re
 import shutil
 import signal
 import sys
-from collections import Counter
 from pathlib import Path
 
 from app.config import SCRIPTS_DIR, Settings
@@ -109,7 +108,6 @@ class AwsCli:
         self.settings = settings
         self.timeout = settings.aws_cli_timeout_seconds
         self._slots = asyncio.Semaphore(settings.max_aws_processes)
-        self.spawned: Counter[str] = Counter()
         # `nice` execs the script (no extra process): the CPU-bound `aws` children yield to the
         # server's event loop, so /health and reads stay fast while creates run.
         nice = shutil.which("nice")
@@ -129,7 +127,6 @@ class AwsCli:
         """Run one script with argv `args`; return its JSON stdout or raise an ApiError."""
         path = SCRIPTS_DIR / script
         async with self._slots:
-            self.spawned[script] += 1
             proc = await asyncio.create_subprocess_exec(
                 *self._nice, str(path), *args,
                 stdin=asyncio.subprocess.DEVNULL,

@@ -62,8 +62,6 @@ class Reconciler:
         self._wake = asyncio.Event()
         self._sweep_lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
-        self.sweeps = 0
-        self.last_error: str | None = None
         self.mutations_in_flight = 0
         # Launches pending from before this process started were cut short by a crash: the
         # first sweep finds their instances by RequestId tag, or marks them failed.
@@ -106,7 +104,6 @@ class Reconciler:
             try:
                 await self.sweep()
             except ApiError as exc:
-                self.last_error = exc.detail
                 log.warning("sweep failed: %s", exc.detail)
             except Exception:  # noqa: BLE001 - the loop must outlive any one bad sweep
                 log.exception("sweep failed")
@@ -125,8 +122,6 @@ class Reconciler:
             doc = await self.aws.run("list_instances.sh")
             observed = [i for r in doc.get("Reservations", []) for i in r.get("Instances", [])]
             result = await asyncio.to_thread(self._apply_sweep, observed, started)
-            self.sweeps += 1
-            self.last_error = None
             log.debug("sweep: %d observed in %.2fs, %s", len(observed), time.perf_counter() - t0, result)
             return result
 
