@@ -311,6 +311,36 @@ require_sg_description() {
 }
 
 #######################################
+# Parse a positional-only CLI: -h/--help prints usage and exits 0, `--` ends options, any other
+# option is a usage error. The arguments are left in the global array POSITIONAL.
+# Arguments:
+#   The script's own arguments.
+#######################################
+parse_positional() {
+  POSITIONAL=()
+  while (($# > 0)); do
+    case "$1" in
+      -h | --help)
+        usage
+        exit 0
+        ;;
+      --)
+        shift
+        POSITIONAL+=("$@")
+        break
+        ;;
+      -*)
+        usage_error "unknown option: '$1'"
+        ;;
+      *)
+        POSITIONAL+=("$1")
+        shift
+        ;;
+    esac
+  done
+}
+
+#######################################
 # Usage of a one-instance action script (start / stop / destroy).
 # Arguments:
 #   VERB (e.g. Start), OPERATION (e.g. start-instances)
@@ -341,27 +371,8 @@ USAGE
 instance_action_main() {
   local operation="$1"
   shift
-  local -a positional=()
-  while (($# > 0)); do
-    case "$1" in
-      -h | --help)
-        usage
-        exit 0
-        ;;
-      --)
-        shift
-        positional+=("$@")
-        break
-        ;;
-      -*)
-        usage_error "unknown option: '$1'"
-        ;;
-      *)
-        positional+=("$1")
-        shift
-        ;;
-    esac
-  done
+  parse_positional "$@"
+  local -a positional=("${POSITIONAL[@]}")
   if ((${#positional[@]} != 1)); then
     usage_error "exactly one INSTANCE_ID is required"
   fi

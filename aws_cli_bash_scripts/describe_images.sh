@@ -28,28 +28,9 @@ USAGE
 }
 
 main() {
-  local -a ids=()
   local id
-  while (($# > 0)); do
-    case "$1" in
-      -h | --help)
-        usage
-        exit 0
-        ;;
-      --)
-        shift
-        ids+=("$@")
-        break
-        ;;
-      -*)
-        usage_error "unknown option: '$1'"
-        ;;
-      *)
-        ids+=("$1")
-        shift
-        ;;
-    esac
-  done
+  parse_positional "$@"
+  local -a ids=("${POSITIONAL[@]}")
   if ((${#ids[@]} < 1 || ${#ids[@]} > MAX_IDS)); then
     usage_error "between 1 and ${MAX_IDS} AMI ids are required"
   fi

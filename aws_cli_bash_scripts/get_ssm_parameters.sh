@@ -30,28 +30,9 @@ USAGE
 }
 
 main() {
-  local -a names=()
   local name
-  while (($# > 0)); do
-    case "$1" in
-      -h | --help)
-        usage
-        exit 0
-        ;;
-      --)
-        shift
-        names+=("$@")
-        break
-        ;;
-      -*)
-        usage_error "unknown option: '$1'"
-        ;;
-      *)
-        names+=("$1")
-        shift
-        ;;
-    esac
-  done
+  parse_positional "$@"
+  local -a names=("${POSITIONAL[@]}")
   if ((${#names[@]} < 1 || ${#names[@]} > MAX_NAMES)); then
     usage_error "between 1 and ${MAX_NAMES} parameter names are required"
   fi
