@@ -6,12 +6,13 @@ config file, and a proxy that goes nowhere for anything but 127.0.0.1, so no tes
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -119,13 +120,17 @@ class Emulator:
 class ApiServer:
     """The real server: `python -m uvicorn app.main:app` from the repo root, on a free port."""
 
-    def __init__(self, tmp: Path, emulator_url: str | None, **env: str) -> None:
+    def __init__(self, tmp: Path, emulator_url: str | None, cwd: Path = ROOT, unset: tuple[str, ...] = (),
+                 **env: str) -> None:
         self.tmp = tmp
+        self.cwd = cwd
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.db_path = tmp / "instances.db"
+        self.db_path = Path(env.get("DATABASE_URL") or tmp / "instances.db")
         self.shim_log = tmp / "aws_calls.log"
         self.shim_log.touch()
+        self.faults = tmp / "aws_faults.json"  # rules for tests/helpers/aws_faults.py; empty: no faults
+        self.faults.write_text("")
         self.log_path = tmp / "server.log"
         settings = {
             "DATABASE_URL": str(self.db_path),
@@ -133,19 +138,21 @@ class ApiServer:
             "AWS_CLI": str(AWS_SHIM),
             "AWS_SHIM_LOG": str(self.shim_log),
             "AWS_SHIM_REAL": str(VENV_BIN / "aws"),
+            "AWS_SHIM_FAULTS": str(self.faults),
             "SSH_KEY_PATH": "~/.ssh/my_ec2_keypair.pem",
         }
         if emulator_url:
             settings |= {"EC2_ENDPOINT_URL": emulator_url, "AWS_ENDPOINT_URL": emulator_url}
-        self.env = safe_env(**(settings | env))
+        self.env = {k: v for k, v in safe_env(**(settings | env)).items() if k not in unset}
         self.proc: subprocess.Popen | None = None
         self.start()
 
     def start(self, wait: bool = True) -> None:
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+            [sys.executable, "-m", "uvicorn", "app.main:app", "--app-dir", str(ROOT), "--host", "127.0.0.1",
+             "--port", str(self.port)],
+            cwd=self.cwd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         if wait:
             wait_http(f"{self.url}/health", proc=self.proc)
 
@@ -153,6 +160,10 @@ class ApiServer:
         if self.proc:
             stop_process(self.proc)
             self.log.close()
+
+    def set_faults(self, *rules: dict) -> None:
+        """Make chosen `aws` calls misbehave (see tests/helpers/aws_faults.py); no rules: none do."""
+        self.faults.write_text(json.dumps(list(rules)) if rules else "")
 
     def aws_calls(self) -> list[list[str]]:
         """Every `aws` process the server spawned so far, as argv lists."""
@@ -189,11 +200,20 @@ def api_server(emulator, tmp_path_factory):
     server.stop()
 
 
+@contextmanager
+def synced_client(server: ApiServer) -> Iterator[httpx.Client]:
+    """An httpx client on `server`, with no faults injected and its record caught up by a sync."""
+    server.set_faults()
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        client.post("/instances/sync").raise_for_status()
+        yield client
+    server.set_faults()
+
+
 @pytest.fixture
 def api(api_server, fresh_emulator):
     """An httpx client on the module's server; the emulator is fresh and the record caught up."""
-    with httpx.Client(base_url=api_server.url, timeout=60) as client:
-        client.post("/instances/sync").raise_for_status()
+    with synced_client(api_server) as client:
         yield client
 
 
@@ -208,5 +228,23 @@ def wait_until(predicate, timeout: float = 15.0, interval: float = 0.2):
         time.sleep(interval)
 
 
-def which(name: str) -> str | None:
-    return shutil.which(name)
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def aws_error(code: str, operation: str, message: str) -> dict:
+    """A `fail` fault that answers the way the AWS CLI does when EC2 refuses (stderr text, exit 255)."""
+    return {"stderr": f"An error occurred ({code}) when calling the {operation} operation: {message}", "code": 255}
