@@ -275,6 +275,16 @@ same_process() {
 find_server() {
   local content stamp argv=() i
   STATE="" STATE_DETAIL="" SERVER_PID="" SERVER_START="" SERVER_HOST="" SERVER_PORT=""
+  local dir
+  dir="$(dirname -- "${PID_FILE}")"
+  while [[ ! -e "${dir}" && "${dir}" != / && "${dir}" != . ]]; do  # the nearest folder we can see
+    dir="$(dirname -- "${dir}")"
+  done
+  if [[ -d "${dir}" && ! -x "${dir}" ]]; then  # private to its owner: not ours to judge
+    STATE="unknown"
+    STATE_DETAIL="no permission to look into ${dir} (owner: $(stat -c %U -- "${dir}" 2>/dev/null || echo '?'))"
+    return 0
+  fi
   if [[ ! -e "${PID_FILE}" && ! -L "${PID_FILE}" ]]; then
     STATE="absent"
     return 0
@@ -347,7 +357,7 @@ remove_state_files() {
 write_file_atomically() {
   local tmp
   tmp="$(mktemp -- "$1.XXXXXX")"
-  if ! printf '%s\n' "$2" >"${tmp}" || ! chmod 644 -- "${tmp}" || ! mv -fT -- "${tmp}" "$1"; then
+  if ! printf '%s\n' "$2" >"${tmp}" || ! chmod 600 -- "${tmp}" || ! mv -fT -- "${tmp}" "$1"; then
     rm -f -- "${tmp}"
     die "cannot write $1"
   fi
@@ -600,6 +610,8 @@ credential with withCredentials), or listen on ${DEFAULT_HOST}."
 }
 
 main() {
+  # Logs, PID files, keys and databases made from here on are the user's alone.
+  umask 077
   local cmd="${1:-}"
   case "${cmd}" in
     -h | --help)
@@ -618,8 +630,9 @@ main() {
       cmd_status
       ;;
     stop)
-      # Nothing to stop, and nothing to create, if the run directory is absent.
-      if [[ ! -e "${PID_FILE}" && ! -L "${PID_FILE}" && ! -d "$(dirname -- "${PID_FILE}")" ]]; then
+      # Nothing to stop, and nothing to create, if the run directory is absent (and not just hidden).
+      find_server
+      if [[ "${STATE}" == absent && ! -d "$(dirname -- "${PID_FILE}")" ]]; then
         info "not running (no PID file ${PID_FILE})"
         exit 0
       fi

@@ -299,6 +299,8 @@ cmd_status() {
 }
 
 main() {
+  # Logs, PID files, keys and databases made from here on are the user's alone.
+  umask 077
   if (($# != 1)); then
     usage_error "exactly one command is required"
   fi

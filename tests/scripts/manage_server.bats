@@ -143,9 +143,10 @@ start_ok() {
   [ "$(readlink "/proc/${pid}/fd/0")" = /dev/null ]
   [ "$(readlink "/proc/${pid}/fd/1")" = "${RUN_DIR}/server.log" ]
   grep -q "Uvicorn running on http://127.0.0.1:${PORT}" "${RUN_DIR}/server.log"
-  # Nobody else may rewrite the PID file.
-  [ "$(stat -c '%a' "${PIDF}")" = 644 ]
-  [ "$(($(stat -c '0%a' "${RUN_DIR}") & 022))" -eq 0 ]
+  # The PID file, the log and their directory are the user's alone.
+  [ "$(stat -c '%a' "${PIDF}")" = 600 ]
+  [ "$(stat -c '%a' "${RUN_DIR}/server.log")" = 600 ]
+  [ "$(stat -c '%a' "${RUN_DIR}")" = 700 ]
   run "${MANAGE}" status "${APP_DIR}" 127.0.0.1 "${PORT}"
   [ "${status}" -eq 0 ]
   [[ "${output}" == *"pid ${pid}"* ]]

@@ -92,6 +92,8 @@ teardown_file() {
   [ -s "${SANDBOX_DIR}/moto.pid" ]
   [[ "$(tr '\0' ' ' <"/proc/$(cat "${SANDBOX_DIR}/moto.pid")/cmdline")" == *moto_server* ]]
   [ -f "${SANDBOX_DIR}/moto.log" ]
+  [ "$(stat -c '%a' "${SANDBOX_DIR}/moto.log")" = 600 ]
+  [ "$(stat -c '%a' "${SANDBOX_DIR}/moto.pid")" = 600 ]
 }
 
 @test "status is 0 while running" {
