@@ -11,6 +11,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.config import Settings
 
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
+# Headers a reverse proxy adds: a proxy in front means the network can reach us, which needs a token.
+PROXY_HEADERS = {"forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip"}
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 NO_TOKEN_MESSAGE = ("refusing to serve on {host} without API_TOKEN: anyone who can reach it could launch and "
                     "terminate machines on your AWS account. Set one (e.g. export API_TOKEN=$(python3 -c "
                     "'import secrets; print(secrets.token_urlsafe(32))')) or bind to 127.0.0.1.")
@@ -24,6 +27,43 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def host_name(host_header: str) -> str:
+    """The name or address of a Host header value, without its port ('[::1]:8000' -> '::1')."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def tokenless_refusal(scope: Scope) -> tuple[str, str] | None:
+    """Without API_TOKEN only this machine's own clients are served. A browser is one of them, and
+    any page it shows could send requests here: refuse what a browser would send on another
+    site's behalf (a foreign Host: DNS rebinding; a cross-site Origin or Sec-Fetch-Site on a
+    state-changing request), and anything that came through a proxy. Returns (code, reason)."""
+    headers: dict[str, str] = {}
+    for key, value in scope.get("headers") or []:
+        headers.setdefault(key.decode("latin-1").lower(), value.decode("latin-1"))
+    host = headers.get("host")
+    if host is not None and not is_loopback(host_name(host)):
+        return ("host_not_allowed", f"Host {host!r} is not this machine's loopback name or address; without "
+                "API_TOKEN the server only answers requests addressed to 127.0.0.1, ::1 or localhost "
+                "(a foreign Host is what a DNS-rebinding web page sends).")
+    proxied = sorted(PROXY_HEADERS & headers.keys())
+    if proxied:
+        return ("proxied_request", f"The request came through a proxy ({', '.join(proxied)}): the network can "
+                "reach this server, so it needs API_TOKEN. Set one, or connect to 127.0.0.1 directly.")
+    if scope.get("method", "GET").upper() in SAFE_METHODS:
+        return None
+    site = headers.get("sec-fetch-site", "").lower()
+    origin = headers.get("origin")
+    own_origin = f"{scope.get('scheme', 'http')}://{host}".lower() if host else None
+    if site == "cross-site" or (origin is not None and origin.lower() != own_origin):
+        return ("cross_site_request", f"A web page on {origin or 'another site'} asked to change something; "
+                "without API_TOKEN only pages of this server (Swagger UI at /docs), curl and scripts may. Set "
+                "API_TOKEN to call the API from another origin.")
+    return None
 
 
 def requested_bind_host(argv: list[str] | None = None) -> str:
@@ -44,8 +84,9 @@ def check_bind(settings: Settings, argv: list[str] | None = None) -> None:
 
 
 class GuardMiddleware:
-    """Pure ASGI: 413 for bodies over MAX_BODY_BYTES; 403 for a request that reached a
-    non-loopback address of this host while no API_TOKEN is set (whatever started the server)."""
+    """Pure ASGI: 413 for bodies over MAX_BODY_BYTES; without API_TOKEN, 403 for a request that
+    reached a non-loopback address of this host (whatever started the server) or that a browser
+    sent on another site's behalf (see tokenless_refusal)."""
 
     def __init__(self, app: ASGIApp, settings_getter) -> None:
         self.app = app
@@ -57,9 +98,15 @@ class GuardMiddleware:
             return
         settings: Settings = self.settings_getter()
         server = scope.get("server")
-        if settings.api_token is None and server and server[0] and not is_loopback(str(server[0])):
-            await _reject(send, 403, "forbidden", "This server has no API_TOKEN and only serves loopback clients.")
-            return
+        if settings.api_token is None:
+            if server and server[0] and not is_loopback(str(server[0])):
+                await _reject(send, 403, "forbidden", "This server has no API_TOKEN and only serves loopback "
+                                                      "clients.")
+                return
+            refusal = tokenless_refusal(scope)
+            if refusal is not None:
+                await _reject(send, 403, *refusal)
+                return
         limit = settings.max_body_bytes
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
