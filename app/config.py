@@ -27,6 +27,11 @@ class Settings(BaseSettings):
 
     aws_region: str | None = None
     aws_default_region: str | None = None
+    # Credentials and profile: read here (from the environment or .env) and handed to every `aws` child.
+    aws_profile: str | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: SecretStr | None = None
+    aws_session_token: SecretStr | None = None
     ec2_endpoint_url: str | None = None
     ec2_target: Literal["sandbox", "aws"] | None = None
     key_name: str = Field("my_ec2_keypair", pattern=r"^[\x20-\x7e]{1,255}$")
@@ -39,10 +44,17 @@ class Settings(BaseSettings):
     ssh_ingress_cidr: str = "0.0.0.0/0"
     aws_cli: str = "aws"
     aws_cli_timeout_seconds: float = Field(60.0, gt=0, le=3600)
+    aws_cli_connect_timeout: int = Field(5, ge=1, le=3600)
+    aws_cli_read_timeout: int = Field(30, ge=1, le=3600)
     max_aws_processes: int = Field(8, ge=1, le=64)
     ami_catalog_ttl_hours: float = Field(24.0, gt=0)
     api_token: SecretStr | None = None
     max_body_bytes: int = Field(65536, ge=1024, le=10 * 1024 * 1024)
+    # EC2 is eventually consistent: "gone" and "never launched" are concluded only after this long
+    # (and, for a tracked instance, this many consecutive sweeps that did not see it).
+    consistency_grace_seconds: float = Field(120.0, ge=0, le=86400)
+    gone_after_missed_sweeps: int = Field(2, ge=1, le=100)
+    events_retention_days: float = Field(90.0, gt=0, le=36500)
 
     _split = field_validator("allowed_instance_types", "free_tier_amis", mode="before")(_split_csv)
 
@@ -78,6 +90,19 @@ class Settings(BaseSettings):
             raise ValueError(f"SSH_INGRESS_CIDR must be an IPv4 CIDR like 203.0.113.7/32: {exc}") from exc
         return str(net)
 
+    @field_validator("aws_profile", "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
+                     "aws_region", "aws_default_region", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("aws_region", "aws_default_region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d{1,2}", value):
+            raise ValueError(f"must be an AWS region like us-east-1, got {value!r}")
+        return value
+
     @field_validator("api_token", mode="before")
     @classmethod
     def _token(cls, value: object) -> object:
@@ -108,6 +133,11 @@ class Settings(BaseSettings):
     @property
     def region(self) -> str:
         return self.aws_region or self.aws_default_region or "us-east-1"
+
+    @property
+    def endpoint_key(self) -> str:
+        """Which EC2 an instance belongs to, besides its region: the endpoint, '' for real AWS."""
+        return self.ec2_endpoint_url or ""
 
     @property
     def target_label(self) -> str:

@@ -6,6 +6,7 @@ Every error body is ``{"detail": <a sentence to act on>, "code": <machine code>}
 
 import logging
 import re
+import sqlite3
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -30,6 +31,7 @@ class ApiError(Exception):
         aws_error_code: str | None = None,
         retry_after: int | None = None,
         headers: dict[str, str] | None = None,
+        extra: dict[str, str] | None = None,
     ) -> None:
         super().__init__(detail)
         self.detail = detail
@@ -40,6 +42,7 @@ class ApiError(Exception):
         self.aws_error_code = aws_error_code
         self.retry_after = retry_after
         self.headers = dict(headers or {})
+        self.extra = dict(extra or {})  # more fields of the body, e.g. instance_id
         if retry_after:
             self.headers["Retry-After"] = str(retry_after)
 
@@ -47,7 +50,7 @@ class ApiError(Exception):
         body: dict = {"detail": self.detail, "code": self.code}
         if self.aws_error_code:
             body["aws_error_code"] = self.aws_error_code
-        return body
+        return {**body, **self.extra}
 
 
 class NotFound(ApiError):
@@ -99,6 +102,7 @@ ERROR_SCHEMA = {
         "detail": {"type": "string"},
         "code": {"type": "string"},
         "aws_error_code": {"type": "string"},
+        "instance_id": {"type": "string"},
         "errors": {"type": "array", "items": {"type": "object"}},
     },
     "required": ["detail", "code"],
@@ -155,6 +159,13 @@ def install_error_handlers(app: FastAPI) -> None:
             headers = {**(headers or {}), "Allow": ", ".join(_documented_methods(request))}
         return _json(exc.status_code, {"detail": detail, "code": codes.get(exc.status_code, "http_error")},
                      headers)
+
+    @app.exception_handler(sqlite3.Error)
+    async def _store(_: Request, exc: sqlite3.Error) -> JSONResponse:
+        log.error("database error: %s", exc)
+        return _json(503, {"detail": f"The local database cannot be used right now ({exc}); nothing was "
+                                     "changed in EC2 by this request. Retry shortly.", "code": "store_unavailable"},
+                     {"Retry-After": "5"})
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -14,7 +14,7 @@ from app.models.instance import Health
 from app.routers import instances
 from app.security import GuardMiddleware, check_bind
 from app.services.aws_cli import AwsCli
-from app.services.db import Database
+from app.services.db import Database, SchemaTooNew
 from app.services.instances import InstanceService
 
 log = logging.getLogger("ec2_creator")
@@ -43,13 +43,20 @@ async def lifespan(app: FastAPI):
     settings = _load_settings()
     check_bind(settings)
     db = Database(settings.database_path)
-    await asyncio.to_thread(db.migrate)
-    service = InstanceService(settings, db, AwsCli(settings))
+    try:
+        await asyncio.to_thread(db.migrate)
+    except SchemaTooNew as exc:
+        raise SystemExit(f"ec2-creator-local: {exc}") from None
+    await asyncio.to_thread(db.claim_unscoped, settings.region, settings.endpoint_key)
+    aws = AwsCli(settings)
+    service = InstanceService(settings, db, aws)
     await service.load_catalog()
     app.state.service = service
     endpoint = settings.ec2_endpoint_url or "the AWS default endpoint"
-    log.info("EC2 Creator Local targets %s (%s, region %s); database %s", settings.target_label, endpoint,
-             settings.region, settings.database_path)
+    credentials = (f"profile {settings.aws_profile}" if settings.aws_profile else
+                   "access key from settings" if settings.aws_access_key_id else "the AWS CLI's default chain")
+    log.info("EC2 Creator Local targets %s (%s, region %s, %s); AWS CLI %s; database %s", settings.target_label,
+             endpoint, settings.region, credentials, aws.env["AWS_CLI"], settings.database_path)
     warm = asyncio.create_task(_warm_catalog(service))
     service.reconciler.start()
     try:

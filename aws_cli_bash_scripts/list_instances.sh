@@ -15,23 +15,26 @@ readonly MAX_INSTANCE_IDS=1000
 
 usage() {
   cat <<USAGE
-Usage: ${0##*/} [--all] [--instance-id ID]... [--request-id RID]
+Usage: ${0##*/} [--all] [--instance-id ID]... [--filter-instance-id ID]... [--request-id RID]...
 
 List EC2 instances (aws ec2 describe-instances) and print the AWS JSON.
 
 Options:
-  --all               do not restrict to tag ${MANAGED_BY_KEY}=${MANAGED_BY_VALUE}
-  --instance-id ID    only this instance (i-xxxxxxxx), repeatable
-  --request-id RID    only instances tagged RequestId=RID
-  -h, --help          show this help
+  --all                    do not restrict to tag ${MANAGED_BY_KEY}=${MANAGED_BY_VALUE}
+  --instance-id ID         only this instance (i-xxxxxxxx), repeatable; an id EC2
+                           does not know fails the call (InvalidInstanceID.NotFound)
+  --filter-instance-id ID  only this instance, as a filter, repeatable; an id EC2
+                           does not know is simply not listed
+  --request-id RID         only instances tagged RequestId=RID, repeatable
+  -h, --help               show this help
 
 Environment: AWS_CLI, EC2_ENDPOINT_URL, AWS_REGION.
 USAGE
 }
 
 main() {
-  local all=0 request_id="" have_request_id=0
-  local -a instance_ids=() filters=()
+  local all=0
+  local -a instance_ids=() filter_ids=() request_ids=() filters=()
 
   while (($# > 0)); do
     case "$1" in
@@ -49,11 +52,16 @@ main() {
         instance_ids+=("$2")
         shift 2
         ;;
+      --filter-instance-id)
+        require_option_value "$1" "$#"
+        require_instance_id "$2"
+        filter_ids+=("$2")
+        shift 2
+        ;;
       --request-id)
         require_option_value "$1" "$#"
-        request_id="$2"
-        have_request_id=1
-        require_text "${request_id}" 1 "${MAX_REQUEST_ID_LEN}" "request id"
+        require_text "$2" 1 "${MAX_REQUEST_ID_LEN}" "request id"
+        request_ids+=("$2")
         shift 2
         ;;
       *)
@@ -61,15 +69,19 @@ main() {
         ;;
     esac
   done
-  if ((${#instance_ids[@]} > MAX_INSTANCE_IDS)); then
-    usage_error "at most ${MAX_INSTANCE_IDS} --instance-id options"
+  if ((${#instance_ids[@]} > MAX_INSTANCE_IDS || ${#filter_ids[@]} > MAX_INSTANCE_IDS \
+    || ${#request_ids[@]} > MAX_INSTANCE_IDS)); then
+    usage_error "at most ${MAX_INSTANCE_IDS} --instance-id, --filter-instance-id or --request-id options"
   fi
 
   if ((!all)); then
     filters+=("{\"Name\":$(json_string "tag:${MANAGED_BY_KEY}"),\"Values\":$(json_string_array "${MANAGED_BY_VALUE}")}")
   fi
-  if ((have_request_id)); then
-    filters+=("{\"Name\":\"tag:RequestId\",\"Values\":$(json_string_array "${request_id}")}")
+  if ((${#request_ids[@]} > 0)); then
+    filters+=("{\"Name\":\"tag:RequestId\",\"Values\":$(json_string_array "${request_ids[@]}")}")
+  fi
+  if ((${#filter_ids[@]} > 0)); then
+    filters+=("{\"Name\":\"instance-id\",\"Values\":$(json_string_array "${filter_ids[@]}")}")
   fi
 
   local -a args=()

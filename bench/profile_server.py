@@ -69,7 +69,9 @@ def main() -> int:
         server = None
         try:
             emu.reset()
-            server = ApiServer(Path(tmp), emu.url, AWS_CLI=str(rb.SHIM), RECONCILE_INTERVAL_SECONDS="3600")
+            server = ApiServer(Path(tmp), emu.url, AWS_CLI=str(rb.SHIM), RECONCILE_INTERVAL_SECONDS="3600",
+                               # The emulator is reset between phases: what it forgot is gone at once.
+                               CONSISTENCY_GRACE_SECONDS="0", GONE_AFTER_MISSED_SWEEPS="1")
             pid = server.proc.pid
             rb.wait_idle(pid)
             client = httpx.Client(base_url=server.url, timeout=600)

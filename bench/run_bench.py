@@ -366,7 +366,9 @@ class Bench:
             self.ami = self.emu.ami()
             self.log("warming the emulator (its first EC2 call is slow)")
             raw_describe(self.emu.url)
-            self.server = ApiServer(self.workdir, self.emu.url, AWS_CLI=str(SHIM), RECONCILE_INTERVAL_SECONDS="3600")
+            self.server = ApiServer(self.workdir, self.emu.url, AWS_CLI=str(SHIM), RECONCILE_INTERVAL_SECONDS="3600",
+                                    # The emulator is reset between phases: what it forgot is gone at once.
+                                    CONSISTENCY_GRACE_SECONDS="0", GONE_AFTER_MISSED_SWEEPS="1")
             try:
                 self.calls = CallLog(self.server.shim_log)
                 self.pid = self.server.proc.pid

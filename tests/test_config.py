@@ -63,3 +63,73 @@ def test_server_refuses_to_start_with_an_unknown_backend(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     assert "BACKEND" in done.stderr and "awscli" in done.stderr
+
+
+# -- what the server reads from .env reaches every `aws` child ---------------------------------------
+AWS_ENV = ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE")
+
+
+def test_aws_settings_in_dotenv_reach_the_cli(emulator, fresh_emulator, tmp_path):
+    import boto3
+    import httpx
+
+    from conftest import KEY_NAME, ApiServer
+
+    (tmp_path / ".env").write_text("AWS_REGION=eu-west-1\nAWS_ACCESS_KEY_ID=testing\nAWS_SECRET_ACCESS_KEY=testing\n"
+                                   "AWS_CLI_CONNECT_TIMEOUT=7\nAWS_CLI_READ_TIMEOUT=21\n")
+    ec2 = boto3.client("ec2", endpoint_url=emulator.url, region_name="eu-west-1", aws_access_key_id="testing",
+                       aws_secret_access_key="testing")
+    ec2.create_key_pair(KeyName=KEY_NAME)
+    server = ApiServer(tmp_path, emulator.url, cwd=tmp_path, unset=AWS_ENV)
+    try:
+        response = httpx.post(f"{server.url}/instances", timeout=60,
+                              json={"name": "dotenv", "ami": "amazon-linux-2023", "instance_type": "t3.micro"})
+        assert response.status_code == 201, response.text  # the keys reached the CLI
+        assert response.json()["region"] == "eu-west-1"
+        calls = server.aws_calls()
+        assert calls and all(c[c.index("--region") + 1] == "eu-west-1" for c in calls)
+        assert all(c[c.index("--cli-connect-timeout") + 1] == "7" for c in calls)
+        assert all(c[c.index("--cli-read-timeout") + 1] == "21" for c in calls)
+        assert "region eu-west-1" in server.server_log()  # the region logged is the region used
+        ids = [i["InstanceId"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
+        assert response.json()["id"] in ids
+    finally:
+        server.stop()
+
+
+def test_a_wrong_profile_in_dotenv_is_reported_not_ignored(emulator, tmp_path):
+    import httpx
+
+    from conftest import ApiServer
+
+    (tmp_path / ".env").write_text("AWS_PROFILE=no-such-profile\n")
+    server = ApiServer(tmp_path, emulator.url, cwd=tmp_path, unset=("AWS_PROFILE",))
+    try:
+        response = httpx.post(f"{server.url}/instances", timeout=60,
+                              json={"name": "dotenv", "ami": "amazon-linux-2023", "instance_type": "t3.micro"})
+        assert response.status_code == 503, response.text
+        assert response.json()["code"] == "no_credentials"
+        assert "no-such-profile" in response.json()["detail"]
+        assert "profile no-such-profile" in server.server_log()
+    finally:
+        server.stop()
+
+
+def test_child_env_carries_every_aws_setting():
+    from app.services.aws_cli import child_env
+
+    s = settings(AWS_PROFILE="work", AWS_REGION="ap-south-1", AWS_SECRET_ACCESS_KEY="s", AWS_ACCESS_KEY_ID="a",
+                 AWS_SESSION_TOKEN="t", AWS_CLI_CONNECT_TIMEOUT="3", AWS_CLI_READ_TIMEOUT="9")
+    env = child_env(s, base={"AWS_REGION": "us-east-1", "AWS_SESSION_TOKEN": "stale", "PATH": "/bin"})
+    assert (env["AWS_PROFILE"], env["AWS_REGION"], env["AWS_DEFAULT_REGION"]) == ("work", "ap-south-1", "ap-south-1")
+    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env["AWS_SESSION_TOKEN"]) == ("a", "s", "t")
+    assert (env["AWS_CLI_CONNECT_TIMEOUT"], env["AWS_CLI_READ_TIMEOUT"]) == ("3", "9")
+    bare = child_env(settings(), base={"AWS_SESSION_TOKEN": "stale", "AWS_PROFILE": "old"})
+    assert "AWS_SESSION_TOKEN" not in bare and "AWS_PROFILE" not in bare
+
+
+@pytest.mark.parametrize("value", ["us-east", "US-EAST-1", "us-east-1; rm", "--region"])
+def test_bad_regions_are_refused(monkeypatch, value):
+    monkeypatch.setenv("AWS_REGION", value)
+    with pytest.raises(ValidationError):
+        settings()

@@ -87,7 +87,9 @@ def emu(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(emu, tmp_path_factory):
-    srv = ApiServer(tmp_path_factory.mktemp("restart"), emu.url, AWS_CLI_TIMEOUT_SECONDS=str(CLI_TIMEOUT))
+    # A restarted emulator has really forgotten everything: a short grace lets the record follow soon.
+    srv = ApiServer(tmp_path_factory.mktemp("restart"), emu.url, AWS_CLI_TIMEOUT_SECONDS=str(CLI_TIMEOUT),
+                    CONSISTENCY_GRACE_SECONDS="2")
     yield srv
     srv.stop()
 

@@ -7,12 +7,11 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import ApiServer, wait_until
+from conftest import ApiServer, descendants, wait_until
 
 BODY = {"name": "idem", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
 
@@ -122,23 +121,6 @@ def test_start_and_stop_racing_end_consistent(api, server, fresh_emulator):
 
 
 # -- crashes and shutdown ----------------------------------------------------------------------
-def descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def test_kill_9_mid_burst_then_restart_tracks_every_instance_once(api, server, fresh_emulator):
     results: list[object] = []
 
@@ -166,16 +148,24 @@ def test_kill_9_mid_burst_then_restart_tracks_every_instance_once(api, server, f
     server.stop()
     assert any(r != 201 for r in results), "the kill came too late to test anything"
 
+    # Launches cut short stay unresolved until certain: the CLI timeout plus the consistency grace.
+    server.env |= {"AWS_CLI_TIMEOUT_SECONDS": "5", "CONSISTENCY_GRACE_SECONDS": "3"}
     server.start()
     api.post("/instances/sync").raise_for_status()
     listed = tracked(api)
     assert len(listed) == len(set(listed))  # none twice
     assert set(listed) == managed_live(fresh_emulator)  # every live instance tracked, nothing invented
 
-    # Replaying each key now launches only what never reached EC2; nothing is launched twice.
+    # Replaying each key launches only what never reached EC2 (once that is certain: until then the
+    # answer is 409 launch_in_progress); nothing is launched twice.
     for i in range(8):
-        replay = api.post("/instances", json=BODY | {"name": f"burst-{i}"}, headers={"Idempotency-Key": f"crash-{i}"})
-        assert replay.status_code == 201, replay.text
+        def replayed(i: int = i) -> httpx.Response | None:
+            replay = api.post("/instances", json=BODY | {"name": f"burst-{i}"},
+                              headers={"Idempotency-Key": f"crash-{i}"})
+            assert replay.status_code == 201 or replay.json()["code"] == "launch_in_progress", replay.text
+            return replay if replay.status_code == 201 else None
+
+        wait_until(replayed, timeout=40, interval=0.5)
     names = [{t["Key"]: t["Value"] for t in d["Tags"]}["Name"] for d in fresh_emulator.instances().values()]
     assert sorted(n for n in names if n.startswith("burst-")) == [f"burst-{i}" for i in range(8)]
 

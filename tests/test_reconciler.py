@@ -1,22 +1,23 @@
 """Reconciliation through the real server with the background loop slowed down, so each sweep is ours."""
 
-import httpx
 import pytest
 
-from conftest import ApiServer
+from conftest import ApiServer, synced_client
 
 
 @pytest.fixture(scope="module")
 def slow_server(emulator, tmp_path_factory):
-    server = ApiServer(tmp_path_factory.mktemp("slow"), emulator.url, RECONCILE_INTERVAL_SECONDS="3600")
+    # Each sweep is ours; EC2 here is the emulator, which is never late: one sweep and a direct
+    # lookup are proof enough (the grace itself is tested in test_consistency.py).
+    server = ApiServer(tmp_path_factory.mktemp("slow"), emulator.url, RECONCILE_INTERVAL_SECONDS="3600",
+                       CONSISTENCY_GRACE_SECONDS="0", GONE_AFTER_MISSED_SWEEPS="1")
     yield server
     server.stop()
 
 
 @pytest.fixture
 def api(slow_server, fresh_emulator):
-    with httpx.Client(base_url=slow_server.url, timeout=60) as client:
-        client.post("/instances/sync").raise_for_status()
+    with synced_client(slow_server) as client:
         yield client
 
 
@@ -33,17 +34,17 @@ def test_sync_reports_adopted_updated_and_gone(api, slow_server, fresh_emulator)
     launch(fresh_emulator)  # untagged: never listed
     before = len(slow_server.aws_calls())
     first = api.post("/instances/sync").json()
-    assert first == {"adopted": [adopted], "updated": [], "gone": []}
+    assert first == {"adopted": [adopted], "updated": [], "gone": [], "missing": []}
     assert len(slow_server.aws_calls()) - before == 1  # one describe-instances, whatever was found
     row = api.get(f"/instances/{adopted}").json()
     assert row["name"] == "hand" and row["tags"] == {"Owner": "me"} and row["state"] == "running"
 
     fresh_emulator.ec2.stop_instances(InstanceIds=[adopted])
-    assert api.post("/instances/sync").json() == {"adopted": [], "updated": [adopted], "gone": []}
+    assert api.post("/instances/sync").json() == {"adopted": [], "updated": [adopted], "gone": [], "missing": []}
     assert api.get(f"/instances/{adopted}").json()["state"] == "stopped"
 
     fresh_emulator.reset()  # EC2 forgets it entirely
-    assert api.post("/instances/sync").json() == {"adopted": [], "updated": [], "gone": [adopted]}
+    assert api.post("/instances/sync").json() == {"adopted": [], "updated": [], "gone": [adopted], "missing": []}
     assert api.get(f"/instances/{adopted}").json()["state"] == "terminated"
     assert [i["id"] for i in api.get("/instances").json()["instances"]] == []
 

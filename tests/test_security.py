@@ -88,3 +88,64 @@ def test_oversized_bodies_are_413(token_server):
     response = httpx.post(f"{token_server.url}/instances", headers={"Authorization": f"Bearer {TOKEN}"},
                           content=f'{{"name": "{big}"}}', timeout=30)
     assert response.status_code == 413 and response.json()["code"] == "body_too_large"
+
+
+# -- tokenless loopback mode: what a browser sends on another site's behalf is refused ----------------
+@pytest.fixture(scope="module")
+def open_server(emulator, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("open")
+    server = ApiServer(tmp, emulator.url, DATABASE_URL=str(tmp / "private" / "data" / "instances.db"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def running_instance(open_server, fresh_emulator):
+    with httpx.Client(base_url=open_server.url, timeout=60) as api:
+        api.post("/instances/sync").raise_for_status()
+        created = api.post("/instances", json={"name": "target", "ami": "amazon-linux-2023",
+                                               "instance_type": "t3.micro"})
+        assert created.status_code == 201, created.text
+        return created.json()["id"]
+
+
+@pytest.mark.parametrize("headers, code", [
+    ({"Host": "attacker.example"}, "host_not_allowed"),  # DNS rebinding: the page's own name
+    ({"Host": "attacker.example:8000"}, "host_not_allowed"),
+    ({"Host": "127.0.0.1.nip.io"}, "host_not_allowed"),
+    ({"Origin": "https://attacker.example"}, "cross_site_request"),  # a form or fetch from another site
+    ({"Origin": "null"}, "cross_site_request"),  # a sandboxed iframe or a file:// page
+    ({"Origin": "http://localhost:3000"}, "cross_site_request"),  # another local app is another origin
+    ({"Sec-Fetch-Site": "cross-site"}, "cross_site_request"),
+    ({"X-Forwarded-For": "203.0.113.9"}, "proxied_request"),  # a proxy in front: the network reaches us
+    ({"Forwarded": "for=203.0.113.9"}, "proxied_request"),
+])
+def test_without_a_token_browser_and_proxy_requests_are_refused(open_server, running_instance, headers, code):
+    before = len(open_server.aws_calls())
+    response = httpx.post(f"{open_server.url}/instances/{running_instance}/stop", headers=headers)
+    assert response.status_code == 403, response.text
+    assert response.json()["code"] == code and len(response.json()["detail"]) > 40
+    assert open_server.mutations_since(before) == []
+    assert httpx.get(f"{open_server.url}/instances/{running_instance}").json()["state"] in ("pending", "running")
+
+
+def test_without_a_token_loopback_clients_and_same_origin_pages_are_served(open_server, running_instance):
+    url = f"{open_server.url}/instances/{running_instance}"
+    assert httpx.get(url, headers={"Host": "localhost"}).status_code == 200
+    assert httpx.get(url, headers={"Host": f"[::1]:{open_server.port}"}).status_code == 200
+    assert httpx.get(url, headers={"Sec-Fetch-Site": "cross-site"}).status_code == 200  # a read changes nothing
+    same_origin = {"Origin": open_server.url, "Sec-Fetch-Site": "same-origin"}  # Swagger UI at /docs
+    assert httpx.post(f"{url}/stop", headers=same_origin, timeout=60).status_code == 202
+
+
+def test_a_token_lifts_the_browser_rules(token_server):
+    response = httpx.get(f"{token_server.url}/instances", headers={
+        "Authorization": f"Bearer {TOKEN}", "Host": "ec2.example.org", "X-Forwarded-For": "203.0.113.9"})
+    assert response.status_code == 200
+
+
+def test_the_database_and_its_directory_are_private(open_server):
+    directory = open_server.db_path.parent
+    assert oct(directory.stat().st_mode & 0o777) == "0o700"
+    for path in directory.glob("instances.db*"):
+        assert oct(path.stat().st_mode & 0o777) == "0o600", path

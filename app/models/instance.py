@@ -69,6 +69,7 @@ class Instance(BaseModel):
     security_group_id: str | None = None
     tags: dict[str, str] = {}
     backend_used: str | None = None
+    region: str | None = Field(None, description="AWS region the instance lives in")
     created_at: str | None = None
     updated_at: str | None = None
 
@@ -95,6 +96,8 @@ class SyncResult(BaseModel):
     adopted: list[str]
     updated: list[str]
     gone: list[str]
+    missing: list[str] = Field(description="Tracked but not listed by this sweep; recorded terminated only "
+                                           "once proven gone (see CONSISTENCY_GRACE_SECONDS)")
 
 
 class Health(BaseModel):

@@ -6,6 +6,8 @@ number at once (MAX_AWS_PROCESSES), each in its own process group so a timeout k
 """
 
 import asyncio
+import heapq
+import itertools
 import json
 import logging
 import os
@@ -13,6 +15,7 @@ import re
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 
 from app.config import SCRIPTS_DIR, Settings
@@ -32,10 +35,6 @@ WRONG_STATE = {"IncorrectInstanceState", "IncorrectState", "InvalidInstanceState
 NOT_FOUND = {"InvalidInstanceID.NotFound"}
 
 
-class AwsCallError(ApiError):
-    """An `aws` call that failed; carries the AWS error code when AWS answered."""
-
-
 def classify(script: str, returncode: int, stderr: str) -> ApiError:
     """Turn a failed script run into the API error a user can act on."""
     text = stderr.strip()
@@ -47,8 +46,11 @@ def classify(script: str, returncode: int, stderr: str) -> ApiError:
     if "could not connect to the endpoint url" in lowered or "connection refused" in lowered:
         return Unavailable("The EC2 endpoint cannot be reached; check EC2_ENDPOINT_URL or your network, "
                            "then retry.", code="endpoint_unreachable", retry_after=5)
-    if "unable to locate credentials" in lowered or "partial credentials" in lowered \
-            or "the config profile" in lowered:
+    if "the config profile" in lowered:
+        return Unavailable(f"The AWS profile in AWS_PROFILE does not exist ({text.splitlines()[-1][:200]}): fix "
+                           "AWS_PROFILE (environment or .env) or `aws configure --profile <name>`.",
+                           code="no_credentials")
+    if "unable to locate credentials" in lowered or "partial credentials" in lowered:
         return Unavailable("No AWS credentials found: configure AWS_PROFILE or AWS_ACCESS_KEY_ID/"
                            "AWS_SECRET_ACCESS_KEY (see docs/QUICK_START.md).", code="no_credentials")
     if "timeout" in lowered or "timed out" in lowered:
@@ -101,42 +103,120 @@ def _default_aws_cli(configured: str) -> str:
     return configured
 
 
+class _Slots:
+    """At most N `aws` processes at once. Waiters are served background-first (a sweep never queues
+    behind a crowd of user calls), then in arrival order; a wait is bounded by the caller's deadline."""
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self._waiters: list[tuple[int, int, asyncio.Future]] = []
+        self._order = itertools.count()
+
+    async def acquire(self, priority: int, timeout: float) -> bool:
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        entry = (priority, next(self._order), waiter)
+        heapq.heappush(self._waiters, entry)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            return True
+        except asyncio.TimeoutError:
+            self._abandon(entry)
+            return False
+        except BaseException:
+            self._abandon(entry)
+            raise
+
+    def _abandon(self, entry: tuple[int, int, asyncio.Future]) -> None:
+        waiter = entry[2]
+        if waiter.done() and not waiter.cancelled():
+            self.release()  # handed a slot just as we gave up: pass it on
+        else:
+            waiter.cancel()
+            self._waiters.remove(entry)
+            heapq.heapify(self._waiters)
+
+    def release(self) -> None:
+        while self._waiters:
+            _, _, waiter = heapq.heappop(self._waiters)
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.free += 1
+
+
+def child_env(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of every `aws` child: the server's own, plus every AWS setting the server read
+    (from the environment or `.env`), so what the server logs is what the CLI uses."""
+    env = dict(os.environ if base is None else base)
+    env["AWS_CLI"] = _default_aws_cli(settings.aws_cli)
+    env["KEY_NAME"] = settings.key_name
+    env["AWS_PAGER"] = ""
+    env["AWS_REGION"] = env["AWS_DEFAULT_REGION"] = settings.region  # the scripts pass --region
+    env["AWS_CLI_CONNECT_TIMEOUT"] = str(settings.aws_cli_connect_timeout)
+    env["AWS_CLI_READ_TIMEOUT"] = str(settings.aws_cli_read_timeout)
+    secrets = {"AWS_PROFILE": settings.aws_profile, "AWS_ACCESS_KEY_ID": settings.aws_access_key_id,
+               "AWS_SECRET_ACCESS_KEY": settings.aws_secret_access_key,
+               "AWS_SESSION_TOKEN": settings.aws_session_token}
+    for name, value in secrets.items():
+        value = value.get_secret_value() if hasattr(value, "get_secret_value") else value
+        if value:
+            env[name] = value
+        else:
+            env.pop(name, None)
+    if settings.ec2_endpoint_url:
+        env["EC2_ENDPOINT_URL"] = settings.ec2_endpoint_url
+    else:
+        env.pop("EC2_ENDPOINT_URL", None)
+    return env
+
+
+USER, BACKGROUND = 1, 0  # slot priorities: sweeps first
+SLOT_WAIT_SHARE = 0.5  # of AWS_CLI_TIMEOUT_SECONDS, at most spent waiting for a slot
+
+
 class AwsCli:
     """Runs aws_cli_bash_scripts/*.sh: one script, one `aws` process, JSON back."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.timeout = settings.aws_cli_timeout_seconds
-        self._slots = asyncio.Semaphore(settings.max_aws_processes)
+        self._slots = _Slots(settings.max_aws_processes)
         # `nice` execs the script (no extra process): the CPU-bound `aws` children yield to the
         # server's event loop, so /health and reads stay fast while creates run.
         nice = shutil.which("nice")
         self._nice = [nice, "-n", "10"] if nice else []
-        env = dict(os.environ)
-        env["AWS_CLI"] = _default_aws_cli(settings.aws_cli)
-        env["KEY_NAME"] = settings.key_name
-        env["AWS_PAGER"] = ""
-        env.setdefault("AWS_DEFAULT_REGION", settings.region)
-        if settings.ec2_endpoint_url:
-            env["EC2_ENDPOINT_URL"] = settings.ec2_endpoint_url
-        else:
-            env.pop("EC2_ENDPOINT_URL", None)
-        self.env = env
+        self.env = child_env(settings)
 
-    async def run(self, script: str, *args: str) -> dict:
-        """Run one script with argv `args`; return its JSON stdout or raise an ApiError."""
+    async def run(self, script: str, *args: str, region: str | None = None, background: bool = False) -> dict:
+        """Run one script with argv `args`; return its JSON stdout or raise an ApiError.
+
+        The whole call, waiting for a free slot included, ends within AWS_CLI_TIMEOUT_SECONDS: a call
+        that found no slot within half of it is a 503 (nothing was sent to AWS), so the process always
+        has at least the other half; one that runs past the deadline is a 504.
+        `region` overrides the configured region for this call (an instance recorded in another one).
+        """
         path = SCRIPTS_DIR / script
-        async with self._slots:
+        deadline = time.monotonic() + self.timeout
+        if not await self._slots.acquire(BACKGROUND if background else USER, self.timeout * SLOT_WAIT_SHARE):
+            raise Unavailable(f"All {self.settings.max_aws_processes} AWS CLI slots (MAX_AWS_PROCESSES) stayed "
+                              f"busy for {self.timeout * SLOT_WAIT_SHARE:g} s; nothing was sent to AWS. Retry "
+                              "shortly.", code="aws_busy", retry_after=5)
+        env = self.env if region in (None, self.settings.region) else {**self.env, "AWS_REGION": region,
+                                                                        "AWS_DEFAULT_REGION": region}
+        try:
             proc = await asyncio.create_subprocess_exec(
                 *self._nice, str(path), *args,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                env=self.env,
+                env=env,
                 start_new_session=True,
             )
             try:
-                out, err = await asyncio.wait_for(proc.communicate(), self.timeout)
+                out, err = await asyncio.wait_for(proc.communicate(), max(deadline - time.monotonic(), 0.1))
             except asyncio.TimeoutError:
                 _kill_group(proc)
                 await proc.wait()
@@ -146,6 +226,8 @@ class AwsCli:
                 _kill_group(proc)
                 await proc.wait()
                 raise
+        finally:
+            self._slots.release()
         stderr = err.decode(errors="replace")
         if proc.returncode != 0:
             error = classify(script, proc.returncode, stderr)
@@ -155,11 +237,16 @@ class AwsCli:
             return {}
         try:
             if len(out) > INLINE_PARSE_LIMIT:  # a big describe (1,000 instances is ~MBs): off the loop
-                return await asyncio.to_thread(json.loads, out)
-            return json.loads(out)
+                doc = await asyncio.to_thread(json.loads, out)
+            else:
+                doc = json.loads(out)
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise UpstreamError(f"The AWS CLI ({script}) printed something that is not JSON.",
                                 code="aws_bad_output") from None
+        if not isinstance(doc, dict):
+            raise UpstreamError(f"The AWS CLI ({script}) printed JSON that is not an object.",
+                                code="aws_bad_output")
+        return doc
 
 
 def _kill_group(proc: asyncio.subprocess.Process) -> None:

@@ -6,13 +6,14 @@ event loop never waits on the disk. Each thread gets its own connection.
 
 import itertools
 import json
+import os
 import sqlite3
 import threading
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Columns of the original project's `instances` table, kept so its databases open unchanged.
 ORIGINAL_COLUMNS = ("id", "name", "public_ip", "ami", "instance_type", "state", "ssh_string",
@@ -23,11 +24,16 @@ ADDED_COLUMNS = {
     "login_user": "TEXT",
     "request_id": "TEXT",
     "launched_at": "TEXT",
+    # v2: which EC2 the instance lives in (a sweep judges only its own), and how long it has been missing.
+    "region": "TEXT",
+    "endpoint": "TEXT",
+    "missing_since": "TEXT",
+    "missed_sweeps": "INTEGER NOT NULL DEFAULT 0",
 }
 INSTANCE_FIELDS = ORIGINAL_COLUMNS + tuple(ADDED_COLUMNS)
 # What the API shows of an instance (the response model's fields, in its order).
 PUBLIC_FIELDS = ("id", "name", "public_ip", "ssh_string", "state", "ami", "instance_type", "storage_gb",
-                 "security_group_id", "tags", "backend_used", "created_at", "updated_at")
+                 "security_group_id", "tags", "backend_used", "region", "created_at", "updated_at")
 
 ACTIVE = "state NOT IN ('terminated', 'failed')"
 
@@ -39,8 +45,37 @@ def _tags(text: str | None) -> dict:
         return {}
 
 
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
 def utcnow() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(timezone.utc).strftime(TIME_FORMAT)
+
+
+def ago(seconds: float) -> str:
+    """The timestamp `seconds` before now, comparable as text with utcnow() values."""
+    return (datetime.now(timezone.utc) - timedelta(seconds=seconds)).strftime(TIME_FORMAT)
+
+
+def parse_time(value: str | None) -> datetime | None:
+    """A stored timestamp (ours, EC2's, or the original project's 'YYYY-MM-DD HH:MM:SS') as UTC."""
+    if not value:
+        return None
+    try:
+        at = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
+
+
+def age_seconds(value: str | None) -> float:
+    """Seconds since a stored timestamp; infinite when there is none (an unknown age is an old one)."""
+    at = parse_time(value)
+    return float("inf") if at is None else (datetime.now(timezone.utc) - at).total_seconds()
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer version of the service."""
 
 
 class Database:
@@ -56,7 +91,7 @@ class Database:
     def connect(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._create_private()
             conn = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA busy_timeout = 10000")
@@ -65,14 +100,28 @@ class Database:
             self._local.conn = conn
         return conn
 
+    def _create_private(self) -> None:
+        """A new database (and its directory) is readable by its owner only: it names every instance."""
+        if not self.path.parent.exists():
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not self.path.exists():
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))  # SQLite gives -wal/-shm the same mode
+
     def migrate(self) -> None:
         """Create or upgrade the schema to SCHEMA_VERSION, keeping every existing row."""
         conn = self.connect()
         conn.execute("BEGIN IMMEDIATE")
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise SchemaTooNew(
+                    f"the database {self.path} has schema version {version}, newer than this version of "
+                    f"ec2-creator-local understands ({SCHEMA_VERSION}); upgrade the service, or point "
+                    "DATABASE_URL at another file. Nothing was changed.")
             if version < 1:
                 self._migrate_to_1(conn)
+            if version < 2:
+                self._migrate_to_2(conn)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
@@ -120,6 +169,34 @@ class Database:
         )
         conn.execute("CREATE INDEX IF NOT EXISTS launches_status ON launches(status)")
 
+    @staticmethod
+    def _migrate_to_2(conn: sqlite3.Connection) -> None:
+        """Scope rows by (endpoint, region); the catalogue caches become per scope; prune by time."""
+        have = {row["name"] for row in conn.execute("PRAGMA table_info(instances)")}
+        for column, decl in ADDED_COLUMNS.items():
+            if column not in have:
+                conn.execute(f"ALTER TABLE instances ADD COLUMN {column} {decl}")
+        have = {row["name"] for row in conn.execute("PRAGMA table_info(launches)")}
+        for column in ("region", "endpoint"):
+            if column not in have:
+                conn.execute(f"ALTER TABLE launches ADD COLUMN {column} TEXT")
+        # Caches, refetched on demand: now keyed by scope (endpoint + region).
+        conn.execute("DROP TABLE IF EXISTS ami_catalog")
+        conn.execute("DROP TABLE IF EXISTS instance_types")
+        conn.execute("DELETE FROM kv WHERE key = 'catalog_resolved_at'")
+        conn.execute(
+            """CREATE TABLE ami_catalog (
+                scope TEXT NOT NULL, ami_id TEXT NOT NULL, architecture TEXT NOT NULL,
+                root_device_name TEXT NOT NULL, login_user TEXT NOT NULL, alias TEXT, image_name TEXT,
+                resolved_at TEXT NOT NULL, PRIMARY KEY (scope, ami_id))"""
+        )
+        conn.execute(
+            """CREATE TABLE instance_types (
+                scope TEXT NOT NULL, name TEXT NOT NULL, architecture TEXT NOT NULL, fetched_at TEXT NOT NULL,
+                PRIMARY KEY (scope, name))"""
+        )
+        conn.execute("CREATE INDEX IF NOT EXISTS events_at ON instance_events(at)")
+
     # -- instances -------------------------------------------------------------------------
     @staticmethod
     def _row(row: sqlite3.Row | None) -> dict | None:
@@ -157,9 +234,24 @@ class Database:
     def _written(self) -> None:
         self.generation = next(self._generations)  # atomic: concurrent writers never share a value
 
-    def tracked_ids(self) -> dict[str, dict]:
-        """Every instance not yet terminated, by id (what a sweep compares with EC2)."""
-        return {r["id"]: r for r in self.list_instances()}
+    def tracked_ids(self, region: str, endpoint: str) -> dict[str, dict]:
+        """Every instance of this EC2 (endpoint and region) not yet terminated, by id: what a sweep judges."""
+        rows = self.connect().execute(
+            f"SELECT * FROM instances WHERE {ACTIVE} AND region = ? AND endpoint = ?", (region, endpoint))
+        return {r["id"]: self._row(r) for r in rows}
+
+    def claim_unscoped(self, region: str, endpoint: str) -> int:
+        """Rows from before v2 (no region recorded) belong to the EC2 the server first runs against."""
+        with self.transaction() as conn:
+            count = conn.execute("UPDATE instances SET region = ?, endpoint = ? WHERE region IS NULL",
+                                 (region, endpoint)).rowcount
+            conn.execute("UPDATE launches SET region = ?, endpoint = ? WHERE region IS NULL", (region, endpoint))
+        return count
+
+    def set_missing(self, instance_id: str, missed_sweeps: int, missing_since: str | None) -> None:
+        """Bookkeeping of a tracked instance a sweep did not see (no public field changes)."""
+        self.connect().execute("UPDATE instances SET missed_sweeps = ?, missing_since = ? WHERE id = ?",
+                               (missed_sweeps, missing_since, instance_id))
 
     def upsert_instance(self, fields: dict[str, Any]) -> None:
         fields = dict(fields)
@@ -204,25 +296,36 @@ class Database:
     def transaction(self) -> "_Transaction":
         return _Transaction(self.connect(), self._written)
 
-    # -- launches (one row per create request) ---------------------------------------------------
-    def claim_launch(self, request_id: str, idempotency_key: str | None, body_hash: str,
-                     body: dict) -> dict | None:
-        """Insert a pending launch; if the key is taken, return the existing launch instead.
+    def savepoint(self) -> "_Savepoint":
+        """Inside a transaction: a failure in the block undoes the block alone, then propagates."""
+        return _Savepoint(self.connect())
 
-        A failed launch under the same key is replaced, so a retry after a failure tries again.
+    # -- launches (one row per create request) ---------------------------------------------------
+    def claim_launch(self, request_id: str, idempotency_key: str | None, body_hash: str, body: dict,
+                     region: str, endpoint: str) -> tuple[dict, bool]:
+        """Insert a pending launch, or find the one that holds this Idempotency-Key.
+
+        Returns (launch, claimed). A failed launch under the same key and body is claimed again as
+        it was (same request id, same recorded parameters), so the retry sends EC2 the exact request
+        it sent before, client token and RequestId tag included, and EC2's own dedupe holds.
         """
         now = utcnow()
         with self.transaction() as conn:
             if idempotency_key is not None:
                 row = conn.execute("SELECT * FROM launches WHERE idempotency_key = ?", (idempotency_key,)).fetchone()
-                if row is not None and not (row["status"] == "failed" and row["body_hash"] == body_hash):
-                    return dict(row)
-                conn.execute("DELETE FROM launches WHERE idempotency_key = ?", (idempotency_key,))
+                if row is not None:
+                    if row["status"] == "failed" and row["body_hash"] == body_hash:
+                        conn.execute("UPDATE launches SET status = 'pending', error = NULL, created_at = ?, "
+                                     "updated_at = ?, region = ?, endpoint = ? WHERE request_id = ?",
+                                     (now, now, region, endpoint, row["request_id"]))
+                        return {**dict(row), "status": "pending", "created_at": now}, True
+                    return dict(row), False
             conn.execute(
-                "INSERT INTO launches (request_id, idempotency_key, body_hash, body, status, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, 'pending', ?, ?)",
-                (request_id, idempotency_key, body_hash, json.dumps(body, sort_keys=True), now, now))
-        return None
+                "INSERT INTO launches (request_id, idempotency_key, body_hash, body, status, created_at, updated_at, "
+                "region, endpoint) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
+                (request_id, idempotency_key, body_hash, json.dumps(body, sort_keys=True), now, now, region,
+                 endpoint))
+        return self.get_launch(request_id), True
 
     def finish_launch(self, request_id: str, status: str, instance_id: str | None = None,
                       error: str | None = None) -> None:
@@ -239,33 +342,45 @@ class Database:
                                      (idempotency_key,)).fetchone()
         return dict(row) if row else None
 
-    def pending_launches(self) -> list[dict]:
-        return [dict(r) for r in self.connect().execute("SELECT * FROM launches WHERE status = 'pending'")]
+    def pending_launches(self, region: str, endpoint: str) -> list[dict]:
+        return [dict(r) for r in self.connect().execute(
+            "SELECT * FROM launches WHERE status = 'pending' AND region = ? AND endpoint = ?", (region, endpoint))]
+
+    def prune(self, before: str) -> tuple[int, int]:
+        """Forget events and finished launches older than `before`; instance rows are never pruned."""
+        with self.transaction() as conn:
+            events = conn.execute("DELETE FROM instance_events WHERE at < ?", (before,)).rowcount
+            launches = conn.execute("DELETE FROM launches WHERE status != 'pending' AND updated_at < ?",
+                                    (before,)).rowcount
+        return events, launches
 
     # -- catalogue ---------------------------------------------------------------------------
-    def save_catalog(self, amis: Iterable[dict], types: Iterable[dict]) -> None:
+    def save_catalog(self, scope: str, amis: Iterable[dict], types: Iterable[dict]) -> None:
+        """The AMI catalogue and free-tier types of one EC2 (scope: endpoint and region)."""
         now = utcnow()
         with self.transaction() as conn:
-            conn.execute("DELETE FROM ami_catalog")
-            conn.execute("DELETE FROM instance_types")
+            conn.execute("DELETE FROM ami_catalog WHERE scope = ?", (scope,))
+            conn.execute("DELETE FROM instance_types WHERE scope = ?", (scope,))
             conn.executemany(
-                "INSERT INTO ami_catalog (ami_id, architecture, root_device_name, login_user, alias, image_name, "
-                "resolved_at) VALUES (:ami_id, :architecture, :root_device_name, :login_user, :alias, :image_name, "
-                ":resolved_at)",
-                [{**a, "resolved_at": now} for a in amis],
+                "INSERT INTO ami_catalog (scope, ami_id, architecture, root_device_name, login_user, alias, "
+                "image_name, resolved_at) VALUES (:scope, :ami_id, :architecture, :root_device_name, :login_user, "
+                ":alias, :image_name, :resolved_at)",
+                [{**a, "scope": scope, "resolved_at": now} for a in amis],
             )
             conn.executemany(
-                "INSERT INTO instance_types (name, architecture, fetched_at) VALUES (:name, :architecture, "
-                ":fetched_at)",
-                [{**t, "fetched_at": now} for t in types],
+                "INSERT INTO instance_types (scope, name, architecture, fetched_at) VALUES (:scope, :name, "
+                ":architecture, :fetched_at)",
+                [{**t, "scope": scope, "fetched_at": now} for t in types],
             )
-            conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('catalog_resolved_at', ?)", (now,))
+            conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (f"catalog_resolved_at:{scope}", now))
 
-    def load_catalog(self) -> tuple[list[dict], list[dict], str | None]:
+    def load_catalog(self, scope: str) -> tuple[list[dict], list[dict], str | None]:
         conn = self.connect()
-        amis = [dict(r) for r in conn.execute("SELECT * FROM ami_catalog")]
-        types = [dict(r) for r in conn.execute("SELECT * FROM instance_types")]
-        return amis, types, self.kv_get("catalog_resolved_at")
+        columns = "ami_id, architecture, root_device_name, login_user, alias, image_name"
+        amis = [dict(r) for r in conn.execute(f"SELECT {columns} FROM ami_catalog WHERE scope = ?", (scope,))]
+        types = [dict(r) for r in conn.execute("SELECT name, architecture FROM instance_types WHERE scope = ?",
+                                               (scope,))]
+        return amis, types, self.kv_get(f"catalog_resolved_at:{scope}")
 
     # -- small key/value facts (security group id, catalogue age) ---------------------------
     def kv_get(self, key: str) -> str | None:
@@ -293,3 +408,17 @@ class _Transaction:
     def __exit__(self, exc_type, exc, tb) -> None:
         self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
         self.on_commit()  # writes inside bumped the generation before they were visible: bump again
+
+
+class _Savepoint:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("SAVEPOINT one_row")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.conn.execute("ROLLBACK TO one_row")
+        self.conn.execute("RELEASE one_row")

@@ -14,10 +14,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from app.config import Settings
-from app.errors import ApiError, Conflict, UpstreamError
+from app.errors import ApiError, Conflict, PolicyViolation, Unavailable, UpstreamError
 from app.models.instance import InstanceCreate
 from app.services.aws_cli import AwsCli
-from app.services.db import Database
+from app.services.db import Database, age_seconds
 from app.services.free_tier import Catalog, check_create, check_static, login_user_for
 from app.services.reconciler import SECURITY_GROUP_NAME, Reconciler
 
@@ -78,6 +78,10 @@ class InstanceService:
         self._catalog_lock = asyncio.Lock()
         self._sg_lock = asyncio.Lock()
         self._inflight: dict[str, asyncio.Future] = {}
+        # Which EC2 this process talks to: rows, launches and caches are kept per (endpoint, region).
+        self.region = settings.region
+        self.endpoint = settings.endpoint_key
+        self.scope = f"{self.endpoint or 'aws'}|{self.region}"
 
     # -- AMI catalogue -------------------------------------------------------------------------
     def login_user_of(self, ami_id: str | None) -> str:
@@ -86,7 +90,7 @@ class InstanceService:
 
     async def load_catalog(self) -> None:
         """Load the cached catalogue from SQLite (no process)."""
-        amis, types, resolved_at = await asyncio.to_thread(self.db.load_catalog)
+        amis, types, resolved_at = await asyncio.to_thread(self.db.load_catalog, self.scope)
         self.catalog = Catalog.from_rows(amis, types, resolved_at)
 
     async def ensure_catalog(self) -> Catalog:
@@ -96,7 +100,7 @@ class InstanceService:
         async with self._catalog_lock:
             if not self.catalog.is_fresh(self.settings.ami_catalog_ttl_hours):
                 fetched = await Catalog.fetch(self.aws, self.settings.free_tier_amis)
-                await asyncio.to_thread(self.db.save_catalog, *fetched.to_rows())
+                await asyncio.to_thread(self.db.save_catalog, self.scope, *fetched.to_rows())
                 await self.load_catalog()
                 log.info("AMI catalogue: %d AMIs, free-tier types %s", len(self.catalog.amis),
                          ", ".join(sorted(self.catalog.types)))
@@ -179,16 +183,21 @@ class InstanceService:
                        code="launch_in_progress", retry_after=5)
 
     async def _launch(self, req: InstanceCreate, ami, idempotency_key: str | None, body_hash: str) -> dict:
-        request_id = uuid.uuid4().hex
-        body = {"request": req.model_dump(), "ami_id": ami.ami_id, "login_user": ami.login_user}
+        body = {"request": req.model_dump(), "ami_id": ami.ami_id, "login_user": ami.login_user,
+                "root_device": ami.root_device_name}
         # The launch row is written BEFORE the aws process starts: a crash leaves a trace to resolve.
-        existing = await asyncio.to_thread(self.db.claim_launch, request_id, idempotency_key, body_hash, body)
-        if existing is not None:
+        launch, claimed = await asyncio.to_thread(self.db.claim_launch, uuid.uuid4().hex, idempotency_key,
+                                                  body_hash, body, self.region, self.endpoint)
+        if not claimed:
             raise _AlreadyClaimed()
+        request_id = launch["request_id"]
+        # A retry of a failed launch sends what the first attempt sent (same AMI id, client token and
+        # RequestId tag), so EC2 can recognise it; a new launch sends what was just resolved.
+        body = {**body, **json.loads(launch["body"])}
         try:
             group_id = await self.ensure_security_group() if req.create_security_group else None
-            args = ["--name", req.name, "--ami", ami.ami_id, "--type", req.instance_type,
-                    "--storage-gb", str(req.storage_gb), "--root-device", ami.root_device_name,
+            args = ["--name", req.name, "--ami", body["ami_id"], "--type", req.instance_type,
+                    "--storage-gb", str(req.storage_gb), "--root-device", body["root_device"],
                     "--request-id", request_id, "--client-token", client_token(idempotency_key, request_id)]
             for key, value in (req.tags or {}).items():
                 args += ["--tag", key, value]
@@ -207,15 +216,27 @@ class InstanceService:
                                         exc.aws_error_code or exc.code)
             raise
         instances = doc.get("Instances") or []
-        if not instances:
-            raise UpstreamError("EC2 accepted the launch but returned no instance.", code="aws_bad_output")
+        if not instances or not instances[0].get("InstanceId"):
+            # EC2 may have launched something: leave the launch pending for the reconciler to resolve.
+            raise UpstreamError("EC2 answered the launch without an instance; the reconciler will look for it "
+                                "by its request id.", code="aws_bad_output")
+        instance_id = instances[0]["InstanceId"]
         row = {
-            "id": instances[0]["InstanceId"], "name": req.name, "ami": ami.ami_id,
+            "id": instance_id, "name": req.name, "ami": body["ami_id"],
             "instance_type": req.instance_type, "storage_gb": req.storage_gb, "security_group_id": group_id,
-            "tags": req.tags or {}, "backend_used": self.settings.backend, "login_user": ami.login_user,
+            "tags": req.tags or {}, "backend_used": self.settings.backend, "login_user": body["login_user"],
             "request_id": request_id, "launched_at": instances[0].get("LaunchTime"),
         }
-        recorded = await asyncio.to_thread(self.reconciler.record_launch, instances[0], row)
+        try:
+            recorded = await asyncio.to_thread(self.reconciler.record_launch, instances[0], row)
+        except Exception as exc:  # noqa: BLE001 - EC2 has the instance: never answer a bare 500
+            log.error("EC2 launched %s (request %s) but recording it failed: %s", instance_id, request_id, exc)
+            self.reconciler.request_sweep()
+            raise Unavailable(
+                f"EC2 launched instance {instance_id}, but the local record could not be written ({exc}). It "
+                "is recorded as soon as the database works again (the reconciler finds it by its request id); "
+                "a retry with the same Idempotency-Key returns it.", code="record_failed", retry_after=5,
+                extra={"instance_id": instance_id}) from None
         self.reconciler.request_sweep()
         return recorded
 
@@ -234,17 +255,15 @@ class InstanceService:
                 return row, False
             if state not in rule.allowed:
                 raise Conflict(f"Cannot {action} instance {instance_id}: it is {state}.", code="wrong_state")
+            self._check_reachable(row)
+            if action == "start":  # stop and delete only lower cost: always allowed
+                self._check_start_policy(row)
             request_id = uuid.uuid4().hex
             try:
-                doc = await self.aws.run(rule.script, instance_id)
+                doc = await self.aws.run(rule.script, instance_id, region=row.get("region"))
             except ApiError as exc:
                 if exc.aws_error_code == "InvalidInstanceID.NotFound":
-                    gone = await asyncio.to_thread(self.reconciler.record_gone, row, action, request_id,
-                                                   exc.aws_error_code)
-                    if action == "delete":
-                        return gone, True
-                    raise Conflict(f"EC2 no longer has instance {instance_id}; it is recorded as terminated.",
-                                   code="instance_gone", aws_error_code=exc.aws_error_code) from None
+                    return await self._not_found(row, action, request_id, exc)
                 if exc.status_code == 409:
                     self.reconciler.request_sweep()  # our recorded state is behind EC2's
                 raise
@@ -254,3 +273,38 @@ class InstanceService:
         self.reconciler.request_sweep()
         return recorded, True
 
+    def _check_reachable(self, row: dict) -> None:
+        endpoint = row.get("endpoint")
+        if endpoint is not None and endpoint != self.endpoint:
+            where = endpoint or "real AWS"
+            raise Conflict(f"Instance {row['id']} was recorded against {where} (region {row.get('region')}); this "
+                           f"server talks to {self.endpoint or 'real AWS'}. Restart it with that EC2_ENDPOINT_URL "
+                           "(or EC2_TARGET) to manage this instance.", code="other_endpoint")
+
+    def _check_start_policy(self, row: dict) -> None:
+        allowed = self.settings.allowed_instance_types
+        if row.get("instance_type") not in allowed:
+            raise PolicyViolation(
+                f"Instance {row['id']} is a {row.get('instance_type')}, which is not allowed here "
+                f"({', '.join(allowed)}, ALLOWED_INSTANCE_TYPES); starting it could leave the free tier. Stop "
+                "and delete stay allowed.", code="instance_type_not_allowed")
+
+    async def _not_found(self, row: dict, action: str, request_id: str, exc: ApiError) -> tuple[dict, bool]:
+        """EC2 says NotFound. Within the consistency grace of a launch that is only "not visible
+        yet" (503, retry); past it, a direct lookup decides before anything is recorded gone."""
+        age = age_seconds(row.get("created_at"))
+        grace = self.settings.consistency_grace_seconds
+        if age < grace:
+            raise Unavailable(f"EC2 does not show instance {row['id']} yet: it was launched {age:.0f} s ago and "
+                              "EC2 is eventually consistent. Retry in a few seconds.", code="instance_not_visible_yet",
+                              aws_error_code=exc.aws_error_code, retry_after=max(1, min(int(grace - age) + 1, 30)))
+        fresh = await self.reconciler.confirm_instance(row)
+        if fresh is not None:  # the direct lookup sees it: record what it shows, let the caller retry
+            raise Unavailable(f"EC2 answered NotFound for {row['id']} but still lists it ({fresh['state']}); "
+                              "retry in a few seconds.", code="instance_not_visible_yet",
+                              aws_error_code=exc.aws_error_code, retry_after=5)
+        gone = await asyncio.to_thread(self.reconciler.record_gone, row, action, request_id, exc.aws_error_code)
+        if action == "delete":
+            return gone, True
+        raise Conflict(f"EC2 no longer has instance {row['id']}; it is recorded as terminated.",
+                       code="instance_gone", aws_error_code=exc.aws_error_code)

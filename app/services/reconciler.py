@@ -5,6 +5,13 @@ for one (requests that arrive together are batched into one sweep). A sweep is O
 `describe-instances` call filtered on the ManagedBy tag; it is read-only towards EC2.
 Mutation responses (run/start/stop/terminate) are recorded through `record_*` here too, so every
 state change gets its event.
+
+EC2 is eventually consistent, so "gone" is proven, never inferred from one answer: a tracked
+instance a sweep does not list is only *missing*; it becomes terminated once it has been missing for
+GONE_AFTER_MISSED_SWEEPS sweeps and CONSISTENCY_GRACE_SECONDS (and is that old), and a direct
+lookup by id, without the tag filter, does not find it either. A launch is resolved the same way:
+found by its RequestId tag, or failed once the CLI timeout plus the grace has passed and a direct
+lookup by RequestId finds nothing. A sweep judges only instances of its own endpoint and region.
 """
 
 import asyncio
@@ -14,19 +21,19 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 
 from app.config import Settings
-from app.errors import ApiError
-from app.services.db import Database, utcnow
+from app.errors import ApiError, UpstreamError
+from app.services.db import Database, age_seconds, ago, parse_time, utcnow
 
 log = logging.getLogger("ec2_creator.reconciler")
 
 BATCH_DELAY_SECONDS = 0.5  # follow-up sweeps wait this long so concurrent mutations share one
 MAX_BATCH_WAIT_SECONDS = 10.0  # ...and up to this long for mutations still running to finish
-LAUNCH_GRACE = timedelta(minutes=10)  # a launch not seen in EC2 after this long has failed
+PRUNE_EVERY_SECONDS = 3600.0  # events and finished launches past EVENTS_RETENTION_DAYS
 RESERVED_TAGS = {"Name", "ManagedBy", "RequestId"}
 SECURITY_GROUP_NAME = "ec2-creator-local"
+CONFIRM_BATCH = 200  # ids or request ids per direct lookup
 
 
 @dataclass
@@ -34,6 +41,7 @@ class SweepResult:
     adopted: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     gone: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
 
 
 def tags_of(instance: dict) -> dict[str, str]:
@@ -42,15 +50,26 @@ def tags_of(instance: dict) -> dict[str, str]:
 
 def _iso(value: str | None) -> str | None:
     """EC2's LaunchTime in our timestamp format (UTC, microseconds, Z)."""
-    try:
-        at = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    at = parse_time(value)
+    return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if at else None
 
 
 def state_of(instance: dict) -> str:
     return (instance.get("State") or {}).get("Name") or "pending"
+
+
+def instances_of(doc: dict, script: str = "list_instances.sh") -> list[dict]:
+    """The instances of a describe-instances answer. Anything that is not one is an error, never
+    "EC2 has nothing": an empty or truncated output must not make every instance look gone."""
+    reservations = doc.get("Reservations")
+    if not isinstance(reservations, list) or not all(isinstance(r, dict) for r in reservations):
+        raise UpstreamError(f"The AWS CLI ({script}) did not print a describe-instances answer "
+                            "(no Reservations list); nothing was concluded from it.", code="aws_bad_output")
+    found = [i for r in reservations for i in r.get("Instances") or []]
+    if not all(isinstance(i, dict) and i.get("InstanceId") for i in found):
+        raise UpstreamError(f"The AWS CLI ({script}) printed an instance without an InstanceId.",
+                            code="aws_bad_output")
+    return found
 
 
 class Reconciler:
@@ -59,13 +78,25 @@ class Reconciler:
         self.db = db
         self.aws = aws
         self.login_user_of = login_user_of
+        self.region = settings.region
+        self.endpoint = settings.endpoint_key
         self._wake = asyncio.Event()
         self._sweep_lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
+        self._pruned_at = float("-inf")
         self.mutations_in_flight = 0
-        # Launches pending from before this process started were cut short by a crash: the
-        # first sweep finds their instances by RequestId tag, or marks them failed.
+        # A launch row older than this was written by an earlier process: if a sweep finds its
+        # instance first, that is an adoption of a crashed create, not this process's create.
         self.started_at = utcnow()
+
+    @property
+    def grace(self) -> float:
+        return self.settings.consistency_grace_seconds
+
+    @property
+    def launch_deadline(self) -> float:
+        """Seconds after which a launch EC2 does not show can no longer appear: the CLI call is over."""
+        return self.settings.aws_cli_timeout_seconds + self.grace
 
     # -- loop --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -108,22 +139,73 @@ class Reconciler:
             except Exception:  # noqa: BLE001 - the loop must outlive any one bad sweep
                 log.exception("sweep failed")
             try:
+                await self._prune_if_due()
+            except Exception:  # noqa: BLE001
+                log.exception("pruning old events failed")
+            try:
                 await asyncio.wait_for(self._wake.wait(), self.settings.reconcile_interval_seconds)
                 await self._settle()
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
 
+    async def _prune_if_due(self) -> None:
+        if time.monotonic() - self._pruned_at < PRUNE_EVERY_SECONDS:
+            return
+        self._pruned_at = time.monotonic()
+        events, launches = await asyncio.to_thread(
+            self.db.prune, ago(self.settings.events_retention_days * 86400))
+        if events or launches:
+            log.info("pruned %d events and %d finished launches older than %g days", events, launches,
+                     self.settings.events_retention_days)
+
     async def sweep(self) -> SweepResult:
-        """One describe-instances call, then one transaction applying what it said."""
+        """One describe-instances call, then one transaction applying what it said.
+
+        Only when something looks gone (an instance missing long enough, a launch overdue) does it
+        cost more: one direct lookup for all of them.
+        """
         async with self._sweep_lock:
             started = utcnow()
             t0 = time.perf_counter()
-            doc = await self.aws.run("list_instances.sh")
-            observed = [i for r in doc.get("Reservations", []) for i in r.get("Instances", [])]
-            result = await asyncio.to_thread(self._apply_sweep, observed, started)
+            doc = await self.aws.run("list_instances.sh", background=True)
+            observed = instances_of(doc)
+            result, suspects, overdue = await asyncio.to_thread(self._apply_sweep, observed, started)
+            if suspects:
+                await self._confirm_gone(suspects, started, result)
+            if overdue:
+                await self._confirm_launches(overdue, result)
             log.debug("sweep: %d observed in %.2fs, %s", len(observed), time.perf_counter() - t0, result)
             return result
+
+    async def _lookup(self, option: str, values: list[str], region: str | None = None) -> list[dict]:
+        """Direct describe-instances by id or RequestId, without the ManagedBy filter."""
+        found: list[dict] = []
+        for i in range(0, len(values), CONFIRM_BATCH):
+            args = ["--all"]
+            for value in values[i:i + CONFIRM_BATCH]:
+                args += [option, value]
+            doc = await self.aws.run("list_instances.sh", *args, region=region, background=True)
+            found += instances_of(doc)
+        return found
+
+    async def _confirm_gone(self, suspects: list[str], started: str, result: SweepResult) -> None:
+        seen = {i["InstanceId"]: i for i in await self._lookup("--filter-instance-id", suspects)}
+        await asyncio.to_thread(self._apply_confirmation, suspects, seen, started, result)
+
+    async def _confirm_launches(self, overdue: list[dict], result: SweepResult) -> None:
+        found = await self._lookup("--request-id", [launch["request_id"] for launch in overdue])
+        await asyncio.to_thread(self._apply_launch_lookup, overdue, found, result)
+
+    async def confirm_instance(self, row: dict) -> dict | None:
+        """A direct lookup of one instance (after EC2 said NotFound to a mutation): records what EC2
+        shows and returns the fresh row, or None when EC2 does not show it (the caller records why)."""
+        found = {i["InstanceId"]: i
+                 for i in await self._lookup("--filter-instance-id", [row["id"]], row.get("region"))}
+        if row["id"] not in found:
+            return None
+        await asyncio.to_thread(self._apply_confirmation, [row["id"]], found, utcnow(), SweepResult(), True)
+        return await asyncio.to_thread(self.db.get_instance, row["id"])
 
     # -- writers (synchronous; called in a worker thread) --------------------------------------
     def _ssh_string(self, public_ip: str | None, login_user: str | None) -> str | None:
@@ -140,9 +222,11 @@ class Reconciler:
                 "ssh_string": self._ssh_string(public_ip, row.get("login_user"))}
 
     def _apply(self, row: dict, instance: dict, action: str, source: str, request_id: str | None = None) -> bool:
-        """Write what EC2 said of one tracked instance; True when anything changed."""
+        """Write what EC2 said of one tracked instance; True when anything public changed."""
         new = self._observed_fields(row, instance)
         changed = {k: v for k, v in new.items() if row.get(k) != v}
+        if row.get("missed_sweeps") or row.get("missing_since"):
+            self.db.set_missing(row["id"], 0, None)  # seen again: no longer missing
         if not changed:
             return False
         now = utcnow()
@@ -151,49 +235,120 @@ class Reconciler:
             self.db.add_event(row["id"], action, row.get("state"), new["state"], source, request_id, at=now)
         return True
 
-    def _apply_sweep(self, observed: list[dict], started: str) -> SweepResult:
+    def _apply_sweep(self, observed: list[dict], started: str) -> tuple[SweepResult, list[str], list[dict]]:
+        """Apply one sweep; return what it changed, the ids to confirm gone, and overdue launches."""
         result = SweepResult()
         seen: set[str] = set()
+        suspects: list[str] = []
         with self.db.transaction():
-            tracked = self.db.tracked_ids()
-            pending = {launch["request_id"]: launch for launch in self.db.pending_launches()}
+            tracked = self.db.tracked_ids(self.region, self.endpoint)
+            pending = {launch["request_id"]: launch
+                       for launch in self.db.pending_launches(self.region, self.endpoint)}
             for instance in observed:
-                instance_id = instance.get("InstanceId")
-                if not instance_id:
-                    continue
+                instance_id = instance["InstanceId"]
                 seen.add(instance_id)
                 launch = pending.pop(tags_of(instance).get("RequestId", ""), None)
-                if launch is not None:
-                    self.db.finish_launch(launch["request_id"], "launched", instance_id)
-                row = tracked.get(instance_id)
-                if row is None:
-                    if (launch is not None or state_of(instance) != "terminated") \
-                            and self.db.get_instance(instance_id) is None:
-                        self._adopt(instance, launch)
-                        result.adopted.append(instance_id)
-                    continue
-                if (row.get("updated_at") or "") > started:
-                    continue  # an API call recorded something newer after this describe began
-                if self._apply(row, instance, "observe", "reconcile"):
-                    result.updated.append(instance_id)
+                self._isolated(instance_id, self._apply_observed, instance, tracked.get(instance_id), launch,
+                               started, result)
             for instance_id, row in tracked.items():
                 if instance_id in seen or (row.get("updated_at") or "") > started:
+                    continue
+                if self._isolated(instance_id, self._note_missing, row, started):
+                    suspects.append(instance_id)
+                else:
+                    result.missing.append(instance_id)
+            overdue = [launch for launch in pending.values()
+                       if age_seconds(launch["created_at"]) >= self.launch_deadline]
+        return result, suspects, overdue
+
+    def _isolated(self, instance_id: str, apply: Callable, *args):
+        """One instance's writes in a savepoint: a row that fails is logged and skipped, and the rest
+        of the sweep still lands."""
+        try:
+            with self.db.savepoint():
+                return apply(*args)
+        except Exception:  # noqa: BLE001 - isolate the bad row, keep the sweep
+            log.exception("sweep: could not record instance %s; skipped this time", instance_id)
+            return None
+
+    def _apply_observed(self, instance: dict, row: dict | None, launch: dict | None, started: str,
+                        result: SweepResult) -> None:
+        instance_id = instance["InstanceId"]
+        if launch is not None:
+            self.db.finish_launch(launch["request_id"], "launched", instance_id)
+        if row is None:
+            known = self.db.get_instance(instance_id)
+            if known is None:
+                if launch is not None or state_of(instance) != "terminated":
+                    self._adopt(instance, launch)
+                    result.adopted.append(instance_id)
+            elif self._revive(known, instance):
+                result.updated.append(instance_id)
+            return
+        if (row.get("updated_at") or "") > started:
+            return  # an API call recorded something newer after this describe began
+        if self._apply(row, instance, "observe", "reconcile"):
+            result.updated.append(instance_id)
+
+    def _revive(self, row: dict, instance: dict) -> bool:
+        """A record that is terminated (or of another scope) while EC2 shows the instance alive comes
+        back with its real state: no record may stay terminated while EC2 runs it."""
+        state = state_of(instance)
+        if row.get("state") not in ("terminated", "failed") or state == "terminated":
+            return False
+        now = utcnow()
+        fields = self._observed_fields(row, instance)
+        self.db.update_instance(row["id"], {**fields, "region": self.region, "endpoint": self.endpoint,
+                                            "updated_at": now})
+        self.db.set_missing(row["id"], 0, None)
+        self.db.add_event(row["id"], "reappeared", row.get("state"), state, "reconcile", at=now)
+        log.warning("instance %s was recorded %s but EC2 shows it %s: record restored", row["id"],
+                    row.get("state"), state)
+        return True
+
+    def _note_missing(self, row: dict, started: str) -> bool:
+        """Count one more sweep without this instance; True once it is due a direct lookup."""
+        missed = (row.get("missed_sweeps") or 0) + 1
+        since = row.get("missing_since") or started
+        self.db.set_missing(row["id"], missed, since)
+        return (missed >= self.settings.gone_after_missed_sweeps and age_seconds(since) >= self.grace
+                and age_seconds(row.get("created_at")) >= self.grace)
+
+    def _apply_confirmation(self, ids: list[str], found: dict[str, dict], started: str, result: SweepResult,
+                            direct: bool = False) -> None:
+        """After a direct lookup: what it shows is recorded; what it does not show is gone."""
+        with self.db.transaction():
+            for instance_id in ids:
+                row = self.db.get_instance(instance_id)
+                if row is None or row["state"] in ("terminated", "failed"):
+                    continue
+                if not direct and (row.get("updated_at") or "") > started:
+                    continue
+                instance = found.get(instance_id)
+                if instance is not None:
+                    if self._isolated(instance_id, self._apply, row, instance, "observe", "reconcile"):
+                        result.updated.append(instance_id)
                     continue
                 now = utcnow()
                 self.db.update_instance(instance_id, {"state": "terminated", "public_ip": None,
                                                       "ssh_string": None, "updated_at": now})
                 self.db.add_event(instance_id, "gone", row.get("state"), "terminated", "reconcile", at=now)
+                log.warning("instance %s: EC2 has not shown it for %s sweeps and %g s, nor to a direct lookup; "
+                            "recorded terminated", instance_id, row.get("missed_sweeps"), self.grace)
                 result.gone.append(instance_id)
-            self._fail_lost_launches(pending.values())
-        return result
 
-    def _fail_lost_launches(self, unresolved) -> None:
-        """Launches EC2 shows no instance for: cut short by a crash, or long overdue."""
-        overdue = (datetime.now(timezone.utc) - LAUNCH_GRACE).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        for launch in unresolved:
-            if launch["created_at"] < self.started_at or launch["created_at"] < overdue:
-                self.db.finish_launch(launch["request_id"], "failed",
-                                      error="no instance with this request id exists in EC2")
+    def _apply_launch_lookup(self, overdue: list[dict], found: list[dict], result: SweepResult) -> None:
+        by_request = {tags_of(i).get("RequestId"): i for i in found}
+        with self.db.transaction():
+            tracked = self.db.tracked_ids(self.region, self.endpoint)
+            for launch in overdue:
+                instance = by_request.get(launch["request_id"])
+                if instance is None:
+                    self.db.finish_launch(launch["request_id"], "failed",
+                                          error="no instance with this request id exists in EC2")
+                    continue
+                self._isolated(instance["InstanceId"], self._apply_observed, instance,
+                               tracked.get(instance["InstanceId"]), launch, utcnow(), result)
 
     def _adopt(self, instance: dict, launch: dict | None = None) -> None:
         """Track a ManagedBy-tagged instance we have no row for (launched by hand, or lost in a crash).
@@ -203,17 +358,21 @@ class Reconciler:
         tags = tags_of(instance)
         ami = instance.get("ImageId")
         asked = json.loads(launch["body"]) if launch else {}
+        request = asked.get("request", {})
         login_user = asked.get("login_user") or self.login_user_of(ami)
         launched = instance.get("LaunchTime") or utcnow()
         now = utcnow()
         groups = [g.get("GroupId") for g in instance.get("SecurityGroups") or []
                   if g.get("GroupName") == SECURITY_GROUP_NAME]
         row = {
-            "id": instance["InstanceId"], "name": tags.get("Name"), "ami": ami,
-            "instance_type": instance.get("InstanceType"), "storage_gb": asked.get("request", {}).get("storage_gb"),
+            "id": instance["InstanceId"],
+            # The original schema has `name NOT NULL`: an instance without a Name tag is named by its id.
+            "name": tags.get("Name") or request.get("name") or instance["InstanceId"],
+            "ami": ami, "instance_type": instance.get("InstanceType"), "storage_gb": request.get("storage_gb"),
             "security_group_id": groups[0] if groups else None,
             "tags": {k: v for k, v in tags.items() if k not in RESERVED_TAGS},
             "backend_used": "awscli", "login_user": login_user, "request_id": tags.get("RequestId"),
+            "region": self.region, "endpoint": self.endpoint,
             "launched_at": launched, "created_at": _iso(launched) or now, "updated_at": now, "state": None,
         }
         fields = self._observed_fields(row, instance)
@@ -228,6 +387,7 @@ class Reconciler:
     def record_launch(self, instance: dict, row: dict) -> dict:
         """Record a run-instances answer: the row as the API knows it plus what EC2 said."""
         now = utcnow()
+        row = {**row, "region": self.region, "endpoint": self.endpoint}
         fields = self._observed_fields(row, instance)
         with self.db.transaction():
             self.db.finish_launch(row["request_id"], "launched", row["id"])
@@ -249,10 +409,13 @@ class Reconciler:
         return self.db.get_instance(row["id"])
 
     def record_gone(self, row: dict, action: str, request_id: str | None, aws_error: str | None) -> dict:
-        """EC2 says the instance does not exist: it is terminated for good."""
+        """EC2 says the instance does not exist, and a direct lookup agreed: terminated for good."""
         with self.db.transaction():
             now = utcnow()
-            self.db.update_instance(row["id"], {"state": "terminated", "public_ip": None, "ssh_string": None,
-                                                "updated_at": now})
-            self.db.add_event(row["id"], action, row.get("state"), "terminated", "api", request_id, aws_error, at=now)
+            fresh = self.db.get_instance(row["id"]) or row
+            if fresh["state"] != "terminated":
+                self.db.update_instance(row["id"], {"state": "terminated", "public_ip": None, "ssh_string": None,
+                                                    "updated_at": now})
+            self.db.add_event(row["id"], action, fresh.get("state"), "terminated", "api", request_id, aws_error,
+                              at=now)
         return self.db.get_instance(row["id"])

@@ -49,6 +49,25 @@ setup() {
   assert_argv "${GLOBAL_ARGS[@]}" ec2 describe-instances --instance-ids i-12345678
 }
 
+@test "--request-id is repeatable: one filter with every value" {
+  run_script list_instances.sh --all --request-id r1 --request-id r2
+  assert_ok_output
+  assert_argv "${GLOBAL_ARGS[@]}" ec2 describe-instances \
+    --filters 'JSON:[{"Name":"tag:RequestId","Values":["r1","r2"]}]'
+}
+
+@test "--filter-instance-id looks ids up as a filter (an unknown id is not an error)" {
+  run_script list_instances.sh --all --filter-instance-id i-0123456789abcdef0 --filter-instance-id i-12345678
+  assert_ok_output
+  assert_argv "${GLOBAL_ARGS[@]}" ec2 describe-instances \
+    --filters 'JSON:[{"Name":"instance-id","Values":["i-0123456789abcdef0","i-12345678"]}]'
+  refute_argv_has --instance-ids
+  for bad in "" "i-xyz" "--all"; do
+    run_script list_instances.sh --filter-instance-id "${bad}"
+    assert_usage_error || { echo "accepted: ${bad}"; false; }
+  done
+}
+
 @test "invalid arguments are usage errors" {
   local -a bad
   for bad in "--instance-id" "--instance-id i-xyz" "--instance-id --all" \

@@ -49,3 +49,58 @@ def test_non_aws_failures(stderr, status, machine):
     rc = 2 if "required" in stderr else 255
     error = classify("create_instance.sh", rc, stderr)
     assert (error.status_code, error.code) == (status, machine)
+
+
+# -- the slots that bound how many `aws` processes run at once ---------------------------------------
+def test_slots_serve_background_first_then_in_arrival_order():
+    import asyncio
+
+    from app.services.aws_cli import BACKGROUND, USER, _Slots
+
+    async def scenario() -> list[str]:
+        slots = _Slots(1)
+        order: list[str] = []
+        assert await slots.acquire(USER, 1)
+
+        async def waiter(name: str, priority: int) -> None:
+            assert await slots.acquire(priority, 5)
+            order.append(name)
+            await asyncio.sleep(0)
+            slots.release()
+
+        tasks = [asyncio.create_task(waiter("user-1", USER)), asyncio.create_task(waiter("user-2", USER))]
+        await asyncio.sleep(0.01)
+        tasks.append(asyncio.create_task(waiter("sweep", BACKGROUND)))
+        await asyncio.sleep(0.01)
+        slots.release()
+        await asyncio.gather(*tasks)
+        assert slots.free == 1
+        return order
+
+    assert asyncio.run(scenario()) == ["sweep", "user-1", "user-2"]
+
+
+def test_a_slot_wait_times_out_and_a_cancelled_waiter_leaks_nothing():
+    import asyncio
+
+    from app.services.aws_cli import USER, _Slots
+
+    async def scenario() -> None:
+        slots = _Slots(1)
+        assert await slots.acquire(USER, 1)
+        assert await slots.acquire(USER, 0.05) is False  # no slot within the wait: the caller answers 503
+        cancelled = asyncio.create_task(slots.acquire(USER, 5))
+        await asyncio.sleep(0.01)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        slots.release()
+        assert slots.free == 1 and not slots._waiters
+        assert await slots.acquire(USER, 0.05)
+
+    asyncio.run(scenario())
+
+
+def test_a_missing_profile_names_itself():
+    error = classify("list_instances.sh", 255, "\nThe config profile (work) could not be found\n")
+    assert (error.status_code, error.code) == (503, "no_credentials") and "work" in error.detail

@@ -62,3 +62,38 @@ def test_rendered_list_follows_every_write(tmp_path):
     assert json.loads(db.list_instances_json()) == {"instances": []}
     assert json.loads(db.list_instances_json(include_terminated=True))["instances"][0]["state"] == "terminated"
     assert db.list_instances_json() is db.list_instances_json()  # cached while nothing changes
+
+
+def test_rows_from_before_regions_belong_to_the_first_ec2_the_server_runs_against(tmp_path):
+    db = Database(tmp_path / "x.db")
+    db.migrate()
+    db.upsert_instance({"id": "i-0123456789abcdef0", "name": "a", "state": "running", "created_at": "t0",
+                        "updated_at": "t0"})
+    assert db.tracked_ids("us-east-1", "") == {}
+    assert db.claim_unscoped("us-east-1", "") == 1
+    assert list(db.tracked_ids("us-east-1", "")) == ["i-0123456789abcdef0"]
+    assert db.claim_unscoped("eu-west-1", "") == 0  # claimed once, by the first
+    assert db.tracked_ids("eu-west-1", "") == {} and db.tracked_ids("us-east-1", "http://127.0.0.1:5055") == {}
+
+
+def test_timestamps_of_every_origin_parse_and_unknown_ages_are_old():
+    from app.services.db import age_seconds, parse_time, utcnow
+
+    assert parse_time("2026-02-20 10:00:00").isoformat() == "2026-02-20T10:00:00+00:00"  # the original project's
+    assert parse_time("2026-11-27T20:29:09+00:00") == parse_time("2026-11-27T20:29:09.000Z")  # CLI v2 and v1
+    assert age_seconds(utcnow()) < 5
+    assert age_seconds(None) == age_seconds("garbage") == float("inf")
+
+
+def test_a_failed_launch_is_claimed_again_as_it_was(tmp_path):
+    db = Database(tmp_path / "x.db")
+    db.migrate()
+    first, claimed = db.claim_launch("rid-1", "key", "hash", {"ami_id": "ami-1"}, "us-east-1", "")
+    assert claimed and first["status"] == "pending"
+    again, claimed = db.claim_launch("rid-2", "key", "hash", {"ami_id": "ami-2"}, "us-east-1", "")
+    assert not claimed and again["request_id"] == "rid-1"  # still pending: the holder decides
+    db.finish_launch("rid-1", "failed", error="InsufficientInstanceCapacity")
+    retry, claimed = db.claim_launch("rid-3", "key", "hash", {"ami_id": "ami-3"}, "us-east-1", "")
+    assert claimed and retry["request_id"] == "rid-1" and json.loads(retry["body"]) == {"ami_id": "ami-1"}
+    other, claimed = db.claim_launch("rid-4", "key", "other-hash", {}, "us-east-1", "")
+    assert not claimed and other["body_hash"] == "hash"  # same key, other body: the caller answers 409

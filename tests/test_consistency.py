@@ -1,0 +1,164 @@
+"""EC2 is eventually consistent: "gone" is proven, never inferred from one answer; a database serves
+several regions. Real server, real scripts and `aws`, real moto; faults injected through AWS_CLI."""
+
+import time
+
+import boto3
+import httpx
+import pytest
+
+from conftest import KEY_NAME, ApiServer, aws_error, synced_client, wait_until
+
+GRACE = 5.0
+BODY = {"name": "box", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
+
+
+@pytest.fixture(scope="module")
+def server(emulator, tmp_path_factory):
+    srv = ApiServer(tmp_path_factory.mktemp("consistency"), emulator.url, RECONCILE_INTERVAL_SECONDS="3600",
+                    CONSISTENCY_GRACE_SECONDS=str(GRACE), GONE_AFTER_MISSED_SWEEPS="2")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def api(server, fresh_emulator):
+    with synced_client(server) as client:
+        yield client
+
+
+def running(api: httpx.Client, name: str = "box") -> str:
+    created = api.post("/instances", json=BODY | {"name": name})
+    assert created.status_code == 201, created.text
+    instance_id = created.json()["id"]
+    wait_until(lambda: api.get(f"/instances/{instance_id}").json()["state"] == "running")
+    return instance_id
+
+
+def state(api: httpx.Client, instance_id: str) -> str:
+    return api.get(f"/instances/{instance_id}").json()["state"]
+
+
+def actions(api: httpx.Client, instance_id: str) -> list[str]:
+    return [e["action"] for e in api.get(f"/instances/{instance_id}/events").json()["events"]]
+
+
+def test_a_missing_instance_is_gone_only_when_proven_and_comes_back_when_seen(api, server, fresh_emulator):
+    instance_id = running(api)
+    server.set_faults({"op": "describe-instances", "hide": [instance_id]})  # EC2 "forgets" it for a while
+    first = api.post("/instances/sync").json()
+    assert instance_id in first["missing"] and instance_id not in first["gone"]
+    assert state(api, instance_id) == "running"  # one missing answer proves nothing
+    second = api.post("/instances/sync").json()
+    assert instance_id not in second["gone"] and state(api, instance_id) == "running"  # two, but within the grace
+
+    time.sleep(GRACE + 0.2)
+    before = len(server.aws_calls())
+    third = api.post("/instances/sync").json()
+    assert instance_id in third["gone"]  # two sweeps, the grace, and a direct lookup by id agree
+    lookups = [c for c in server.aws_calls()[before:] if "describe-instances" in c]
+    assert len(lookups) == 2 and '"instance-id"' in "".join(lookups[1]) and "tag:ManagedBy" not in "".join(lookups[1])
+    assert state(api, instance_id) == "terminated" and actions(api, instance_id)[-1] == "gone"
+
+    server.set_faults()  # EC2 shows it again: it was running all along
+    fourth = api.post("/instances/sync").json()
+    assert instance_id in fourth["updated"]
+    assert state(api, instance_id) == "running"
+    assert actions(api, instance_id)[-1] == "reappeared"
+    assert instance_id in [i["id"] for i in api.get("/instances").json()["instances"]]
+    assert api.post(f"/instances/{instance_id}/stop").status_code == 202  # and it can be managed again
+
+
+def test_an_instance_the_tagged_sweep_misses_but_ec2_has_stays_tracked(api, server, fresh_emulator):
+    instance_id = running(api)
+    # The ManagedBy-filtered sweep misses it (tag removed by hand, or lag); a lookup by id still finds it.
+    server.set_faults({"op": "describe-instances", "match": ["tag:ManagedBy"], "hide": [instance_id]})
+    for _ in range(3):
+        result = api.post("/instances/sync").json()
+        assert instance_id not in result["gone"]
+        time.sleep(GRACE / 2)
+    result = api.post("/instances/sync").json()
+    assert instance_id not in result["gone"] and state(api, instance_id) == "running"
+    assert "gone" not in actions(api, instance_id)
+
+
+def test_not_found_from_a_transition_within_the_grace_is_a_retryable_503(api, server, fresh_emulator):
+    created = api.post("/instances", json=BODY)
+    instance_id = created.json()["id"]
+    server.set_faults({"op": "stop-instances", "times": 1, "fail": aws_error(
+        "InvalidInstanceID.NotFound", "StopInstances", f"The instance ID '{instance_id}' does not exist")})
+    response = api.post(f"/instances/{instance_id}/stop")
+    assert response.status_code == 503, response.text
+    assert response.json()["code"] == "instance_not_visible_yet"
+    assert 1 <= int(response.headers["Retry-After"]) <= GRACE + 1
+    assert state(api, instance_id) in ("pending", "running")
+    assert "terminated" not in [e["to_state"] for e in api.get(f"/instances/{instance_id}/events").json()["events"]]
+    assert api.post(f"/instances/{instance_id}/stop").status_code == 202  # the retry works
+
+
+def test_not_found_past_the_grace_is_checked_by_a_direct_lookup(api, server, fresh_emulator):
+    instance_id = running(api)
+    time.sleep(GRACE + 0.2)
+    not_found = aws_error("InvalidInstanceID.NotFound", "StopInstances",
+                          f"The instance ID '{instance_id}' does not exist")
+    server.set_faults({"op": "stop-instances", "times": 1, "fail": not_found})
+    response = api.post(f"/instances/{instance_id}/stop")  # EC2 still lists it: not gone
+    assert response.status_code == 503 and response.json()["code"] == "instance_not_visible_yet"
+    assert state(api, instance_id) == "running"
+
+    # Now EC2 really has no such instance: NotFound, and the direct lookup agrees.
+    server.set_faults({"op": "stop-instances", "fail": not_found},
+                      {"op": "describe-instances", "hide": [instance_id]})
+    response = api.post(f"/instances/{instance_id}/stop")
+    assert response.status_code == 409 and response.json()["code"] == "instance_gone"
+    assert state(api, instance_id) == "terminated"
+
+
+@pytest.mark.parametrize("output", ["", "{}", "not json", '{"Reservations": "none"}', "[]"])
+def test_a_describe_that_is_not_a_describe_answer_is_an_error_not_an_empty_ec2(api, server, fresh_emulator,
+                                                                             output):
+    instance_id = running(api)
+    server.set_faults({"op": "describe-instances", "stdout": output})
+    for _ in range(3):
+        response = api.post("/instances/sync")
+        assert response.status_code == 502, response.text
+        assert response.json()["code"] == "aws_bad_output"
+    assert state(api, instance_id) == "running"
+
+
+# -- several regions in one database ---------------------------------------------------------------
+def test_a_restart_in_another_region_keeps_the_first_regions_instances(emulator, fresh_emulator, tmp_path):
+    east = ApiServer(tmp_path, emulator.url, CONSISTENCY_GRACE_SECONDS="0")
+    with httpx.Client(base_url=east.url, timeout=60) as api:
+        kept = running(api, "east-box")
+    east.stop()
+
+    west = ApiServer(tmp_path, emulator.url, CONSISTENCY_GRACE_SECONDS="0", AWS_REGION="us-west-2",
+                     AWS_DEFAULT_REGION="us-west-2")
+    try:
+        with httpx.Client(base_url=west.url, timeout=60) as api:
+            for _ in range(3):
+                result = api.post("/instances/sync").json()
+                assert kept not in result["gone"] + result["missing"]
+            row = api.get(f"/instances/{kept}").json()
+            assert (row["state"], row["region"]) == ("running", "us-east-1")
+            assert kept in [i["id"] for i in api.get("/instances").json()["instances"]]
+
+            ec2_west = boto3.client("ec2", endpoint_url=emulator.url, region_name="us-west-2",
+                                    aws_access_key_id="testing", aws_secret_access_key="testing")
+            ec2_west.create_key_pair(KeyName=KEY_NAME)
+            created = api.post("/instances", json=BODY | {"name": "west-box"})
+            assert created.status_code == 201, created.text
+            assert created.json()["region"] == "us-west-2"
+            launch = [c for c in west.aws_calls() if "run-instances" in c][-1]
+            assert launch[launch.index("--region") + 1] == "us-west-2"
+            west_ids = [i["InstanceId"] for r in ec2_west.describe_instances()["Reservations"] for i in r["Instances"]]
+            assert created.json()["id"] in west_ids and kept not in west_ids
+
+            # The east instance is still managed, in its own region.
+            assert api.post(f"/instances/{kept}/stop").status_code == 202
+            stop = [c for c in west.aws_calls() if "stop-instances" in c][-1]
+            assert stop[stop.index("--region") + 1] == "us-east-1"
+            assert fresh_emulator.instances()[kept]["State"]["Name"] == "stopped"
+    finally:
+        west.stop()

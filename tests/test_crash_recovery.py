@@ -1,0 +1,221 @@
+"""Nothing lost across crashes and store failures: kill -9 mid-create, a database that refuses writes
+after EC2 launched, a database of the original project, pruning. Real server, scripts, `aws`, moto."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.services.db import SCHEMA_VERSION, Database
+from conftest import ROOT, ApiServer, descendants, safe_env, wait_until
+from tests.services.test_db import ORIGINAL_SCHEMA
+
+BODY = {"name": "once", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
+
+
+@pytest.fixture
+def server(emulator, fresh_emulator, tmp_path):
+    srv = ApiServer(tmp_path, emulator.url)
+    yield srv
+    srv.stop()
+
+
+def launches(server: ApiServer) -> list[list[str]]:
+    return [c for c in server.aws_calls() if "run-instances" in c]
+
+
+def named(emulator, name: str) -> list[str]:
+    return [i for i, d in emulator.instances().items()
+            if {t["Key"]: t["Value"] for t in d.get("Tags", [])}.get("Name") == name]
+
+
+def request_tag(call: list[str]) -> str:
+    specs = json.loads(call[call.index("--tag-specifications") + 1])
+    return {t["Key"]: t["Value"] for t in specs[0]["Tags"]}["RequestId"]
+
+
+def post_in_background(server: ApiServer, key: str, name: str) -> threading.Thread:
+    def post() -> None:
+        try:
+            with httpx.Client(base_url=server.url, timeout=60) as client:
+                client.post("/instances", json=BODY | {"name": name}, headers={"Idempotency-Key": key})
+        except httpx.HTTPError:
+            pass  # the server dies under it
+
+    thread = threading.Thread(target=post)
+    thread.start()
+    return thread
+
+
+def warm(server: ApiServer) -> None:
+    """One create, so the AMI catalogue is cached and the next create is a single run-instances."""
+    response = httpx.post(f"{server.url}/instances", json=BODY | {"name": "warm-up"}, timeout=60)
+    assert response.status_code == 201, response.text
+
+
+def test_kill_9_mid_create_then_a_retry_with_the_same_key_never_launches_twice(server, fresh_emulator):
+    warm(server)
+    # EC2 is slow to answer this launch (one call only: the rule is used up by the call it delays).
+    server.set_faults({"op": "run-instances", "delay": 15, "times": 1})
+    thread = post_in_background(server, "crash-once", "crash-once")
+    wait_until(lambda: len(launches(server)) == 2, timeout=30, interval=0.05)
+    orphans = descendants(server.proc.pid)
+    os.kill(server.proc.pid, signal.SIGKILL)  # the `aws` process lives on in its own session
+    thread.join()
+    server.stop()
+    server.start()
+
+    with httpx.Client(base_url=server.url, timeout=60) as api:
+        retry = api.post("/instances", json=BODY | {"name": "crash-once"}, headers={"Idempotency-Key": "crash-once"})
+        assert retry.status_code == 409, retry.text  # the first launch is not resolved yet
+        assert retry.json()["code"] == "launch_in_progress" and int(retry.headers["Retry-After"]) > 0
+
+        def replayed() -> httpx.Response | None:
+            again = api.post("/instances", json=BODY | {"name": "crash-once"},
+                             headers={"Idempotency-Key": "crash-once"})
+            return again if again.status_code == 201 else None
+
+        final = wait_until(replayed, timeout=30, interval=0.5)
+        assert final.headers["Idempotent-Replayed"] == "true"
+        wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in orphans), timeout=30)
+        assert named(fresh_emulator, "crash-once") == [final.json()["id"]]  # exactly one instance
+        assert len(launches(server)) == 2  # and no second run-instances
+        events = api.get(f"/instances/{final.json()['id']}/events").json()["events"]
+        assert [e["action"] for e in events] == ["adopt"]
+
+
+def test_a_launch_that_never_reached_ec2_is_failed_only_when_certain_then_resent_exactly(server,
+                                                                                         fresh_emulator):
+    warm(server)
+    server.set_faults({"op": "run-instances", "delay": 30})
+    thread = post_in_background(server, "lost-launch", "lost")
+    wait_until(lambda: len(launches(server)) == 2, timeout=30, interval=0.05)
+    victims = [server.proc.pid, *descendants(server.proc.pid)]  # the server and its `aws` process
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    thread.join()
+    server.stop()
+    server.set_faults()
+    server.env |= {"AWS_CLI_TIMEOUT_SECONDS": "5", "CONSISTENCY_GRACE_SECONDS": "3"}
+    server.start()
+
+    with httpx.Client(base_url=server.url, timeout=60) as api:
+        early = api.post("/instances", json=BODY | {"name": "lost"}, headers={"Idempotency-Key": "lost-launch"})
+        assert early.status_code == 409 and early.json()["code"] == "launch_in_progress"
+
+        def resent() -> httpx.Response | None:
+            again = api.post("/instances", json=BODY | {"name": "lost"}, headers={"Idempotency-Key": "lost-launch"})
+            return again if again.status_code == 201 else None
+
+        final = wait_until(resent, timeout=30, interval=0.5)
+    first, second = launches(server)[1:]
+    assert second[second.index("--client-token") + 1] == first[first.index("--client-token") + 1] == "lost-launch"
+    assert request_tag(second) == request_tag(first)  # the exact request again: EC2's dedupe holds
+    assert named(fresh_emulator, "lost") == [final.json()["id"]]
+
+
+def test_a_store_failure_after_ec2_launched_is_503_with_the_id_and_recorded_later(server, fresh_emulator):
+    warm(server)
+    # run-instances succeeds, then something holds the database's write lock for longer than the
+    # server's busy timeout (10 s): recording the launch fails.
+    server.set_faults({"op": "run-instances", "times": 1,
+                       "lock_db": {"path": str(server.db_path), "seconds": 13}})
+    with httpx.Client(base_url=server.url, timeout=90) as api:
+        response = api.post("/instances", json=BODY | {"name": "unrecorded"}, headers={"Idempotency-Key": "k-503"})
+        assert response.status_code == 503, response.text
+        body = response.json()
+        assert body["code"] == "record_failed" and body["instance_id"] in body["detail"]
+        assert int(response.headers["Retry-After"]) > 0
+        instance_id = body["instance_id"]
+        assert named(fresh_emulator, "unrecorded") == [instance_id]
+
+        wait_until(lambda: api.get(f"/instances/{instance_id}").status_code == 200, timeout=40, interval=0.5)
+        row = api.get(f"/instances/{instance_id}").json()
+        assert row["name"] == "unrecorded" and row["state"] == "running"
+        replay = api.post("/instances", json=BODY | {"name": "unrecorded"}, headers={"Idempotency-Key": "k-503"})
+        assert replay.status_code == 201 and replay.json()["id"] == instance_id
+    assert named(fresh_emulator, "unrecorded") == [instance_id]
+    assert len(launches(server)) == 2
+
+
+def test_a_database_of_the_original_project_converges_and_one_bad_row_spoils_nothing(emulator, fresh_emulator,
+                                                                                      tmp_path):
+    with sqlite3.connect(tmp_path / "instances.db") as conn:
+        conn.execute(ORIGINAL_SCHEMA)  # name NOT NULL, as the original project made it
+        conn.execute("CREATE TRIGGER poison BEFORE INSERT ON instances WHEN NEW.name = 'poison' "
+                     "BEGIN SELECT RAISE(ABORT, 'poisoned row'); END")
+    ec2 = fresh_emulator.ec2
+
+    def launch(tags: list[dict]) -> str:
+        spec = [{"ResourceType": "instance", "Tags": [{"Key": "ManagedBy", "Value": "ec2-creator-local"}, *tags]}]
+        return ec2.run_instances(ImageId=fresh_emulator.ami(), InstanceType="t3.micro", MinCount=1, MaxCount=1,
+                                 TagSpecifications=spec)["Instances"][0]["InstanceId"]
+
+    nameless = launch([])
+    poison = launch([{"Key": "Name", "Value": "poison"}])
+    fine = launch([{"Key": "Name", "Value": "fine"}])
+    server = ApiServer(tmp_path, emulator.url, RECONCILE_INTERVAL_SECONDS="3600")
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as api:
+            result = api.post("/instances/sync")  # the sweep at start-up adopted them already
+            assert result.status_code == 200, result.text
+            assert {i["id"] for i in api.get("/instances").json()["instances"]} == {nameless, fine}
+            assert api.get(f"/instances/{nameless}").json()["name"] == nameless  # no Name tag: named by its id
+            assert api.get(f"/instances/{fine}").json()["name"] == "fine"
+            assert api.get(f"/instances/{poison}").status_code == 404
+            assert f"could not record instance {poison}" in server.server_log()
+    finally:
+        server.stop()
+
+
+def test_old_events_and_finished_launches_are_pruned_but_never_an_instance(emulator, fresh_emulator, tmp_path):
+    db = Database(tmp_path / "instances.db")
+    db.migrate()
+    instance = "i-0123456789abcdef0"
+    db.upsert_instance({"id": instance, "name": "old", "state": "terminated", "tags": {},
+                        "created_at": "2020-01-01T00:00:00.000000Z", "updated_at": "2020-01-01T00:00:00.000000Z"})
+    db.add_event(instance, "create", None, "pending", "api", at="2020-01-01T00:00:00.000000Z")
+    db.add_event(instance, "delete", "running", "terminated", "api")  # recent: kept
+    conn = db.connect()
+    for request_id, status in (("old-done", "launched"), ("old-failed", "failed"), ("old-pending", "pending")):
+        conn.execute("INSERT INTO launches (request_id, body_hash, body, status, created_at, updated_at, region, "
+                     "endpoint) VALUES (?, 'h', '{}', ?, '2020-01-01T00:00:00.000000Z', "
+                     "'2020-01-01T00:00:00.000000Z', 'eu-north-1', 'elsewhere')", (request_id, status))
+    server = ApiServer(tmp_path, emulator.url, EVENTS_RETENTION_DAYS="30")
+    try:
+        def pruned() -> bool:
+            left = conn.execute("SELECT count(*) FROM instance_events WHERE instance_id = ?", (instance,))
+            return left.fetchone()[0] == 1
+        wait_until(pruned, timeout=30)
+        with httpx.Client(base_url=server.url, timeout=60) as api:
+            assert [e["action"] for e in api.get(f"/instances/{instance}/events").json()["events"]] == ["delete"]
+            assert api.get(f"/instances/{instance}").json()["name"] == "old"
+        left = [r[0] for r in conn.execute("SELECT request_id FROM launches ORDER BY request_id")]
+        assert left == ["old-pending"]  # an unresolved launch is never forgotten
+    finally:
+        server.stop()
+
+
+def test_a_database_from_a_newer_version_is_refused_untouched(tmp_path):
+    path = tmp_path / "instances.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE instances (id TEXT PRIMARY KEY)")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    env = safe_env(DATABASE_URL=str(path), EC2_ENDPOINT_URL="http://127.0.0.1:9")
+    done = subprocess.run([sys.executable, "-m", "uvicorn", "app.main:app", "--port", "0"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert f"schema version {SCHEMA_VERSION + 1}" in done.stderr and "upgrade" in done.stderr
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
+        assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")] == ["instances"]
