@@ -14,9 +14,12 @@ SANDBOX_URL := http://127.0.0.1:$(SANDBOX_PORT)
 # `make test JUNIT_DIR=reports`: pytest and bats also write JUnit XML there (the Jenkins build job).
 JUNIT_DIR   ?=
 NPM_STAMP   := node_modules/.installed
+# Test tools come pinned with the project: shellcheck from PyPI (requirements-dev.txt), bats from npm.
+SHELLCHECK  := $(VENV)/bin/shellcheck
+BATS        := node_modules/bats/bin/bats
 JENKINSFILES := jenkins/deployment/Jenkinsfile jenkins/deployment/Jenkinsfile.manage
 
-.PHONY: help venv run sandbox sandbox-stop test test-python test-bash test-jenkins lint clean bench bench-smoke
+.PHONY: help venv tools system-deps run sandbox sandbox-stop test test-python test-bash test-jenkins lint clean bench bench-smoke
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -52,12 +55,17 @@ else
 	@echo "EC2_TARGET must be 'sandbox' or 'aws', not '$(EC2_TARGET)'" >&2; exit 2
 endif
 
-lint: venv ## shellcheck the bash scripts
-	shellcheck -S style aws_cli_bash_scripts/*.sh scripts/*.sh
+system-deps: ## Chromium, Java, Node.js/npm, curl: installed from Debian as root, else the command to run
+	@scripts/system_deps.sh
 
-test-bash: venv ## bats suites for the bash scripts
+tools: system-deps venv $(NPM_STAMP) ## Everything make test needs (system packages, .venv, node_modules)
+
+lint: venv ## shellcheck the bash scripts
+	$(SHELLCHECK) -S style aws_cli_bash_scripts/*.sh scripts/*.sh tests/helpers/*.sh
+
+test-bash: venv $(NPM_STAMP) ## bats suites for the bash scripts
 	$(if $(JUNIT_DIR),mkdir -p $(JUNIT_DIR)/bats)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bats $(if $(JUNIT_DIR),--report-formatter junit --output $(JUNIT_DIR)/bats) \
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(BATS) $(if $(JUNIT_DIR),--report-formatter junit --output $(JUNIT_DIR)/bats) \
 	    tests/aws_cli_bash_scripts tests/scripts
 
 $(NPM_STAMP): package.json package-lock.json
@@ -67,12 +75,12 @@ $(NPM_STAMP): package.json package-lock.json
 test-jenkins: venv $(NPM_STAMP) ## Render jenkins/jobs.yaml (Jenkins Job Builder), lint the Jenkinsfiles, check the jobs
 	$(VENV)/bin/jenkins-jobs -l error test jenkins/jobs.yaml >/dev/null
 	npx --no-install npm-groovy-lint --noserver --failon error $(JENKINSFILES)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bats tests/jenkins
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(BATS) tests/jenkins
 
 test-python: venv ## pytest: REST contract suite (test_api.py) and tests/
 	$(PY) -m pytest -q test_api.py tests $(if $(JUNIT_DIR),--junitxml=$(JUNIT_DIR)/pytest.xml)
 
-test: lint test-bash test-jenkins test-python ## Everything CI runs
+test: tools lint test-bash test-jenkins test-python ## Everything CI runs; installs what it needs first
 
 bench: venv ## Full benchmark (several minutes): data/bench/results.json and docs/PERFORMANCE.md
 	$(PY) bench/run_bench.py

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+#
+# Check the few system programs `make test` needs that no project registry ships (Chromium for the
+# Swagger UI check, Java and Node.js/npm for npm-groovy-lint, curl for the README's tour). Missing
+# ones are installed from Debian when run as root with apt-get; otherwise the exact command to run
+# is printed and the exit code is 1. Everything else (shellcheck, bats, the AWS CLI, moto) comes
+# from PyPI and npm into the project's own .venv and node_modules.
+#
+#   scripts/system_deps.sh [--check]      (--check: never install, only report)
+
+set -euo pipefail
+
+readonly PROG="${0##*/}"
+
+usage() {
+  cat <<USAGE
+Usage: ${PROG} [--check]
+
+Make sure chromium, java, node, npm and curl are on PATH. As root with apt-get, install the
+missing ones from Debian (chromium, default-jre-headless, nodejs, npm, curl); otherwise print
+the command that would and exit 1. --check only reports.
+USAGE
+}
+
+#######################################
+# The Debian packages providing the programs that are missing, one per line.
+#######################################
+missing_packages() {
+  command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || echo chromium
+  command -v java >/dev/null 2>&1 || echo default-jre-headless
+  command -v node >/dev/null 2>&1 || echo nodejs
+  command -v npm >/dev/null 2>&1 || echo npm
+  command -v curl >/dev/null 2>&1 || echo curl
+}
+
+main() {
+  local check=0
+  case "${1:-}" in
+    -h | --help)
+      usage
+      exit 0
+      ;;
+    --check) check=1 ;;
+    "") ;;
+    *)
+      printf '%s: unknown argument %s\n' "${PROG}" "$1" >&2
+      usage >&2
+      exit 2
+      ;;
+  esac
+  local -a need
+  mapfile -t need < <(missing_packages)
+  if ((${#need[@]} == 0)); then
+    return 0
+  fi
+  if ((!check)) && [[ "${EUID}" -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    printf '%s: installing %s from Debian\n' "${PROG}" "${need[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}"
+    return 0
+  fi
+  printf '%s: make test needs %s. Install them with:\n  sudo apt-get install -y --no-install-recommends %s\n' \
+    "${PROG}" "${need[*]}" "${need[*]}" >&2
+  exit 1
+}
+
+main "$@"

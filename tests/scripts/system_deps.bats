@@ -1,0 +1,48 @@
+#!/usr/bin/env bats
+# Contract tests for scripts/system_deps.sh: what make test needs from the system, and how it says so.
+
+bats_require_minimum_version 1.5.0
+
+setup() {
+  SCRIPT="${BATS_TEST_DIRNAME}/../../scripts/system_deps.sh"
+  BASH_BIN="$(command -v bash)"
+  STUBS="${BATS_TEST_TMPDIR}/bin"
+  mkdir -p "${STUBS}"
+  for tool in chromium java node npm curl; do
+    printf '#!/bin/sh\nexit 0\n' >"${STUBS}/${tool}"
+    chmod +x "${STUBS}/${tool}"
+  done
+  ln -s "$(command -v cat)" "${STUBS}/cat"  # usage is a here-document
+}
+
+run_deps() {
+  run --separate-stderr env PATH="${STUBS}" "${BASH_BIN}" "${SCRIPT}" "$@"
+}
+
+@test "-h prints usage and exits 0; an unknown argument exits 2" {
+  run_deps -h
+  [ "${status}" -eq 0 ]
+  [[ "${output}" == Usage:* ]]
+  run_deps --bogus
+  [ "${status}" -eq 2 ]
+  [[ "${stderr}" == *"unknown argument --bogus"* ]]
+}
+
+@test "nothing missing: exit 0, nothing said, nothing installed" {
+  run_deps
+  [ "${status}" -eq 0 ]
+  [ -z "${output}" ] && [ -z "${stderr}" ]
+}
+
+@test "chromium-browser counts as chromium" {
+  mv "${STUBS}/chromium" "${STUBS}/chromium-browser"
+  run_deps --check
+  [ "${status}" -eq 0 ]
+}
+
+@test "--check with missing programs: exit 1 and the exact apt-get line, Debian package names" {
+  rm "${STUBS}/chromium" "${STUBS}/java" "${STUBS}/npm"
+  run_deps --check
+  [ "${status}" -eq 1 ]
+  [[ "${stderr}" == *"sudo apt-get install -y --no-install-recommends chromium default-jre-headless npm"* ]]
+}
