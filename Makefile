@@ -19,7 +19,7 @@ SHELLCHECK  := $(VENV)/bin/shellcheck
 BATS        := node_modules/bats/bin/bats
 JENKINSFILES := jenkins/deployment/Jenkinsfile jenkins/deployment/Jenkinsfile.manage
 
-.PHONY: help venv tools system-deps run sandbox sandbox-stop test test-python test-bash test-jenkins lint clean bench bench-smoke
+.PHONY: help venv tools system-deps run sandbox sandbox-stop test test-fast test-python test-bash test-jenkins lint clean bench bench-smoke
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -60,8 +60,10 @@ system-deps: ## Chromium, Java, Node.js/npm, curl: installed from Debian as root
 
 tools: system-deps venv $(NPM_STAMP) ## Everything make test needs (system packages, .venv, node_modules)
 
-lint: venv ## shellcheck the bash scripts
+lint: venv ## shellcheck the bash scripts; ruff on all Python, mypy on app/ (pyproject.toml)
 	$(SHELLCHECK) -S style aws_cli_bash_scripts/*.sh scripts/*.sh tests/helpers/*.sh
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 test-bash: venv $(NPM_STAMP) ## bats suites for the bash scripts
 	$(if $(JUNIT_DIR),mkdir -p $(JUNIT_DIR)/bats)
@@ -76,6 +78,9 @@ test-jenkins: venv $(NPM_STAMP) ## Render jenkins/jobs.yaml (Jenkins Job Builder
 	$(VENV)/bin/jenkins-jobs -l error test jenkins/jobs.yaml >/dev/null
 	npx --no-install npm-groovy-lint --noserver --failon error $(JENKINSFILES)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(BATS) tests/jenkins
+
+test-fast: venv ## Unit and in-process tests only (seconds): the edit-run loop
+	$(PY) -m pytest -q -m "not integration" test_api.py tests
 
 test-python: venv ## pytest: REST contract suite (test_api.py) and tests/
 	$(PY) -m pytest -q test_api.py tests $(if $(JUNIT_DIR),--junitxml=$(JUNIT_DIR)/pytest.xml)

@@ -178,6 +178,18 @@ class ApiServer:
         return self.log_path.read_text(errors="replace")
 
 
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "integration: starts real processes (emulator, server, browser); "
+                                       "make test-fast leaves these out")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Every test that needs the emulator is an integration test; `make test-fast` runs the others."""
+    for item in items:
+        if "emulator" in item.fixturenames:
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session")
 def emulator(tmp_path_factory):
     emu = Emulator(tmp_path_factory.mktemp("moto"))

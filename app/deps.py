@@ -7,7 +7,6 @@ from typing import Annotated
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from app.config import Settings
 from app.errors import NotFound, Unauthorized
 from app.models.instance import INSTANCE_ID_PATTERN
 from app.services.db import Database
@@ -20,10 +19,6 @@ def get_service(request: Request) -> InstanceService:
 
 def get_db(request: Request) -> Database:
     return request.app.state.service.db
-
-
-def get_app_settings(request: Request) -> Settings:
-    return request.app.state.service.settings
 
 
 ServiceDep = Annotated[InstanceService, Depends(get_service)]

@@ -14,9 +14,9 @@ LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 # Headers a reverse proxy adds: a proxy in front means the network can reach us, which needs a token.
 PROXY_HEADERS = {"forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip"}
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
-NO_TOKEN_MESSAGE = ("refusing to serve on {host} without API_TOKEN: anyone who can reach it could launch and "
-                    "terminate machines on your AWS account. Set one (e.g. export API_TOKEN=$(python3 -c "
-                    "'import secrets; print(secrets.token_urlsafe(32))')) or bind to 127.0.0.1.")
+UNPROTECTED_BIND_MESSAGE = ("refusing to serve on {host} without API_TOKEN: anyone who can reach it could launch and "
+                            "terminate machines on your AWS account. Set one (e.g. export API_TOKEN=$(python3 -c "
+                            "'import secrets; print(secrets.token_urlsafe(32))')) or bind to 127.0.0.1.")
 
 
 def is_loopback(host: str) -> bool:
@@ -80,7 +80,7 @@ def requested_bind_host(argv: list[str] | None = None) -> str:
 def check_bind(settings: Settings, argv: list[str] | None = None) -> None:
     host = requested_bind_host(argv)
     if settings.api_token is None and not is_loopback(host):
-        raise SystemExit("ec2-creator-local: " + NO_TOKEN_MESSAGE.format(host=host))
+        raise SystemExit("ec2-creator-local: " + UNPROTECTED_BIND_MESSAGE.format(host=host))
 
 
 class GuardMiddleware:

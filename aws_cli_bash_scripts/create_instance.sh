@@ -11,8 +11,10 @@ readonly SCRIPT_DIR
 source "${SCRIPT_DIR}/common.sh"
 
 readonly DEFAULT_STORAGE_GB=8
-readonly MIN_STORAGE_GB=8
-readonly MAX_STORAGE_GB=30
+# What EC2 accepts for a gp3 volume. The free-tier allowance (8-30 GB) is the API's policy, not
+# this script's: the script only keeps the CLI call well-formed.
+readonly MIN_STORAGE_GB=1
+readonly MAX_STORAGE_GB=16384
 readonly DEFAULT_ROOT_DEVICE="/dev/xvda"
 readonly DEFAULT_KEY_NAME="my_ec2_keypair"
 readonly VOLUME_TYPE="gp3"

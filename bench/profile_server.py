@@ -27,9 +27,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx  # noqa: E402
-
 import run_bench as rb  # noqa: E402
-from conftest import ApiServer, Emulator, VENV_BIN  # noqa: E402
+
+from conftest import VENV_BIN, ApiServer, Emulator  # noqa: E402
 
 
 def summarize(collapsed: Path, top: int) -> str:

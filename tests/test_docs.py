@@ -17,6 +17,8 @@ import pytest
 
 from conftest import ApiServer
 
+pytestmark = pytest.mark.integration  # real processes: make test-fast leaves these out
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

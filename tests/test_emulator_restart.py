@@ -16,7 +16,19 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import KEY_NAME, STRICT_MOTO, VENV_BIN, ApiServer, free_port, safe_env, stop_process, wait_http, wait_until
+from conftest import (
+    KEY_NAME,
+    STRICT_MOTO,
+    VENV_BIN,
+    ApiServer,
+    free_port,
+    safe_env,
+    stop_process,
+    wait_http,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration  # real processes: make test-fast leaves these out
 
 # AWS_CLI_TIMEOUT_SECONDS of the server under test: short, but above what one `aws` process takes
 # on a busy 2-core machine (the first EC2 call to a fresh moto server is the slowest, ~3 s).

@@ -9,6 +9,8 @@ import pytest
 
 from conftest import ApiServer, free_port
 
+pytestmark = pytest.mark.integration  # real processes: make test-fast leaves these out
+
 BODY = {"name": "x", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
 
 

@@ -18,7 +18,6 @@ Checks: every check (`[checks] enabled = true`), except these, each for a stated
   `terminated`, with its events) on purpose, so a GET after a DELETE is 200.
 """
 
-import os
 import subprocess
 import time
 

@@ -2,8 +2,16 @@
 
 from typing import Annotated
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StringConstraints,
-                      WithJsonSchema, field_validator)
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+)
 
 # EC2 tag values allow letters, digits, spaces and _ . : / = + - @ ; names use the same set.
 EC2_TEXT = r"^[A-Za-z0-9 _.:/=+\-@]*$"
@@ -39,7 +47,8 @@ class InstanceCreate(BaseModel):
                     "or a free-tier AMI id", examples=["amazon-linux-2023"])
     instance_type: Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[a-z0-9][a-z0-9.\-]*$")] = (
         Field(description="A free-tier instance type", examples=["t3.micro"]))
-    storage_gb: Annotated[int, BeforeValidator(_json_integer)] = Field(8, description="Root volume size in GB (8-30, gp3)", ge=-(2**31), le=2**31)
+    storage_gb: Annotated[int, BeforeValidator(_json_integer)] = Field(
+        8, description="Root volume size in GB (8-30, gp3)", ge=-(2**31), le=2**31)
     create_security_group: StrictBool = Field(
         False, description="Attach the reusable 'ec2-creator-local' security group (SSH from SSH_INGRESS_CIDR)")
     tags: Tags | None = Field(None, description="Extra tags", max_length=40)
@@ -93,11 +102,13 @@ class EventList(BaseModel):
 
 
 class SyncResult(BaseModel):
-    adopted: list[str]
-    updated: list[str]
-    gone: list[str]
-    missing: list[str] = Field(description="Tracked but not listed by this sweep; recorded terminated only "
-                                           "once proven gone (see CONSISTENCY_GRACE_SECONDS)")
+    """What one reconcile sweep changed (the reconciler fills it in, the sync route returns it)."""
+
+    adopted: list[str] = []
+    updated: list[str] = []
+    gone: list[str] = []
+    missing: list[str] = Field([], description="Tracked but not listed by this sweep; recorded terminated only "
+                                               "once proven gone (see CONSISTENCY_GRACE_SECONDS)")
 
 
 class Health(BaseModel):

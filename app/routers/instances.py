@@ -38,10 +38,9 @@ def list_instances(db: DbDep,
 
 
 @router.post("/sync", response_model=SyncResult, responses=error_responses(502, 503, 504))
-async def sync_instances(service: ServiceDep) -> dict:
+async def sync_instances(service: ServiceDep) -> SyncResult:
     """Reconcile with EC2 now: one describe-instances call; returns what changed."""
-    result = await service.reconciler.sweep()
-    return result.__dict__
+    return await service.reconciler.sweep()
 
 
 @router.get("/{instance_id}", response_model=Instance, responses=error_responses(404, 422))

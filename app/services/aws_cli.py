@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from app.config import SCRIPTS_DIR, Settings
 from app.errors import ApiError, BadRequest, Conflict, NotFound, Unavailable, UpstreamError, UpstreamTimeout
 
@@ -122,7 +124,7 @@ class _Slots:
         try:
             await asyncio.wait_for(asyncio.shield(waiter), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._abandon(entry)
             return False
         except BaseException:
@@ -161,9 +163,9 @@ def child_env(settings: Settings, base: dict[str, str] | None = None) -> dict[st
                "AWS_SECRET_ACCESS_KEY": settings.aws_secret_access_key,
                "AWS_SESSION_TOKEN": settings.aws_session_token}
     for name, value in secrets.items():
-        value = value.get_secret_value() if hasattr(value, "get_secret_value") else value
-        if value:
-            env[name] = value
+        plain = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if plain:
+            env[name] = plain
         else:
             env.pop(name, None)
     if settings.ec2_endpoint_url:
@@ -217,7 +219,7 @@ class AwsCli:
             )
             try:
                 out, err = await asyncio.wait_for(proc.communicate(), max(deadline - time.monotonic(), 0.1))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 _kill_group(proc)
                 await proc.wait()
                 raise UpstreamTimeout(f"The AWS call ({script}) did not finish within {self.timeout:g} s; "
@@ -229,8 +231,9 @@ class AwsCli:
         finally:
             self._slots.release()
         stderr = err.decode(errors="replace")
-        if proc.returncode != 0:
-            error = classify(script, proc.returncode, stderr)
+        returncode = proc.returncode if proc.returncode is not None else -1
+        if returncode != 0:
+            error = classify(script, returncode, stderr)
             log.warning("%s failed (exit %s): %s", script, proc.returncode, error.detail)
             raise error
         if not out.strip():

@@ -9,9 +9,12 @@ import json
 import os
 import sqlite3
 import threading
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+
+from app.models.instance import Instance
 
 SCHEMA_VERSION = 2
 
@@ -31,9 +34,8 @@ ADDED_COLUMNS = {
     "missed_sweeps": "INTEGER NOT NULL DEFAULT 0",
 }
 INSTANCE_FIELDS = ORIGINAL_COLUMNS + tuple(ADDED_COLUMNS)
-# What the API shows of an instance (the response model's fields, in its order).
-PUBLIC_FIELDS = ("id", "name", "public_ip", "ssh_string", "state", "ami", "instance_type", "storage_gb",
-                 "security_group_id", "tags", "backend_used", "region", "created_at", "updated_at")
+# What the API shows of an instance: the response model's fields, in its order.
+PUBLIC_FIELDS = tuple(Instance.model_fields)
 
 ACTIVE = "state NOT IN ('terminated', 'failed')"
 
@@ -49,12 +51,12 @@ TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 def utcnow() -> str:
-    return datetime.now(timezone.utc).strftime(TIME_FORMAT)
+    return datetime.now(UTC).strftime(TIME_FORMAT)
 
 
 def ago(seconds: float) -> str:
     """The timestamp `seconds` before now, comparable as text with utcnow() values."""
-    return (datetime.now(timezone.utc) - timedelta(seconds=seconds)).strftime(TIME_FORMAT)
+    return (datetime.now(UTC) - timedelta(seconds=seconds)).strftime(TIME_FORMAT)
 
 
 def parse_time(value: str | None) -> datetime | None:
@@ -65,13 +67,13 @@ def parse_time(value: str | None) -> datetime | None:
         at = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
         return None
-    return at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
 def age_seconds(value: str | None) -> float:
     """Seconds since a stored timestamp; infinite when there is none (an unknown age is an old one)."""
     at = parse_time(value)
-    return float("inf") if at is None else (datetime.now(timezone.utc) - at).total_seconds()
+    return float("inf") if at is None else (datetime.now(UTC) - at).total_seconds()
 
 
 class SchemaTooNew(RuntimeError):
@@ -199,16 +201,21 @@ class Database:
 
     # -- instances -------------------------------------------------------------------------
     @staticmethod
-    def _row(row: sqlite3.Row | None) -> dict | None:
-        if row is None:
-            return None
+    def _row(row: sqlite3.Row) -> dict:
         item = dict(row)
         item["tags"] = _tags(item.get("tags"))
         return item
 
     def get_instance(self, instance_id: str) -> dict | None:
         row = self.connect().execute("SELECT * FROM instances WHERE id = ?", (instance_id,)).fetchone()
-        return self._row(row)
+        return self._row(row) if row is not None else None
+
+    def require_instance(self, instance_id: str) -> dict:
+        """A row this code has just written (or locked): its absence is a bug, not a 404."""
+        row = self.get_instance(instance_id)
+        if row is None:
+            raise LookupError(f"instance {instance_id} is not recorded")
+        return row
 
     def list_instances(self, include_terminated: bool = False) -> list[dict]:
         where = "" if include_terminated else f"WHERE {ACTIVE}"
@@ -224,7 +231,7 @@ class Database:
         where = "" if include_terminated else f"WHERE {ACTIVE}"
         rows = self.connect().execute(
             f"SELECT {', '.join(PUBLIC_FIELDS)} FROM instances {where} ORDER BY created_at, id").fetchall()
-        items = [dict(zip(PUBLIC_FIELDS, row)) for row in rows]
+        items = [dict(zip(PUBLIC_FIELDS, row, strict=True)) for row in rows]
         for item in items:
             item["tags"] = _tags(item["tags"])
         body = json.dumps({"instances": items}, separators=(",", ":")).encode()
@@ -325,17 +332,13 @@ class Database:
                 "region, endpoint) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
                 (request_id, idempotency_key, body_hash, json.dumps(body, sort_keys=True), now, now, region,
                  endpoint))
-        return self.get_launch(request_id), True
+            return dict(conn.execute("SELECT * FROM launches WHERE request_id = ?", (request_id,)).fetchone()), True
 
     def finish_launch(self, request_id: str, status: str, instance_id: str | None = None,
                       error: str | None = None) -> None:
         self.connect().execute(
             "UPDATE launches SET status = ?, instance_id = COALESCE(?, instance_id), error = ?, updated_at = ? "
             "WHERE request_id = ?", (status, instance_id, error, utcnow(), request_id))
-
-    def get_launch(self, request_id: str) -> dict | None:
-        row = self.connect().execute("SELECT * FROM launches WHERE request_id = ?", (request_id,)).fetchone()
-        return dict(row) if row else None
 
     def get_launch_by_key(self, idempotency_key: str) -> dict | None:
         row = self.connect().execute("SELECT * FROM launches WHERE idempotency_key = ?",

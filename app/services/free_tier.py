@@ -1,15 +1,15 @@
 """Free-tier policy: which instance types, AMIs and disk sizes a create may use.
 
 Pure logic over a `Catalog` (what EC2 reported once, cached in SQLite); nothing here spawns a
-process. `Catalog.refresh` is the only part that asks EC2, and it does so in three `aws` calls.
+process. `Catalog.fetch` is the only part that asks EC2, and it does so in three `aws` calls.
 """
 
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 
 from app.errors import PolicyViolation
+from app.services.db import age_seconds
 
 log = logging.getLogger("ec2_creator.free_tier")
 
@@ -84,8 +84,7 @@ class Catalog:
     def is_fresh(self, ttl_hours: float) -> bool:
         if not self.resolved_at or not self.types:
             return False
-        at = datetime.strptime(self.resolved_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
-        return datetime.now(timezone.utc) - at < timedelta(hours=ttl_hours)
+        return age_seconds(self.resolved_at) < ttl_hours * 3600
 
     @classmethod
     def from_rows(cls, amis: list[dict], types: list[dict], resolved_at: str | None) -> "Catalog":
@@ -152,8 +151,13 @@ def check_static(allowed_types: list[str], instance_type: str, storage_gb: int) 
 
 def check_create(catalog: Catalog, allowed_types: list[str], ami: str, instance_type: str,
                  storage_gb: int) -> AmiInfo:
-    """Return the AMI to launch, or raise PolicyViolation (400) saying why not."""
+    """The whole policy: return the AMI to launch, or raise PolicyViolation (400) saying why not."""
     check_static(allowed_types, instance_type, storage_gb)
+    return check_catalog(catalog, allowed_types, ami, instance_type)
+
+
+def check_catalog(catalog: Catalog, allowed_types: list[str], ami: str, instance_type: str) -> AmiInfo:
+    """What EC2 reported (free-tier types, AMIs of the region), once check_static has passed."""
     if instance_type not in catalog.types:
         raise PolicyViolation(
             f"EC2 does not report {instance_type!r} as free-tier eligible in this region; use one of "
@@ -163,10 +167,10 @@ def check_create(catalog: Catalog, allowed_types: list[str], ami: str, instance_
     if ami in ALIASES:
         info = catalog.by_alias.get((ami, arch))
         if info is None:
+            published = sorted({a for a, ar in catalog.by_alias if ar == arch})
             raise PolicyViolation(
                 f"AMI alias {ami!r} is not published for {arch} in this region; try "
-                f"{', '.join(sorted({a for a, ar in catalog.by_alias if ar == arch})) or 'an AMI id from FREE_TIER_AMIS'}.",
-                code="ami_alias_unavailable")
+                f"{', '.join(published) or 'an AMI id from FREE_TIER_AMIS'}.", code="ami_alias_unavailable")
         return info
     info = catalog.amis.get(ami)
     if info is None:

@@ -18,7 +18,7 @@ from app.errors import ApiError, Conflict, PolicyViolation, Unavailable, Upstrea
 from app.models.instance import InstanceCreate
 from app.services.aws_cli import AwsCli
 from app.services.db import Database, age_seconds
-from app.services.free_tier import Catalog, check_create, check_static, login_user_for
+from app.services.free_tier import Catalog, check_catalog, check_static, login_user_for
 from app.services.reconciler import SECURITY_GROUP_NAME, Reconciler
 
 log = logging.getLogger("ec2_creator.instances")
@@ -147,8 +147,7 @@ class InstanceService:
         """
         check_static(self.settings.allowed_instance_types, req.instance_type, req.storage_gb)
         catalog = await self.ensure_catalog()
-        ami = check_create(catalog, self.settings.allowed_instance_types, req.ami, req.instance_type,
-                           req.storage_gb)
+        ami = check_catalog(catalog, self.settings.allowed_instance_types, req.ami, req.instance_type)
         if idempotency_key is None:
             with self.reconciler.mutating():
                 return await self._launch(req, ami, None, request_hash(req)), False
@@ -249,7 +248,7 @@ class InstanceService:
 
     async def _transition_locked(self, instance_id: str, action: str, rule: Transition) -> tuple[dict, bool]:
         with self.reconciler.mutating():
-            row = await asyncio.to_thread(self.db.get_instance, instance_id)
+            row = await asyncio.to_thread(self.db.require_instance, instance_id)
             state = row["state"]
             if state in rule.noop:
                 return row, False

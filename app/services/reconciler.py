@@ -20,28 +20,19 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 from app.config import Settings
 from app.errors import ApiError, UpstreamError
-from app.services.db import Database, age_seconds, ago, parse_time, utcnow
+from app.models.instance import RESERVED_TAG_KEYS, SyncResult
+from app.services.db import TIME_FORMAT, Database, age_seconds, ago, parse_time, utcnow
 
 log = logging.getLogger("ec2_creator.reconciler")
 
 BATCH_DELAY_SECONDS = 0.5  # follow-up sweeps wait this long so concurrent mutations share one
 MAX_BATCH_WAIT_SECONDS = 10.0  # ...and up to this long for mutations still running to finish
 PRUNE_EVERY_SECONDS = 3600.0  # events and finished launches past EVENTS_RETENTION_DAYS
-RESERVED_TAGS = {"Name", "ManagedBy", "RequestId"}
 SECURITY_GROUP_NAME = "ec2-creator-local"
 CONFIRM_BATCH = 200  # ids or request ids per direct lookup
-
-
-@dataclass
-class SweepResult:
-    adopted: list[str] = field(default_factory=list)
-    updated: list[str] = field(default_factory=list)
-    gone: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
 
 
 def tags_of(instance: dict) -> dict[str, str]:
@@ -49,9 +40,14 @@ def tags_of(instance: dict) -> dict[str, str]:
 
 
 def _iso(value: str | None) -> str | None:
-    """EC2's LaunchTime in our timestamp format (UTC, microseconds, Z)."""
+    """EC2's LaunchTime in our timestamp format."""
     at = parse_time(value)
-    return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if at else None
+    return at.strftime(TIME_FORMAT) if at else None
+
+
+def keeps_public_ip(state: str) -> bool:
+    """An auto-assigned public IPv4 stays while an instance runs (and until it has stopped)."""
+    return state in ("pending", "running", "stopping")
 
 
 def state_of(instance: dict) -> str:
@@ -145,7 +141,7 @@ class Reconciler:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.settings.reconcile_interval_seconds)
                 await self._settle()
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._wake.clear()
 
@@ -159,7 +155,7 @@ class Reconciler:
             log.info("pruned %d events and %d finished launches older than %g days", events, launches,
                      self.settings.events_retention_days)
 
-    async def sweep(self) -> SweepResult:
+    async def sweep(self) -> SyncResult:
         """One describe-instances call, then one transaction applying what it said.
 
         Only when something looks gone (an instance missing long enough, a launch overdue) does it
@@ -189,11 +185,11 @@ class Reconciler:
             found += instances_of(doc)
         return found
 
-    async def _confirm_gone(self, suspects: list[str], started: str, result: SweepResult) -> None:
+    async def _confirm_gone(self, suspects: list[str], started: str, result: SyncResult) -> None:
         seen = {i["InstanceId"]: i for i in await self._lookup("--filter-instance-id", suspects)}
         await asyncio.to_thread(self._apply_confirmation, suspects, seen, started, result)
 
-    async def _confirm_launches(self, overdue: list[dict], result: SweepResult) -> None:
+    async def _confirm_launches(self, overdue: list[dict], result: SyncResult) -> None:
         found = await self._lookup("--request-id", [launch["request_id"] for launch in overdue])
         await asyncio.to_thread(self._apply_launch_lookup, overdue, found, result)
 
@@ -204,7 +200,7 @@ class Reconciler:
                  for i in await self._lookup("--filter-instance-id", [row["id"]], row.get("region"))}
         if row["id"] not in found:
             return None
-        await asyncio.to_thread(self._apply_confirmation, [row["id"]], found, utcnow(), SweepResult(), True)
+        await asyncio.to_thread(self._apply_confirmation, [row["id"]], found, utcnow(), SyncResult(), True)
         return await asyncio.to_thread(self.db.get_instance, row["id"])
 
     # -- writers (synchronous; called in a worker thread) --------------------------------------
@@ -214,10 +210,8 @@ class Reconciler:
         return f"ssh -i {self.settings.ssh_key_path} {login_user or 'ec2-user'}@{public_ip}"
 
     def _observed_fields(self, row: dict, instance: dict) -> dict:
-        public_ip = instance.get("PublicIpAddress")
         state = state_of(instance)
-        if state in ("stopped", "stopping", "terminated", "shutting-down"):
-            public_ip = public_ip if state == "stopping" else None
+        public_ip = instance.get("PublicIpAddress") if keeps_public_ip(state) else None
         return {"state": state, "public_ip": public_ip,
                 "ssh_string": self._ssh_string(public_ip, row.get("login_user"))}
 
@@ -235,9 +229,9 @@ class Reconciler:
             self.db.add_event(row["id"], action, row.get("state"), new["state"], source, request_id, at=now)
         return True
 
-    def _apply_sweep(self, observed: list[dict], started: str) -> tuple[SweepResult, list[str], list[dict]]:
+    def _apply_sweep(self, observed: list[dict], started: str) -> tuple[SyncResult, list[str], list[dict]]:
         """Apply one sweep; return what it changed, the ids to confirm gone, and overdue launches."""
-        result = SweepResult()
+        result = SyncResult()
         seen: set[str] = set()
         suspects: list[str] = []
         with self.db.transaction():
@@ -272,7 +266,7 @@ class Reconciler:
             return None
 
     def _apply_observed(self, instance: dict, row: dict | None, launch: dict | None, started: str,
-                        result: SweepResult) -> None:
+                        result: SyncResult) -> None:
         instance_id = instance["InstanceId"]
         if launch is not None:
             self.db.finish_launch(launch["request_id"], "launched", instance_id)
@@ -314,7 +308,7 @@ class Reconciler:
         return (missed >= self.settings.gone_after_missed_sweeps and age_seconds(since) >= self.grace
                 and age_seconds(row.get("created_at")) >= self.grace)
 
-    def _apply_confirmation(self, ids: list[str], found: dict[str, dict], started: str, result: SweepResult,
+    def _apply_confirmation(self, ids: list[str], found: dict[str, dict], started: str, result: SyncResult,
                             direct: bool = False) -> None:
         """After a direct lookup: what it shows is recorded; what it does not show is gone."""
         with self.db.transaction():
@@ -337,7 +331,7 @@ class Reconciler:
                             "recorded terminated", instance_id, row.get("missed_sweeps"), self.grace)
                 result.gone.append(instance_id)
 
-    def _apply_launch_lookup(self, overdue: list[dict], found: list[dict], result: SweepResult) -> None:
+    def _apply_launch_lookup(self, overdue: list[dict], found: list[dict], result: SyncResult) -> None:
         by_request = {tags_of(i).get("RequestId"): i for i in found}
         with self.db.transaction():
             tracked = self.db.tracked_ids(self.region, self.endpoint)
@@ -370,7 +364,7 @@ class Reconciler:
             "name": tags.get("Name") or request.get("name") or instance["InstanceId"],
             "ami": ami, "instance_type": instance.get("InstanceType"), "storage_gb": request.get("storage_gb"),
             "security_group_id": groups[0] if groups else None,
-            "tags": {k: v for k, v in tags.items() if k not in RESERVED_TAGS},
+            "tags": {k: v for k, v in tags.items() if k not in RESERVED_TAG_KEYS},
             "backend_used": "awscli", "login_user": login_user, "request_id": tags.get("RequestId"),
             "region": self.region, "endpoint": self.endpoint,
             "launched_at": launched, "created_at": _iso(launched) or now, "updated_at": now, "state": None,
@@ -396,17 +390,17 @@ class Reconciler:
                 self.db.add_event(row["id"], "create", None, fields["state"], "api", row.get("request_id"), at=now)
             else:  # a sweep adopted it first and holds a newer observed state: add what we asked for
                 self.db.update_instance(row["id"], {**row, "updated_at": now})
-        return self.db.get_instance(row["id"])
+        return self.db.require_instance(row["id"])
 
     def record_transition(self, row: dict, instance_state: dict, action: str, request_id: str | None) -> dict:
         """Record the CurrentState EC2 gave for a start/stop/terminate."""
         state = (instance_state.get("CurrentState") or {}).get("Name") or row["state"]
         with self.db.transaction():
             fresh = self.db.get_instance(row["id"]) or row
-            public_ip = fresh.get("public_ip") if state in ("running", "pending", "stopping") else None
+            public_ip = fresh.get("public_ip") if keeps_public_ip(state) else None
             instance = {"State": {"Name": state}, "PublicIpAddress": public_ip}
             self._apply(fresh, instance, action, "api", request_id)
-        return self.db.get_instance(row["id"])
+        return self.db.require_instance(row["id"])
 
     def record_gone(self, row: dict, action: str, request_id: str | None, aws_error: str | None) -> dict:
         """EC2 says the instance does not exist, and a direct lookup agreed: terminated for good."""
@@ -418,4 +412,4 @@ class Reconciler:
                                                     "updated_at": now})
             self.db.add_event(row["id"], action, fresh.get("state"), "terminated", "api", request_id, aws_error,
                               at=now)
-        return self.db.get_instance(row["id"])
+        return self.db.require_instance(row["id"])

@@ -88,7 +88,7 @@ PY
   long_name="$(printf 'n%.0s' {1..256})"
   for bad in \
     "--ami ami-xyz" "--ami i-0123456789abcdef0" "--type T3.MICRO" "--type t3" \
-    "--storage-gb 7" "--storage-gb 31" "--storage-gb abc" "--storage-gb -8" \
+    "--storage-gb 0" "--storage-gb 16385" "--storage-gb abc" "--storage-gb -8" \
     "--root-device xvda" "--root-device /dev/../x" "--key-name --dry-run" \
     "--key-name file:///etc/passwd" "--key-name a/b" "--security-group-id default" \
     "--security-group-id sg-XYZ" "--client-token --dry-run" \
@@ -155,6 +155,12 @@ PY
     --tag-specifications "$(tag_specs '[{"Key":"Name","Value":"my web"},{"Key":"ManagedBy","Value":"ec2-creator-local"},{"Key":"RequestId","Value":"req-123"},{"Key":"Team","Value":"platform"},{"Key":"cost-center","Value":"-42 \"x\""}]')" \
     --security-group-ids sg-0123456789abcdef0 sg-aaaabbbb \
     --client-token "tok-1:ABC_z="
+}
+
+@test "the free-tier storage policy is the API's: any gp3 size is passed on" {
+  run_script create_instance.sh --name web --ami "${AMI}" --type t3.micro --storage-gb 100
+  assert_ok_output
+  [ "$(argv_after --block-device-mappings)" = '[{"DeviceName":"/dev/xvda","Ebs":{"VolumeSize":100,"VolumeType":"gp3","DeleteOnTermination":true}}]' ]
 }
 
 @test "storage size with a leading zero is a plain JSON number" {

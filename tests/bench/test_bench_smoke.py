@@ -10,6 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.integration  # real processes: make test-fast leaves these out
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
