@@ -27,7 +27,8 @@ STRICT_MOTO = {"MOTO_ENABLE_KEYPAIR_VALIDATION": "true", "MOTO_ENABLE_AMI_VALIDA
                "MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION": "true"}
 
 
-BACKGROUND_OPERATIONS = {"describe-instances", "describe-instance-types", "get-parameters", "describe-images"}
+BACKGROUND_OPERATIONS = {"describe-instances", "describe-instance-types", "get-parameters", "describe-images",
+                         "get-caller-identity"}
 
 
 def free_port() -> int:

@@ -47,14 +47,17 @@ async def lifespan(app: FastAPI):
         await asyncio.to_thread(db.migrate)
     except SchemaTooNew as exc:
         raise SystemExit(f"ec2-creator-local: {exc}") from None
-    await asyncio.to_thread(db.claim_unscoped, settings.region, settings.endpoint_key)
+    await asyncio.to_thread(db.claim_unscoped_launches, settings.region, settings.endpoint_key)
     aws = AwsCli(settings)
     service = InstanceService(settings, db, aws)
     await service.load_catalog()
     app.state.service = service
     endpoint = settings.ec2_endpoint_url or "the AWS default endpoint"
-    credentials = (f"profile {settings.aws_profile}" if settings.aws_profile else
-                   "access key from settings" if settings.aws_access_key_id else "the AWS CLI's default chain")
+    if settings.aws_access_key_id:  # the CLI prefers keys in its environment to a profile
+        credentials = "access key from settings" + (
+            f" (it wins over AWS_PROFILE={settings.aws_profile})" if settings.aws_profile else "")
+    else:
+        credentials = f"profile {settings.aws_profile}" if settings.aws_profile else "the AWS CLI's default chain"
     log.info("EC2 Creator Local targets %s (%s, region %s, %s); AWS CLI %s; database %s", settings.target_label,
              endpoint, settings.region, credentials, aws.env["AWS_CLI"], settings.database_path)
     warm = asyncio.create_task(_warm_catalog(service))

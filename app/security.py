@@ -3,6 +3,7 @@
 import ipaddress
 import json
 import os
+import re
 import sys
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -29,12 +30,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+_HOST = re.compile(r"\[(?P<v6>[0-9a-f:.]+)\](?::\d{1,5})?|(?P<name>[a-z0-9.-]+)(?::\d{1,5})?")
+
+
 def host_name(host_header: str) -> str:
-    """The name or address of a Host header value, without its port ('[::1]:8000' -> '::1')."""
-    host = host_header.strip().lower()
-    if host.startswith("["):
-        return host[1:host.find("]")] if "]" in host else host
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    """The name or address of a Host header value, without its port ('[::1]:8000' -> '::1'); '' when
+    the value is not a well-formed host[:port]."""
+    match = _HOST.fullmatch(host_header.strip().lower())
+    if match is None:
+        return ""
+    return match.group("v6") or match.group("name")
 
 
 def tokenless_refusal(scope: Scope) -> tuple[str, str] | None:

@@ -110,7 +110,7 @@ def test_a_wrong_profile_in_dotenv_is_reported_not_ignored(emulator, tmp_path):
         assert response.status_code == 503, response.text
         assert response.json()["code"] == "no_credentials"
         assert "no-such-profile" in response.json()["detail"]
-        assert "profile no-such-profile" in server.server_log()
+        assert "AWS_PROFILE=no-such-profile" in server.server_log()  # with the keys that win over it
     finally:
         server.stop()
 

@@ -1,6 +1,7 @@
 """EC2 is eventually consistent: "gone" is proven, never inferred from one answer; a database serves
 several regions. Real server, real scripts and `aws`, real moto; faults injected through AWS_CLI."""
 
+import json
 import time
 
 import boto3
@@ -162,3 +163,34 @@ def test_a_restart_in_another_region_keeps_the_first_regions_instances(emulator,
             assert fresh_emulator.instances()[kept]["State"]["Name"] == "stopped"
     finally:
         west.stop()
+
+
+# -- several accounts in one database ------------------------------------------------------------
+OTHER_ACCOUNT = "210987654321"
+
+
+def test_a_restart_with_another_accounts_credentials_judges_nothing_of_the_first(emulator, fresh_emulator,
+                                                                               tmp_path):
+    first = ApiServer(tmp_path, emulator.url, CONSISTENCY_GRACE_SECONDS="0", GONE_AFTER_MISSED_SWEEPS="1")
+    with httpx.Client(base_url=first.url, timeout=60) as api:
+        kept = running(api, "first-account")
+    first.stop()
+
+    # The same region, other credentials: EC2 there holds nothing, and STS names another account.
+    first.set_faults({"op": "get-caller-identity", "stdout": json.dumps(
+                          {"UserId": "AIDAOTHER", "Account": OTHER_ACCOUNT,
+                           "Arn": f"arn:aws:iam::{OTHER_ACCOUNT}:user/other"})},
+                     {"op": "describe-instances", "hide": "all", "owner": OTHER_ACCOUNT})
+    first.start()
+    try:
+        with httpx.Client(base_url=first.url, timeout=60) as api:
+            for _ in range(3):
+                result = api.post("/instances/sync").json()
+                assert kept not in result["gone"] + result["missing"]
+            assert api.get(f"/instances/{kept}").json()["state"] == "running"  # last known state, kept
+            response = api.post(f"/instances/{kept}/stop")
+            assert response.status_code == 409 and response.json()["code"] == "other_account"
+            assert OTHER_ACCOUNT in response.json()["detail"]
+        assert fresh_emulator.instances()[kept]["State"]["Name"] == "running"
+    finally:
+        first.stop()

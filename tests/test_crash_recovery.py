@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from app.services.db import SCHEMA_VERSION, Database
-from conftest import ROOT, ApiServer, descendants, safe_env, wait_until
+from conftest import ROOT, ApiServer, aws_error, descendants, safe_env, wait_until
 from tests.services.test_db import ORIGINAL_SCHEMA
 
 BODY = {"name": "once", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
@@ -164,12 +164,27 @@ def test_a_database_of_the_original_project_converges_and_one_bad_row_spoils_not
     nameless = launch([])
     poison = launch([{"Key": "Name", "Value": "poison"}])
     fine = launch([{"Key": "Name", "Value": "fine"}])
-    server = ApiServer(tmp_path, emulator.url, RECONCILE_INTERVAL_SECONDS="3600")
+    legacy = launch([{"Key": "Name", "Value": "legacy"}])
+    unknown = "i-0000000000000dead"  # recorded by the original project, unknown to this EC2
+    with sqlite3.connect(tmp_path / "instances.db") as conn:
+        conn.executemany("INSERT INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?)", [
+            (legacy, "legacy", None, "ami-0123456789abcdef0", "t3.micro", "stopped", None, None, "awscli",
+             "2026-02-20 10:00:00", "2026-02-20 10:00:00"),
+            (unknown, "old", "1.2.3.4", "ami-0123456789abcdef0", "t3.micro", "running", None, None, "awscli",
+             "2026-02-20 10:00:00", "2026-02-20 10:00:00")])
+    server = ApiServer(tmp_path, emulator.url, RECONCILE_INTERVAL_SECONDS="3600", CONSISTENCY_GRACE_SECONDS="0",
+                       GONE_AFTER_MISSED_SWEEPS="1")
     try:
         with httpx.Client(base_url=server.url, timeout=60) as api:
-            result = api.post("/instances/sync")  # the sweep at start-up adopted them already
-            assert result.status_code == 200, result.text
-            assert {i["id"] for i in api.get("/instances").json()["instances"]} == {nameless, fine}
+            for _ in range(2):
+                result = api.post("/instances/sync")  # the sweep at start-up adopted them already
+                assert result.status_code == 200, result.text
+            listed = {i["id"]: i for i in api.get("/instances").json()["instances"]}
+            assert set(listed) == {nameless, fine, legacy, unknown}
+            # A row kept before regions were is claimed by the EC2 that lists it, with its real state;
+            # one this EC2 does not list keeps its last known state: its absence here proves nothing.
+            assert (listed[legacy]["state"], listed[legacy]["region"]) == ("running", "us-east-1")
+            assert (listed[unknown]["state"], listed[unknown]["region"]) == ("running", None)
             assert api.get(f"/instances/{nameless}").json()["name"] == nameless  # no Name tag: named by its id
             assert api.get(f"/instances/{fine}").json()["name"] == "fine"
             assert api.get(f"/instances/{poison}").status_code == 404
@@ -219,3 +234,39 @@ def test_a_database_from_a_newer_version_is_refused_untouched(tmp_path):
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
         assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")] == ["instances"]
+
+
+def test_a_launch_whose_outcome_is_unknown_stays_pending_and_resolves_to_its_instance(server, fresh_emulator):
+    warm(server)
+    # EC2 launches, then the answer is an InternalError: the instance exists, the caller cannot know.
+    server.set_faults({"op": "run-instances", "times": 1, "fail_after": aws_error(
+        "InternalError", "RunInstances", "An internal error has occurred.")})
+    with httpx.Client(base_url=server.url, timeout=60) as api:
+        response = api.post("/instances", json=BODY | {"name": "unknown"}, headers={"Idempotency-Key": "k-500"})
+        assert response.status_code == 503, response.text
+        assert response.json()["aws_error_code"] == "InternalError"
+
+        def replayed() -> httpx.Response | None:
+            again = api.post("/instances", json=BODY | {"name": "unknown"}, headers={"Idempotency-Key": "k-500"})
+            assert again.status_code == 201 or again.json()["code"] == "launch_in_progress", again.text
+            return again if again.status_code == 201 else None
+
+        final = wait_until(replayed, timeout=30, interval=0.5)
+        assert final.headers["Idempotent-Replayed"] == "true"
+    assert named(fresh_emulator, "unknown") == [final.json()["id"]]  # never a second launch
+    assert len(launches(server)) == 2
+
+
+def test_a_store_failure_after_ec2_stopped_an_instance_says_ec2_acted(server, fresh_emulator):
+    warm(server)
+    with httpx.Client(base_url=server.url, timeout=90) as api:
+        instance_id = api.post("/instances", json=BODY | {"name": "to-stop"}).json()["id"]
+        wait_until(lambda: api.get(f"/instances/{instance_id}").json()["state"] == "running")
+        server.set_faults({"op": "stop-instances", "times": 1,
+                           "lock_db": {"path": str(server.db_path), "seconds": 13}})
+        response = api.post(f"/instances/{instance_id}/stop")
+        assert response.status_code == 503, response.text
+        assert response.json()["code"] == "record_failed" and "accepted the stop" in response.json()["detail"]
+        assert fresh_emulator.instances()[instance_id]["State"]["Name"] == "stopped"
+        wait_until(lambda: api.get(f"/instances/{instance_id}").json()["state"] == "stopped", timeout=40,
+                   interval=0.5)

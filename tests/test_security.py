@@ -113,6 +113,7 @@ def running_instance(open_server, fresh_emulator):
     ({"Host": "attacker.example"}, "host_not_allowed"),  # DNS rebinding: the page's own name
     ({"Host": "attacker.example:8000"}, "host_not_allowed"),
     ({"Host": "127.0.0.1.nip.io"}, "host_not_allowed"),
+    ({"Host": "[::1]attacker.example"}, "host_not_allowed"),  # not a host[:port] at all
     ({"Origin": "https://attacker.example"}, "cross_site_request"),  # a form or fetch from another site
     ({"Origin": "null"}, "cross_site_request"),  # a sandboxed iframe or a file:// page
     ({"Origin": "http://localhost:3000"}, "cross_site_request"),  # another local app is another origin

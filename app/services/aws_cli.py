@@ -96,6 +96,16 @@ def _from_aws_code(code: str, message: str) -> ApiError:
     return UpstreamError(f"EC2 refused the request. {said}", aws_error_code=code)
 
 
+SERVER_SIDE = {"InternalError", "InternalFailure", "ServiceUnavailable", "Unavailable"}
+
+
+def outcome_unknown(exc: ApiError) -> bool:
+    """Whether EC2 may have acted on a call that failed: it timed out, the CLI broke off, its answer
+    was unreadable, or EC2 failed on its side. Everything else is a refusal (or nothing was sent)."""
+    return (exc.status_code == 504 or exc.code in ("aws_cli_failed", "aws_bad_output")
+            or exc.aws_error_code in SERVER_SIDE)
+
+
 def _default_aws_cli(configured: str) -> str:
     """`aws` next to this interpreter (the venv's) when the setting is the bare default."""
     if configured == "aws":

@@ -27,9 +27,12 @@ ADDED_COLUMNS = {
     "login_user": "TEXT",
     "request_id": "TEXT",
     "launched_at": "TEXT",
-    # v2: which EC2 the instance lives in (a sweep judges only its own), and how long it has been missing.
+    # v2: which EC2 the instance lives in (a sweep judges only its own: same endpoint, region and
+    # account; a row with none of them recorded yet is claimed by the first sweep that sees it),
+    # and how long it has been missing.
     "region": "TEXT",
     "endpoint": "TEXT",
+    "account": "TEXT",
     "missing_since": "TEXT",
     "missed_sweeps": "INTEGER NOT NULL DEFAULT 0",
 }
@@ -103,11 +106,19 @@ class Database:
         return conn
 
     def _create_private(self) -> None:
-        """A new database (and its directory) is readable by its owner only: it names every instance."""
+        """The database (and a directory made for it) is readable by its owner only: it names every
+        instance. A file of ours from before this rule is made private too."""
         if not self.path.parent.exists():
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not self.path.exists():
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))  # SQLite gives -wal/-shm the same mode
+        for path in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
+            try:
+                info = path.stat()
+                if info.st_uid == os.getuid() and info.st_mode & 0o077:
+                    path.chmod(0o600)
+            except OSError:
+                pass  # absent, or not ours to change
 
     def migrate(self) -> None:
         """Create or upgrade the schema to SCHEMA_VERSION, keeping every existing row."""
@@ -162,7 +173,7 @@ class Database:
         )
         conn.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         # One row per create request, written BEFORE the aws process starts (crash recovery and
-        # Idempotency-Key replay). status: pending -> launched | failed.
+        # Idempotency-Key replay). status: pending -> launched | failed (EC2 refused) | lost (never seen).
         conn.execute(
             """CREATE TABLE IF NOT EXISTS launches (
                 request_id TEXT PRIMARY KEY, idempotency_key TEXT UNIQUE, body_hash TEXT NOT NULL,
@@ -241,19 +252,25 @@ class Database:
     def _written(self) -> None:
         self.generation = next(self._generations)  # atomic: concurrent writers never share a value
 
-    def tracked_ids(self, region: str, endpoint: str) -> dict[str, dict]:
-        """Every instance of this EC2 (endpoint and region) not yet terminated, by id: what a sweep judges."""
+    def tracked_ids(self, region: str, endpoint: str, account: str) -> dict[str, dict]:
+        """Every instance of this EC2 (endpoint, region, account) not yet terminated, by id: what a sweep
+        judges. Rows of another EC2, or recorded before the scope was kept, are never judged here."""
         rows = self.connect().execute(
-            f"SELECT * FROM instances WHERE {ACTIVE} AND region = ? AND endpoint = ?", (region, endpoint))
+            f"SELECT * FROM instances WHERE {ACTIVE} AND region = ? AND endpoint = ? AND account = ?",
+            (region, endpoint, account))
         return {r["id"]: self._row(r) for r in rows}
 
-    def claim_unscoped(self, region: str, endpoint: str) -> int:
-        """Rows from before v2 (no region recorded) belong to the EC2 the server first runs against."""
+    def has_instances_in(self, region: str, endpoint: str) -> bool:
+        row = self.connect().execute(f"SELECT 1 FROM instances WHERE {ACTIVE} AND region = ? AND endpoint = ? "
+                                     "LIMIT 1", (region, endpoint)).fetchone()
+        return row is not None
+
+    def claim_unscoped_launches(self, region: str, endpoint: str) -> int:
+        """Launches from before v2 were sent to the EC2 the server first runs against (a lookup by their
+        RequestId settles them either way); instance rows are claimed only when a sweep sees them."""
         with self.transaction() as conn:
-            count = conn.execute("UPDATE instances SET region = ?, endpoint = ? WHERE region IS NULL",
-                                 (region, endpoint)).rowcount
-            conn.execute("UPDATE launches SET region = ?, endpoint = ? WHERE region IS NULL", (region, endpoint))
-        return count
+            return conn.execute("UPDATE launches SET region = ?, endpoint = ? WHERE region IS NULL",
+                                (region, endpoint)).rowcount
 
     def set_missing(self, instance_id: str, missed_sweeps: int, missing_since: str | None) -> None:
         """Bookkeeping of a tracked instance a sweep did not see (no public field changes)."""
@@ -312,21 +329,32 @@ class Database:
                      region: str, endpoint: str) -> tuple[dict, bool]:
         """Insert a pending launch, or find the one that holds this Idempotency-Key.
 
-        Returns (launch, claimed). A failed launch under the same key and body is claimed again as
-        it was (same request id, same recorded parameters), so the retry sends EC2 the exact request
-        it sent before, client token and RequestId tag included, and EC2's own dedupe holds.
+        Returns (launch, claimed). Under the same key and body:
+        - a launch whose instance is recorded after all is launched: returned, not claimed;
+        - a *lost* launch (its outcome was unknown, and lookups found nothing) is claimed again as it
+          was (same request id and recorded parameters), so the retry sends EC2 the exact request it
+          sent before, client token and RequestId tag included, and EC2's own dedupe holds;
+        - a *failed* one (EC2 refused it) is replaced by a fresh launch.
         """
         now = utcnow()
         with self.transaction() as conn:
             if idempotency_key is not None:
                 row = conn.execute("SELECT * FROM launches WHERE idempotency_key = ?", (idempotency_key,)).fetchone()
                 if row is not None:
-                    if row["status"] == "failed" and row["body_hash"] == body_hash:
+                    if row["status"] not in ("failed", "lost") or row["body_hash"] != body_hash:
+                        return dict(row), False
+                    found = conn.execute("SELECT id FROM instances WHERE request_id = ?",
+                                         (row["request_id"],)).fetchone()
+                    if found is not None:
+                        conn.execute("UPDATE launches SET status = 'launched', instance_id = ?, error = NULL, "
+                                     "updated_at = ? WHERE request_id = ?", (found["id"], now, row["request_id"]))
+                        return {**dict(row), "status": "launched", "instance_id": found["id"]}, False
+                    if row["status"] == "lost":
                         conn.execute("UPDATE launches SET status = 'pending', error = NULL, created_at = ?, "
                                      "updated_at = ?, region = ?, endpoint = ? WHERE request_id = ?",
                                      (now, now, region, endpoint, row["request_id"]))
                         return {**dict(row), "status": "pending", "created_at": now}, True
-                    return dict(row), False
+                    conn.execute("DELETE FROM launches WHERE request_id = ?", (row["request_id"],))
             conn.execute(
                 "INSERT INTO launches (request_id, idempotency_key, body_hash, body, status, created_at, updated_at, "
                 "region, endpoint) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
@@ -336,9 +364,21 @@ class Database:
 
     def finish_launch(self, request_id: str, status: str, instance_id: str | None = None,
                       error: str | None = None) -> None:
+        """launched (whatever it was: EC2 shows its instance), or failed / lost (only while pending)."""
+        only_pending = "" if status == "launched" else " AND status = 'pending'"
         self.connect().execute(
             "UPDATE launches SET status = ?, instance_id = COALESCE(?, instance_id), error = ?, updated_at = ? "
-            "WHERE request_id = ?", (status, instance_id, error, utcnow(), request_id))
+            f"WHERE request_id = ?{only_pending}", (status, instance_id, error, utcnow(), request_id))
+
+    def settled_without_instance(self, region: str, endpoint: str) -> set[str]:
+        """Request ids of launches recorded failed or lost: if EC2 shows one's instance, it launched."""
+        return {r[0] for r in self.connect().execute(
+            "SELECT request_id FROM launches WHERE status IN ('failed', 'lost') AND region = ? AND endpoint = ?",
+            (region, endpoint))}
+
+    def get_launch(self, request_id: str) -> dict | None:
+        row = self.connect().execute("SELECT * FROM launches WHERE request_id = ?", (request_id,)).fetchone()
+        return dict(row) if row else None
 
     def get_launch_by_key(self, idempotency_key: str) -> dict | None:
         row = self.connect().execute("SELECT * FROM launches WHERE idempotency_key = ?",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from app.config import Settings
 from app.errors import ApiError, Conflict, PolicyViolation, Unavailable, UpstreamError
 from app.models.instance import InstanceCreate
-from app.services.aws_cli import AwsCli
+from app.services.aws_cli import AwsCli, outcome_unknown
 from app.services.db import Database, age_seconds
 from app.services.free_tier import Catalog, check_catalog, check_static, login_user_for
 from app.services.reconciler import SECURITY_GROUP_NAME, Reconciler
@@ -175,7 +175,7 @@ class InstanceService:
             row = await asyncio.to_thread(self.db.get_instance, launch["instance_id"])
             if row is not None:
                 return row
-        if launch["status"] == "failed":
+        if launch["status"] in ("failed", "lost"):
             raise Conflict(f"The request with this Idempotency-Key failed ({launch['error']}); retry to try again.",
                            code="idempotent_request_failed")
         raise Conflict("A request with this Idempotency-Key is still being resolved; retry in a few seconds.",
@@ -190,9 +190,17 @@ class InstanceService:
         if not claimed:
             raise _AlreadyClaimed()
         request_id = launch["request_id"]
-        # A retry of a failed launch sends what the first attempt sent (same AMI id, client token and
+        # A retry of a lost launch sends what the first attempt sent (same AMI id, client token and
         # RequestId tag), so EC2 can recognise it; a new launch sends what was just resolved.
         body = {**body, **json.loads(launch["body"])}
+        self.reconciler.in_flight.add(request_id)  # no sweep judges it overdue while it is sent
+        try:
+            return await self._send_launch(req, body, request_id, idempotency_key)
+        finally:
+            self.reconciler.in_flight.discard(request_id)
+
+    async def _send_launch(self, req: InstanceCreate, body: dict, request_id: str,
+                           idempotency_key: str | None) -> dict:
         try:
             group_id = await self.ensure_security_group() if req.create_security_group else None
             args = ["--name", req.name, "--ami", body["ami_id"], "--type", req.instance_type,
@@ -210,9 +218,10 @@ class InstanceService:
                 group_id = await self.ensure_security_group(refresh=True)
                 doc = await self.aws.run("create_instance.sh", *args, "--security-group-id", group_id)
         except ApiError as exc:
-            if exc.status_code != 504:  # a timeout may still have launched: the reconciler resolves it
+            if not outcome_unknown(exc):  # EC2 refused, or nothing was sent: certainly no instance
                 await asyncio.to_thread(self.db.finish_launch, request_id, "failed", None,
                                         exc.aws_error_code or exc.code)
+            # Otherwise EC2 may still launch it: the launch stays pending until the reconciler knows.
             raise
         instances = doc.get("Instances") or []
         if not instances or not instances[0].get("InstanceId"):
@@ -231,10 +240,12 @@ class InstanceService:
         except Exception as exc:  # noqa: BLE001 - EC2 has the instance: never answer a bare 500
             log.error("EC2 launched %s (request %s) but recording it failed: %s", instance_id, request_id, exc)
             self.reconciler.request_sweep()
+            retry = ("a retry with the same Idempotency-Key returns it." if idempotency_key else
+                     "do NOT send this create again: without an Idempotency-Key a retry launches another one.")
             raise Unavailable(
                 f"EC2 launched instance {instance_id}, but the local record could not be written ({exc}). It "
-                "is recorded as soon as the database works again (the reconciler finds it by its request id); "
-                "a retry with the same Idempotency-Key returns it.", code="record_failed", retry_after=5,
+                f"is recorded as soon as the database works again (the reconciler finds it by its request id); "
+                f"{retry}", code="record_failed", retry_after=5 if idempotency_key else None,
                 extra={"instance_id": instance_id}) from None
         self.reconciler.request_sweep()
         return recorded
@@ -267,8 +278,14 @@ class InstanceService:
                     self.reconciler.request_sweep()  # our recorded state is behind EC2's
                 raise
             changes = doc.get(rule.response_key) or [{}]
-            recorded = await asyncio.to_thread(self.reconciler.record_transition, row, changes[0], action,
-                                               request_id)
+            try:
+                recorded = await asyncio.to_thread(self.reconciler.record_transition, row, changes[0], action,
+                                                   request_id)
+            except Exception as exc:  # noqa: BLE001 - EC2 acted: say so, and let the sweep record it
+                self.reconciler.request_sweep()
+                raise Unavailable(f"EC2 accepted the {action} of {instance_id}, but the local record could not be "
+                                  f"written ({exc}); the reconciler records it as soon as the database works "
+                                  "again.", code="record_failed", extra={"instance_id": instance_id}) from None
         self.reconciler.request_sweep()
         return recorded, True
 
@@ -279,6 +296,11 @@ class InstanceService:
             raise Conflict(f"Instance {row['id']} was recorded against {where} (region {row.get('region')}); this "
                            f"server talks to {self.endpoint or 'real AWS'}. Restart it with that EC2_ENDPOINT_URL "
                            "(or EC2_TARGET) to manage this instance.", code="other_endpoint")
+        account, ours = row.get("account"), self.reconciler.account
+        if account and ours and account != ours:
+            raise Conflict(f"Instance {row['id']} lives in AWS account {account}; this server's credentials are "
+                           f"for account {ours}. Restart it with that account's AWS_PROFILE or keys to manage "
+                           "this instance.", code="other_account")
 
     def _check_start_policy(self, row: dict) -> None:
         allowed = self.settings.allowed_instance_types
@@ -302,6 +324,14 @@ class InstanceService:
             raise Unavailable(f"EC2 answered NotFound for {row['id']} but still lists it ({fresh['state']}); "
                               "retry in a few seconds.", code="instance_not_visible_yet",
                               aws_error_code=exc.aws_error_code, retry_after=5)
+        account = await self.reconciler.ensure_account()
+        if row.get("account") != account or row.get("region") is None:
+            # Recorded before its account and region were kept, or in another account: this EC2 not
+            # knowing it proves nothing. Nothing is recorded.
+            raise Conflict(f"EC2 here (region {self.region}, account {account}) does not know instance {row['id']}, "
+                           "which was recorded for another region or account (or before they were kept); nothing "
+                           "was changed. Manage it with the settings it was created with.", code="other_account",
+                           aws_error_code=exc.aws_error_code)
         gone = await asyncio.to_thread(self.reconciler.record_gone, row, action, request_id, exc.aws_error_code)
         if action == "delete":
             return gone, True

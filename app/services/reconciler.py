@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from app.config import Settings
-from app.errors import ApiError, UpstreamError
+from app.errors import ApiError, Unavailable, UpstreamError
 from app.models.instance import RESERVED_TAG_KEYS, SyncResult
 from app.services.db import TIME_FORMAT, Database, age_seconds, ago, parse_time, utcnow
 
@@ -36,7 +36,10 @@ CONFIRM_BATCH = 200  # ids or request ids per direct lookup
 
 
 def tags_of(instance: dict) -> dict[str, str]:
-    return {t["Key"]: t.get("Value", "") for t in instance.get("Tags") or [] if "Key" in t}
+    tags = instance.get("Tags")
+    if not isinstance(tags, list):
+        return {}
+    return {str(t["Key"]): str(t.get("Value", "")) for t in tags if isinstance(t, dict) and "Key" in t}
 
 
 def _iso(value: str | None) -> str | None:
@@ -76,6 +79,10 @@ class Reconciler:
         self.login_user_of = login_user_of
         self.region = settings.region
         self.endpoint = settings.endpoint_key
+        # The AWS account the credentials belong to: from describe answers (OwnerId), or one
+        # `sts get-caller-identity` when EC2 lists nothing. Unknown, nothing is judged gone.
+        self.account: str | None = None
+        self.in_flight: set[str] = set()  # request ids whose run-instances this process is sending
         self._wake = asyncio.Event()
         self._sweep_lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
@@ -155,24 +162,59 @@ class Reconciler:
             log.info("pruned %d events and %d finished launches older than %g days", events, launches,
                      self.settings.events_retention_days)
 
-    async def sweep(self) -> SyncResult:
+    async def sweep(self, wait: float | None = None) -> SyncResult:
         """One describe-instances call, then one transaction applying what it said.
 
         Only when something looks gone (an instance missing long enough, a launch overdue) does it
-        cost more: one direct lookup for all of them.
+        cost more: one direct lookup for all of them. `wait` bounds the wait for a sweep already
+        running (503 sweep_busy after it).
         """
-        async with self._sweep_lock:
+        try:
+            await asyncio.wait_for(self._sweep_lock.acquire(), wait)
+        except TimeoutError:
+            raise Unavailable("A reconcile sweep is already running; retry in a few seconds.", code="sweep_busy",
+                              retry_after=5) from None
+        try:
             started = utcnow()
             t0 = time.perf_counter()
             doc = await self.aws.run("list_instances.sh", background=True)
             observed = instances_of(doc)
+            self._learn_account(doc)
+            if self.account is None and await asyncio.to_thread(self.db.has_instances_in, self.region,
+                                                                self.endpoint):
+                await self.ensure_account()
             result, suspects, overdue = await asyncio.to_thread(self._apply_sweep, observed, started)
-            if suspects:
-                await self._confirm_gone(suspects, started, result)
-            if overdue:
-                await self._confirm_launches(overdue, result)
+            # Each lookup on its own: one that fails must not hold the other back.
+            try:
+                if suspects:
+                    await self._confirm_gone(suspects, started, result)
+            except ApiError as exc:
+                log.warning("sweep: looking up missing instances failed (%s); next sweep tries again", exc.detail)
+            try:
+                if overdue:
+                    await self._confirm_launches(overdue, started, result)
+            except ApiError as exc:
+                log.warning("sweep: looking up overdue launches failed (%s); next sweep tries again", exc.detail)
             log.debug("sweep: %d observed in %.2fs, %s", len(observed), time.perf_counter() - t0, result)
             return result
+        finally:
+            self._sweep_lock.release()
+
+    def _learn_account(self, doc: dict) -> None:
+        owners = {r.get("OwnerId") for r in doc.get("Reservations") or [] if r.get("OwnerId")}
+        if len(owners) == 1 and self.account is None:
+            self.account = str(owners.pop())
+
+    async def ensure_account(self) -> str:
+        """The account of the server's credentials (one `sts get-caller-identity`, then cached)."""
+        if self.account is None:
+            doc = await self.aws.run("get_caller_identity.sh", background=True)
+            account = str(doc.get("Account") or "")
+            if not account.isdigit():
+                raise UpstreamError("sts get-caller-identity gave no account id.", code="aws_bad_output")
+            self.account = account
+            log.info("AWS account %s", account)
+        return self.account
 
     async def _lookup(self, option: str, values: list[str], region: str | None = None) -> list[dict]:
         """Direct describe-instances by id or RequestId, without the ManagedBy filter."""
@@ -189,7 +231,7 @@ class Reconciler:
         seen = {i["InstanceId"]: i for i in await self._lookup("--filter-instance-id", suspects)}
         await asyncio.to_thread(self._apply_confirmation, suspects, seen, started, result)
 
-    async def _confirm_launches(self, overdue: list[dict], result: SyncResult) -> None:
+    async def _confirm_launches(self, overdue: list[dict], started: str, result: SyncResult) -> None:
         found = await self._lookup("--request-id", [launch["request_id"] for launch in overdue])
         await asyncio.to_thread(self._apply_launch_lookup, overdue, found, result)
 
@@ -235,13 +277,18 @@ class Reconciler:
         seen: set[str] = set()
         suspects: list[str] = []
         with self.db.transaction():
-            tracked = self.db.tracked_ids(self.region, self.endpoint)
+            # Unknown account: nothing is judged (an empty describe of another account is no proof).
+            tracked = self.db.tracked_ids(self.region, self.endpoint, self.account) if self.account else {}
             pending = {launch["request_id"]: launch
                        for launch in self.db.pending_launches(self.region, self.endpoint)}
+            settled = self.db.settled_without_instance(self.region, self.endpoint)
             for instance in observed:
                 instance_id = instance["InstanceId"]
                 seen.add(instance_id)
-                launch = pending.pop(tags_of(instance).get("RequestId", ""), None)
+                request_id = tags_of(instance).get("RequestId", "")
+                launch = pending.pop(request_id, None)
+                if launch is None and request_id in settled:  # recorded failed or lost, yet it launched
+                    launch = self.db.get_launch(request_id)
                 self._isolated(instance_id, self._apply_observed, instance, tracked.get(instance_id), launch,
                                started, result)
             for instance_id, row in tracked.items():
@@ -251,8 +298,8 @@ class Reconciler:
                     suspects.append(instance_id)
                 else:
                     result.missing.append(instance_id)
-            overdue = [launch for launch in pending.values()
-                       if age_seconds(launch["created_at"]) >= self.launch_deadline]
+            overdue = [launch for launch in pending.values() if launch["request_id"] not in self.in_flight
+                       and age_seconds(launch["created_at"]) >= self.launch_deadline]
         return result, suspects, overdue
 
     def _isolated(self, instance_id: str, apply: Callable, *args):
@@ -261,7 +308,9 @@ class Reconciler:
         try:
             with self.db.savepoint():
                 return apply(*args)
-        except Exception:  # noqa: BLE001 - isolate the bad row, keep the sweep
+        except Exception:
+            if not self.db.connect().in_transaction:
+                raise  # SQLite gave up the whole transaction (disk full, I/O error): so does the sweep
             log.exception("sweep: could not record instance %s; skipped this time", instance_id)
             return None
 
@@ -276,7 +325,8 @@ class Reconciler:
                 if launch is not None or state_of(instance) != "terminated":
                     self._adopt(instance, launch)
                     result.adopted.append(instance_id)
-            elif self._revive(known, instance):
+            elif (known.get("updated_at") or "") <= started and (
+                    self._revive(known, instance) or self._claim(known, instance)):
                 result.updated.append(instance_id)
             return
         if (row.get("updated_at") or "") > started:
@@ -284,16 +334,30 @@ class Reconciler:
         if self._apply(row, instance, "observe", "reconcile"):
             result.updated.append(instance_id)
 
+    @property
+    def scope(self) -> dict[str, str | None]:
+        return {"region": self.region, "endpoint": self.endpoint, "account": self.account}
+
+    def _claim(self, row: dict, instance: dict) -> bool:
+        """A live record of no EC2 yet (kept before regions and accounts were), or of another name for
+        this one (an endpoint alias), that this EC2 lists: it is this EC2's from now on."""
+        if row.get("state") in ("terminated", "failed") or self.account is None:
+            return False
+        self.db.update_instance(row["id"], self.scope)
+        log.info("instance %s (recorded for %s/%s/%s) is listed here: now tracked in this region and account",
+                 row["id"], row.get("endpoint") or "aws", row.get("region"), row.get("account"))
+        self._apply(row, instance, "observe", "reconcile")
+        return True
+
     def _revive(self, row: dict, instance: dict) -> bool:
-        """A record that is terminated (or of another scope) while EC2 shows the instance alive comes
-        back with its real state: no record may stay terminated while EC2 runs it."""
+        """A record that is terminated while EC2 shows the instance alive comes back with its real
+        state: no record may stay terminated while EC2 runs it."""
         state = state_of(instance)
         if row.get("state") not in ("terminated", "failed") or state == "terminated":
             return False
         now = utcnow()
         fields = self._observed_fields(row, instance)
-        self.db.update_instance(row["id"], {**fields, "region": self.region, "endpoint": self.endpoint,
-                                            "updated_at": now})
+        self.db.update_instance(row["id"], {**fields, **self.scope, "updated_at": now})
         self.db.set_missing(row["id"], 0, None)
         self.db.add_event(row["id"], "reappeared", row.get("state"), state, "reconcile", at=now)
         log.warning("instance %s was recorded %s but EC2 shows it %s: record restored", row["id"],
@@ -334,11 +398,11 @@ class Reconciler:
     def _apply_launch_lookup(self, overdue: list[dict], found: list[dict], result: SyncResult) -> None:
         by_request = {tags_of(i).get("RequestId"): i for i in found}
         with self.db.transaction():
-            tracked = self.db.tracked_ids(self.region, self.endpoint)
+            tracked = self.db.tracked_ids(self.region, self.endpoint, self.account) if self.account else {}
             for launch in overdue:
                 instance = by_request.get(launch["request_id"])
-                if instance is None:
-                    self.db.finish_launch(launch["request_id"], "failed",
+                if instance is None:  # outcome was unknown; now settled: it never launched
+                    self.db.finish_launch(launch["request_id"], "lost",
                                           error="no instance with this request id exists in EC2")
                     continue
                 self._isolated(instance["InstanceId"], self._apply_observed, instance,
@@ -366,8 +430,8 @@ class Reconciler:
             "security_group_id": groups[0] if groups else None,
             "tags": {k: v for k, v in tags.items() if k not in RESERVED_TAG_KEYS},
             "backend_used": "awscli", "login_user": login_user, "request_id": tags.get("RequestId"),
-            "region": self.region, "endpoint": self.endpoint,
-            "launched_at": launched, "created_at": _iso(launched) or now, "updated_at": now, "state": None,
+            **self.scope, "launched_at": launched, "created_at": _iso(launched) or now, "updated_at": now,
+            "state": None,
         }
         fields = self._observed_fields(row, instance)
         self.db.upsert_instance({**row, **fields})
@@ -381,7 +445,7 @@ class Reconciler:
     def record_launch(self, instance: dict, row: dict) -> dict:
         """Record a run-instances answer: the row as the API knows it plus what EC2 said."""
         now = utcnow()
-        row = {**row, "region": self.region, "endpoint": self.endpoint}
+        row = {**row, **self.scope}
         fields = self._observed_fields(row, instance)
         with self.db.transaction():
             self.db.finish_launch(row["request_id"], "launched", row["id"])

@@ -5,8 +5,11 @@ argument, whose `match` strings all occur in the arguments and whose `unless` st
 `times` limits how often). A rule may:
   delay      seconds to sleep before anything else
   fail       {"stderr": "...", "code": 255}: answer like the CLI does when AWS refuses (no real call)
+  fail_after the same, but after the real call went through (EC2 acted, then answered with an error)
   stdout     print this instead of the real answer (exit 0)
-  hide       instance ids to drop from a describe-instances answer (EC2's eventual consistency)
+  hide       instance ids to drop from a describe-instances answer (EC2's eventual consistency);
+             "all" drops every instance (an EC2 that has none, e.g. another account's)
+  owner      the OwnerId every reservation of a describe-instances answer reports
   lock_db    {"path": db, "seconds": n}: after the real call, hold the SQLite write lock for n seconds
 Everything else runs the real CLI (AWS_SHIM_REAL) with the same argv.
 """
@@ -47,10 +50,14 @@ def pick_rule(argv: list[str]) -> dict | None:
     return None
 
 
-def hide(output: str, ids: list[str]) -> str:
+def rewrite(output: str, rule: dict) -> str:
     doc = json.loads(output)
+    ids = rule.get("hide") or []
     for reservation in doc.get("Reservations", []):
-        reservation["Instances"] = [i for i in reservation["Instances"] if i["InstanceId"] not in ids]
+        reservation["Instances"] = [i for i in reservation["Instances"]
+                                    if ids != "all" and i["InstanceId"] not in ids]
+        if "owner" in rule:
+            reservation["OwnerId"] = rule["owner"]
     doc["Reservations"] = [r for r in doc.get("Reservations", []) if r["Instances"]]
     return json.dumps(doc)
 
@@ -76,8 +83,11 @@ def main(argv: list[str]) -> int:
         return 0
     done = subprocess.run([os.environ["AWS_SHIM_REAL"], *argv], capture_output=True, text=True)
     out = done.stdout
-    if done.returncode == 0 and rule.get("hide"):
-        out = hide(out, rule["hide"])
+    if done.returncode == 0 and ("hide" in rule or "owner" in rule):
+        out = rewrite(out, rule)
+    if done.returncode == 0 and "fail_after" in rule:
+        sys.stderr.write("\n" + rule["fail_after"]["stderr"] + "\n")
+        return rule["fail_after"].get("code", 255)
     if done.returncode == 0 and "lock_db" in rule:
         hold_db_lock(rule["lock_db"]["path"], rule["lock_db"]["seconds"])
     sys.stdout.write(out)

@@ -64,16 +64,20 @@ def test_rendered_list_follows_every_write(tmp_path):
     assert db.list_instances_json() is db.list_instances_json()  # cached while nothing changes
 
 
-def test_rows_from_before_regions_belong_to_the_first_ec2_the_server_runs_against(tmp_path):
+def test_rows_without_a_scope_are_never_judged_and_launches_are_claimed_at_start(tmp_path):
     db = Database(tmp_path / "x.db")
     db.migrate()
     db.upsert_instance({"id": "i-0123456789abcdef0", "name": "a", "state": "running", "created_at": "t0",
                         "updated_at": "t0"})
-    assert db.tracked_ids("us-east-1", "") == {}
-    assert db.claim_unscoped("us-east-1", "") == 1
-    assert list(db.tracked_ids("us-east-1", "")) == ["i-0123456789abcdef0"]
-    assert db.claim_unscoped("eu-west-1", "") == 0  # claimed once, by the first
-    assert db.tracked_ids("eu-west-1", "") == {} and db.tracked_ids("us-east-1", "http://127.0.0.1:5055") == {}
+    db.connect().execute("INSERT INTO launches (request_id, body_hash, body, status, created_at, updated_at) "
+                         "VALUES ('old', 'h', '{}', 'pending', 't0', 't0')")
+    assert db.tracked_ids("us-east-1", "", "123456789012") == {}  # claimed only when a sweep sees it
+    assert db.claim_unscoped_launches("us-east-1", "") == 1
+    assert [launch["request_id"] for launch in db.pending_launches("us-east-1", "")] == ["old"]
+    db.update_instance("i-0123456789abcdef0", {"region": "us-east-1", "endpoint": "", "account": "123456789012"})
+    assert list(db.tracked_ids("us-east-1", "", "123456789012")) == ["i-0123456789abcdef0"]
+    assert db.tracked_ids("us-east-1", "", "210987654321") == {}  # another account's view judges nothing
+    assert db.tracked_ids("eu-west-1", "", "123456789012") == {}
 
 
 def test_timestamps_of_every_origin_parse_and_unknown_ages_are_old():
@@ -85,15 +89,35 @@ def test_timestamps_of_every_origin_parse_and_unknown_ages_are_old():
     assert age_seconds(None) == age_seconds("garbage") == float("inf")
 
 
-def test_a_failed_launch_is_claimed_again_as_it_was(tmp_path):
+def test_a_retried_key_resends_a_lost_launch_replaces_a_refused_one_and_returns_a_found_one(tmp_path):
     db = Database(tmp_path / "x.db")
     db.migrate()
     first, claimed = db.claim_launch("rid-1", "key", "hash", {"ami_id": "ami-1"}, "us-east-1", "")
     assert claimed and first["status"] == "pending"
     again, claimed = db.claim_launch("rid-2", "key", "hash", {"ami_id": "ami-2"}, "us-east-1", "")
     assert not claimed and again["request_id"] == "rid-1"  # still pending: the holder decides
-    db.finish_launch("rid-1", "failed", error="InsufficientInstanceCapacity")
+    db.finish_launch("rid-1", "lost", error="no instance with this request id exists in EC2")
     retry, claimed = db.claim_launch("rid-3", "key", "hash", {"ami_id": "ami-3"}, "us-east-1", "")
     assert claimed and retry["request_id"] == "rid-1" and json.loads(retry["body"]) == {"ami_id": "ami-1"}
-    other, claimed = db.claim_launch("rid-4", "key", "other-hash", {}, "us-east-1", "")
+
+    db.finish_launch("rid-1", "failed", error="InvalidAMIID.NotFound")  # EC2 refused: a fresh launch next
+    fresh, claimed = db.claim_launch("rid-4", "key", "hash", {"ami_id": "ami-4"}, "us-east-1", "")
+    assert claimed and fresh["request_id"] == "rid-4" and json.loads(fresh["body"]) == {"ami_id": "ami-4"}
+
+    db.finish_launch("rid-4", "failed", error="InternalError")
+    db.finish_launch("rid-4", "lost")  # only a pending launch can fail: a settled one stays as it is
+    assert db.get_launch("rid-4")["status"] == "failed"
+    db.upsert_instance({"id": "i-0123456789abcdef0", "name": "x", "state": "running", "request_id": "rid-4",
+                        "created_at": "t0", "updated_at": "t0"})
+    found, claimed = db.claim_launch("rid-5", "key", "hash", {}, "us-east-1", "")
+    assert not claimed and (found["status"], found["instance_id"]) == ("launched", "i-0123456789abcdef0")
+    other, claimed = db.claim_launch("rid-6", "key", "other-hash", {}, "us-east-1", "")
     assert not claimed and other["body_hash"] == "hash"  # same key, other body: the caller answers 409
+
+
+def test_a_database_of_ours_made_before_is_made_private(tmp_path):
+    path = tmp_path / "instances.db"
+    sqlite3.connect(path).close()
+    path.chmod(0o644)
+    Database(path).migrate()
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
