@@ -11,6 +11,8 @@ PORT        ?= 8000
 EC2_TARGET  ?= sandbox
 SANDBOX_PORT ?= 5055
 SANDBOX_URL := http://127.0.0.1:$(SANDBOX_PORT)
+# Integration tests mostly wait (on EC2 calls, grace periods): two pytest workers halve the wall time.
+PYTEST_WORKERS ?= 2
 # `make test JUNIT_DIR=reports`: pytest and bats also write JUnit XML there (the Jenkins build job).
 JUNIT_DIR   ?=
 NPM_STAMP   := node_modules/.installed
@@ -82,8 +84,9 @@ test-jenkins: venv $(NPM_STAMP) ## Render jenkins/jobs.yaml (Jenkins Job Builder
 test-fast: venv ## Unit and in-process tests only (seconds): the edit-run loop
 	$(PY) -m pytest -q -m "not integration" test_api.py tests
 
-test-python: venv ## pytest: REST contract suite (test_api.py) and tests/
-	$(PY) -m pytest -q test_api.py tests $(if $(JUNIT_DIR),--junitxml=$(JUNIT_DIR)/pytest.xml)
+test-python: venv ## pytest: REST contract suite (test_api.py) and tests/, on PYTEST_WORKERS workers
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadscope test_api.py tests \
+	    $(if $(JUNIT_DIR),--junitxml=$(JUNIT_DIR)/pytest.xml)
 
 test: tools lint test-bash test-jenkins test-python ## Everything CI runs; installs what it needs first
 

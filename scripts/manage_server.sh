@@ -15,6 +15,8 @@ SCRIPT_DIR="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
 readonly SCRIPT_DIR
 REPO_ROOT="$(cd -- "${SCRIPT_DIR}/.." && pwd)"
 readonly REPO_ROOT
+# shellcheck source=SCRIPTDIR/lib.sh
+source "${SCRIPT_DIR}/lib.sh"
 
 readonly DEFAULT_HOST="127.0.0.1"
 readonly DEFAULT_PORT=8000
@@ -54,7 +56,7 @@ readonly LAUNCHER='printf "%s\n" "$$" >"$1" || exit 1
 shift
 for fd in /proc/self/fd/*; do
   fd="${fd##*/}"
-  if ((fd > 2)); then eval "exec ${fd}>&-"; fi
+  if ((fd > 2)); then exec {fd}>&-; fi
 done
 exec "$@"'
 
@@ -108,10 +110,6 @@ Environment:
 The server gets this environment (EC2_ENDPOINT_URL, DATABASE_URL, ...)
 without Jenkins' build variables (JENKINS_NODE_COOKIE, BUILD_ID, ...).
 USAGE
-}
-
-err() {
-  printf '%s: %s\n' "${PROG}" "$*" >&2
 }
 
 # die MESSAGE [EXIT_CODE]
@@ -225,44 +223,7 @@ public_url() {
 # Succeed if GET /health on the server bound to HOST:PORT answers 2xx.
 #######################################
 health_ok() {
-  local url
-  url="http://$(url_host "$1"):$2/health"
-  if command -v curl >/dev/null 2>&1; then
-    curl --silent --fail --output /dev/null --noproxy '*' \
-      --max-time "${PROBE_TIMEOUT_S}" -- "${url}"
-  else
-    "${PYTHON}" - "${url}" "${PROBE_TIMEOUT_S}" <<'PY' 2>/dev/null
-import sys
-import urllib.request
-
-opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-try:
-    with opener.open(sys.argv[1], timeout=float(sys.argv[2])) as resp:
-        sys.exit(0 if 200 <= resp.status < 300 else 1)
-except Exception:  # noqa: BLE001 - any failure means "not answering"
-    sys.exit(1)
-PY
-  fi
-}
-
-#######################################
-# Print the start time (clock ticks after boot) of live process PID; fail if
-# there is no such process or it is a zombie.
-#######################################
-proc_starttime() {
-  local stat rest
-  stat="$(cat -- "/proc/$1/stat" 2>/dev/null)" || return 1
-  rest="${stat##*) }"  # the command name may hold spaces and parentheses
-  # shellcheck disable=SC2086  # split the fields on purpose
-  set -- ${rest}
-  [[ "$1" != "Z" && "$1" != "X" ]] || return 1
-  printf '%s' "${20}"
-}
-
-# same_process PID STARTTIME: PID is alive and is still the process seen before.
-same_process() {
-  local now
-  now="$(proc_starttime "$1")" && [[ "${now}" == "$2" ]]
+  http_ok "http://$(url_host "$1"):$2/health" "${PROBE_TIMEOUT_S}" "${PYTHON}"
 }
 
 #######################################

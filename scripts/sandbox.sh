@@ -17,6 +17,9 @@ SCRIPT_DIR="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
 readonly SCRIPT_DIR
 REPO_ROOT="$(cd -- "${SCRIPT_DIR}/.." && pwd)"
 readonly REPO_ROOT
+readonly PROG="${0##*/}"
+# shellcheck source=SCRIPTDIR/lib.sh
+source "${SCRIPT_DIR}/lib.sh"
 
 readonly ALLOWED_HOST="127.0.0.1"
 readonly DEFAULT_PORT=5055  # not 5000: macOS AirPlay listens there
@@ -71,12 +74,12 @@ USAGE
 }
 
 die() {
-  printf '%s: %s\n' "${0##*/}" "$*" >&2
+  err "$*"
   exit 1
 }
 
 usage_error() {
-  printf '%s: %s\n' "${0##*/}" "$*" >&2
+  err "$*"
   usage >&2
   exit 2
 }
@@ -113,24 +116,7 @@ pid_file() {
 # Succeed if GET URL/moto-api/ answers with a 2xx status (no proxy).
 #######################################
 is_answering() {
-  local probe_url
-  probe_url="$(sandbox_url)/moto-api/"
-  if command -v curl >/dev/null 2>&1; then
-    curl --silent --fail --output /dev/null --noproxy '*' \
-      --max-time "${PROBE_TIMEOUT_S}" -- "${probe_url}"
-  else
-    python3 - "${probe_url}" "${PROBE_TIMEOUT_S}" <<'PY'
-import sys
-import urllib.request
-
-opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-try:
-    with opener.open(sys.argv[1], timeout=float(sys.argv[2])) as resp:
-        sys.exit(0 if 200 <= resp.status < 300 else 1)
-except Exception:  # noqa: BLE001 - any failure means "not answering"
-    sys.exit(1)
-PY
-  fi
+  http_ok "$(sandbox_url)/moto-api/" "${PROBE_TIMEOUT_S}"
 }
 
 #######################################
@@ -146,18 +132,21 @@ process_cmdline() {
 }
 
 #######################################
-# Print the pid from the pid file if it names a live moto_server process.
+# Print "PID STARTTIME" from the pid file if it names the moto_server this script started: the same
+# pid, the same start time (a reused pid is not ours), a moto_server command line on our port.
 # Returns 1 otherwise.
 #######################################
 managed_pid() {
-  local file pid cmdline
+  local file content pid start cmdline
   file="$(pid_file)"
-  [[ -f "${file}" ]] || return 1
-  pid="$(head -c 32 -- "${file}" | tr -d '[:space:]')"
-  [[ "${pid}" =~ ^[1-9][0-9]{0,9}$ ]] || return 1
+  [[ -f "${file}" && ! -L "${file}" ]] || return 1
+  content="$(head -c 64 -- "${file}")"
+  [[ "${content}" =~ ^([1-9][0-9]{0,9})\ ([0-9]{1,20})[[:space:]]*$ ]] || return 1
+  pid="${BASH_REMATCH[1]}" start="${BASH_REMATCH[2]}"
+  same_process "${pid}" "${start}" || return 1
   cmdline="$(process_cmdline "${pid}")"
-  [[ "${cmdline}" == *"${PROCESS_MARKER}"* ]] || return 1
-  printf '%s' "${pid}"
+  [[ "${cmdline}" == *"${PROCESS_MARKER}"* && "${cmdline}" == *" -p ${SANDBOX_PORT}"* ]] || return 1
+  printf '%s %s' "${pid}" "${start}"
 }
 
 #######################################
@@ -230,7 +219,9 @@ launch_server() {
     setsid -- "${MOTO_SERVER}" -H "${SANDBOX_HOST}" -p "${SANDBOX_PORT}" \
     </dev/null >>"${log}" 2>&1 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- &
   pid=$!
-  printf '%s\n' "${pid}" >"$(pid_file)"
+  local start
+  start="$(proc_starttime "${pid}")" || die "moto server exited at once (log: ${log})"
+  printf '%s %s\n' "${pid}" "${start}" >"$(pid_file)"
 
   max_polls="$(awk -v t="${START_TIMEOUT_S}" -v p="${POLL_INTERVAL_S}" 'BEGIN { printf "%d", t / p }')"
   until is_answering; do
@@ -253,24 +244,25 @@ launch_server() {
 # Stop the server named by the pid file, only if it is a moto_server.
 #######################################
 stop_server() {
-  local pid file waited=0 max_polls
+  local found pid start file waited=0 max_polls
   file="$(pid_file)"
   if [[ ! -f "${file}" ]]; then
     echo "sandbox: not running (no pid file)"
     return 0
   fi
-  if ! pid="$(managed_pid)"; then
+  if ! found="$(managed_pid)"; then
     rm -f -- "${file}"
-    echo "sandbox: stale pid file removed (no moto_server process with that pid)"
+    echo "sandbox: stale pid file removed (not the moto_server this script started; nothing signalled)"
     return 0
   fi
+  pid="${found% *}" start="${found#* }"
   kill -TERM "${pid}" 2>/dev/null || true
   max_polls="$(awk -v t="${STOP_TIMEOUT_S}" -v p="${POLL_INTERVAL_S}" 'BEGIN { printf "%d", t / p }')"
-  while kill -0 "${pid}" 2>/dev/null && ((waited < max_polls)); do
+  while same_process "${pid}" "${start}" && ((waited < max_polls)); do
     sleep "${POLL_INTERVAL_S}"
     waited=$((waited + 1))
   done
-  if kill -0 "${pid}" 2>/dev/null; then
+  if same_process "${pid}" "${start}"; then  # checked again: never SIGKILL a pid that was reused
     kill -KILL "${pid}" 2>/dev/null || true
   fi
   rm -f -- "${file}"

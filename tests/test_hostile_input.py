@@ -33,7 +33,8 @@ import pytest
 
 from conftest import ROOT, ApiServer
 
-MARKER = f"ec2cl-pwned-{uuid.uuid4().hex[:10]}"
+# One marker per run; pytest-xdist workers share the run's id, so they collect the same test ids.
+MARKER = f"ec2cl-pwned-{(os.environ.get('PYTEST_XDIST_TESTRUNUID') or uuid.uuid4().hex)[:10]}"
 PWN = f"/tmp/{MARKER}"
 TOKEN = "hostile-suite-token-0123456789abcdef"
 VALID = {"name": "hostile-ok", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}

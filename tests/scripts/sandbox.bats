@@ -90,7 +90,8 @@ teardown_file() {
   [ "${status}" -eq 0 ]
   [ "${lines[${#lines[@]} - 1]}" = "sandbox: moto server at ${SANDBOX_URL} (key pair my_ec2_keypair ready)" ]
   [ -s "${SANDBOX_DIR}/moto.pid" ]
-  [[ "$(tr '\0' ' ' <"/proc/$(cat "${SANDBOX_DIR}/moto.pid")/cmdline")" == *moto_server* ]]
+  [[ "$(cat "${SANDBOX_DIR}/moto.pid")" =~ ^[0-9]+\ [0-9]+$ ]]  # pid and start time
+  [[ "$(tr '\0' ' ' <"/proc/$(cut -d' ' -f1 "${SANDBOX_DIR}/moto.pid")/cmdline")" == *moto_server* ]]
   [ -f "${SANDBOX_DIR}/moto.log" ]
   [ "$(stat -c '%a' "${SANDBOX_DIR}/moto.log")" = 600 ]
   [ "$(stat -c '%a' "${SANDBOX_DIR}/moto.pid")" = 600 ]
@@ -137,11 +138,12 @@ teardown_file() {
 
 @test "stop stops the server" {
   local pid
-  pid="$(cat "${SANDBOX_DIR}/moto.pid")"
+  pid="$(cut -d' ' -f1 "${SANDBOX_DIR}/moto.pid")"
   run "${SANDBOX}" stop
   [ "${status}" -eq 0 ]
   [ ! -e "${SANDBOX_DIR}/moto.pid" ]
-  ! kill -0 "${pid}" 2>/dev/null || false
+  # Gone, or a zombie its new parent has not reaped yet.
+  ! kill -0 "${pid}" 2>/dev/null || [[ "$(awk '{ sub(/.*\) /, ""); print $1 }' "/proc/${pid}/stat")" == Z ]]
 }
 
 @test "status is 3 after stop" {
@@ -166,6 +168,22 @@ teardown_file() {
   [ "${status}" -eq 0 ]
   [ "${alive}" -eq 1 ]
   [ ! -e "${SANDBOX_DIR}/moto.pid" ]
+}
+
+@test "stop never signals a moto_server look-alike whose start time is not the recorded one" {
+  bash -c "exec -a moto_server python3 -c 'import time; time.sleep(300)' -p ${SANDBOX_PORT}" 3>&- &
+  local pid=$!
+  mkdir -p "${SANDBOX_DIR}"
+  sleep 0.2
+  [[ "$(tr '\0' ' ' <"/proc/${pid}/cmdline")" == "moto_server "* ]]
+  printf '%s 1\n' "${pid}" >"${SANDBOX_DIR}/moto.pid"  # a pid reused since: another start time
+  run "${SANDBOX}" stop
+  local alive=0
+  kill -0 "${pid}" 2>/dev/null && alive=1
+  kill "${pid}" 2>/dev/null || true
+  [ "${status}" -eq 0 ]
+  [ "${alive}" -eq 1 ]
+  [[ "${output}" == *"nothing signalled"* ]]
 }
 
 @test "stop ignores a pid file with garbage" {
