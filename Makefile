@@ -63,7 +63,7 @@ system-deps: ## Chromium, Java, Node.js/npm, curl: installed from Debian as root
 tools: system-deps venv $(NPM_STAMP) ## Everything make test needs (system packages, .venv, node_modules)
 
 lint: venv ## shellcheck the bash scripts; ruff on all Python, mypy on app/ (pyproject.toml)
-	$(SHELLCHECK) -S style aws_cli_bash_scripts/*.sh scripts/*.sh tests/helpers/*.sh
+	$(SHELLCHECK) -S style aws_cli_bash_scripts/*.sh scripts/*.sh tests/support/*.sh
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 

@@ -8,7 +8,8 @@ import threading
 import httpx
 import pytest
 
-from conftest import KEY_NAME, wait_until
+from tests.support.emulator import KEY_NAME
+from tests.support.processes import wait_until
 
 X86_TYPE = "t3.micro"
 ARM_TYPE = "t4g.micro"

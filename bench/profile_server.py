@@ -29,7 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httpx  # noqa: E402
 import run_bench as rb  # noqa: E402
 
-from conftest import VENV_BIN, ApiServer, Emulator  # noqa: E402
+from tests.support.emulator import Emulator  # noqa: E402
+from tests.support.processes import VENV_BIN  # noqa: E402
+from tests.support.server import ApiServer  # noqa: E402
 
 
 def summarize(collapsed: Path, top: int) -> str:
@@ -69,7 +71,7 @@ def main() -> int:
         server = None
         try:
             emu.reset()
-            server = ApiServer(Path(tmp), emu.url, AWS_CLI=str(rb.SHIM), RECONCILE_INTERVAL_SECONDS="3600",
+            server = ApiServer(Path(tmp), emu.url, RECONCILE_INTERVAL_SECONDS="3600",
                                # The emulator is reset between phases: what it forgot is gone at once.
                                CONSISTENCY_GRACE_SECONDS="0", GONE_AFTER_MISSED_SWEEPS="1")
             pid = server.proc.pid

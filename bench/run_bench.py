@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Benchmark: what each call costs, in `aws` processes, seconds and MiB, against the budget.
 
-Starts its own moto server and its own API server (conftest's Emulator / ApiServer / safe_env: fake
+Starts its own moto server and its own API server (tests/support's Emulator / ApiServer / safe_env: fake
 credentials, explicit 127.0.0.1 endpoint, proxy guard), with AWS_CLI pointing at
-bench/aws_count_shim.sh, which logs every `aws` process the server spawns.
+tests/support/aws_shim.sh, which logs every `aws` process the server spawns.
 
     python bench/run_bench.py            # full run: data/bench/results.json + docs/PERFORMANCE.md
     python bench/run_bench.py --smoke    # small sizes, < 60 s, checks only the process-count budget
@@ -44,9 +44,10 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from conftest import KEY_NAME, VENV_BIN, ApiServer, Emulator, safe_env  # noqa: E402
+from tests.support.emulator import KEY_NAME, Emulator  # noqa: E402
+from tests.support.processes import VENV_BIN, safe_env  # noqa: E402
+from tests.support.server import ApiServer  # noqa: E402
 
-SHIM = ROOT / "bench" / "aws_count_shim.sh"
 AWS = VENV_BIN / "aws"
 FINDINGS = ROOT / "bench" / "FINDINGS.md"
 DEFAULT_JSON = ROOT / "data" / "bench" / "results.json"
@@ -366,7 +367,7 @@ class Bench:
             self.ami = self.emu.ami()
             self.log("warming the emulator (its first EC2 call is slow)")
             raw_describe(self.emu.url)
-            self.server = ApiServer(self.workdir, self.emu.url, AWS_CLI=str(SHIM), RECONCILE_INTERVAL_SECONDS="3600",
+            self.server = ApiServer(self.workdir, self.emu.url, RECONCILE_INTERVAL_SECONDS="3600",
                                     # The emulator is reset between phases: what it forgot is gone at once.
                                     CONSISTENCY_GRACE_SECONDS="0", GONE_AFTER_MISSED_SWEEPS="1")
             try:
@@ -769,7 +770,7 @@ def markdown(r: dict) -> str:
         "from `bench/FINDINGS.md`. Raw figures: `data/bench/results.json`.", "",
         "The unit of cost is one `aws` process. The benchmark runs against its own moto server and API",
         "server (fake credentials, 127.0.0.1 only), counts every `aws` process the server spawns through",
-        "`bench/aws_count_shim.sh` (AWS_CLI), and samples RSS from /proc every 50 ms.", "",
+        "`tests/support/aws_shim.sh` (AWS_CLI), and samples RSS from /proc every 50 ms.", "",
         "## Machine", "",
         f"- CPUs: {m['cpus']} ({m['cpus_usable']} usable), {m['cpu_model']}; memory {m['mem_total_mib']} MiB",
         f"- AWS CLI: `{m['aws_cli_version']}`",

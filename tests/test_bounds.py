@@ -7,7 +7,8 @@ import time
 import httpx
 import pytest
 
-from conftest import ApiServer, aws_error, synced_client, wait_until
+from tests.support.processes import wait_until
+from tests.support.server import ApiServer, aws_error, synced_client
 
 BODY = {"name": "bounded", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
 TIMEOUT = 6

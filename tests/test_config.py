@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from app.config import Settings
-from conftest import ROOT, safe_env
+from tests.support.processes import ROOT, safe_env
 
 
 def settings(**env) -> Settings:
@@ -73,7 +73,8 @@ def test_aws_settings_in_dotenv_reach_the_cli(emulator, fresh_emulator, tmp_path
     import boto3
     import httpx
 
-    from conftest import KEY_NAME, ApiServer
+    from tests.support.emulator import KEY_NAME
+    from tests.support.server import ApiServer
 
     (tmp_path / ".env").write_text("AWS_REGION=eu-west-1\nAWS_ACCESS_KEY_ID=testing\nAWS_SECRET_ACCESS_KEY=testing\n"
                                    "AWS_CLI_CONNECT_TIMEOUT=7\nAWS_CLI_READ_TIMEOUT=21\n")
@@ -100,7 +101,7 @@ def test_aws_settings_in_dotenv_reach_the_cli(emulator, fresh_emulator, tmp_path
 def test_a_wrong_profile_in_dotenv_is_reported_not_ignored(emulator, tmp_path):
     import httpx
 
-    from conftest import ApiServer
+    from tests.support.server import ApiServer
 
     (tmp_path / ".env").write_text("AWS_PROFILE=no-such-profile\n")
     server = ApiServer(tmp_path, emulator.url, cwd=tmp_path, unset=("AWS_PROFILE",))

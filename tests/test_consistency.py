@@ -8,7 +8,9 @@ import boto3
 import httpx
 import pytest
 
-from conftest import KEY_NAME, ApiServer, aws_error, synced_client, wait_until
+from tests.support.emulator import KEY_NAME
+from tests.support.processes import wait_until
+from tests.support.server import ApiServer, aws_error, synced_client
 
 GRACE = 5.0
 BODY = {"name": "box", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}

@@ -14,8 +14,9 @@ import httpx
 import pytest
 
 from app.services.db import SCHEMA_VERSION, Database
-from conftest import ROOT, ApiServer, aws_error, descendants, safe_env, wait_until
 from tests.services.test_db import ORIGINAL_SCHEMA
+from tests.support.processes import ROOT, descendants, safe_env, wait_until
+from tests.support.server import ApiServer, aws_error
 
 BODY = {"name": "once", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import ApiServer
+from tests.support.server import ApiServer
 
 pytestmark = pytest.mark.integration  # real processes: make test-fast leaves these out
 

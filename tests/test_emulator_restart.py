@@ -6,27 +6,15 @@ neither lost nor half-written, and the next call works once the endpoint is back
 here is our own moto server on a port we keep, not the session one.
 """
 
-import os
-import signal
 import sqlite3
-import subprocess
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import (
-    KEY_NAME,
-    STRICT_MOTO,
-    VENV_BIN,
-    ApiServer,
-    free_port,
-    safe_env,
-    stop_process,
-    wait_http,
-    wait_until,
-)
+from tests.support.emulator import Emulator
+from tests.support.processes import wait_until
+from tests.support.server import ApiServer
 
 pytestmark = pytest.mark.integration  # real processes: make test-fast leaves these out
 
@@ -37,62 +25,9 @@ UNREACHABLE_BOUND = 20  # connection refused: the CLI's own retries (3 attempts)
 BODY = {"ami": "amazon-linux-2023", "instance_type": "t3.micro"}
 
 
-class OwnEmulator:
-    """A moto server on a fixed port that can be stopped, paused and started again."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.tmp = tmp
-        self.proc: subprocess.Popen | None = None
-        self.paused = False
-
-    def start(self) -> None:
-        log = open(self.tmp / f"moto-{time.time_ns()}.log", "wb")
-        self.proc = subprocess.Popen([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=log, stderr=subprocess.STDOUT, env=safe_env(**STRICT_MOTO),
-                                     start_new_session=True)
-        log.close()
-        wait_http(f"{self.url}/moto-api/", proc=self.proc)
-        ec2 = self.ec2()
-        ec2.create_key_pair(KeyName=KEY_NAME)  # a new moto server starts empty
-        ec2.describe_instances()  # and loads its EC2 backend on first use: not on the API's clock
-
-    def ec2(self):
-        import boto3
-
-        return boto3.client("ec2", endpoint_url=self.url, region_name="us-east-1",
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self) -> None:
-        self.resume()
-        if self.proc is not None:
-            stop_process(self.proc)
-        self.proc = None
-
-    def pause(self) -> None:
-        """SIGSTOP: connections are still accepted by the kernel, nothing ever answers."""
-        os.killpg(self.proc.pid, signal.SIGSTOP)
-        self.paused = True
-
-    def resume(self) -> None:
-        if self.paused and self.proc is not None:
-            os.killpg(self.proc.pid, signal.SIGCONT)
-        self.paused = False
-
-    def managed(self) -> dict[str, dict]:
-        pages = self.ec2().get_paginator("describe_instances").paginate(
-            Filters=[{"Name": "tag:ManagedBy", "Values": ["ec2-creator-local"]}])
-        return {i["InstanceId"]: i for p in pages for r in p["Reservations"] for i in r["Instances"]}
-
-
 @pytest.fixture(scope="module")
 def emu(tmp_path_factory):
-    emulator = OwnEmulator(tmp_path_factory.mktemp("own-moto"))
-    emulator.start()
+    emulator = Emulator(tmp_path_factory.mktemp("own-moto"))  # our own: this module stops and restarts it
     yield emulator
     emulator.stop()
 
@@ -140,12 +75,13 @@ def assert_health_at_once(api: httpx.Client) -> None:
     assert took < 1.0, f"/health took {took:.2f}s while EC2 is away"
 
 
-def assert_record_agrees_with_ec2(api: httpx.Client, emu: OwnEmulator) -> None:
+def assert_record_agrees_with_ec2(api: httpx.Client, emu: Emulator) -> None:
     def agree() -> bool:
         if api.post("/instances/sync").status_code != 200:
             return False
         listed = {i["id"]: i["state"] for i in api.get("/instances").json()["instances"]}
-        in_ec2 = {i: d["State"]["Name"] for i, d in emu.managed().items() if d["State"]["Name"] != "terminated"}
+        in_ec2 = {i: d["State"]["Name"] for i, d in emu.instances(managed_only=True).items()
+                  if d["State"]["Name"] != "terminated"}
         return listed == in_ec2
 
     wait_until(agree, timeout=30, interval=1)
@@ -233,7 +169,7 @@ def test_hanging_emulator_is_504_within_the_timeout_and_records_stay_whole(serve
     assert_record_agrees_with_ec2(api, emu)
     for request_id, launch in records(server)["launches"].items():
         if launch["status"] == "pending":
-            tagged = [i for i, d in emu.managed().items()
+            tagged = [i for i, d in emu.instances(managed_only=True).items()
                       if {t["Key"]: t["Value"] for t in d.get("Tags", [])}.get("RequestId") == request_id]
             assert tagged == [], f"launch {request_id} is in EC2 ({tagged}) but still pending"
     after_create = create(api, "after-the-hang")

@@ -7,7 +7,8 @@ import time
 import httpx
 import pytest
 
-from conftest import ApiServer, free_port
+from tests.support.processes import free_port
+from tests.support.server import ApiServer
 
 pytestmark = pytest.mark.integration  # real processes: make test-fast leaves these out
 

@@ -31,7 +31,8 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from conftest import ROOT, ApiServer
+from tests.support.processes import ROOT
+from tests.support.server import ApiServer
 
 # One marker per run; pytest-xdist workers share the run's id, so they collect the same test ids.
 MARKER = f"ec2cl-pwned-{(os.environ.get('PYTEST_XDIST_TESTRUNUID') or uuid.uuid4().hex)[:10]}"

@@ -11,7 +11,8 @@ import time
 import httpx
 import pytest
 
-from conftest import ApiServer, descendants, wait_until
+from tests.support.processes import descendants, wait_until
+from tests.support.server import ApiServer
 
 BODY = {"name": "idem", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
 

@@ -4,7 +4,7 @@ import json
 import re
 import subprocess
 
-from conftest import ROOT, safe_env
+from tests.support.processes import ROOT, safe_env
 
 README = (ROOT / "README.md").read_text()
 

@@ -25,7 +25,8 @@ import httpx
 import jsonschema
 import pytest
 
-from conftest import ROOT, VENV_BIN, ApiServer, safe_env
+from tests.support.processes import ROOT, VENV_BIN, safe_env
+from tests.support.server import ApiServer
 
 TOKEN = "schemathesis-token-0123456789abcdef"
 MAX_EXAMPLES = 15

@@ -8,7 +8,8 @@ import pytest
 
 from app.config import Settings
 from app.security import check_bind, is_loopback, requested_bind_host
-from conftest import ROOT, ApiServer, safe_env
+from tests.support.processes import ROOT, safe_env
+from tests.support.server import ApiServer
 
 TOKEN = "s3cret-token-for-tests-0123456789"
 

@@ -19,7 +19,8 @@ from app.models.instance import InstanceCreate
 from app.services.aws_cli import AwsCli, outcome_unknown
 from app.services.db import Database, age_seconds
 from app.services.free_tier import Catalog, check_catalog, check_static, login_user_for
-from app.services.reconciler import SECURITY_GROUP_NAME, Reconciler
+from app.services.reconciler import Reconciler
+from app.services.recorder import SECURITY_GROUP_NAME, Recorder
 
 log = logging.getLogger("ec2_creator.instances")
 
@@ -73,7 +74,8 @@ class InstanceService:
         self.db = db
         self.aws = aws
         self.catalog = Catalog()
-        self.reconciler = Reconciler(settings, db, aws, self.login_user_of)
+        self.recorder = Recorder(settings, db, self.login_user_of)
+        self.reconciler = Reconciler(settings, db, aws, self.recorder)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._catalog_lock = asyncio.Lock()
         self._sg_lock = asyncio.Lock()
@@ -193,11 +195,11 @@ class InstanceService:
         # A retry of a lost launch sends what the first attempt sent (same AMI id, client token and
         # RequestId tag), so EC2 can recognise it; a new launch sends what was just resolved.
         body = {**body, **json.loads(launch["body"])}
-        self.reconciler.in_flight.add(request_id)  # no sweep judges it overdue while it is sent
+        self.recorder.in_flight.add(request_id)  # no sweep judges it overdue while it is sent
         try:
             return await self._send_launch(req, body, request_id, idempotency_key)
         finally:
-            self.reconciler.in_flight.discard(request_id)
+            self.recorder.in_flight.discard(request_id)
 
     async def _send_launch(self, req: InstanceCreate, body: dict, request_id: str,
                            idempotency_key: str | None) -> dict:
@@ -236,7 +238,7 @@ class InstanceService:
             "request_id": request_id, "launched_at": instances[0].get("LaunchTime"),
         }
         try:
-            recorded = await asyncio.to_thread(self.reconciler.record_launch, instances[0], row)
+            recorded = await asyncio.to_thread(self.recorder.record_launch, instances[0], row)
         except Exception as exc:  # noqa: BLE001 - EC2 has the instance: never answer a bare 500
             log.error("EC2 launched %s (request %s) but recording it failed: %s", instance_id, request_id, exc)
             self.reconciler.request_sweep()
@@ -279,7 +281,7 @@ class InstanceService:
                 raise
             changes = doc.get(rule.response_key) or [{}]
             try:
-                recorded = await asyncio.to_thread(self.reconciler.record_transition, row, changes[0], action,
+                recorded = await asyncio.to_thread(self.recorder.record_transition, row, changes[0], action,
                                                    request_id)
             except Exception as exc:  # noqa: BLE001 - EC2 acted: say so, and let the sweep record it
                 self.reconciler.request_sweep()
@@ -332,7 +334,7 @@ class InstanceService:
                            "which was recorded for another region or account (or before they were kept); nothing "
                            "was changed. Manage it with the settings it was created with.", code="other_account",
                            aws_error_code=exc.aws_error_code)
-        gone = await asyncio.to_thread(self.reconciler.record_gone, row, action, request_id, exc.aws_error_code)
+        gone = await asyncio.to_thread(self.recorder.record_gone, row, action, request_id, exc.aws_error_code)
         if action == "delete":
             return gone, True
         raise Conflict(f"EC2 no longer has instance {row['id']}; it is recorded as terminated.",

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import ApiServer, synced_client
+from tests.support.server import ApiServer, synced_client
 
 
 @pytest.fixture(scope="module")

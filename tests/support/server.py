@@ -1,0 +1,93 @@
+"""The real API server process (`python -m uvicorn app.main:app`) behind the AWS_CLI shim, which
+logs every `aws` call and injects the faults a test asks for (aws_shim.sh, aws_faults.py)."""
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from tests.support.processes import ROOT, VENV_BIN, free_port, safe_env, stop_process, wait_http
+
+AWS_SHIM = Path(__file__).resolve().parent / "aws_shim.sh"
+BACKGROUND_OPERATIONS = {"describe-instances", "describe-instance-types", "get-parameters", "describe-images",
+                         "get-caller-identity"}
+
+
+class ApiServer:
+    """The real server: `python -m uvicorn app.main:app` from the repo root, on a free port."""
+
+    def __init__(self, tmp: Path, emulator_url: str | None, cwd: Path = ROOT, unset: tuple[str, ...] = (),
+                 **env: str) -> None:
+        self.tmp = tmp
+        self.cwd = cwd
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.db_path = Path(env.get("DATABASE_URL") or tmp / "instances.db")
+        self.shim_log = tmp / "aws_calls.log"
+        self.shim_log.touch()
+        self.faults = tmp / "aws_faults.json"  # rules for tests/support/aws_faults.py; empty: no faults
+        self.faults.write_text("")
+        self.log_path = tmp / "server.log"
+        settings = {
+            "DATABASE_URL": str(self.db_path),
+            "RECONCILE_INTERVAL_SECONDS": "1",
+            "AWS_CLI": str(AWS_SHIM),
+            "AWS_SHIM_LOG": str(self.shim_log),
+            "AWS_SHIM_REAL": str(VENV_BIN / "aws"),
+            "AWS_SHIM_FAULTS": str(self.faults),
+            "SSH_KEY_PATH": "~/.ssh/my_ec2_keypair.pem",
+        }
+        if emulator_url:
+            settings |= {"EC2_ENDPOINT_URL": emulator_url, "AWS_ENDPOINT_URL": emulator_url}
+        self.env = {k: v for k, v in safe_env(**(settings | env)).items() if k not in unset}
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self, wait: bool = True) -> None:
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "app.main:app", "--app-dir", str(ROOT), "--host", "127.0.0.1",
+             "--port", str(self.port)],
+            cwd=self.cwd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        if wait:
+            wait_http(f"{self.url}/health", proc=self.proc)
+
+    def stop(self) -> None:
+        if self.proc:
+            stop_process(self.proc)
+            self.log.close()
+
+    def set_faults(self, *rules: dict) -> None:
+        """Make chosen `aws` calls misbehave (see tests/support/aws_faults.py); no rules: none do."""
+        self.faults.write_text(json.dumps(list(rules)) if rules else "")
+
+    def aws_calls(self) -> list[list[str]]:
+        """Every `aws` process the server spawned so far, as argv lists."""
+        return [json.loads(line) for line in self.shim_log.read_text().splitlines() if line.strip()]
+
+    def mutations_since(self, mark: int) -> list[list[str]]:
+        """`aws` processes spawned after `aws_calls()[:mark]` that are not background reads
+        (reconcile sweeps, the AMI catalogue warming up at start)."""
+        return [c for c in self.aws_calls()[mark:] if not BACKGROUND_OPERATIONS & set(c)]
+
+    def server_log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@contextmanager
+def synced_client(server: ApiServer) -> Iterator[httpx.Client]:
+    """An httpx client on `server`, with no faults injected and its record caught up by a sync."""
+    server.set_faults()
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        client.post("/instances/sync").raise_for_status()
+        yield client
+    server.set_faults()
+
+
+def aws_error(code: str, operation: str, message: str) -> dict:
+    """A `fail` fault that answers the way the AWS CLI does when EC2 refuses (stderr text, exit 255)."""
+    return {"stderr": f"An error occurred ({code}) when calling the {operation} operation: {message}", "code": 255}
