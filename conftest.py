@@ -37,8 +37,10 @@ def fresh_emulator(emulator):
 
 
 @pytest.fixture(scope="module")
-def api_server(emulator, tmp_path_factory):
-    server = ApiServer(tmp_path_factory.mktemp("api"), emulator.url)
+def api_server(emulator, tmp_path_factory, request):
+    """The module's server; a module sets SERVER_ENV (settings as environment variables) to tune it."""
+    server = ApiServer(tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]), emulator.url,
+                       **getattr(request.module, "SERVER_ENV", {}))
     yield server
     server.stop()
 

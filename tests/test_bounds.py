@@ -8,24 +8,20 @@ import httpx
 import pytest
 
 from tests.support.processes import wait_until
-from tests.support.server import ApiServer, aws_error, synced_client
+from tests.support.server import ApiServer, aws_error
 
 BODY = {"name": "bounded", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
 TIMEOUT = 6
 
 
-@pytest.fixture(scope="module")
-def server(emulator, tmp_path_factory):
-    srv = ApiServer(tmp_path_factory.mktemp("bounds"), emulator.url, MAX_AWS_PROCESSES="1",
-                    AWS_CLI_TIMEOUT_SECONDS=str(TIMEOUT), RECONCILE_INTERVAL_SECONDS="3600")
-    yield srv
-    srv.stop()
+# Settings of the module's api_server (conftest.py).
+SERVER_ENV = {"MAX_AWS_PROCESSES": "1", "AWS_CLI_TIMEOUT_SECONDS": str(TIMEOUT),
+              "RECONCILE_INTERVAL_SECONDS": "3600"}
 
 
 @pytest.fixture
-def api(server, fresh_emulator):
-    with synced_client(server) as client:
-        yield client
+def server(api_server):
+    return api_server
 
 
 def in_background(server: ApiServer, method: str, path: str, **kwargs) -> tuple[threading.Thread, list]:

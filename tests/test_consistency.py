@@ -10,24 +10,20 @@ import pytest
 
 from tests.support.emulator import KEY_NAME
 from tests.support.processes import wait_until
-from tests.support.server import ApiServer, aws_error, synced_client
+from tests.support.server import ApiServer, aws_error
 
 GRACE = 5.0
 BODY = {"name": "box", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
 
 
-@pytest.fixture(scope="module")
-def server(emulator, tmp_path_factory):
-    srv = ApiServer(tmp_path_factory.mktemp("consistency"), emulator.url, RECONCILE_INTERVAL_SECONDS="3600",
-                    CONSISTENCY_GRACE_SECONDS=str(GRACE), GONE_AFTER_MISSED_SWEEPS="2")
-    yield srv
-    srv.stop()
+# Settings of the module's api_server (conftest.py).
+SERVER_ENV = {"RECONCILE_INTERVAL_SECONDS": "3600", "CONSISTENCY_GRACE_SECONDS": str(GRACE),
+              "GONE_AFTER_MISSED_SWEEPS": "2"}
 
 
 @pytest.fixture
-def api(server, fresh_emulator):
-    with synced_client(server) as client:
-        yield client
+def server(api_server):
+    return api_server
 
 
 def running(api: httpx.Client, name: str = "box") -> str:

@@ -2,23 +2,16 @@
 
 import pytest
 
-from tests.support.server import ApiServer, synced_client
-
-
-@pytest.fixture(scope="module")
-def slow_server(emulator, tmp_path_factory):
+# Settings of the module's api_server (conftest.py).
+SERVER_ENV = {
     # Each sweep is ours; EC2 here is the emulator, which is never late: one sweep and a direct
     # lookup are proof enough (the grace itself is tested in test_consistency.py).
-    server = ApiServer(tmp_path_factory.mktemp("slow"), emulator.url, RECONCILE_INTERVAL_SECONDS="3600",
-                       CONSISTENCY_GRACE_SECONDS="0", GONE_AFTER_MISSED_SWEEPS="1")
-    yield server
-    server.stop()
+    "RECONCILE_INTERVAL_SECONDS": "3600", "CONSISTENCY_GRACE_SECONDS": "0", "GONE_AFTER_MISSED_SWEEPS": "1"}
 
 
 @pytest.fixture
-def api(slow_server, fresh_emulator):
-    with synced_client(slow_server) as client:
-        yield client
+def slow_server(api_server):
+    return api_server
 
 
 def launch(emulator, tags: list[dict] | None = None) -> str:
