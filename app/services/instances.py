@@ -83,7 +83,7 @@ class InstanceService:
         # Which EC2 this process talks to: rows, launches and caches are kept per (endpoint, region).
         self.region = settings.region
         self.endpoint = settings.endpoint_key
-        self.scope = f"{self.endpoint or 'aws'}|{self.region}"
+        self.catalog_scope = f"{self.endpoint or 'aws'}|{self.region}"
 
     # -- AMI catalogue -------------------------------------------------------------------------
     def login_user_of(self, ami_id: str | None) -> str:
@@ -92,7 +92,7 @@ class InstanceService:
 
     async def load_catalog(self) -> None:
         """Load the cached catalogue from SQLite (no process)."""
-        amis, types, resolved_at = await asyncio.to_thread(self.db.load_catalog, self.scope)
+        amis, types, resolved_at = await asyncio.to_thread(self.db.load_catalog, self.catalog_scope)
         self.catalog = Catalog.from_rows(amis, types, resolved_at)
 
     async def ensure_catalog(self) -> Catalog:
@@ -102,7 +102,7 @@ class InstanceService:
         async with self._catalog_lock:
             if not self.catalog.is_fresh(self.settings.ami_catalog_ttl_hours):
                 fetched = await Catalog.fetch(self.aws, self.settings.free_tier_amis)
-                await asyncio.to_thread(self.db.save_catalog, self.scope, *fetched.to_rows())
+                await asyncio.to_thread(self.db.save_catalog, self.catalog_scope, *fetched.to_rows())
                 await self.load_catalog()
                 log.info("AMI catalogue: %d AMIs, free-tier types %s", len(self.catalog.amis),
                          ", ".join(sorted(self.catalog.types)))

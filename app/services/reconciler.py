@@ -136,7 +136,7 @@ class Reconciler:
                 log.warning("sweep: looking up missing instances failed (%s); next sweep tries again", exc.detail)
             try:
                 if overdue:
-                    await self._confirm_launches(overdue, started, result)
+                    await self._confirm_launches(overdue, result)
             except ApiError as exc:
                 log.warning("sweep: looking up overdue launches failed (%s); next sweep tries again", exc.detail)
             log.debug("sweep: %d observed in %.2fs, %s", len(observed), time.perf_counter() - t0, result)
@@ -176,7 +176,7 @@ class Reconciler:
         seen = {i["InstanceId"]: i for i in await self._lookup("--filter-instance-id", suspects)}
         await asyncio.to_thread(self.recorder.apply_confirmation, suspects, seen, started, result)
 
-    async def _confirm_launches(self, overdue: list[dict], started: str, result: SyncResult) -> None:
+    async def _confirm_launches(self, overdue: list[dict], result: SyncResult) -> None:
         found = await self._lookup("--request-id", [launch["request_id"] for launch in overdue])
         await asyncio.to_thread(self.recorder.apply_launch_lookup, overdue, found, result)
 
