@@ -51,7 +51,8 @@ async def lifespan(app: FastAPI):
     aws = AwsCli(settings)
     service = InstanceService(settings, db, aws)
     await service.load_catalog()
-    app.state.service = service
+    app.state.settings, app.state.store = settings, db
+    app.state.service, app.state.reconciler = service, service.reconciler
     endpoint = settings.ec2_endpoint_url or "the AWS default endpoint"
     if settings.aws_access_key_id:  # the CLI prefers keys in its environment to a profile
         credentials = "access key from settings" + (

@@ -1,6 +1,7 @@
 """Request and response models (field names as in the original project)."""
 
-from typing import Annotated
+from collections.abc import Mapping
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -81,6 +82,11 @@ class Instance(BaseModel):
     region: str | None = Field(None, description="AWS region the instance lives in")
     created_at: str | None = None
     updated_at: str | None = None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> "Instance":
+        """The public view of a stored row (InstanceRow): its bookkeeping columns stay inside."""
+        return cls.model_validate({name: row[name] for name in cls.model_fields})
 
 
 class InstanceList(BaseModel):

@@ -4,9 +4,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Response, status
 
-from app.deps import DbDep, InstanceDep, ServiceDep, require_token
+from app.deps import InstanceDep, ReconcilerDep, ServiceDep, StoreDep, require_token
 from app.errors import error_responses
 from app.models.instance import EventList, Instance, InstanceCreate, InstanceList, SyncResult
+from app.models.rows import InstanceRow
+from app.services.instances import InstanceService
 
 router = APIRouter(prefix="/instances", tags=["instances"], dependencies=[Depends(require_token)],
                    responses=error_responses(401))
@@ -22,49 +24,49 @@ IdempotencyKey = Annotated[str | None, Header(
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=Instance,
              responses=error_responses(*AWS_ERRORS))
 async def create_instance(body: InstanceCreate, service: ServiceDep, response: Response,
-                          idempotency_key: IdempotencyKey = None) -> dict:
+                          idempotency_key: IdempotencyKey = None) -> Instance:
     """Launch a free-tier instance; answers as soon as EC2 accepted it (state pending)."""
     row, replayed = await service.create(body, idempotency_key)
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
-    return row
+    return Instance.from_row(row)
 
 
 @router.get("", response_model=InstanceList, responses=error_responses(422))
-def list_instances(db: DbDep,
+def list_instances(store: StoreDep,
                    include_terminated: bool = Query(False, description="Also list terminated ones")) -> Response:
     """List tracked instances (from the database; never calls AWS)."""
-    return Response(db.list_instances_json(include_terminated), media_type="application/json")
+    return Response(store.list_instances_json(include_terminated), media_type="application/json")
 
 
 @router.post("/sync", response_model=SyncResult, responses=error_responses(502, 503, 504))
-async def sync_instances(service: ServiceDep) -> SyncResult:
+async def sync_instances(reconciler: ReconcilerDep) -> SyncResult:
     """Reconcile with EC2 now: one describe-instances call; returns what changed."""
-    return await service.reconciler.sweep()
+    return await reconciler.sweep()
 
 
 @router.get("/{instance_id}", response_model=Instance, responses=error_responses(404, 422))
-async def get_instance(instance: InstanceDep) -> dict:
+async def get_instance(instance: InstanceDep) -> Instance:
     """One tracked instance (from the database; never calls AWS)."""
-    return instance
+    return Instance.from_row(instance)
 
 
 @router.get("/{instance_id}/events", response_model=EventList, responses=error_responses(404, 422))
-def instance_events(instance: InstanceDep, db: DbDep) -> dict:
+def instance_events(instance: InstanceDep, store: StoreDep) -> EventList:
     """The instance's history: every observed state change, with time and source."""
-    return {"events": db.list_events(instance["id"])}
+    return EventList.model_validate({"events": store.list_events(instance["id"])})
 
 
-async def _transition(instance: dict, action: str, service, response: Response) -> dict:
+async def _transition(instance: InstanceRow, action: str, service: InstanceService, response: Response) -> Instance:
     row, changed = await service.transition(instance["id"], action)
     response.status_code = status.HTTP_202_ACCEPTED if changed else status.HTTP_200_OK
-    return row
+    return Instance.from_row(row)
 
 
 @router.post("/{instance_id}/start", response_model=Instance, status_code=status.HTTP_202_ACCEPTED,
              responses={200: {"description": "Already running or pending (nothing done)", "model": Instance},
                         **error_responses(*AWS_ERRORS)})
-async def start_instance(instance: InstanceDep, service: ServiceDep, response: Response) -> dict:
+async def start_instance(instance: InstanceDep, service: ServiceDep, response: Response) -> Instance:
     """Start a stopped instance (202, state pending); 200 if it already runs; 409 if terminated."""
     return await _transition(instance, "start", service, response)
 
@@ -72,7 +74,7 @@ async def start_instance(instance: InstanceDep, service: ServiceDep, response: R
 @router.post("/{instance_id}/stop", response_model=Instance, status_code=status.HTTP_202_ACCEPTED,
              responses={200: {"description": "Already stopping or stopped (nothing done)", "model": Instance},
                         **error_responses(*AWS_ERRORS)})
-async def stop_instance(instance: InstanceDep, service: ServiceDep, response: Response) -> dict:
+async def stop_instance(instance: InstanceDep, service: ServiceDep, response: Response) -> Instance:
     """Stop a running instance (202, state stopping); 200 if already stopped; 409 if terminated."""
     return await _transition(instance, "stop", service, response)
 
@@ -80,6 +82,6 @@ async def stop_instance(instance: InstanceDep, service: ServiceDep, response: Re
 @router.delete("/{instance_id}", response_model=Instance, status_code=status.HTTP_202_ACCEPTED,
                responses={200: {"description": "Already terminated (nothing done)", "model": Instance},
                           **error_responses(*AWS_ERRORS)})
-async def delete_instance(instance: InstanceDep, service: ServiceDep, response: Response) -> dict:
+async def delete_instance(instance: InstanceDep, service: ServiceDep, response: Response) -> Instance:
     """Terminate the instance in EC2 (202); the record stays, with state terminated."""
     return await _transition(instance, "delete", service, response)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from app.models.instance import Instance
+from app.models.rows import EventRow, InstanceRow, InstanceState, LaunchRow, LaunchStatus
 
 SCHEMA_VERSION = 2
 
@@ -40,7 +41,8 @@ INSTANCE_FIELDS = ORIGINAL_COLUMNS + tuple(ADDED_COLUMNS)
 # What the API shows of an instance: the response model's fields, in its order.
 PUBLIC_FIELDS = tuple(Instance.model_fields)
 
-ACTIVE = "state NOT IN ('terminated', 'failed')"
+ENDED = tuple(s.value for s in InstanceState if s.ended)
+ACTIVE = f"state NOT IN {ENDED!r}"
 
 
 def _tags(text: str | None) -> dict:
@@ -212,23 +214,30 @@ class Database:
 
     # -- instances -------------------------------------------------------------------------
     @staticmethod
-    def _row(row: sqlite3.Row) -> dict:
+    def _row(row: sqlite3.Row) -> InstanceRow:
         item = dict(row)
         item["tags"] = _tags(item.get("tags"))
-        return item
+        item["state"] = InstanceState(item["state"] or InstanceState.PENDING)
+        return InstanceRow(**item)  # type: ignore[typeddict-item]  # the columns are INSTANCE_FIELDS
 
-    def get_instance(self, instance_id: str) -> dict | None:
+    @staticmethod
+    def _launch(row: sqlite3.Row) -> LaunchRow:
+        item = dict(row)
+        item["status"] = LaunchStatus(item["status"])
+        return LaunchRow(**item)  # type: ignore[typeddict-item]
+
+    def get_instance(self, instance_id: str) -> InstanceRow | None:
         row = self.connect().execute("SELECT * FROM instances WHERE id = ?", (instance_id,)).fetchone()
         return self._row(row) if row is not None else None
 
-    def require_instance(self, instance_id: str) -> dict:
+    def require_instance(self, instance_id: str) -> InstanceRow:
         """A row this code has just written (or locked): its absence is a bug, not a 404."""
         row = self.get_instance(instance_id)
         if row is None:
             raise LookupError(f"instance {instance_id} is not recorded")
         return row
 
-    def list_instances(self, include_terminated: bool = False) -> list[dict]:
+    def list_instances(self, include_terminated: bool = False) -> list[InstanceRow]:
         where = "" if include_terminated else f"WHERE {ACTIVE}"
         rows = self.connect().execute(f"SELECT * FROM instances {where} ORDER BY created_at, id")
         return [self._row(r) for r in rows]
@@ -252,7 +261,7 @@ class Database:
     def _written(self) -> None:
         self.generation = next(self._generations)  # atomic: concurrent writers never share a value
 
-    def tracked_ids(self, region: str, endpoint: str, account: str) -> dict[str, dict]:
+    def tracked_ids(self, region: str, endpoint: str, account: str) -> dict[str, InstanceRow]:
         """Every instance of this EC2 (endpoint, region, account) not yet terminated, by id: what a sweep
         judges. Rows of another EC2, or recorded before the scope was kept, are never judged here."""
         rows = self.connect().execute(
@@ -311,11 +320,11 @@ class Database:
             (instance_id, at or utcnow(), action, from_state, to_state, source, request_id, aws_error),
         )
 
-    def list_events(self, instance_id: str) -> list[dict]:
+    def list_events(self, instance_id: str) -> list[EventRow]:
         rows = self.connect().execute(
             "SELECT at, action, from_state, to_state, source, request_id, aws_error FROM instance_events "
             "WHERE instance_id = ? ORDER BY seq", (instance_id,))
-        return [dict(r) for r in rows]
+        return [EventRow(**r) for r in rows]  # type: ignore[typeddict-item]
 
     def transaction(self) -> "_Transaction":
         return _Transaction(self.connect(), self._written)
@@ -326,7 +335,7 @@ class Database:
 
     # -- launches (one row per create request) ---------------------------------------------------
     def claim_launch(self, request_id: str, idempotency_key: str | None, body_hash: str, body: dict,
-                     region: str, endpoint: str) -> tuple[dict, bool]:
+                     region: str, endpoint: str) -> tuple[LaunchRow, bool]:
         """Insert a pending launch, or find the one that holds this Idempotency-Key.
 
         Returns (launch, claimed). Under the same key and body:
@@ -339,54 +348,53 @@ class Database:
         now = utcnow()
         with self.transaction() as conn:
             if idempotency_key is not None:
-                row = conn.execute("SELECT * FROM launches WHERE idempotency_key = ?", (idempotency_key,)).fetchone()
-                if row is not None:
-                    if row["status"] not in ("failed", "lost") or row["body_hash"] != body_hash:
-                        return dict(row), False
-                    found = conn.execute("SELECT id FROM instances WHERE request_id = ?",
-                                         (row["request_id"],)).fetchone()
-                    if found is not None:
-                        conn.execute("UPDATE launches SET status = 'launched', instance_id = ?, error = NULL, "
-                                     "updated_at = ? WHERE request_id = ?", (found["id"], now, row["request_id"]))
-                        return {**dict(row), "status": "launched", "instance_id": found["id"]}, False
-                    if row["status"] == "lost":
-                        conn.execute("UPDATE launches SET status = 'pending', error = NULL, created_at = ?, "
-                                     "updated_at = ?, region = ?, endpoint = ? WHERE request_id = ?",
-                                     (now, now, region, endpoint, row["request_id"]))
-                        return {**dict(row), "status": "pending", "created_at": now}, True
+                found = conn.execute("SELECT * FROM launches WHERE idempotency_key = ?", (idempotency_key,)).fetchone()
+                if found is not None:
+                    row = self._launch(found)
+                    if row["status"] not in (LaunchStatus.FAILED, LaunchStatus.LOST) or row["body_hash"] != body_hash:
+                        return row, False
+                    instance = conn.execute("SELECT id FROM instances WHERE request_id = ?",
+                                            (row["request_id"],)).fetchone()
+                    if instance is not None:
+                        conn.execute("UPDATE launches SET status = ?, instance_id = ?, error = NULL, updated_at = ? "
+                                     "WHERE request_id = ?",
+                                     (LaunchStatus.LAUNCHED, instance["id"], now, row["request_id"]))
+                        return {**row, "status": LaunchStatus.LAUNCHED, "instance_id": instance["id"]}, False
+                    if row["status"] == LaunchStatus.LOST:
+                        conn.execute("UPDATE launches SET status = ?, error = NULL, created_at = ?, updated_at = ?, "
+                                     "region = ?, endpoint = ? WHERE request_id = ?",
+                                     (LaunchStatus.PENDING, now, now, region, endpoint, row["request_id"]))
+                        return {**row, "status": LaunchStatus.PENDING, "created_at": now}, True
                     conn.execute("DELETE FROM launches WHERE request_id = ?", (row["request_id"],))
             conn.execute(
                 "INSERT INTO launches (request_id, idempotency_key, body_hash, body, status, created_at, updated_at, "
-                "region, endpoint) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
-                (request_id, idempotency_key, body_hash, json.dumps(body, sort_keys=True), now, now, region,
-                 endpoint))
-            return dict(conn.execute("SELECT * FROM launches WHERE request_id = ?", (request_id,)).fetchone()), True
+                "region, endpoint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (request_id, idempotency_key, body_hash, json.dumps(body, sort_keys=True), LaunchStatus.PENDING,
+                 now, now, region, endpoint))
+            return self._launch(conn.execute("SELECT * FROM launches WHERE request_id = ?",
+                                             (request_id,)).fetchone()), True
 
-    def finish_launch(self, request_id: str, status: str, instance_id: str | None = None,
+    def finish_launch(self, request_id: str, status: LaunchStatus, instance_id: str | None = None,
                       error: str | None = None) -> None:
         """launched (whatever it was: EC2 shows its instance), or failed / lost (only while pending)."""
-        only_pending = "" if status == "launched" else " AND status = 'pending'"
+        only_pending = "" if status == LaunchStatus.LAUNCHED else " AND status = 'pending'"
         self.connect().execute(
             "UPDATE launches SET status = ?, instance_id = COALESCE(?, instance_id), error = ?, updated_at = ? "
             f"WHERE request_id = ?{only_pending}", (status, instance_id, error, utcnow(), request_id))
 
-    def settled_without_instance(self, region: str, endpoint: str) -> set[str]:
-        """Request ids of launches recorded failed or lost: if EC2 shows one's instance, it launched."""
-        return {r[0] for r in self.connect().execute(
-            "SELECT request_id FROM launches WHERE status IN ('failed', 'lost') AND region = ? AND endpoint = ?",
+    def settled_without_instance(self, region: str, endpoint: str) -> dict[str, LaunchRow]:
+        """Launches recorded failed or lost, by request id: if EC2 shows one's instance, it launched."""
+        return {r["request_id"]: self._launch(r) for r in self.connect().execute(
+            "SELECT * FROM launches WHERE status IN ('failed', 'lost') AND region = ? AND endpoint = ?",
             (region, endpoint))}
 
-    def get_launch(self, request_id: str) -> dict | None:
-        row = self.connect().execute("SELECT * FROM launches WHERE request_id = ?", (request_id,)).fetchone()
-        return dict(row) if row else None
-
-    def get_launch_by_key(self, idempotency_key: str) -> dict | None:
+    def get_launch_by_key(self, idempotency_key: str) -> LaunchRow | None:
         row = self.connect().execute("SELECT * FROM launches WHERE idempotency_key = ?",
                                      (idempotency_key,)).fetchone()
-        return dict(row) if row else None
+        return self._launch(row) if row else None
 
-    def pending_launches(self, region: str, endpoint: str) -> list[dict]:
-        return [dict(r) for r in self.connect().execute(
+    def pending_launches(self, region: str, endpoint: str) -> list[LaunchRow]:
+        return [self._launch(r) for r in self.connect().execute(
             "SELECT * FROM launches WHERE status = 'pending' AND region = ? AND endpoint = ?", (region, endpoint))]
 
     def prune(self, before: str) -> tuple[int, int]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from app.config import Settings
 from app.errors import ApiError, Conflict, PolicyViolation, Unavailable, UpstreamError
 from app.models.instance import InstanceCreate
+from app.models.rows import InstanceRow, InstanceState, LaunchStatus
 from app.services.aws_cli import AwsCli, outcome_unknown
 from app.services.db import Database, age_seconds
 from app.services.free_tier import Catalog, check_catalog, check_static, login_user_for
@@ -52,19 +53,20 @@ def client_token(idempotency_key: str | None, request_id: str) -> str:
 class Transition:
     script: str
     response_key: str
-    allowed: frozenset[str]  # states from which EC2 is asked
-    noop: frozenset[str]  # states in which the request is already satisfied
+    allowed: frozenset[InstanceState]  # states from which EC2 is asked
+    noop: frozenset[InstanceState]  # states in which the request is already satisfied
 
 
+S = InstanceState
 TRANSITIONS = {
     # "stopping" is asked too: our record may lag EC2, which answers 409 if it really is stopping.
     "start": Transition("start_instance.sh", "StartingInstances",
-                        frozenset({"stopped", "stopping"}), frozenset({"pending", "running"})),
+                        frozenset({S.STOPPED, S.STOPPING}), frozenset({S.PENDING, S.RUNNING})),
     "stop": Transition("stop_instance.sh", "StoppingInstances",
-                       frozenset({"pending", "running"}), frozenset({"stopping", "stopped"})),
+                       frozenset({S.PENDING, S.RUNNING}), frozenset({S.STOPPING, S.STOPPED})),
     "delete": Transition("destroy_instance.sh", "TerminatingInstances",
-                         frozenset({"pending", "running", "stopping", "stopped"}),
-                         frozenset({"shutting-down", "terminated"})),
+                         frozenset({S.PENDING, S.RUNNING, S.STOPPING, S.STOPPED}),
+                         frozenset({S.SHUTTING_DOWN, S.TERMINATED})),
 }
 
 
@@ -141,7 +143,7 @@ class InstanceService:
             return group_id
 
     # -- create ----------------------------------------------------------------------------------
-    async def create(self, req: InstanceCreate, idempotency_key: str | None = None) -> tuple[dict, bool]:
+    async def create(self, req: InstanceCreate, idempotency_key: str | None = None) -> tuple[InstanceRow, bool]:
         """Check policy, launch with one `aws` process, record what EC2 answered.
 
         Returns (instance, replayed). With an Idempotency-Key, a repeat of the same request gets the
@@ -168,22 +170,22 @@ class InstanceService:
             del self._inflight[idempotency_key]
             future.set_result(None)
 
-    async def _replay(self, idempotency_key: str, req: InstanceCreate) -> dict:
+    async def _replay(self, idempotency_key: str, req: InstanceCreate) -> InstanceRow:
         launch = await asyncio.to_thread(self.db.get_launch_by_key, idempotency_key)
         if launch is None or launch["body_hash"] != request_hash(req):
             raise Conflict("This Idempotency-Key was already used with a different request body; use a new key.",
                            code="idempotency_key_reused")
-        if launch["status"] == "launched":
+        if launch["status"] == LaunchStatus.LAUNCHED and launch["instance_id"]:
             row = await asyncio.to_thread(self.db.get_instance, launch["instance_id"])
             if row is not None:
                 return row
-        if launch["status"] in ("failed", "lost"):
+        if launch["status"] in (LaunchStatus.FAILED, LaunchStatus.LOST):
             raise Conflict(f"The request with this Idempotency-Key failed ({launch['error']}); retry to try again.",
                            code="idempotent_request_failed")
         raise Conflict("A request with this Idempotency-Key is still being resolved; retry in a few seconds.",
                        code="launch_in_progress", retry_after=5)
 
-    async def _launch(self, req: InstanceCreate, ami, idempotency_key: str | None, body_hash: str) -> dict:
+    async def _launch(self, req: InstanceCreate, ami, idempotency_key: str | None, body_hash: str) -> InstanceRow:
         body = {"request": req.model_dump(), "ami_id": ami.ami_id, "login_user": ami.login_user,
                 "root_device": ami.root_device_name}
         # The launch row is written BEFORE the aws process starts: a crash leaves a trace to resolve.
@@ -202,7 +204,7 @@ class InstanceService:
             self.recorder.in_flight.discard(request_id)
 
     async def _send_launch(self, req: InstanceCreate, body: dict, request_id: str,
-                           idempotency_key: str | None) -> dict:
+                           idempotency_key: str | None) -> InstanceRow:
         try:
             group_id = await self.ensure_security_group() if req.create_security_group else None
             args = ["--name", req.name, "--ami", body["ami_id"], "--type", req.instance_type,
@@ -221,7 +223,7 @@ class InstanceService:
                 doc = await self.aws.run("create_instance.sh", *args, "--security-group-id", group_id)
         except ApiError as exc:
             if not outcome_unknown(exc):  # EC2 refused, or nothing was sent: certainly no instance
-                await asyncio.to_thread(self.db.finish_launch, request_id, "failed", None,
+                await asyncio.to_thread(self.db.finish_launch, request_id, LaunchStatus.FAILED, None,
                                         exc.aws_error_code or exc.code)
             # Otherwise EC2 may still launch it: the launch stays pending until the reconciler knows.
             raise
@@ -253,13 +255,14 @@ class InstanceService:
         return recorded
 
     # -- start / stop / delete -----------------------------------------------------------------
-    async def transition(self, instance_id: str, action: str) -> tuple[dict, bool]:
+    async def transition(self, instance_id: str, action: str) -> tuple[InstanceRow, bool]:
         """Apply `action` unless the state makes it a no-op (False) or impossible (409)."""
         rule = TRANSITIONS[action]
         async with self._locks[instance_id]:
             return await self._transition_locked(instance_id, action, rule)
 
-    async def _transition_locked(self, instance_id: str, action: str, rule: Transition) -> tuple[dict, bool]:
+    async def _transition_locked(self, instance_id: str, action: str,
+                                 rule: Transition) -> tuple[InstanceRow, bool]:
         with self.reconciler.mutating():
             row = await asyncio.to_thread(self.db.require_instance, instance_id)
             state = row["state"]
@@ -272,7 +275,7 @@ class InstanceService:
                 self._check_start_policy(row)
             request_id = uuid.uuid4().hex
             try:
-                doc = await self.aws.run(rule.script, instance_id, region=row.get("region"))
+                doc = await self.aws.run(rule.script, instance_id, region=row["region"])
             except ApiError as exc:
                 if exc.aws_error_code == "InvalidInstanceID.NotFound":
                     return await self._not_found(row, action, request_id, exc)
@@ -291,31 +294,32 @@ class InstanceService:
         self.reconciler.request_sweep()
         return recorded, True
 
-    def _check_reachable(self, row: dict) -> None:
-        endpoint = row.get("endpoint")
+    def _check_reachable(self, row: InstanceRow) -> None:
+        endpoint = row["endpoint"]
         if endpoint is not None and endpoint != self.endpoint:
             where = endpoint or "real AWS"
-            raise Conflict(f"Instance {row['id']} was recorded against {where} (region {row.get('region')}); this "
+            raise Conflict(f"Instance {row['id']} was recorded against {where} (region {row['region']}); this "
                            f"server talks to {self.endpoint or 'real AWS'}. Restart it with that EC2_ENDPOINT_URL "
                            "(or EC2_TARGET) to manage this instance.", code="other_endpoint")
-        account, ours = row.get("account"), self.reconciler.account
+        account, ours = row["account"], self.reconciler.account
         if account and ours and account != ours:
             raise Conflict(f"Instance {row['id']} lives in AWS account {account}; this server's credentials are "
                            f"for account {ours}. Restart it with that account's AWS_PROFILE or keys to manage "
                            "this instance.", code="other_account")
 
-    def _check_start_policy(self, row: dict) -> None:
+    def _check_start_policy(self, row: InstanceRow) -> None:
         allowed = self.settings.allowed_instance_types
-        if row.get("instance_type") not in allowed:
+        if row["instance_type"] not in allowed:
             raise PolicyViolation(
-                f"Instance {row['id']} is a {row.get('instance_type')}, which is not allowed here "
+                f"Instance {row['id']} is a {row['instance_type']}, which is not allowed here "
                 f"({', '.join(allowed)}, ALLOWED_INSTANCE_TYPES); starting it could leave the free tier. Stop "
                 "and delete stay allowed.", code="instance_type_not_allowed")
 
-    async def _not_found(self, row: dict, action: str, request_id: str, exc: ApiError) -> tuple[dict, bool]:
+    async def _not_found(self, row: InstanceRow, action: str, request_id: str,
+                         exc: ApiError) -> tuple[InstanceRow, bool]:
         """EC2 says NotFound. Within the consistency grace of a launch that is only "not visible
         yet" (503, retry); past it, a direct lookup decides before anything is recorded gone."""
-        age = age_seconds(row.get("created_at"))
+        age = age_seconds(row["created_at"])
         grace = self.settings.consistency_grace_seconds
         if age < grace:
             raise Unavailable(f"EC2 does not show instance {row['id']} yet: it was launched {age:.0f} s ago and "
@@ -327,7 +331,7 @@ class InstanceService:
                               "retry in a few seconds.", code="instance_not_visible_yet",
                               aws_error_code=exc.aws_error_code, retry_after=5)
         account = await self.reconciler.ensure_account()
-        if row.get("account") != account or row.get("region") is None:
+        if row["account"] != account or row["region"] is None:
             # Recorded before its account and region were kept, or in another account: this EC2 not
             # knowing it proves nothing. Nothing is recorded.
             raise Conflict(f"EC2 here (region {self.region}, account {account}) does not know instance {row['id']}, "

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from app.config import Settings
 from app.errors import ApiError, Unavailable, UpstreamError
 from app.models.instance import SyncResult
+from app.models.rows import InstanceRow, LaunchRow
 from app.services.db import Database, ago, utcnow
 from app.services.recorder import Recorder, instances_of
 
@@ -176,18 +177,16 @@ class Reconciler:
         seen = {i["InstanceId"]: i for i in await self._lookup("--filter-instance-id", suspects)}
         await asyncio.to_thread(self.recorder.apply_confirmation, suspects, seen, started, result)
 
-    async def _confirm_launches(self, overdue: list[dict], result: SyncResult) -> None:
+    async def _confirm_launches(self, overdue: list[LaunchRow], result: SyncResult) -> None:
         found = await self._lookup("--request-id", [launch["request_id"] for launch in overdue])
         await asyncio.to_thread(self.recorder.apply_launch_lookup, overdue, found, result)
 
-    async def confirm_instance(self, row: dict) -> dict | None:
+    async def confirm_instance(self, row: InstanceRow) -> InstanceRow | None:
         """A direct lookup of one instance (after EC2 said NotFound to a mutation): records what EC2
         shows and returns the fresh row, or None when EC2 does not show it (the caller records why)."""
         found = {i["InstanceId"]: i
-                 for i in await self._lookup("--filter-instance-id", [row["id"]], row.get("region"))}
+                 for i in await self._lookup("--filter-instance-id", [row["id"]], row["region"])}
         if row["id"] not in found:
             return None
         await asyncio.to_thread(self.recorder.apply_confirmation, [row["id"]], found, utcnow(), SyncResult(), True)
         return await asyncio.to_thread(self.db.get_instance, row["id"])
-
-    # -- writers (synchronous; called in a worker thread) --------------------------------------

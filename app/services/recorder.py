@@ -13,10 +13,12 @@ are judged. Methods are synchronous: callers run them in a worker thread.
 import json
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from app.config import Settings
 from app.errors import UpstreamError
 from app.models.instance import RESERVED_TAG_KEYS, SyncResult
+from app.models.rows import InstanceRow, InstanceState, LaunchRow, LaunchStatus
 from app.services.db import TIME_FORMAT, Database, age_seconds, parse_time, utcnow
 
 log = logging.getLogger("ec2_creator.recorder")
@@ -37,13 +39,9 @@ def _iso(value: str | None) -> str | None:
     return at.strftime(TIME_FORMAT) if at else None
 
 
-def keeps_public_ip(state: str) -> bool:
-    """An auto-assigned public IPv4 stays while an instance runs (and until it has stopped)."""
-    return state in ("pending", "running", "stopping")
-
-
-def state_of(instance: dict) -> str:
-    return (instance.get("State") or {}).get("Name") or "pending"
+def state_of(instance: dict) -> InstanceState:
+    """The state in a describe-instances document."""
+    return InstanceState((instance.get("State") or {}).get("Name") or InstanceState.PENDING)
 
 
 def instances_of(doc: dict, script: str = "list_instances.sh") -> list[dict]:
@@ -90,34 +88,34 @@ class Recorder:
             return None
         return f"ssh -i {self.settings.ssh_key_path} {login_user or 'ec2-user'}@{public_ip}"
 
-    def _fields(self, row: dict, state: str, public_ip: str | None) -> dict:
-        public_ip = public_ip if keeps_public_ip(state) else None
-        return {"state": state, "public_ip": public_ip,
-                "ssh_string": self._ssh_string(public_ip, row.get("login_user"))}
+    def _fields(self, login_user: str | None, state: InstanceState, public_ip: str | None) -> dict[str, Any]:
+        """What EC2's state and public IP make of the observed columns."""
+        public_ip = public_ip if state.keeps_public_ip else None
+        return {"state": state, "public_ip": public_ip, "ssh_string": self._ssh_string(public_ip, login_user)}
 
-    def _observed_fields(self, row: dict, instance: dict) -> dict:
-        return self._fields(row, state_of(instance), instance.get("PublicIpAddress"))
+    def _observed_fields(self, login_user: str | None, instance: dict) -> dict[str, Any]:
+        return self._fields(login_user, state_of(instance), instance.get("PublicIpAddress"))
 
-    def _apply(self, row: dict, instance: dict, action: str, source: str) -> bool:
+    def _apply(self, row: InstanceRow, instance: dict, action: str, source: str) -> bool:
         """Record what a describe-instances answer says of one instance."""
         return self.observe(row, state_of(instance), instance.get("PublicIpAddress"), action, source)
 
-    def observe(self, row: dict, state: str, public_ip: str | None, action: str, source: str,
+    def observe(self, row: InstanceRow, state: InstanceState, public_ip: str | None, action: str, source: str,
                 request_id: str | None = None) -> bool:
         """Record an instance's state and public IP as EC2 gave them; True when anything public changed."""
-        new = self._fields(row, state, public_ip)
+        new = self._fields(row["login_user"], state, public_ip)
         changed = {k: v for k, v in new.items() if row.get(k) != v}
-        if row.get("missed_sweeps") or row.get("missing_since"):
+        if row["missed_sweeps"] or row["missing_since"]:
             self.db.set_missing(row["id"], 0, None)  # seen again: no longer missing
         if not changed:
             return False
         now = utcnow()
         self.db.update_instance(row["id"], {**changed, "updated_at": now})
         if "state" in changed:
-            self.db.add_event(row["id"], action, row.get("state"), new["state"], source, request_id, at=now)
+            self.db.add_event(row["id"], action, row["state"], new["state"], source, request_id, at=now)
         return True
 
-    def apply_sweep(self, observed: list[dict], started: str) -> tuple[SyncResult, list[str], list[dict]]:
+    def apply_sweep(self, observed: list[dict], started: str) -> tuple[SyncResult, list[str], list[LaunchRow]]:
         """Apply one sweep; return what it changed, the ids to confirm gone, and overdue launches."""
         result = SyncResult()
         seen: set[str] = set()
@@ -132,13 +130,12 @@ class Recorder:
                 instance_id = instance["InstanceId"]
                 seen.add(instance_id)
                 request_id = tags_of(instance).get("RequestId", "")
-                launch = pending.pop(request_id, None)
-                if launch is None and request_id in settled:  # recorded failed or lost, yet it launched
-                    launch = self.db.get_launch(request_id)
+                # A launch recorded failed or lost whose instance EC2 shows did launch after all.
+                launch = pending.pop(request_id, None) or settled.get(request_id)
                 self._isolated(instance_id, self._apply_observed, instance, tracked.get(instance_id), launch,
                                started, result)
             for instance_id, row in tracked.items():
-                if instance_id in seen or (row.get("updated_at") or "") > started:
+                if instance_id in seen or (row["updated_at"] or "") > started:
                     continue
                 if self._isolated(instance_id, self._note_missing, row, started):
                     suspects.append(instance_id)
@@ -160,22 +157,22 @@ class Recorder:
             log.exception("sweep: could not record instance %s; skipped this time", instance_id)
             return None
 
-    def _apply_observed(self, instance: dict, row: dict | None, launch: dict | None, started: str,
+    def _apply_observed(self, instance: dict, row: InstanceRow | None, launch: LaunchRow | None, started: str,
                         result: SyncResult) -> None:
         instance_id = instance["InstanceId"]
         if launch is not None:
-            self.db.finish_launch(launch["request_id"], "launched", instance_id)
+            self.db.finish_launch(launch["request_id"], LaunchStatus.LAUNCHED, instance_id)
         if row is None:
             known = self.db.get_instance(instance_id)
             if known is None:
-                if launch is not None or state_of(instance) != "terminated":
+                if launch is not None or state_of(instance) != InstanceState.TERMINATED:
                     self._adopt(instance, launch)
                     result.adopted.append(instance_id)
             elif (known.get("updated_at") or "") <= started and (
                     self._revive(known, instance) or self._claim(known, instance)):
                 result.updated.append(instance_id)
             return
-        if (row.get("updated_at") or "") > started:
+        if (row["updated_at"] or "") > started:
             return  # an API call recorded something newer after this describe began
         if self._apply(row, instance, "observe", "reconcile"):
             result.updated.append(instance_id)
@@ -184,39 +181,39 @@ class Recorder:
     def scope(self) -> dict[str, str | None]:
         return {"region": self.region, "endpoint": self.endpoint, "account": self.account}
 
-    def _claim(self, row: dict, instance: dict) -> bool:
+    def _claim(self, row: InstanceRow, instance: dict) -> bool:
         """A live record of no EC2 yet (kept before regions and accounts were), or of another name for
         this one (an endpoint alias), that this EC2 lists: it is this EC2's from now on."""
-        if row.get("state") in ("terminated", "failed") or self.account is None:
+        if row["state"].ended or self.account is None:
             return False
         self.db.update_instance(row["id"], self.scope)
         log.info("instance %s (recorded for %s/%s/%s) is listed here: now tracked in this region and account",
-                 row["id"], row.get("endpoint") or "aws", row.get("region"), row.get("account"))
+                 row["id"], row["endpoint"] or "aws", row["region"], row["account"])
         self._apply(row, instance, "observe", "reconcile")
         return True
 
-    def _revive(self, row: dict, instance: dict) -> bool:
+    def _revive(self, row: InstanceRow, instance: dict) -> bool:
         """A record that is terminated while EC2 shows the instance alive comes back with its real
         state: no record may stay terminated while EC2 runs it."""
         state = state_of(instance)
-        if row.get("state") not in ("terminated", "failed") or state == "terminated":
+        if not row["state"].ended or state == InstanceState.TERMINATED:
             return False
         now = utcnow()
-        fields = self._observed_fields(row, instance)
+        fields = self._observed_fields(row["login_user"], instance)
         self.db.update_instance(row["id"], {**fields, **self.scope, "updated_at": now})
         self.db.set_missing(row["id"], 0, None)
-        self.db.add_event(row["id"], "reappeared", row.get("state"), state, "reconcile", at=now)
+        self.db.add_event(row["id"], "reappeared", row["state"], state, "reconcile", at=now)
         log.warning("instance %s was recorded %s but EC2 shows it %s: record restored", row["id"],
-                    row.get("state"), state)
+                    row["state"], state)
         return True
 
-    def _note_missing(self, row: dict, started: str) -> bool:
+    def _note_missing(self, row: InstanceRow, started: str) -> bool:
         """Count one more sweep without this instance; True once it is due a direct lookup."""
-        missed = (row.get("missed_sweeps") or 0) + 1
-        since = row.get("missing_since") or started
+        missed = (row["missed_sweeps"] or 0) + 1
+        since = row["missing_since"] or started
         self.db.set_missing(row["id"], missed, since)
         return (missed >= self.settings.gone_after_missed_sweeps and age_seconds(since) >= self.grace
-                and age_seconds(row.get("created_at")) >= self.grace)
+                and age_seconds(row["created_at"]) >= self.grace)
 
     def apply_confirmation(self, ids: list[str], found: dict[str, dict], started: str, result: SyncResult,
                             direct: bool = False) -> None:
@@ -224,9 +221,9 @@ class Recorder:
         with self.db.transaction():
             for instance_id in ids:
                 row = self.db.get_instance(instance_id)
-                if row is None or row["state"] in ("terminated", "failed"):
+                if row is None or row["state"].ended:
                     continue
-                if not direct and (row.get("updated_at") or "") > started:
+                if not direct and (row["updated_at"] or "") > started:
                     continue
                 instance = found.get(instance_id)
                 if instance is not None:
@@ -234,27 +231,27 @@ class Recorder:
                         result.updated.append(instance_id)
                     continue
                 now = utcnow()
-                self.db.update_instance(instance_id, {"state": "terminated", "public_ip": None,
+                self.db.update_instance(instance_id, {"state": InstanceState.TERMINATED, "public_ip": None,
                                                       "ssh_string": None, "updated_at": now})
-                self.db.add_event(instance_id, "gone", row.get("state"), "terminated", "reconcile", at=now)
+                self.db.add_event(instance_id, "gone", row["state"], InstanceState.TERMINATED, "reconcile", at=now)
                 log.warning("instance %s: EC2 has not shown it for %s sweeps and %g s, nor to a direct lookup; "
-                            "recorded terminated", instance_id, row.get("missed_sweeps"), self.grace)
+                            "recorded terminated", instance_id, row["missed_sweeps"], self.grace)
                 result.gone.append(instance_id)
 
-    def apply_launch_lookup(self, overdue: list[dict], found: list[dict], result: SyncResult) -> None:
+    def apply_launch_lookup(self, overdue: list[LaunchRow], found: list[dict], result: SyncResult) -> None:
         by_request = {tags_of(i).get("RequestId"): i for i in found}
         with self.db.transaction():
             tracked = self.db.tracked_ids(self.region, self.endpoint, self.account) if self.account else {}
             for launch in overdue:
                 instance = by_request.get(launch["request_id"])
                 if instance is None:  # outcome was unknown; now settled: it never launched
-                    self.db.finish_launch(launch["request_id"], "lost",
+                    self.db.finish_launch(launch["request_id"], LaunchStatus.LOST,
                                           error="no instance with this request id exists in EC2")
                     continue
                 self._isolated(instance["InstanceId"], self._apply_observed, instance,
                                tracked.get(instance["InstanceId"]), launch, utcnow(), result)
 
-    def _adopt(self, instance: dict, launch: dict | None = None) -> None:
+    def _adopt(self, instance: dict, launch: LaunchRow | None = None) -> None:
         """Track a ManagedBy-tagged instance we have no row for (launched by hand, or lost in a crash).
 
         When it carries the RequestId of one of our launches, what that request asked for is kept.
@@ -277,9 +274,8 @@ class Recorder:
             "tags": {k: v for k, v in tags.items() if k not in RESERVED_TAG_KEYS},
             "backend_used": "awscli", "login_user": login_user, "request_id": tags.get("RequestId"),
             **self.scope, "launched_at": launched, "created_at": _iso(launched) or now, "updated_at": now,
-            "state": None,
         }
-        fields = self._observed_fields(row, instance)
+        fields = self._observed_fields(login_user, instance)
         self.db.upsert_instance({**row, **fields})
         if launch is not None and launch["created_at"] >= self.started_at:
             # A create of this process still waiting for its aws answer: the sweep was merely first.
@@ -288,13 +284,13 @@ class Recorder:
             action, source = "adopt", "adopt"
         self.db.add_event(row["id"], action, None, fields["state"], source, row["request_id"], at=now)
 
-    def record_launch(self, instance: dict, row: dict) -> dict:
+    def record_launch(self, instance: dict, row: dict[str, Any]) -> InstanceRow:
         """Record a run-instances answer: the row as the API knows it plus what EC2 said."""
         now = utcnow()
         row = {**row, **self.scope}
-        fields = self._observed_fields(row, instance)
+        fields = self._observed_fields(row["login_user"], instance)
         with self.db.transaction():
-            self.db.finish_launch(row["request_id"], "launched", row["id"])
+            self.db.finish_launch(row["request_id"], LaunchStatus.LAUNCHED, row["id"])
             if self.db.get_instance(row["id"]) is None:
                 self.db.upsert_instance({**row, **fields, "created_at": now, "updated_at": now})
                 self.db.add_event(row["id"], "create", None, fields["state"], "api", row.get("request_id"), at=now)
@@ -302,22 +298,23 @@ class Recorder:
                 self.db.update_instance(row["id"], {**row, "updated_at": now})
         return self.db.require_instance(row["id"])
 
-    def record_transition(self, row: dict, instance_state: dict, action: str, request_id: str | None) -> dict:
+    def record_transition(self, row: InstanceRow, instance_state: dict, action: str,
+                          request_id: str | None) -> InstanceRow:
         """Record the CurrentState EC2 gave for a start/stop/terminate."""
-        state = (instance_state.get("CurrentState") or {}).get("Name") or row["state"]
+        state = InstanceState((instance_state.get("CurrentState") or {}).get("Name") or row["state"])
         with self.db.transaction():
             fresh = self.db.get_instance(row["id"]) or row
-            self.observe(fresh, state, fresh.get("public_ip"), action, "api", request_id)
+            self.observe(fresh, state, fresh["public_ip"], action, "api", request_id)
         return self.db.require_instance(row["id"])
 
-    def record_gone(self, row: dict, action: str, request_id: str | None, aws_error: str | None) -> dict:
+    def record_gone(self, row: InstanceRow, action: str, request_id: str | None, aws_error: str | None) -> InstanceRow:
         """EC2 says the instance does not exist, and a direct lookup agreed: terminated for good."""
         with self.db.transaction():
             now = utcnow()
             fresh = self.db.get_instance(row["id"]) or row
-            if fresh["state"] != "terminated":
-                self.db.update_instance(row["id"], {"state": "terminated", "public_ip": None, "ssh_string": None,
-                                                    "updated_at": now})
-            self.db.add_event(row["id"], action, fresh.get("state"), "terminated", "api", request_id, aws_error,
+            if fresh["state"] != InstanceState.TERMINATED:
+                self.db.update_instance(row["id"], {"state": InstanceState.TERMINATED, "public_ip": None,
+                                                    "ssh_string": None, "updated_at": now})
+            self.db.add_event(row["id"], action, fresh["state"], InstanceState.TERMINATED, "api", request_id, aws_error,
                               at=now)
         return self.db.require_instance(row["id"])

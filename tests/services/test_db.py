@@ -106,7 +106,7 @@ def test_a_retried_key_resends_a_lost_launch_replaces_a_refused_one_and_returns_
 
     db.finish_launch("rid-4", "failed", error="InternalError")
     db.finish_launch("rid-4", "lost")  # only a pending launch can fail: a settled one stays as it is
-    assert db.get_launch("rid-4")["status"] == "failed"
+    assert db.get_launch_by_key("key")["status"] == "failed"
     db.upsert_instance({"id": "i-0123456789abcdef0", "name": "x", "state": "running", "request_id": "rid-4",
                         "created_at": "t0", "updated_at": "t0"})
     found, claimed = db.claim_launch("rid-5", "key", "hash", {}, "us-east-1", "")

@@ -1,0 +1,99 @@
+"""What the store holds, typed: instance states, launch statuses and the rows, from the store to the routes."""
+
+from enum import StrEnum
+from typing import TypedDict
+
+
+class InstanceState(StrEnum):
+    """EC2's instance states, plus `failed` (the original project's create that never launched)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    SHUTTING_DOWN = "shutting-down"
+    TERMINATED = "terminated"
+    FAILED = "failed"
+
+    @classmethod
+    def _missing_(cls, value: object) -> "InstanceState | None":
+        """A state text no EC2 gives (written by another version) is kept as it is, never refused."""
+        if not isinstance(value, str):
+            return None
+        member = str.__new__(cls, value)
+        member._name_ = value.upper()
+        member._value_ = value
+        return member
+
+    @property
+    def ended(self) -> bool:
+        """Nothing more can happen to it: not listed by default, not judged by sweeps."""
+        return self in (InstanceState.TERMINATED, InstanceState.FAILED)
+
+    @property
+    def keeps_public_ip(self) -> bool:
+        """An auto-assigned public IPv4 stays while an instance runs (and until it has stopped)."""
+        return self in (InstanceState.PENDING, InstanceState.RUNNING, InstanceState.STOPPING)
+
+
+class LaunchStatus(StrEnum):
+    """A create request: pending -> launched | failed (EC2 refused) | lost (unknown outcome, never seen)."""
+
+    PENDING = "pending"
+    LAUNCHED = "launched"
+    FAILED = "failed"
+    LOST = "lost"
+
+
+class InstanceRow(TypedDict):
+    """One row of `instances` (the original project's columns first)."""
+
+    id: str
+    name: str | None
+    public_ip: str | None
+    ami: str | None
+    instance_type: str | None
+    state: InstanceState
+    ssh_string: str | None
+    security_group_id: str | None
+    backend_used: str | None
+    created_at: str | None
+    updated_at: str | None
+    storage_gb: int | None
+    tags: dict[str, str]
+    login_user: str | None
+    request_id: str | None
+    launched_at: str | None
+    region: str | None  # which EC2 it lives in: a sweep judges only its own
+    endpoint: str | None
+    account: str | None
+    missing_since: str | None  # when a sweep first did not list it
+    missed_sweeps: int
+
+
+class LaunchRow(TypedDict):
+    """One create request, written before its `aws` process starts."""
+
+    request_id: str
+    idempotency_key: str | None
+    body_hash: str
+    body: str  # JSON: the request and what was resolved for it (AMI id, login user, root device)
+    status: LaunchStatus
+    instance_id: str | None
+    error: str | None
+    created_at: str
+    updated_at: str
+    region: str | None
+    endpoint: str | None
+
+
+class EventRow(TypedDict):
+    """One observed state change of an instance."""
+
+    at: str
+    action: str
+    from_state: str | None
+    to_state: str | None
+    source: str
+    request_id: str | None
+    aws_error: str | None
