@@ -6,7 +6,7 @@ The harness itself (processes, emulator, server, AWS_CLI shim) lives in tests/su
 import pytest
 
 from tests.support.emulator import Emulator
-from tests.support.server import ApiServer, synced_client
+from tests.support.server import ApiServer, build_catalog_template, synced_client
 
 
 def pytest_configure(config) -> None:
@@ -25,6 +25,7 @@ def pytest_collection_modifyitems(items) -> None:
 def emulator(tmp_path_factory):
     emu = Emulator(tmp_path_factory.mktemp("moto"))
     emu.reset()
+    build_catalog_template(emu.url, tmp_path_factory.mktemp("catalog"))
     yield emu
     emu.close()
 

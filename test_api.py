@@ -10,6 +10,7 @@ import pytest
 
 from tests.support.emulator import KEY_NAME
 from tests.support.processes import wait_until
+from tests.support.server import ApiServer, synced_client
 
 X86_TYPE = "t3.micro"
 ARM_TYPE = "t4g.micro"
@@ -243,7 +244,19 @@ def test_events_record_each_state_change(api):
 
 
 # -- convergence with EC2 ---------------------------------------------------------------------
-def test_changes_made_outside_the_api_show_up(api, fresh_emulator):
+@pytest.fixture
+def looping_api(fresh_emulator, tmp_path):
+    """A server whose periodic sweep runs every second (the module's server sweeps only when asked)."""
+    server = ApiServer(tmp_path, fresh_emulator.url, RECONCILE_INTERVAL_SECONDS="1")
+    try:
+        with synced_client(server) as client:
+            yield client
+    finally:
+        server.stop()
+
+
+def test_changes_made_outside_the_api_show_up(looping_api, fresh_emulator):
+    api = looping_api
     item = created(api)
     wait_until(lambda: state_in_api(api, item["id"]) == "running")
     fresh_emulator.ec2.stop_instances(InstanceIds=[item["id"]])

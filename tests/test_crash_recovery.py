@@ -23,7 +23,8 @@ BODY = {"name": "once", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
 
 @pytest.fixture
 def server(emulator, fresh_emulator, tmp_path):
-    srv = ApiServer(tmp_path, emulator.url)
+    """Recovery is the periodic loop's work: it sweeps every second here."""
+    srv = ApiServer(tmp_path, emulator.url, RECONCILE_INTERVAL_SECONDS="1")
     yield srv
     srv.stop()
 

@@ -150,7 +150,8 @@ def test_kill_9_mid_burst_then_restart_tracks_every_instance_once(api, server, f
     assert any(r != 201 for r in results), "the kill came too late to test anything"
 
     # Launches cut short stay unresolved until certain: the CLI timeout plus the consistency grace.
-    server.env |= {"AWS_CLI_TIMEOUT_SECONDS": "5", "CONSISTENCY_GRACE_SECONDS": "3"}
+    # The periodic loop (a sweep each second here) settles them; nothing else asks for a sweep.
+    server.env |= {"AWS_CLI_TIMEOUT_SECONDS": "5", "CONSISTENCY_GRACE_SECONDS": "3", "RECONCILE_INTERVAL_SECONDS": "1"}
     server.start()
     api.post("/instances/sync").raise_for_status()
     listed = tracked(api)
