@@ -40,7 +40,6 @@ Required:
 Options:
   --storage-gb N            root gp3 volume size, ${MIN_STORAGE_GB}..${MAX_STORAGE_GB} (default ${DEFAULT_STORAGE_GB})
   --root-device DEV         root device name (default ${DEFAULT_ROOT_DEVICE})
-  --key-name KEY            key pair name (default \$KEY_NAME, else ${DEFAULT_KEY_NAME})
   --security-group-id SG    sg-xxxxxxxx, repeatable
   --tag KEY VALUE           extra tag, repeatable (not Name, ${MANAGED_BY_KEY},
                             RequestId, nor aws:*)
@@ -48,7 +47,8 @@ Options:
   --request-id RID          adds the tag RequestId=RID
   -h, --help                show this help
 
-Environment: AWS_CLI, EC2_ENDPOINT_URL, AWS_REGION, KEY_NAME.
+Environment: AWS_CLI, EC2_ENDPOINT_URL, AWS_REGION, KEY_NAME (the key pair,
+default ${DEFAULT_KEY_NAME}).
 USAGE
 }
 
@@ -138,11 +138,6 @@ main() {
       --root-device)
         require_option_value "$1" "$#"
         root_device="$2"
-        shift 2
-        ;;
-      --key-name)
-        require_option_value "$1" "$#"
-        key_name="$2"
         shift 2
         ;;
       --security-group-id)

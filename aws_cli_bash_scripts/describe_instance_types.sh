@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 #
-# Describe the free-tier-eligible EC2 instance types (or all with --all).
+# Describe the free-tier-eligible EC2 instance types.
 # Prints the describe-instance-types JSON on stdout.
 
 set -euo pipefail
@@ -14,13 +14,12 @@ readonly FREE_TIER_FILTER='[{"Name":"free-tier-eligible","Values":["true"]}]'
 
 usage() {
   cat <<USAGE
-Usage: ${0##*/} [--all]
+Usage: ${0##*/}
 
-Describe EC2 instance types (aws ec2 describe-instance-types) and print the
-AWS JSON. By default only free-tier-eligible types are listed.
+Describe the free-tier-eligible EC2 instance types (aws ec2
+describe-instance-types) and print the AWS JSON.
 
 Options:
-  --all         list every instance type (no free-tier filter)
   -h, --help    show this help
 
 Environment: AWS_CLI, EC2_ENDPOINT_URL, AWS_REGION.
@@ -28,28 +27,16 @@ USAGE
 }
 
 main() {
-  local all=0
-  while (($# > 0)); do
+  if (($# > 0)); then
     case "$1" in
       -h | --help)
         usage
         exit 0
         ;;
-      --all)
-        all=1
-        shift
-        ;;
-      *)
-        usage_error "unexpected argument: '$1'"
-        ;;
+      *) usage_error "unexpected argument: '$1'" ;;
     esac
-  done
-
-  local -a args=()
-  if ((!all)); then
-    args+=(--filters "${FREE_TIER_FILTER}")
   fi
-  aws_call ec2 describe-instance-types "${args[@]}"
+  aws_call ec2 describe-instance-types --filters "${FREE_TIER_FILTER}"
 }
 
 main "$@"

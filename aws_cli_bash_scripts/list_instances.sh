@@ -15,16 +15,14 @@ readonly MAX_INSTANCE_IDS=1000
 
 usage() {
   cat <<USAGE
-Usage: ${0##*/} [--all] [--instance-id ID]... [--filter-instance-id ID]... [--request-id RID]...
+Usage: ${0##*/} [--all] [--filter-instance-id ID]... [--request-id RID]...
 
 List EC2 instances (aws ec2 describe-instances) and print the AWS JSON.
 
 Options:
   --all                    do not restrict to tag ${MANAGED_BY_KEY}=${MANAGED_BY_VALUE}
-  --instance-id ID         only this instance (i-xxxxxxxx), repeatable; an id EC2
-                           does not know fails the call (InvalidInstanceID.NotFound)
-  --filter-instance-id ID  only this instance, as a filter, repeatable; an id EC2
-                           does not know is simply not listed
+  --filter-instance-id ID  only this instance (i-xxxxxxxx), as a filter, repeatable;
+                           an id EC2 does not know is simply not listed
   --request-id RID         only instances tagged RequestId=RID, repeatable
   -h, --help               show this help
 
@@ -34,7 +32,7 @@ USAGE
 
 main() {
   local all=0
-  local -a instance_ids=() filter_ids=() request_ids=() filters=()
+  local -a filter_ids=() request_ids=() filters=()
 
   while (($# > 0)); do
     case "$1" in
@@ -45,12 +43,6 @@ main() {
       --all)
         all=1
         shift
-        ;;
-      --instance-id)
-        require_option_value "$1" "$#"
-        require_instance_id "$2"
-        instance_ids+=("$2")
-        shift 2
         ;;
       --filter-instance-id)
         require_option_value "$1" "$#"
@@ -69,9 +61,8 @@ main() {
         ;;
     esac
   done
-  if ((${#instance_ids[@]} > MAX_INSTANCE_IDS || ${#filter_ids[@]} > MAX_INSTANCE_IDS \
-    || ${#request_ids[@]} > MAX_INSTANCE_IDS)); then
-    usage_error "at most ${MAX_INSTANCE_IDS} --instance-id, --filter-instance-id or --request-id options"
+  if ((${#filter_ids[@]} > MAX_INSTANCE_IDS || ${#request_ids[@]} > MAX_INSTANCE_IDS)); then
+    usage_error "at most ${MAX_INSTANCE_IDS} --filter-instance-id or --request-id options"
   fi
 
   if ((!all)); then
@@ -89,9 +80,6 @@ main() {
     local joined
     joined="$(IFS=,; printf '%s' "${filters[*]}")"
     args+=(--filters "[${joined}]")
-  fi
-  if ((${#instance_ids[@]} > 0)); then
-    args+=(--instance-ids "${instance_ids[@]}")
   fi
 
   aws_call ec2 describe-instances "${args[@]}"

@@ -65,7 +65,7 @@ PY
 }
 
 @test "an option without its value is a usage error" {
-  for opt in --name --ami --type --storage-gb --root-device --key-name \
+  for opt in --name --ami --type --storage-gb --root-device \
     --security-group-id --client-token --request-id; do
     run_script create_instance.sh --name web --ami "${AMI}" --type t3.micro "${opt}"
     assert_usage_error
@@ -89,8 +89,7 @@ PY
   for bad in \
     "--ami ami-xyz" "--ami i-0123456789abcdef0" "--type T3.MICRO" "--type t3" \
     "--storage-gb 0" "--storage-gb 16385" "--storage-gb abc" "--storage-gb -8" \
-    "--root-device xvda" "--root-device /dev/../x" "--key-name --dry-run" \
-    "--key-name file:///etc/passwd" "--key-name a/b" "--security-group-id default" \
+    "--root-device xvda" "--root-device /dev/../x" "--security-group-id default" \
     "--security-group-id sg-XYZ" "--client-token --dry-run" \
     "--client-token file://x" "--name ${long_name}"; do
     read -r -a bad <<<"${bad}"
@@ -143,14 +142,14 @@ PY
 
 @test "every option ends up in the argv" {
   run_script create_instance.sh --type t4g.small --ami "${AMI}" --name "my web" \
-    --storage-gb 30 --root-device /dev/sda1 --key-name other-key \
+    --storage-gb 30 --root-device /dev/sda1 \
     --security-group-id sg-0123456789abcdef0 --security-group-id sg-aaaabbbb \
     --tag Team platform --tag cost-center "-42 \"x\"" \
     --client-token "tok-1:ABC_z=" --request-id req-123
   assert_ok_output
   assert_argv "${GLOBAL_ARGS[@]}" ec2 run-instances \
     --image-id "${AMI}" --instance-type t4g.small --count 1 \
-    --key-name other-key \
+    --key-name my_ec2_keypair \
     --block-device-mappings "$(bdm 30 /dev/sda1)" \
     --tag-specifications "$(tag_specs '[{"Key":"Name","Value":"my web"},{"Key":"ManagedBy","Value":"ec2-creator-local"},{"Key":"RequestId","Value":"req-123"},{"Key":"Team","Value":"platform"},{"Key":"cost-center","Value":"-42 \"x\""}]')" \
     --security-group-ids sg-0123456789abcdef0 sg-aaaabbbb \
@@ -169,12 +168,16 @@ PY
   [ "$(argv_after --block-device-mappings)" = '[{"DeviceName":"/dev/xvda","Ebs":{"VolumeSize":9,"VolumeType":"gp3","DeleteOnTermination":true}}]' ]
 }
 
-@test "KEY_NAME sets the default key pair, --key-name overrides it" {
+@test "KEY_NAME sets the key pair (there is no option for it); a malformed one is a usage error" {
   KEY_NAME=from-env run_script create_instance.sh --name web --ami "${AMI}" --type t3.micro
   assert_ok_output
   [ "$(argv_after --key-name)" = "from-env" ]
-  KEY_NAME=from-env run_script create_instance.sh --name web --ami "${AMI}" --type t3.micro --key-name cli
-  [ "$(argv_after --key-name)" = "cli" ]
+  run_script create_instance.sh --name web --ami "${AMI}" --type t3.micro --key-name cli
+  assert_usage_error
+  for bad in --dry-run file:///etc/passwd a/b; do
+    KEY_NAME="${bad}" run_script create_instance.sh --name web --ami "${AMI}" --type t3.micro
+    assert_usage_error || { echo "accepted KEY_NAME=${bad}"; false; }
+  done
 }
 
 @test "hostile names come back as the exact literal Name tag" {

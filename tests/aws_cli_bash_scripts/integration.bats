@@ -107,7 +107,7 @@ listed_ids() {
 
 # state ID: the instance state name as seen by describe-instances.
 state() {
-  "${SCRIPTS_DIR}/list_instances.sh" --all --instance-id "$1" \
+  "${SCRIPTS_DIR}/list_instances.sh" --all --filter-instance-id "$1" \
     | py 'd["Reservations"][0]["Instances"][0]["State"]["Name"]'
 }
 
@@ -143,7 +143,7 @@ state() {
   [ "$(py 'd["Instances"][0]["KeyName"]' <<<"${doc}")" = "my_ec2_keypair" ]
   [ "$(py 'd["Instances"][0]["InstanceType"]' <<<"${doc}")" = "t3.micro" ]
   run py '{t["Key"]: t["Value"] for t in d["Reservations"][0]["Instances"][0]["Tags"]}' \
-    < <("${SCRIPTS_DIR}/list_instances.sh" --instance-id "${id}")
+    < <("${SCRIPTS_DIR}/list_instances.sh" --filter-instance-id "${id}")
   python3 -c 'import json, sys; t = json.loads(sys.argv[1]); assert t == {"Name": sys.argv[2], "ManagedBy": "ec2-creator-local", "RequestId": "req-int-1", "Team": "platform"}, t' \
     "${output}" "${name}"
   [ ! -e /tmp/pwned-ec2cl ]
@@ -173,7 +173,7 @@ state() {
   [ "${output}" = "${managed}" ]
   run listed_ids --request-id no-such-request
   [ "${output}" = "" ]
-  run listed_ids --instance-id "${unmanaged}"
+  run listed_ids --filter-instance-id "${unmanaged}"
   [ "${output}" = "" ]
 }
 
@@ -234,6 +234,6 @@ state() {
 
   local id
   id="$(launch "with-sg" --security-group-id "${sg}")"
-  run "${SCRIPTS_DIR}/list_instances.sh" --instance-id "${id}"
+  run "${SCRIPTS_DIR}/list_instances.sh" --filter-instance-id "${id}"
   [ "$(py '[g["GroupId"] for g in d["Reservations"][0]["Instances"][0]["SecurityGroups"]]' <<<"${output}")" = "[\"${sg}\"]" ]
 }

@@ -40,15 +40,6 @@ setup() {
     --filters 'JSON:[{"Name":"tag:RequestId","Values":["r2"]}]'
 }
 
-@test "--instance-id is repeatable and validated" {
-  run_script list_instances.sh --instance-id i-0123456789abcdef0 --instance-id i-12345678
-  assert_ok_output
-  assert_argv "${GLOBAL_ARGS[@]}" ec2 describe-instances --filters "JSON:[${MANAGED_FILTER}]" \
-    --instance-ids i-0123456789abcdef0 i-12345678
-  run_script list_instances.sh --all --instance-id i-12345678
-  assert_argv "${GLOBAL_ARGS[@]}" ec2 describe-instances --instance-ids i-12345678
-}
-
 @test "--request-id is repeatable: one filter with every value" {
   run_script list_instances.sh --all --request-id r1 --request-id r2
   assert_ok_output
@@ -70,7 +61,7 @@ setup() {
 
 @test "invalid arguments are usage errors" {
   local -a bad
-  for bad in "--instance-id" "--instance-id i-xyz" "--instance-id --all" \
+  for bad in "--instance-id i-12345678" "--filter-instance-id" "--filter-instance-id --all" \
     "--request-id" "--bogus" "extra" "--all --no-paginate"; do
     read -r -a bad <<<"${bad}"
     run_script list_instances.sh "${bad[@]}"
