@@ -1,10 +1,10 @@
 # shellcheck shell=bash
 #
-# Shared by scripts/manage_server.sh and scripts/sandbox.sh (sourced, never executed): error
-# output, process identity (a pid is "ours" only with the start time we recorded for it), and an
+# Shared by scripts/manage_server.sh and scripts/sandbox.sh (sourced, never executed): errors and
+# usage errors, process identity (a pid is "ours" only with the start time we recorded for it), and an
 # HTTP probe that works with or without curl.
 #
-# The sourcing script sets PROG (its name, for messages).
+# The sourcing script sets PROG (its name, for messages) and defines usage().
 
 if [[ -n "${_EC2CL_SCRIPTS_LIB:-}" ]]; then
   return 0
@@ -16,6 +16,25 @@ readonly _EC2CL_SCRIPTS_LIB=1
 #######################################
 err() {
   printf '%s: %s\n' "${PROG}" "$*" >&2
+}
+
+#######################################
+# Print "PROG: MESSAGE" to stderr and exit with EXIT_CODE (default 1).
+# Arguments:
+#   MESSAGE [EXIT_CODE]
+#######################################
+die() {
+  err "$1"
+  exit "${2:-1}"
+}
+
+#######################################
+# Print the error and the sourcing script's usage() to stderr; exit 2.
+#######################################
+usage_error() {
+  err "$*"
+  usage >&2
+  exit 2
 }
 
 #######################################

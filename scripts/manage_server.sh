@@ -30,8 +30,6 @@ readonly LOG_TAIL_LINES=30
 readonly APP_MODULE="app.main:app"
 readonly PROG="${0##*/}"
 
-readonly EXIT_FAILURE=1
-readonly EXIT_USAGE=2
 readonly EXIT_NO_PERMISSION=4
 readonly STATUS_RUNNING=0
 readonly STATUS_DEAD=1
@@ -110,18 +108,6 @@ Environment:
 The server gets this environment (EC2_ENDPOINT_URL, DATABASE_URL, ...)
 without Jenkins' build variables (JENKINS_NODE_COOKIE, BUILD_ID, ...).
 USAGE
-}
-
-# die MESSAGE [EXIT_CODE]
-die() {
-  err "$1"
-  exit "${2:-${EXIT_FAILURE}}"
-}
-
-usage_error() {
-  err "$*"
-  usage >&2
-  exit "${EXIT_USAGE}"
 }
 
 info() {

@@ -73,17 +73,6 @@ Environment:
 USAGE
 }
 
-die() {
-  err "$*"
-  exit 1
-}
-
-usage_error() {
-  err "$*"
-  usage >&2
-  exit 2
-}
-
 #######################################
 # Validate the environment settings.
 #######################################
