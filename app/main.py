@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -70,7 +71,8 @@ async def lifespan(app: FastAPI):
         warm.cancel()
 
 
-def create_app() -> FastAPI:
+def create_app(settings_getter: Callable[[], Settings] = _load_settings) -> FastAPI:
+    """The app; tests in process pass their own settings and override the dependencies in deps.py."""
     app = FastAPIOffline(
         title="EC2 Creator Local",
         version="1.0.0",
@@ -80,7 +82,7 @@ def create_app() -> FastAPI:
         redoc_url=None,
     )
     install_error_handlers(app)
-    app.add_middleware(GuardMiddleware, settings_getter=_load_settings)
+    app.add_middleware(GuardMiddleware, settings_getter=settings_getter)
     app.include_router(instances.router)
 
     @app.get("/health", response_model=Health, tags=["health"])

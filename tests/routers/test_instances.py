@@ -1,0 +1,182 @@
+"""The /instances routes in process (TestClient, dependency overrides): request validation, the 404 of
+an unknown id, the status of a transition and the mapping of every domain error to the one envelope.
+No lifespan runs, so no `aws` process can start; the service and reconciler are stand-ins that record
+what reached them, and the store is a real SQLite file."""
+
+import sqlite3
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from app.config import Settings
+from app.deps import get_reconciler, get_service, get_settings, get_store
+from app.errors import Conflict, PolicyViolation, Unavailable, UpstreamError, UpstreamTimeout
+from app.main import create_app
+from app.models.instance import SyncResult
+from app.models.rows import InstanceState
+from app.services.db import Database, utcnow
+
+KNOWN = "i-0123456789abcdef0"
+BODY = {"name": "web-1", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
+
+
+class StandIn:
+    """Records each call; answers with the stored row, or raises what a test put in `raises`."""
+
+    def __init__(self, store: Database) -> None:
+        self.store = store
+        self.calls: list[tuple] = []
+        self.raises: BaseException | None = None
+        self.changed = True
+        self.replayed = False
+
+    def _answer(self):
+        if self.raises is not None:
+            raise self.raises
+        return self.store.require_instance(KNOWN)
+
+    async def create(self, body, idempotency_key):
+        self.calls.append(("create", body.name, idempotency_key))
+        return self._answer(), self.replayed
+
+    async def transition(self, instance_id, action):
+        self.calls.append((action, instance_id))
+        return self._answer(), self.changed
+
+    async def sweep(self):
+        self.calls.append(("sync",))
+        if self.raises is not None:
+            raise self.raises
+        return SyncResult(adopted=[KNOWN])
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return Settings(_env_file=None, ec2_endpoint_url="http://127.0.0.1:9", aws_access_key_id="testing",  # type: ignore[call-arg]
+                    database_url=str(tmp_path / "instances.db"))
+
+
+@pytest.fixture
+def store(settings) -> Database:
+    db = Database(settings.database_path)
+    db.migrate()
+    now = utcnow()
+    db.upsert_instance({"id": KNOWN, "name": "web-1", "state": InstanceState.RUNNING, "public_ip": "203.0.113.9",
+                        "tags": {"Team": "a"}, "login_user": "ec2-user", "region": "us-east-1",
+                        "account": "123456789012", "missed_sweeps": 1, "created_at": now, "updated_at": now})
+    db.add_event(KNOWN, "create", None, "running", "api")
+    return db
+
+
+@pytest.fixture
+def stand_in(store) -> StandIn:
+    return StandIn(store)
+
+
+@pytest.fixture
+def client(settings, store, stand_in):
+    app = create_app(lambda: settings)
+    app.dependency_overrides |= {get_settings: lambda: settings, get_store: lambda: store,
+                                 get_service: lambda: stand_in, get_reconciler: lambda: stand_in}
+    return TestClient(app, base_url="http://127.0.0.1:8000", raise_server_exceptions=False)
+
+
+def test_reads_come_from_the_store_and_show_only_public_fields(client):
+    listed = client.get("/instances").json()["instances"]
+    assert [i["id"] for i in listed] == [KNOWN]
+    one = client.get(f"/instances/{KNOWN}").json()
+    assert one == listed[0]
+    assert one["state"] == "running" and one["tags"] == {"Team": "a"} and one["region"] == "us-east-1"
+    assert not {"login_user", "account", "missed_sweeps", "missing_since", "endpoint"} & set(one)
+    assert client.get(f"/instances/{KNOWN}/events").json()["events"][0]["to_state"] == "running"
+
+
+@pytest.mark.parametrize("method, path", [
+    ("GET", "/instances/{id}"), ("GET", "/instances/{id}/events"), ("DELETE", "/instances/{id}"),
+    ("POST", "/instances/{id}/start"), ("POST", "/instances/{id}/stop"),
+])
+@pytest.mark.parametrize("instance_id", ["i-00000000000000000", "not-an-id", "i-0123456789ABCDEF0"])
+def test_an_unknown_id_is_404_before_the_service_is_asked(client, stand_in, method, path, instance_id):
+    response = client.request(method, path.format(id=instance_id))
+    assert response.status_code == 404
+    assert response.json()["code"] == "instance_not_found"
+    assert stand_in.calls == []
+
+
+@pytest.mark.parametrize("body", [
+    {}, BODY | {"name": ""}, BODY | {"storage_gb": "8"}, BODY | {"storage_gb": True},
+    BODY | {"create_security_group": "yes"}, BODY | {"tags": {"Name": "x"}}, BODY | {"tags": {"aws:x": "y"}},
+    BODY | {"ami": "AMI-UPPER"}, BODY | {"instance_type": "--dry-run"}, BODY | {"name": "$(reboot)"},
+])
+def test_a_malformed_create_is_422_and_never_reaches_the_service(client, stand_in, body):
+    response = client.post("/instances", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "validation_error" and response.json()["errors"]
+    assert stand_in.calls == []
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256, "tab\there", "é"])
+def test_a_malformed_idempotency_key_is_422(client, stand_in, key):
+    response = client.post("/instances", json=BODY, headers={"Idempotency-Key": key.encode()})
+    assert response.status_code == 422
+    assert stand_in.calls == []
+
+
+def test_create_is_201_and_a_replay_says_so(client, stand_in):
+    first = client.post("/instances", json=BODY, headers={"Idempotency-Key": "k1"})
+    assert first.status_code == 201 and "Idempotent-Replayed" not in first.headers
+    stand_in.replayed = True
+    again = client.post("/instances", json=BODY, headers={"Idempotency-Key": "k1"})
+    assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.json() == first.json()
+    assert stand_in.calls == [("create", "web-1", "k1")] * 2
+
+
+@pytest.mark.parametrize("method, path, action", [
+    ("POST", "/start", "start"), ("POST", "/stop", "stop"), ("DELETE", "", "delete")])
+def test_a_transition_is_202_when_asked_of_ec2_and_200_when_already_done(client, stand_in, method, path, action):
+    assert client.request(method, f"/instances/{KNOWN}{path}").status_code == 202
+    stand_in.changed = False
+    assert client.request(method, f"/instances/{KNOWN}{path}").status_code == 200
+    assert stand_in.calls == [(action, KNOWN)] * 2
+
+
+@pytest.mark.parametrize("error, status, code, retry_after", [
+    (PolicyViolation("not free", code="instance_type_not_allowed"), 400, "instance_type_not_allowed", None),
+    (Conflict("busy", code="launch_in_progress", retry_after=5), 409, "launch_in_progress", "5"),
+    (Conflict("wrong", code="wrong_state", aws_error_code="IncorrectInstanceState"), 409, "wrong_state", None),
+    (UpstreamError("odd", code="aws_bad_output"), 502, "aws_bad_output", None),
+    (Unavailable("later", code="record_failed", retry_after=5, extra={"instance_id": KNOWN}), 503,
+     "record_failed", "5"),
+    (UpstreamTimeout("slow"), 504, "aws_timeout", None),
+    (sqlite3.OperationalError("database is locked"), 503, "store_unavailable", "5"),
+    (RuntimeError("a bug with a secret in it"), 500, "internal_error", None),
+])
+@pytest.mark.parametrize("method, path", [("POST", "/instances"), ("POST", f"/instances/{KNOWN}/stop"),
+                                          ("POST", "/instances/sync")])
+def test_every_error_maps_to_the_envelope(client, stand_in, error, status, code, retry_after, method, path):
+    stand_in.raises = error
+    response = client.request(method, path, json=BODY)
+    assert response.status_code == status
+    body = response.json()
+    assert body["code"] == code and isinstance(body["detail"], str)
+    assert response.headers.get("Retry-After") == retry_after
+    assert "Traceback" not in response.text and "secret" not in response.text
+    if getattr(error, "aws_error_code", None):
+        assert body["aws_error_code"] == error.aws_error_code
+    if code == "record_failed":
+        assert body["instance_id"] == KNOWN
+
+
+def test_sync_returns_what_the_reconciler_changed(client):
+    assert client.post("/instances/sync").json() == {"adopted": [KNOWN], "updated": [], "gone": [], "missing": []}
+
+
+def test_with_a_token_every_instances_route_needs_it(client, settings, stand_in):
+    settings.api_token = SecretStr("t0ken-for-in-process-tests")
+    assert client.get("/instances").status_code == 401
+    assert client.post("/instances", json=BODY).status_code == 401
+    assert client.get("/instances", headers={"Authorization": "Bearer t0ken-for-in-process-tests"}).status_code == 200
+    assert client.get("/health").status_code == 200
+    assert stand_in.calls == []
