@@ -29,6 +29,8 @@ readonly _EC2CL_COMMON_SOURCED=1
 readonly MANAGED_BY_KEY="ManagedBy"
 # shellcheck disable=SC2034
 readonly MANAGED_BY_VALUE="ec2-creator-local"
+# EC2 takes up to 1,000 ids in one start/stop/terminate call.
+readonly MAX_ACTION_IDS=1000
 
 export AWS_PAGER=""
 AWS_CLI="${AWS_CLI:-aws}"
@@ -341,19 +343,20 @@ parse_positional() {
 }
 
 #######################################
-# Usage of a one-instance action script (start / stop / destroy).
+# Usage of an instance action script (start / stop / destroy).
 # Arguments:
 #   VERB (e.g. Start), OPERATION (e.g. start-instances)
 #######################################
 instance_action_usage() {
   local verb="$1" operation="$2"
   cat <<USAGE
-Usage: ${0##*/} [--] INSTANCE_ID
+Usage: ${0##*/} [--] INSTANCE_ID...
 
-${verb} one EC2 instance (aws ec2 ${operation}) and print the AWS JSON.
+${verb} EC2 instances (aws ec2 ${operation}) in one call and print the AWS
+JSON (one entry per instance; an id EC2 does not know fails the whole call).
 
 Arguments:
-  INSTANCE_ID   i-xxxxxxxx (i- and 8 to 17 hex digits)
+  INSTANCE_ID   i-xxxxxxxx (i- and 8 to 17 hex digits); 1 to ${MAX_ACTION_IDS}, no repeats
 
 Options:
   -h, --help    show this help
@@ -363,8 +366,8 @@ USAGE
 }
 
 #######################################
-# The whole CLI of a one-instance action script:
-#   SCRIPT [--] INSTANCE_ID  ->  aws ec2 OPERATION --instance-ids INSTANCE_ID
+# The whole CLI of an instance action script:
+#   SCRIPT [--] INSTANCE_ID...  ->  aws ec2 OPERATION --instance-ids INSTANCE_ID...
 # Arguments:
 #   OPERATION, then the script's own arguments.
 #######################################
@@ -373,10 +376,16 @@ instance_action_main() {
   shift
   parse_positional "$@"
   local -a positional=("${POSITIONAL[@]}")
-  if ((${#positional[@]} != 1)); then
-    usage_error "exactly one INSTANCE_ID is required"
+  if ((${#positional[@]} < 1 || ${#positional[@]} > MAX_ACTION_IDS)); then
+    usage_error "1 to ${MAX_ACTION_IDS} INSTANCE_IDs are required"
   fi
-  require_instance_id "${positional[0]}"
+  local id
+  local -A seen=()
+  for id in "${positional[@]}"; do
+    require_instance_id "${id}"
+    [[ -z "${seen[${id}]+x}" ]] || usage_error "instance id ${id} is given twice"
+    seen[${id}]=1
+  done
 
-  aws_call ec2 "${operation}" --instance-ids "${positional[0]}"
+  aws_call ec2 "${operation}" --instance-ids "${positional[@]}"
 }

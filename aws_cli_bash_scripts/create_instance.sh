@@ -41,6 +41,9 @@ Options:
   --storage-gb N            root gp3 volume size, ${MIN_STORAGE_GB}..${MAX_STORAGE_GB} (default ${DEFAULT_STORAGE_GB})
   --root-device DEV         root device name (default ${DEFAULT_ROOT_DEVICE})
   --security-group-id SG    sg-xxxxxxxx, repeatable
+  --cpu-credits MODE        standard or unlimited (T instances' CPU credit mode;
+                            EC2's default for t3/t3a/t4g is unlimited)
+  --no-public-ip            launch without a public IPv4 address
   --tag KEY VALUE           extra tag, repeatable (not Name, ${MANAGED_BY_KEY},
                             RequestId, nor aws:*)
   --client-token TOKEN      idempotency token, 1..64 printable ASCII, no spaces
@@ -101,7 +104,7 @@ main() {
   local name="" ami="" type="" storage_gb="${DEFAULT_STORAGE_GB}"
   local root_device="${DEFAULT_ROOT_DEVICE}"
   local key_name="${KEY_NAME:-${DEFAULT_KEY_NAME}}"
-  local client_token="" request_id="" have_request_id=0
+  local client_token="" request_id="" have_request_id=0 cpu_credits="" public_ip=1
   local have_name=0 have_ami=0 have_type=0
   local -a security_groups=() user_tags=()
   local -A seen_keys=()
@@ -145,6 +148,17 @@ main() {
         require_sg_id "$2"
         security_groups+=("$2")
         shift 2
+        ;;
+      --cpu-credits)
+        require_option_value "$1" "$#"
+        [[ "$2" == standard || "$2" == unlimited ]] \
+          || usage_error "--cpu-credits must be standard or unlimited, not '$2'"
+        cpu_credits="$2"
+        shift 2
+        ;;
+      --no-public-ip)
+        public_ip=0
+        shift
         ;;
       --tag)
         if (($# < 3)); then
@@ -214,6 +228,12 @@ main() {
   )
   if ((${#security_groups[@]} > 0)); then
     args+=(--security-group-ids "${security_groups[@]}")
+  fi
+  if [[ -n "${cpu_credits}" ]]; then
+    args+=(--credit-specification "{\"CpuCredits\":\"${cpu_credits}\"}")
+  fi
+  if ((!public_ip)); then
+    args+=(--no-associate-public-ip-address)
   fi
   if [[ -n "${client_token}" ]]; then
     args+=(--client-token "${client_token}")

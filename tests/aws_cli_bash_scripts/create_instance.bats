@@ -156,6 +156,20 @@ PY
     --client-token "tok-1:ABC_z="
 }
 
+@test "--cpu-credits sends the credit specification as JSON; --no-public-ip asks for no public IPv4" {
+  run_script create_instance.sh --name web --ami "${AMI}" --type t3.micro --cpu-credits standard --no-public-ip
+  assert_ok_output
+  [ "$(argv_after --credit-specification)" = '{"CpuCredits":"standard"}' ]
+  grep -qx -- --no-associate-public-ip-address "${FAKE_AWS_ARGV}"
+  run_script create_instance.sh --name web --ami "${AMI}" --type t3.micro
+  refute_argv_has --credit-specification
+  refute_argv_has --no-associate-public-ip-address
+  for bad in "" Standard "standard,x" --dry-run; do
+    run_script create_instance.sh --name web --ami "${AMI}" --type t3.micro --cpu-credits "${bad}"
+    assert_usage_error || { echo "accepted --cpu-credits ${bad}"; false; }
+  done
+}
+
 @test "the free-tier storage policy is the API's: any gp3 size is passed on" {
   run_script create_instance.sh --name web --ami "${AMI}" --type t3.micro --storage-gb 100
   assert_ok_output

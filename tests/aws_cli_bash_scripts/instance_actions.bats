@@ -1,5 +1,5 @@
 #!/usr/bin/env bats
-# Contract tests for the one-instance action scripts: start_instance.sh, stop_instance.sh and
+# Contract tests for the instance action scripts: start_instance.sh, stop_instance.sh and
 # destroy_instance.sh share their CLI (common.sh's instance_action_main); each test runs all three.
 
 load helpers/common
@@ -50,6 +50,25 @@ check_a_valid_id_produces_exactly_the_expected_argv() {
   for_each_action check_a_valid_id_produces_exactly_the_expected_argv
 }
 
+check_several_ids_go_in_one_call() {
+  run_script "${SCRIPT}" i-0123456789abcdef0 i-12345678 -- i-87654321
+  assert_ok_output
+  assert_argv "${GLOBAL_ARGS[@]}" ec2 "${OPERATION}" --instance-ids i-0123456789abcdef0 i-12345678 i-87654321
+  local -a many=()
+  local i
+  for ((i = 0; i < 1001; i++)); do
+    many+=("$(printf 'i-%08x' "${i}")")
+  done
+  run_script "${SCRIPT}" "${many[@]:0:1000}"
+  assert_ok_output
+  run_script "${SCRIPT}" "${many[@]}"
+  assert_usage_error
+}
+
+@test "several ids go in one call (up to 1,000)" {
+  for_each_action check_several_ids_go_in_one_call
+}
+
 check_before_the_id_is_allowed() {
   run_script "${SCRIPT}" -- i-12345678
   assert_ok_output
@@ -62,8 +81,8 @@ check_before_the_id_is_allowed() {
 
 check_missing_extra_or_invalid_ids_are_usage_errors() {
   local -a bad
-  for bad in "" "i-12345678 i-87654321" "i-xyz" "ami-12345678" "--dry-run" \
-    "-- --dry-run" "-- i-12345678 i-87654321" "--force i-12345678" "I-12345678" "--"; do
+  for bad in "" "i-12345678 i-12345678" "i-12345678 i-xyz" "i-xyz" "ami-12345678" "--dry-run" \
+    "-- --dry-run" "-- i-12345678 --dry-run" "--force i-12345678" "I-12345678" "--"; do
     read -r -a bad <<<"${bad}"
     run_script "${SCRIPT}" "${bad[@]}"
     assert_usage_error || { echo "accepted: ${bad[*]}"; false; }
