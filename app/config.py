@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS_DIR = REPO_ROOT / "aws_cli_bash_scripts"
 DEFAULT_SANDBOX_URL = "http://127.0.0.1:5055"
+DEFAULT_PRICES_FILE = REPO_ROOT / "app" / "data" / "prices.json"
 
 
 def _split_csv(value: object) -> object:
@@ -55,8 +56,26 @@ class Settings(BaseSettings):
     consistency_grace_seconds: float = Field(120.0, ge=0, le=86400)
     gone_after_missed_sweeps: int = Field(2, ge=1, le=100)
     events_retention_days: float = Field(90.0, gt=0, le=36500)
+    # The spend guard: what may be committed per calendar month (UTC), priced from PRICES_FILE.
+    budget_usd: float = Field(5.0, gt=0, le=1_000_000)
+    default_auto_stop_minutes: int | None = Field(480, ge=1, le=10080)
+    prices_file: Path = DEFAULT_PRICES_FILE
 
     _split = field_validator("allowed_instance_types", "free_tier_amis", mode="before")(_split_csv)
+
+    @field_validator("default_auto_stop_minutes", mode="before")
+    @classmethod
+    def _never(cls, value: object) -> object:
+        return None if value in ("", "never", "none", "null") else value
+
+    @field_validator("prices_file")
+    @classmethod
+    def _prices_readable(cls, value: Path) -> Path:
+        from app.services.spending import PriceBook  # the file's format lives with the code that reads it
+
+        path = value.expanduser()
+        PriceBook.load(path)  # a ValueError names what is wrong in the file
+        return path
 
     @field_validator("backend")
     @classmethod

@@ -12,11 +12,12 @@ from pydantic import ValidationError
 from app.config import Settings, get_settings
 from app.errors import ApiError, install_error_handlers
 from app.models.instance import Health
-from app.routers import instances
+from app.routers import budget, instances
 from app.security import GuardMiddleware, check_bind
 from app.services.aws_cli import AwsCli
 from app.services.db import Database, SchemaTooNew
 from app.services.instances import InstanceService
+from app.services.scheduling import AutoStopper
 
 log = logging.getLogger("ec2_creator")
 
@@ -54,6 +55,8 @@ async def lifespan(app: FastAPI):
     await service.load_catalog()
     app.state.settings, app.state.store = settings, db
     app.state.service, app.state.reconciler = service, service.reconciler
+    stopper = AutoStopper(db, aws, service.recorder, service.reconciler)
+    service.on_stop_at_changed = stopper.wake
     endpoint = settings.ec2_endpoint_url or "the AWS default endpoint"
     if settings.aws_access_key_id:  # the CLI prefers keys in its environment to a profile
         credentials = "access key from settings" + (
@@ -64,9 +67,13 @@ async def lifespan(app: FastAPI):
              endpoint, settings.region, credentials, aws.env["AWS_CLI"], settings.database_path)
     warm = asyncio.create_task(_warm_catalog(service))
     service.reconciler.start()
+    stopper.start()
+    service.account_plan.start()
     try:
         yield
     finally:
+        await stopper.stop()
+        await service.account_plan.stop()
         await service.reconciler.stop()
         warm.cancel()
 
@@ -84,6 +91,7 @@ def create_app(settings_getter: Callable[[], Settings] = _load_settings) -> Fast
     install_error_handlers(app)
     app.add_middleware(GuardMiddleware, settings_getter=settings_getter)
     app.include_router(instances.router)
+    app.include_router(budget.router)
 
     @app.get("/health", response_model=Health, tags=["health"])
     async def health() -> dict:

@@ -4,6 +4,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any
 
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -12,6 +13,7 @@ from pydantic import (
     StringConstraints,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 
 # EC2 tag values allow letters, digits, spaces and _ . : / = + - @ ; names use the same set.
@@ -39,6 +41,9 @@ def _json_integer(value: object) -> object:
     return value
 
 
+AutoStopMinutes = Annotated[Annotated[int, Field(ge=1, le=10080)] | None, BeforeValidator(_json_integer)]
+
+
 class InstanceCreate(BaseModel):
     """What to launch. Free-tier rules are checked before anything is spawned."""
 
@@ -53,6 +58,11 @@ class InstanceCreate(BaseModel):
     create_security_group: StrictBool = Field(
         False, description="Attach the reusable 'ec2-creator-local' security group (SSH from SSH_INGRESS_CIDR)")
     tags: Tags | None = Field(None, description="Extra tags", max_length=40)
+    associate_public_ip: StrictBool = Field(
+        True, description="Give it a public IPv4 address (billed per hour); false: reachable only inside its VPC")
+    auto_stop_minutes: AutoStopMinutes = Field(
+        None, description="Stop it this many minutes after every start (1-10080); null: never. Omitted: the "
+                          "server's DEFAULT_AUTO_STOP_MINUTES (480)")
 
     @field_validator("tags")
     @classmethod
@@ -82,11 +92,64 @@ class Instance(BaseModel):
     region: str | None = Field(None, description="AWS region the instance lives in")
     created_at: str | None = None
     updated_at: str | None = None
+    auto_stop_minutes: int | None = Field(None, description="Minutes after each start when it is stopped; null: never")
+    stop_at: str | None = Field(None, description="When the scheduler stops it (UTC); null when not running or never")
+    cost: "Cost | None" = Field(None, description="Its spend this budget period (GET /instances/{id})")
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> "Instance":
+    def from_row(cls, row: Mapping[str, Any], cost: "Cost | None" = None) -> "Instance":
         """The public view of a stored row (InstanceRow): its bookkeeping columns stay inside."""
-        return cls.model_validate({name: row[name] for name in cls.model_fields})
+        return cls.model_validate({**{name: row[name] for name in STORED_FIELDS}, "cost": cost})
+
+
+class Cost(BaseModel):
+    spent_usd: float = Field(description="Spent since the budget period began")
+    projected_usd: float = Field(description="What it will cost until its stop_at (or the period end) from now on")
+
+
+# The Instance fields kept in the instances table (cost is computed when asked for).
+STORED_FIELDS = tuple(name for name in Instance.model_fields if name != "cost")
+
+
+class InstancePatch(BaseModel):
+    """Exactly one of the two: a new auto-stop delay, or a new stop time for this run."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1, "maxProperties": 1})
+
+    auto_stop_minutes: AutoStopMinutes = Field(
+        None, description="Minutes after each start (re-arms stop_at from now if it runs); null: never")
+    stop_at: AwareDatetime | None = Field(None, description="ISO 8601 time with a zone to stop it at; null: cancel")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "InstancePatch":
+        if len(self.model_fields_set) != 1:
+            raise ValueError("give exactly one of auto_stop_minutes or stop_at")
+        return self
+
+
+class BudgetInstance(BaseModel):
+    id: str
+    name: str | None
+    state: str
+    spent_usd: float
+    projected_usd: float
+    stop_at: str | None
+
+
+class Budget(BaseModel):
+    """Spend this period against BUDGET_USD (computed from the recorded state history and PRICES_FILE)."""
+
+    budget_usd: float
+    period_start: str
+    period_end: str
+    spent_usd: float
+    committed_usd: float = Field(description="Spent plus what every instance will cost until it stops or the period "
+                                             "ends")
+    remaining_usd: float
+    instances: list[BudgetInstance]
+    unpriced: list[str] = Field([], description="Instances whose type has no price here: their compute is not counted")
+    aws_plan: dict | None = Field(None, description="From `aws freetier get-account-plan-state` (real AWS only)")
+    aws_plan_note: str | None = None
 
 
 class InstanceList(BaseModel):

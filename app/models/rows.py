@@ -69,6 +69,9 @@ class InstanceRow(TypedDict):
     account: str | None
     missing_since: str | None  # when a sweep first did not list it
     missed_sweeps: int
+    auto_stop_minutes: int | None  # None: never stopped by the scheduler
+    stop_at: str | None  # when the scheduler stops it; None when not running or never
+    associate_public_ip: int | None  # 0: launched without a public IPv4; None: unknown
 
 
 class LaunchRow(TypedDict):
@@ -97,3 +100,4 @@ class EventRow(TypedDict):
     source: str
     request_id: str | None
     aws_error: str | None
+    public_ip: str | None  # recorded with the change (the ledger counts IPv4 hours from it)

@@ -1,12 +1,13 @@
 """Thin routes: validate, call the service, return the recorded instance."""
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Response, status
 
 from app.deps import InstanceDep, ReconcilerDep, ServiceDep, StoreDep, require_token
 from app.errors import error_responses
-from app.models.instance import EventList, Instance, InstanceCreate, InstanceList, SyncResult
+from app.models.instance import Cost, EventList, Instance, InstanceCreate, InstanceList, InstancePatch, SyncResult
 from app.models.rows import InstanceRow
 from app.services.instances import InstanceService
 
@@ -46,9 +47,16 @@ async def sync_instances(reconciler: ReconcilerDep) -> SyncResult:
 
 
 @router.get("/{instance_id}", response_model=Instance, responses=error_responses(404, 422))
-async def get_instance(instance: InstanceDep) -> Instance:
-    """One tracked instance (from the database; never calls AWS)."""
-    return Instance.from_row(instance)
+async def get_instance(instance: InstanceDep, service: ServiceDep) -> Instance:
+    """One tracked instance, with its spend this budget period (from the database; never calls AWS)."""
+    cost = await asyncio.to_thread(service.spending.cost_of, instance)
+    return Instance.from_row(instance, Cost(spent_usd=cost.spent_usd, projected_usd=cost.projected_usd))
+
+
+@router.patch("/{instance_id}", response_model=Instance, responses=error_responses(400, 404, 409, 422))
+async def patch_instance(instance: InstanceDep, change: InstancePatch, service: ServiceDep) -> Instance:
+    """Change its auto-stop: auto_stop_minutes (re-arms stop_at if it runs) or stop_at for this run."""
+    return Instance.from_row(await service.patch(instance["id"], change))
 
 
 @router.get("/{instance_id}/events", response_model=EventList, responses=error_responses(404, 422))

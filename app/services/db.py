@@ -14,10 +14,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from app.models.instance import Instance
+from app.models.instance import STORED_FIELDS
 from app.models.rows import EventRow, InstanceRow, InstanceState, LaunchRow, LaunchStatus
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Columns of the original project's `instances` table, kept so its databases open unchanged.
 ORIGINAL_COLUMNS = ("id", "name", "public_ip", "ami", "instance_type", "state", "ssh_string",
@@ -36,13 +36,19 @@ ADDED_COLUMNS = {
     "account": "TEXT",
     "missing_since": "TEXT",
     "missed_sweeps": "INTEGER NOT NULL DEFAULT 0",
+    # v3, the spend guard: when a running instance is stopped by the scheduler, and whether it was
+    # launched with a public IPv4 (NULL: unknown, as for one we did not launch).
+    "auto_stop_minutes": "INTEGER",
+    "stop_at": "TEXT",
+    "associate_public_ip": "INTEGER",
 }
 INSTANCE_FIELDS = ORIGINAL_COLUMNS + tuple(ADDED_COLUMNS)
-# What the API shows of an instance: the response model's fields, in its order.
-PUBLIC_FIELDS = tuple(Instance.model_fields)
+# What the API shows of an instance: the response model's stored fields, in its order.
+PUBLIC_FIELDS = STORED_FIELDS
 
 ENDED = tuple(s.value for s in InstanceState if s.ended)
 ACTIVE = f"state NOT IN {ENDED!r}"
+EVENT_COLUMNS = "at, action, from_state, to_state, source, request_id, aws_error, public_ip"
 
 
 def _tags(text: str | None) -> dict:
@@ -137,6 +143,8 @@ class Database:
                 self._migrate_to_1(conn)
             if version < 2:
                 self._migrate_to_2(conn)
+            if version < 3:
+                self._migrate_to_3(conn)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
@@ -211,6 +219,19 @@ class Database:
                 PRIMARY KEY (scope, name))"""
         )
         conn.execute("CREATE INDEX IF NOT EXISTS events_at ON instance_events(at)")
+
+    @staticmethod
+    def _migrate_to_3(conn: sqlite3.Connection) -> None:
+        """Auto-stop and public-IP columns; each event keeps the public IP recorded with it (the ledger
+        counts IPv4 hours from them)."""
+        have = {row["name"] for row in conn.execute("PRAGMA table_info(instances)")}
+        for column, decl in ADDED_COLUMNS.items():
+            if column not in have:
+                conn.execute(f"ALTER TABLE instances ADD COLUMN {column} {decl}")
+        have = {row["name"] for row in conn.execute("PRAGMA table_info(instance_events)")}
+        if "public_ip" not in have:
+            conn.execute("ALTER TABLE instance_events ADD COLUMN public_ip TEXT")
+        conn.execute("CREATE INDEX IF NOT EXISTS instances_stop_at ON instances(stop_at) WHERE stop_at IS NOT NULL")
 
     # -- instances -------------------------------------------------------------------------
     @staticmethod
@@ -313,18 +334,48 @@ class Database:
     # -- events ----------------------------------------------------------------------------
     def add_event(self, instance_id: str, action: str, from_state: str | None, to_state: str | None,
                   source: str, request_id: str | None = None, aws_error: str | None = None,
-                  at: str | None = None) -> None:
+                  at: str | None = None, public_ip: str | None = None) -> None:
         self.connect().execute(
             "INSERT INTO instance_events (instance_id, at, action, from_state, to_state, source, request_id, "
-            "aws_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (instance_id, at or utcnow(), action, from_state, to_state, source, request_id, aws_error),
+            "aws_error, public_ip) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (instance_id, at or utcnow(), action, from_state, to_state, source, request_id, aws_error, public_ip),
         )
 
     def list_events(self, instance_id: str) -> list[EventRow]:
         rows = self.connect().execute(
-            "SELECT at, action, from_state, to_state, source, request_id, aws_error FROM instance_events "
-            "WHERE instance_id = ? ORDER BY seq", (instance_id,))
+            f"SELECT {EVENT_COLUMNS} FROM instance_events WHERE instance_id = ? ORDER BY seq", (instance_id,))
         return [EventRow(**r) for r in rows]  # type: ignore[typeddict-item]
+
+    def ledger(self, region: str, endpoint: str, since: str) -> tuple[list[InstanceRow], dict[str, list[EventRow]]]:
+        """What the spend ledger reads, in one transaction: this EC2's instances that are live or were
+        changed since `since`, and their events in order."""
+        conn = self.connect()
+        which = f"region = ? AND endpoint = ? AND ({ACTIVE} OR updated_at >= ?)"
+        with self.read():
+            rows = [self._row(r) for r in conn.execute(f"SELECT * FROM instances WHERE {which}",
+                                                        (region, endpoint, since))]
+            events: dict[str, list[EventRow]] = {}
+            for r in conn.execute(f"SELECT instance_id, {EVENT_COLUMNS} FROM instance_events WHERE instance_id IN "
+                                  f"(SELECT id FROM instances WHERE {which}) ORDER BY seq", (region, endpoint, since)):
+                item = dict(r)
+                events.setdefault(item.pop("instance_id"), []).append(EventRow(**item))  # type: ignore[typeddict-item]
+        return rows, events
+
+    def due_for_stop(self, now: str, region: str, endpoint: str) -> list[InstanceRow]:
+        """Running instances of this EC2 whose stop_at has come."""
+        return [self._row(r) for r in self.connect().execute(
+            "SELECT * FROM instances WHERE stop_at IS NOT NULL AND stop_at <= ? AND state IN ('pending', 'running') "
+            "AND region = ? AND endpoint = ? ORDER BY stop_at", (now, region, endpoint))]
+
+    def next_stop_at(self, region: str, endpoint: str) -> str | None:
+        row = self.connect().execute(
+            "SELECT MIN(stop_at) FROM instances WHERE stop_at IS NOT NULL AND state IN ('pending', 'running') "
+            "AND region = ? AND endpoint = ?", (region, endpoint)).fetchone()
+        return row[0] if row else None
+
+    def read(self) -> "_Read":
+        """`with db.read():` one consistent snapshot for several SELECTs."""
+        return _Read(self.connect())
 
     def transaction(self) -> "_Transaction":
         return _Transaction(self.connect(), self._written)
@@ -459,6 +510,18 @@ class _Transaction:
     def __exit__(self, exc_type, exc, tb) -> None:
         self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
         self.on_commit()  # writes inside bumped the generation before they were visible: bump again
+
+
+class _Read:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.conn.execute("COMMIT")
 
 
 class _Savepoint:

@@ -12,20 +12,25 @@ import re
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from app.config import Settings
 from app.errors import ApiError, Conflict, PolicyViolation, Unavailable, UpstreamError
-from app.models.instance import InstanceCreate
+from app.models.instance import InstanceCreate, InstancePatch
 from app.models.rows import InstanceRow, InstanceState, LaunchStatus
 from app.services.aws_cli import AwsCli, outcome_unknown
-from app.services.db import Database, age_seconds
+from app.services.db import TIME_FORMAT, Database, age_seconds
 from app.services.free_tier import Catalog, check_catalog, check_static, login_user_for
 from app.services.reconciler import Reconciler
-from app.services.recorder import SECURITY_GROUP_NAME, Recorder
+from app.services.recorder import RUNNING, SECURITY_GROUP_NAME, Recorder, in_minutes
+from app.services.spending import AccountPlan, PriceBook, Rates, Spending, period_bounds
 
 log = logging.getLogger("ec2_creator.instances")
 
 
+# T instances launch in EC2's unlimited CPU-credit mode by default, where sustained load is billed as
+# surplus credits: every launch of these families asks for standard.
+T_FAMILY = re.compile(r"t(2|3|3a|4g)\.[a-z0-9]+")
 PLAIN_TOKEN = re.compile(r"[!-,.-~][!-~]{0,63}")  # printable ASCII, not starting with '-'
 URL_PREFIX = re.compile(r"(?i)(fileb?|https?)://")
 
@@ -78,6 +83,10 @@ class InstanceService:
         self.catalog = Catalog()
         self.recorder = Recorder(settings, db, self.login_user_of)
         self.reconciler = Reconciler(settings, db, aws, self.recorder)
+        self.spending = Spending(settings.budget_usd, PriceBook.load(settings.prices_file), db, settings.region,
+                                 settings.endpoint_key)
+        self.on_stop_at_changed = lambda: None  # the auto-stop scheduler's wake-up, set by the app
+        self.account_plan = AccountPlan(aws, emulated=bool(settings.ec2_endpoint_url))
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._catalog_lock = asyncio.Lock()
         self._sg_lock = asyncio.Lock()
@@ -150,11 +159,16 @@ class InstanceService:
         same instance without a second launch; concurrent repeats wait for the first.
         """
         check_static(self.settings.allowed_instance_types, req.instance_type, req.storage_gb)
+        if "auto_stop_minutes" not in req.model_fields_set:
+            req = req.model_copy(update={"auto_stop_minutes": self.settings.default_auto_stop_minutes})
+        rates = self.spending.rates_for(req.instance_type, req.storage_gb)  # 400 price_unknown
+        # Checked once before anything can spawn (the catalogue), and again, reserving, when the launch is claimed.
+        await asyncio.to_thread(self._admit_create, None, req, rates)
         catalog = await self.ensure_catalog()
         ami = check_catalog(catalog, self.settings.allowed_instance_types, req.ami, req.instance_type)
         if idempotency_key is None:
             with self.reconciler.mutating():
-                return await self._launch(req, ami, None, request_hash(req)), False
+                return await self._launch(req, ami, None, request_hash(req), rates), False
         inflight = self._inflight.get(idempotency_key)
         if inflight is not None:
             await asyncio.shield(inflight)  # the first request with this key is running: share its outcome
@@ -163,7 +177,7 @@ class InstanceService:
         self._inflight[idempotency_key] = future
         try:
             with self.reconciler.mutating():
-                return await self._launch(req, ami, idempotency_key, request_hash(req)), False
+                return await self._launch(req, ami, idempotency_key, request_hash(req), rates), False
         except _AlreadyClaimed:
             return await self._replay(idempotency_key, req), True
         finally:
@@ -185,7 +199,15 @@ class InstanceService:
         raise Conflict("A request with this Idempotency-Key is still being resolved; retry in a few seconds.",
                        code="launch_in_progress", retry_after=5)
 
-    async def _launch(self, req: InstanceCreate, ami, idempotency_key: str | None, body_hash: str) -> InstanceRow:
+    def _admit_create(self, key: str | None, req: InstanceCreate, rates: Rates) -> None:
+        now = datetime.now(UTC)
+        minutes = req.auto_stop_minutes
+        projection = rates.projection(now, now + timedelta(minutes=minutes) if minutes else None,
+                                      period_bounds(now)[1], req.associate_public_ip)
+        self.spending.admit(key, projection, f"Creating this {req.instance_type}")
+
+    async def _launch(self, req: InstanceCreate, ami, idempotency_key: str | None, body_hash: str,
+                      rates: Rates) -> InstanceRow:
         body = {"request": req.model_dump(), "ami_id": ami.ami_id, "login_user": ami.login_user,
                 "root_device": ami.root_device_name}
         # The launch row is written BEFORE the aws process starts: a crash leaves a trace to resolve.
@@ -194,6 +216,11 @@ class InstanceService:
         if not claimed:
             raise _AlreadyClaimed()
         request_id = launch["request_id"]
+        try:
+            await asyncio.to_thread(self._admit_create, request_id, req, rates)
+        except ApiError as exc:
+            await asyncio.to_thread(self.db.finish_launch, request_id, LaunchStatus.FAILED, None, exc.code)
+            raise
         # A retry of a lost launch sends what the first attempt sent (same AMI id, client token and
         # RequestId tag), so EC2 can recognise it; a new launch sends what was just resolved.
         body = {**body, **json.loads(launch["body"])}
@@ -202,6 +229,8 @@ class InstanceService:
             return await self._send_launch(req, body, request_id, idempotency_key)
         finally:
             self.recorder.in_flight.discard(request_id)
+            self.spending.release(request_id)  # recorded (and in the ledger), or not launched
+            self.on_stop_at_changed()
 
     async def _send_launch(self, req: InstanceCreate, body: dict, request_id: str,
                            idempotency_key: str | None) -> InstanceRow:
@@ -212,6 +241,10 @@ class InstanceService:
                     "--request-id", request_id, "--client-token", client_token(idempotency_key, request_id)]
             for key, value in (req.tags or {}).items():
                 args += ["--tag", key, value]
+            if T_FAMILY.fullmatch(req.instance_type):
+                args += ["--cpu-credits", "standard"]
+            if not req.associate_public_ip:
+                args += ["--no-public-ip"]
             try:
                 doc = await self.aws.run("create_instance.sh", *args,
                                          *(["--security-group-id", group_id] if group_id else []))
@@ -238,6 +271,7 @@ class InstanceService:
             "instance_type": req.instance_type, "storage_gb": req.storage_gb, "security_group_id": group_id,
             "tags": req.tags or {}, "backend_used": self.settings.backend, "login_user": body["login_user"],
             "request_id": request_id, "launched_at": instances[0].get("LaunchTime"),
+            "auto_stop_minutes": req.auto_stop_minutes, "associate_public_ip": int(req.associate_public_ip),
         }
         try:
             recorded = await asyncio.to_thread(self.recorder.record_launch, instances[0], row)
@@ -271,28 +305,95 @@ class InstanceService:
             if state not in rule.allowed:
                 raise Conflict(f"Cannot {action} instance {instance_id}: it is {state}.", code="wrong_state")
             self._check_reachable(row)
+            request_id = uuid.uuid4().hex
             if action == "start":  # stop and delete only lower cost: always allowed
                 self._check_start_policy(row)
-            request_id = uuid.uuid4().hex
+                await asyncio.to_thread(self._admit_start, request_id, row)
             try:
-                doc = await self.aws.run(rule.script, instance_id, region=row["region"])
-            except ApiError as exc:
-                if exc.aws_error_code == "InvalidInstanceID.NotFound":
-                    return await self._not_found(row, action, request_id, exc)
-                if exc.status_code == 409:
-                    self.reconciler.request_sweep()  # our recorded state is behind EC2's
-                raise
-            changes = doc.get(rule.response_key) or [{}]
-            try:
-                recorded = await asyncio.to_thread(self.recorder.record_transition, row, changes[0], action,
-                                                   request_id)
-            except Exception as exc:  # noqa: BLE001 - EC2 acted: say so, and let the sweep record it
-                self.reconciler.request_sweep()
-                raise Unavailable(f"EC2 accepted the {action} of {instance_id}, but the local record could not be "
-                                  f"written ({exc}); the reconciler records it as soon as the database works "
-                                  "again.", code="record_failed", extra={"instance_id": instance_id}) from None
+                return await self._send_transition(row, action, rule, request_id)
+            finally:
+                self.spending.release(request_id)  # recorded (and in the ledger), or not started
+                self.on_stop_at_changed()
+
+    async def _send_transition(self, row: InstanceRow, action: str, rule: Transition,
+                               request_id: str) -> tuple[InstanceRow, bool]:
+        instance_id = row["id"]
+        try:
+            doc = await self.aws.run(rule.script, instance_id, region=row["region"])
+        except ApiError as exc:
+            if exc.aws_error_code == "InvalidInstanceID.NotFound":
+                return await self._not_found(row, action, request_id, exc)
+            if exc.status_code == 409:
+                self.reconciler.request_sweep()  # our recorded state is behind EC2's
+            raise
+        changes = doc.get(rule.response_key) or [{}]
+        try:
+            recorded = await asyncio.to_thread(self.recorder.record_transition, row, changes[0], action, request_id)
+        except Exception as exc:  # noqa: BLE001 - EC2 acted: say so, and let the sweep record it
+            self.reconciler.request_sweep()
+            raise Unavailable(f"EC2 accepted the {action} of {instance_id}, but the local record could not be "
+                              f"written ({exc}); the reconciler records it as soon as the database works "
+                              "again.", code="record_failed", extra={"instance_id": instance_id}) from None
         self.reconciler.request_sweep()
         return recorded, True
+
+    def _rates_of(self, row: InstanceRow) -> Rates:
+        rates = Rates.of(self.spending.book, row["instance_type"], row["region"], row["storage_gb"])
+        return rates if rates is not None else self.spending.rates_for(row["instance_type"] or "?", 0)
+
+    def _admit_start(self, key: str, row: InstanceRow) -> None:
+        """A start commits compute (and IPv4) until its auto-stop or the period end; storage is counted already."""
+        now = datetime.now(UTC)
+        minutes = row["auto_stop_minutes"]
+        projection = self._rates_of(row).projection(
+            now, now + timedelta(minutes=minutes) if minutes else None, period_bounds(now)[1],
+            row["associate_public_ip"] != 0, storage=False)
+        self.spending.admit(key, projection, f"Starting {row['id']}")
+
+    # -- auto-stop ---------------------------------------------------------------------------------
+    async def patch(self, instance_id: str, change: InstancePatch) -> InstanceRow:
+        """A new auto-stop delay (re-arms stop_at from now when it runs) or a new stop_at for this run.
+        Whatever would make it run longer is checked against the budget like a start."""
+        async with self._locks[instance_id]:
+            row = await asyncio.to_thread(self.db.require_instance, instance_id)
+            running = row["state"] in RUNNING
+            fields: dict = {}
+            if "auto_stop_minutes" in change.model_fields_set:
+                minutes = change.auto_stop_minutes
+                fields["auto_stop_minutes"] = minutes
+                if running:
+                    fields["stop_at"] = in_minutes(minutes) if minutes else None
+            else:
+                if not running:
+                    raise Conflict(f"Instance {instance_id} is {row['state']}: stop_at applies to a running instance "
+                                   "(set auto_stop_minutes for its next start).", code="wrong_state")
+                if change.stop_at is not None and change.stop_at <= datetime.now(UTC):
+                    raise PolicyViolation("stop_at must be in the future (to stop it now: POST "
+                                          f"/instances/{instance_id}/stop).", code="stop_at_in_past")
+                fields["stop_at"] = change.stop_at.astimezone(UTC).strftime(TIME_FORMAT) if change.stop_at else None
+            if running and "stop_at" in fields:
+                await asyncio.to_thread(self._admit_extension, row, fields["stop_at"])
+            if fields:
+                await asyncio.to_thread(self.db.update_instance, instance_id, fields)
+                self.on_stop_at_changed()
+            return await asyncio.to_thread(self.db.require_instance, instance_id)
+
+    def _admit_extension(self, row: InstanceRow, new_stop_at: str | None) -> None:
+        """Running longer than committed so far must fit the budget (the difference is what is checked)."""
+        now = datetime.now(UTC)
+        end = period_bounds(now)[1]
+        rates = self._rates_of(row)
+        has_ip = bool(row["public_ip"])
+
+        def until(stop_at: str | None) -> float:
+            at = datetime.fromisoformat(stop_at.replace("Z", "+00:00")) if stop_at else None
+            return rates.projection(now, at, end, has_ip, storage=False)
+
+        extra = until(new_stop_at) - until(row["stop_at"])
+        if extra > 0:
+            key = f"extend:{row['id']}:{uuid.uuid4().hex}"
+            self.spending.admit(key, extra, f"Running {row['id']} longer")
+            self.spending.release(key)  # the new stop_at is written next: the ledger then counts it
 
     def _check_reachable(self, row: InstanceRow) -> None:
         endpoint = row["endpoint"]

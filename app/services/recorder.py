@@ -12,7 +12,8 @@ are judged. Methods are synchronous: callers run them in a worker thread.
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from app.config import Settings
@@ -24,6 +25,9 @@ from app.services.db import TIME_FORMAT, Database, age_seconds, parse_time, utcn
 log = logging.getLogger("ec2_creator.recorder")
 
 SECURITY_GROUP_NAME = "ec2-creator-local"
+NO_PUBLIC_ADDRESS = ("no public IPv4 address (created with associate_public_ip false): reach it through a bastion "
+                     "host, a VPN or SSM Session Manager")
+RUNNING = (InstanceState.PENDING, InstanceState.RUNNING)
 
 
 def tags_of(instance: dict) -> dict[str, str]:
@@ -31,6 +35,11 @@ def tags_of(instance: dict) -> dict[str, str]:
     if not isinstance(tags, list):
         return {}
     return {str(t["Key"]): str(t.get("Value", "")) for t in tags if isinstance(t, dict) and "Key" in t}
+
+
+def in_minutes(minutes: float) -> str:
+    """The time `minutes` from now, in our timestamp format."""
+    return (datetime.now(UTC) + timedelta(minutes=minutes)).strftime(TIME_FORMAT)
 
 
 def _iso(value: str | None) -> str | None:
@@ -83,18 +92,26 @@ class Recorder:
         """Seconds after which a launch EC2 does not show can no longer appear: the CLI call is over."""
         return self.settings.aws_cli_timeout_seconds + self.grace
 
-    def _ssh_string(self, public_ip: str | None, login_user: str | None) -> str | None:
+    def _ssh_string(self, public_ip: str | None, row: Mapping[str, Any]) -> str | None:
         if not public_ip:
-            return None
-        return f"ssh -i {self.settings.ssh_key_path} {login_user or 'ec2-user'}@{public_ip}"
+            return NO_PUBLIC_ADDRESS if row.get("associate_public_ip") == 0 else None
+        return f"ssh -i {self.settings.ssh_key_path} {row.get('login_user') or 'ec2-user'}@{public_ip}"
 
-    def _fields(self, login_user: str | None, state: InstanceState, public_ip: str | None) -> dict[str, Any]:
-        """What EC2's state and public IP make of the observed columns."""
+    def _fields(self, row: Mapping[str, Any], state: InstanceState, public_ip: str | None) -> dict[str, Any]:
+        """What EC2's state and public IP make of the observed columns. Every start (into pending or
+        running from any other state) arms stop_at from auto_stop_minutes; leaving running clears it."""
         public_ip = public_ip if state.keeps_public_ip else None
-        return {"state": state, "public_ip": public_ip, "ssh_string": self._ssh_string(public_ip, login_user)}
+        fields: dict[str, Any] = {"state": state, "public_ip": public_ip,
+                                  "ssh_string": self._ssh_string(public_ip, row)}
+        if state not in RUNNING:
+            fields["stop_at"] = None
+        elif row.get("state") not in RUNNING:
+            minutes = row.get("auto_stop_minutes")
+            fields["stop_at"] = in_minutes(minutes) if minutes else None
+        return fields
 
-    def _observed_fields(self, login_user: str | None, instance: dict) -> dict[str, Any]:
-        return self._fields(login_user, state_of(instance), instance.get("PublicIpAddress"))
+    def _observed_fields(self, row: Mapping[str, Any], instance: dict) -> dict[str, Any]:
+        return self._fields(row, state_of(instance), instance.get("PublicIpAddress"))
 
     def _apply(self, row: InstanceRow, instance: dict, action: str, source: str) -> bool:
         """Record what a describe-instances answer says of one instance."""
@@ -103,7 +120,7 @@ class Recorder:
     def observe(self, row: InstanceRow, state: InstanceState, public_ip: str | None, action: str, source: str,
                 request_id: str | None = None) -> bool:
         """Record an instance's state and public IP as EC2 gave them; True when anything public changed."""
-        new = self._fields(row["login_user"], state, public_ip)
+        new = self._fields(row, state, public_ip)
         changed = {k: v for k, v in new.items() if row.get(k) != v}
         if row["missed_sweeps"] or row["missing_since"]:
             self.db.set_missing(row["id"], 0, None)  # seen again: no longer missing
@@ -112,7 +129,8 @@ class Recorder:
         now = utcnow()
         self.db.update_instance(row["id"], {**changed, "updated_at": now})
         if "state" in changed:
-            self.db.add_event(row["id"], action, row["state"], new["state"], source, request_id, at=now)
+            self.db.add_event(row["id"], action, row["state"], new["state"], source, request_id, at=now,
+                              public_ip=new["public_ip"])
         return True
 
     def apply_sweep(self, observed: list[dict], started: str) -> tuple[SyncResult, list[str], list[LaunchRow]]:
@@ -199,10 +217,11 @@ class Recorder:
         if not row["state"].ended or state == InstanceState.TERMINATED:
             return False
         now = utcnow()
-        fields = self._observed_fields(row["login_user"], instance)
+        fields = self._observed_fields(row, instance)
         self.db.update_instance(row["id"], {**fields, **self.scope, "updated_at": now})
         self.db.set_missing(row["id"], 0, None)
-        self.db.add_event(row["id"], "reappeared", row["state"], state, "reconcile", at=now)
+        self.db.add_event(row["id"], "reappeared", row["state"], state, "reconcile", at=now,
+                          public_ip=fields["public_ip"])
         log.warning("instance %s was recorded %s but EC2 shows it %s: record restored", row["id"],
                     row["state"], state)
         return True
@@ -232,7 +251,7 @@ class Recorder:
                     continue
                 now = utcnow()
                 self.db.update_instance(instance_id, {"state": InstanceState.TERMINATED, "public_ip": None,
-                                                      "ssh_string": None, "updated_at": now})
+                                                      "ssh_string": None, "stop_at": None, "updated_at": now})
                 self.db.add_event(instance_id, "gone", row["state"], InstanceState.TERMINATED, "reconcile", at=now)
                 log.warning("instance %s: EC2 has not shown it for %s sweeps and %g s, nor to a direct lookup; "
                             "recorded terminated", instance_id, row["missed_sweeps"], self.grace)
@@ -274,37 +293,42 @@ class Recorder:
             "tags": {k: v for k, v in tags.items() if k not in RESERVED_TAG_KEYS},
             "backend_used": "awscli", "login_user": login_user, "request_id": tags.get("RequestId"),
             **self.scope, "launched_at": launched, "created_at": _iso(launched) or now, "updated_at": now,
+            # What the request asked for; one launched by hand is never auto-stopped (it counts in the budget).
+            "auto_stop_minutes": request.get("auto_stop_minutes"),
+            "associate_public_ip": int(request["associate_public_ip"]) if "associate_public_ip" in request else None,
         }
-        fields = self._observed_fields(login_user, instance)
+        fields = self._observed_fields(row, instance)
         self.db.upsert_instance({**row, **fields})
         if launch is not None and launch["created_at"] >= self.started_at:
             # A create of this process still waiting for its aws answer: the sweep was merely first.
             action, source = "create", "api"
         else:
             action, source = "adopt", "adopt"
-        self.db.add_event(row["id"], action, None, fields["state"], source, row["request_id"], at=now)
+        self.db.add_event(row["id"], action, None, fields["state"], source, row["request_id"], at=now,
+                          public_ip=fields["public_ip"])
 
     def record_launch(self, instance: dict, row: dict[str, Any]) -> InstanceRow:
         """Record a run-instances answer: the row as the API knows it plus what EC2 said."""
         now = utcnow()
         row = {**row, **self.scope}
-        fields = self._observed_fields(row["login_user"], instance)
+        fields = self._observed_fields(row, instance)
         with self.db.transaction():
             self.db.finish_launch(row["request_id"], LaunchStatus.LAUNCHED, row["id"])
             if self.db.get_instance(row["id"]) is None:
                 self.db.upsert_instance({**row, **fields, "created_at": now, "updated_at": now})
-                self.db.add_event(row["id"], "create", None, fields["state"], "api", row.get("request_id"), at=now)
+                self.db.add_event(row["id"], "create", None, fields["state"], "api", row.get("request_id"), at=now,
+                                  public_ip=fields["public_ip"])
             else:  # a sweep adopted it first and holds a newer observed state: add what we asked for
                 self.db.update_instance(row["id"], {**row, "updated_at": now})
         return self.db.require_instance(row["id"])
 
     def record_transition(self, row: InstanceRow, instance_state: dict, action: str,
-                          request_id: str | None) -> InstanceRow:
+                          request_id: str | None, source: str = "api") -> InstanceRow:
         """Record the CurrentState EC2 gave for a start/stop/terminate."""
         state = InstanceState((instance_state.get("CurrentState") or {}).get("Name") or row["state"])
         with self.db.transaction():
             fresh = self.db.get_instance(row["id"]) or row
-            self.observe(fresh, state, fresh["public_ip"], action, "api", request_id)
+            self.observe(fresh, state, fresh["public_ip"], action, source, request_id)
         return self.db.require_instance(row["id"])
 
     def record_gone(self, row: InstanceRow, action: str, request_id: str | None, aws_error: str | None) -> InstanceRow:
@@ -314,7 +338,7 @@ class Recorder:
             fresh = self.db.get_instance(row["id"]) or row
             if fresh["state"] != InstanceState.TERMINATED:
                 self.db.update_instance(row["id"], {"state": InstanceState.TERMINATED, "public_ip": None,
-                                                    "ssh_string": None, "updated_at": now})
+                                                    "ssh_string": None, "stop_at": None, "updated_at": now})
             self.db.add_event(row["id"], action, fresh["state"], InstanceState.TERMINATED, "api", request_id, aws_error,
                               at=now)
         return self.db.require_instance(row["id"])

@@ -9,13 +9,14 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from app.config import Settings
+from app.config import DEFAULT_PRICES_FILE, Settings
 from app.deps import get_reconciler, get_service, get_settings, get_store
 from app.errors import Conflict, PolicyViolation, Unavailable, UpstreamError, UpstreamTimeout
 from app.main import create_app
 from app.models.instance import SyncResult
 from app.models.rows import InstanceState
 from app.services.db import Database, utcnow
+from app.services.spending import PriceBook, Spending
 
 KNOWN = "i-0123456789abcdef0"
 BODY = {"name": "web-1", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
@@ -30,6 +31,7 @@ class StandIn:
         self.raises: BaseException | None = None
         self.changed = True
         self.replayed = False
+        self.spending = Spending(5.0, PriceBook.load(DEFAULT_PRICES_FILE), store, "us-east-1", "")
 
     def _answer(self):
         if self.raises is not None:
@@ -86,7 +88,9 @@ def test_reads_come_from_the_store_and_show_only_public_fields(client):
     listed = client.get("/instances").json()["instances"]
     assert [i["id"] for i in listed] == [KNOWN]
     one = client.get(f"/instances/{KNOWN}").json()
+    cost = one.pop("cost")
     assert one == listed[0]
+    assert cost["spent_usd"] >= 0 and cost["projected_usd"] > 0  # no type recorded: storage still counts
     assert one["state"] == "running" and one["tags"] == {"Team": "a"} and one["region"] == "us-east-1"
     assert not {"login_user", "account", "missed_sweeps", "missing_since", "endpoint"} & set(one)
     assert client.get(f"/instances/{KNOWN}/events").json()["events"][0]["to_state"] == "running"

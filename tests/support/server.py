@@ -43,6 +43,8 @@ class ApiServer:
             # No timed sweeps: a test syncs (POST /instances/sync) or mutates (which asks for a sweep); a
             # module that tests the periodic loop sets its own interval.
             "RECONCILE_INTERVAL_SECONDS": "3600",
+            # Instances of earlier tests stay committed until proven gone: only the budget tests set a budget.
+            "BUDGET_USD": "100000",
             "AWS_CLI": str(AWS_SHIM),
             "AWS_SHIM_LOG": str(self.shim_log),
             "AWS_SHIM_REAL": str(VENV_BIN / "aws"),

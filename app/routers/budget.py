@@ -1,0 +1,26 @@
+"""GET /budget: spend this period against BUDGET_USD (from the database; never calls AWS)."""
+
+import asyncio
+
+from fastapi import APIRouter, Depends
+
+from app.deps import ServiceDep, require_token
+from app.errors import error_responses
+from app.models.instance import Budget
+from app.services.db import TIME_FORMAT
+
+router = APIRouter(tags=["budget"], dependencies=[Depends(require_token)], responses=error_responses(401))
+
+
+@router.get("/budget", response_model=Budget)
+async def get_budget(service: ServiceDep) -> Budget:
+    """Spent, committed and remaining this month (UTC), and each instance's share."""
+    spending = service.spending
+    summary = await asyncio.to_thread(spending.summary)
+    plan, note = service.account_plan.cached()
+    return Budget(
+        budget_usd=spending.budget_usd, period_start=summary.period_start.strftime(TIME_FORMAT),
+        period_end=summary.period_end.strftime(TIME_FORMAT), spent_usd=round(summary.spent_usd, 4),
+        committed_usd=round(summary.committed_usd, 4),
+        remaining_usd=round(max(0.0, spending.budget_usd - summary.committed_usd), 4),
+        instances=summary.instances, unpriced=summary.unpriced, aws_plan=plan, aws_plan_note=note)

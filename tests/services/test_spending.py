@@ -1,0 +1,127 @@
+"""The spend guard's pure parts: the prices file, the period, one instance's ledger, admission, AWS's plan."""
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from app.config import DEFAULT_PRICES_FILE, Settings
+from app.errors import Conflict
+from app.models.rows import InstanceState
+from app.services.db import Database
+from app.services.spending import PriceBook, Spending, instance_cost, parse_account_plan, period_bounds
+
+BOOK = PriceBook.load(DEFAULT_PRICES_FILE)
+T0 = datetime(2026, 11, 10, 12, 0, tzinfo=UTC)
+
+
+def at(hours: float) -> str:
+    return datetime.fromtimestamp(T0.timestamp() + hours * 3600, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def row(**fields) -> dict:
+    base = {"id": "i-0123456789abcdef0", "name": "x", "instance_type": "t3.micro", "region": "us-east-1",
+            "storage_gb": 10, "public_ip": None, "stop_at": None, "created_at": at(0),
+            "state": InstanceState.RUNNING}
+    return base | fields
+
+
+def event(hours: float, state: str, ip: str | None = None) -> dict:
+    return {"at": at(hours), "to_state": state, "public_ip": ip}
+
+
+def test_the_shipped_prices_cover_the_default_types_in_us_east_1_with_sources():
+    doc = json.loads(DEFAULT_PRICES_FILE.read_text())
+    for name, region in doc["regions"].items():
+        assert region["source"].startswith("https://aws.amazon.com/") and region["as_of"], name
+    for instance_type in Settings.model_fields["allowed_instance_types"].default:
+        assert BOOK.hourly(instance_type, "us-east-1") is not None
+    assert BOOK.hourly("t3.micro", "us-east-1") == 0.0104 and BOOK.hourly("t3.micro", "mars-north-1") is None
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("not json", "cannot be read"), ("{}", "regions"),
+    ('{"regions": {"us-east-1": {"instance_hourly": {"t3.micro": -1}, "gp3_gb_month": 0.08, '
+     '"public_ipv4_hourly": 0.005, "source": "s", "as_of": "d"}}}', "non-negative"),
+    ('{"regions": {"us-east-1": {"instance_hourly": {}, "gp3_gb_month": 0.08}}}', "public_ipv4_hourly"),
+])
+def test_a_bad_prices_file_is_refused_at_start_naming_the_problem(tmp_path, text, problem):
+    path = tmp_path / "prices.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=problem):
+        PriceBook.load(path)
+    with pytest.raises(ValueError, match="PRICES_FILE"):
+        Settings(_env_file=None, prices_file=path)  # type: ignore[call-arg]
+
+
+def test_the_period_is_the_calendar_month_in_utc():
+    assert period_bounds(datetime(2026, 12, 31, 23, 59, tzinfo=UTC)) == (
+        datetime(2026, 12, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))
+    assert period_bounds(T0) == (datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))
+
+
+def test_spend_follows_the_state_history():
+    start, end = period_bounds(T0)
+    storage_hour = 10 * 0.08 / 730
+    # 2 h running with an address, 3 h stopped, then running again (1 h so far) without one.
+    history = [event(0, "pending", "203.0.113.1"), event(0, "running", "203.0.113.1"), event(2, "stopping"),
+               event(2, "stopped"), event(5, "pending"), event(5, "running")]
+    cost = instance_cost(row(), history, BOOK, start, end, datetime.fromisoformat(at(6)))
+    expected = 2 * (0.0104 + 0.005) + 6 * storage_hour + 1 * 0.0104
+    assert cost.spent_usd == pytest.approx(expected, abs=2e-6) and cost.priced
+    # No stop_at: compute until the period end; storage too.
+    left = (end - datetime.fromisoformat(at(6))).total_seconds() / 3600
+    assert cost.projected_usd == pytest.approx(left * (0.0104 + storage_hour), abs=2e-6)
+
+
+def test_the_projection_stops_at_stop_at_and_terminated_costs_nothing_more():
+    start, end = period_bounds(T0)
+    now = datetime.fromisoformat(at(1))
+    running = row(stop_at=at(3), public_ip="203.0.113.1")
+    cost = instance_cost(running, [event(0, "running", "203.0.113.1")], BOOK, start, end, now)
+    storage_left = (end - now).total_seconds() / 3600 * 10 * 0.08 / 730
+    assert cost.projected_usd == pytest.approx(2 * (0.0104 + 0.005) + storage_left, abs=2e-6)
+    gone = row(state=InstanceState.TERMINATED)
+    cost = instance_cost(gone, [event(0, "running"), event(1, "terminated")], BOOK, start, end,
+                         datetime.fromisoformat(at(5)))
+    assert cost.projected_usd == 0 and cost.spent_usd == pytest.approx(0.0104 + 10 * 0.08 / 730, abs=2e-6)
+
+
+def test_history_before_the_period_only_counts_from_its_start():
+    start, end = period_bounds(T0)
+    old = row(created_at="2026-10-31T23:00:00.000000Z")
+    cost = instance_cost(old, [{"at": "2026-10-31T23:00:00.000000Z", "to_state": "running", "public_ip": None}],
+                         BOOK, start, end, datetime(2026, 11, 1, 2, tzinfo=UTC))
+    assert cost.spent_usd == pytest.approx(2 * (0.0104 + 10 * 0.08 / 730), abs=2e-6)
+
+
+def test_an_unpriced_type_still_counts_its_storage():
+    start, end = period_bounds(T0)
+    cost = instance_cost(row(instance_type="p5.48xlarge"), [event(0, "running")], BOOK, start, end,
+                         datetime.fromisoformat(at(1)))
+    assert not cost.priced and cost.spent_usd == pytest.approx(10 * 0.08 / 730, abs=2e-6)
+
+
+def test_admission_counts_reservations_and_says_how_to_make_room(tmp_path):
+    db = Database(tmp_path / "i.db")
+    db.migrate()
+    spending = Spending(1.0, BOOK, db, "us-east-1", "")
+    spending.admit("a", 0.6, "Creating this t3.micro")
+    with pytest.raises(Conflict) as refused:
+        spending.admit("b", 0.5, "Creating this t3.micro")  # 0.6 reserved + 0.5 > 1.0
+    assert refused.value.code == "budget_exceeded"
+    assert "BUDGET_USD" in refused.value.detail and "auto_stop_minutes" in refused.value.detail
+    spending.release("a")
+    spending.admit("b", 0.5, "Creating this t3.micro")
+    spending.admit(None, 0.5, "check only")  # fits, reserves nothing
+    with pytest.raises(Conflict):
+        spending.admit(None, 0.51, "check only")
+
+
+def test_the_account_plan_answer_is_parsed():
+    recorded = {"accountId": "123456789012", "accountPlanType": "FREE", "accountPlanStatus": "ACTIVE",
+                "accountPlanRemainingCredits": {"amount": 87.52, "unit": "USD"},
+                "accountPlanExpirationDate": "2027-01-15T00:00:00Z"}
+    assert parse_account_plan(recorded) == {"plan_type": "FREE", "status": "ACTIVE", "remaining_credits": 87.52,
+                                            "credits_unit": "USD", "expires_at": "2027-01-15T00:00:00Z"}
+    assert parse_account_plan({"accountPlanType": "PAID"})["remaining_credits"] is None
