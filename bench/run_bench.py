@@ -352,6 +352,33 @@ async def concurrent_creates(url: str, count: int, tag: str, probe_health: bool)
     return {"wall_s": wall, "codes": dict(Counter(codes)), "health": health, "latencies": sorted(latencies)}
 
 
+def admission_cost_ms(db_path: Path, copy: Path, samples: int = 50) -> dict:
+    """What the budget check adds to a create, in server time: after a write (as a create's record is),
+    the ledger re-reads the changed row and sums what is committed. Measured in this process on a copy
+    of the server's database, so the running server is not disturbed."""
+    import sqlite3
+
+    from app.config import DEFAULT_PRICES_FILE
+    from app.services.db import Database, utcnow
+    from app.services.spending import PriceBook, Spending
+
+    with sqlite3.connect(db_path) as source, sqlite3.connect(copy) as target:
+        source.backup(target)
+    db = Database(copy)
+    row = db.list_instances()[0]
+    spending = Spending(1e9, PriceBook.load(DEFAULT_PRICES_FILE), db, row["region"] or "us-east-1",
+                        row["endpoint"] or "")
+    spending.committed()  # the first look reads everything, once per process
+    times = []
+    for i in range(samples):
+        db.update_instance(row["id"], {"updated_at": utcnow(), "name": f"touched-{i}"})
+        t0 = time.perf_counter()
+        spending.rates_for("t3.micro", 8)
+        spending.admit(None, 0.01, "a create")
+        times.append(time.perf_counter() - t0)
+    return latency_summary(times)
+
+
 # -- the run ---------------------------------------------------------------------------------------
 class Bench:
     def __init__(self, sizes: Sizes, workdir: Path, log=print) -> None:
@@ -537,6 +564,13 @@ class Bench:
                 expect(response, 200)
                 lists.append(elapsed)
             list_bytes = len(response.content)
+            budgets = []
+            for _ in range(self.sizes.list_samples):
+                elapsed, response = timed(self.client, "GET", "/budget")
+                expect(response, 200)
+                budgets.append(elapsed)
+            if len(response.json()["instances"]) < n:  # and the earlier phases' ones, spent this month
+                raise RuntimeError(f"GET /budget lists {len(response.json()['instances'])} instances, {n} expected")
             mark_reads = self.calls.mark()
             for k in range(self.sizes.get_samples):
                 elapsed, response = timed(self.client, "GET", f"/instances/{ids[(k * 7919) % len(ids)]}")
@@ -545,7 +579,8 @@ class Bench:
             scale[str(n)] = {
                 "adopt_sweep_s": round(adopt_s, 3), "adopted": len(adopted.get("adopted", [])),
                 "adopt_sweep_aws_processes": dict(ops), "seed_s": round(seeded, 3),
-                "list": latency_summary(lists), "get": latency_summary(gets),
+                "list": latency_summary(lists), "get": latency_summary(gets), "budget": latency_summary(budgets),
+                "admission_ms": admission_cost_ms(self.server.db_path, self.workdir / f"ledger-{n}.db"),
                 "list_response_bytes": list_bytes,
                 "reads_aws_processes": sum(self.calls.since(mark_reads).values()),
                 "server_rss_mib": round(rss_bytes(self.pid) / MIB, 1),
@@ -674,6 +709,9 @@ def checks(r: dict) -> list[dict]:
     lst, get = r["scale"][top]["list"], r["scale"][top]["get"]
     add(f"GET /instances p50 at {top} (ms)", "timing", lst["p50_ms"], "<= 30", lst["p50_ms"] <= 30)
     add(f"GET /instances/{{id}} p50 at {top} (ms)", "timing", get["p50_ms"], "<= 5", get["p50_ms"] <= 5)
+    bud, adm = r["scale"][top]["budget"], r["scale"][top]["admission_ms"]
+    add(f"GET /budget p50 at {top} (ms)", "timing", bud["p50_ms"], "<= 20", bud["p50_ms"] <= 20)
+    add(f"budget check added to a create at {top}, p50 (ms)", "timing", adm["p50_ms"], "<= 1", adm["p50_ms"] <= 1)
     add(f"sweep / raw describe at {sw['instances']}", "timing", sw["ratio_to_raw_describe"], "<= 1.2",
         sw["ratio_to_raw_describe"] <= 1.2)
     m = r["memory"]
@@ -716,6 +754,9 @@ def table(r: dict) -> str:
     for n, s in r["scale"].items():
         rows.append((f"GET /instances at {n}: p50 / p99", f"{s['list']['p50_ms']} / {s['list']['p99_ms']} ms"))
         rows.append((f"GET /instances/{{id}} at {n}: p50 / p99", f"{s['get']['p50_ms']} / {s['get']['p99_ms']} ms"))
+        rows.append((f"GET /budget at {n}: p50 / p99", f"{s['budget']['p50_ms']} / {s['budget']['p99_ms']} ms"))
+        rows.append((f"budget check of a create at {n}: p50 / p99",
+                     f"{s['admission_ms']['p50_ms']} / {s['admission_ms']['p99_ms']} ms"))
     rows += [
         (f"sweep at {sw['instances']} (POST /instances/sync), median", f"{sw['sweep_median_s']:.2f} s"),
         (f"raw describe-instances of the same {sw['instances']}, median", f"{sw['raw_describe_median_s']:.2f} s"),

@@ -25,9 +25,13 @@ def test_curl_tour_creates_lists_stops_starts_and_deletes(api_server, fresh_emul
     instance_id = re.search(r"created (i-[0-9a-f]+)", out).group(1)
     docs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     states = [d["state"] for d in docs if d.get("id") == instance_id]
-    # get (running), stop, start, delete
+    # get (running), stop, start, patch, delete
     assert states[0] == "running" and states[1] in ("stopping", "stopped")
-    assert states[2] in ("pending", "running") and states[3] in ("shutting-down", "terminated")
+    assert states[2] in ("pending", "running") and states[4] in ("shutting-down", "terminated")
+    patched = [d for d in docs if d.get("id") == instance_id][3]
+    assert patched["auto_stop_minutes"] == 120 and patched["stop_at"]
+    budget = next(d for d in docs if "budget_usd" in d)
+    assert instance_id in [i["id"] for i in budget["instances"]] and budget["committed_usd"] > 0
     assert docs[-1]["instances"][0]["id"] == instance_id
     ec2 = fresh_emulator.instances()[instance_id]
     assert ec2["State"]["Name"] == "terminated"

@@ -232,6 +232,8 @@ class Database:
         if "public_ip" not in have:
             conn.execute("ALTER TABLE instance_events ADD COLUMN public_ip TEXT")
         conn.execute("CREATE INDEX IF NOT EXISTS instances_stop_at ON instances(stop_at) WHERE stop_at IS NOT NULL")
+        # What the spend ledger re-reads after a write: the rows changed since it last looked.
+        conn.execute("CREATE INDEX IF NOT EXISTS instances_updated_at ON instances(updated_at)")
 
     # -- instances -------------------------------------------------------------------------
     @staticmethod
@@ -346,11 +348,12 @@ class Database:
             f"SELECT {EVENT_COLUMNS} FROM instance_events WHERE instance_id = ? ORDER BY seq", (instance_id,))
         return [EventRow(**r) for r in rows]  # type: ignore[typeddict-item]
 
-    def ledger(self, region: str, endpoint: str, since: str) -> tuple[list[InstanceRow], dict[str, list[EventRow]]]:
-        """What the spend ledger reads, in one transaction: this EC2's instances that are live or were
-        changed since `since`, and their events in order."""
+    def ledger(self, region: str, endpoint: str, since: str,
+               live: bool = False) -> tuple[list[InstanceRow], dict[str, list[EventRow]]]:
+        """What the spend ledger reads, in one transaction: this EC2's instances changed since `since`
+        (and, unless `live`, every one not terminated), with their events in order."""
         conn = self.connect()
-        which = f"region = ? AND endpoint = ? AND ({ACTIVE} OR updated_at >= ?)"
+        which = f"region = ? AND endpoint = ? AND ({'0' if live else ACTIVE} OR updated_at >= ?)"
         with self.read():
             rows = [self._row(r) for r in conn.execute(f"SELECT * FROM instances WHERE {which}",
                                                         (region, endpoint, since))]

@@ -19,7 +19,7 @@ from app.errors import ApiError, Conflict, PolicyViolation, Unavailable, Upstrea
 from app.models.instance import InstanceCreate, InstancePatch
 from app.models.rows import InstanceRow, InstanceState, LaunchStatus
 from app.services.aws_cli import AwsCli, outcome_unknown
-from app.services.db import TIME_FORMAT, Database, age_seconds
+from app.services.db import TIME_FORMAT, Database, age_seconds, utcnow
 from app.services.free_tier import Catalog, check_catalog, check_static, login_user_for
 from app.services.reconciler import Reconciler
 from app.services.recorder import RUNNING, SECURITY_GROUP_NAME, Recorder, in_minutes
@@ -374,7 +374,7 @@ class InstanceService:
             if running and "stop_at" in fields:
                 await asyncio.to_thread(self._admit_extension, row, fields["stop_at"])
             if fields:
-                await asyncio.to_thread(self.db.update_instance, instance_id, fields)
+                await asyncio.to_thread(self.db.update_instance, instance_id, {**fields, "updated_at": utcnow()})
                 self.on_stop_at_changed()
             return await asyncio.to_thread(self.db.require_instance, instance_id)
 

@@ -204,7 +204,7 @@ class Recorder:
         this one (an endpoint alias), that this EC2 lists: it is this EC2's from now on."""
         if row["state"].ended or self.account is None:
             return False
-        self.db.update_instance(row["id"], self.scope)
+        self.db.update_instance(row["id"], {**self.scope, "updated_at": utcnow()})
         log.info("instance %s (recorded for %s/%s/%s) is listed here: now tracked in this region and account",
                  row["id"], row["endpoint"] or "aws", row["region"], row["account"])
         self._apply(row, instance, "observe", "reconcile")

@@ -14,22 +14,21 @@ import asyncio
 import json
 import logging
 import threading
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from app.errors import ApiError, Conflict, PolicyViolation
 from app.models.rows import EventRow, InstanceRow, InstanceState
-from app.services.db import Database, parse_time
+from app.services.db import TIME_FORMAT, Database, parse_time
 
 log = logging.getLogger("ec2_creator.spending")
 
 HOURS_PER_MONTH = 730.0
 DEFAULT_STORAGE_GB = 8  # what an instance we did not launch is assumed to have (the AMIs' usual root size)
-SUMMARY_MAX_AGE_SECONDS = 30.0  # a cached summary is reused while nothing was written, at most this long
+REREAD_MARGIN = timedelta(seconds=2)  # rows stamped this long before the newest one seen are read again
 COMPUTE_STATES = (InstanceState.PENDING, InstanceState.RUNNING)
 
 
@@ -131,36 +130,59 @@ class Rates:
         return cost
 
 
+@dataclass(frozen=True)
+class History:
+    """An instance's ledger as of its last recorded change: what it spent up to then, and how it is
+    spending since, so that its cost at any later time is one multiplication."""
+
+    row: InstanceRow
+    rates: Rates
+    priced: bool
+    spent_before: float  # in [period start, since)
+    since: datetime | None  # its last state change (None: no history, nothing spent)
+    rate_now: float  # USD per hour since then
+    stop_at: datetime | None
+
+    @classmethod
+    def of(cls, row: InstanceRow, events: Iterable[EventRow], book: PriceBook, start: datetime) -> "History":
+        rates = Rates.of(book, row["instance_type"], row["region"], row["storage_gb"])
+        priced = rates is not None
+        if rates is None:
+            prices = book.regions.get(row["region"] or "")
+            gb = row["storage_gb"] if row["storage_gb"] is not None else DEFAULT_STORAGE_GB
+            # No price for the type: storage is still counted (when the region is known), compute is not.
+            rates = Rates(0.0, prices.public_ipv4_hourly, gb * prices.gp3_gb_month / HOURS_PER_MONTH) if prices \
+                else Rates(0.0, 0.0, 0.0)
+        timeline = [(at, e["to_state"], bool(e["public_ip"])) for e in events
+                    if e["to_state"] and (at := parse_time(e["at"])) is not None]
+        born = parse_time(row["created_at"])
+        if timeline and born and born < timeline[0][0]:  # adopted: it ran before we first recorded it
+            timeline[0] = (born, *timeline[0][1:])
+        spent = 0.0
+        for (at, state, has_ip), (until, _, _) in zip(timeline, timeline[1:], strict=False):
+            spent += rates.while_in(state, has_ip) * _hours(max(at, start), until)
+        since, rate_now = None, 0.0
+        if timeline:
+            since = timeline[-1][0]
+            rate_now = rates.while_in(timeline[-1][1], bool(row["public_ip"]))  # what is recorded now
+        return cls(row, rates, priced, spent, since, rate_now, parse_time(row["stop_at"]))
+
+    def cost(self, start: datetime, end: datetime, now: datetime) -> Cost:
+        spent = self.spent_before
+        if self.since is not None:
+            spent += self.rate_now * _hours(max(self.since, start), now)
+        state = self.row["state"]
+        projected = 0.0
+        if not state.ended:
+            projected = self.rates.projection(now, self.stop_at, end, bool(self.row["public_ip"]),
+                                              running=state in COMPUTE_STATES)
+        return Cost(round(spent, 6), round(projected, 6), self.priced)
+
+
 def instance_cost(row: InstanceRow, events: Iterable[EventRow], book: PriceBook, start: datetime, end: datetime,
                   now: datetime) -> Cost:
     """Spend in [start, now) from the state history, and the projection from now to `end`."""
-    rates = Rates.of(book, row["instance_type"], row["region"], row["storage_gb"])
-    if rates is None:
-        prices = book.regions.get(row["region"] or "")
-        gb = row["storage_gb"] if row["storage_gb"] is not None else DEFAULT_STORAGE_GB
-        # No price for the type: storage is still counted (when the region is known), compute is not.
-        rates = Rates(0.0, prices.public_ipv4_hourly, gb * prices.gp3_gb_month / HOURS_PER_MONTH) if prices \
-            else Rates(0.0, 0.0, 0.0)
-        priced = False
-    else:
-        priced = True
-    timeline = [(at, e["to_state"], bool(e["public_ip"])) for e in events
-                if e["to_state"] and (at := parse_time(e["at"])) is not None]
-    born = parse_time(row["created_at"])
-    if timeline and born and born < timeline[0][0]:  # adopted: it ran before we first recorded it
-        timeline[0] = (born, *timeline[0][1:])
-    spent = 0.0
-    for i, (at, state, has_ip) in enumerate(timeline):
-        until = timeline[i + 1][0] if i + 1 < len(timeline) else now
-        if i + 1 == len(timeline):
-            has_ip = bool(row["public_ip"])  # the current interval: what is recorded now
-        spent += rates.while_in(state, has_ip) * _hours(max(at, start), min(until, now))
-    state = row["state"]
-    projected = 0.0
-    if not state.ended:
-        projected = rates.projection(now, parse_time(row["stop_at"]), end, bool(row["public_ip"]),
-                                     running=state in COMPUTE_STATES)
-    return Cost(round(spent, 6), round(projected, 6), priced)
+    return History.of(row, events, book, start).cost(start, end, now)
 
 
 @dataclass
@@ -183,8 +205,12 @@ class Spending:
         self.db = db
         self.region = region
         self.endpoint = endpoint
-        self._cache: tuple[int, float, Summary] | None = None
         self._lock = threading.Lock()
+        # id -> (its history, spent + projected when last read); re-read only when the row changes.
+        self._entries: dict[str, tuple[History, float]] = {}
+        self._generation = -1
+        self._period: datetime | None = None
+        self._seen: datetime | None = None
         self._reserved: dict[str, float] = {}  # admitted creates and starts whose record is not written yet
 
     # -- pricing a request ----------------------------------------------------------------------
@@ -200,20 +226,47 @@ class Spending:
         return rates
 
     # -- the ledger -------------------------------------------------------------------------------
-    def summary(self, now: datetime | None = None) -> Summary:
-        """Spent and committed this period, per instance; cached while nothing is written (and briefly)."""
-        now = now or datetime.now(UTC)
+    def _refresh(self, now: datetime) -> None:
+        """Bring the per-instance entries up to date: after a write, only the rows changed since the last
+        look are read again (with their events), so a create's admission stays well under a millisecond."""
         generation = self.db.generation
-        cached = self._cache
-        if cached and cached[0] == generation and time.monotonic() - cached[1] < SUMMARY_MAX_AGE_SECONDS \
-                and period_bounds(cached[2].at) == period_bounds(now):
-            return cached[2]
         start, end = period_bounds(now)
-        rows, events = self.db.ledger(self.region, self.endpoint, start.strftime("%Y-%m-%dT%H:%M:%S"))
-        spent = committed = 0.0
-        items, unpriced = [], []
+        if generation == self._generation and start == self._period:
+            return
+        if start != self._period:  # a new period (or the first look): everything live or touched in it
+            self._entries.clear()
+            since = start.strftime(TIME_FORMAT)
+        else:  # writers stamp updated_at just before they commit: look a little further back
+            since = self._seen.strftime(TIME_FORMAT) if self._seen else start.strftime(TIME_FORMAT)
+        rows, events = self.db.ledger(self.region, self.endpoint, since, live=start == self._period)
         for row in rows:
-            cost = instance_cost(row, events.get(row["id"], ()), self.book, start, end, now)
+            history = History.of(row, events.get(row["id"], []), self.book, start)
+            cost = history.cost(start, end, now)
+            self._entries[row["id"]] = (history, cost.spent_usd + cost.projected_usd)
+            seen = parse_time(row["updated_at"])
+            if seen and (self._seen is None or seen - REREAD_MARGIN > self._seen):
+                self._seen = seen - REREAD_MARGIN
+        self._generation, self._period = generation, start
+
+    def committed(self) -> float:
+        """Spent plus every projection this period (as of each instance's last change)."""
+        with self._lock:
+            self._refresh(datetime.now(UTC))
+            return sum(entry[1] for entry in self._entries.values())
+
+    def summary(self, now: datetime | None = None) -> Summary:
+        """Spent and committed this period, per instance, as of now."""
+        now = now or datetime.now(UTC)
+        with self._lock:
+            self._refresh(now)
+            entries = list(self._entries.values())
+        start, end = period_bounds(now)
+        spent = committed = 0.0
+        items: list[dict[str, Any]] = []
+        unpriced: list[str] = []
+        for history, _ in entries:
+            row = history.row
+            cost = history.cost(start, end, now)
             if not cost.priced:
                 unpriced.append(row["id"])
             if cost.spent_usd == 0 and cost.projected_usd == 0:
@@ -222,9 +275,8 @@ class Spending:
             committed += cost.spent_usd + cost.projected_usd
             items.append({"id": row["id"], "name": row["name"], "state": row["state"], "spent_usd": cost.spent_usd,
                           "projected_usd": cost.projected_usd, "stop_at": row["stop_at"]})
-        summary = Summary(now, start, end, round(spent, 6), round(committed, 6), items, unpriced)
-        self._cache = (generation, time.monotonic(), summary)
-        return summary
+        items.sort(key=lambda item: str(item["id"]))
+        return Summary(now, start, end, round(spent, 6), round(committed, 6), items, unpriced)
 
     def cost_of(self, row: InstanceRow) -> Cost:
         now = datetime.now(UTC)
@@ -234,7 +286,7 @@ class Spending:
     # -- admission ----------------------------------------------------------------------------------
     def admit(self, key: str | None, projection: float, what: str) -> None:
         """Reserve `projection` under `key` (None: only check) if it fits the budget, else 409 budget_exceeded."""
-        committed = self.summary().committed_usd
+        committed = self.committed()
         with self._lock:
             reserved = sum(self._reserved.values())
             if committed + reserved + projection > self.budget_usd + 1e-9:

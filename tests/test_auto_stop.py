@@ -1,0 +1,101 @@
+"""Auto-stop through the real server, scripts, `aws` and moto: the scheduler, PATCH, restarts.
+
+Its own module so that pytest-xdist runs it beside the budget tests (they take a minute each)."""
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from tests.support.processes import wait_until
+from tests.support.server import ApiServer
+from tests.test_spend_guard import calls_of, created, ec2_state
+
+
+@pytest.fixture
+def server(emulator, fresh_emulator, tmp_path):
+    srv = ApiServer(tmp_path, emulator.url)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def api(server):
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        yield client
+
+
+def auto_stopped(api: httpx.Client, instance_id: str) -> bool:
+    """The scheduler recorded its stop (it writes once EC2 has answered)."""
+    return any(e["source"] == "auto_stop" and e["action"] == "stop"
+               for e in api.get(f"/instances/{instance_id}/events").json()["events"])
+
+
+def test_a_one_minute_auto_stop_stops_it_in_ec2_with_an_auto_stop_event(api, server, fresh_emulator):
+    item = created(api, auto_stop_minutes=1)
+    assert item["auto_stop_minutes"] == 1
+    stop_at = datetime.fromisoformat(item["stop_at"].replace("Z", "+00:00"))
+    assert timedelta(seconds=50) < stop_at - datetime.now(UTC) <= timedelta(minutes=1)
+    wait_until(lambda: ec2_state(fresh_emulator, item["id"]) == "stopped", timeout=60 + 15, interval=1)
+    assert datetime.now(UTC) >= stop_at
+    wait_until(lambda: auto_stopped(api, item["id"]), timeout=10)
+    assert api.get(f"/instances/{item['id']}").json()["stop_at"] is None
+
+
+def _soon(seconds: float) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
+
+
+def test_three_due_together_cost_one_stop_instances_process_and_null_cancels(api, server, fresh_emulator):
+    items = [created(api, name=f"due-{i}") for i in range(3)]
+    kept = created(api, name="kept")
+    api.post("/instances/sync").raise_for_status()
+    at = _soon(4)
+    for item in [*items, kept]:
+        response = api.patch(f"/instances/{item['id']}", json={"stop_at": at})
+        assert response.status_code == 200 and response.json()["stop_at"], response.text
+    cancelled = api.patch(f"/instances/{kept['id']}", json={"stop_at": None}).json()
+    assert cancelled["stop_at"] is None and cancelled["auto_stop_minutes"] == 480
+    mark = len(server.aws_calls())
+    ids = {item["id"] for item in items}
+    wait_until(lambda: all(ec2_state(fresh_emulator, i) == "stopped" for i in ids), timeout=30, interval=0.5)
+    time.sleep(1)
+    stops = calls_of(server, "stop-instances", mark)
+    assert len(stops) == 1 and ids <= set(stops[0]), stops
+    assert ec2_state(fresh_emulator, kept["id"]) == "running"
+    for i in ids:
+        wait_until(lambda i=i: auto_stopped(api, i), timeout=10)
+
+
+def test_what_fell_due_while_the_server_was_down_is_stopped_after_startup(api, server, fresh_emulator):
+    item = created(api)
+    api.post("/instances/sync").raise_for_status()
+    assert api.patch(f"/instances/{item['id']}", json={"stop_at": _soon(3)}).status_code == 200
+    server.stop()
+    time.sleep(4)
+    assert ec2_state(fresh_emulator, item["id"]) == "running"  # nobody stopped it while the server was down
+    server.start()
+    wait_until(lambda: ec2_state(fresh_emulator, item["id"]) == "stopped", timeout=20, interval=0.5)
+    wait_until(lambda: auto_stopped(api, item["id"]), timeout=10)
+
+
+def test_patch_rules(api, server, fresh_emulator):
+    item = created(api, auto_stop_minutes=None)
+    assert item["stop_at"] is None and item["auto_stop_minutes"] is None
+    api.post("/instances/sync").raise_for_status()
+    rearmed = api.patch(f"/instances/{item['id']}", json={"auto_stop_minutes": 90}).json()
+    assert rearmed["auto_stop_minutes"] == 90 and rearmed["stop_at"]
+    assert api.patch(f"/instances/{item['id']}", json={"stop_at": "2020-01-01T00:00:00Z"}).json()["code"] == \
+        "stop_at_in_past"
+    for bad in ({}, {"stop_at": None, "auto_stop_minutes": 5}, {"auto_stop_minutes": 0},
+                {"stop_at": "2030-01-01T00:00:00"}, {"other": 1}):
+        assert api.patch(f"/instances/{item['id']}", json=bad).status_code == 422, bad
+    api.post(f"/instances/{item['id']}/stop")
+    api.post("/instances/sync").raise_for_status()
+    stopped = api.get(f"/instances/{item['id']}").json()
+    assert stopped["state"] == "stopped" and stopped["stop_at"] is None
+    assert api.patch(f"/instances/{item['id']}", json={"stop_at": _soon(600)}).json()["code"] == "wrong_state"
+    started = api.post(f"/instances/{item['id']}/start").json()
+    assert started["stop_at"] is not None  # every start re-arms it from auto_stop_minutes
+    assert api.patch("/instances/i-00000000000000000", json={"stop_at": None}).status_code == 404
