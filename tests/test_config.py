@@ -50,11 +50,22 @@ def test_sandbox_target_defaults_the_endpoint(monkeypatch):
     ("RECONCILE_INTERVAL_SECONDS", "0"),
     ("EC2_TARGET", "mars"),
     ("EC2_ENDPOINT_URL", "127.0.0.1:5000"),
+    ("BUDGET_USD", "0"),
+    ("BUDGET_USD", "-5"),
+    ("DEFAULT_AUTO_STOP_MINUTES", "0"),
+    ("DEFAULT_AUTO_STOP_MINUTES", "10081"),
+    ("PRICES_FILE", "/nonexistent/prices.json"),
 ])
 def test_bad_values_are_refused(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError):
         settings()
+
+
+def test_spend_guard_defaults():
+    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert s.budget_usd == 5.0 and s.default_auto_stop_minutes == 480
+    assert Settings(_env_file=None, default_auto_stop_minutes="never").default_auto_stop_minutes is None  # type: ignore[call-arg]
 
 
 def test_server_refuses_to_start_with_an_unknown_backend(tmp_path):

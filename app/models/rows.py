@@ -72,6 +72,7 @@ class InstanceRow(TypedDict):
     auto_stop_minutes: int | None  # None: never stopped by the scheduler
     stop_at: str | None  # when the scheduler stops it; None when not running or never
     associate_public_ip: int | None  # 0: launched without a public IPv4; None: unknown
+    rev: int  # bumped by every write of the row
 
 
 class LaunchRow(TypedDict):

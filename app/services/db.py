@@ -41,6 +41,8 @@ ADDED_COLUMNS = {
     "auto_stop_minutes": "INTEGER",
     "stop_at": "TEXT",
     "associate_public_ip": "INTEGER",
+    # Bumped by every write of the row, in commit order: what the spend ledger re-reads after a write.
+    "rev": "INTEGER NOT NULL DEFAULT 0",
 }
 INSTANCE_FIELDS = ORIGINAL_COLUMNS + tuple(ADDED_COLUMNS)
 # What the API shows of an instance: the response model's stored fields, in its order.
@@ -48,6 +50,9 @@ PUBLIC_FIELDS = STORED_FIELDS
 
 ENDED = tuple(s.value for s in InstanceState if s.ended)
 ACTIVE = f"state NOT IN {ENDED!r}"
+# Evaluated inside the writing statement, under SQLite's write lock: revisions grow in commit order, so
+# a reader that saw revision N has seen every row written before it.
+NEXT_REV = "(SELECT COALESCE(MAX(rev), 0) + 1 FROM instances)"
 EVENT_COLUMNS = "at, action, from_state, to_state, source, request_id, aws_error, public_ip"
 
 
@@ -232,8 +237,7 @@ class Database:
         if "public_ip" not in have:
             conn.execute("ALTER TABLE instance_events ADD COLUMN public_ip TEXT")
         conn.execute("CREATE INDEX IF NOT EXISTS instances_stop_at ON instances(stop_at) WHERE stop_at IS NOT NULL")
-        # What the spend ledger re-reads after a write: the rows changed since it last looked.
-        conn.execute("CREATE INDEX IF NOT EXISTS instances_updated_at ON instances(updated_at)")
+        conn.execute("CREATE INDEX IF NOT EXISTS instances_rev ON instances(rev)")
 
     # -- instances -------------------------------------------------------------------------
     @staticmethod
@@ -313,11 +317,11 @@ class Database:
         fields = dict(fields)
         if "tags" in fields:
             fields["tags"] = json.dumps(fields["tags"] or {}, sort_keys=True)
-        columns = [c for c in INSTANCE_FIELDS if c in fields]
+        columns = [c for c in INSTANCE_FIELDS if c in fields and c != "rev"]
         placeholders = ", ".join("?" for _ in columns)
-        updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in ("id", "created_at"))
+        updates = ", ".join(f"{c} = excluded.{c}" for c in [*columns, "rev"] if c not in ("id", "created_at"))
         self.connect().execute(
-            f"INSERT INTO instances ({', '.join(columns)}) VALUES ({placeholders}) "
+            f"INSERT INTO instances ({', '.join(columns)}, rev) VALUES ({placeholders}, {NEXT_REV}) "
             f"ON CONFLICT(id) DO UPDATE SET {updates}",
             [fields[c] for c in columns],
         )
@@ -329,8 +333,10 @@ class Database:
         fields = dict(fields)
         if "tags" in fields:
             fields["tags"] = json.dumps(fields["tags"] or {}, sort_keys=True)
+        fields.pop("rev", None)
         sets = ", ".join(f"{c} = ?" for c in fields)
-        self.connect().execute(f"UPDATE instances SET {sets} WHERE id = ?", [*fields.values(), instance_id])
+        self.connect().execute(f"UPDATE instances SET {sets}, rev = {NEXT_REV} WHERE id = ?",
+                               [*fields.values(), instance_id])
         self._written()
 
     # -- events ----------------------------------------------------------------------------
@@ -349,30 +355,34 @@ class Database:
         return [EventRow(**r) for r in rows]  # type: ignore[typeddict-item]
 
     def ledger(self, region: str, endpoint: str, since: str,
-               live: bool = False) -> tuple[list[InstanceRow], dict[str, list[EventRow]]]:
-        """What the spend ledger reads, in one transaction: this EC2's instances changed since `since`
-        (and, unless `live`, every one not terminated), with their events in order."""
+               after_rev: int | None = None) -> tuple[list[InstanceRow], dict[str, list[EventRow]]]:
+        """What the spend ledger reads, in one transaction, with their events in order: this EC2's
+        instances not terminated or changed since `since`; or, with `after_rev`, only those written
+        after that revision."""
         conn = self.connect()
-        which = f"region = ? AND endpoint = ? AND ({'0' if live else ACTIVE} OR updated_at >= ?)"
+        params: tuple[object, ...]
+        if after_rev is None:
+            which, params = f"region = ? AND endpoint = ? AND ({ACTIVE} OR updated_at >= ?)", (region, endpoint, since)
+        else:
+            which, params = "region = ? AND endpoint = ? AND rev > ?", (region, endpoint, after_rev)
         with self.read():
-            rows = [self._row(r) for r in conn.execute(f"SELECT * FROM instances WHERE {which}",
-                                                        (region, endpoint, since))]
+            rows = [self._row(r) for r in conn.execute(f"SELECT * FROM instances WHERE {which}", params)]
             events: dict[str, list[EventRow]] = {}
             for r in conn.execute(f"SELECT instance_id, {EVENT_COLUMNS} FROM instance_events WHERE instance_id IN "
-                                  f"(SELECT id FROM instances WHERE {which}) ORDER BY seq", (region, endpoint, since)):
+                                  f"(SELECT id FROM instances WHERE {which}) ORDER BY seq", params):
                 item = dict(r)
                 events.setdefault(item.pop("instance_id"), []).append(EventRow(**item))  # type: ignore[typeddict-item]
         return rows, events
 
     def due_for_stop(self, now: str, region: str, endpoint: str) -> list[InstanceRow]:
-        """Running instances of this EC2 whose stop_at has come."""
+        """Running instances of this EC2 whose stop_at has come (EC2 cannot stop a pending one yet)."""
         return [self._row(r) for r in self.connect().execute(
-            "SELECT * FROM instances WHERE stop_at IS NOT NULL AND stop_at <= ? AND state IN ('pending', 'running') "
+            "SELECT * FROM instances WHERE stop_at IS NOT NULL AND stop_at <= ? AND state = 'running' "
             "AND region = ? AND endpoint = ? ORDER BY stop_at", (now, region, endpoint))]
 
     def next_stop_at(self, region: str, endpoint: str) -> str | None:
         row = self.connect().execute(
-            "SELECT MIN(stop_at) FROM instances WHERE stop_at IS NOT NULL AND state IN ('pending', 'running') "
+            "SELECT MIN(stop_at) FROM instances WHERE stop_at IS NOT NULL AND state = 'running' "
             "AND region = ? AND endpoint = ?", (region, endpoint)).fetchone()
         return row[0] if row else None
 
@@ -454,7 +464,9 @@ class Database:
     def prune(self, before: str) -> tuple[int, int]:
         """Forget events and finished launches older than `before`; instance rows are never pruned."""
         with self.transaction() as conn:
-            events = conn.execute("DELETE FROM instance_events WHERE at < ?", (before,)).rowcount
+            # Each instance keeps its newest event: the spend ledger starts its history there.
+            events = conn.execute("DELETE FROM instance_events WHERE at < ? AND seq NOT IN (SELECT MAX(seq) FROM "
+                                  "instance_events GROUP BY instance_id)", (before,)).rowcount
             launches = conn.execute("DELETE FROM launches WHERE status != 'pending' AND updated_at < ?",
                                     (before,)).rowcount
         return events, launches

@@ -159,34 +159,42 @@ class InstanceService:
         same instance without a second launch; concurrent repeats wait for the first.
         """
         check_static(self.settings.allowed_instance_types, req.instance_type, req.storage_gb)
+        body_hash = request_hash(req)  # the body as sent: a replay matches whatever the defaults are now
         if "auto_stop_minutes" not in req.model_fields_set:
             req = req.model_copy(update={"auto_stop_minutes": self.settings.default_auto_stop_minutes})
         rates = self.spending.rates_for(req.instance_type, req.storage_gb)  # 400 price_unknown
-        # Checked once before anything can spawn (the catalogue), and again, reserving, when the launch is claimed.
-        await asyncio.to_thread(self._admit_create, None, req, rates)
+        # Checked before anything can spawn (the catalogue), and again, reserving, when the launch is
+        # claimed. A replay of a key already holding a launch launches nothing: it is never refused.
+        if not (idempotency_key and (idempotency_key in self._inflight or
+                                     await asyncio.to_thread(self._holds_launch, idempotency_key))):
+            await asyncio.to_thread(self._admit_create, None, req, rates)
         catalog = await self.ensure_catalog()
         ami = check_catalog(catalog, self.settings.allowed_instance_types, req.ami, req.instance_type)
         if idempotency_key is None:
             with self.reconciler.mutating():
-                return await self._launch(req, ami, None, request_hash(req), rates), False
+                return await self._launch(req, ami, None, body_hash, rates), False
         inflight = self._inflight.get(idempotency_key)
         if inflight is not None:
             await asyncio.shield(inflight)  # the first request with this key is running: share its outcome
-            return await self._replay(idempotency_key, req), True
+            return await self._replay(idempotency_key, body_hash), True
         future = asyncio.get_running_loop().create_future()
         self._inflight[idempotency_key] = future
         try:
             with self.reconciler.mutating():
-                return await self._launch(req, ami, idempotency_key, request_hash(req), rates), False
+                return await self._launch(req, ami, idempotency_key, body_hash, rates), False
         except _AlreadyClaimed:
-            return await self._replay(idempotency_key, req), True
+            return await self._replay(idempotency_key, body_hash), True
         finally:
             del self._inflight[idempotency_key]
             future.set_result(None)
 
-    async def _replay(self, idempotency_key: str, req: InstanceCreate) -> InstanceRow:
+    def _holds_launch(self, idempotency_key: str) -> bool:
+        launch = self.db.get_launch_by_key(idempotency_key)
+        return launch is not None and launch["status"] in (LaunchStatus.PENDING, LaunchStatus.LAUNCHED)
+
+    async def _replay(self, idempotency_key: str, body_hash: str) -> InstanceRow:
         launch = await asyncio.to_thread(self.db.get_launch_by_key, idempotency_key)
-        if launch is None or launch["body_hash"] != request_hash(req):
+        if launch is None or launch["body_hash"] != body_hash:
             raise Conflict("This Idempotency-Key was already used with a different request body; use a new key.",
                            code="idempotency_key_reused")
         if launch["status"] == LaunchStatus.LAUNCHED and launch["instance_id"]:
@@ -367,18 +375,24 @@ class InstanceService:
                 if not running:
                     raise Conflict(f"Instance {instance_id} is {row['state']}: stop_at applies to a running instance "
                                    "(set auto_stop_minutes for its next start).", code="wrong_state")
+                if change.stop_at is not None and change.stop_at.year > 9000:
+                    raise PolicyViolation("stop_at is too far in the future; use null for never.",
+                                          code="stop_at_out_of_range")
                 if change.stop_at is not None and change.stop_at <= datetime.now(UTC):
                     raise PolicyViolation("stop_at must be in the future (to stop it now: POST "
                                           f"/instances/{instance_id}/stop).", code="stop_at_in_past")
                 fields["stop_at"] = change.stop_at.astimezone(UTC).strftime(TIME_FORMAT) if change.stop_at else None
-            if running and "stop_at" in fields:
-                await asyncio.to_thread(self._admit_extension, row, fields["stop_at"])
-            if fields:
+            key = f"extend:{instance_id}:{uuid.uuid4().hex}"
+            try:
+                if running and "stop_at" in fields:
+                    await asyncio.to_thread(self._admit_extension, key, row, fields["stop_at"])
                 await asyncio.to_thread(self.db.update_instance, instance_id, {**fields, "updated_at": utcnow()})
-                self.on_stop_at_changed()
+            finally:
+                self.spending.release(key)  # written: the ledger counts it from now on
+            self.on_stop_at_changed()
             return await asyncio.to_thread(self.db.require_instance, instance_id)
 
-    def _admit_extension(self, row: InstanceRow, new_stop_at: str | None) -> None:
+    def _admit_extension(self, key: str, row: InstanceRow, new_stop_at: str | None) -> None:
         """Running longer than committed so far must fit the budget (the difference is what is checked)."""
         now = datetime.now(UTC)
         end = period_bounds(now)[1]
@@ -391,9 +405,7 @@ class InstanceService:
 
         extra = until(new_stop_at) - until(row["stop_at"])
         if extra > 0:
-            key = f"extend:{row['id']}:{uuid.uuid4().hex}"
             self.spending.admit(key, extra, f"Running {row['id']} longer")
-            self.spending.release(key)  # the new stop_at is written next: the ledger then counts it
 
     def _check_reachable(self, row: InstanceRow) -> None:
         endpoint = row["endpoint"]

@@ -10,6 +10,7 @@ two replicas that both stop an instance do no harm.
 import asyncio
 import logging
 import re
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -21,7 +22,8 @@ from app.services.recorder import Recorder
 
 log = logging.getLogger("ec2_creator.scheduling")
 
-CHECK_SECONDS = 60.0  # the longest sleep between checks
+CHECK_SECONDS = 60.0  # the longest sleep between checks, and the pause after a failed round
+MAX_IDS = 1000  # per stop-instances call (EC2's limit)
 # EC2 names the instance it refuses: "This instance 'i-…' is not in a state from which it can be stopped",
 # "The instance ID 'i-…' does not exist". That one is left out and the rest stopped (Cloud Custodian's way).
 INSTANCE_ID = re.compile(r"i-[0-9a-f]{8,17}")
@@ -36,6 +38,7 @@ class AutoStopper:
         self.reconciler = reconciler
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._refused: dict[str, float] = {}  # id -> when to try it again (EC2 refused it; a sweep will tell)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="auto-stop")
@@ -55,14 +58,17 @@ class AutoStopper:
     async def _loop(self) -> None:
         while True:
             self._wake.clear()
+            delay = None
             try:
                 await self.run_due()
             except ApiError as exc:
-                log.warning("auto-stop failed (%s); retrying at the next check", exc.detail)
+                log.warning("auto-stop failed (%s); retrying in %g s", exc.detail, CHECK_SECONDS)
+                delay = CHECK_SECONDS
             except Exception:  # noqa: BLE001 - the loop must outlive any one bad round
                 log.exception("auto-stop failed")
+                delay = CHECK_SECONDS
             try:
-                await asyncio.wait_for(self._wake.wait(), await self._delay())
+                await asyncio.wait_for(self._wake.wait(), delay or await self._delay())
             except TimeoutError:
                 pass
 
@@ -71,14 +77,25 @@ class AutoStopper:
                                                       self.recorder.endpoint))
         if upcoming is None:
             return CHECK_SECONDS
-        return min(CHECK_SECONDS, max(0.2, (upcoming - datetime.now(UTC)).total_seconds() + 0.05))
+        wait = (upcoming - datetime.now(UTC)).total_seconds() + 0.05
+        if wait <= 0:  # overdue yet left alone (refused by EC2, or another account's): no busy loop
+            retry = min(self._refused.values(), default=time.monotonic() + CHECK_SECONDS)
+            wait = max(0.2, retry - time.monotonic())
+        return min(CHECK_SECONDS, wait)
 
     async def run_due(self) -> list[str]:
         """Stop what is due; returns the ids EC2 accepted."""
         due = await asyncio.to_thread(self.db.due_for_stop, utcnow(), self.recorder.region, self.recorder.endpoint)
-        ours = self.recorder.account
-        rows = {r["id"]: r for r in due if not (r["account"] and ours and r["account"] != ours)}
-        ids = list(rows)
+        ours, now = self.recorder.account, time.monotonic()
+        self._refused = {i: at for i, at in self._refused.items() if at > now}
+        rows = {r["id"]: r for r in due if not (r["account"] and ours and r["account"] != ours)
+                and r["id"] not in self._refused}
+        stopped: list[str] = []
+        for batch in range(0, len(rows), MAX_IDS):
+            stopped += await self._stop(rows, list(rows)[batch:batch + MAX_IDS])
+        return stopped
+
+    async def _stop(self, rows: dict[str, InstanceRow], ids: list[str]) -> list[str]:
         with self.reconciler.mutating():
             while ids:
                 try:
@@ -90,6 +107,7 @@ class AutoStopper:
                     log.warning("auto-stop: EC2 refused %s (%s); stopping the others", ", ".join(sorted(refused)),
                                 exc.aws_error_code)
                     ids = [i for i in ids if i not in refused]
+                    self._refused |= dict.fromkeys(refused, time.monotonic() + CHECK_SECONDS)
                     self.reconciler.request_sweep()  # our record of those is behind EC2's
                     continue
                 await asyncio.to_thread(self._record, rows, doc.get("StoppingInstances") or [])

@@ -16,7 +16,7 @@ import logging
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,6 @@ log = logging.getLogger("ec2_creator.spending")
 
 HOURS_PER_MONTH = 730.0
 DEFAULT_STORAGE_GB = 8  # what an instance we did not launch is assumed to have (the AMIs' usual root size)
-REREAD_MARGIN = timedelta(seconds=2)  # rows stamped this long before the newest one seen are read again
 COMPUTE_STATES = (InstanceState.PENDING, InstanceState.RUNNING)
 
 
@@ -158,6 +157,8 @@ class History:
         born = parse_time(row["created_at"])
         if timeline and born and born < timeline[0][0]:  # adopted: it ran before we first recorded it
             timeline[0] = (born, *timeline[0][1:])
+        if not timeline and born:  # no history kept (pruned, or a database from before events): as it is now
+            timeline = [(born, row["state"], bool(row["public_ip"]))]
         spent = 0.0
         for (at, state, has_ip), (until, _, _) in zip(timeline, timeline[1:], strict=False):
             spent += rates.while_in(state, has_ip) * _hours(max(at, start), until)
@@ -210,7 +211,7 @@ class Spending:
         self._entries: dict[str, tuple[History, float]] = {}
         self._generation = -1
         self._period: datetime | None = None
-        self._seen: datetime | None = None
+        self._rev = 0  # the newest row revision read
         self._reserved: dict[str, float] = {}  # admitted creates and starts whose record is not written yet
 
     # -- pricing a request ----------------------------------------------------------------------
@@ -233,26 +234,26 @@ class Spending:
         start, end = period_bounds(now)
         if generation == self._generation and start == self._period:
             return
-        if start != self._period:  # a new period (or the first look): everything live or touched in it
+        full = start != self._period  # a new period (or the first look): everything live or touched in it
+        if full:
             self._entries.clear()
-            since = start.strftime(TIME_FORMAT)
-        else:  # writers stamp updated_at just before they commit: look a little further back
-            since = self._seen.strftime(TIME_FORMAT) if self._seen else start.strftime(TIME_FORMAT)
-        rows, events = self.db.ledger(self.region, self.endpoint, since, live=start == self._period)
+        rows, events = self.db.ledger(self.region, self.endpoint, start.strftime(TIME_FORMAT),
+                                      None if full else self._rev)
         for row in rows:
             history = History.of(row, events.get(row["id"], []), self.book, start)
             cost = history.cost(start, end, now)
             self._entries[row["id"]] = (history, cost.spent_usd + cost.projected_usd)
-            seen = parse_time(row["updated_at"])
-            if seen and (self._seen is None or seen - REREAD_MARGIN > self._seen):
-                self._seen = seen - REREAD_MARGIN
+            self._rev = max(self._rev, row["rev"])
         self._generation, self._period = generation, start
 
     def committed(self) -> float:
         """Spent plus every projection this period (as of each instance's last change)."""
         with self._lock:
-            self._refresh(datetime.now(UTC))
-            return sum(entry[1] for entry in self._entries.values())
+            return self._committed()
+
+    def _committed(self) -> float:
+        self._refresh(datetime.now(UTC))
+        return sum(entry[1] for entry in self._entries.values())
 
     def summary(self, now: datetime | None = None) -> Summary:
         """Spent and committed this period, per instance, as of now."""
@@ -286,8 +287,8 @@ class Spending:
     # -- admission ----------------------------------------------------------------------------------
     def admit(self, key: str | None, projection: float, what: str) -> None:
         """Reserve `projection` under `key` (None: only check) if it fits the budget, else 409 budget_exceeded."""
-        committed = self.committed()
-        with self._lock:
+        with self._lock:  # read, check and reserve at once: two admissions never both take the last room
+            committed = self._committed()
             reserved = sum(self._reserved.values())
             if committed + reserved + projection > self.budget_usd + 1e-9:
                 raise Conflict(

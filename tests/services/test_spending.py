@@ -125,3 +125,20 @@ def test_the_account_plan_answer_is_parsed():
     assert parse_account_plan(recorded) == {"plan_type": "FREE", "status": "ACTIVE", "remaining_credits": 87.52,
                                             "credits_unit": "USD", "expires_at": "2027-01-15T00:00:00Z"}
     assert parse_account_plan({"accountPlanType": "PAID"})["remaining_credits"] is None
+
+
+def test_without_events_the_instance_costs_what_its_record_says_since_it_was_created():
+    start, end = period_bounds(T0)
+    cost = instance_cost(row(), [], BOOK, start, end, datetime.fromisoformat(at(2)))
+    assert cost.spent_usd == pytest.approx(2 * (0.0104 + 10 * 0.08 / 730), abs=2e-6)
+
+
+def test_pruning_keeps_each_instances_newest_event(tmp_path):
+    db = Database(tmp_path / "i.db")
+    db.migrate()
+    for i, when in enumerate(["2020-01-01T00:00:00.000000Z", "2020-01-02T00:00:00.000000Z"]):
+        db.add_event("i-0123456789abcdef0", "observe", None, ["pending", "running"][i], "reconcile", at=when)
+    db.add_event("i-00000000000000001", "create", None, "running", "api", at="2020-01-01T00:00:00.000000Z")
+    assert db.prune("2021-01-01T00:00:00.000000Z")[0] == 1
+    assert [e["to_state"] for e in db.list_events("i-0123456789abcdef0")] == ["running"]
+    assert len(db.list_events("i-00000000000000001")) == 1
