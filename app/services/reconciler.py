@@ -19,6 +19,7 @@ from app.models.instance import SyncResult
 from app.models.rows import InstanceRow, LaunchRow
 from app.services.db import Database, ago, utcnow
 from app.services.recorder import Recorder, instances_of
+from app.services.tasks import LoopTask
 
 log = logging.getLogger("ec2_creator.reconciler")
 
@@ -28,7 +29,9 @@ PRUNE_EVERY_SECONDS = 3600.0  # events and finished launches past EVENTS_RETENTI
 CONFIRM_BATCH = 200  # ids or request ids per direct lookup
 
 
-class Reconciler:
+class Reconciler(LoopTask):
+    name = "reconciler"
+
     def __init__(self, settings: Settings, db: Database, aws, recorder: Recorder) -> None:
         self.settings = settings
         self.db = db
@@ -38,7 +41,6 @@ class Reconciler:
         self.endpoint = settings.endpoint_key
         self._wake = asyncio.Event()
         self._sweep_lock = asyncio.Lock()
-        self._task: asyncio.Task | None = None
         self._pruned_at = float("-inf")
         self.mutations_in_flight = 0
 
@@ -47,17 +49,6 @@ class Reconciler:
         return self.recorder.account
 
     # -- loop --------------------------------------------------------------------------------
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="reconciler")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-
     def request_sweep(self) -> None:
         """Ask for a sweep soon; many requests close together become one sweep."""
         self._wake.set()

@@ -19,6 +19,7 @@ from app.models.rows import InstanceRow
 from app.services.db import Database, parse_time, utcnow
 from app.services.reconciler import Reconciler
 from app.services.recorder import Recorder
+from app.services.tasks import LoopTask
 
 log = logging.getLogger("ec2_creator.scheduling")
 
@@ -30,26 +31,16 @@ INSTANCE_ID = re.compile(r"i-[0-9a-f]{8,17}")
 SKIPPABLE = ("IncorrectInstanceState", "InvalidInstanceID.NotFound", "UnsupportedOperation")
 
 
-class AutoStopper:
+class AutoStopper(LoopTask):
+    name = "auto-stop"
+
     def __init__(self, db: Database, aws, recorder: Recorder, reconciler: Reconciler) -> None:
         self.db = db
         self.aws = aws
         self.recorder = recorder
         self.reconciler = reconciler
         self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
         self._refused: dict[str, float] = {}  # id -> when to try it again (EC2 refused it; a sweep will tell)
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="auto-stop")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
 
     def wake(self) -> None:
         """A stop_at changed: look again now."""

@@ -23,6 +23,7 @@ from typing import Any
 from app.errors import ApiError, Conflict, PolicyViolation
 from app.models.rows import EventRow, InstanceRow, InstanceState
 from app.services.db import TIME_FORMAT, Database, parse_time
+from app.services.tasks import LoopTask
 
 log = logging.getLogger("ec2_creator.spending")
 
@@ -322,9 +323,11 @@ def parse_account_plan(doc: dict) -> dict:
 PLAN_REFRESH_SECONDS = 6 * 3600.0
 
 
-class AccountPlan:
+class AccountPlan(LoopTask):
     """What AWS says of the account's free plan, fetched in the background and cached: GET /budget
     never waits for it. Only against real AWS: the local emulator has no freetier service."""
+
+    name = "account-plan"
 
     def __init__(self, aws, emulated: bool) -> None:
         self.aws = aws
@@ -332,22 +335,13 @@ class AccountPlan:
         self.note = ("the local EC2 emulator does not implement the freetier service" if emulated else
                      "not fetched yet")
         self.emulated = emulated
-        self._task: asyncio.Task | None = None
 
     def cached(self) -> tuple[dict | None, str | None]:
         return self.plan, None if self.plan else self.note
 
     def start(self) -> None:
         if not self.emulated:
-            self._task = asyncio.create_task(self._loop(), name="account-plan")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            super().start()
 
     async def _loop(self) -> None:
         while True:
