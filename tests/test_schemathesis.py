@@ -11,6 +11,8 @@ Checks: every check (`[checks] enabled = true`), except these, each for a stated
   refused with a 400 by the free-tier policy (an instance type or AMI the region does not offer as
   free tier, storage over 30 GB). That is the documented contract (400 policy, 422 schema): the
   allowed types and AMIs are configuration and EC2 catalogue data, not schema.
+- `positive_data_acceptance` on PATCH /instances/{instance_id} too: a well-formed `stop_at` in the past
+  is refused with a 400 `stop_at_in_past` (policy: time is not schema).
 - `unsupported_method` on /instances/sync only: `GET /instances/sync` is routed to
   `GET /instances/{instance_id}` with the id "sync", which is answered 404 like every id that is
   not tracked (the design decision: malformed or unknown ids are 404), not 405.
@@ -40,6 +42,12 @@ use_after_free.enabled = false
 include-path = "/instances"
 include-method = "POST"
 # Schema-valid bodies may be refused by the free-tier policy with a 400 (documented contract).
+checks.positive_data_acceptance.enabled = false
+
+[[operations]]
+include-path = "/instances/{instance_id}"
+include-method = "PATCH"
+# A schema-valid stop_at in the past (or beyond year 9000) is refused by policy with a 400.
 checks.positive_data_acceptance.enabled = false
 
 [[operations]]
