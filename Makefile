@@ -11,6 +11,14 @@ PORT        ?= 8000
 EC2_TARGET  ?= sandbox
 SANDBOX_PORT ?= 5055
 SANDBOX_URL := http://127.0.0.1:$(SANDBOX_PORT)
+# What `make run` and `make doctor` hand the server against the sandbox: fake credentials, the emulator.
+SANDBOX_ENV  = env -u AWS_PROFILE -u AWS_DEFAULT_PROFILE -u AWS_SESSION_TOKEN AWS_ACCESS_KEY_ID=testing \
+	AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} AWS_EC2_METADATA_DISABLED=true \
+	EC2_TARGET=sandbox EC2_ENDPOINT_URL=$(SANDBOX_URL) DATABASE_URL=$${SANDBOX_DATABASE_URL:-./data/sandbox/instances.db} \
+	SSH_KEY_PATH=$${SSH_KEY_PATH:-./data/sandbox/my_ec2_keypair.pem}
+# The AWS CLI v2 the tests run next to the venv's v1 (Debian's awscli package; `make system-deps`).
+AWS_CLI_V2  ?= /usr/bin/aws
+export AWS_CLI_V2
 # Integration tests mostly wait (on EC2 calls, grace periods, auto-stop timers): three workers on two cores
 # overlap the waits (6:23 -> 5:56 for pytest here).
 PYTEST_WORKERS ?= 3
@@ -22,7 +30,7 @@ SHELLCHECK  := $(VENV)/bin/shellcheck
 BATS        := node_modules/bats/bin/bats
 JENKINSFILES := jenkins/deployment/Jenkinsfile jenkins/deployment/Jenkinsfile.manage
 
-.PHONY: help venv tools system-deps run sandbox sandbox-stop test test-fast test-python test-bash test-jenkins lint clean bench bench-smoke
+.PHONY: help venv tools system-deps run doctor sandbox sandbox-stop test test-fast test-python test-bash test-jenkins lint clean bench bench-smoke
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -48,17 +56,21 @@ ifeq ($(EC2_TARGET),aws)
 else ifeq ($(EC2_TARGET),sandbox)
 	@SANDBOX_PORT=$(SANDBOX_PORT) scripts/sandbox.sh start
 	@echo "ec2-creator-local: target SANDBOX (local EC2 emulator at $(SANDBOX_URL), no AWS account used): API docs at http://$(HOST):$(PORT)/docs"
-	@env -u AWS_PROFILE -u AWS_DEFAULT_PROFILE -u AWS_SESSION_TOKEN AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing \
-	    AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} AWS_EC2_METADATA_DISABLED=true \
-	    EC2_TARGET=sandbox EC2_ENDPOINT_URL=$(SANDBOX_URL) \
-	    DATABASE_URL=$${SANDBOX_DATABASE_URL:-./data/sandbox/instances.db} \
-	    SSH_KEY_PATH=$${SSH_KEY_PATH:-./data/sandbox/my_ec2_keypair.pem} \
-	    $(PY) -m uvicorn app.main:app --host $(HOST) --port $(PORT)
+	@$(SANDBOX_ENV) $(PY) -m uvicorn app.main:app --host $(HOST) --port $(PORT)
 else
 	@echo "EC2_TARGET must be 'sandbox' or 'aws', not '$(EC2_TARGET)'" >&2; exit 2
 endif
 
-system-deps: ## Chromium, Java, Node.js/npm, curl: installed from Debian as root, else the command to run
+doctor: venv ## Would a create work? Checks CLI, credentials, key pair, VPC, types, AMIs, API (EC2_TARGET=aws for AWS)
+ifeq ($(EC2_TARGET),aws)
+	@EC2_TARGET=aws HOST=$(HOST) PORT=$(PORT) scripts/doctor.sh
+else ifeq ($(EC2_TARGET),sandbox)
+	@$(SANDBOX_ENV) HOST=$(HOST) PORT=$(PORT) scripts/doctor.sh
+else
+	@echo "EC2_TARGET must be 'sandbox' or 'aws', not '$(EC2_TARGET)'" >&2; exit 2
+endif
+
+system-deps: ## Chromium, Java, Node.js/npm, curl, AWS CLI v2: installed from Debian as root, else the command to run
 	@scripts/system_deps.sh
 
 tools: system-deps venv $(NPM_STAMP) ## Everything make test needs (system packages, .venv, node_modules)
@@ -68,10 +80,13 @@ lint: venv ## shellcheck the bash scripts; ruff on all Python, mypy on app/ (pyp
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-test-bash: venv $(NPM_STAMP) ## bats suites for the bash scripts
-	$(if $(JUNIT_DIR),mkdir -p $(JUNIT_DIR)/bats)
+test-bash: venv $(NPM_STAMP) ## bats suites for the bash scripts (the emulator ones with CLI v1, then v2)
+	$(if $(JUNIT_DIR),mkdir -p $(JUNIT_DIR)/bats $(JUNIT_DIR)/bats-cli-v2)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(BATS) $(if $(JUNIT_DIR),--report-formatter junit --output $(JUNIT_DIR)/bats) \
 	    tests/aws_cli_bash_scripts tests/scripts
+	@# The scripts against the emulator once more, with the AWS CLI v2.
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" AWS_CLI=$(AWS_CLI_V2) EXPECT_AWS_CLI_MAJOR=2 $(BATS) \
+	    $(if $(JUNIT_DIR),--report-formatter junit --output $(JUNIT_DIR)/bats-cli-v2) tests/aws_cli_bash_scripts/integration.bats
 
 $(NPM_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund

@@ -6,6 +6,7 @@ The harness itself (processes, emulator, server, AWS_CLI shim) lives in tests/su
 import pytest
 
 from tests.support.emulator import Emulator
+from tests.support.processes import AWS_CLI_V1, aws_cli_v2
 from tests.support.server import ApiServer, build_catalog_template, synced_client
 
 
@@ -28,6 +29,12 @@ def emulator(tmp_path_factory):
     build_catalog_template(emu.url, tmp_path_factory.mktemp("catalog"))
     yield emu
     emu.close()
+
+
+@pytest.fixture(scope="session", params=["v1", "v2"])
+def aws_cli_bin(request):
+    """Each AWS CLI the project supports, in turn: the venv's v1 and Debian's v2."""
+    return AWS_CLI_V1 if request.param == "v1" else aws_cli_v2()
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -170,6 +170,11 @@ class Settings(BaseSettings):
             url = url[len("sqlite:///") :]
         path = Path(url).expanduser()
         return path if path.is_absolute() else Path.cwd() / path
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """A settings ValidationError as one line: `NAME: problem; NAME: problem`."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
 
 
 @lru_cache

@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 
@@ -9,7 +10,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 from pydantic import ValidationError
 
-from app.config import Settings, get_settings
+from app.config import Settings, describe_errors, get_settings
 from app.errors import ApiError, install_error_handlers
 from app.models.instance import Health
 from app.routers import budget, instances
@@ -26,8 +27,7 @@ def _load_settings() -> Settings:
     try:
         return get_settings()
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
-        raise SystemExit(f"ec2-creator-local: bad configuration: {problems}") from None
+        raise SystemExit(f"ec2-creator-local: bad configuration: {describe_errors(exc)}") from None
 
 
 async def _warm_catalog(service: InstanceService) -> None:
@@ -35,6 +35,32 @@ async def _warm_catalog(service: InstanceService) -> None:
         await service.ensure_catalog()
     except ApiError as exc:
         log.warning("AMI catalogue not loaded yet (%s); the next create retries", exc.detail)
+
+
+async def _log_cli_version(aws: AwsCli, db: Database) -> None:
+    """Log which AWS CLI the server runs, and its version. `aws --version` costs a process, so the answer is
+    kept in the database for that executable (path, size, modification time) and asked again only when it
+    changes."""
+    path = aws.env["AWS_CLI"]
+    try:
+        found = os.stat(path)
+    except OSError as exc:
+        log.error("AWS_CLI=%s cannot be found (%s): every AWS call will fail. Set AWS_CLI to the aws executable.",
+                  path, exc.strerror)
+        return
+    key = f"aws_cli_version:{os.path.realpath(path)}:{found.st_size}:{found.st_mtime_ns}"
+    version = await asyncio.to_thread(db.kv_get, key)
+    if version is None:
+        try:
+            version = await aws.version()
+        except ApiError as exc:
+            log.error("%s", exc.detail)
+            return
+        await asyncio.to_thread(db.kv_set, key, version)
+    log.info("AWS CLI %s: %s", path, version)
+    if version.startswith("aws-cli/1."):
+        log.info("AWS CLI v1 is in maintenance mode since 15 July 2026; to use v2, set AWS_CLI to its path "
+                 "(README: Which AWS CLI)")
 
 
 @asynccontextmanager
@@ -66,6 +92,7 @@ async def lifespan(app: FastAPI):
     log.info("EC2 Creator Local targets %s (%s, region %s, %s); AWS CLI %s; database %s", settings.target_label,
              endpoint, settings.region, credentials, aws.env["AWS_CLI"], settings.database_path)
     warm = asyncio.create_task(_warm_catalog(service))
+    cli = asyncio.create_task(_log_cli_version(aws, db))
     service.reconciler.start()
     stopper.start()
     service.account_plan.start()
@@ -76,6 +103,7 @@ async def lifespan(app: FastAPI):
         await service.account_plan.stop()
         await service.reconciler.stop()
         warm.cancel()
+        cli.cancel()
 
 
 def create_app(settings_getter: Callable[[], Settings] = _load_settings) -> FastAPI:

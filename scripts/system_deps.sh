@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 #
 # Check the few system programs `make test` needs that no project registry ships (Chromium for the
-# Swagger UI check, Java and Node.js/npm for npm-groovy-lint, curl for the README's tour). Missing
-# ones are installed from Debian when run as root with apt-get; otherwise the exact command to run
-# is printed and the exit code is 1. Everything else (shellcheck, bats, the AWS CLI, moto) comes
-# from PyPI and npm into the project's own .venv and node_modules.
+# Swagger UI check, Java and Node.js/npm for npm-groovy-lint, curl for the README's tour, the AWS
+# CLI v2 the tests run next to the venv's v1). Missing ones are installed from Debian when run as
+# root with apt-get; otherwise the exact command to run is printed and the exit code is 1.
+# Everything else (shellcheck, bats, the AWS CLI v1, moto) comes from PyPI and npm into the
+# project's own .venv and node_modules.
+#
+# Environment: AWS_CLI_V2, the v2 to check (default /usr/bin/aws, Debian's awscli).
 #
 #   scripts/system_deps.sh [--check]      (--check: never install, only report)
 
@@ -16,9 +19,10 @@ usage() {
   cat <<USAGE
 Usage: ${PROG} [--check]
 
-Make sure chromium, java, node, npm and curl are on PATH. As root with apt-get, install the
-missing ones from Debian (chromium, default-jre-headless, nodejs, npm, curl); otherwise print
-the command that would and exit 1. --check only reports.
+Make sure chromium, java, node, npm and curl are on PATH and that AWS_CLI_V2 (default
+/usr/bin/aws) is an AWS CLI v2. As root with apt-get, install the missing ones from Debian
+(chromium, default-jre-headless, nodejs, npm, curl, awscli); otherwise print the command that
+would and exit 1. --check only reports.
 USAGE
 }
 
@@ -31,6 +35,9 @@ missing_packages() {
   command -v node >/dev/null 2>&1 || echo nodejs
   command -v npm >/dev/null 2>&1 || echo npm
   command -v curl >/dev/null 2>&1 || echo curl
+  local version
+  version="$("${AWS_CLI_V2:-/usr/bin/aws}" --version 2>/dev/null)" || true
+  [[ "${version}" == aws-cli/2.* ]] || echo awscli
 }
 
 main() {

@@ -27,6 +27,9 @@ log = logging.getLogger("ec2_creator.aws")
 
 INLINE_PARSE_LIMIT = 64 * 1024
 _AWS_ERROR = re.compile(r"An error occurred \(([^)]+)\)[^:]*:\s*(.*)", re.S)
+# The CLI refused its command line (v1 exits 2, v2 252): "aws: error: argument operation: Invalid choice..."
+_CLI_USAGE = re.compile(r"^aws: error: (.*)$", re.M)
+CLI_USAGE_EXIT = {2, 252}
 
 THROTTLING = {"RequestLimitExceeded", "Throttling", "ThrottlingException", "TooManyRequestsException"}
 CAPACITY = {"InsufficientInstanceCapacity", "InsufficientCapacity", "InstanceLimitExceeded",
@@ -44,6 +47,14 @@ def classify(script: str, returncode: int, stderr: str) -> ApiError:
     if match:
         code, message = match.group(1), " ".join(match.group(2).split())
         return _from_aws_code(code, message)
+    usage = _CLI_USAGE.search(text)
+    if usage and "invalid choice" in usage.group(1).lower():
+        what = {"command": "AWS service", "operation": "operation"}.get(usage.group(1).split(":")[0].split()[-1],
+                                                                         "command")
+        return UpstreamError(f"This AWS CLI does not know the {what} that {script} calls: it is older than that "
+                             "AWS API. Install a current AWS CLI v2 and point AWS_CLI at it.", code="aws_cli_outdated")
+    if usage:
+        return _rejected_arguments(script, returncode, text)
     lowered = text.lower()
     if "could not connect to the endpoint url" in lowered or "connection refused" in lowered:
         return Unavailable("The EC2 endpoint cannot be reached; check EC2_ENDPOINT_URL or your network, "
@@ -60,12 +71,16 @@ def classify(script: str, returncode: int, stderr: str) -> ApiError:
                                retry_after=5)
     if "you must specify a region" in lowered:
         return Unavailable("No AWS region set: set AWS_REGION or AWS_DEFAULT_REGION.", code="no_region")
-    if returncode == 2:
-        # The script refused its arguments: a bug on our side, never user-facing input.
-        log.error("%s rejected its arguments: %s", script, text)
-        return UpstreamError(f"Internal error: {script} rejected its arguments.", code="script_usage")
+    if returncode in CLI_USAGE_EXIT:
+        return _rejected_arguments(script, returncode, text)
     first = text.splitlines()[-1] if text else f"exit code {returncode}"
     return UpstreamError(f"The AWS CLI failed: {first[:300]}", code="aws_cli_failed")
+
+
+def _rejected_arguments(script: str, returncode: int, text: str) -> ApiError:
+    """The script or the CLI refused the arguments: a bug on our side, never user-facing input."""
+    log.error("%s rejected its arguments (exit %s): %s", script, returncode, text[-500:])
+    return UpstreamError(f"Internal error: {script} rejected its arguments.", code="script_usage")
 
 
 def _from_aws_code(code: str, message: str) -> ApiError:
@@ -201,6 +216,34 @@ class AwsCli:
         nice = shutil.which("nice")
         self._nice = [nice, "-n", "10"] if nice else []
         self.env = child_env(settings)
+
+    async def version(self) -> str:
+        """What `AWS_CLI --version` prints (e.g. aws-cli/2.9.19 Python/3.11.2 ...): one process."""
+        if not await self._slots.acquire(BACKGROUND, self.timeout * SLOT_WAIT_SHARE):
+            raise Unavailable("No AWS CLI slot for `aws --version`.", code="aws_busy", retry_after=5)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.env["AWS_CLI"], "--version", stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT, env=self.env, start_new_session=True)
+            try:
+                out, _ = await asyncio.wait_for(proc.communicate(), self.timeout)
+            except BaseException:
+                _kill_group(proc)
+                await proc.wait()
+                raise
+        except TimeoutError:
+            raise UpstreamTimeout(f"`{self.env['AWS_CLI']} --version` did not answer within {self.timeout:g} s.") \
+                from None
+        except OSError as exc:  # after TimeoutError, one of its kind
+            raise UpstreamError(f"AWS_CLI={self.env['AWS_CLI']} cannot be run: {exc.strerror}",
+                                code="aws_cli_missing") from None
+        finally:
+            self._slots.release()
+        text = out.decode(errors="replace").strip()
+        if proc.returncode != 0 or not text.startswith("aws-cli/"):
+            raise UpstreamError(f"AWS_CLI={self.env['AWS_CLI']} is not an AWS CLI (`--version` said "
+                                f"{text[:200]!r}, exit {proc.returncode}).", code="aws_cli_missing")
+        return text.splitlines()[0]
 
     async def run(self, script: str, *args: str, region: str | None = None, background: bool = False) -> dict:
         """Run one script with argv `args`; return its JSON stdout or raise an ApiError.

@@ -86,6 +86,12 @@ def parse_time(value: str | None) -> datetime | None:
     return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
+def stored_time(value: str | None) -> str | None:
+    """An EC2 timestamp in our format: CLI v1 prints `...09.000Z`, v2 `...09+00:00`; None when unreadable."""
+    at = parse_time(value)
+    return at.strftime(TIME_FORMAT) if at else None
+
+
 def age_seconds(value: str | None) -> float:
     """Seconds since a stored timestamp; infinite when there is none (an unknown age is an old one)."""
     at = parse_time(value)

@@ -19,7 +19,7 @@ from app.errors import ApiError, Conflict, PolicyViolation, Unavailable, Upstrea
 from app.models.instance import InstanceCreate, InstancePatch
 from app.models.rows import InstanceRow, InstanceState, LaunchStatus
 from app.services.aws_cli import AwsCli, outcome_unknown
-from app.services.db import TIME_FORMAT, Database, age_seconds, utcnow
+from app.services.db import TIME_FORMAT, Database, age_seconds, stored_time, utcnow
 from app.services.free_tier import Catalog, check_catalog, check_static, login_user_for
 from app.services.reconciler import Reconciler
 from app.services.recorder import RUNNING, SECURITY_GROUP_NAME, Recorder, in_minutes
@@ -278,7 +278,7 @@ class InstanceService:
             "id": instance_id, "name": req.name, "ami": body["ami_id"],
             "instance_type": req.instance_type, "storage_gb": req.storage_gb, "security_group_id": group_id,
             "tags": req.tags or {}, "backend_used": self.settings.backend, "login_user": body["login_user"],
-            "request_id": request_id, "launched_at": instances[0].get("LaunchTime"),
+            "request_id": request_id, "launched_at": stored_time(instances[0].get("LaunchTime")),
             "auto_stop_minutes": req.auto_stop_minutes, "associate_public_ip": int(req.associate_public_ip),
         }
         try:

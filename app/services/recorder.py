@@ -20,7 +20,7 @@ from app.config import Settings
 from app.errors import UpstreamError
 from app.models.instance import RESERVED_TAG_KEYS, SyncResult
 from app.models.rows import InstanceRow, InstanceState, LaunchRow, LaunchStatus
-from app.services.db import TIME_FORMAT, Database, age_seconds, parse_time, utcnow
+from app.services.db import TIME_FORMAT, Database, age_seconds, stored_time, utcnow
 
 log = logging.getLogger("ec2_creator.recorder")
 
@@ -40,12 +40,6 @@ def tags_of(instance: dict) -> dict[str, str]:
 def in_minutes(minutes: float) -> str:
     """The time `minutes` from now, in our timestamp format."""
     return (datetime.now(UTC) + timedelta(minutes=minutes)).strftime(TIME_FORMAT)
-
-
-def _iso(value: str | None) -> str | None:
-    """EC2's LaunchTime in our timestamp format."""
-    at = parse_time(value)
-    return at.strftime(TIME_FORMAT) if at else None
 
 
 def state_of(instance: dict) -> InstanceState:
@@ -280,7 +274,7 @@ class Recorder:
         asked = json.loads(launch["body"]) if launch else {}
         request = asked.get("request", {})
         login_user = asked.get("login_user") or self.login_user_of(ami)
-        launched = instance.get("LaunchTime") or utcnow()
+        launched = stored_time(instance.get("LaunchTime")) or utcnow()
         now = utcnow()
         groups = [g.get("GroupId") for g in instance.get("SecurityGroups") or []
                   if g.get("GroupName") == SECURITY_GROUP_NAME]
@@ -292,7 +286,7 @@ class Recorder:
             "security_group_id": groups[0] if groups else None,
             "tags": {k: v for k, v in tags.items() if k not in RESERVED_TAG_KEYS},
             "backend_used": "awscli", "login_user": login_user, "request_id": tags.get("RequestId"),
-            **self.scope, "launched_at": launched, "created_at": _iso(launched) or now, "updated_at": now,
+            **self.scope, "launched_at": launched, "created_at": launched, "updated_at": now,
             # What the request asked for; one launched by hand is never auto-stopped (it counts in the budget).
             "auto_stop_minutes": request.get("auto_stop_minutes"),
             "associate_public_ip": int(request["associate_public_ip"]) if "associate_public_ip" in request else None,

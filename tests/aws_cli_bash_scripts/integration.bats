@@ -3,7 +3,8 @@
 # on a free 127.0.0.1 port. Needs aws and moto_server: $AWS_CLI /
 # $MOTO_SERVER, else on PATH. Never reaches AWS: fake credentials, explicit
 # endpoint, no metadata service, and a proxy that goes nowhere for anything
-# but 127.0.0.1.
+# but 127.0.0.1. `make test` runs this file twice: with the venv's CLI v1 and,
+# with EXPECT_AWS_CLI_MAJOR=2, with Debian's CLI v2 (AWS_CLI_V2).
 
 bats_require_minimum_version 1.5.0
 
@@ -40,6 +41,14 @@ setup_file() {
     return 1
   fi
   export AWS_CLI="${aws_bin}"
+  local version
+  version="$("${AWS_CLI}" --version 2>&1)"
+  export AWS_CLI_MAJOR="${version#aws-cli/}"
+  AWS_CLI_MAJOR="${AWS_CLI_MAJOR%%.*}"
+  if [[ -n "${EXPECT_AWS_CLI_MAJOR:-}" && "${AWS_CLI_MAJOR}" != "${EXPECT_AWS_CLI_MAJOR}" ]]; then
+    echo "integration.bats: ${AWS_CLI} is '${version}', not CLI v${EXPECT_AWS_CLI_MAJOR}" >&3
+    return 1
+  fi
 
   # Guard: this suite can never reach real AWS.
   unset AWS_PROFILE AWS_REGION AWS_ENDPOINT_URL AWS_ENDPOINT_URL_EC2 KEY_NAME
@@ -200,8 +209,8 @@ state() {
 
 @test "an AWS error is passed through with the CLI exit code and message" {
   run --separate-stderr "${SCRIPTS_DIR}/start_instance.sh" i-0123456789abcdef0
-  [ "${status}" -ne 0 ]
-  [ "${status}" -ne 2 ]
+  # An AWS error: CLI v1 exits 255, v2 254.
+  if ((AWS_CLI_MAJOR == 2)); then [ "${status}" -eq 254 ]; else [ "${status}" -eq 255 ]; fi
   [ "${output}" = "" ]
   [[ "${stderr}" == *InvalidInstanceID.NotFound* ]]
 }
@@ -236,4 +245,27 @@ state() {
   id="$(launch "with-sg" --security-group-id "${sg}")"
   run "${SCRIPTS_DIR}/list_instances.sh" --filter-instance-id "${id}"
   [ "$(py '[g["GroupId"] for g in d["Reservations"][0]["Instances"][0]["SecurityGroups"]]' <<<"${output}")" = "[\"${sg}\"]" ]
+}
+
+@test "get_caller_identity names the emulator's account" {
+  run --separate-stderr "${SCRIPTS_DIR}/get_caller_identity.sh"
+  [ "${status}" -eq 0 ]
+  [[ "$(py 'd["Account"]' <<<"${output}")" =~ ^[0-9]{12}$ ]]
+  [[ "$(py 'd["Arn"]' <<<"${output}")" == arn:aws:* ]]
+}
+
+@test "describe_key_pairs finds my_ec2_keypair, and nothing for a missing name" {
+  run --separate-stderr "${SCRIPTS_DIR}/describe_key_pairs.sh" --key-name my_ec2_keypair
+  [ "${status}" -eq 0 ]
+  [ "$(py '[k["KeyName"] for k in d["KeyPairs"]]' <<<"${output}")" = '["my_ec2_keypair"]' ]
+  run --separate-stderr "${SCRIPTS_DIR}/describe_key_pairs.sh" --key-name no-such-key
+  [ "${status}" -eq 0 ]
+  [ "$(py 'd["KeyPairs"]' <<<"${output}")" = '[]' ]
+}
+
+@test "describe_default_subnets lists the default VPC's subnets" {
+  run --separate-stderr "${SCRIPTS_DIR}/describe_default_subnets.sh"
+  [ "${status}" -eq 0 ]
+  [ "$(py 'len({s["VpcId"] for s in d["Subnets"]})' <<<"${output}")" = 1 ]
+  [ "$(py 'bool(d["Subnets"]) and all(s["DefaultForAz"] for s in d["Subnets"])' <<<"${output}")" = true ]
 }

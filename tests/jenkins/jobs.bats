@@ -87,6 +87,7 @@ PY
   grep -Eq "junit testResults: 'reports/" "${BUILD_FILE}"
   grep -q 'JUNIT_DIR' "${BUILD_FILE}"
   grep -q 'scripts/ensure_venv.sh' "${BUILD_FILE}"
+  grep -q "sh 'scripts/system_deps.sh --check'" "${BUILD_FILE}"
 }
 
 @test "every sh step of both Jenkinsfiles is one call to make or to a script of the repository" {
@@ -99,7 +100,7 @@ PY
       n=$((n + 1))
     done < <(sh_steps "${file}")
   done
-  [ "${n}" -eq 5 ]
+  [ "${n}" -eq 6 ]
 }
 
 @test "the manage job runs manage_server.sh on the build workspace, with the token from withCredentials" {

@@ -13,6 +13,9 @@ setup() {
     chmod +x "${STUBS}/${tool}"
   done
   ln -s "$(command -v cat)" "${STUBS}/cat"  # usage is a here-document
+  printf '#!/bin/sh\necho "aws-cli/2.9.19 Python/3.11.2 Linux"\n' >"${STUBS}/aws-v2"
+  chmod +x "${STUBS}/aws-v2"
+  export AWS_CLI_V2="${STUBS}/aws-v2"
 }
 
 run_deps() {
@@ -45,4 +48,14 @@ run_deps() {
   run_deps --check
   [ "${status}" -eq 1 ]
   [[ "${stderr}" == *"sudo apt-get install -y --no-install-recommends chromium default-jre-headless npm"* ]]
+}
+
+@test "the AWS CLI v2: missing, or a v1 where AWS_CLI_V2 points, needs Debian's awscli" {
+  printf '#!/bin/sh\necho "aws-cli/1.46.3 Python/3.11.7"\n' >"${STUBS}/aws-v2"
+  run_deps --check
+  [ "${status}" -eq 1 ]
+  [[ "${stderr}" == *"sudo apt-get install -y --no-install-recommends awscli"* ]]
+  AWS_CLI_V2="${STUBS}/nowhere" run_deps --check
+  [ "${status}" -eq 1 ]
+  [[ "${stderr}" == *"--no-install-recommends awscli"* ]]
 }

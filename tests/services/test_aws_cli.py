@@ -51,6 +51,31 @@ def test_non_aws_failures(stderr, status, machine):
     assert (error.status_code, error.code) == (status, machine)
 
 
+USAGE = "usage: aws [options] <command> <subcommand> [<subcommand> ...] [parameters]\n"
+
+
+@pytest.mark.parametrize("rc, stderr, machine", [
+    # The CLI refused our command line: v1 exits 2, v2 252; either way a bug of ours, not the user's.
+    (2, USAGE + "aws: error: the following arguments are required: --instance-ids\n", "script_usage"),
+    (252, USAGE + "aws: error: the following arguments are required: --instance-ids\n", "script_usage"),
+    (252, "", "script_usage"),
+    # An older CLI that lacks a service or an operation: say so, and how to fix it.
+    (252, USAGE + "aws: error: argument command: Invalid choice, valid choices are:\n\nec2 | s3\n", "aws_cli_outdated"),
+    (2, USAGE + "aws: error: argument operation: Invalid choice, valid choices are:\n", "aws_cli_outdated"),
+    # v2's exit 254 and v1's 255 for the same AWS error.
+    (254, "\nAn error occurred (InvalidInstanceID.NotFound) when calling the StartInstances operation: x\n",
+     "instance_not_found"),
+    (255, "\nAn error occurred (InvalidInstanceID.NotFound) when calling the StartInstances operation: x\n",
+     "instance_not_found"),
+])
+def test_cli_v1_and_v2_exit_codes(rc, stderr, machine):
+    error = classify("start_instance.sh", rc, stderr)
+    assert error.code == machine
+    if machine == "aws_cli_outdated":
+        kind = "AWS service" if "argument command" in stderr else "operation"
+        assert f"does not know the {kind} that start_instance.sh calls" in error.detail
+
+
 # -- the slots that bound how many `aws` processes run at once ---------------------------------------
 def test_slots_serve_background_first_then_in_arrival_order():
     import asyncio

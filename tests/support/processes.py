@@ -18,6 +18,22 @@ ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 
 
+AWS_CLI_V1 = VENV_BIN / "aws"  # the venv's, pinned in requirements.txt
+
+
+def aws_cli_v2() -> Path:
+    """Debian's AWS CLI v2 (AWS_CLI_V2, default /usr/bin/aws), which `make system-deps` installs."""
+    path = Path(os.environ.get("AWS_CLI_V2") or "/usr/bin/aws")
+    try:
+        said = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except OSError as exc:
+        said = str(exc)
+    if not said.startswith("aws-cli/2."):
+        raise AssertionError(f"no AWS CLI v2 at {path} ({said.strip()!r}): run `make system-deps` (Debian's "
+                             "awscli package) or set AWS_CLI_V2 to a v2")
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -16,10 +16,11 @@ from tests.support.processes import ROOT, VENV_BIN, free_port, safe_env, stop_pr
 
 AWS_SHIM = Path(__file__).resolve().parent / "aws_shim.sh"
 BACKGROUND_OPERATIONS = {"describe-instances", "describe-instance-types", "get-parameters", "describe-images",
-                         "get-caller-identity"}
-# By emulator URL: a database holding only that emulator's AMI catalogue. A new server's database
-# starts as a copy, so the three `aws` processes that fetch the catalogue run once per session, not
-# once per server (they were a fifth of the suite's processes). ApiServer(warm_catalog=False) opts out.
+                         "get-caller-identity", "--version"}
+# By emulator URL: a database holding only that emulator's AMI catalogue (and the CLI's version). A new
+# server's database starts as a copy, so the three `aws` processes that fetch the catalogue run once per
+# session, not once per server (they were a fifth of the suite's processes). ApiServer(warm_catalog=False)
+# opts out.
 CATALOG_TEMPLATES: dict[str, Path] = {}
 
 
@@ -113,7 +114,8 @@ def build_catalog_template(emulator_url: str, tmp: Path) -> Path:
     try:
         def fetched() -> bool:
             with closing(sqlite3.connect(server.db_path)) as conn:
-                return conn.execute("SELECT 1 FROM kv WHERE key LIKE 'catalog_resolved_at:%'").fetchone() is not None
+                return conn.execute("SELECT count(*) FROM kv WHERE key LIKE 'catalog_resolved_at:%' "
+                                    "OR key LIKE 'aws_cli_version:%'").fetchone()[0] == 2
 
         wait_until(fetched, timeout=60, interval=0.1)
     finally:
@@ -122,6 +124,7 @@ def build_catalog_template(emulator_url: str, tmp: Path) -> Path:
     with closing(sqlite3.connect(server.db_path)) as source, closing(sqlite3.connect(template)) as copy:
         source.backup(copy)
         copy.executescript("DELETE FROM instances; DELETE FROM instance_events; DELETE FROM launches; "
-                           "DELETE FROM kv WHERE key NOT LIKE 'catalog_resolved_at:%';")
+                           "DELETE FROM kv WHERE key NOT LIKE 'catalog_resolved_at:%' "
+                           "AND key NOT LIKE 'aws_cli_version:%';")
     CATALOG_TEMPLATES[emulator_url] = template
     return template

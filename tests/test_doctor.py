@@ -1,0 +1,168 @@
+"""`make doctor` (scripts/doctor.sh): the real script, the real AWS CLI (v1 and v2) behind the logging
+shim, the real emulator, and the real API server for the /health line."""
+
+import asyncio
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from app.config import Settings
+from app.doctor import FAIL, OK, SKIP, WARN, Doctor
+from app.errors import UpstreamError
+from tests.support.emulator import KEY_NAME
+from tests.support.processes import AWS_CLI_V1, ROOT, free_port, safe_env
+from tests.support.server import AWS_SHIM
+
+DOCTOR = ROOT / "scripts" / "doctor.sh"
+LINE = re.compile(r"^(ok|warn|FAIL|skip) +([^:]+): (.*)$")
+READS = {"--version", "get-caller-identity", "describe-key-pairs", "describe-subnets", "describe-instance-types",
+         "get-parameters", "describe-images"}
+
+
+class Report:
+    def __init__(self, proc: subprocess.CompletedProcess, calls: list[list[str]], seconds: float) -> None:
+        self.rc, self.out, self.calls, self.seconds = proc.returncode, proc.stdout, calls, seconds
+        self.lines: dict[str, tuple[str, str]] = {}
+        for line in proc.stdout.splitlines():
+            if match := LINE.match(line):
+                self.lines[match.group(2)] = (match.group(1), match.group(3))
+
+    def status(self, name: str) -> str:
+        return self.lines[name][0]
+
+    def text(self, name: str) -> str:
+        return self.lines[name][1]
+
+
+def doctor(tmp: Path, endpoint: str, aws: Path = AWS_CLI_V1, api_url: str = "http://127.0.0.1:9",
+           args: tuple[str, ...] = (), **settings: str) -> Report:
+    """Run scripts/doctor.sh as `make doctor` does against the sandbox; every `aws` it runs is logged."""
+    log = tmp / f"aws_calls-{time.monotonic_ns()}.log"
+    log.touch()
+    key = tmp / "key.pem"
+    if not key.exists():
+        key.write_text("-----BEGIN RSA PRIVATE KEY-----\n")
+        key.chmod(0o600)
+    env = safe_env(**{"AWS_CLI": str(AWS_SHIM), "AWS_SHIM_LOG": str(log), "AWS_SHIM_REAL": str(aws),
+                      "EC2_TARGET": "sandbox", "EC2_ENDPOINT_URL": endpoint, "KEY_NAME": KEY_NAME,
+                      "SSH_KEY_PATH": str(key), **settings})
+    started = time.monotonic()
+    proc = subprocess.run([str(DOCTOR), "--api-url", api_url, *args], env=env, capture_output=True, text=True,
+                          timeout=120)
+    calls = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return Report(proc, calls, time.monotonic() - started)
+
+
+def test_everything_present_exits_0_and_only_reads(aws_cli_bin, fresh_emulator, api_server, tmp_path):
+    before = fresh_emulator.ec2.describe_key_pairs()["KeyPairs"]
+    report = doctor(tmp_path, fresh_emulator.url, aws_cli_bin, api_url=api_server.url)
+    assert report.rc == 0, report.out
+    major = "1" if aws_cli_bin == AWS_CLI_V1 else "2"
+    assert report.lines["aws"] == (OK, report.text("aws")) and f"aws-cli/{major}." in report.text("aws")
+    assert report.status("target") == OK and fresh_emulator.url in report.text("target")
+    assert report.lines["region"] == (OK, "us-east-1 (AWS_REGION)")
+    assert report.status("credentials") == OK and "account 123456789012" in report.text("credentials")
+    assert report.lines["key pair"] == (OK, f"{KEY_NAME} exists in us-east-1")
+    assert report.status("private key") == OK and "(mode 0600)" in report.text("private key")
+    assert report.status("default VPC") == OK and "us-east-1a" in report.text("default VPC")
+    assert report.lines["instance types"] == (OK, "t3.micro, t4g.micro: free-tier eligible in us-east-1")
+    # The emulator publishes the Amazon Linux parameters only: the others are named as missing.
+    assert report.status("AMI aliases") == WARN
+    assert "amazon-linux-2023 (x86_64, arm64)" in report.text("AMI aliases")
+    assert "ubuntu-24.04" in report.text("AMI aliases").split("; ")[-1]
+    assert report.status("free plan") == SKIP
+    assert report.lines["API"] == (OK, f"{api_server.url}/health answers 200")
+    assert report.out.rstrip().endswith("=> a create would work")
+    # Nothing but reads, and nothing changed.
+    assert report.calls and all(READS & set(call) for call in report.calls), report.calls
+    assert not fresh_emulator.instances()
+    assert fresh_emulator.ec2.describe_key_pairs()["KeyPairs"] == before
+
+
+def test_missing_key_pair_fails_with_the_create_key_pair_command(fresh_emulator, tmp_path):
+    report = doctor(tmp_path, fresh_emulator.url, KEY_NAME="doctor-missing")
+    assert report.rc == 1, report.out
+    status, text = report.lines["key pair"]
+    assert status == FAIL and "KEY_NAME=doctor-missing does not exist in us-east-1" in text
+    fix = report.out.split("key pair: ", 1)[1].splitlines()[0]
+    assert (f"aws --endpoint-url {fresh_emulator.url} --region us-east-1 ec2 create-key-pair --key-name "
+            f"doctor-missing --query KeyMaterial --output text > {tmp_path / 'key.pem'}") in fix
+    assert report.status("default VPC") == OK  # the other checks still ran
+    assert report.out.rstrip().endswith("=> a create would fail: fix key pair")
+    # The command it prints is the fix: run it (against the emulator) and the doctor is satisfied.
+    fresh_emulator.ec2.create_key_pair(KeyName="doctor-missing")
+    assert doctor(tmp_path, fresh_emulator.url, KEY_NAME="doctor-missing").status("key pair") == OK
+
+
+def test_a_loose_or_missing_private_key_warns_but_a_create_would_work(fresh_emulator, tmp_path):
+    loose = tmp_path / "loose.pem"
+    loose.write_text("key")
+    loose.chmod(0o644)
+    report = doctor(tmp_path, fresh_emulator.url, SSH_KEY_PATH=str(loose))
+    assert report.rc == 0, report.out
+    assert report.lines["private key"][0] == WARN and "mode 0644" in report.text("private key")
+    assert f"-> fix: `chmod 600 {loose}`" in report.out
+    report = doctor(tmp_path, fresh_emulator.url, SSH_KEY_PATH=str(tmp_path / "nowhere.pem"))
+    assert report.rc == 0 and report.status("private key") == WARN and "does not exist" in report.text("private key")
+
+
+def test_unreachable_endpoint_fails_fast_with_one_clear_line(emulator, tmp_path):
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    report = doctor(tmp_path, nowhere)
+    assert report.rc == 1, report.out
+    status, text = report.lines["endpoint"]
+    assert status == FAIL and f"{nowhere} cannot be reached" in text
+    assert "-> fix: start the emulator: `make sandbox`" in report.out
+    assert report.status("AWS checks") == SKIP and "key pair" not in report.lines
+    # Fast: the version and one call that could not connect, nothing more.
+    assert [c for c in report.calls if "--version" not in c] == [report.calls[-1]]
+    assert "get-caller-identity" in report.calls[-1]
+    assert report.seconds < 30
+
+
+def test_a_bad_setting_is_one_line_and_no_aws_call(tmp_path, emulator):
+    report = doctor(tmp_path, emulator.url, BUDGET_USD="0")
+    assert report.rc == 1
+    assert report.status("settings") == FAIL and "BUDGET_USD" in report.text("settings")
+    assert report.calls == []
+
+
+def test_help_and_usage(tmp_path):
+    proc = subprocess.run([str(DOCTOR), "-h"], capture_output=True, text=True, env=safe_env())
+    assert proc.returncode == 0 and proc.stdout.startswith("Usage: doctor.sh")
+    proc = subprocess.run([str(DOCTOR), "--bogus"], capture_output=True, text=True, env=safe_env())
+    assert proc.returncode == 2 and "--bogus" in proc.stderr
+
+
+# The free-plan line needs real AWS (the emulator has no freetier service): its wording, from a stub.
+class _Plan:
+    def __init__(self, answer: dict | Exception) -> None:
+        self.answer = answer
+
+    async def run(self, script: str, *args: str, **kw) -> dict:
+        assert script == "get_account_plan_state.sh"
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+@pytest.mark.parametrize(("answer", "status", "words"), [
+    ({"accountPlanType": "FREE", "accountPlanStatus": "ACTIVE", "accountPlanExpirationDate": "2027-01-10T00:00:00Z",
+      "accountPlanRemainingCredits": {"amount": 87.5, "unit": "USD"}}, OK,
+     ["FREE plan, ACTIVE, 87.5 USD of credits left, ends 2027-01-10", "closes"]),
+    ({"accountPlanType": "PAID", "accountPlanStatus": "ACTIVE"}, OK, ["PAID plan", "billed"]),
+    (UpstreamError("This AWS CLI does not know the command", code="aws_cli_outdated"), WARN,
+     ["not available", "install a current AWS CLI v2"]),
+])
+def test_free_plan_line_against_aws(answer, status, words):
+    settings = Settings(_env_file=None, ec2_endpoint_url=None, ec2_target=None)
+    doc = Doctor(settings, "http://127.0.0.1:9")
+    doc.aws = _Plan(answer)  # type: ignore[assignment]
+    line = asyncio.run(doc.plan())
+    assert line.status == status
+    rendered = line.render()
+    assert all(w in rendered for w in words), rendered
