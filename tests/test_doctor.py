@@ -77,6 +77,10 @@ def test_everything_present_exits_0_and_only_reads(aws_cli_bin, fresh_emulator, 
     assert report.status("free plan") == SKIP
     assert report.lines["API"] == (OK, f"{api_server.url}/health answers 200")
     assert report.out.rstrip().endswith("=> a create would work")
+    # docs/QUICK_START.md's sample shows these checks, in this order, with these outcomes.
+    sample = (ROOT / "docs" / "QUICK_START.md").read_text().split("<!-- doctor-sample -->", 1)[1].split("```")[1]
+    shown = [(m.group(1), m.group(2)) for line in sample.splitlines() if (m := LINE.match(line))]
+    assert shown == [(status, name) for name, (status, _) in report.lines.items()]
     # Nothing but reads, and nothing changed.
     assert report.calls and all(READS & set(call) for call in report.calls), report.calls
     assert not fresh_emulator.instances()
