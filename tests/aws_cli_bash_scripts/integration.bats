@@ -269,3 +269,20 @@ state() {
   [ "$(py 'len({s["VpcId"] for s in d["Subnets"]})' <<<"${output}")" = 1 ]
   [ "$(py 'bool(d["Subnets"]) and all(s["DefaultForAz"] for s in d["Subnets"])' <<<"${output}")" = true ]
 }
+
+@test "list_instances follows every page: the CLI's pagination, forced to pages of 2" {
+  launch "page-1" >/dev/null
+  launch "page-2" >/dev/null
+  launch "page-3" >/dev/null
+  local wrapper="${BATS_TEST_TMPDIR}/aws-paged"
+  printf '#!/usr/bin/env bash\nexec %q "$@" --page-size 2\n' "${AWS_CLI}" >"${wrapper}"
+  chmod +x "${wrapper}"
+  local whole paged
+  whole="$(listed_ids --all)"
+  paged="$(AWS_CLI="${wrapper}" listed_ids --all)"
+  [ "$(wc -w <<<"${whole}")" -ge 3 ]
+  [ "${paged}" = "${whole}" ]
+  # More than one page: cut at 2 items, the CLI hands back a NextToken to resume from.
+  run "${wrapper}" --endpoint-url "${EC2_ENDPOINT_URL}" --output json ec2 describe-instances --max-items 2
+  [ "$(py '"NextToken" in d' <<<"${output}")" = true ]
+}
