@@ -15,6 +15,9 @@ DEFAULT_SANDBOX_URL = "http://127.0.0.1:5055"
 DEFAULT_PRICES_FILE = REPO_ROOT / "app" / "data" / "prices.json"
 
 
+EMAIL = re.compile(r"[^@\s,<>]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+
+
 def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -60,8 +63,83 @@ class Settings(BaseSettings):
     budget_usd: float = Field(5.0, gt=0, le=1_000_000)
     default_auto_stop_minutes: int | None = Field(480, ge=1, le=10080)
     prices_file: Path = DEFAULT_PRICES_FILE
+    # Notifications (app/services/notifications.py): email through SMTP, other channels as Apprise URLs.
+    smtp_host: str | None = None
+    smtp_port: int = Field(587, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = True
+    smtp_from: str | None = None
+    notify_email_to: Annotated[list[str], NoDecode] = []
+    notify_urls: Annotated[list[SecretStr], NoDecode] = []
+    notify_events: Annotated[list[str], NoDecode] = []
+    auto_stop_warning_minutes: int = Field(15, ge=0, le=1440)
+    notify_retry_max_seconds: float = Field(300.0, ge=1, le=86400)
+    notify_api_url: str = "http://127.0.0.1:8000"
 
-    _split = field_validator("allowed_instance_types", "free_tier_amis", mode="before")(_split_csv)
+    _split = field_validator("allowed_instance_types", "free_tier_amis", "notify_email_to", "notify_events",
+                             mode="before")(_split_csv)
+
+    @field_validator("notify_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        """Comma-separated, but a comma inside a URL (`?to=a,b`) stays: split only before a scheme."""
+        if isinstance(value, str):
+            return [part.strip() for part in re.split(r"[,\s]+(?=[A-Za-z][A-Za-z0-9+.-]*://)", value) if part.strip()]
+        return value
+
+    @field_validator("smtp_host", "smtp_username", "smtp_from", "smtp_password", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("smtp_host")
+    @classmethod
+    def _smtp_host(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]+\]", value):
+            raise ValueError(f"must be a host name or address like smtp.gmail.com, got {value!r}")
+        return value
+
+    @field_validator("smtp_from")
+    @classmethod
+    def _from_address(cls, value: str | None) -> str | None:
+        if value is not None and not EMAIL.fullmatch(value):
+            raise ValueError(f"must be an email address like alerts@example.com, got {value!r}")
+        return value
+
+    @field_validator("notify_email_to")
+    @classmethod
+    def _recipients(cls, value: list[str]) -> list[str]:
+        bad = [a for a in value if not EMAIL.fullmatch(a)]
+        if bad:
+            raise ValueError(f"must be a comma list of email addresses, got {bad}")
+        return value
+
+    @field_validator("notify_events")
+    @classmethod
+    def _events(cls, value: list[str]) -> list[str]:
+        from app.services.notifications import EVENTS  # the names live with the code that raises them
+
+        bad = [e for e in value if e not in EVENTS]
+        if bad:
+            raise ValueError(f"unknown event names {bad}; known: {', '.join(EVENTS)}")
+        return value
+
+    @field_validator("notify_urls")
+    @classmethod
+    def _apprise_urls(cls, value: list[SecretStr]) -> list[SecretStr]:
+        from app.services.notifications import check_url
+
+        for number, url in enumerate(value, 1):
+            check_url(number, url.get_secret_value())  # a ValueError that never shows the URL's secrets
+        return value
+
+    @field_validator("notify_api_url")
+    @classmethod
+    def _api_url(cls, value: str) -> str:
+        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+            raise ValueError(f"must be the API's base URL like http://127.0.0.1:8000, got {value!r}")
+        return value.rstrip("/")
 
     @field_validator("default_auto_stop_minutes", mode="before")
     @classmethod
@@ -140,6 +218,16 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("EC2_ENDPOINT_URL must start with http:// or https://")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _smtp_complete(self) -> "Settings":
+        if self.notify_email_to and not (self.smtp_host and self.smtp_from):
+            raise ValueError("NOTIFY_EMAIL_TO is set: SMTP_HOST and SMTP_FROM are needed to send it mail")
+        if self.smtp_host and not self.notify_email_to:
+            raise ValueError("SMTP_HOST is set but NOTIFY_EMAIL_TO is empty: say who gets the mail")
+        if bool(self.smtp_username) != bool(self.smtp_password):
+            raise ValueError("SMTP_USERNAME and SMTP_PASSWORD go together: set both or neither")
+        return self
 
     @model_validator(mode="after")
     def _sandbox_endpoint(self) -> "Settings":

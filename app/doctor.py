@@ -24,6 +24,7 @@ from app.config import Settings, describe_errors
 from app.errors import ApiError
 from app.services.aws_cli import AwsCli
 from app.services.free_tier import ALIASES, Catalog
+from app.services.notifications import DeliveryError, check_smtp, scheme_of
 from app.services.spending import parse_account_plan
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
@@ -65,10 +66,10 @@ class Doctor:
         lines.append(identity)
         if identity.status == FAIL:
             return [*lines, Line(SKIP, "AWS checks", "key pair, default VPC, types, AMIs: need the line above fixed"),
-                    self.private_key(), await self.api()]
-        key_pair, subnets, catalog, plan = await asyncio.gather(
-            self.key_pair(), self.subnets(), self.catalog(), self.plan())
-        return [*lines, key_pair, self.private_key(), subnets, *catalog, plan, await self.api()]
+                    self.private_key(), await self.email(), self.urls(), await self.api()]
+        key_pair, subnets, catalog, plan, email = await asyncio.gather(
+            self.key_pair(), self.subnets(), self.catalog(), self.plan(), self.email())
+        return [*lines, key_pair, self.private_key(), subnets, *catalog, plan, email, self.urls(), await self.api()]
 
     async def cli(self) -> Line:
         path = self.aws.env["AWS_CLI"]
@@ -218,6 +219,24 @@ class Doctor:
                 "PAID": "usage beyond the credits is billed"}.get(str(plan["plan_type"]), "")
         return Line(OK, "free plan", f"{plan['plan_type']} plan, {plan['status']}{credits}{expires}"
                                      + (f" ({kind})" if kind else ""))
+
+    async def email(self) -> Line:
+        """Whether the SMTP server takes our connection (and login); no mail is sent."""
+        if not self.settings.smtp_host:
+            return Line(SKIP, "email", "no SMTP_HOST: no mail notifications")
+        try:
+            said = await asyncio.to_thread(check_smtp, self.settings)
+        except DeliveryError as exc:
+            return Line(WARN, "email", f"{exc} (creates work; notifications by mail wait until it does)",
+                        "check SMTP_HOST, SMTP_PORT, SMTP_STARTTLS, SMTP_USERNAME and SMTP_PASSWORD")
+        return Line(OK, "email", f"{said}; mail goes to {', '.join(self.settings.notify_email_to)} (none sent now)")
+
+    def urls(self) -> Line:
+        urls = self.settings.notify_urls
+        if not urls:
+            return Line(SKIP, "notify URLs", "no NOTIFY_URLS")
+        kinds = ", ".join(scheme_of(u.get_secret_value()) for u in urls)
+        return Line(OK, "notify URLs", f"{len(urls)} valid ({kinds}); not contacted (that would send a message)")
 
     async def api(self) -> Line:
         url = f"{self.api_url}/health"

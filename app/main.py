@@ -13,11 +13,12 @@ from pydantic import ValidationError
 from app.config import Settings, describe_errors, get_settings
 from app.errors import ApiError, install_error_handlers
 from app.models.instance import Health
-from app.routers import budget, instances
+from app.routers import budget, instances, notifications
 from app.security import GuardMiddleware, check_bind
 from app.services.aws_cli import AwsCli
 from app.services.db import Database, SchemaTooNew
 from app.services.instances import InstanceService
+from app.services.notifications import Notifier
 from app.services.scheduling import AutoStopper
 
 log = logging.getLogger("ec2_creator")
@@ -81,6 +82,9 @@ async def lifespan(app: FastAPI):
     await service.load_catalog()
     app.state.settings, app.state.store = settings, db
     app.state.service, app.state.reconciler = service, service.reconciler
+    notifier = Notifier(settings, db, service.spending, settings.region, settings.endpoint_key)
+    await asyncio.to_thread(db.set_notify_enabled, notifier.enabled)
+    app.state.notifier = notifier
     stopper = AutoStopper(db, aws, service.recorder, service.reconciler)
     service.on_stop_at_changed = stopper.wake
     endpoint = settings.ec2_endpoint_url or "the AWS default endpoint"
@@ -96,10 +100,15 @@ async def lifespan(app: FastAPI):
     service.reconciler.start()
     stopper.start()
     service.account_plan.start()
+    notifier.start()
+    if notifier.enabled:
+        log.info("notifications: %s to %s", ", ".join(settings.notify_events) or "every event",
+                 ", ".join(c.name for c in notifier.channels))
     try:
         yield
     finally:
         await stopper.stop()
+        await notifier.stop()
         await service.account_plan.stop()
         await service.reconciler.stop()
         warm.cancel()
@@ -120,6 +129,7 @@ def create_app(settings_getter: Callable[[], Settings] = _load_settings) -> Fast
     app.add_middleware(GuardMiddleware, settings_getter=settings_getter)
     app.include_router(instances.router)
     app.include_router(budget.router)
+    app.include_router(notifications.router)
 
     @app.get("/health", response_model=Health, tags=["health"])
     async def health() -> dict:

@@ -55,11 +55,48 @@ def test_sandbox_target_defaults_the_endpoint(monkeypatch):
     ("DEFAULT_AUTO_STOP_MINUTES", "0"),
     ("DEFAULT_AUTO_STOP_MINUTES", "10081"),
     ("PRICES_FILE", "/nonexistent/prices.json"),
+    ("SMTP_PORT", "0"),
+    ("SMTP_PORT", "smtp"),
+    ("SMTP_HOST", "smtp.example.com"),  # without NOTIFY_EMAIL_TO: nobody to mail
+    ("NOTIFY_EMAIL_TO", "dev@example.com"),  # without SMTP_HOST and SMTP_FROM
+    ("NOTIFY_EMAIL_TO", "not-an-address"),
+    ("NOTIFY_URLS", "notaurl"),
+    ("NOTIFY_URLS", "json://"),
+    ("NOTIFY_EVENTS", "create,explode"),
+    ("AUTO_STOP_WARNING_MINUTES", "-1"),
+    ("NOTIFY_API_URL", "ftp://x"),
 ])
 def test_bad_values_are_refused(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError):
         settings()
+
+
+def test_notification_settings(monkeypatch):
+    for name, value in {"SMTP_HOST": "smtp.gmail.com", "SMTP_FROM": "me@gmail.com", "SMTP_USERNAME": "me@gmail.com",
+                        "SMTP_PASSWORD": "app-password", "NOTIFY_EMAIL_TO": "a@example.com, b@example.com",
+                        "NOTIFY_URLS": "json://127.0.0.1:9/hook?x=a,b, ntfy://ntfy.sh/topic",
+                        "NOTIFY_EVENTS": "stop,budget_100"}.items():
+        monkeypatch.setenv(name, value)
+    s = settings()
+    assert s.smtp_port == 587 and s.smtp_starttls and s.auto_stop_warning_minutes == 15
+    assert s.notify_email_to == ["a@example.com", "b@example.com"]
+    # A comma inside a URL stays in it: URLs are split only where the next one begins.
+    assert [u.get_secret_value() for u in s.notify_urls] == ["json://127.0.0.1:9/hook?x=a,b", "ntfy://ntfy.sh/topic"]
+    assert s.notify_events == ["stop", "budget_100"]
+    monkeypatch.delenv("SMTP_PASSWORD")
+    with pytest.raises(ValidationError, match="SMTP_USERNAME and SMTP_PASSWORD go together"):
+        settings()
+
+
+def test_a_bad_notify_url_stops_the_server_naming_the_variable_not_the_secret(tmp_path):
+    env = safe_env(NOTIFY_URLS="json://127.0.0.1:9/ok, bogus://tok-s3cret-55@x", DATABASE_URL=str(tmp_path / "db"),
+                   EC2_ENDPOINT_URL="http://127.0.0.1:9")
+    done = subprocess.run([sys.executable, "-m", "uvicorn", "app.main:app", "--port", "0"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "NOTIFY_URLS" in done.stderr and "entry 2 (bogus://...)" in done.stderr
+    assert "tok-s3cret-55" not in done.stderr + done.stdout
 
 
 def test_spend_guard_defaults():

@@ -15,6 +15,7 @@ from app.doctor import FAIL, OK, SKIP, WARN, Doctor
 from app.errors import UpstreamError
 from tests.support.emulator import KEY_NAME
 from tests.support.processes import AWS_CLI_V1, ROOT, free_port, safe_env
+from tests.support.receivers import MailServer
 from tests.support.server import AWS_SHIM
 
 DOCTOR = ROOT / "scripts" / "doctor.sh"
@@ -112,6 +113,20 @@ def test_a_loose_or_missing_private_key_warns_but_a_create_would_work(fresh_emul
     assert f"-> fix: `chmod 600 {loose}`" in report.out
     report = doctor(tmp_path, fresh_emulator.url, SSH_KEY_PATH=str(tmp_path / "nowhere.pem"))
     assert report.rc == 0 and report.status("private key") == WARN and "does not exist" in report.text("private key")
+
+
+def test_smtp_is_checked_without_sending_and_never_fails_a_create(fresh_emulator, tmp_path):
+    mail = MailServer().start()
+    try:
+        report = doctor(tmp_path, fresh_emulator.url, **mail.settings(), NOTIFY_URLS="json://127.0.0.1:9/hook/tok")
+        assert report.rc == 0, report.out
+        assert report.status("email") == OK and f"127.0.0.1:{mail.port} connects" in report.text("email")
+        assert report.lines["notify URLs"] == (OK, "1 valid (json); not contacted (that would send a message)")
+        assert mail.messages == [] and "tok" not in report.out
+    finally:
+        mail.stop()
+    report = doctor(tmp_path, fresh_emulator.url, **mail.settings())  # now nothing listens there
+    assert report.rc == 0 and report.status("email") == WARN and "SMTP 127.0.0.1" in report.text("email")
 
 
 def test_unreachable_endpoint_fails_fast_with_one_clear_line(emulator, tmp_path):

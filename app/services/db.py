@@ -17,7 +17,7 @@ from typing import Any
 from app.models.instance import STORED_FIELDS
 from app.models.rows import EventRow, InstanceRow, InstanceState, LaunchRow, LaunchStatus
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Columns of the original project's `instances` table, kept so its databases open unchanged.
 ORIGINAL_COLUMNS = ("id", "name", "public_ip", "ami", "instance_type", "state", "ssh_string",
@@ -156,6 +156,8 @@ class Database:
                 self._migrate_to_2(conn)
             if version < 3:
                 self._migrate_to_3(conn)
+            if version < 4:
+                self._migrate_to_4(conn)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
@@ -244,6 +246,35 @@ class Database:
             conn.execute("ALTER TABLE instance_events ADD COLUMN public_ip TEXT")
         conn.execute("CREATE INDEX IF NOT EXISTS instances_stop_at ON instances(stop_at) WHERE stop_at IS NOT NULL")
         conn.execute("CREATE INDEX IF NOT EXISTS instances_rev ON instances(rev)")
+
+    @staticmethod
+    def _migrate_to_4(conn: sqlite3.Connection) -> None:
+        """The notifications outbox: one row per notification, one delivery per channel. While notifications
+        are on (kv notify_enabled), a trigger writes an instance event's notification in the same statement
+        as the event, so no crash can keep one without the other."""
+        conn.execute(
+            """CREATE TABLE IF NOT EXISTS notifications (
+                id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, event TEXT, event_seq INTEGER,
+                instance_id TEXT, data TEXT, at TEXT NOT NULL, expanded INTEGER NOT NULL DEFAULT 0)"""
+        )
+        conn.execute("CREATE INDEX IF NOT EXISTS notifications_new ON notifications(id) WHERE expanded = 0")
+        conn.execute("CREATE INDEX IF NOT EXISTS notifications_at ON notifications(at)")
+        conn.execute(
+            """CREATE TABLE IF NOT EXISTS deliveries (
+                id INTEGER PRIMARY KEY AUTOINCREMENT, notification_id INTEGER NOT NULL, channel TEXT NOT NULL,
+                status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_at TEXT, lease_until TEXT,
+                last_error TEXT, created_at TEXT NOT NULL, sent_at TEXT, UNIQUE (notification_id, channel))"""
+        )
+        conn.execute("CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(next_at) WHERE status = 'pending'")
+        conn.execute(
+            """CREATE TRIGGER IF NOT EXISTS notify_instance_event AFTER INSERT ON instance_events
+               WHEN EXISTS (SELECT 1 FROM kv WHERE key = 'notify_enabled')
+               BEGIN
+                 INSERT OR IGNORE INTO notifications (key, event_seq, instance_id, data, at)
+                 VALUES ('event:' || NEW.seq, NEW.seq, NEW.instance_id,
+                         json_object('to_state', NEW.to_state, 'public_ip', NEW.public_ip), NEW.at);
+               END"""
+        )
 
     # -- instances -------------------------------------------------------------------------
     @staticmethod
@@ -475,7 +506,74 @@ class Database:
                                   "instance_events GROUP BY instance_id)", (before,)).rowcount
             launches = conn.execute("DELETE FROM launches WHERE status != 'pending' AND updated_at < ?",
                                     (before,)).rowcount
+            # Notifications with every delivery finished (or none at all), like the events they tell of.
+            conn.execute("DELETE FROM deliveries WHERE status != 'pending' AND created_at < ?", (before,))
+            conn.execute("DELETE FROM notifications WHERE at < ? AND expanded = 1 AND id NOT IN "
+                         "(SELECT notification_id FROM deliveries)", (before,))
         return events, launches
+
+    # -- notifications (the outbox) -----------------------------------------------------------
+    def set_notify_enabled(self, enabled: bool) -> None:
+        """Whether instance events queue notifications (the trigger of schema 4 reads this)."""
+        self.kv_set("notify_enabled", "1" if enabled else None)
+
+    def queue_notification(self, key: str, event: str, instance_id: str | None, data: dict) -> bool:
+        """A notification that is not an instance event (an auto-stop warning, a budget crossing); once per key."""
+        return self.connect().execute(
+            "INSERT OR IGNORE INTO notifications (key, event, instance_id, data, at) VALUES (?, ?, ?, ?, ?)",
+            (key, event, instance_id, json.dumps(data), utcnow())).rowcount == 1
+
+    def unexpanded_notifications(self, limit: int) -> list[dict]:
+        rows = self.connect().execute(
+            "SELECT n.id, n.event, e.action, e.source, e.from_state, e.to_state FROM notifications n "
+            "LEFT JOIN instance_events e ON e.seq = n.event_seq WHERE n.expanded = 0 ORDER BY n.id LIMIT ?",
+            (limit,))
+        return [dict(r) for r in rows]
+
+    def expand_notification(self, notification_id: int, event: str | None, channels: list[str]) -> None:
+        """Name the notification and give it one pending delivery per channel, at once."""
+        now = utcnow()
+        with self.transaction() as conn:
+            conn.execute("UPDATE notifications SET event = ?, expanded = 1 WHERE id = ?", (event, notification_id))
+            conn.executemany(
+                "INSERT OR IGNORE INTO deliveries (notification_id, channel, status, next_at, created_at) "
+                "VALUES (?, ?, 'pending', ?, ?)", [(notification_id, c, now, now) for c in channels])
+
+    def stopping_before(self, horizon: str, region: str, endpoint: str) -> list[dict]:
+        """Running instances of this EC2 whose auto-stop comes before `horizon`."""
+        rows = self.connect().execute(
+            "SELECT id, stop_at, state, public_ip FROM instances WHERE stop_at IS NOT NULL AND stop_at <= ? "
+            "AND state IN ('pending', 'running') AND region = ? AND endpoint = ?", (horizon, region, endpoint))
+        return [dict(r) for r in rows]
+
+    def claim_deliveries(self, now: str, lease_until: str, limit: int) -> list[dict]:
+        """Take up to `limit` due deliveries for `lease_until` (another replica skips them meanwhile)."""
+        with self.transaction() as conn:
+            ids = [r[0] for r in conn.execute(
+                "SELECT id FROM deliveries WHERE status = 'pending' AND next_at <= ? AND "
+                "(lease_until IS NULL OR lease_until <= ?) ORDER BY next_at, id LIMIT ?", (now, now, limit))]
+            if not ids:
+                return []
+            marks = ", ".join("?" * len(ids))
+            conn.execute(f"UPDATE deliveries SET lease_until = ? WHERE id IN ({marks})", (lease_until, *ids))
+            rows = conn.execute(
+                "SELECT d.id, d.channel, d.attempts, d.created_at, n.key, n.event, n.instance_id, n.data, n.at "
+                f"FROM deliveries d JOIN notifications n ON n.id = d.notification_id WHERE d.id IN ({marks}) "
+                "ORDER BY d.next_at, d.id", ids)
+            return [dict(r) for r in rows]
+
+    def finish_delivery(self, delivery_id: int, status: str, error: str | None, next_at: str | None) -> None:
+        sent = utcnow() if status == "sent" else None
+        self.connect().execute(
+            "UPDATE deliveries SET status = ?, attempts = attempts + 1, last_error = COALESCE(?, last_error), "
+            "next_at = ?, lease_until = NULL, sent_at = ? WHERE id = ?", (status, error, next_at, sent, delivery_id))
+
+    def list_deliveries(self, limit: int) -> list[dict]:
+        rows = self.connect().execute(
+            "SELECT d.id, n.key, n.event, n.instance_id, d.channel, d.status, d.attempts, d.created_at, d.sent_at, "
+            "d.next_at, d.last_error FROM deliveries d JOIN notifications n ON n.id = d.notification_id "
+            "ORDER BY d.id DESC LIMIT ?", (limit,))
+        return [dict(r) for r in rows]
 
     # -- catalogue ---------------------------------------------------------------------------
     def save_catalog(self, scope: str, amis: Iterable[dict], types: Iterable[dict]) -> None:

@@ -1,0 +1,21 @@
+"""GET /notifications: what was sent where, and what is still being retried (from the database)."""
+
+import asyncio
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from app.deps import StoreDep, require_token
+from app.errors import error_responses
+from app.models.notification import Notifications
+
+router = APIRouter(tags=["notifications"], dependencies=[Depends(require_token)], responses=error_responses(401))
+
+
+@router.get("/notifications", response_model=Notifications)
+async def list_notifications(request: Request, store: StoreDep,
+                             limit: int = Query(50, ge=1, le=500, description="Newest first")) -> Notifications:
+    """Recent deliveries, newest first: channel, status, attempts, last error (never a secret)."""
+    notifier = request.app.state.notifier
+    rows = await asyncio.to_thread(store.list_deliveries, limit)
+    return Notifications(enabled=notifier.enabled, channels=[c.name for c in notifier.channels],
+                         deliveries=rows)

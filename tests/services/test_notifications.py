@@ -1,0 +1,71 @@
+"""The pure parts of notifications: which event notifies, what a message says, redaction, backoff."""
+
+import pytest
+
+from app.config import Settings
+from app.services.notifications import backoff, compose, event_name, redact, url_secrets
+
+
+@pytest.mark.parametrize(("action", "source", "from_state", "to_state", "expected"), [
+    ("create", "api", None, "pending", "create"),
+    ("start", "api", "stopped", "pending", "start"),
+    ("stop", "api", "running", "stopping", "stop"),
+    ("delete", "api", "running", "shutting-down", "delete"),
+    ("stop", "auto_stop", "running", "stopping", "auto_stop"),
+    ("adopt", "adopt", None, "running", "adopted"),
+    ("reappeared", "reconcile", "terminated", "running", "came_back"),
+    ("gone", "reconcile", "running", "terminated", "terminated_outside"),
+    # What a sweep sees after the API's own call: no second notification.
+    ("observe", "reconcile", "pending", "running", None),
+    ("observe", "reconcile", "stopping", "stopped", None),
+    ("observe", "reconcile", "shutting-down", "terminated", None),
+    # What nobody asked the API for.
+    ("observe", "reconcile", "running", "stopped", "stopped_outside"),
+    ("observe", "reconcile", "running", "stopping", "stopped_outside"),
+    ("observe", "reconcile", "stopped", "running", "started_outside"),
+    ("observe", "reconcile", "running", "terminated", "terminated_outside"),
+    ("observe", "reconcile", "stopped", "shutting-down", "terminated_outside"),
+])
+def test_which_events_notify(action, source, from_state, to_state, expected):
+    assert event_name(action, source, from_state, to_state) == expected
+
+
+def test_url_secrets_cover_userinfo_path_and_query_but_not_the_host():
+    url = "json://bob:hunter22@hooks.example.com:8443/services/T000/B111/XXXXsecret?token=abcdef&x=1"
+    secrets = url_secrets(url)
+    text = redact(f"failed to reach {url} (hunter22, XXXXsecret, abcdef)", secrets)
+    for secret in ("hunter22", "XXXXsecret", "abcdef", "T000", "B111"):
+        assert secret not in text
+    assert "hooks.example.com" in text
+
+
+def test_backoff_doubles_up_to_the_cap():
+    assert [backoff(n, 60) for n in range(1, 7)] == [5, 10, 20, 40, 60, 60]
+
+
+def settings(**kw) -> Settings:
+    return Settings(_env_file=None, **kw)  # type: ignore[call-arg]
+
+
+def test_instance_message_has_what_the_issue_lists():
+    note = {"key": "event:7", "at": "2026-11-28T05:00:00.000000Z", "instance_id": "i-0123456789abcdef0",
+            "data": '{"to_state": "running", "public_ip": "203.0.113.9"}'}
+    row = {"id": "i-0123456789abcdef0", "name": "web", "state": "stopped", "region": "eu-west-1",
+           "public_ip": None, "ssh_string": "ssh -i k.pem ec2-user@203.0.113.9"}
+    message = compose("start", note, row, 0.1234, settings())
+    assert message.subject == "[ec2-creator-local] web (i-0123456789abcdef0) started"
+    for line in ("Instance: i-0123456789abcdef0", "Name: web", "State: running", "Region: eu-west-1",
+                 "Public IP: 203.0.113.9", "SSH: ssh -i k.pem ec2-user@203.0.113.9",
+                 "Cost so far this month: USD 0.1234", "Time: 2026-11-28T05:00:00.000000Z"):
+        assert line in message.body
+
+
+def test_auto_stop_warning_says_how_to_extend_with_the_token_header_when_one_is_set():
+    note = {"key": "auto_stop_warning:i-1:x", "at": "t", "instance_id": "i-0123456789abcdef0",
+            "data": '{"stop_at": "2026-11-28T05:15:00.000000Z", "minutes": 15}'}
+    body = compose("auto_stop_warning", note, None, None, settings(api_token="a" * 20,
+                                                                   notify_api_url="https://ec2.example.com")).body
+    assert "Auto-stop at 2026-11-28T05:15:00.000000Z (in about 15 min)" in body
+    assert ("curl -X PATCH https://ec2.example.com/instances/i-0123456789abcdef0 -H \"Authorization: Bearer "
+            "$API_TOKEN\"") in body
+    assert "a" * 20 not in body

@@ -1,0 +1,228 @@
+"""Notifications end to end: the real server, a real SMTP server (aiosmtpd) and a real HTTP receiver for
+Apprise's json:// on 127.0.0.1, the real emulator. Mail and webhooks arrive once per event, survive a
+channel that is down and a kill -9, and never carry a secret out."""
+
+import os
+import signal
+import sqlite3
+import time
+from contextlib import closing
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from tests.support.processes import free_port, wait_until
+from tests.support.receivers import MailServer, WebhookReceiver, wait_for
+from tests.support.server import ApiServer
+
+pytestmark = pytest.mark.integration
+
+BODY = {"name": "notified", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
+TOKEN = "s3cret-hook-token-77"
+
+
+@pytest.fixture(scope="module")
+def mail():
+    server = MailServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def hook():
+    receiver = WebhookReceiver().start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(scope="module")
+def server(emulator, mail, hook, tmp_path_factory):
+    srv = ApiServer(tmp_path_factory.mktemp("notifications"), emulator.url, NOTIFY_RETRY_MAX_SECONDS="5",
+                    NOTIFY_URLS=hook.url(f"hook/{TOKEN}"), **mail.settings())
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def api(server, fresh_emulator):
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        client.post("/instances/sync").raise_for_status()
+        yield client
+
+
+def about(subjects: list[str], instance_id: str) -> list[str]:
+    return [s for s in subjects if f"({instance_id})" in s]
+
+
+def mails_for(mail: MailServer, instance_id: str) -> list[str]:
+    return about(mail.subjects(), instance_id)
+
+
+def hooks_for(hook: WebhookReceiver, instance_id: str) -> list[str]:
+    return about(hook.titles(), instance_id)
+
+
+def settle(seconds: float = 2.5) -> None:
+    """Let any extra delivery that should not happen have its chance (the sender polls every second)."""
+    time.sleep(seconds)
+
+
+def test_create_stop_delete_each_deliver_one_mail_and_one_webhook(api, mail, hook, fresh_emulator):
+    created = api.post("/instances", json=BODY)
+    assert created.status_code == 201, created.text
+    box = created.json()["id"]
+    api.post("/instances/sync")
+    assert api.post(f"/instances/{box}/stop").status_code == 202
+    api.post("/instances/sync")
+    assert api.delete(f"/instances/{box}").status_code == 202
+    api.post("/instances/sync")
+    wait_for(lambda: len(mails_for(mail, box)), 3)
+    wait_for(lambda: len(hooks_for(hook, box)), 3)
+    settle()
+    subjects = mails_for(mail, box)
+    assert [s.rsplit(") ", 1)[1] for s in subjects] == ["created", "stopped", "deleted"], subjects
+    assert hooks_for(hook, box) == subjects
+    created_mail = next(m for m in mail.messages if f"({box}) created" in str(m["Subject"]))
+    text = created_mail.get_content()
+    for part in (f"Instance: {box}", "Name: notified", "State: ", "Region: us-east-1", "Public IP: ",
+                 "SSH: ", "Cost so far this month: USD ", "Time: 20", "Event: create"):
+        assert part in text, text
+    assert created_mail["To"] == "dev@example.com" and created_mail["Message-ID"]
+    webhook = next(p for p in hook.posts if p["title"] == subjects[0])
+    assert webhook["path"] == f"/hook/{TOKEN}" and f"Instance: {box}" in webhook["message"]
+
+
+def test_a_stop_outside_the_api_notifies_once(api, mail, fresh_emulator):
+    box = api.post("/instances", json=BODY | {"name": "outside"}).json()["id"]
+    api.post("/instances/sync")
+    fresh_emulator.ec2.stop_instances(InstanceIds=[box])
+    for _ in range(3):  # three sweeps see it stopped: one notification
+        api.post("/instances/sync")
+    wait_for(lambda: len([s for s in mails_for(mail, box) if "outside" in s]), 1)
+    settle()
+    assert [s.rsplit(") ", 1)[1] for s in mails_for(mail, box)] == ["created", "stopped outside the API"]
+
+
+def test_the_auto_stop_warning_arrives_before_the_stop(api, mail, fresh_emulator):
+    box = api.post("/instances", json=BODY | {"name": "warned"}).json()["id"]
+    api.post("/instances/sync")
+    stop_at = (datetime.now(UTC) + timedelta(seconds=12)).isoformat()
+    assert api.patch(f"/instances/{box}", json={"stop_at": stop_at}).status_code == 200
+    # AUTO_STOP_WARNING_MINUTES (15) is longer than what is left: the warning goes out at once.
+    wait_for(lambda: len([s for s in mails_for(mail, box) if "stops soon" in s]), 1, timeout=8)
+    assert not [s for s in mails_for(mail, box) if "auto-stop" in s and "stops soon" not in s]
+    wait_for(lambda: len([s for s in mails_for(mail, box) if "stopped by its auto-stop" in s]), 1, timeout=60)
+    subjects = [s.rsplit(") ", 1)[1] for s in mails_for(mail, box)]
+    assert subjects == ["created", "stops soon (auto-stop)", "stopped by its auto-stop"], subjects
+    warning = next(m for m in mail.messages if f"({box}) stops soon" in str(m["Subject"])).get_content()
+    assert f"curl -X PATCH http://127.0.0.1:8000/instances/{box}" in warning
+    assert '"auto_stop_minutes": 120' in warning
+
+
+def test_smtp_down_for_a_minute_every_mail_arrives_once(api, server, mail, hook, fresh_emulator):
+    mail.stop()
+    try:
+        box = api.post("/instances", json=BODY | {"name": "while-down"}).json()["id"]
+        api.post("/instances/sync")
+        assert api.post(f"/instances/{box}/stop").status_code == 202
+        api.post("/instances/sync")
+        assert api.delete(f"/instances/{box}").status_code == 202
+        # The webhook channel does not wait for the mail channel.
+        wait_for(lambda: len(hooks_for(hook, box)), 3)
+        pending = [d for d in api.get("/notifications").json()["deliveries"]
+                   if d["instance_id"] == box and d["channel"] == "email"]
+        assert len(pending) == 3 and {d["status"] for d in pending} == {"pending"}
+        time.sleep(60)
+        failing = [d for d in api.get("/notifications").json()["deliveries"]
+                   if d["instance_id"] == box and d["channel"] == "email"]
+        assert all(d["attempts"] >= 3 and "SMTP 127.0.0.1" in d["last_error"] for d in failing), failing
+        assert mails_for(mail, box) == []
+    finally:
+        mail.start()
+    wait_for(lambda: len(mails_for(mail, box)), 3, timeout=30)
+    settle()
+    assert sorted(s.rsplit(") ", 1)[1] for s in mails_for(mail, box)) == ["created", "deleted", "stopped"]
+    delivered = [d for d in api.get("/notifications").json()["deliveries"] if d["instance_id"] == box]
+    assert {(d["channel"].split(" ")[0], d["status"]) for d in delivered} == {("email", "sent"), ("url1", "sent")}
+    assert len(delivered) == 6
+
+
+def test_killed_right_after_an_event_it_delivers_after_restart(emulator, fresh_emulator, tmp_path):
+    mail = MailServer()  # not started yet: the event cannot be delivered before the kill
+    server = ApiServer(tmp_path, emulator.url, NOTIFY_RETRY_MAX_SECONDS="2", **mail.settings())
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as api:
+            box = api.post("/instances", json=BODY | {"name": "killed"}).json()["id"]
+        assert server.proc is not None
+        os.killpg(server.proc.pid, signal.SIGKILL)
+        server.proc.wait()
+        mail.start()
+        server.start()
+        wait_for(lambda: len(mails_for(mail, box)), 1, timeout=30)
+        settle()
+        assert [s.rsplit(") ", 1)[1] for s in mails_for(mail, box)] == ["created"]
+    finally:
+        server.stop()
+        mail.stop()
+
+
+def test_budget_crossings_notify_once_each(emulator, fresh_emulator, tmp_path):
+    hook = WebhookReceiver().start()
+    server = ApiServer(tmp_path, emulator.url, BUDGET_USD="0.00002", NOTIFY_URLS=hook.url(),
+                       NOTIFY_EVENTS="budget_80,budget_100,adopted")
+    try:
+        # Launched by hand with our tag: adopted, and counted against the budget (no admission to refuse it).
+        fresh_emulator.ec2.run_instances(ImageId=fresh_emulator.ami(), InstanceType="t3.micro", MinCount=1,
+                                         MaxCount=1, TagSpecifications=[{"ResourceType": "instance", "Tags": [
+                                             {"Key": "ManagedBy", "Value": "ec2-creator-local"}]}])
+        with httpx.Client(base_url=server.url, timeout=60) as api:
+            api.post("/instances/sync").raise_for_status()
+            wait_for(lambda: len([t for t in hook.titles() if "budget" in t]), 2, timeout=45)
+            settle()
+            titles = hook.titles()
+            assert [t for t in titles if "budget" in t] == [
+                "[ec2-creator-local] 80 % of the month's budget spent",
+                "[ec2-creator-local] 100 % of the month's budget spent"]
+            assert len([t for t in titles if "adopted" in t]) == 1 and len(titles) == 3  # NOTIFY_EVENTS narrows
+            body = next(p for p in hook.posts if "100 %" in p["title"])["message"]
+            assert "of BUDGET_USD 0.00" in body and "GET http://127.0.0.1:8000/budget" in body
+    finally:
+        server.stop()
+        hook.stop()
+
+
+def test_no_secret_reaches_the_log_or_the_api(emulator, fresh_emulator, tmp_path):
+    mail = MailServer().start()  # no AUTH: every login fails, so every mail delivery fails with an error
+    dead = free_port()
+    server = ApiServer(tmp_path, emulator.url, SMTP_USERNAME="mailer", SMTP_PASSWORD="pw-s3cret-99",
+                       NOTIFY_URLS=f"json://user:pass-s3cret-98@127.0.0.1:{dead}/hook/tok-s3cret-97",
+                       **mail.settings())
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as api:
+            api.post("/instances", json=BODY | {"name": "secretive"}).raise_for_status()
+
+            def failed_twice() -> list[dict]:
+                rows = api.get("/notifications").json()["deliveries"]
+                return rows if len(rows) == 2 and all(r["attempts"] and r["last_error"] for r in rows) else []
+
+            rows = wait_until(failed_twice, timeout=30)
+            answer = api.get("/notifications").text
+        assert {r["channel"] for r in rows} == {"email", "url1 (json)"}
+        assert "SMTP 127.0.0.1" in answer and "url1 (json)" in answer
+        for secret in ("pw-s3cret-99", "pass-s3cret-98", "tok-s3cret-97"):
+            assert secret not in answer
+            assert secret not in server.server_log()
+    finally:
+        server.stop()
+        mail.stop()
+
+
+def test_when_off_events_queue_nothing(api_server, fresh_emulator):
+    # No channel: the outbox trigger is off, so turning notifications on later sends no old news.
+    with httpx.Client(base_url=api_server.url, timeout=60) as api:
+        api.post("/instances", json=BODY | {"name": "quiet"}).raise_for_status()
+        assert api.get("/notifications").json() == {"enabled": False, "channels": [], "deliveries": []}
+    with closing(sqlite3.connect(api_server.db_path)) as conn:
+        assert conn.execute("SELECT count(*) FROM instance_events").fetchone()[0] >= 1
+        assert conn.execute("SELECT count(*) FROM notifications").fetchone()[0] == 0
