@@ -46,6 +46,7 @@ import httpx  # noqa: E402
 
 from tests.support.emulator import KEY_NAME, Emulator  # noqa: E402
 from tests.support.processes import VENV_BIN, safe_env  # noqa: E402
+from tests.support.receivers import MailServer, WebhookReceiver, wait_for  # noqa: E402
 from tests.support.server import ApiServer  # noqa: E402
 
 AWS = VENV_BIN / "aws"
@@ -72,6 +73,7 @@ class Sizes:
     list_samples: int
     get_samples: int
     sweep_samples: int
+    notify_samples: int = 5  # creates with notifications off and on, interleaved
     concurrency_rounds: int = 2  # serial / concurrent pairs (medians are compared)
     serial_leg: bool = True  # time `serial` creates one after another (the concurrency ratio's base)
     quiet_wait_s: float = 120.0  # before a timed phase, wait up to this long for other load to stop
@@ -80,7 +82,7 @@ class Sizes:
 FULL = Sizes("full", (10, 100, 1000), raw_samples=5, serial=8, burst=32, list_samples=100, get_samples=300,
              sweep_samples=3)
 SMOKE = Sizes("smoke", (10,), raw_samples=1, serial=2, burst=4, list_samples=20, get_samples=20, sweep_samples=1,
-              serial_leg=False, quiet_wait_s=0.0)
+              notify_samples=2, serial_leg=False, quiet_wait_s=0.0)
 
 
 # -- processes, from /proc ------------------------------------------------------------------------
@@ -404,7 +406,7 @@ class Bench:
                 wait_idle(self.pid)  # the AMI catalogue warms at start (its `aws` calls) and the first sweep
                 self.results["startup_aws_calls"] = dict(self.calls.since(0))
                 self.results["memory"] = {"server_idle_mib": round(rss_bytes(self.pid) / MIB, 1)}
-                for phase in (self.phase_raw_and_create_latency, self.phase_process_counts,
+                for phase in (self.phase_raw_and_create_latency, self.phase_notifications, self.phase_process_counts,
                               self.phase_concurrency, self.phase_burst, self.phase_scale, self.phase_sweep):
                     self.timed_phase(phase)
             finally:
@@ -444,6 +446,47 @@ class Bench:
             "api_s": [round(x, 3) for x in api],
             "api_median_s": round(statistics.median(api), 3),
             "ratio_to_raw_run_instances": round(statistics.median(api) / statistics.median(raw_run), 3),
+        }
+
+    # 1b -----------------------------------------------------------------------------------------
+    def phase_notifications(self) -> None:
+        """A create with notifications on (mail to a real SMTP server, a json:// webhook) against one
+        with them off, interleaved on the same emulator: the create only writes the event; sending runs
+        in the background, so the two should cost the same."""
+        self.log("phase 1b: POST /instances with notifications off and on")
+        mail, hook = MailServer().start(), WebhookReceiver().start()
+        workdir = self.workdir / "notify"
+        workdir.mkdir(exist_ok=True)
+        # Only creates notify: the two servers share the emulator, so each adopts the other's instances.
+        server = ApiServer(workdir, self.emu.url, RECONCILE_INTERVAL_SECONDS="3600", NOTIFY_URLS=hook.url(),
+                           NOTIFY_EVENTS="create", **mail.settings())
+        try:
+            with httpx.Client(base_url=server.url, timeout=600) as on:
+                expect(on.post("/instances", json=create_body("notify-warm")), 201)  # its catalogue, warm
+                wait_idle(server.proc.pid)
+                off_s, on_s = [], []
+                for i in range(self.sizes.notify_samples):
+                    elapsed, response = timed(self.client, "POST", "/instances", json=create_body(f"off-{i}"))
+                    expect(response, 201)
+                    off_s.append(elapsed)
+                    wait_idle(self.pid)
+                    elapsed, response = timed(on, "POST", "/instances", json=create_body(f"on-{i}"))
+                    expect(response, 201)
+                    on_s.append(elapsed)
+                    wait_idle(server.proc.pid)
+                creates = self.sizes.notify_samples + 1
+                wait_for(lambda: len(mail.messages), creates, timeout=60)
+                wait_for(lambda: len(hook.posts), creates, timeout=60)
+                time.sleep(2)  # and no more than that
+        finally:
+            server.stop()
+            mail.stop()
+            hook.stop()
+        self.results["notifications"] = {
+            "off_s": [round(x, 3) for x in off_s], "on_s": [round(x, 3) for x in on_s],
+            "off_median_s": round(statistics.median(off_s), 3), "on_median_s": round(statistics.median(on_s), 3),
+            "ratio_on_to_off": round(statistics.median(on_s) / statistics.median(off_s), 3),
+            "creates": creates, "mails": len(mail.messages), "webhooks": len(hook.posts),
         }
 
     # 2 ------------------------------------------------------------------------------------------
@@ -697,6 +740,13 @@ def checks(r: dict) -> list[dict]:
     add(f"burst of {b['creates']}: most aws processes at once", "count", b["max_concurrent_aws"],
         f"<= {MAX_AWS_PROCESSES}", b["max_concurrent_aws"] <= MAX_AWS_PROCESSES)
 
+    nt = r["notifications"]
+    add(f"notifications on: mails and webhooks for {nt['creates']} creates", "count",
+        [nt["mails"], nt["webhooks"]], f"= [{nt['creates']}, {nt['creates']}]",
+        nt["mails"] == nt["webhooks"] == nt["creates"])
+    add("API create with notifications on / off (median)", "timing", nt["ratio_on_to_off"], "<= 1.1",
+        nt["ratio_on_to_off"] <= 1.1)
+
     h = c["health_during_creates"]
     add(f"/health p50 during {c['creates']} creates (ms)", "timing", h["p50_ms"], "<= 20", h["p50_ms"] <= 20)
     add(f"/health max during {c['creates']} creates (ms)", "timing", h["max_ms"], "<= 200", h["max_ms"] <= 200)
@@ -730,6 +780,10 @@ def table(r: dict) -> str:
         ("raw `aws ec2 run-instances`, median", f"{raw['run_instances_median_s']:.3f} s"),
         ("API `POST /instances`, median", f"{cl['api_median_s']:.3f} s"),
         ("API create / raw run-instances", f"{cl['ratio_to_raw_run_instances']:.2f}"),
+        ("API `POST /instances` with notifications off / on, median",
+         f"{r['notifications']['off_median_s']:.3f} / {r['notifications']['on_median_s']:.3f} s "
+         f"(ratio {r['notifications']['ratio_on_to_off']:.2f}; {r['notifications']['mails']} mails and "
+         f"{r['notifications']['webhooks']} webhooks for {r['notifications']['creates']} creates)"),
     ]
     for op, v in r["aws_processes_per_operation"].items():
         detail = ", ".join(f"{k} {n}" for k, n in sorted(v["by_operation"].items())) or "none"
