@@ -143,6 +143,8 @@ def test_smtp_down_for_a_minute_every_mail_arrives_once(api, server, mail, hook,
     wait_for(lambda: len(mails_for(mail, box)), 3, timeout=30)
     settle()
     assert sorted(s.rsplit(") ", 1)[1] for s in mails_for(mail, box)) == ["created", "deleted", "stopped"]
+    ids = [str(m["Message-ID"]) for m in mail.messages if f"({box})" in str(m["Subject"])]
+    assert len(set(ids)) == 3 and all(i.startswith("<ec2cl.") and i.endswith("@ec2-creator-local>") for i in ids)
     delivered = [d for d in api.get("/notifications").json()["deliveries"] if d["instance_id"] == box]
     assert {(d["channel"].split(" ")[0], d["status"]) for d in delivered} == {("email", "sent"), ("url1", "sent")}
     assert len(delivered) == 6

@@ -427,8 +427,9 @@ class Database:
         """`with db.read():` one consistent snapshot for several SELECTs."""
         return _Read(self.connect())
 
-    def transaction(self) -> "_Transaction":
-        return _Transaction(self.connect(), self._written)
+    def transaction(self, instances: bool = True) -> "_Transaction":
+        """instances=False: the block writes no instance row (the rendered list stays cached)."""
+        return _Transaction(self.connect(), self._written if instances else _nothing)
 
     def savepoint(self) -> "_Savepoint":
         """Inside a transaction: a failure in the block undoes the block alone, then propagates."""
@@ -533,7 +534,7 @@ class Database:
     def expand_notification(self, notification_id: int, event: str | None, channels: list[str]) -> None:
         """Name the notification and give it one pending delivery per channel, at once."""
         now = utcnow()
-        with self.transaction() as conn:
+        with self.transaction(instances=False) as conn:
             conn.execute("UPDATE notifications SET event = ?, expanded = 1 WHERE id = ?", (event, notification_id))
             conn.executemany(
                 "INSERT OR IGNORE INTO deliveries (notification_id, channel, status, next_at, created_at) "
@@ -548,10 +549,12 @@ class Database:
 
     def claim_deliveries(self, now: str, lease_until: str, limit: int) -> list[dict]:
         """Take up to `limit` due deliveries for `lease_until` (another replica skips them meanwhile)."""
-        with self.transaction() as conn:
-            ids = [r[0] for r in conn.execute(
-                "SELECT id FROM deliveries WHERE status = 'pending' AND next_at <= ? AND "
-                "(lease_until IS NULL OR lease_until <= ?) ORDER BY next_at, id LIMIT ?", (now, now, limit))]
+        due = ("SELECT id FROM deliveries WHERE status = 'pending' AND next_at <= ? AND "
+               "(lease_until IS NULL OR lease_until <= ?) ORDER BY next_at, id LIMIT ?")
+        if self.connect().execute(due, (now, now, 1)).fetchone() is None:
+            return []  # the usual answer, without taking the write lock
+        with self.transaction(instances=False) as conn:
+            ids = [r[0] for r in conn.execute(due, (now, now, limit))]
             if not ids:
                 return []
             marks = ", ".join("?" * len(ids))
@@ -613,6 +616,10 @@ class Database:
             self.connect().execute("DELETE FROM kv WHERE key = ?", (key,))
         else:
             self.connect().execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, value))
+
+
+def _nothing() -> None:
+    pass
 
 
 class _Transaction:

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -153,7 +153,7 @@ class EmailChannel:
         mail["To"] = ", ".join(self.to)
         mail["Date"] = format_datetime(datetime.now(UTC))
         # One id per delivery: a resend (after a crash mid-send) is the same message to a mail client.
-        mail["Message-ID"] = make_msgid(f"ec2cl-{delivery_id}", domain="ec2-creator-local")
+        mail["Message-ID"] = f"<ec2cl.{delivery_id}.{re.sub(r'[^A-Za-z0-9.-]', '.', message.key)}@ec2-creator-local>"
         mail["X-EC2-Creator-Local-Notification"] = message.key
         mail.set_content(message.body)
         try:
@@ -271,6 +271,7 @@ class Notifier(LoopTask):
         self.channels = channels if channels is not None else self.configured_channels(settings)
         self.wanted = set(settings.notify_events or EVENTS)
         self._budget_checked = float("-inf")
+        self._queued: set[str] = set()  # keys this process queued already: no write to learn it again
 
     @staticmethod
     def configured_channels(settings: Settings) -> list:
@@ -319,9 +320,18 @@ class Notifier(LoopTask):
         for row in self.db.stopping_before(horizon, self.region, self.endpoint):
             stop_at = parse_time(row["stop_at"])
             left = max(0, round(((stop_at or datetime.now(UTC)) - datetime.now(UTC)).total_seconds() / 60))
-            self.db.queue_notification(f"auto_stop_warning:{row['id']}:{row['stop_at']}", "auto_stop_warning",
-                                       row["id"], {"stop_at": row["stop_at"], "minutes": left,
-                                                   "to_state": row["state"], "public_ip": row["public_ip"]})
+            self.queue(f"auto_stop_warning:{row['id']}:{row['stop_at']}", "auto_stop_warning", row["id"],
+                       {"stop_at": row["stop_at"], "minutes": left, "to_state": row["state"],
+                        "public_ip": row["public_ip"]})
+
+    def queue(self, key: str, event: str, instance_id: str | None, data: dict) -> None:
+        """Queue a keyed notification once (the key is UNIQUE in the outbox; this set spares the write)."""
+        if key in self._queued:
+            return
+        self.db.queue_notification(key, event, instance_id, data)
+        if len(self._queued) > 10_000:
+            self._queued.clear()
+        self._queued.add(key)
 
     def queue_budget_crossings(self) -> None:
         summary = self.spending.summary()
@@ -330,10 +340,9 @@ class Notifier(LoopTask):
         for share in (80, 100):
             event = f"budget_{share}"
             if summary.spent_usd >= budget * share / 100 and event in self.wanted:
-                self.db.queue_notification(
-                    f"{event}:{period}:{self.endpoint or 'aws'}|{self.region}", event, None,
-                    {"spent_usd": summary.spent_usd, "committed_usd": summary.committed_usd, "budget_usd": budget,
-                     "period": period})
+                self.queue(f"{event}:{period}:{self.endpoint or 'aws'}|{self.region}", event, None,
+                           {"spent_usd": summary.spent_usd, "committed_usd": summary.committed_usd,
+                            "budget_usd": budget, "period": period})
 
     def deliver_due(self) -> None:
         now = datetime.now(UTC)
