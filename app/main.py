@@ -69,7 +69,7 @@ async def lifespan(app: FastAPI):
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
-    settings = _load_settings()
+    settings = await asyncio.to_thread(_load_settings)  # validating NOTIFY_URLS imports Apprise: off the loop
     check_bind(settings)
     db = Database(settings.database_path)
     try:
@@ -83,7 +83,8 @@ async def lifespan(app: FastAPI):
     app.state.settings, app.state.store = settings, db
     app.state.service, app.state.reconciler = service, service.reconciler
     notifier = Notifier(settings, db, service.spending, settings.region, settings.endpoint_key)
-    await asyncio.to_thread(db.set_notify_enabled, notifier.enabled)
+    if notifier.enabled:
+        await asyncio.to_thread(db.enable_notifications)
     app.state.notifier = notifier
     stopper = AutoStopper(db, aws, service.recorder, service.reconciler)
     service.on_stop_at_changed = stopper.wake

@@ -90,13 +90,15 @@ def test_notification_settings(monkeypatch):
 
 
 def test_a_bad_notify_url_stops_the_server_naming_the_variable_not_the_secret(tmp_path):
-    env = safe_env(NOTIFY_URLS="json://127.0.0.1:9/ok, bogus://tok-s3cret-55@x", DATABASE_URL=str(tmp_path / "db"),
-                   EC2_ENDPOINT_URL="http://127.0.0.1:9")
-    done = subprocess.run([sys.executable, "-m", "uvicorn", "app.main:app", "--port", "0"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode != 0
-    assert "NOTIFY_URLS" in done.stderr and "entry 2 (bogus://...)" in done.stderr
-    assert "tok-s3cret-55" not in done.stderr + done.stdout
+    # Apprise logs a URL it cannot parse word for word: the server keeps that out of its output.
+    for urls, entry in (("json://127.0.0.1:9/ok, bogus://tok-s3cret-55@x", "entry 2 (bogus://...)"),
+                        ("hooks.slack.com/services/T0AAAA/B0BBBB/tok-s3cret-55", "entry 1 (?://...)")):
+        env = safe_env(NOTIFY_URLS=urls, DATABASE_URL=str(tmp_path / "db"), EC2_ENDPOINT_URL="http://127.0.0.1:9")
+        done = subprocess.run([sys.executable, "-m", "uvicorn", "app.main:app", "--port", "0"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode != 0
+        assert "NOTIFY_URLS" in done.stderr and entry in done.stderr, done.stderr
+        assert "tok-s3cret-55" not in done.stderr + done.stdout
 
 
 def test_spend_guard_defaults():

@@ -11,7 +11,7 @@ from app.models.notification import Notifications
 router = APIRouter(tags=["notifications"], dependencies=[Depends(require_token)], responses=error_responses(401))
 
 
-@router.get("/notifications", response_model=Notifications)
+@router.get("/notifications", response_model=Notifications, responses=error_responses(422))
 async def list_notifications(request: Request, store: StoreDep,
                              limit: int = Query(50, ge=1, le=500, description="Newest first")) -> Notifications:
     """Recent deliveries, newest first: channel, status, attempts, last error (never a secret)."""

@@ -509,14 +509,17 @@ class Database:
                                     (before,)).rowcount
             # Notifications with every delivery finished (or none at all), like the events they tell of.
             conn.execute("DELETE FROM deliveries WHERE status != 'pending' AND created_at < ?", (before,))
-            conn.execute("DELETE FROM notifications WHERE at < ? AND expanded = 1 AND id NOT IN "
-                         "(SELECT notification_id FROM deliveries)", (before,))
+            # A budget crossing is kept for two months whatever the retention: it is sent once per month.
+            keep_budget = (datetime.now(UTC) - timedelta(days=62)).strftime(TIME_FORMAT)
+            conn.execute("DELETE FROM notifications WHERE at < ? AND (event IS NULL OR event NOT LIKE 'budget%' "
+                         "OR at < ?) AND id NOT IN (SELECT notification_id FROM deliveries)", (before, keep_budget))
         return events, launches
 
     # -- notifications (the outbox) -----------------------------------------------------------
-    def set_notify_enabled(self, enabled: bool) -> None:
-        """Whether instance events queue notifications (the trigger of schema 4 reads this)."""
-        self.kv_set("notify_enabled", "1" if enabled else None)
+    def enable_notifications(self) -> None:
+        """From now on instance events queue notifications (the trigger of schema 4 reads this). Never
+        switched off: another replica may still send; rows nobody sends are dropped as old news."""
+        self.kv_set("notify_enabled", "1")
 
     def queue_notification(self, key: str, event: str, instance_id: str | None, data: dict) -> bool:
         """A notification that is not an instance event (an auto-stop warning, a budget crossing); once per key."""
@@ -526,7 +529,7 @@ class Database:
 
     def unexpanded_notifications(self, limit: int) -> list[dict]:
         rows = self.connect().execute(
-            "SELECT n.id, n.event, e.action, e.source, e.from_state, e.to_state FROM notifications n "
+            "SELECT n.id, n.event, n.at, e.action, e.source, e.from_state, e.to_state FROM notifications n "
             "LEFT JOIN instance_events e ON e.seq = n.event_seq WHERE n.expanded = 0 ORDER BY n.id LIMIT ?",
             (limit,))
         return [dict(r) for r in rows]
@@ -565,11 +568,18 @@ class Database:
                 "ORDER BY d.next_at, d.id", ids)
             return [dict(r) for r in rows]
 
-    def finish_delivery(self, delivery_id: int, status: str, error: str | None, next_at: str | None) -> None:
+    def finish_delivery(self, delivery_id: int, status: str, error: str | None, next_at: str | None,
+                        lease: str) -> None:
+        """Record a try, if our lease still holds (a replica that took the delivery over records its own)."""
         sent = utcnow() if status == "sent" else None
         self.connect().execute(
             "UPDATE deliveries SET status = ?, attempts = attempts + 1, last_error = COALESCE(?, last_error), "
-            "next_at = ?, lease_until = NULL, sent_at = ? WHERE id = ?", (status, error, next_at, sent, delivery_id))
+            "next_at = ?, lease_until = NULL, sent_at = ? WHERE id = ? AND lease_until = ?",
+            (status, error, next_at, sent, delivery_id, lease))
+
+    def release_deliveries(self, ids: list[int], lease: str) -> None:
+        self.connect().executemany("UPDATE deliveries SET lease_until = NULL WHERE id = ? AND lease_until = ?",
+                                   [(i, lease) for i in ids])
 
     def list_deliveries(self, limit: int) -> list[dict]:
         rows = self.connect().execute(

@@ -326,22 +326,28 @@ class InstanceService:
     async def _send_transition(self, row: InstanceRow, action: str, rule: Transition,
                                request_id: str) -> tuple[InstanceRow, bool]:
         instance_id = row["id"]
+        self.recorder.transitions.add(instance_id)  # a sweep meanwhile leaves this change to our record
         try:
-            doc = await self.aws.run(rule.script, instance_id, region=row["region"])
-        except ApiError as exc:
-            if exc.aws_error_code == "InvalidInstanceID.NotFound":
-                return await self._not_found(row, action, request_id, exc)
-            if exc.status_code == 409:
-                self.reconciler.request_sweep()  # our recorded state is behind EC2's
-            raise
-        changes = doc.get(rule.response_key) or [{}]
-        try:
-            recorded = await asyncio.to_thread(self.recorder.record_transition, row, changes[0], action, request_id)
-        except Exception as exc:  # noqa: BLE001 - EC2 acted: say so, and let the sweep record it
-            self.reconciler.request_sweep()
-            raise Unavailable(f"EC2 accepted the {action} of {instance_id}, but the local record could not be "
-                              f"written ({exc}); the reconciler records it as soon as the database works "
-                              "again.", code="record_failed", extra={"instance_id": instance_id}) from None
+            try:
+                doc = await self.aws.run(rule.script, instance_id, region=row["region"])
+            except ApiError as exc:
+                if exc.aws_error_code == "InvalidInstanceID.NotFound":
+                    self.recorder.transitions.discard(instance_id)
+                    return await self._not_found(row, action, request_id, exc)
+                if exc.status_code == 409:
+                    self.reconciler.request_sweep()  # our recorded state is behind EC2's
+                raise
+            changes = doc.get(rule.response_key) or [{}]
+            try:
+                recorded = await asyncio.to_thread(self.recorder.record_transition, row, changes[0], action,
+                                                   request_id)
+            except Exception as exc:  # noqa: BLE001 - EC2 acted: say so, and let the sweep record it
+                self.reconciler.request_sweep()
+                raise Unavailable(f"EC2 accepted the {action} of {instance_id}, but the local record could not be "
+                                  f"written ({exc}); the reconciler records it as soon as the database works "
+                                  "again.", code="record_failed", extra={"instance_id": instance_id}) from None
+        finally:
+            self.recorder.transitions.discard(instance_id)
         self.reconciler.request_sweep()
         return recorded, True
 

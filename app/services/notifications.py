@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from app.config import Settings
 from app.models.rows import InstanceState
@@ -46,7 +46,8 @@ FIRST_RETRY_SECONDS = 5.0
 GIVE_UP_HOURS = 72.0
 LEASE_SECONDS = 120.0
 SEND_TIMEOUT_SECONDS = 15.0
-BATCH = 50
+BATCH = 50  # notifications expanded per round
+CLAIM = 10  # deliveries claimed per round: sent one after another, well inside the lease
 
 _RUNNING = {InstanceState.PENDING, InstanceState.RUNNING}
 _STOPPED = {InstanceState.STOPPING, InstanceState.STOPPED}
@@ -56,6 +57,8 @@ _ENDED = {InstanceState.SHUTTING_DOWN, InstanceState.TERMINATED}
 def event_name(action: str, source: str, from_state: str | None, to_state: str | None) -> str | None:
     """The notification an instance event makes, or None (a change the API's own call explains)."""
     if source == "api":
+        if to_state in _ENDED and action in ("start", "stop"):
+            return "terminated_outside"  # the API's start/stop found it gone: someone terminated it
         return {"create": "create", "start": "start", "stop": "stop", "delete": "delete"}.get(action)
     if source == "auto_stop":
         return "auto_stop"
@@ -78,13 +81,23 @@ def event_name(action: str, source: str, from_state: str | None, to_state: str |
 
 
 # -- secrets ------------------------------------------------------------------------------------------
+# Schemes whose host is a place (a web server, a mail server): every other scheme may carry a token there
+# (Telegram's bot token, Slack's first token...), so their host is treated as secret too.
+HOST_IS_A_PLACE = {"json", "jsons", "xml", "xmls", "form", "forms", "http", "https", "ntfy", "ntfys", "mailto",
+                   "mailtos", "gotify", "gotifys", "apprise", "apprises", "mmost", "mmosts", "rocket", "rockets"}
+
+
 def url_secrets(url: str) -> list[str]:
-    """The parts of an Apprise URL that may be secret: all but its scheme and host."""
+    """The parts of an Apprise URL that may be secret: userinfo, path, query values, and the host unless
+    the scheme names a place there. Percent-decoded forms too."""
     parts = urlsplit(url)
     found = [parts.password or "", parts.username or ""]
-    found += [p for p in re.split(r"[/@:]", parts.netloc.split("@")[0]) if p] if "@" in parts.netloc else []
+    hostport = parts.netloc.rsplit("@", 1)[-1]
+    if scheme_of(url) not in HOST_IS_A_PLACE:
+        found += [hostport, *hostport.split(":")]
     found += [p for p in parts.path.split("/") if p]
     found += [v for _, v in parse_qsl(parts.query) if v]
+    found += [unquote(f) for f in found]
     return sorted({s for s in found if len(s) >= 3}, key=len, reverse=True)
 
 
@@ -102,7 +115,13 @@ def check_url(number: int, url: str) -> None:
     """A NOTIFY_URLS entry Apprise cannot send to is a ValueError that names it by number and scheme only."""
     import apprise  # ~0.1-1 s: only when NOTIFY_URLS is set
 
-    if apprise.Apprise.instantiate(url) is None:
+    logger = logging.getLogger("apprise")
+    logger.disabled = True  # while it parses: it logs a URL it cannot parse word for word
+    try:
+        parsed = apprise.Apprise.instantiate(url)
+    finally:
+        logger.disabled = False
+    if parsed is None:
         raise ValueError(f"entry {number} ({scheme_of(url)}://...) is not a URL Apprise can send to "
                          "(see https://github.com/caronc/apprise/wiki)")
 
@@ -174,14 +193,15 @@ class AppriseChannel:
     def send(self, message: Message, delivery_id: int) -> None:
         import apprise
 
-        if self._apprise is None:
-            self._apprise = apprise.Apprise()
-            self._apprise.add(self.url)
         said: list[str] = []
         handler = _Collect(said)
+        quiet_apprise()  # (again: nothing may have turned its propagation back on)
         logger = logging.getLogger("apprise")
         logger.addHandler(handler)
         try:
+            if self._apprise is None:
+                self._apprise = apprise.Apprise()
+                self._apprise.add(self.url)
             ok = self._apprise.notify(title=message.subject, body=message.body,
                                       body_format=apprise.NotifyFormat.TEXT)
         finally:
@@ -201,11 +221,13 @@ class _Collect(logging.Handler):
 
 
 def quiet_apprise() -> None:
-    """Apprise logs through its own logger: keep it out of the server's log (its texts may carry URLs);
-    failures reach the delivery's last_error, redacted, instead."""
+    """Apprise logs through its own logger: keep it out of the server's log and off stderr (its texts may
+    carry URLs); a failure reaches the delivery's last_error, redacted, instead."""
     logger = logging.getLogger("apprise")
     logger.propagate = False
     logger.setLevel(logging.WARNING)
+    if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+        logger.addHandler(logging.NullHandler())
 
 
 # -- messages -----------------------------------------------------------------------------------------
@@ -255,7 +277,7 @@ def compose(event: str, note: dict, row: dict | None, cost: float | None, settin
 
 
 def backoff(attempts: int, cap: float) -> float:
-    return min(cap, FIRST_RETRY_SECONDS * 2 ** max(0, attempts - 1))
+    return min(cap, FIRST_RETRY_SECONDS * 2 ** min(max(0, attempts - 1), 30))
 
 
 # -- the sender ---------------------------------------------------------------------------------------
@@ -306,10 +328,13 @@ class Notifier(LoopTask):
         self.deliver_due()
 
     def expand(self) -> None:
+        stale = (datetime.now(UTC) - timedelta(hours=GIVE_UP_HOURS)).strftime(TIME_FORMAT)
         for note in self.db.unexpanded_notifications(BATCH):
             event = note["event"] or event_name(note["action"] or "", note["source"] or "", note["from_state"],
                                                note["to_state"])
-            channels = [c.name for c in self.channels] if event in self.wanted else []
+            # Queued while no replica sent anything for longer than a delivery is retried: old news, dropped.
+            fresh = note["at"] >= stale
+            channels = [c.name for c in self.channels] if event in self.wanted and fresh else []
             self.db.expand_notification(note["id"], event, channels)
 
     def queue_warnings(self) -> None:
@@ -346,11 +371,15 @@ class Notifier(LoopTask):
 
     def deliver_due(self) -> None:
         now = datetime.now(UTC)
-        claimed = self.db.claim_deliveries(now.strftime(TIME_FORMAT),
-                                           (now + timedelta(seconds=LEASE_SECONDS)).strftime(TIME_FORMAT), BATCH)
+        lease = (now + timedelta(seconds=LEASE_SECONDS)).strftime(TIME_FORMAT)
+        claimed = self.db.claim_deliveries(now.strftime(TIME_FORMAT), lease, CLAIM)
         by_name = {c.name: c for c in self.channels}
         failing: dict[str, str] = {}  # channel -> why: the rest of its deliveries wait for the next try
-        for delivery in claimed:
+        deadline = time.monotonic() + LEASE_SECONDS - 4 * SEND_TIMEOUT_SECONDS
+        for number, delivery in enumerate(claimed):
+            if time.monotonic() > deadline:  # slow channels: hand the rest back before the lease runs out
+                self.db.release_deliveries([d["id"] for d in claimed[number:]], lease)
+                return
             channel = by_name.get(delivery["channel"])
             error = None
             if channel is None:
@@ -365,7 +394,7 @@ class Notifier(LoopTask):
                 except Exception as exc:  # noqa: BLE001 - an unexpected failure is a failed try, not a lost one
                     error = failing[delivery["channel"]] = redact(f"{exc.__class__.__name__}: {exc}",
                                                                   getattr(channel, "secrets", []))
-            self.finish(delivery, error)
+            self.finish(delivery, error, lease)
 
     def message(self, delivery: dict) -> Message:
         row = self.db.get_instance(delivery["instance_id"]) if delivery["instance_id"] else None
@@ -377,20 +406,20 @@ class Notifier(LoopTask):
                 cost = None
         return compose(delivery["event"], delivery, dict(row) if row else None, cost, self.settings)
 
-    def finish(self, delivery: dict, error: str | None) -> None:
+    def finish(self, delivery: dict, error: str | None, lease: str) -> None:
         if error is None:
-            self.db.finish_delivery(delivery["id"], "sent", None, None)
+            self.db.finish_delivery(delivery["id"], "sent", None, None, lease)
             log.info("notification %s (%s) sent to %s", delivery["key"], delivery["event"], delivery["channel"])
             return
         attempts = delivery["attempts"] + 1
         first = parse_time(delivery["created_at"]) or datetime.now(UTC)
         if datetime.now(UTC) - first > timedelta(hours=GIVE_UP_HOURS):
-            self.db.finish_delivery(delivery["id"], "failed", error, None)
+            self.db.finish_delivery(delivery["id"], "failed", error, None, lease)
             log.error("notification %s to %s given up after %d attempts: %s", delivery["key"], delivery["channel"],
                       attempts, error)
             return
         retry = datetime.now(UTC) + timedelta(seconds=backoff(attempts, self.settings.notify_retry_max_seconds))
-        self.db.finish_delivery(delivery["id"], "pending", error, retry.strftime(TIME_FORMAT))
+        self.db.finish_delivery(delivery["id"], "pending", error, retry.strftime(TIME_FORMAT), lease)
         log.warning("notification %s to %s failed (attempt %d, next at %s): %s", delivery["key"],
                     delivery["channel"], attempts, retry.strftime(TIME_FORMAT), error)
 

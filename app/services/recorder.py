@@ -73,6 +73,9 @@ class Recorder:
         # nothing is judged gone.
         self.account: str | None = None
         self.in_flight: set[str] = set()  # request ids whose run-instances this process is sending
+        # Instance ids whose start/stop/terminate this process is sending: a sweep that lands between EC2's
+        # answer and our record of it leaves them to that record (else it would look like an outside change).
+        self.transitions: set[str] = set()
         # A launch row older than this was written by an earlier process: if a sweep finds its
         # instance first, that is an adoption of a crashed create, not this process's create.
         self.started_at = utcnow()
@@ -184,8 +187,8 @@ class Recorder:
                     self._revive(known, instance) or self._claim(known, instance)):
                 result.updated.append(instance_id)
             return
-        if (row["updated_at"] or "") > started:
-            return  # an API call recorded something newer after this describe began
+        if (row["updated_at"] or "") > started or instance_id in self.transitions:
+            return  # an API call recorded (or is recording) something newer than this describe
         if self._apply(row, instance, "observe", "reconcile"):
             result.updated.append(instance_id)
 

@@ -12,6 +12,8 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from app.errors import ApiError
@@ -87,7 +89,7 @@ class AutoStopper(LoopTask):
         return stopped
 
     async def _stop(self, rows: dict[str, InstanceRow], ids: list[str]) -> list[str]:
-        with self.reconciler.mutating():
+        with self.reconciler.mutating(), self._in_flight(ids):
             while ids:
                 try:
                     doc = await self.aws.run("stop_instance.sh", *ids, background=True)
@@ -107,6 +109,16 @@ class AutoStopper(LoopTask):
         if ids:
             self.reconciler.request_sweep()
         return ids
+
+    @contextmanager
+    def _in_flight(self, ids: list[str]) -> Iterator[None]:
+        """A sweep meanwhile leaves these to our record (else an auto-stop looks like an outside stop)."""
+        batch = set(ids)
+        self.recorder.transitions |= batch
+        try:
+            yield
+        finally:
+            self.recorder.transitions -= batch
 
     def _record(self, rows: dict[str, InstanceRow], changes: list[dict]) -> None:
         for change in changes:

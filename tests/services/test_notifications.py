@@ -15,6 +15,9 @@ from app.services.notifications import backoff, compose, event_name, redact, url
     ("adopt", "adopt", None, "running", "adopted"),
     ("reappeared", "reconcile", "terminated", "running", "came_back"),
     ("gone", "reconcile", "running", "terminated", "terminated_outside"),
+    # The API's start or stop found it gone (EC2: no such instance): someone terminated it.
+    ("start", "api", "stopped", "terminated", "terminated_outside"),
+    ("stop", "api", "running", "terminated", "terminated_outside"),
     # What a sweep sees after the API's own call: no second notification.
     ("observe", "reconcile", "pending", "running", None),
     ("observe", "reconcile", "stopping", "stopped", None),
@@ -39,8 +42,28 @@ def test_url_secrets_cover_userinfo_path_and_query_but_not_the_host():
     assert "hooks.example.com" in text
 
 
-def test_backoff_doubles_up_to_the_cap():
+@pytest.mark.parametrize("url, secrets", [
+    ("tgram://123456789:AAHxyzTOKEN/12315544", ["123456789", "AAHxyzTOKEN", "12315544"]),
+    ("slack://T0AAAA/B0BBBB/XXXXsecret", ["T0AAAA", "B0BBBB", "XXXXsecret"]),
+    ("json://127.0.0.1:8080/hook/tok%2Fen-1", ["tok%2Fen-1", "tok/en-1"]),
+])
+def test_token_schemes_hide_their_host_and_encoded_forms(url, secrets):
+    text = redact(f"could not send to {url} ({' '.join(secrets)})", url_secrets(url))
+    assert not [s for s in secrets if s in text], text
+
+
+def test_backoff_doubles_up_to_the_cap_and_never_overflows():
     assert [backoff(n, 60) for n in range(1, 7)] == [5, 10, 20, 40, 60, 60]
+    assert backoff(5000, 300) == 300
+
+
+def test_a_url_apprise_cannot_parse_is_refused_without_being_printed(capsys, caplog):
+    from app.services.notifications import check_url
+
+    with pytest.raises(ValueError, match=r"entry 3 \(\?://\.\.\.\)"):
+        check_url(3, "hooks.slack.com/services/T0AAAA/B0BBBB/secretwebhooktoken")
+    said = capsys.readouterr()
+    assert "secretwebhooktoken" not in said.out + said.err + caplog.text
 
 
 def settings(**kw) -> Settings:
