@@ -104,10 +104,10 @@ test-python: venv ## pytest: REST contract suite (test_api.py) and tests/, on PY
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadscope test_api.py tests \
 	    $(if $(JUNIT_DIR),--junitxml=$(JUNIT_DIR)/pytest.xml)
 
-test: tools lint ## Everything CI runs; installs what it needs first
-	@# The suites mostly wait on processes (servers, emulators, aws): run side by side, each one's
-	@# output printed whole when it ends; one that fails fails the run.
-	@$(MAKE) --no-print-directory -j3 --output-sync=target test-bash test-jenkins test-python
+test: tools ## Everything CI runs; installs what it needs first
+	@# The lint gate and the suites run side by side (the suites mostly wait on processes: servers,
+	@# emulators, aws), each one's output printed whole when it ends; one that fails fails the run.
+	@$(MAKE) --no-print-directory -j4 --output-sync=target lint test-bash test-jenkins test-python
 
 bench: venv ## Full benchmark (several minutes): data/bench/results.json and docs/PERFORMANCE.md
 	$(PY) bench/run_bench.py
