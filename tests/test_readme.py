@@ -25,17 +25,22 @@ def test_curl_tour_creates_lists_stops_starts_and_deletes(api_server, fresh_emul
     instance_id = re.search(r"created (i-[0-9a-f]+)", out).group(1)
     docs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     states = [d["state"] for d in docs if d.get("id") == instance_id]
-    # get (running), stop, start, patch, delete
+    # get (running), stop, start, patch (auto-stop), patch (name and tags), delete
     assert states[0] == "running" and states[1] in ("stopping", "stopped")
-    assert states[2] in ("pending", "running") and states[4] in ("shutting-down", "terminated")
-    patched = [d for d in docs if d.get("id") == instance_id][3]
-    assert patched["auto_stop_minutes"] == 120 and patched["stop_at"]
+    assert states[2] in ("pending", "running") and states[5] in ("shutting-down", "terminated")
+    mine = [d for d in docs if d.get("id") == instance_id]
+    assert mine[3]["auto_stop_minutes"] == 120 and mine[3]["stop_at"]
+    assert mine[4]["name"] == "my-web-box" and mine[4]["tags"] == {"Team": "web"}
+    filtered = next(d for d in docs if "instances" in d and d["instances"] and d["instances"][0].get("name") ==
+                    "my-web-box")
+    assert [i["id"] for i in filtered["instances"]] == [instance_id]
     budget = next(d for d in docs if "budget_usd" in d)
     assert instance_id in [i["id"] for i in budget["instances"]] and budget["committed_usd"] > 0
     assert docs[-1]["instances"][0]["id"] == instance_id
     ec2 = fresh_emulator.instances()[instance_id]
     assert ec2["State"]["Name"] == "terminated"
-    assert {"Key": "Owner", "Value": "me"} in ec2["Tags"]
+    tags = {t["Key"]: t["Value"] for t in ec2["Tags"]}
+    assert tags["Team"] == "web" and tags["Name"] == "my-web-box" and "Owner" not in tags
 
 
 def test_configuration_table_lists_every_setting():

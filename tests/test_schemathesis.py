@@ -13,6 +13,9 @@ Checks: every check (`[checks] enabled = true`), except these, each for a stated
   allowed types and AMIs are configuration and EC2 catalogue data, not schema.
 - `positive_data_acceptance` on PATCH /instances/{instance_id} too: a well-formed `stop_at` in the past
   is refused with a 400 `stop_at_in_past` (policy: time is not schema).
+- `negative_data_rejection` on GET /instances: a query value has no type on the wire, so a number
+  generated where a tag filter (a string) is expected arrives as text that is a valid tag key. (The
+  other query parameters are checked by the in-process route tests and tests/test_tags.py.)
 - `unsupported_method` on /instances/sync only: `GET /instances/sync` is routed to
   `GET /instances/{instance_id}` with the id "sync", which is answered 404 like every id that is
   not tracked (the design decision: malformed or unknown ids are 404), not 405.
@@ -49,6 +52,13 @@ include-path = "/instances/{instance_id}"
 include-method = "PATCH"
 # A schema-valid stop_at in the past (or beyond year 9000) is refused by policy with a 400.
 checks.positive_data_acceptance.enabled = false
+
+[[operations]]
+include-path = "/instances"
+include-method = "GET"
+# A query value has no type on the wire: a number generated where a tag filter (a string) is expected
+# arrives as the same text, which is a valid tag key (`tag=-0.5`, `tag=7`).
+checks.negative_data_rejection.enabled = false
 
 [[operations]]
 include-path = "/instances/sync"

@@ -1,6 +1,7 @@
 """Request and response models (field names as in the original project)."""
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import (
@@ -111,19 +112,40 @@ class Cost(BaseModel):
 STORED_FIELDS = tuple(name for name in Instance.model_fields if name != "cost")
 
 
-class InstancePatch(BaseModel):
-    """Exactly one of the two: a new auto-stop delay, or a new stop time for this run."""
+# PATCH tags: a value sets the tag, null removes it. Reserved keys are refused with a 400 (policy).
+PatchTags = Annotated[dict[TagKey, TagValue | None], WithJsonSchema({
+    "type": "object", "minProperties": 1, "maxProperties": 40,
+    "propertyNames": {"minLength": 1, "maxLength": 128, "pattern": EC2_TEXT,
+                      "not": {"anyOf": [{"enum": sorted(RESERVED_TAG_KEYS)}, {"pattern": "^[aA][wW][sS]:"}]}},
+    "additionalProperties": {"anyOf": [{"type": "string", "maxLength": 256, "pattern": EC2_TEXT}, {"type": "null"}]},
+})]
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1, "maxProperties": 1})
+
+class InstancePatch(BaseModel):
+    """Any of: a new name, tags to set or remove, and ONE of a new auto-stop delay or a stop time for this run."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "minProperties": 1, "not": {"required": ["auto_stop_minutes", "stop_at"]}})
 
     auto_stop_minutes: AutoStopMinutes = Field(
         None, description="Minutes after each start (re-arms stop_at from now if it runs); null: never")
     stop_at: AwareDatetime | None = Field(None, description="ISO 8601 time with a zone to stop it at; null: cancel")
+    name: Name = Field(None, description="A new Name tag (letters, digits, spaces and _ . : / = + - @)",  # type: ignore[assignment]
+                       json_schema_extra={"type": "string"})
+    tags: PatchTags | None = Field(
+        None, description="Merged into its tags: a value sets a tag, null removes it. Name (use `name`), ManagedBy, "
+                          "RequestId and aws:* are reserved (400)")
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "InstancePatch":
-        if len(self.model_fields_set) != 1:
-            raise ValueError("give exactly one of auto_stop_minutes or stop_at")
+    def _one_auto_stop_change(self) -> "InstancePatch":
+        if not self.model_fields_set:
+            raise ValueError("give at least one of name, tags, auto_stop_minutes or stop_at")
+        if {"auto_stop_minutes", "stop_at"} <= self.model_fields_set:
+            raise ValueError("give auto_stop_minutes or stop_at, not both")
+        if "name" in self.model_fields_set and self.name is None:
+            raise ValueError("name cannot be removed; give a new one")
+        if "tags" in self.model_fields_set and not self.tags:
+            raise ValueError("tags: give at least one tag to set or remove")
         return self
 
 
@@ -150,6 +172,36 @@ class Budget(BaseModel):
     unpriced: list[str] = Field([], description="Instances whose type has no price here: their compute is not counted")
     aws_plan: dict | None = Field(None, description="From `aws freetier get-account-plan-state` (real AWS only)")
     aws_plan_note: str | None = None
+
+
+# `Key=Value` or `Key` (the key in EC2's tag text; the value may hold `=` itself).
+TAG_FILTER_PATTERN = r"^[A-Za-z0-9 _.:/+\-@]{1,128}(=[A-Za-z0-9 _.:/=+\-@]{0,256})?$"
+
+
+@dataclass(frozen=True)
+class InstanceFilter:
+    """GET /instances filters: any of the states, every tag (`Key=Value`, or `Key` for presence), the name."""
+
+    states: frozenset[str]
+    tags: tuple[tuple[str, str | None], ...]
+    name: str | None
+
+    @classmethod
+    def of(cls, states: Sequence[str] | None, tags: Sequence[str] | None, name: str | None) -> "InstanceFilter":
+        pairs = tuple((t.split("=", 1)[0], t.split("=", 1)[1] if "=" in t else None) for t in tags or ())
+        return cls(frozenset(states or ()), pairs, name)
+
+    @property
+    def asks_for_ended(self) -> bool:
+        return bool(self.states & {"terminated", "shutting-down", "failed"})
+
+    def matches(self, row: Mapping[str, Any]) -> bool:
+        if self.states and row["state"] not in self.states:
+            return False
+        if self.name is not None and row["name"] != self.name:
+            return False
+        tags = {**(row["tags"] or {}), **({"Name": row["name"]} if row["name"] else {})}
+        return all(key in tags and (value is None or tags[key] == value) for key, value in self.tags)
 
 
 class InstanceList(BaseModel):

@@ -1,13 +1,24 @@
 """Thin routes: validate, call the service, return the recorded instance."""
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Response, status
+from pydantic import StringConstraints
 
 from app.deps import InstanceDep, ReconcilerDep, ServiceDep, StoreDep, require_token
 from app.errors import error_responses
-from app.models.instance import Cost, EventList, Instance, InstanceCreate, InstanceList, InstancePatch, SyncResult
+from app.models.instance import (
+    TAG_FILTER_PATTERN,
+    Cost,
+    EventList,
+    Instance,
+    InstanceCreate,
+    InstanceFilter,
+    InstanceList,
+    InstancePatch,
+    SyncResult,
+)
 from app.models.rows import InstanceRow
 from app.services.instances import InstanceService
 
@@ -33,11 +44,27 @@ async def create_instance(body: InstanceCreate, service: ServiceDep, response: R
     return Instance.from_row(row)
 
 
+StateFilter = Literal["pending", "running", "stopping", "stopped", "shutting-down", "terminated", "failed"]
+TagFilter = Annotated[str, StringConstraints(min_length=1, max_length=385, pattern=TAG_FILTER_PATTERN)]
+
+
 @router.get("", response_model=InstanceList, responses=error_responses(422))
-def list_instances(store: StoreDep,
-                   include_terminated: bool = Query(False, description="Also list terminated ones")) -> Response:
-    """List tracked instances (from the database; never calls AWS)."""
-    return Response(store.list_instances_json(include_terminated), media_type="application/json")
+def list_instances(
+        store: StoreDep,
+        include_terminated: bool = Query(False, description="Also list terminated ones"),
+        state: Annotated[list[StateFilter] | None, Query(
+            description="Only these states (repeatable: any of them); asking for terminated lists terminated ones")
+        ] = None,
+        tag: Annotated[list[TagFilter] | None, Query(
+            description="`Key=Value`, or `Key` for any value (repeatable: all must match)")] = None,
+        name: Annotated[str | None, Query(max_length=128, description="Exact name")] = None) -> Response:
+    """List tracked instances, optionally filtered (from the database; never calls AWS)."""
+    if not (state or tag or name):
+        return Response(store.list_instances_json(include_terminated), media_type="application/json")
+    wanted = InstanceFilter.of(state, tag, name)
+    rows = store.list_instances(include_terminated or wanted.asks_for_ended)
+    body = InstanceList(instances=[Instance.from_row(r) for r in rows if wanted.matches(r)])
+    return Response(body.model_dump_json(), media_type="application/json")
 
 
 @router.post("/sync", response_model=SyncResult, responses=error_responses(502, 503, 504))
@@ -55,7 +82,7 @@ async def get_instance(instance: InstanceDep, service: ServiceDep) -> Instance:
 
 @router.patch("/{instance_id}", response_model=Instance, responses=error_responses(400, 404, 409, 422))
 async def patch_instance(instance: InstanceDep, change: InstancePatch, service: ServiceDep) -> Instance:
-    """Change its auto-stop: auto_stop_minutes (re-arms stop_at if it runs) or stop_at for this run."""
+    """Change its name, its tags (null removes one), and its auto-stop (auto_stop_minutes or stop_at)."""
     return Instance.from_row(await service.patch(instance["id"], change))
 
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 from app.config import Settings
 from app.errors import ApiError, Conflict, PolicyViolation, Unavailable, UpstreamError
-from app.models.instance import InstanceCreate, InstancePatch
+from app.models.instance import RESERVED_TAG_KEYS, InstanceCreate, InstancePatch
 from app.models.rows import InstanceRow, InstanceState, LaunchStatus
 from app.services.aws_cli import AwsCli, outcome_unknown
 from app.services.db import TIME_FORMAT, Database, age_seconds, stored_time, utcnow
@@ -73,6 +73,9 @@ TRANSITIONS = {
                          frozenset({S.PENDING, S.RUNNING, S.STOPPING, S.STOPPED}),
                          frozenset({S.SHUTTING_DOWN, S.TERMINATED})),
 }
+
+
+MAX_USER_TAGS = 46  # EC2's 50 per resource, less Name, ManagedBy, RequestId (and one to spare)
 
 
 class InstanceService:
@@ -366,37 +369,89 @@ class InstanceService:
 
     # -- auto-stop ---------------------------------------------------------------------------------
     async def patch(self, instance_id: str, change: InstancePatch) -> InstanceRow:
-        """A new auto-stop delay (re-arms stop_at from now when it runs) or a new stop_at for this run.
-        Whatever would make it run longer is checked against the budget like a start."""
+        """Any of: a new name and tags (one `aws` process to set, one to remove), and a new auto-stop delay
+        (re-arms stop_at from now when it runs) or a new stop_at for this run. Whatever would make it run
+        longer is checked against the budget like a start. Everything is checked before EC2 is asked."""
         async with self._locks[instance_id]:
             row = await asyncio.to_thread(self.db.require_instance, instance_id)
-            running = row["state"] in RUNNING
-            fields: dict = {}
-            if "auto_stop_minutes" in change.model_fields_set:
-                minutes = change.auto_stop_minutes
-                fields["auto_stop_minutes"] = minutes
-                if running:
-                    fields["stop_at"] = in_minutes(minutes) if minutes else None
-            else:
-                if not running:
-                    raise Conflict(f"Instance {instance_id} is {row['state']}: stop_at applies to a running instance "
-                                   "(set auto_stop_minutes for its next start).", code="wrong_state")
-                if change.stop_at is not None and change.stop_at.year > 9000:
-                    raise PolicyViolation("stop_at is too far in the future; use null for never.",
-                                          code="stop_at_out_of_range")
-                if change.stop_at is not None and change.stop_at <= datetime.now(UTC):
-                    raise PolicyViolation("stop_at must be in the future (to stop it now: POST "
-                                          f"/instances/{instance_id}/stop).", code="stop_at_in_past")
-                fields["stop_at"] = change.stop_at.astimezone(UTC).strftime(TIME_FORMAT) if change.stop_at else None
+            fields = self._auto_stop_fields(row, change)
+            to_set, to_delete = self._tag_changes(row, change)
+            if to_set or to_delete:
+                if row["state"].ended:
+                    raise Conflict(f"Instance {instance_id} is {row['state']}: its tags can no longer change.",
+                                   code="wrong_state")
+                self._check_reachable(row)
             key = f"extend:{instance_id}:{uuid.uuid4().hex}"
             try:
-                if running and "stop_at" in fields:
+                if row["state"] in RUNNING and "stop_at" in fields:
                     await asyncio.to_thread(self._admit_extension, key, row, fields["stop_at"])
-                await asyncio.to_thread(self.db.update_instance, instance_id, {**fields, "updated_at": utcnow()})
+                if to_set or to_delete:
+                    await self._send_tags(row, to_set, to_delete)
+                    tags = {k: v for k, v in {**row["tags"], **to_set}.items()
+                            if k not in to_delete and k not in RESERVED_TAG_KEYS}
+                    fields |= {"tags": tags, "name": to_set.get("Name", row["name"])}
+                if fields:
+                    await asyncio.to_thread(self.db.update_instance, instance_id, {**fields, "updated_at": utcnow()})
             finally:
                 self.spending.release(key)  # written: the ledger counts it from now on
-            self.on_stop_at_changed()
+            if "stop_at" in fields or "auto_stop_minutes" in fields:
+                self.on_stop_at_changed()
             return await asyncio.to_thread(self.db.require_instance, instance_id)
+
+    @staticmethod
+    def _auto_stop_fields(row: InstanceRow, change: InstancePatch) -> dict:
+        instance_id, running = row["id"], row["state"] in RUNNING
+        fields: dict = {}
+        if "auto_stop_minutes" in change.model_fields_set:
+            minutes = change.auto_stop_minutes
+            fields["auto_stop_minutes"] = minutes
+            if running:
+                fields["stop_at"] = in_minutes(minutes) if minutes else None
+        elif "stop_at" in change.model_fields_set:
+            if not running:
+                raise Conflict(f"Instance {instance_id} is {row['state']}: stop_at applies to a running instance "
+                               "(set auto_stop_minutes for its next start).", code="wrong_state")
+            if change.stop_at is not None and change.stop_at.year > 9000:
+                raise PolicyViolation("stop_at is too far in the future; use null for never.",
+                                      code="stop_at_out_of_range")
+            if change.stop_at is not None and change.stop_at <= datetime.now(UTC):
+                raise PolicyViolation("stop_at must be in the future (to stop it now: POST "
+                                      f"/instances/{instance_id}/stop).", code="stop_at_in_past")
+            fields["stop_at"] = change.stop_at.astimezone(UTC).strftime(TIME_FORMAT) if change.stop_at else None
+        return fields
+
+    @staticmethod
+    def _tag_changes(row: InstanceRow, change: InstancePatch) -> tuple[dict[str, str], list[str]]:
+        """The tags to set (Name included) and the keys to remove; reserved keys are a 400."""
+        asked = change.tags or {}
+        reserved = sorted(k for k in asked if k in RESERVED_TAG_KEYS or k.lower().startswith("aws:"))
+        if reserved:
+            raise PolicyViolation(f"Tag keys {reserved} are reserved: Name is set with `name`, ManagedBy and "
+                                  "RequestId are the service's own, aws:* are AWS's.", code="reserved_tag_key")
+        current = row["tags"] or {}
+        to_set = {k: v for k, v in asked.items() if v is not None and current.get(k) != v}
+        to_delete = sorted(k for k, v in asked.items() if v is None and k in current)
+        if "name" in change.model_fields_set and change.name and change.name != row["name"]:
+            to_set["Name"] = change.name
+        if len({**current, **to_set}) - len(to_delete) > MAX_USER_TAGS:
+            raise PolicyViolation(f"An instance keeps at most {MAX_USER_TAGS} tags of its own (EC2 allows 50; "
+                                  "Name, ManagedBy and RequestId are ours).", code="too_many_tags")
+        return to_set, to_delete
+
+    async def _send_tags(self, row: InstanceRow, to_set: dict[str, str], to_delete: list[str]) -> None:
+        """One create-tags for what is set, one delete-tags for what is removed; a sweep meanwhile keeps off."""
+        instance_id = row["id"]
+        with self.reconciler.mutating():
+            self.recorder.transitions.add(instance_id)
+            try:
+                if to_set:
+                    args = [a for key, value in to_set.items() for a in ("--tag", key, value)]
+                    await self.aws.run("create_tags.sh", "--instance-id", instance_id, *args, region=row["region"])
+                if to_delete:
+                    args = [a for key in to_delete for a in ("--key", key)]
+                    await self.aws.run("delete_tags.sh", "--instance-id", instance_id, *args, region=row["region"])
+            finally:
+                self.recorder.transitions.discard(instance_id)
 
     def _admit_extension(self, key: str, row: InstanceRow, new_stop_at: str | None) -> None:
         """Running longer than committed so far must fit the budget (the difference is what is checked)."""

@@ -111,13 +111,18 @@ class Recorder:
         return self._fields(row, state_of(instance), instance.get("PublicIpAddress"))
 
     def _apply(self, row: InstanceRow, instance: dict, action: str, source: str) -> bool:
-        """Record what a describe-instances answer says of one instance."""
-        return self.observe(row, state_of(instance), instance.get("PublicIpAddress"), action, source)
+        """Record what a describe-instances answer says of one instance (its tags and name included)."""
+        return self.observe(row, state_of(instance), instance.get("PublicIpAddress"), action, source,
+                            tags=tags_of(instance) if isinstance(instance.get("Tags"), list) else None)
 
     def observe(self, row: InstanceRow, state: InstanceState, public_ip: str | None, action: str, source: str,
-                request_id: str | None = None) -> bool:
-        """Record an instance's state and public IP as EC2 gave them; True when anything public changed."""
+                request_id: str | None = None, tags: dict[str, str] | None = None) -> bool:
+        """Record an instance's state and public IP (and tags, when given) as EC2 gave them; True when
+        anything public changed."""
         new = self._fields(row, state, public_ip)
+        if tags is not None:  # changed outside the API too: the console, `aws ec2 create-tags`...
+            new["tags"] = {k: v for k, v in tags.items() if k not in RESERVED_TAG_KEYS}
+            new["name"] = tags.get("Name") or row["name"]
         changed = {k: v for k, v in new.items() if row.get(k) != v}
         if row["missed_sweeps"] or row["missing_since"]:
             self.db.set_missing(row["id"], 0, None)  # seen again: no longer missing

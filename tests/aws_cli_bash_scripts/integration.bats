@@ -286,3 +286,16 @@ state() {
   run "${wrapper}" --endpoint-url "${EC2_ENDPOINT_URL}" --output json ec2 describe-instances --max-items 2
   [ "$(py '"NextToken" in d' <<<"${output}")" = true ]
 }
+
+@test "create_tags and delete_tags change what list_instances shows" {
+  local id
+  id="$(launch "tagged")"
+  run --separate-stderr "${SCRIPTS_DIR}/create_tags.sh" --instance-id "${id}" --tag Team platform --tag Env dev
+  [ "${status}" -eq 0 ]
+  run --separate-stderr "${SCRIPTS_DIR}/delete_tags.sh" --instance-id "${id}" --key Env
+  [ "${status}" -eq 0 ]
+  run py '{t["Key"]: t["Value"] for t in d["Reservations"][0]["Instances"][0]["Tags"]}' \
+    < <("${SCRIPTS_DIR}/list_instances.sh" --filter-instance-id "${id}")
+  python3 -c 'import json, sys; t = json.loads(sys.argv[1]); assert t.get("Team") == "platform" and "Env" not in t, t' \
+    "${output}"
+}

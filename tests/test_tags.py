@@ -1,0 +1,114 @@
+"""Tags and filters: PATCH name/tags through the real scripts (one `aws` process per kind of change),
+changes made outside the API picked up by a sweep, and GET /instances filters that never call AWS."""
+
+import pytest
+
+from app.models.instance import InstanceFilter
+
+BODY = {"name": "tagged", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
+
+
+def ec2_tags(emulator, instance_id: str) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in emulator.instances()[instance_id].get("Tags", [])}
+
+
+def test_patch_sets_and_removes_tags_and_renames_with_one_process_each(api, api_server, fresh_emulator):
+    box = api.post("/instances", json=BODY | {"tags": {"Team": "web", "Env": "dev"}}).json()["id"]
+    mark = len(api_server.aws_calls())
+    changed = api.patch(f"/instances/{box}", json={"name": "renamed", "tags": {"Team": "platform", "Env": None,
+                                                                              "Owner": "alice"}})
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["name"] == "renamed"
+    assert changed.json()["tags"] == {"Team": "platform", "Owner": "alice"}
+    calls = api_server.mutations_since(mark)
+    assert [c[c.index("ec2") + 1] for c in calls] == ["create-tags", "delete-tags"], calls
+    tags = ec2_tags(fresh_emulator, box)
+    assert tags["Name"] == "renamed" and tags["Team"] == "platform" and tags["Owner"] == "alice"
+    assert "Env" not in tags and tags["ManagedBy"] == "ec2-creator-local"
+    # Unchanged values cost nothing; a tag-only PATCH leaves the auto-stop alone.
+    mark = len(api_server.aws_calls())
+    again = api.patch(f"/instances/{box}", json={"tags": {"Team": "platform"}})
+    assert again.status_code == 200 and api_server.mutations_since(mark) == []
+    assert again.json()["auto_stop_minutes"] == changed.json()["auto_stop_minutes"]
+
+
+@pytest.mark.parametrize(("patch", "status", "code"), [
+    ({"tags": {"ManagedBy": "me"}}, 400, "reserved_tag_key"),
+    ({"tags": {"Name": "x"}}, 400, "reserved_tag_key"),
+    ({"tags": {"aws:cloudformation:stack": "x"}}, 400, "reserved_tag_key"),
+    ({"tags": {"RequestId": None}}, 400, "reserved_tag_key"),
+    ({"tags": {}}, 422, "validation_error"),
+    ({"name": None}, 422, "validation_error"),
+    ({"tags": {"bad\nkey": "x"}}, 422, "validation_error"),
+    ({"auto_stop_minutes": 60, "stop_at": "2099-01-01T00:00:00Z"}, 422, "validation_error"),
+])
+def test_bad_patches_are_refused_before_any_process(api, api_server, patch, status, code):
+    box = api.post("/instances", json=BODY).json()["id"]
+    mark = len(api_server.aws_calls())
+    answer = api.patch(f"/instances/{box}", json=patch)
+    assert (answer.status_code, answer.json()["code"]) == (status, code), answer.text
+    assert api_server.mutations_since(mark) == []
+
+
+def test_tags_and_name_changed_outside_the_api_show_after_a_sweep(api, fresh_emulator):
+    box = api.post("/instances", json=BODY | {"tags": {"Team": "web"}}).json()["id"]
+    fresh_emulator.ec2.create_tags(Resources=[box], Tags=[{"Key": "CostCenter", "Value": "42"},
+                                                          {"Key": "Name", "Value": "from-console"}])
+    fresh_emulator.ec2.delete_tags(Resources=[box], Tags=[{"Key": "Team"}])
+    api.post("/instances/sync").raise_for_status()
+    got = api.get(f"/instances/{box}").json()
+    assert got["name"] == "from-console" and got["tags"] == {"CostCenter": "42"}
+
+
+def test_list_filters_by_state_tag_and_name_without_calling_aws(api, api_server, fresh_emulator):
+    a = api.post("/instances", json=BODY | {"name": "alpha", "tags": {"Team": "web", "Env": "prod"}}).json()["id"]
+    b = api.post("/instances", json=BODY | {"name": "beta", "tags": {"Team": "web"}}).json()["id"]
+    c = api.post("/instances", json=BODY | {"name": "gamma", "tags": {"Team": "data=science"}}).json()["id"]
+    api.post("/instances/sync")
+    assert api.post(f"/instances/{b}/stop").status_code == 202
+    api.post("/instances/sync")
+    assert api.delete(f"/instances/{c}").status_code == 202
+    api.post("/instances/sync")
+    mark = len(api_server.aws_calls())
+
+    def ids(**params) -> list[str]:
+        """The ids listed, of this test's three (the module's server still tracks earlier tests' instances)."""
+        answer = api.get("/instances", params=params)
+        assert answer.status_code == 200, answer.text
+        return sorted(i["id"] for i in answer.json()["instances"] if i["id"] in (a, b, c))
+
+    assert ids(state="running") == [a]
+    assert ids(state=["running", "stopped"]) == sorted([a, b])
+    assert ids(tag="Team=web") == sorted([a, b])
+    assert ids(tag=["Team=web", "Env=prod"]) == [a]
+    assert ids(tag="Env") == [a]
+    assert ids(tag="Name=beta") == [b]
+    assert ids(name="alpha") == [a] and ids(name="alp") == []
+    assert ids(state="terminated") == [c]  # asking for terminated ones lists them
+    assert ids(tag="Team=data=science", include_terminated="true") == [c]
+    assert ids(tag="Team=data=science") == []
+    # Filtering never calls AWS (a sweep the delete asked for may still run: describe-instances only).
+    assert {c[c.index("ec2") + 1] for c in api_server.aws_calls()[mark:]} <= {"describe-instances"}
+    for bad in ({"state": "sleeping"}, {"tag": "=x"}, {"tag": "a\nb"}, {"name": "x" * 129}):
+        answer = api.get("/instances", params=bad)
+        assert answer.status_code == 422 and answer.json()["code"] == "validation_error", (bad, answer.text)
+
+
+def test_a_terminated_instance_keeps_its_tags(api, api_server):
+    box = api.post("/instances", json=BODY).json()["id"]
+    assert api.delete(f"/instances/{box}").status_code == 202
+    api.post("/instances/sync")
+    assert api.get(f"/instances/{box}").json()["state"] == "terminated"
+    mark = len(api_server.aws_calls())
+    answer = api.patch(f"/instances/{box}", json={"tags": {"Team": "x"}})
+    assert (answer.status_code, answer.json()["code"]) == (409, "wrong_state")
+    assert api_server.mutations_since(mark) == []
+
+
+def test_filter_logic():
+    row = {"state": "running", "name": "web", "tags": {"Team": "a=b", "Env": ""}}
+    assert InstanceFilter.of(["running"], ["Team=a=b", "Env", "Env="], "web").matches(row)
+    assert not InstanceFilter.of(None, ["Team=a"], None).matches(row)
+    assert not InstanceFilter.of(["stopped"], None, None).matches(row)
+    assert InstanceFilter.of(None, ["Name=web"], None).matches(row)
+    assert InstanceFilter.of(["terminated"], None, None).asks_for_ended
