@@ -100,8 +100,13 @@ test-jenkins: venv $(NPM_STAMP) ## Render jenkins/jobs.yaml (Jenkins Job Builder
 test-fast: venv ## Unit and in-process tests only (seconds): the edit-run loop
 	$(PY) -m pytest -q -m "not integration" test_api.py tests
 
+# Workers take whole modules in the order given: the longest first, so none is left alone at the end
+# (pytest collects a module named twice once).
+SLOW_FIRST := tests/test_notifications.py test_api.py tests/test_consistency.py tests/test_auto_stop.py \
+	tests/test_crash_recovery.py tests/bench tests/test_hostile_input.py tests/test_security.py
+
 test-python: venv ## pytest: REST contract suite (test_api.py) and tests/, on PYTEST_WORKERS workers
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadscope test_api.py tests \
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadscope $(SLOW_FIRST) test_api.py tests \
 	    $(if $(JUNIT_DIR),--junitxml=$(JUNIT_DIR)/pytest.xml)
 
 test: tools ## Everything CI runs; installs what it needs first
