@@ -132,9 +132,10 @@ class InstancePatch(BaseModel):
     stop_at: AwareDatetime | None = Field(None, description="ISO 8601 time with a zone to stop it at; null: cancel")
     name: Name = Field(None, description="A new Name tag (letters, digits, spaces and _ . : / = + - @)",  # type: ignore[assignment]
                        json_schema_extra={"type": "string"})
-    tags: PatchTags | None = Field(
-        None, description="Merged into its tags: a value sets a tag, null removes it. Name (use `name`), ManagedBy, "
-                          "RequestId and aws:* are reserved (400)")
+    tags: PatchTags = Field(
+        None,  # type: ignore[arg-type]  # omitted: unchanged; null is refused (the schema has no null)
+        max_length=40, description="Merged into its tags: a value sets a tag, null removes it. Name (use `name`), "
+                                   "ManagedBy, RequestId and aws:* are reserved (400)")
 
     @model_validator(mode="after")
     def _one_auto_stop_change(self) -> "InstancePatch":

@@ -57,14 +57,14 @@ def list_instances(
         ] = None,
         tag: Annotated[list[TagFilter] | None, Query(
             description="`Key=Value`, or `Key` for any value (repeatable: all must match)")] = None,
-        name: Annotated[str | None, Query(max_length=128, description="Exact name")] = None) -> Response:
+        name: Annotated[str | None, Query(min_length=1, max_length=128, description="Exact name")] = None) -> Response:
     """List tracked instances, optionally filtered (from the database; never calls AWS)."""
-    if not (state or tag or name):
+    if not state and not tag and name is None:
         return Response(store.list_instances_json(include_terminated), media_type="application/json")
     wanted = InstanceFilter.of(state, tag, name)
     rows = store.list_instances(include_terminated or wanted.asks_for_ended)
     body = InstanceList(instances=[Instance.from_row(r) for r in rows if wanted.matches(r)])
-    return Response(body.model_dump_json(), media_type="application/json")
+    return Response(body.model_dump_json(exclude={"instances": {"__all__": {"cost"}}}), media_type="application/json")
 
 
 @router.post("/sync", response_model=SyncResult, responses=error_responses(502, 503, 504))

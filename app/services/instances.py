@@ -430,10 +430,12 @@ class InstanceService:
                                   "RequestId are the service's own, aws:* are AWS's.", code="reserved_tag_key")
         current = row["tags"] or {}
         to_set = {k: v for k, v in asked.items() if v is not None and current.get(k) != v}
-        to_delete = sorted(k for k, v in asked.items() if v is None and k in current)
+        # A removal is always sent: the record may not know yet a tag added in the console since the last sweep.
+        to_delete = sorted(k for k, v in asked.items() if v is None)
         if "name" in change.model_fields_set and change.name and change.name != row["name"]:
             to_set["Name"] = change.name
-        if len({**current, **to_set}) - len(to_delete) > MAX_USER_TAGS:
+        mine = {k for k in {**current, **to_set} if k != "Name"} - set(to_delete)
+        if len(mine) > MAX_USER_TAGS:
             raise PolicyViolation(f"An instance keeps at most {MAX_USER_TAGS} tags of its own (EC2 allows 50; "
                                   "Name, ManagedBy and RequestId are ours).", code="too_many_tags")
         return to_set, to_delete
@@ -450,6 +452,9 @@ class InstanceService:
                 if to_delete:
                     args = [a for key in to_delete for a in ("--key", key)]
                     await self.aws.run("delete_tags.sh", "--instance-id", instance_id, *args, region=row["region"])
+            except BaseException:
+                self.reconciler.request_sweep()  # one half may have been applied: the sweep records EC2's tags
+                raise
             finally:
                 self.recorder.transitions.discard(instance_id)
 

@@ -121,7 +121,7 @@ class Recorder:
         anything public changed."""
         new = self._fields(row, state, public_ip)
         if tags is not None:  # changed outside the API too: the console, `aws ec2 create-tags`...
-            new["tags"] = {k: v for k, v in tags.items() if k not in RESERVED_TAG_KEYS}
+            new["tags"] = {k: v for k, v in tags.items() if k not in RESERVED_TAG_KEYS and not k.startswith("aws:")}
             new["name"] = tags.get("Name") or row["name"]
         changed = {k: v for k, v in new.items() if row.get(k) != v}
         if row["missed_sweeps"] or row["missing_since"]:
@@ -292,7 +292,7 @@ class Recorder:
             "name": tags.get("Name") or request.get("name") or instance["InstanceId"],
             "ami": ami, "instance_type": instance.get("InstanceType"), "storage_gb": request.get("storage_gb"),
             "security_group_id": groups[0] if groups else None,
-            "tags": {k: v for k, v in tags.items() if k not in RESERVED_TAG_KEYS},
+            "tags": {k: v for k, v in tags.items() if k not in RESERVED_TAG_KEYS and not k.startswith("aws:")},
             "backend_used": "awscli", "login_user": login_user, "request_id": tags.get("RequestId"),
             **self.scope, "launched_at": launched, "created_at": launched, "updated_at": now,
             # What the request asked for; one launched by hand is never auto-stopped (it counts in the budget).
