@@ -299,3 +299,27 @@ state() {
   python3 -c 'import json, sys; t = json.loads(sys.argv[1]); assert t.get("Team") == "platform" and "Env" not in t, t' \
     "${output}"
 }
+
+@test "CloudWatch: datapoints come back; the idle alarm is put, listed and deleted" {
+  local id now
+  id="$(launch "watched")"
+  now="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  "${AWS_CLI}" --endpoint-url "${EC2_ENDPOINT_URL}" cloudwatch put-metric-data --namespace AWS/EC2 \
+    --metric-data "[{\"MetricName\":\"CPUUtilization\",\"Dimensions\":[{\"Name\":\"InstanceId\",\"Value\":\"${id}\"}],\"Timestamp\":\"${now}\",\"Value\":42.5}]"
+  run --separate-stderr "${SCRIPTS_DIR}/get_metric_statistics.sh" --instance-id "${id}" --metric CPUUtilization \
+    --start "$(date -u -d '-1 hour' +%Y-%m-%dT%H:%M:%SZ)" --end "$(date -u -d '+5 min' +%Y-%m-%dT%H:%M:%SZ)" --period 300
+  [ "${status}" -eq 0 ]
+  [ "$(py '[p["Average"] for p in d["Datapoints"]]' <<<"${output}")" = "[42.5]" ]
+
+  AWS_REGION=us-east-1 run --separate-stderr "${SCRIPTS_DIR}/put_idle_stop_alarm.sh" --instance-id "${id}" \
+    --alarm-name "idle-${id}" --cpu-below 3 --minutes 15
+  [ "${status}" -eq 0 ]
+  run --separate-stderr "${SCRIPTS_DIR}/describe_alarms.sh" --prefix "idle-${id}"
+  [ "${status}" -eq 0 ]
+  [ "$(py '[(a["Dimensions"], a["Threshold"], a["EvaluationPeriods"], a["AlarmActions"]) for a in d["MetricAlarms"]]' \
+    <<<"${output}")" = "[[[{\"Name\": \"InstanceId\", \"Value\": \"${id}\"}], 3.0, 3, [\"arn:aws:automate:us-east-1:ec2:stop\"]]]" ]
+  run --separate-stderr "${SCRIPTS_DIR}/delete_alarms.sh" --alarm-name "idle-${id}"
+  [ "${status}" -eq 0 ]
+  run --separate-stderr "${SCRIPTS_DIR}/describe_alarms.sh" --prefix "idle-${id}"
+  [ "$(py 'len(d["MetricAlarms"])' <<<"${output}")" = 0 ]
+}
