@@ -16,6 +16,7 @@ from app.models.instance import Health
 from app.routers import budget, instances, notifications
 from app.security import GuardMiddleware, check_bind
 from app.services.aws_cli import AwsCli
+from app.services.cloudwatch import AlarmKeeper
 from app.services.db import Database, SchemaTooNew
 from app.services.instances import InstanceService
 from app.services.notifications import Notifier
@@ -88,6 +89,8 @@ async def lifespan(app: FastAPI):
     app.state.notifier = notifier
     stopper = AutoStopper(db, aws, service.recorder, service.reconciler)
     service.on_stop_at_changed = stopper.wake
+    alarms = AlarmKeeper(db, aws, settings.region, settings.endpoint_key)
+    service.on_alarms_changed = alarms.wake
     endpoint = settings.ec2_endpoint_url or "the AWS default endpoint"
     if settings.aws_access_key_id:  # the CLI prefers keys in its environment to a profile
         credentials = "access key from settings" + (
@@ -100,6 +103,7 @@ async def lifespan(app: FastAPI):
     cli = asyncio.create_task(_log_cli_version(aws, db))
     service.reconciler.start()
     stopper.start()
+    alarms.start()
     service.account_plan.start()
     notifier.start()
     if notifier.enabled:
@@ -109,6 +113,7 @@ async def lifespan(app: FastAPI):
         yield
     finally:
         await stopper.stop()
+        await alarms.stop()
         await notifier.stop()
         await service.account_plan.stop()
         await service.reconciler.stop()

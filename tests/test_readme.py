@@ -34,6 +34,8 @@ def test_curl_tour_creates_lists_stops_starts_and_deletes(api_server, fresh_emul
     filtered = next(d for d in docs if "instances" in d and d["instances"] and d["instances"][0].get("name") ==
                     "my-web-box")
     assert [i["id"] for i in filtered["instances"]] == [instance_id]
+    metrics = next(d for d in docs if "datapoints" in d)
+    assert (metrics["instance_id"], metrics["metric"], metrics["period"]) == (instance_id, "CPUUtilization", 300)
     budget = next(d for d in docs if "budget_usd" in d)
     assert instance_id in [i["id"] for i in budget["instances"]] and budget["committed_usd"] > 0
     assert docs[-1]["instances"][0]["id"] == instance_id

@@ -2,9 +2,10 @@
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -45,6 +46,37 @@ def _json_integer(value: object) -> object:
 AutoStopMinutes = Annotated[Annotated[int, Field(ge=1, le=10080)] | None, BeforeValidator(_json_integer)]
 
 
+def _json_number(value: object) -> object:
+    """A JSON number only: no "5" or true coerced into a float."""
+    if isinstance(value, (str, bool)):
+        raise ValueError("must be a JSON number")
+    return value
+
+
+class StopWhenIdle(BaseModel):
+    """Stop the instance when its average CPU stays below cpu_below_percent for for_minutes: a CloudWatch alarm
+    whose action is EC2's own stop, so it works even while this server is down."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cpu_below_percent: Annotated[float, BeforeValidator(_json_number), AfterValidator(lambda v: round(v, 2))] = Field(
+        ge=0.01, le=100, description="Average CPUUtilization (%) under which it counts as idle (0.01-100, kept to "
+                                     "2 decimals)", examples=[5])
+    for_minutes: Annotated[int, BeforeValidator(_json_integer)] = Field(
+        ge=5, le=1440, multiple_of=5, description="How long it must stay idle (5-1440, a multiple of 5: CloudWatch's "
+                                                  "5-minute basic monitoring)", examples=[60])
+
+
+class IdleAlarm(BaseModel):
+    """The CloudWatch alarm behind stop_when_idle, as this service last put it."""
+
+    name: str = Field(description="The alarm's name in CloudWatch (ec2-creator-local-idle-stop-<instance id>)")
+    status: Literal["pending", "set", "deleting"] = Field(
+        description="pending: to be put (or changed) in CloudWatch; set: CloudWatch holds it as asked; deleting: to "
+                    "be removed")
+    error: str | None = Field(None, description="Why the last attempt failed (it is retried, with backoff)")
+
+
 class InstanceCreate(BaseModel):
     """What to launch. Free-tier rules are checked before anything is spawned."""
 
@@ -64,6 +96,9 @@ class InstanceCreate(BaseModel):
     auto_stop_minutes: AutoStopMinutes = Field(
         None, description="Stop it this many minutes after every start (1-10080); null: never. Omitted: the "
                           "server's DEFAULT_AUTO_STOP_MINUTES (480)")
+    stop_when_idle: StopWhenIdle | None = Field(
+        None, description="Also stop it when idle, by a CloudWatch alarm put right after the launch (works while this "
+                          "server is down); null: no alarm")
 
     @field_validator("tags")
     @classmethod
@@ -95,6 +130,8 @@ class Instance(BaseModel):
     updated_at: str | None = None
     auto_stop_minutes: int | None = Field(None, description="Minutes after each start when it is stopped; null: never")
     stop_at: str | None = Field(None, description="When the scheduler stops it (UTC); null when not running or never")
+    stop_when_idle: StopWhenIdle | None = Field(None, description="Stopped by CloudWatch when idle; null: no alarm")
+    idle_alarm: IdleAlarm | None = Field(None, description="The CloudWatch alarm that does it (null: none held)")
     cost: "Cost | None" = Field(None, description="Its spend this budget period (GET /instances/{id})")
 
     @classmethod
@@ -122,7 +159,8 @@ PatchTags = Annotated[dict[TagKey, TagValue | None], WithJsonSchema({
 
 
 class InstancePatch(BaseModel):
-    """Any of: a new name, tags to set or remove, and ONE of a new auto-stop delay or a stop time for this run."""
+    """Any of: a new name, tags to set or remove, stop_when_idle, and ONE of a new auto-stop delay or a stop time for
+    this run."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={
         "minProperties": 1, "not": {"required": ["auto_stop_minutes", "stop_at"]}})
@@ -132,6 +170,8 @@ class InstancePatch(BaseModel):
     stop_at: AwareDatetime | None = Field(None, description="ISO 8601 time with a zone to stop it at; null: cancel")
     name: Name = Field(None, description="A new Name tag (letters, digits, spaces and _ . : / = + - @)",  # type: ignore[assignment]
                        json_schema_extra={"type": "string"})
+    stop_when_idle: StopWhenIdle | None = Field(
+        None, description="Stop it when idle (a CloudWatch alarm, put in the background); null: remove the alarm")
     tags: PatchTags = Field(
         None,  # type: ignore[arg-type]  # omitted: unchanged; null is refused (the schema has no null)
         max_length=40, description="Merged into its tags: a value sets a tag, null removes it. Name (use `name`), "
@@ -140,7 +180,7 @@ class InstancePatch(BaseModel):
     @model_validator(mode="after")
     def _one_auto_stop_change(self) -> "InstancePatch":
         if not self.model_fields_set:
-            raise ValueError("give at least one of name, tags, auto_stop_minutes or stop_at")
+            raise ValueError("give at least one of name, tags, auto_stop_minutes, stop_at or stop_when_idle")
         if {"auto_stop_minutes", "stop_at"} <= self.model_fields_set:
             raise ValueError("give auto_stop_minutes or stop_at, not both")
         if "name" in self.model_fields_set and self.name is None:
@@ -203,6 +243,29 @@ class InstanceFilter:
             return False
         tags = {**(row["tags"] or {}), **({"Name": row["name"]} if row["name"] else {})}
         return all(key in tags and (value is None or tags[key] == value) for key, value in self.tags)
+
+
+class Datapoint(BaseModel):
+    timestamp: str = Field(description="Start of the period (UTC)")
+    average: float | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    sum: float | None = None
+    sample_count: float | None = None
+    unit: str | None = None
+
+
+class MetricSeries(BaseModel):
+    """One AWS/EC2 metric of one instance, from CloudWatch (get-metric-statistics), oldest first."""
+
+    instance_id: str
+    metric: str
+    period: int = Field(description="Seconds per datapoint")
+    start: str
+    end: str
+    unit: str | None = Field(None, description="CloudWatch's unit (Percent, Bytes, Count); null without datapoints")
+    datapoints: list[Datapoint]
+    fetched_at: str = Field(description="When CloudWatch was asked: answers are cached for min(period, 300) s")
 
 
 class InstanceList(BaseModel):

@@ -73,6 +73,11 @@ class InstanceRow(TypedDict):
     stop_at: str | None  # when the scheduler stops it; None when not running or never
     associate_public_ip: int | None  # 0: launched without a public IPv4; None: unknown
     rev: int  # bumped by every write of the row
+    stop_when_idle: dict | None  # {cpu_below_percent, for_minutes}: asked for; None: no idle alarm
+    idle_alarm: dict | None  # the alarm's public view: {name, status, error}
+    alarm_held: str | None  # the setting CloudWatch holds (canonical JSON); None: no alarm
+    alarm_attempts: int  # failed tries in a row (backoff)
+    alarm_retry_at: str | None  # not before this after a failure
 
 
 class LaunchRow(TypedDict):

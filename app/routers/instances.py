@@ -17,9 +17,11 @@ from app.models.instance import (
     InstanceFilter,
     InstanceList,
     InstancePatch,
+    MetricSeries,
     SyncResult,
 )
 from app.models.rows import InstanceRow
+from app.services.cloudwatch import METRICS
 from app.services.instances import InstanceService
 
 router = APIRouter(prefix="/instances", tags=["instances"], dependencies=[Depends(require_token)],
@@ -84,6 +86,21 @@ async def get_instance(instance: InstanceDep, service: ServiceDep) -> Instance:
 async def patch_instance(instance: InstanceDep, change: InstancePatch, service: ServiceDep) -> Instance:
     """Change its name, its tags (null removes one), and its auto-stop (auto_stop_minutes or stop_at)."""
     return Instance.from_row(await service.patch(instance["id"], change))
+
+
+MetricName = Literal[METRICS]  # type: ignore[valid-type]
+
+
+@router.get("/{instance_id}/metrics", response_model=MetricSeries, responses=error_responses(*AWS_ERRORS))
+async def instance_metrics(
+        instance: InstanceDep, service: ServiceDep,
+        metric: Annotated[MetricName, Query(description="An AWS/EC2 metric")] = "CPUUtilization",
+        minutes: Annotated[int, Query(ge=1, le=1440, description="How far back, in minutes (up to one day)")] = 60,
+        period: Annotated[int, Query(ge=60, le=86400, multiple_of=60, description=(
+            "Seconds per datapoint, a multiple of 60 (basic monitoring has 5-minute data: 300)"))] = 300,
+) -> MetricSeries:
+    """Its CloudWatch datapoints (one `aws` process, then cached for min(period, 5 min))."""
+    return MetricSeries.model_validate(await service.instance_metrics(instance, metric, minutes, period))
 
 
 @router.get("/{instance_id}/events", response_model=EventList, responses=error_responses(404, 422))

@@ -17,7 +17,7 @@ from typing import Any
 from app.models.instance import STORED_FIELDS
 from app.models.rows import EventRow, InstanceRow, InstanceState, LaunchRow, LaunchStatus
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Columns of the original project's `instances` table, kept so its databases open unchanged.
 ORIGINAL_COLUMNS = ("id", "name", "public_ip", "ami", "instance_type", "state", "ssh_string",
@@ -43,24 +43,55 @@ ADDED_COLUMNS = {
     "associate_public_ip": "INTEGER",
     # Bumped by every write of the row, in commit order: what the spend ledger re-reads after a write.
     "rev": "INTEGER NOT NULL DEFAULT 0",
+    # v5, idle stop by CloudWatch: the setting asked for and the alarm's public view (JSON), what
+    # CloudWatch holds (the setting as canonical JSON; NULL: no alarm), and when to try again after a failure.
+    "stop_when_idle": "TEXT",
+    "idle_alarm": "TEXT",
+    "alarm_held": "TEXT",
+    "alarm_attempts": "INTEGER NOT NULL DEFAULT 0",
+    "alarm_retry_at": "TEXT",
 }
+# Columns holding JSON (decoded when read).
+JSON_FIELDS: dict[str, dict | None] = {"tags": {}, "stop_when_idle": None, "idle_alarm": None}
 INSTANCE_FIELDS = ORIGINAL_COLUMNS + tuple(ADDED_COLUMNS)
 # What the API shows of an instance: the response model's stored fields, in its order.
 PUBLIC_FIELDS = STORED_FIELDS
 
 ENDED = tuple(s.value for s in InstanceState if s.ended)
 ACTIVE = f"state NOT IN {ENDED!r}"
+# An instance that is shutting down or ended needs no idle alarm any more.
+ALARMABLE = f"state NOT IN {(InstanceState.SHUTTING_DOWN.value, *ENDED)!r}"
 # Evaluated inside the writing statement, under SQLite's write lock: revisions grow in commit order, so
 # a reader that saw revision N has seen every row written before it.
 NEXT_REV = "(SELECT COALESCE(MAX(rev), 0) + 1 FROM instances)"
 EVENT_COLUMNS = "at, action, from_state, to_state, source, request_id, aws_error, public_ip"
 
 
-def _tags(text: str | None) -> dict:
+def _decode(column: str, text: str | None) -> Any:
+    """A JSON column's value; its default when empty or unreadable (written by something else)."""
+    default = JSON_FIELDS[column]
+    if not text:
+        return default
     try:
-        return json.loads(text or "{}")
+        value = json.loads(text)
     except json.JSONDecodeError:
-        return {}
+        return default
+    return value if isinstance(value, dict) else default
+
+
+def canonical_json(value: Any) -> str | None:
+    """The one text of a JSON value (compared as text in SQL); None stays NULL."""
+    return None if value is None else json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _encode(fields: dict[str, Any]) -> dict[str, Any]:
+    fields = dict(fields)
+    if "tags" in fields:
+        fields["tags"] = json.dumps(fields["tags"] or {}, sort_keys=True)
+    for column in ("stop_when_idle", "idle_alarm"):
+        if column in fields:
+            fields[column] = canonical_json(fields[column])
+    return fields
 
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -158,6 +189,8 @@ class Database:
                 self._migrate_to_3(conn)
             if version < 4:
                 self._migrate_to_4(conn)
+            if version < 5:
+                self._migrate_to_5(conn)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
@@ -248,6 +281,14 @@ class Database:
         conn.execute("CREATE INDEX IF NOT EXISTS instances_rev ON instances(rev)")
 
     @staticmethod
+    def _migrate_to_5(conn: sqlite3.Connection) -> None:
+        """Idle stop by CloudWatch: the setting, the alarm, and what CloudWatch holds."""
+        have = {row["name"] for row in conn.execute("PRAGMA table_info(instances)")}
+        for column, decl in ADDED_COLUMNS.items():
+            if column not in have:
+                conn.execute(f"ALTER TABLE instances ADD COLUMN {column} {decl}")
+
+    @staticmethod
     def _migrate_to_4(conn: sqlite3.Connection) -> None:
         """The notifications outbox: one row per notification, one delivery per channel. While notifications
         are on (kv notify_enabled), a trigger writes an instance event's notification in the same statement
@@ -280,7 +321,8 @@ class Database:
     @staticmethod
     def _row(row: sqlite3.Row) -> InstanceRow:
         item = dict(row)
-        item["tags"] = _tags(item.get("tags"))
+        for column in JSON_FIELDS:
+            item[column] = _decode(column, item.get(column))
         item["state"] = InstanceState(item["state"] or InstanceState.PENDING)
         return InstanceRow(**item)  # type: ignore[typeddict-item]  # the columns are INSTANCE_FIELDS
 
@@ -317,7 +359,8 @@ class Database:
             f"SELECT {', '.join(PUBLIC_FIELDS)} FROM instances {where} ORDER BY created_at, id").fetchall()
         items = [dict(zip(PUBLIC_FIELDS, row, strict=True)) for row in rows]
         for item in items:
-            item["tags"] = _tags(item["tags"])
+            for column in JSON_FIELDS:
+                item[column] = _decode(column, item[column])
         body = json.dumps({"instances": items}, separators=(",", ":")).encode()
         self._list_cache[include_terminated] = (generation, body)
         return body
@@ -351,9 +394,7 @@ class Database:
                                (missed_sweeps, missing_since, instance_id))
 
     def upsert_instance(self, fields: dict[str, Any]) -> None:
-        fields = dict(fields)
-        if "tags" in fields:
-            fields["tags"] = json.dumps(fields["tags"] or {}, sort_keys=True)
+        fields = _encode(fields)
         columns = [c for c in INSTANCE_FIELDS if c in fields and c != "rev"]
         placeholders = ", ".join("?" for _ in columns)
         updates = ", ".join(f"{c} = excluded.{c}" for c in [*columns, "rev"] if c not in ("id", "created_at"))
@@ -367,9 +408,7 @@ class Database:
     def update_instance(self, instance_id: str, fields: dict[str, Any]) -> None:
         if not fields:
             return
-        fields = dict(fields)
-        if "tags" in fields:
-            fields["tags"] = json.dumps(fields["tags"] or {}, sort_keys=True)
+        fields = _encode(fields)
         fields.pop("rev", None)
         sets = ", ".join(f"{c} = ?" for c in fields)
         self.connect().execute(f"UPDATE instances SET {sets}, rev = {NEXT_REV} WHERE id = ?",
@@ -416,6 +455,27 @@ class Database:
         return [self._row(r) for r in self.connect().execute(
             "SELECT * FROM instances WHERE stop_at IS NOT NULL AND stop_at <= ? AND state = 'running' "
             "AND region = ? AND endpoint = ? ORDER BY stop_at", (now, region, endpoint))]
+
+    # -- idle alarms (CloudWatch) -------------------------------------------------------------
+    def alarm_work(self, region: str, endpoint: str, now: str) -> list[InstanceRow]:
+        """Instances of this EC2 whose alarm in CloudWatch is not what is asked (none once ended), due now."""
+        return [self._row(r) for r in self.connect().execute(
+            f"SELECT * FROM instances WHERE region = ? AND endpoint = ? AND COALESCE(CASE WHEN {ALARMABLE} THEN "
+            "stop_when_idle END, '') != COALESCE(alarm_held, '') AND (alarm_retry_at IS NULL OR alarm_retry_at <= ?) "
+            "ORDER BY id", (region, endpoint, now))]
+
+    def next_alarm_retry(self, region: str, endpoint: str) -> str | None:
+        row = self.connect().execute(
+            f"SELECT MIN(alarm_retry_at) FROM instances WHERE region = ? AND endpoint = ? AND alarm_retry_at IS NOT "
+            f"NULL AND COALESCE(CASE WHEN {ALARMABLE} THEN stop_when_idle END, '') != COALESCE(alarm_held, '')",
+            (region, endpoint)).fetchone()
+        return row[0] if row else None
+
+    def with_alarms(self, region: str, endpoint: str) -> list[InstanceRow]:
+        """Instances of this EC2 that ask for an idle alarm or are recorded as holding one."""
+        return [self._row(r) for r in self.connect().execute(
+            "SELECT * FROM instances WHERE region = ? AND endpoint = ? AND (stop_when_idle IS NOT NULL OR "
+            "alarm_held IS NOT NULL)", (region, endpoint))]
 
     def next_stop_at(self, region: str, endpoint: str) -> str | None:
         row = self.connect().execute(

@@ -19,7 +19,8 @@ from app.errors import ApiError, Conflict, PolicyViolation, Unavailable, Upstrea
 from app.models.instance import RESERVED_TAG_KEYS, InstanceCreate, InstancePatch
 from app.models.rows import InstanceRow, InstanceState, LaunchStatus
 from app.services.aws_cli import AwsCli, outcome_unknown
-from app.services.db import TIME_FORMAT, Database, age_seconds, stored_time, utcnow
+from app.services.cloudwatch import Metrics, idle_alarm_view
+from app.services.db import TIME_FORMAT, Database, age_seconds, canonical_json, stored_time, utcnow
 from app.services.free_tier import Catalog, check_catalog, check_static, login_user_for
 from app.services.reconciler import Reconciler
 from app.services.recorder import RUNNING, SECURITY_GROUP_NAME, Recorder, in_minutes
@@ -89,6 +90,8 @@ class InstanceService:
         self.spending = Spending(settings.budget_usd, PriceBook.load(settings.prices_file), db, settings.region,
                                  settings.endpoint_key)
         self.on_stop_at_changed = lambda: None  # the auto-stop scheduler's wake-up, set by the app
+        self.on_alarms_changed = lambda: None  # the idle-alarm keeper's wake-up, set by the app
+        self.metrics = Metrics(aws)
         self.account_plan = AccountPlan(aws, emulated=bool(settings.ec2_endpoint_url))
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._catalog_lock = asyncio.Lock()
@@ -242,6 +245,8 @@ class InstanceService:
             self.recorder.in_flight.discard(request_id)
             self.spending.release(request_id)  # recorded (and in the ledger), or not launched
             self.on_stop_at_changed()
+            if req.stop_when_idle is not None:
+                self.on_alarms_changed()
 
     async def _send_launch(self, req: InstanceCreate, body: dict, request_id: str,
                            idempotency_key: str | None) -> InstanceRow:
@@ -277,12 +282,14 @@ class InstanceService:
             raise UpstreamError("EC2 answered the launch without an instance; the reconciler will look for it "
                                 "by its request id.", code="aws_bad_output")
         instance_id = instances[0]["InstanceId"]
+        idle = req.stop_when_idle.model_dump() if req.stop_when_idle else None
         row = {
             "id": instance_id, "name": req.name, "ami": body["ami_id"],
             "instance_type": req.instance_type, "storage_gb": req.storage_gb, "security_group_id": group_id,
             "tags": req.tags or {}, "backend_used": self.settings.backend, "login_user": body["login_user"],
             "request_id": request_id, "launched_at": stored_time(instances[0].get("LaunchTime")),
             "auto_stop_minutes": req.auto_stop_minutes, "associate_public_ip": int(req.associate_public_ip),
+            "stop_when_idle": idle, "idle_alarm": idle_alarm_view(instance_id, canonical_json(idle), None),
         }
         try:
             recorded = await asyncio.to_thread(self.recorder.record_launch, instances[0], row)
@@ -325,6 +332,8 @@ class InstanceService:
             finally:
                 self.spending.release(request_id)  # recorded (and in the ledger), or not started
                 self.on_stop_at_changed()
+                if action == "delete" and row["alarm_held"] is not None:
+                    self.on_alarms_changed()  # its alarm goes with it
 
     async def _send_transition(self, row: InstanceRow, action: str, rule: Transition,
                                request_id: str) -> tuple[InstanceRow, bool]:
@@ -367,6 +376,12 @@ class InstanceService:
             row["associate_public_ip"] != 0, storage=False)
         self.spending.admit(key, projection, f"Starting {row['id']}")
 
+    # -- CloudWatch ------------------------------------------------------------------------------
+    async def instance_metrics(self, row: InstanceRow, metric: str, minutes: int, period: int) -> dict:
+        """Datapoints of one metric: one `aws` process per series and cache period."""
+        self._check_reachable(row)
+        return await self.metrics.series(row, metric, minutes, period)
+
     # -- auto-stop ---------------------------------------------------------------------------------
     async def patch(self, instance_id: str, change: InstancePatch) -> InstanceRow:
         """Any of: a new name and tags (one `aws` process to set, one to remove), and a new auto-stop delay
@@ -374,12 +389,12 @@ class InstanceService:
         longer is checked against the budget like a start. Everything is checked before EC2 is asked."""
         async with self._locks[instance_id]:
             row = await asyncio.to_thread(self.db.require_instance, instance_id)
-            fields = self._auto_stop_fields(row, change)
+            fields = self._auto_stop_fields(row, change) | self._idle_fields(row, change)
             to_set, to_delete = self._tag_changes(row, change)
-            if to_set or to_delete:
-                if row["state"].ended:
-                    raise Conflict(f"Instance {instance_id} is {row['state']}: its tags can no longer change.",
-                                   code="wrong_state")
+            if to_set or to_delete or "stop_when_idle" in fields:
+                if row["state"].ended or ("stop_when_idle" in fields and row["state"] == S.SHUTTING_DOWN):
+                    raise Conflict(f"Instance {instance_id} is {row['state']}: its tags and alarm can no longer "
+                                   "change.", code="wrong_state")
                 self._check_reachable(row)
             key = f"extend:{instance_id}:{uuid.uuid4().hex}"
             try:
@@ -396,7 +411,20 @@ class InstanceService:
                 self.spending.release(key)  # written: the ledger counts it from now on
             if "stop_at" in fields or "auto_stop_minutes" in fields:
                 self.on_stop_at_changed()
+            if "stop_when_idle" in fields:
+                self.on_alarms_changed()
             return await asyncio.to_thread(self.db.require_instance, instance_id)
+
+    @staticmethod
+    def _idle_fields(row: InstanceRow, change: InstancePatch) -> dict:
+        """A new (or no) idle stop: recorded now, put in CloudWatch by the alarm keeper in the background."""
+        if "stop_when_idle" not in change.model_fields_set:
+            return {}
+        setting = change.stop_when_idle.model_dump() if change.stop_when_idle else None
+        if setting == row["stop_when_idle"]:
+            return {}
+        return {"stop_when_idle": setting, "alarm_attempts": 0, "alarm_retry_at": None,
+                "idle_alarm": idle_alarm_view(row["id"], canonical_json(setting), row["alarm_held"])}
 
     @staticmethod
     def _auto_stop_fields(row: InstanceRow, change: InstancePatch) -> dict:

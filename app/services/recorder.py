@@ -20,7 +20,8 @@ from app.config import Settings
 from app.errors import UpstreamError
 from app.models.instance import RESERVED_TAG_KEYS, SyncResult
 from app.models.rows import InstanceRow, InstanceState, LaunchRow, LaunchStatus
-from app.services.db import TIME_FORMAT, Database, age_seconds, stored_time, utcnow
+from app.services.cloudwatch import idle_alarm_view
+from app.services.db import TIME_FORMAT, Database, age_seconds, canonical_json, stored_time, utcnow
 
 log = logging.getLogger("ec2_creator.recorder")
 
@@ -298,6 +299,8 @@ class Recorder:
             # What the request asked for; one launched by hand is never auto-stopped (it counts in the budget).
             "auto_stop_minutes": request.get("auto_stop_minutes"),
             "associate_public_ip": int(request["associate_public_ip"]) if "associate_public_ip" in request else None,
+            "stop_when_idle": request.get("stop_when_idle"),
+            "idle_alarm": idle_alarm_view(instance["InstanceId"], canonical_json(request.get("stop_when_idle")), None),
         }
         fields = self._observed_fields(row, instance)
         self.db.upsert_instance({**row, **fields})

@@ -34,6 +34,8 @@ class Emulator:
                                 aws_access_key_id="testing", aws_secret_access_key="testing")
         self.ssm = boto3.client("ssm", endpoint_url=self.url, region_name="us-east-1",
                                 aws_access_key_id="testing", aws_secret_access_key="testing")
+        self.cloudwatch = boto3.client("cloudwatch", endpoint_url=self.url, region_name="us-east-1",
+                                       aws_access_key_id="testing", aws_secret_access_key="testing")
         self.start()
 
     def start(self) -> None:
@@ -76,6 +78,11 @@ class Emulator:
         filters = [{"Name": "tag:ManagedBy", "Values": ["ec2-creator-local"]}] if managed_only else []
         pages = self.ec2.get_paginator("describe_instances").paginate(Filters=filters)
         return {i["InstanceId"]: i for page in pages for r in page["Reservations"] for i in r["Instances"]}
+
+    def alarms(self, prefix: str = "ec2-creator-local-idle-stop-") -> dict[str, dict]:
+        """CloudWatch's metric alarms whose name begins with `prefix`, by name."""
+        pages = self.cloudwatch.get_paginator("describe_alarms").paginate(AlarmNamePrefix=prefix)
+        return {a["AlarmName"]: a for page in pages for a in page["MetricAlarms"]}
 
     def ami(self, param: str = "al2023-ami-kernel-default-x86_64") -> str:
         name = f"/aws/service/ami-amazon-linux-latest/{param}"

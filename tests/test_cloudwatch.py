@@ -1,0 +1,166 @@
+"""CloudWatch through the real server, scripts, CLI and emulator: the metrics route (one `aws` process per
+series, then cached) and the idle-stop alarm kept by the AlarmKeeper (put, changed, deleted, re-put after a
+failure or after it was deleted by hand)."""
+
+import os
+import signal
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tests.support.processes import wait_until
+from tests.support.server import aws_error
+
+BODY = {"name": "watched", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
+IDLE = {"cpu_below_percent": 5, "for_minutes": 30}
+
+
+def put_metric(emulator, instance_id: str, name: str, value: float, unit: str, minutes_ago: float) -> None:
+    emulator.cloudwatch.put_metric_data(Namespace="AWS/EC2", MetricData=[{
+        "MetricName": name, "Dimensions": [{"Name": "InstanceId", "Value": instance_id}], "Unit": unit,
+        "Value": value, "Timestamp": datetime.now(UTC) - timedelta(minutes=minutes_ago)}])
+
+
+def operations(calls: list[list[str]], service: str = "cloudwatch") -> list[str]:
+    return [c[c.index(service) + 1] for c in calls if service in c]
+
+
+def alarm_of(api, instance_id: str, status: str | None, timeout: float = 20) -> dict | None:
+    """Wait until the instance shows its alarm in `status` (None: no alarm); return what it shows."""
+    def shown():
+        got = api.get(f"/instances/{instance_id}").json()["idle_alarm"]
+        return (got or {}).get("status") == status if status else got is None
+
+    wait_until(shown, timeout=timeout, interval=0.2)
+    return api.get(f"/instances/{instance_id}").json()["idle_alarm"]
+
+
+def test_metrics_come_from_cloudwatch_once_per_series_then_from_the_cache(api, api_server, fresh_emulator):
+    box = api.post("/instances", json=BODY).json()["id"]
+    put_metric(fresh_emulator, box, "CPUUtilization", 42.5, "Percent", 3)
+    put_metric(fresh_emulator, box, "NetworkIn", 2048, "Bytes", 3)
+    put_metric(fresh_emulator, box, "CPUUtilization", 7.5, "Percent", 90)  # older than the window asked for
+    mark = len(api_server.aws_calls())
+    got = api.get(f"/instances/{box}/metrics", params={"metric": "CPUUtilization", "minutes": 60, "period": 300})
+    assert got.status_code == 200, got.text
+    series = got.json()
+    assert [p["average"] for p in series["datapoints"]] == [42.5]
+    assert series["unit"] == "Percent" and series["period"] == 300 and series["instance_id"] == box
+    assert series["start"] < series["datapoints"][0]["timestamp"] < series["end"]
+    # The same question again is answered from the cache; another metric costs one more process.
+    again = api.get(f"/instances/{box}/metrics", params={"metric": "CPUUtilization", "minutes": 60, "period": 300})
+    assert again.json() == series
+    network = api.get(f"/instances/{box}/metrics", params={"metric": "NetworkIn"}).json()
+    assert [p["sum"] for p in network["datapoints"]] == [2048.0] and network["unit"] == "Bytes"
+    assert operations(api_server.aws_calls()[mark:]) == ["get-metric-statistics"] * 2
+    # A longer window reaches the older datapoint.
+    day = api.get(f"/instances/{box}/metrics", params={"minutes": 1440, "period": 3600}).json()
+    assert sorted(p["average"] for p in day["datapoints"]) in ([7.5, 42.5], [25.0])
+
+
+@pytest.mark.parametrize("params", [{"metric": "DiskReadOps"}, {"minutes": 0}, {"minutes": 1441},
+                                    {"period": 90}, {"period": 30}, {"period": 86460}])
+def test_bad_metric_queries_are_422_and_spawn_nothing(api, api_server, params):
+    box = api.post("/instances", json=BODY).json()["id"]
+    mark = len(api_server.aws_calls())
+    got = api.get(f"/instances/{box}/metrics", params=params)
+    assert (got.status_code, got.json()["code"]) == (422, "validation_error"), got.text
+    assert api.get("/instances/i-0000000000000000f/metrics").status_code == 404
+    assert api_server.aws_calls()[mark:] == []
+
+
+def test_the_idle_alarm_is_put_changed_and_deleted_with_the_instance(api, api_server, fresh_emulator):
+    created = api.post("/instances", json=BODY | {"stop_when_idle": IDLE})
+    assert created.status_code == 201, created.text
+    box = created.json()["id"]
+    name = f"ec2-creator-local-idle-stop-{box}"
+    assert created.json()["stop_when_idle"] == {"cpu_below_percent": 5.0, "for_minutes": 30}
+    assert created.json()["idle_alarm"] == {"name": name, "status": "pending", "error": None}
+    assert alarm_of(api, box, "set") == {"name": name, "status": "set", "error": None}
+    alarm = fresh_emulator.alarms()[name]
+    assert alarm["Dimensions"] == [{"Name": "InstanceId", "Value": box}]
+    assert (alarm["MetricName"], alarm["Namespace"], alarm["Statistic"]) == ("CPUUtilization", "AWS/EC2", "Average")
+    assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (5.0, "LessThanThreshold")
+    assert (alarm["Period"], alarm["EvaluationPeriods"], alarm["TreatMissingData"]) == (300, 6, "notBreaching")
+    assert alarm["AlarmActions"] == ["arn:aws:automate:us-east-1:ec2:stop"]
+    listed = {i["id"]: i for i in api.get("/instances").json()["instances"]}
+    assert listed[box]["idle_alarm"]["status"] == "set" and listed[box]["stop_when_idle"]["for_minutes"] == 30
+
+    # A new setting replaces the alarm (one put); removing it deletes the alarm (one delete).
+    mark = len(api_server.aws_calls())
+    changed = api.patch(f"/instances/{box}", json={"stop_when_idle": {"cpu_below_percent": 2.5, "for_minutes": 15}})
+    assert changed.status_code == 200 and changed.json()["idle_alarm"]["status"] == "pending"
+    alarm_of(api, box, "set")
+    alarm = fresh_emulator.alarms()[name]
+    assert (alarm["Threshold"], alarm["EvaluationPeriods"]) == (2.5, 3)
+    removed = api.patch(f"/instances/{box}", json={"stop_when_idle": None})
+    assert removed.json()["stop_when_idle"] is None and removed.json()["idle_alarm"]["status"] == "deleting"
+    alarm_of(api, box, None)
+    assert name not in fresh_emulator.alarms()
+    assert operations(api_server.aws_calls()[mark:]) == ["put-metric-alarm", "delete-alarms"]
+
+    # Set again, then DELETE the instance: the alarm goes with it.
+    api.patch(f"/instances/{box}", json={"stop_when_idle": IDLE}).raise_for_status()
+    alarm_of(api, box, "set")
+    assert api.delete(f"/instances/{box}").status_code == 202
+    alarm_of(api, box, None)
+    assert name not in fresh_emulator.alarms()
+    # It keeps showing its setting; a new one is refused (an unchanged one is a no-op, like any PATCH).
+    assert api.get(f"/instances/{box}").json()["stop_when_idle"] == {"cpu_below_percent": 5.0, "for_minutes": 30}
+    refused = api.patch(f"/instances/{box}", json={"stop_when_idle": {"cpu_below_percent": 9, "for_minutes": 30}})
+    assert (refused.status_code, refused.json()["code"]) == (409, "wrong_state")
+
+
+@pytest.mark.parametrize("idle", [{"cpu_below_percent": 0, "for_minutes": 30},
+                                  {"cpu_below_percent": 101, "for_minutes": 30},
+                                  {"cpu_below_percent": "5", "for_minutes": 30},
+                                  {"cpu_below_percent": 5, "for_minutes": 7},
+                                  {"cpu_below_percent": 5, "for_minutes": 1445},
+                                  {"cpu_below_percent": 5},
+                                  {"cpu_below_percent": 5, "for_minutes": 30, "extra": 1}])
+def test_bad_idle_settings_are_422_before_any_process(api, api_server, idle):
+    mark = len(api_server.aws_calls())
+    got = api.post("/instances", json=BODY | {"stop_when_idle": idle})
+    assert (got.status_code, got.json()["code"]) == (422, "validation_error"), got.text
+    assert api_server.mutations_since(mark) == []
+
+
+def test_a_refused_put_shows_its_error_and_is_retried(api, api_server, fresh_emulator):
+    api_server.set_faults({"op": "put-metric-alarm", "times": 1,
+                           "fail": aws_error("AccessDenied", "PutMetricAlarm",
+                                             "User is not authorized to perform: cloudwatch:PutMetricAlarm")})
+    box = api.post("/instances", json=BODY | {"stop_when_idle": IDLE}).json()["id"]
+
+    def failed():
+        return (api.get(f"/instances/{box}").json()["idle_alarm"] or {}).get("error")
+
+    wait_until(failed, timeout=20)
+    shown = api.get(f"/instances/{box}").json()["idle_alarm"]
+    assert shown["status"] == "pending" and "not authorized" in shown["error"]
+    assert alarm_of(api, box, "set", timeout=30)["error"] is None  # the retry, about 5 s later
+    assert f"ec2-creator-local-idle-stop-{box}" in fresh_emulator.alarms()
+
+
+def test_an_alarm_deleted_by_hand_is_put_again_after_a_restart(api, api_server, fresh_emulator):
+    box = api.post("/instances", json=BODY | {"stop_when_idle": IDLE}).json()["id"]
+    name = f"ec2-creator-local-idle-stop-{box}"
+    alarm_of(api, box, "set")
+    fresh_emulator.cloudwatch.delete_alarms(AlarmNames=[name])
+    api_server.stop()
+    api_server.start()  # the keeper asks CloudWatch what it holds at start (then every 10 minutes)
+    wait_until(lambda: name in fresh_emulator.alarms(), timeout=30)
+    assert alarm_of(api, box, "set")["error"] is None
+
+
+def test_killed_before_the_alarm_was_put_it_is_put_after_restart(api, api_server, fresh_emulator):
+    # The put hangs, then fails (so the orphaned `aws` process cannot put it after the kill).
+    api_server.set_faults({"op": "put-metric-alarm", "times": 1, "delay": 15,
+                           "fail": aws_error("InternalFailure", "PutMetricAlarm", "try again")})
+    box = api.post("/instances", json=BODY | {"stop_when_idle": IDLE}).json()["id"]
+    wait_until(lambda: any("put-metric-alarm" in c for c in api_server.aws_calls()), timeout=20)
+    os.killpg(api_server.proc.pid, signal.SIGKILL)
+    api_server.proc.wait()
+    api_server.log.close()
+    api_server.start()
+    assert alarm_of(api, box, "set", timeout=30)["error"] is None
+    assert f"ec2-creator-local-idle-stop-{box}" in fresh_emulator.alarms()
