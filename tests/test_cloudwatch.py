@@ -21,8 +21,9 @@ def put_metric(emulator, instance_id: str, name: str, value: float, unit: str, m
         "Value": value, "Timestamp": datetime.now(UTC) - timedelta(minutes=minutes_ago)}])
 
 
-def operations(calls: list[list[str]], service: str = "cloudwatch") -> list[str]:
-    return [c[c.index(service) + 1] for c in calls if service in c]
+def operations(calls: list[list[str]], about: str = "", service: str = "cloudwatch") -> list[str]:
+    """The `service` operations among `calls`, of those that name `about` (other tests' instances stay out)."""
+    return [c[c.index(service) + 1] for c in calls if service in c and about in " ".join(c)]
 
 
 def alarm_of(api, instance_id: str, status: str | None, timeout: float = 20) -> dict | None:
@@ -52,7 +53,7 @@ def test_metrics_come_from_cloudwatch_once_per_series_then_from_the_cache(api, a
     assert again.json() == series
     network = api.get(f"/instances/{box}/metrics", params={"metric": "NetworkIn"}).json()
     assert [p["sum"] for p in network["datapoints"]] == [2048.0] and network["unit"] == "Bytes"
-    assert operations(api_server.aws_calls()[mark:]) == ["get-metric-statistics"] * 2
+    assert operations(api_server.aws_calls()[mark:], box) == ["get-metric-statistics"] * 2
     # A longer window reaches the older datapoint.
     day = api.get(f"/instances/{box}/metrics", params={"minutes": 1440, "period": 3600}).json()
     assert sorted(p["average"] for p in day["datapoints"]) in ([7.5, 42.5], [25.0])
@@ -97,7 +98,7 @@ def test_the_idle_alarm_is_put_changed_and_deleted_with_the_instance(api, api_se
     assert removed.json()["stop_when_idle"] is None and removed.json()["idle_alarm"]["status"] == "deleting"
     alarm_of(api, box, None)
     assert name not in fresh_emulator.alarms()
-    assert operations(api_server.aws_calls()[mark:]) == ["put-metric-alarm", "delete-alarms"]
+    assert operations(api_server.aws_calls()[mark:], name) == ["put-metric-alarm", "delete-alarms"]
 
     # Set again, then DELETE the instance: the alarm goes with it.
     api.patch(f"/instances/{box}", json={"stop_when_idle": IDLE}).raise_for_status()

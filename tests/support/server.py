@@ -16,7 +16,7 @@ from tests.support.processes import ROOT, VENV_BIN, free_port, safe_env, stop_pr
 
 AWS_SHIM = Path(__file__).resolve().parent / "aws_shim.sh"
 BACKGROUND_OPERATIONS = {"describe-instances", "describe-instance-types", "get-parameters", "describe-images",
-                         "get-caller-identity", "--version"}
+                         "get-caller-identity", "--version", "describe-alarms"}
 # By emulator URL: a database holding only that emulator's AMI catalogue (and the CLI's version). A new
 # server's database starts as a copy, so the three `aws` processes that fetch the catalogue run once per
 # session, not once per server (they were a fifth of the suite's processes). ApiServer(warm_catalog=False)
