@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from app.config import Settings, describe_errors, get_settings
 from app.errors import ApiError, install_error_handlers
 from app.models.instance import Health
-from app.routers import budget, instances, notifications
+from app.routers import budget, instances, inventory, notifications
 from app.security import GuardMiddleware, check_bind
 from app.services.aws_cli import AwsCli
 from app.services.cloudwatch import AlarmKeeper
@@ -136,6 +136,7 @@ def create_app(settings_getter: Callable[[], Settings] = _load_settings) -> Fast
     app.include_router(instances.router)
     app.include_router(budget.router)
     app.include_router(notifications.router)
+    app.include_router(inventory.router)
 
     @app.get("/health", response_model=Health, tags=["health"])
     async def health() -> dict:

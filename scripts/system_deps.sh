@@ -2,12 +2,14 @@
 #
 # Check the few system programs `make test` needs that no project registry ships (Chromium for the
 # Swagger UI check, Java and Node.js/npm for npm-groovy-lint, curl for the README's tour, the AWS
-# CLI v2 the tests run next to the venv's v1). Missing ones are installed from Debian when run as
+# CLI v2 the tests run next to the venv's v1, sshd and python3-apt for the Ansible test's SSH
+# target). Missing ones are installed from Debian when run as
 # root with apt-get; otherwise the exact command to run is printed and the exit code is 1.
 # Everything else (shellcheck, bats, the AWS CLI v1, moto) comes from PyPI and npm into the
 # project's own .venv and node_modules.
 #
-# Environment: AWS_CLI_V2, the v2 to check (default /usr/bin/aws, Debian's awscli).
+# Environment: AWS_CLI_V2, the v2 to check (default /usr/bin/aws, Debian's awscli); SSHD (default
+# /usr/sbin/sshd) and PYTHON3_APT_DIR (default /usr/lib/python3/dist-packages/apt), where they are looked for.
 #
 #   scripts/system_deps.sh [--check]      (--check: never install, only report)
 
@@ -19,10 +21,11 @@ usage() {
   cat <<USAGE
 Usage: ${PROG} [--check]
 
-Make sure chromium, java, node, npm and curl are on PATH and that AWS_CLI_V2 (default
-/usr/bin/aws) is an AWS CLI v2. As root with apt-get, install the missing ones from Debian
-(chromium, default-jre-headless, nodejs, npm, curl, awscli); otherwise print the command that
-would and exit 1. --check only reports.
+Make sure chromium, java, node, npm and curl are on PATH, that AWS_CLI_V2 (default
+/usr/bin/aws) is an AWS CLI v2, and that sshd and python3-apt are there (the Ansible test's SSH
+target). As root with apt-get, install the missing ones from Debian (chromium,
+default-jre-headless, nodejs, npm, curl, awscli, openssh-server, python3-apt); otherwise print the
+command that would and exit 1. --check only reports.
 USAGE
 }
 
@@ -38,6 +41,9 @@ missing_packages() {
   local version
   version="$("${AWS_CLI_V2:-/usr/bin/aws}" --version 2>/dev/null)" || true
   [[ "${version}" == aws-cli/2.* ]] || echo awscli
+  # The SSH target of the Ansible test (tests/test_ansible.py): sshd, and python3-apt for the apt module.
+  [[ -x "${SSHD:-/usr/sbin/sshd}" ]] || echo openssh-server
+  [[ -d "${PYTHON3_APT_DIR:-/usr/lib/python3/dist-packages/apt}" ]] || echo python3-apt
 }
 
 main() {

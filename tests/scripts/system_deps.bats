@@ -16,6 +16,10 @@ setup() {
   printf '#!/bin/sh\necho "aws-cli/2.9.19 Python/3.11.2 Linux"\n' >"${STUBS}/aws-v2"
   chmod +x "${STUBS}/aws-v2"
   export AWS_CLI_V2="${STUBS}/aws-v2"
+  printf '#!/bin/sh\nexit 0\n' >"${STUBS}/sshd"
+  chmod +x "${STUBS}/sshd"
+  export SSHD="${STUBS}/sshd" PYTHON3_APT_DIR="${BATS_TEST_TMPDIR}/apt"
+  mkdir -p "${PYTHON3_APT_DIR}"
 }
 
 run_deps() {
@@ -58,4 +62,12 @@ run_deps() {
   AWS_CLI_V2="${STUBS}/nowhere" run_deps --check
   [ "${status}" -eq 1 ]
   [[ "${stderr}" == *"--no-install-recommends awscli"* ]]
+}
+
+@test "the Ansible test's SSH target: no sshd or no python3-apt needs openssh-server, python3-apt" {
+  rm "${STUBS}/sshd"
+  rmdir "${PYTHON3_APT_DIR}"
+  run_deps --check
+  [ "${status}" -eq 1 ]
+  [[ "${stderr}" == *"sudo apt-get install -y --no-install-recommends openssh-server python3-apt"* ]]
 }

@@ -1,0 +1,137 @@
+"""Ansible, for real: `ansible-inventory -i ansible/inventory.py --list` (ansible-core from PyPI) against a live
+server, and ansible/site.yml in check mode over SSH to a real sshd (Debian's openssh-server) on 127.0.0.1,
+with the host variables pointed at it."""
+
+import getpass
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support.processes import ROOT, VENV_BIN, free_port, safe_env, stop_process, wait_until
+from tests.support.server import ApiServer
+
+BODY = {"name": "web-1", "ami": "amazon-linux-2023", "instance_type": "t3.micro", "tags": {"Team": "web"}}
+SSHD = Path("/usr/sbin/sshd")
+
+
+def ansible_env(tmp: Path, url: str, **extra: str) -> dict[str, str]:
+    return safe_env(EC2_CREATOR_URL=url, ANSIBLE_HOME=str(tmp / "ansible-home"),
+                    ANSIBLE_LOCAL_TEMP=str(tmp / "ansible-tmp"), ANSIBLE_NOCOLOR="1",
+                    ANSIBLE_RETRY_FILES_ENABLED="false", **extra)
+
+
+def inventory_list(tmp: Path, url: str, **extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(VENV_BIN / "ansible-inventory"), "-i", str(ROOT / "ansible" / "inventory.py"),
+                           "--list"], capture_output=True, text=True, timeout=120, env=ansible_env(tmp, url, **extra))
+
+
+def test_ansible_inventory_lists_running_instances_with_an_address(api, api_server, tmp_path):
+    web = api.post("/instances", json=BODY).json()["id"]
+    db = api.post("/instances", json=BODY | {"name": "db 1", "tags": {"Team": "data", "Env": "prod"}}).json()["id"]
+    stopped = api.post("/instances", json=BODY | {"name": "idle"}).json()["id"]
+    hidden = api.post("/instances", json=BODY | {"name": "private", "associate_public_ip": False}).json()["id"]
+    api.post("/instances/sync").raise_for_status()
+    assert api.post(f"/instances/{stopped}/stop").status_code == 202
+    api.post("/instances/sync").raise_for_status()
+    recorded = {i["id"]: i for i in api.get("/instances").json()["instances"]}
+    mark = len(api_server.aws_calls())
+
+    done = inventory_list(tmp_path, api_server.url)
+    assert done.returncode == 0, done.stderr
+    inventory = json.loads(done.stdout)
+    hostvars = inventory["_meta"]["hostvars"]
+    assert set(hostvars) >= {web, db} and stopped not in hostvars and hidden not in hostvars
+    assert hostvars[web]["ansible_host"] == recorded[web]["public_ip"]
+    assert hostvars[web]["ansible_user"] == "ec2-user"
+    assert hostvars[web]["ansible_ssh_private_key_file"] == "~/.ssh/my_ec2_keypair.pem"  # SSH_KEY_PATH
+    assert hostvars[db]["ec2_name"] == "db 1" and hostvars[db]["ec2_tags"] == {"Name": "db 1", "Team": "data",
+                                                                                "Env": "prod"}
+    assert hostvars[db]["ec2_instance_type"] == "t3.micro" and hostvars[db]["ec2_state"] == "running"
+
+    def hosts(group: str) -> set[str]:
+        return set(inventory.get(group, {}).get("hosts", []))
+
+    assert {web, db} <= hosts("running") and {web, db} <= hosts("type_t3_micro")
+    assert web in hosts("tag_Team_web") and db not in hosts("tag_Team_web")
+    assert db in hosts("tag_Team_data") and db in hosts("tag_Env_prod") and db in hosts("tag_Name_db_1")
+    assert stopped not in hosts("type_t3_micro") and "stopped" not in inventory
+    assert api_server.mutations_since(mark) == []  # the inventory never calls AWS (sweeps may run meanwhile)
+
+    # --host has nothing more to say (Ansible takes the variables from _meta).
+    host = subprocess.run([str(ROOT / "ansible" / "inventory.py"), "--host", web], capture_output=True, text=True,
+                          timeout=30, env=ansible_env(tmp_path, api_server.url))
+    assert (host.returncode, json.loads(host.stdout)) == (0, {})
+
+
+def test_the_inventory_script_sends_the_token_and_says_what_is_wrong(emulator, tmp_path):
+    server = ApiServer(tmp_path, emulator.url, API_TOKEN="s3cret-token-for-ansible")
+    try:
+        refused = subprocess.run([str(ROOT / "ansible" / "inventory.py"), "--list"], capture_output=True,
+                                 text=True, timeout=30, env=ansible_env(tmp_path, server.url))
+        assert refused.returncode == 1 and "401" in refused.stderr and "EC2_CREATOR_TOKEN" in refused.stderr
+        allowed = inventory_list(tmp_path, server.url, EC2_CREATOR_TOKEN="s3cret-token-for-ansible")
+        assert allowed.returncode == 0, allowed.stderr
+        assert "_meta" in json.loads(allowed.stdout)
+    finally:
+        server.stop()
+    down = subprocess.run([str(ROOT / "ansible" / "inventory.py"), "--list"], capture_output=True, text=True,
+                          timeout=30, env=ansible_env(tmp_path, server.url))
+    assert down.returncode == 1 and "is the API running" in down.stderr
+
+
+@pytest.fixture
+def ssh_target(tmp_path):
+    """A real sshd on 127.0.0.1 (a free port) that lets this user in with a key made for the test."""
+    assert SSHD.exists(), "openssh-server is missing: run `make system-deps` (scripts/system_deps.sh)"
+    home = tmp_path / "sshd"
+    home.mkdir()
+    for name in ("host_key", "client_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(home / name)], check=True)
+    shutil.copyfile(home / "client_key.pub", home / "authorized_keys")
+    port = free_port()
+    (home / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {home / 'host_key'}\n"
+        f"AuthorizedKeysFile {home / 'authorized_keys'}\nPidFile {home / 'sshd.pid'}\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+        "PermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\n")
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+    proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(home / "sshd_config")], stdout=subprocess.DEVNULL,
+                            stderr=open(home / "sshd.log", "wb"), start_new_session=True)
+
+    def listening() -> bool:
+        probe = subprocess.run(["ssh-keyscan", "-p", str(port), "127.0.0.1"], capture_output=True, timeout=10)
+        return proc.poll() is None and b"ssh-ed25519" in probe.stdout
+
+    try:
+        wait_until(listening, timeout=20, interval=0.3)
+        yield {"port": port, "key": home / "client_key", "user": getpass.getuser()}
+    finally:
+        stop_process(proc)
+
+
+def test_the_playbook_runs_in_check_mode_over_ssh(api, api_server, ssh_target, tmp_path):
+    box = api.post("/instances", json=BODY | {"name": "Web Box 1"}).json()["id"]
+    api.post("/instances/sync").raise_for_status()
+    target = {"ansible_host": "127.0.0.1", "ansible_port": ssh_target["port"], "ansible_user": ssh_target["user"],
+              "ansible_ssh_private_key_file": str(ssh_target["key"]),
+              "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+              "ansible_python_interpreter": "/usr/bin/python3"}  # Debian's, as on a Debian instance
+    if ssh_target["user"] == "root":
+        target["ansible_become"] = False  # already root (and this machine has no sudo)
+    done = subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), "-i", str(ROOT / "ansible" / "inventory.py"),
+         str(ROOT / "ansible" / "site.yml"), "--check", "--diff", "--limit", box, "-e", json.dumps(target)],
+        capture_output=True, text=True, timeout=300, env=ansible_env(tmp_path, api_server.url))
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    out = done.stdout
+    for task in ("Wait for SSH", "Gather facts", "Set the hostname to the instance name", "Install the base packages"):
+        assert f"TASK [{task}" in out, out
+    assert "+hostname = web-box-1" in out  # the hostname it would set (--diff), from the instance name
+    recap = out[out.index("PLAY RECAP"):]
+    assert box in recap and "ok=4" in recap and "unreachable=0" in recap and "failed=0" in recap, recap
+    assert "skipped=0" in recap  # every task ran, none was left out in check mode
