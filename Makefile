@@ -28,7 +28,7 @@ NPM_STAMP   := node_modules/.installed
 # Test tools come pinned with the project: shellcheck from PyPI (requirements-dev.txt), bats from npm.
 SHELLCHECK  := $(VENV)/bin/shellcheck
 BATS        := node_modules/bats/bin/bats
-JENKINSFILES := jenkins/deployment/Jenkinsfile jenkins/deployment/Jenkinsfile.manage
+JENKINSFILES := jenkins/deployment/Jenkinsfile jenkins/deployment/Jenkinsfile.manage jenkins/deployment/Jenkinsfile.offhours
 
 .PHONY: help venv tools system-deps run doctor sandbox sandbox-stop test test-fast test-python test-bash test-jenkins lint clean bench bench-smoke
 

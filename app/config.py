@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     aws_cli_connect_timeout: int = Field(5, ge=1, le=3600)
     aws_cli_read_timeout: int = Field(30, ge=1, le=3600)
     max_aws_processes: int = Field(8, ge=1, le=64)
+    # Starts, stops and deletes of one kind arriving within this window go out as one `aws` call.
+    transition_window_ms: int = Field(25, ge=0, le=1000)
     ami_catalog_ttl_hours: float = Field(24.0, gt=0)
     api_token: SecretStr | None = None
     max_body_bytes: int = Field(65536, ge=1024, le=10 * 1024 * 1024)

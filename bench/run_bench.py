@@ -77,12 +77,15 @@ class Sizes:
     concurrency_rounds: int = 2  # serial / concurrent pairs (medians are compared)
     serial_leg: bool = True  # time `serial` creates one after another (the concurrency ratio's base)
     quiet_wait_s: float = 120.0  # before a timed phase, wait up to this long for other load to stop
+    few_stops: int = 8  # concurrent POST /instances/{id}/stop (coalesced into one call)
+    many_stops: int = 100  # the same with more, and a bulk stop of that many by tag
+    stop_samples: int = 5  # single stops, for the latency the window adds
 
 
 FULL = Sizes("full", (10, 100, 1000), raw_samples=5, serial=8, burst=32, list_samples=100, get_samples=300,
              sweep_samples=3)
 SMOKE = Sizes("smoke", (10,), raw_samples=1, serial=2, burst=4, list_samples=20, get_samples=20, sweep_samples=1,
-              notify_samples=2, serial_leg=False, quiet_wait_s=0.0)
+              notify_samples=2, serial_leg=False, quiet_wait_s=0.0, few_stops=4, many_stops=8, stop_samples=1)
 
 
 # -- processes, from /proc ------------------------------------------------------------------------
@@ -407,7 +410,8 @@ class Bench:
                 self.results["startup_aws_calls"] = dict(self.calls.since(0))
                 self.results["memory"] = {"server_idle_mib": round(rss_bytes(self.pid) / MIB, 1)}
                 for phase in (self.phase_raw_and_create_latency, self.phase_notifications, self.phase_process_counts,
-                              self.phase_concurrency, self.phase_burst, self.phase_scale, self.phase_sweep):
+                              self.phase_coalescing, self.phase_concurrency, self.phase_burst, self.phase_scale,
+                              self.phase_sweep):
                     self.timed_phase(phase)
             finally:
                 self.server.stop()
@@ -513,6 +517,95 @@ class Bench:
         measure("start", "POST", f"/instances/{iid}/start", 202)
         measure("delete", "DELETE", f"/instances/{iid}", 202)
         self.results["aws_processes_per_operation"] = counts
+
+    # 2b -----------------------------------------------------------------------------------------
+    def adopted(self, count: int, tag: str) -> list[str]:
+        """`count` running instances tagged ManagedBy (made in the emulator directly, adopted by one sweep)."""
+        tags = [{"Key": "ManagedBy", "Value": "ec2-creator-local"}, {"Key": "Batch", "Value": tag}]
+        made = self.emu.ec2.run_instances(ImageId=self.ami, InstanceType="t3.micro", MinCount=count, MaxCount=count,
+                                          KeyName=KEY_NAME,
+                                          TagSpecifications=[{"ResourceType": "instance", "Tags": tags}])
+        expect(self.client.post("/instances/sync"), 200)
+        wait_idle(self.pid)
+        return [i["InstanceId"] for i in made["Instances"]]
+
+    def stop_all(self, ids: list[str]) -> tuple[float, Counter, dict]:
+        """POST /instances/{id}/stop for every id at once: wall, aws processes, answers."""
+        mark = self.calls.mark()
+
+        async def run() -> tuple[float, list[int]]:
+            limits = httpx.Limits(max_connections=len(ids) + 4, max_keepalive_connections=len(ids) + 4)
+            async with httpx.AsyncClient(base_url=self.server.url, timeout=600, limits=limits) as client:
+                t0 = time.perf_counter()
+                answers = await asyncio.gather(*(client.post(f"/instances/{i}/stop") for i in ids))
+                return time.perf_counter() - t0, [a.status_code for a in answers]
+
+        wall, codes = asyncio.run(run())
+        wait_idle(self.pid)
+        return wall, self.calls.since(mark), dict(Counter(codes))
+
+    def phase_coalescing(self) -> None:
+        """Transitions of one kind that arrive together go out as one `aws` process (TRANSITION_WINDOW_MS);
+        POST /instances/actions sends a whole set in one."""
+        few, many = self.sizes.few_stops, self.sizes.many_stops
+        self.log(f"phase 2b: {few} and {many} concurrent stops, a bulk stop of {many} by tag, single stops")
+        result: dict = {}
+        for n, name in ((few, "few"), (many, "many")):
+            ids = self.adopted(n, f"stops-{name}")
+            wall, ops, codes = self.stop_all(ids)
+            if codes != {202: n}:
+                raise RuntimeError(f"{n} concurrent stops answered {codes}")
+            result[f"{name}_concurrent_stops"] = {"n": n, "wall_s": round(wall, 3),
+                                                  "stop_processes": ops.get("stop-instances", 0)}
+        ids = self.adopted(many, "bulk")
+        single_ids = self.adopted(self.sizes.stop_samples + 1, "single")
+        singles = []
+        for instance_id in single_ids[1:]:
+            elapsed, response = timed(self.client, "POST", f"/instances/{instance_id}/stop")
+            expect(response, 202)
+            singles.append(elapsed)
+            wait_idle(self.pid)
+        mark = self.calls.mark()
+        elapsed, response = timed(self.client, "POST", "/instances/actions",
+                                  json={"action": "stop", "selector": {"tag": {"Batch": "bulk"}}})
+        results = expect(response, 200).json()["results"]
+        wait_idle(self.pid)
+        if sorted(r["id"] for r in results if r["status"] == 202) != sorted(ids):
+            raise RuntimeError(f"the bulk stop answered {Counter(r['status'] for r in results)}")
+        single = statistics.median(singles)
+        result["bulk_stop"] = {"n": many, "wall_s": round(elapsed, 3),
+                               "stop_processes": self.calls.since(mark).get("stop-instances", 0),
+                               "single_stop_median_s": round(single, 3),
+                               "ratio_to_single_stop": round(elapsed / single, 3)}
+        window = self.window_cost()
+        result["single_stop"] = {"samples_s": [round(x, 3) for x in singles], **window}
+        self.results["coalescing"] = result
+
+    def window_cost(self) -> dict:
+        """Single-stop latency with the default window against a server with TRANSITION_WINDOW_MS=0, interleaved."""
+        workdir = self.workdir / "window0"
+        workdir.mkdir(exist_ok=True)
+        server = ApiServer(workdir, self.emu.url, RECONCILE_INTERVAL_SECONDS="3600", TRANSITION_WINDOW_MS="0")
+        with_window, without = [], []
+        try:
+            with httpx.Client(base_url=server.url, timeout=600) as zero:
+                ids = self.adopted(2 * self.sizes.stop_samples, "window")
+                expect(zero.post("/instances/sync"), 200)
+                wait_idle(server.proc.pid)
+                for k in range(self.sizes.stop_samples):
+                    elapsed, response = timed(self.client, "POST", f"/instances/{ids[2 * k]}/stop")
+                    expect(response, 202)
+                    with_window.append(elapsed)
+                    wait_idle(self.pid)
+                    elapsed, response = timed(zero, "POST", f"/instances/{ids[2 * k + 1]}/stop")
+                    expect(response, 202)
+                    without.append(elapsed)
+                    wait_idle(server.proc.pid)
+        finally:
+            server.stop()
+        added = statistics.median(with_window) - statistics.median(without)
+        return {"window_ms": 25, "with_window_median_s": round(statistics.median(with_window), 3),
+                "without_window_median_s": round(statistics.median(without), 3), "added_ms": round(added * 1000, 1)}
 
     # 3 ------------------------------------------------------------------------------------------
     def phase_concurrency(self) -> None:
@@ -725,6 +818,20 @@ def checks(r: dict) -> list[dict]:
         add(f"{op}: mutating aws processes", "count", per_op[op]["mutating"], "= 1", per_op[op]["mutating"] == 1)
         other = per_op[op]["total"] - per_op[op]["mutating"] - per_op[op]["describe_instances"]
         add(f"{op}: other aws processes (catalogue warm)", "count", other, "= 0", other == 0)
+    co = r["coalescing"]
+    few, many, bulk = co["few_concurrent_stops"], co["many_concurrent_stops"], co["bulk_stop"]
+    add(f"bulk stop of {bulk['n']} by tag: aws processes", "count", bulk["stop_processes"], "= 1",
+        bulk["stop_processes"] == 1)
+    # How many requests share a call depends on when they arrive: timing lines, not counts.
+    add(f"{few['n']} concurrent stops: aws processes", "timing", few["stop_processes"], "= 1",
+        few["stop_processes"] == 1)
+    add(f"{many['n']} concurrent stops: aws processes", "timing", many["stop_processes"], "<= 2",
+        many["stop_processes"] <= 2)
+    add(f"bulk stop of {bulk['n']} / one single stop (wall)", "timing", bulk["ratio_to_single_stop"], "<= 1.5",
+        bulk["ratio_to_single_stop"] <= 1.5)
+    single = co["single_stop"]
+    add("single stop: latency the window adds (ms)", "timing", single["added_ms"], f"<= {single['window_ms']}",
+        single["added_ms"] <= single["window_ms"])
     c = r["concurrency"]
     add(f"{c['creates']} concurrent creates: describe-instances", "count", c["describe_instances"], "<= 2",
         c["describe_instances"] <= 2)
@@ -788,6 +895,18 @@ def table(r: dict) -> str:
     for op, v in r["aws_processes_per_operation"].items():
         detail = ", ".join(f"{k} {n}" for k, n in sorted(v["by_operation"].items())) or "none"
         rows.append((f"`aws` processes: {op}", f"{v['total']} ({detail})"))
+    co = r["coalescing"]
+    for key in ("few_concurrent_stops", "many_concurrent_stops"):
+        rows.append((f"{co[key]['n']} concurrent `POST /instances/{{id}}/stop`",
+                     f"{co[key]['stop_processes']} `stop-instances` process(es), wall {co[key]['wall_s']:.2f} s"))
+    bs, ss = co["bulk_stop"], co["single_stop"]
+    rows += [
+        (f"`POST /instances/actions` stop of {bs['n']} by tag",
+         f"{bs['stop_processes']} process, wall {bs['wall_s']:.2f} s ({bs['ratio_to_single_stop']:.2f}× one stop, "
+         f"{bs['single_stop_median_s']:.3f} s)"),
+        ("single stop with the 25 ms window / without, median",
+         f"{ss['with_window_median_s']:.3f} / {ss['without_window_median_s']:.3f} s (adds {ss['added_ms']} ms)"),
+    ]
     h = c["health_during_creates"]
     rows += [
         (f"/health during {c['creates']} concurrent creates p50 / p99 / max",

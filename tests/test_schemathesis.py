@@ -16,9 +16,11 @@ Checks: every check (`[checks] enabled = true`), except these, each for a stated
 - `negative_data_rejection` on GET /instances: a query value has no type on the wire, so a number
   generated where a tag filter (a string) is expected arrives as text that is a valid tag key. (The
   other query parameters are checked by the in-process route tests and tests/test_tags.py.)
-- `unsupported_method` on /instances/sync only: `GET /instances/sync` is routed to
-  `GET /instances/{instance_id}` with the id "sync", which is answered 404 like every id that is
+- `unsupported_method` on /instances/sync and /instances/actions only: `GET /instances/sync` is routed
+  to `GET /instances/{instance_id}` with the id "sync", which is answered 404 like every id that is
   not tracked (the design decision: malformed or unknown ids are 404), not 405.
+- `positive_data_acceptance` on POST /instances/actions: a schema-valid start may be refused as a set
+  by the budget (409), and a selector matching more than 1,000 instances is a 400 (policy).
 - `use_after_free`: DELETE terminates the instance in EC2 and keeps its record (state
   `terminated`, with its events) on purpose, so a GET after a DELETE is 200.
 """
@@ -64,6 +66,13 @@ checks.negative_data_rejection.enabled = false
 include-path = "/instances/sync"
 # GET /instances/sync reaches GET /instances/{instance_id} and is a 404 like any unknown id.
 checks.unsupported_method.enabled = false
+
+[[operations]]
+include-path = "/instances/actions"
+# The same: GET /instances/actions is GET /instances/{instance_id} with an id nobody tracks.
+checks.unsupported_method.enabled = false
+# A start is admitted by the budget as a set (409), a too-wide selector is a 400: policy, not schema.
+checks.positive_data_acceptance.enabled = false
 """
 
 

@@ -132,3 +132,26 @@ def _prices_without(server: ApiServer, instance_type: str):
     path = server.tmp / "prices.json"
     path.write_text(json.dumps(doc))
     return path
+
+
+def test_a_bulk_start_is_admitted_as_one_set_or_not_at_all(api, server, fresh_emulator):
+    boxes = [created(api, name=f"set-{n}", auto_stop_minutes=600)["id"] for n in range(3)]
+    api.post("/instances/actions", json={"action": "stop", "ids": boxes}).raise_for_status()
+    api.post("/instances/sync").raise_for_status()
+    stopped = api.get("/budget").json()["committed_usd"]  # their storage, to the period end
+    api.post(f"/instances/{boxes[0]}/start").raise_for_status()
+    api.post("/instances/sync").raise_for_status()
+    one = api.get("/budget").json()["committed_usd"] - stopped  # what one start commits
+    api.post(f"/instances/{boxes[0]}/stop").raise_for_status()
+    api.post("/instances/sync").raise_for_status()
+    restart(server, BUDGET_USD=f"{stopped + one * 2.5:.6f}")  # room for two starts, not three
+
+    mark = len(server.aws_calls())
+    refused = api.post("/instances/actions", json={"action": "start", "ids": boxes})
+    assert (refused.status_code, refused.json()["code"]) == (409, "budget_exceeded"), refused.text
+    assert "3 instances" in refused.json()["detail"]
+    assert calls_of(server, "start-instances", mark) == []  # none started: not two of three
+    assert {ec2_state(fresh_emulator, b) for b in boxes} == {"stopped"}
+    two = api.post("/instances/actions", json={"action": "start", "ids": boxes[:2]})
+    assert [r["status"] for r in two.json()["results"]] == [202, 202]
+    assert len(calls_of(server, "start-instances", mark)) == 1

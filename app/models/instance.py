@@ -268,6 +268,71 @@ class MetricSeries(BaseModel):
     fetched_at: str = Field(description="When CloudWatch was asked: answers are cached for min(period, 300) s")
 
 
+StateName = Literal["pending", "running", "stopping", "stopped", "shutting-down", "terminated", "failed"]
+InstanceId = Annotated[str, StringConstraints(pattern=INSTANCE_ID_PATTERN)]
+MAX_BULK = 1000  # EC2's limit of ids per call
+
+
+class Selector(BaseModel):
+    """Which tracked instances (not terminated): every given criterion must match."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
+
+    state: list[StateName] | None = Field(None, min_length=1, description="Any of these states")
+    tag: Annotated[dict[TagKey, TagValue], WithJsonSchema({
+        "type": "object", "minProperties": 1, "maxProperties": 50,
+        "propertyNames": {"minLength": 1, "maxLength": 128, "pattern": EC2_TEXT},
+        "additionalProperties": {"type": "string", "maxLength": 256, "pattern": EC2_TEXT}})] | None = Field(
+        None, min_length=1, max_length=50, description="Every tag Key: Value given (Name counts as a tag)")
+    name: Name | None = Field(None, description="Exact name")
+
+    @model_validator(mode="after")
+    def _something(self) -> "Selector":
+        if self.state is None and self.tag is None and self.name is None:
+            raise ValueError("give at least one of state, tag or name")
+        return self
+
+    def as_filter(self) -> "InstanceFilter":
+        return InstanceFilter(frozenset(self.state or ()), tuple((self.tag or {}).items()), self.name)
+
+
+class BulkAction(BaseModel):
+    """One action on many instances: by `ids`, or by a `selector` over the record."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "oneOf": [{"required": ["ids"]}, {"required": ["selector"]}]})
+
+    action: Literal["stop", "start", "delete"]
+    ids: list[InstanceId] | None = Field(None, min_length=1, max_length=MAX_BULK,
+                                         description="Instance ids (up to 1,000; repeats count once)")
+    selector: Selector | None = Field(None, description="Or: the tracked instances that match")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> "BulkAction":
+        if (self.ids is None) == (self.selector is None):
+            raise ValueError("give ids or selector (one of them)")
+        return self
+
+
+class BulkError(BaseModel):
+    detail: str
+    code: str
+    aws_error_code: str | None = None
+
+
+class BulkResult(BaseModel):
+    id: str
+    status: int = Field(description="What the single route would have answered: 202 sent, 200 nothing to do, "
+                                    "else the error's status")
+    state: str | None = Field(None, description="Its recorded state after the action (null: not tracked)")
+    error: BulkError | None = None
+
+
+class BulkActionResult(BaseModel):
+    action: str
+    results: list[BulkResult]
+
+
 class InstanceList(BaseModel):
     instances: list[Instance]
 

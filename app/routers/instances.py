@@ -10,6 +10,8 @@ from app.deps import InstanceDep, ReconcilerDep, ServiceDep, StoreDep, require_t
 from app.errors import error_responses
 from app.models.instance import (
     TAG_FILTER_PATTERN,
+    BulkAction,
+    BulkActionResult,
     Cost,
     EventList,
     Instance,
@@ -18,6 +20,7 @@ from app.models.instance import (
     InstanceList,
     InstancePatch,
     MetricSeries,
+    StateName,
     SyncResult,
 )
 from app.models.rows import InstanceRow
@@ -46,7 +49,7 @@ async def create_instance(body: InstanceCreate, service: ServiceDep, response: R
     return Instance.from_row(row)
 
 
-StateFilter = Literal["pending", "running", "stopping", "stopped", "shutting-down", "terminated", "failed"]
+StateFilter = StateName
 TagFilter = Annotated[str, StringConstraints(min_length=1, max_length=385, pattern=TAG_FILTER_PATTERN)]
 
 
@@ -67,6 +70,13 @@ def list_instances(
     rows = store.list_instances(include_terminated or wanted.asks_for_ended)
     body = InstanceList(instances=[Instance.from_row(r) for r in rows if wanted.matches(r)])
     return Response(body.model_dump_json(exclude={"instances": {"__all__": {"cost"}}}), media_type="application/json")
+
+
+@router.post("/actions", response_model=BulkActionResult, responses=error_responses(400, 409, 422, 503))
+async def bulk_action(body: BulkAction, service: ServiceDep) -> BulkActionResult:
+    """Stop, start or delete many instances (ids, or a selector) with one `aws` process; a result per instance."""
+    ids = body.ids if body.ids is not None else await service.select(body.selector)  # type: ignore[arg-type]
+    return BulkActionResult.model_validate({"action": body.action, "results": await service.bulk(body.action, ids)})
 
 
 @router.post("/sync", response_model=SyncResult, responses=error_responses(502, 503, 504))

@@ -336,6 +336,17 @@ class Database:
         row = self.connect().execute("SELECT * FROM instances WHERE id = ?", (instance_id,)).fetchone()
         return self._row(row) if row is not None else None
 
+    def get_instances(self, ids: list[str]) -> dict[str, InstanceRow]:
+        """The recorded rows among `ids`, by id (in one read)."""
+        found: dict[str, InstanceRow] = {}
+        with self.read() as conn:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                marks = ", ".join("?" * len(chunk))
+                for r in conn.execute(f"SELECT * FROM instances WHERE id IN ({marks})", chunk):
+                    found[r["id"]] = self._row(r)
+        return found
+
     def require_instance(self, instance_id: str) -> InstanceRow:
         """A row this code has just written (or locked): its absence is a bug, not a 404."""
         row = self.get_instance(instance_id)

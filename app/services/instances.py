@@ -11,14 +11,17 @@ import logging
 import re
 import uuid
 from collections import defaultdict
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from app.config import Settings
-from app.errors import ApiError, Conflict, PolicyViolation, Unavailable, UpstreamError
-from app.models.instance import RESERVED_TAG_KEYS, InstanceCreate, InstancePatch
+from app.errors import ApiError, Conflict, NotFound, PolicyViolation, Unavailable, UpstreamError
+from app.models.instance import MAX_BULK, RESERVED_TAG_KEYS, InstanceCreate, InstancePatch, Selector
 from app.models.rows import InstanceRow, InstanceState, LaunchStatus
 from app.services.aws_cli import AwsCli, outcome_unknown
+from app.services.batching import MAX_IDS, Coalescer
+from app.services.batching import send as send_batch
 from app.services.cloudwatch import Metrics, idle_alarm_view
 from app.services.db import TIME_FORMAT, Database, age_seconds, canonical_json, stored_time, utcnow
 from app.services.free_tier import Catalog, check_catalog, check_static, login_user_for
@@ -38,6 +41,13 @@ URL_PREFIX = re.compile(r"(?i)(fileb?|https?)://")
 
 class _AlreadyClaimed(Exception):
     """Another request (maybe from before a restart) holds this Idempotency-Key."""
+
+
+def _result(row: InstanceRow | None, status: int, error: ApiError | None = None,
+            instance_id: str | None = None) -> dict:
+    """One instance's line of a bulk answer."""
+    return {"id": row["id"] if row else instance_id, "status": status, "state": row["state"] if row else None,
+            "error": error.body() if error else None}
 
 
 def request_hash(req: InstanceCreate) -> str:
@@ -92,6 +102,7 @@ class InstanceService:
         self.on_stop_at_changed = lambda: None  # the auto-stop scheduler's wake-up, set by the app
         self.on_alarms_changed = lambda: None  # the idle-alarm keeper's wake-up, set by the app
         self.metrics = Metrics(aws)
+        self.coalescer = Coalescer(aws, settings.transition_window_ms / 1000)
         self.account_plan = AccountPlan(aws, emulated=bool(settings.ec2_endpoint_url))
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._catalog_lock = asyncio.Lock()
@@ -317,64 +328,161 @@ class InstanceService:
                                  rule: Transition) -> tuple[InstanceRow, bool]:
         with self.reconciler.mutating():
             row = await asyncio.to_thread(self.db.require_instance, instance_id)
-            state = row["state"]
-            if state in rule.noop:
+            if not self._check_transition(row, action, rule):
                 return row, False
-            if state not in rule.allowed:
-                raise Conflict(f"Cannot {action} instance {instance_id}: it is {state}.", code="wrong_state")
-            self._check_reachable(row)
             request_id = uuid.uuid4().hex
             if action == "start":  # stop and delete only lower cost: always allowed
-                self._check_start_policy(row)
-                await asyncio.to_thread(self._admit_start, request_id, row)
+                await asyncio.to_thread(self._admit_starts, request_id, [row])
             try:
                 return await self._send_transition(row, action, rule, request_id)
             finally:
                 self.spending.release(request_id)  # recorded (and in the ledger), or not started
-                self.on_stop_at_changed()
-                if action == "delete" and row["alarm_held"] is not None:
-                    self.on_alarms_changed()  # its alarm goes with it
+                self._after_transitions(action, [row])
+
+    def _check_transition(self, row: InstanceRow, action: str, rule: Transition) -> bool:
+        """Whether EC2 must be asked (False: already done); 409/400 when it cannot be."""
+        state = row["state"]
+        if state in rule.noop:
+            return False
+        if state not in rule.allowed:
+            raise Conflict(f"Cannot {action} instance {row['id']}: it is {state}.", code="wrong_state")
+        self._check_reachable(row)
+        if action == "start":
+            self._check_start_policy(row)
+        return True
+
+    def _after_transitions(self, action: str, rows: list[InstanceRow]) -> None:
+        self.on_stop_at_changed()
+        if action == "delete" and any(r["alarm_held"] is not None for r in rows):
+            self.on_alarms_changed()  # their alarms go with them
 
     async def _send_transition(self, row: InstanceRow, action: str, rule: Transition,
                                request_id: str) -> tuple[InstanceRow, bool]:
+        """One instance's transition, coalesced with others of its kind into one `aws` process."""
         instance_id = row["id"]
         self.recorder.transitions.add(instance_id)  # a sweep meanwhile leaves this change to our record
         try:
             try:
-                doc = await self.aws.run(rule.script, instance_id, region=row["region"])
+                change = await self.coalescer.submit(rule.script, rule.response_key, instance_id, row["region"])
             except ApiError as exc:
-                if exc.aws_error_code == "InvalidInstanceID.NotFound":
-                    self.recorder.transitions.discard(instance_id)
-                    return await self._not_found(row, action, request_id, exc)
-                if exc.status_code == 409:
-                    self.reconciler.request_sweep()  # our recorded state is behind EC2's
-                raise
-            changes = doc.get(rule.response_key) or [{}]
-            try:
-                recorded = await asyncio.to_thread(self.recorder.record_transition, row, changes[0], action,
-                                                   request_id)
-            except Exception as exc:  # noqa: BLE001 - EC2 acted: say so, and let the sweep record it
-                self.reconciler.request_sweep()
-                raise Unavailable(f"EC2 accepted the {action} of {instance_id}, but the local record could not be "
-                                  f"written ({exc}); the reconciler records it as soon as the database works "
-                                  "again.", code="record_failed", extra={"instance_id": instance_id}) from None
+                self.recorder.transitions.discard(instance_id)
+                return await self._refused(row, action, request_id, exc)
+            recorded = await self._record_transition(row, change, action, request_id)
         finally:
             self.recorder.transitions.discard(instance_id)
         self.reconciler.request_sweep()
         return recorded, True
 
+    async def _refused(self, row: InstanceRow, action: str, request_id: str,
+                       exc: ApiError) -> tuple[InstanceRow, bool]:
+        if exc.aws_error_code == "InvalidInstanceID.NotFound":
+            return await self._not_found(row, action, request_id, exc)
+        if exc.status_code == 409:
+            self.reconciler.request_sweep()  # our recorded state is behind EC2's
+        raise exc
+
+    async def _record_transition(self, row: InstanceRow, change: dict, action: str, request_id: str) -> InstanceRow:
+        try:
+            return await asyncio.to_thread(self.recorder.record_transition, row, change, action, request_id)
+        except Exception as exc:  # noqa: BLE001 - EC2 acted: say so, and let the sweep record it
+            self.reconciler.request_sweep()
+            raise Unavailable(f"EC2 accepted the {action} of {row['id']}, but the local record could not be "
+                              f"written ({exc}); the reconciler records it as soon as the database works "
+                              "again.", code="record_failed", extra={"instance_id": row["id"]}) from None
+
+    # -- bulk actions --------------------------------------------------------------------------
+    async def select(self, selector: Selector) -> list[str]:
+        """The ids of the tracked instances (not terminated) a selector matches; more than 1,000 is a 400."""
+        wanted = selector.as_filter()
+        rows = await asyncio.to_thread(self.db.list_instances, wanted.asks_for_ended)
+        ids = [r["id"] for r in rows if wanted.matches(r)]
+        if len(ids) > MAX_BULK:
+            raise PolicyViolation(f"The selector matches {len(ids)} instances; one action takes at most {MAX_BULK}. "
+                                  "Narrow it (state, tag, name) or send ids.", code="too_many_instances")
+        return ids
+
+    async def bulk(self, action: str, ids: list[str]) -> list[dict]:
+        """One action on many instances: one `aws` process per region (and per refused id EC2 names), a
+        result per instance. Starts are checked against the budget as one set (409 for the whole request)."""
+        rule = TRANSITIONS[action]
+        ids = list(dict.fromkeys(ids))
+        results: dict[str, dict] = {}
+        async with AsyncExitStack() as locks:
+            for instance_id in sorted(ids):  # one order: no deadlock with another bulk
+                await locks.enter_async_context(self._locks[instance_id])
+            with self.reconciler.mutating():
+                rows = await asyncio.to_thread(self.db.get_instances, ids)
+                to_send: list[InstanceRow] = []
+                for instance_id in ids:
+                    row = rows.get(instance_id)
+                    try:
+                        if row is None:
+                            raise NotFound(f"No instance {instance_id!r} is tracked.", code="instance_not_found")
+                        if self._check_transition(row, action, rule):
+                            to_send.append(row)
+                        else:
+                            results[instance_id] = _result(row, 200)
+                    except ApiError as exc:
+                        results[instance_id] = _result(row, exc.status_code, exc, instance_id)
+                key = f"bulk:{uuid.uuid4().hex}"
+                if action == "start" and to_send:
+                    await asyncio.to_thread(self._admit_starts, key, to_send)  # 409 budget_exceeded: nothing sent
+                try:
+                    results |= await self._send_bulk(action, rule, to_send)
+                finally:
+                    self.spending.release(key)
+                    if to_send:
+                        self._after_transitions(action, to_send)
+                        self.reconciler.request_sweep()
+        return [results[i] for i in ids]
+
+    async def _send_bulk(self, action: str, rule: Transition, rows: list[InstanceRow]) -> dict[str, dict]:
+        results: dict[str, dict] = {}
+        by_region: dict[str | None, list[InstanceRow]] = defaultdict(list)
+        for row in rows:
+            by_region[row["region"]].append(row)
+        batch = {r["id"] for r in rows}
+        self.recorder.transitions |= batch
+        try:
+            for region, members in by_region.items():
+                for start in range(0, len(members), MAX_IDS):
+                    chunk = {r["id"]: r for r in members[start:start + MAX_IDS]}
+                    answered, failed = await send_batch(self.aws, rule.script, rule.response_key, list(chunk),
+                                                        region)
+                    request_id = uuid.uuid4().hex
+                    for instance_id, change in answered.items():
+                        try:
+                            recorded = await self._record_transition(chunk[instance_id], change, action, request_id)
+                            results[instance_id] = _result(recorded, 202)
+                        except ApiError as unrecorded:
+                            results[instance_id] = _result(chunk[instance_id], unrecorded.status_code, unrecorded)
+                    for instance_id, error in failed.items():
+                        self.recorder.transitions.discard(instance_id)
+                        try:
+                            row, changed = await self._refused(chunk[instance_id], action, request_id, error)
+                            results[instance_id] = _result(row, 202 if changed else 200)
+                        except ApiError as refused:
+                            results[instance_id] = _result(chunk[instance_id], refused.status_code, refused)
+        finally:
+            self.recorder.transitions -= batch
+        return results
+
     def _rates_of(self, row: InstanceRow) -> Rates:
         rates = Rates.of(self.spending.book, row["instance_type"], row["region"], row["storage_gb"])
         return rates if rates is not None else self.spending.rates_for(row["instance_type"] or "?", 0)
 
-    def _admit_start(self, key: str, row: InstanceRow) -> None:
-        """A start commits compute (and IPv4) until its auto-stop or the period end; storage is counted already."""
+    def _admit_starts(self, key: str, rows: list[InstanceRow]) -> None:
+        """A start commits compute (and IPv4) until its auto-stop or the period end; storage is counted already.
+        Several starts are admitted as one set, or none is."""
         now = datetime.now(UTC)
-        minutes = row["auto_stop_minutes"]
-        projection = self._rates_of(row).projection(
-            now, now + timedelta(minutes=minutes) if minutes else None, period_bounds(now)[1],
-            row["associate_public_ip"] != 0, storage=False)
-        self.spending.admit(key, projection, f"Starting {row['id']}")
+        projection = 0.0
+        for row in rows:
+            minutes = row["auto_stop_minutes"]
+            projection += self._rates_of(row).projection(
+                now, now + timedelta(minutes=minutes) if minutes else None, period_bounds(now)[1],
+                row["associate_public_ip"] != 0, storage=False)
+        what = f"Starting {rows[0]['id']}" if len(rows) == 1 else f"Starting these {len(rows)} instances"
+        self.spending.admit(key, projection, what)
 
     # -- CloudWatch ------------------------------------------------------------------------------
     async def instance_metrics(self, row: InstanceRow, metric: str, minutes: int, period: int) -> dict:

@@ -9,7 +9,6 @@ two replicas that both stop an instance do no harm.
 
 import asyncio
 import logging
-import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,6 +17,8 @@ from datetime import UTC, datetime
 
 from app.errors import ApiError
 from app.models.rows import InstanceRow
+from app.services.batching import MAX_IDS, PER_INSTANCE
+from app.services.batching import send as send_batch
 from app.services.db import Database, parse_time, utcnow
 from app.services.reconciler import Reconciler
 from app.services.recorder import Recorder
@@ -26,11 +27,8 @@ from app.services.tasks import LoopTask
 log = logging.getLogger("ec2_creator.scheduling")
 
 CHECK_SECONDS = 60.0  # the longest sleep between checks, and the pause after a failed round
-MAX_IDS = 1000  # per stop-instances call (EC2's limit)
-# EC2 names the instance it refuses: "This instance 'i-…' is not in a state from which it can be stopped",
-# "The instance ID 'i-…' does not exist". That one is left out and the rest stopped (Cloud Custodian's way).
-INSTANCE_ID = re.compile(r"i-[0-9a-f]{8,17}")
-SKIPPABLE = ("IncorrectInstanceState", "InvalidInstanceID.NotFound", "UnsupportedOperation")
+# What EC2 refuses for one instance (left out for a while; a sweep tells what it is).
+SKIPPABLE = PER_INSTANCE
 
 
 class AutoStopper(LoopTask):
@@ -89,26 +87,24 @@ class AutoStopper(LoopTask):
         return stopped
 
     async def _stop(self, rows: dict[str, InstanceRow], ids: list[str]) -> list[str]:
+        """One stop-instances call for `ids` (the bulk path's splitting: an id EC2 refuses is left out, the rest
+        sent again); an error about all of them (throttling, the endpoint) is raised for the loop to retry."""
         with self.reconciler.mutating(), self._in_flight(ids):
-            while ids:
-                try:
-                    doc = await self.aws.run("stop_instance.sh", *ids, background=True)
-                except ApiError as exc:
-                    refused = set(INSTANCE_ID.findall(exc.detail)) & set(ids)
-                    if exc.aws_error_code not in SKIPPABLE or not refused:
-                        raise
-                    log.warning("auto-stop: EC2 refused %s (%s); stopping the others", ", ".join(sorted(refused)),
-                                exc.aws_error_code)
-                    ids = [i for i in ids if i not in refused]
-                    self._refused |= dict.fromkeys(refused, time.monotonic() + CHECK_SECONDS)
-                    self.reconciler.request_sweep()  # our record of those is behind EC2's
-                    continue
-                await asyncio.to_thread(self._record, rows, doc.get("StoppingInstances") or [])
-                log.info("auto-stop: stopped %s", ", ".join(ids))
-                break
-        if ids:
-            self.reconciler.request_sweep()
-        return ids
+            answered, failed = await send_batch(self.aws, "stop_instance.sh", "StoppingInstances", ids,
+                                                background=True)
+            refused = {i for i, exc in failed.items() if exc.aws_error_code in SKIPPABLE}
+            if refused:
+                log.warning("auto-stop: EC2 refused %s; stopped the others", ", ".join(sorted(refused)))
+                self._refused |= dict.fromkeys(refused, time.monotonic() + CHECK_SECONDS)
+                self.reconciler.request_sweep()  # our record of those is behind EC2's
+            if answered:
+                await asyncio.to_thread(self._record, rows, [{"InstanceId": i, **c} for i, c in answered.items()])
+                log.info("auto-stop: stopped %s", ", ".join(answered))
+                self.reconciler.request_sweep()
+            others = {i: exc for i, exc in failed.items() if i not in refused}
+            if others:
+                raise next(iter(others.values()))
+        return list(answered)
 
     @contextmanager
     def _in_flight(self, ids: list[str]) -> Iterator[None]:

@@ -1,0 +1,145 @@
+"""Coalesced transitions and bulk actions through the real server, scripts, CLI and emulator: concurrent
+stops go out as one `aws` process, one id EC2 refuses fails only its own caller, and POST /instances/actions
+acts on ids or a selector with one process."""
+
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from tests.support.processes import ROOT, safe_env
+from tests.support.server import aws_error
+
+BODY = {"name": "batch", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
+
+
+def launch(api, count: int, **extra) -> list[str]:
+    ids = [api.post("/instances", json=BODY | extra).json()["id"] for _ in range(count)]
+    api.post("/instances/sync").raise_for_status()
+    return ids
+
+
+def calls_of(api_server, mark: int, operation: str) -> list[list[str]]:
+    return [c for c in api_server.aws_calls()[mark:] if operation in c]
+
+
+def ids_in(call: list[str]) -> list[str]:
+    return [a for a in call if a.startswith("i-")]
+
+
+def concurrently(url: str, paths: list[str]) -> list[httpx.Response]:
+    with ThreadPoolExecutor(len(paths)) as pool, httpx.Client(base_url=url, timeout=60) as client:
+        return list(pool.map(lambda path: client.post(path), paths))
+
+
+def test_eight_concurrent_stops_are_one_aws_process(api, api_server):
+    boxes = launch(api, 8)
+    mark = len(api_server.aws_calls())
+    answers = concurrently(api_server.url, [f"/instances/{b}/stop" for b in boxes])
+    assert [a.status_code for a in answers] == [202] * 8
+    assert [a.json()["id"] for a in answers] == boxes  # each caller gets its own instance
+    assert all(a.json()["state"] in ("stopping", "stopped") for a in answers)
+    stops = calls_of(api_server, mark, "stop-instances")
+    assert len(stops) == 1 and sorted(ids_in(stops[0])) == sorted(boxes), stops
+
+
+def test_an_id_ec2_refuses_fails_only_its_caller(api, api_server):
+    boxes = launch(api, 4)
+    bad = boxes[2]
+    # EC2's answer when one instance of the call cannot be stopped: the whole call fails, naming it.
+    api_server.set_faults({"op": "stop-instances", "match": [bad], "times": 1, "fail": aws_error(
+        "IncorrectInstanceState", "StopInstances",
+        f"This instance '{bad}' is not in a state from which it can be stopped.")})
+    mark = len(api_server.aws_calls())
+    answers = dict(zip(boxes, concurrently(api_server.url, [f"/instances/{b}/stop" for b in boxes]), strict=True))
+    assert (answers[bad].status_code, answers[bad].json()["code"]) == (409, "wrong_state")
+    assert answers[bad].json()["aws_error_code"] == "IncorrectInstanceState"
+    assert all(answers[b].status_code == 202 for b in boxes if b != bad)
+    stops = calls_of(api_server, mark, "stop-instances")
+    assert [sorted(ids_in(c)) for c in stops] == [sorted(boxes), sorted(b for b in boxes if b != bad)]
+    assert api.get(f"/instances/{bad}").json()["state"] == "running"
+
+
+def test_bulk_stop_by_ids_one_process_a_result_per_instance(api, api_server):
+    boxes = launch(api, 3)
+    already = launch(api, 1)[0]
+    assert api.post(f"/instances/{already}/stop").status_code == 202
+    api.post("/instances/sync")
+    unknown = "i-0000000000000000f"
+    mark = len(api_server.aws_calls())
+    got = api.post("/instances/actions", json={"action": "stop", "ids": [*boxes, already, unknown, boxes[0]]})
+    assert got.status_code == 200, got.text
+    results = {r["id"]: r for r in got.json()["results"]}
+    assert [r["id"] for r in got.json()["results"]] == [*boxes, already, unknown]  # repeats count once
+    assert all(results[b]["status"] == 202 and results[b]["state"] in ("stopping", "stopped") for b in boxes)
+    assert (results[already]["status"], results[already]["error"]) == (200, None)
+    assert (results[unknown]["status"], results[unknown]["error"]["code"]) == (404, "instance_not_found")
+    stops = calls_of(api_server, mark, "stop-instances")
+    assert len(stops) == 1 and sorted(ids_in(stops[0])) == sorted(boxes)
+
+
+def test_bulk_by_selector_acts_on_the_matching_instances_only(api, api_server, fresh_emulator):
+    web = launch(api, 5, tags={"Team": "web"})
+    data = launch(api, 2, tags={"Team": "data"})
+    mark = len(api_server.aws_calls())
+    got = api.post("/instances/actions", json={"action": "stop", "selector": {"tag": {"Team": "web"},
+                                                                              "state": ["running"]}})
+    assert got.status_code == 200, got.text
+    assert sorted(r["id"] for r in got.json()["results"]) == sorted(web)
+    assert all(r["status"] == 202 for r in got.json()["results"])
+    assert len(calls_of(api_server, mark, "stop-instances")) == 1
+    states = {i: d["State"]["Name"] for i, d in fresh_emulator.instances().items()}
+    assert all(states[i] == "stopped" for i in web) and all(states[i] == "running" for i in data)
+    # Start them again, then delete them: one process each.
+    mark = len(api_server.aws_calls())
+    started = api.post("/instances/actions", json={"action": "start", "ids": web}).json()["results"]
+    assert [r["status"] for r in started] == [202] * 5
+    deleted = api.post("/instances/actions", json={"action": "delete", "selector": {"tag": {"Team": "web"}}})
+    assert [r["status"] for r in deleted.json()["results"]] == [202] * 5
+    assert len(calls_of(api_server, mark, "start-instances")) == 1
+    assert len(calls_of(api_server, mark, "terminate-instances")) == 1
+
+
+@pytest.mark.parametrize("body", [
+    {"action": "stop"},
+    {"action": "stop", "ids": ["i-0123456789abcdef0"], "selector": {"state": ["running"]}},
+    {"action": "stop", "selector": {}},
+    {"action": "stop", "ids": []},
+    {"action": "stop", "ids": ["i-xyz"]},
+    {"action": "reboot", "ids": ["i-0123456789abcdef0"]},
+    {"action": "stop", "ids": [f"i-{n:017x}" for n in range(1001)]},
+    {"action": "stop", "selector": {"state": ["sleeping"]}},
+])
+def test_bad_bulk_requests_are_422_and_spawn_nothing(api, api_server, body):
+    mark = len(api_server.aws_calls())
+    got = api.post("/instances/actions", json=body)
+    assert (got.status_code, got.json()["code"]) == (422, "validation_error"), got.text
+    assert api_server.mutations_since(mark) == []
+
+
+def test_the_offhours_script_stops_the_tagged_boxes_in_one_call(api, api_server, fresh_emulator):
+    office = launch(api, 3, tags={"Schedule": "office-hours"})
+    always = launch(api, 1, tags={"Schedule": "always"})[0]
+    mark = len(api_server.aws_calls())
+    done = subprocess.run([str(ROOT / "scripts" / "bulk_action.sh"), "stop", "--tag", "Schedule=office-hours",
+                           "--state", "running", "--url", api_server.url], capture_output=True, text=True,
+                          timeout=120, env=safe_env())
+    assert done.returncode == 0, done.stderr
+    assert all(f"{b}  202  " in done.stdout for b in office) and always not in done.stdout
+    assert "stop: 3 instance(s) matched" in done.stdout and "0 failed" in done.stdout
+    assert len(calls_of(api_server, mark, "stop-instances")) == 1
+    assert fresh_emulator.instances()[always]["State"]["Name"] == "running"
+    # A failing instance makes the job fail; bad arguments are usage errors that call nothing.
+    api_server.set_faults({"op": "start-instances", "fail": aws_error(
+        "InsufficientInstanceCapacity", "StartInstances", "We currently do not have sufficient t3.micro capacity.")})
+    failed = subprocess.run([str(ROOT / "scripts" / "bulk_action.sh"), "start", "--tag", "Schedule=office-hours",
+                             "--url", api_server.url], capture_output=True, text=True, timeout=120, env=safe_env())
+    lines = [line.split() for line in failed.stdout.splitlines() if line.startswith("i-")]
+    assert failed.returncode == 1 and sorted(line[0] for line in lines) == sorted(office), failed.stdout
+    assert all(line[1] == "503" and line[3] == "aws_capacity" for line in lines), failed.stdout
+    for args in (["stop"], ["--tag", "a=b"], ["reboot", "--tag", "a=b"], ["stop", "--tag", "novalue"],
+                 ["stop", "--tag", "a=b", "--url", "file:///etc/passwd"]):
+        usage = subprocess.run([str(ROOT / "scripts" / "bulk_action.sh"), *args], capture_output=True, text=True,
+                               timeout=30, env=safe_env())
+        assert usage.returncode == 2 and "Usage:" in usage.stderr, (args, usage.stderr)
