@@ -12,6 +12,8 @@ Environment:
 Standard library only: it runs with whatever python3 Ansible finds.
 """
 
+from __future__ import annotations  # `str | None` on the python3 of older systems (3.7+)
+
 import argparse
 import json
 import os

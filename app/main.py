@@ -89,7 +89,7 @@ async def lifespan(app: FastAPI):
     app.state.notifier = notifier
     stopper = AutoStopper(db, aws, service.recorder, service.reconciler)
     service.on_stop_at_changed = stopper.wake
-    alarms = AlarmKeeper(db, aws, settings.region, settings.endpoint_key)
+    alarms = AlarmKeeper(db, aws, settings.region, settings.endpoint_key, lambda: service.reconciler.account)
     service.on_alarms_changed = alarms.wake
     endpoint = settings.ec2_endpoint_url or "the AWS default endpoint"
     if settings.aws_access_key_id:  # the CLI prefers keys in its environment to a profile

@@ -36,6 +36,7 @@ USAGE
 
 main() {
   local id="" metric="" start="" end="" period="" option
+  local LC_ALL=C
   while (($# > 0)); do
     case "$1" in
       -h | --help)

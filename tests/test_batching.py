@@ -12,6 +12,9 @@ from tests.support.processes import ROOT, safe_env
 from tests.support.server import aws_error
 
 BODY = {"name": "batch", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
+# Requests sent together may reach a busy test machine a few hundred ms apart: a window wide enough that
+# "together" means the same batch here (the default, 25 ms, is measured by make bench).
+SERVER_ENV = {"TRANSITION_WINDOW_MS": "250"}
 
 
 def launch(api, count: int, **extra) -> list[str]:
@@ -56,8 +59,11 @@ def test_an_id_ec2_refuses_fails_only_its_caller(api, api_server):
     assert (answers[bad].status_code, answers[bad].json()["code"]) == (409, "wrong_state")
     assert answers[bad].json()["aws_error_code"] == "IncorrectInstanceState"
     assert all(answers[b].status_code == 202 for b in boxes if b != bad)
-    stops = calls_of(api_server, mark, "stop-instances")
-    assert [sorted(ids_in(c)) for c in stops] == [sorted(boxes), sorted(b for b in boxes if b != bad)]
+    stops = [sorted(ids_in(c)) for c in calls_of(api_server, mark, "stop-instances")]
+    # The call with the bad id failed as a whole; it was sent again without it, and only without it.
+    with_bad = [c for c in stops if bad in c]
+    assert len(with_bad) == 1 and len(with_bad[0]) > 1, stops
+    assert sorted(i for c in stops if bad not in c for i in c) == sorted(b for b in boxes if b != bad), stops
     assert api.get(f"/instances/{bad}").json()["state"] == "running"
 
 

@@ -4,6 +4,8 @@ failure or after it was deleted by hand)."""
 
 import os
 import signal
+import sqlite3
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -165,3 +167,40 @@ def test_killed_before_the_alarm_was_put_it_is_put_after_restart(api, api_server
     api_server.start()
     assert alarm_of(api, box, "set", timeout=30)["error"] is None
     assert f"ec2-creator-local-idle-stop-{box}" in fresh_emulator.alarms()
+
+
+def test_an_alarm_the_record_lost_is_deleted_at_the_next_audit(api, api_server, fresh_emulator):
+    """Two replicas: one deletes the alarm and records none, another's late put lands after it. The audit
+    (at start, then every 10 minutes) finds the alarm of an instance that asks for none and deletes it."""
+    box = api.post("/instances", json=BODY | {"stop_when_idle": IDLE}).json()["id"]
+    name = f"ec2-creator-local-idle-stop-{box}"
+    alarm_of(api, box, "set")
+    api.patch(f"/instances/{box}", json={"stop_when_idle": None}).raise_for_status()
+    alarm_of(api, box, None)
+    fresh_emulator.cloudwatch.put_metric_alarm(  # the other replica's late put
+        AlarmName=name, Namespace="AWS/EC2", MetricName="CPUUtilization", Statistic="Average", Period=300,
+        EvaluationPeriods=6, Threshold=5.0, ComparisonOperator="LessThanThreshold",
+        Dimensions=[{"Name": "InstanceId", "Value": box}], AlarmActions=["arn:aws:automate:us-east-1:ec2:stop"])
+    api_server.stop()
+    api_server.start()
+    wait_until(lambda: name not in fresh_emulator.alarms(), timeout=30)
+    assert alarm_of(api, box, None) is None
+
+
+def test_an_instance_ended_before_its_first_put_shows_no_alarm(api, api_server, fresh_emulator):
+    api_server.set_faults({"op": "put-metric-alarm", "fail": aws_error(
+        "AccessDenied", "PutMetricAlarm", "User is not authorized to perform: cloudwatch:PutMetricAlarm")})
+    box = api.post("/instances", json=BODY | {"stop_when_idle": IDLE}).json()["id"]
+    wait_until(lambda: (api.get(f"/instances/{box}").json()["idle_alarm"] or {}).get("error"), timeout=20)
+    assert api.delete(f"/instances/{box}").status_code == 202
+    assert alarm_of(api, box, None) is None  # nothing was ever put: nothing to delete, nothing shown
+    assert f"ec2-creator-local-idle-stop-{box}" not in fresh_emulator.alarms()
+
+
+def test_an_instance_of_another_region_cannot_get_an_idle_alarm_here(api, api_server):
+    box = api.post("/instances", json=BODY).json()["id"]
+    with closing(sqlite3.connect(api_server.db_path)) as conn, conn:
+        conn.execute("UPDATE instances SET region = 'eu-west-1' WHERE id = ?", (box,))
+    refused = api.patch(f"/instances/{box}", json={"stop_when_idle": IDLE})
+    assert (refused.status_code, refused.json()["code"]) == (409, "other_region"), refused.text
+    assert api.get(f"/instances/{box}").json()["stop_when_idle"] is None

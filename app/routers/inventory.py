@@ -15,7 +15,8 @@ EXAMPLE = {
     "_meta": {"hostvars": {"i-0123456789abcdef0": {
         "ansible_host": "203.0.113.7", "ansible_user": "ec2-user",
         "ansible_ssh_private_key_file": "~/.ssh/my_ec2_keypair.pem",
-        "ansible_ssh_common_args": "-o StrictHostKeyChecking=accept-new", "ec2_id": "i-0123456789abcdef0",
+        "ansible_ssh_common_args": "-o StrictHostKeyChecking=accept-new -o HostKeyAlias=i-0123456789abcdef0",
+        "ec2_id": "i-0123456789abcdef0",
         "ec2_name": "my-box", "ec2_state": "running", "ec2_instance_type": "t3.micro", "ec2_ami": "ami-0abc",
         "ec2_region": "us-east-1", "ec2_public_ip": "203.0.113.7", "ec2_tags": {"Name": "my-box", "Team": "web"},
         "ec2_stop_at": None}}},

@@ -35,7 +35,7 @@ THROTTLING = {"RequestLimitExceeded", "Throttling", "ThrottlingException", "TooM
 CAPACITY = {"InsufficientInstanceCapacity", "InsufficientCapacity", "InstanceLimitExceeded",
             "VcpuLimitExceeded", "ServiceUnavailable", "Unavailable", "InternalError", "InternalFailure"}
 CREDENTIALS = {"AuthFailure", "UnauthorizedOperation", "InvalidClientTokenId", "SignatureDoesNotMatch",
-               "ExpiredToken", "RequestExpired", "OptInRequired", "Blocked"}
+               "ExpiredToken", "RequestExpired", "OptInRequired", "Blocked", "AccessDenied", "AccessDeniedException"}
 WRONG_STATE = {"IncorrectInstanceState", "IncorrectState", "InvalidInstanceState"}
 NOT_FOUND = {"InvalidInstanceID.NotFound"}
 

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,6 +33,7 @@ CHECK_SECONDS = 60.0  # the longest sleep of the alarm keeper between rounds
 AUDIT_SECONDS = 600.0  # how often CloudWatch is asked what it holds (while any instance has an alarm)
 RETRY_SECONDS, RETRY_MAX_SECONDS = 5.0, 1800.0
 GONE = {"ResourceNotFound", "ResourceNotFoundException"}  # deleting an alarm that is not there
+USED_KEY = "idle_alarms_used"  # kv: set once any instance asked for an idle alarm (the audit runs from then on)
 
 
 def alarm_name(instance_id: str) -> str:
@@ -60,31 +61,27 @@ class Metrics:
     def __init__(self, aws) -> None:
         self.aws = aws
         self._cache: OrderedDict[tuple, tuple[float, dict]] = OrderedDict()
-        self._inflight: dict[tuple, asyncio.Future] = {}
+        self._inflight: dict[tuple, asyncio.Task] = {}
 
     async def series(self, row: InstanceRow, metric: str, minutes: int, period: int) -> dict:
         key = (row["id"], row["region"], metric, minutes, period)
         hit = self._cache.get(key)
         if hit is not None and hit[0] > time.monotonic():
             return hit[1]
-        running = self._inflight.get(key)
-        if running is not None:
-            return await asyncio.shield(running)
-        future = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
+        task = self._inflight.get(key)
+        if task is None:  # its own task: a caller that gives up does not cancel it for the others
+            task = self._inflight[key] = asyncio.create_task(self._fetch_and_keep(key, row, metric, minutes, period))
+        return await asyncio.shield(task)
+
+    async def _fetch_and_keep(self, key: tuple, row: InstanceRow, metric: str, minutes: int, period: int) -> dict:
         try:
             answer = await self._fetch(row, metric, minutes, period)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: no "never retrieved" warning when nobody shared it
-            raise
         finally:
             del self._inflight[key]
         self._cache[key] = (time.monotonic() + min(period, CACHE_SECONDS_MAX), answer)
         self._cache.move_to_end(key)
         while len(self._cache) > CACHE_ENTRIES:
             self._cache.popitem(last=False)
-        future.set_result(answer)
         return answer
 
     async def _fetch(self, row: InstanceRow, metric: str, minutes: int, period: int) -> dict:
@@ -129,11 +126,13 @@ class AlarmKeeper(LoopTask):
 
     name = "idle-alarms"
 
-    def __init__(self, db: Database, aws, region: str, endpoint: str) -> None:
+    def __init__(self, db: Database, aws, region: str, endpoint: str,
+                 account: Callable[[], str | None] = lambda: None) -> None:
         self.db = db
         self.aws = aws
         self.region = region
         self.endpoint = endpoint
+        self.account = account  # the AWS account of the server's credentials, once known
         self._wake = asyncio.Event()
         self._audited_at = float("-inf")
 
@@ -146,32 +145,43 @@ class AlarmKeeper(LoopTask):
             self._wake.clear()
             try:
                 await self.run_once()
+                delay = None
             except Exception:  # noqa: BLE001 - the loop must outlive any one bad round
                 log.exception("idle alarms: round failed")
+                delay = CHECK_SECONDS  # no busy loop on a broken database
             try:
-                await asyncio.wait_for(self._wake.wait(), await self._delay())
+                await asyncio.wait_for(self._wake.wait(), delay or await self._delay())
             except TimeoutError:
                 pass
 
     async def _delay(self) -> float:
-        retry = parse_time(await asyncio.to_thread(self.db.next_alarm_retry, self.region, self.endpoint))
+        retry = parse_time(await asyncio.to_thread(self.db.next_alarm_retry, self.region, self.endpoint,
+                                                   self.account()))
         if retry is None:
             return CHECK_SECONDS
-        return min(CHECK_SECONDS, max(0.5, (retry - datetime.now(UTC)).total_seconds() + 0.05))
+        return min(CHECK_SECONDS, max(1.0, (retry - datetime.now(UTC)).total_seconds() + 0.05))
 
     async def run_once(self) -> int:
         """One round: audit when due, then put or delete what differs. Returns the `aws` calls that succeeded."""
         if time.monotonic() - self._audited_at >= AUDIT_SECONDS:
             await self.audit()
         done = 0
-        for row in await asyncio.to_thread(self.db.alarm_work, self.region, self.endpoint, utcnow()):
-            done += await self._converge(row)
+        for row in await asyncio.to_thread(self.db.alarm_work, self.region, self.endpoint, self.account(), utcnow()):
+            try:
+                done += await self._converge(row)
+            except Exception as exc:  # noqa: BLE001 - one bad row must not starve the others
+                log.exception("idle alarms: %s failed", row["id"])
+                try:
+                    await asyncio.to_thread(self._record_failure, row["id"], f"internal error: {exc}")
+                except Exception:  # noqa: BLE001 - the database itself fails: the round's backoff applies
+                    raise exc from None
         return done
 
     async def audit(self) -> None:
-        """Ask CloudWatch which alarms of ours exist (one process), only while any instance asks for or holds one."""
-        rows = await asyncio.to_thread(self.db.with_alarms, self.region, self.endpoint)
-        if not rows:
+        """Ask CloudWatch which alarms of ours exist (one process), once idle alarms were ever used here: an alarm
+        the record lost (another replica's late write, a hand-made one) is found and deleted."""
+        rows = await asyncio.to_thread(self.db.with_alarms, self.region, self.endpoint, self.account())
+        if not rows and await asyncio.to_thread(self.db.kv_get, USED_KEY) is None:
             self._audited_at = time.monotonic()
             return
         try:
@@ -186,7 +196,9 @@ class AlarmKeeper(LoopTask):
         known = {r["id"]: r for r in rows}
         for instance_id in found.keys() - known.keys():
             row = await asyncio.to_thread(self.db.get_instance, instance_id)
-            if row is not None and (row["region"], row["endpoint"]) == (self.region, self.endpoint):
+            account = self.account()
+            if row is not None and (row["region"], row["endpoint"]) == (self.region, self.endpoint) and \
+                    (account is None or row["account"] in (None, account)):
                 known[instance_id] = row  # an alarm of ours on an instance that asks for none: deleted next
         for instance_id, row in known.items():
             held = found.get(instance_id)
@@ -198,6 +210,9 @@ class AlarmKeeper(LoopTask):
     async def _converge(self, row: InstanceRow) -> int:
         instance_id, want = row["id"], wanted(row)
         name = alarm_name(instance_id)
+        if want == row["alarm_held"]:  # CloudWatch holds what is asked: only what the instance shows is stale
+            await asyncio.to_thread(self._record, instance_id, want, None)
+            return 0
         try:
             if want is None:
                 try:

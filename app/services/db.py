@@ -61,6 +61,9 @@ ENDED = tuple(s.value for s in InstanceState if s.ended)
 ACTIVE = f"state NOT IN {ENDED!r}"
 # An instance that is shutting down or ended needs no idle alarm any more.
 ALARMABLE = f"state NOT IN {(InstanceState.SHUTTING_DOWN.value, *ENDED)!r}"
+WANT = f"(CASE WHEN {ALARMABLE} THEN stop_when_idle END)"  # the setting CloudWatch should hold
+# The alarm keeper's rows: this EC2's, of this account (a row whose account is not known yet counts).
+ALARM_SCOPE = "region = ? AND endpoint = ? AND (? IS NULL OR account IS NULL OR account = ?)"
 # Evaluated inside the writing statement, under SQLite's write lock: revisions grow in commit order, so
 # a reader that saw revision N has seen every row written before it.
 NEXT_REV = "(SELECT COALESCE(MAX(rev), 0) + 1 FROM instances)"
@@ -468,25 +471,27 @@ class Database:
             "AND region = ? AND endpoint = ? ORDER BY stop_at", (now, region, endpoint))]
 
     # -- idle alarms (CloudWatch) -------------------------------------------------------------
-    def alarm_work(self, region: str, endpoint: str, now: str) -> list[InstanceRow]:
-        """Instances of this EC2 whose alarm in CloudWatch is not what is asked (none once ended), due now."""
+    def alarm_work(self, region: str, endpoint: str, account: str | None, now: str) -> list[InstanceRow]:
+        """Instances of this EC2 (and account) whose alarm in CloudWatch is not what is asked (none once it is
+        shutting down), due now; and those whose shown idle_alarm no longer fits (nothing to send for them)."""
         return [self._row(r) for r in self.connect().execute(
-            f"SELECT * FROM instances WHERE region = ? AND endpoint = ? AND COALESCE(CASE WHEN {ALARMABLE} THEN "
-            "stop_when_idle END, '') != COALESCE(alarm_held, '') AND (alarm_retry_at IS NULL OR alarm_retry_at <= ?) "
-            "ORDER BY id", (region, endpoint, now))]
+            f"SELECT * FROM instances WHERE {ALARM_SCOPE} AND ((COALESCE({WANT}, '') != COALESCE(alarm_held, '') "
+            f"AND (alarm_retry_at IS NULL OR alarm_retry_at <= ?)) OR ({WANT} IS NULL AND alarm_held IS NULL AND "
+            f"idle_alarm IS NOT NULL) OR ({WANT} = alarm_held AND (idle_alarm IS NULL OR "
+            "json_extract(idle_alarm, '$.status') != 'set' OR json_extract(idle_alarm, '$.error') IS NOT NULL))) "
+            "ORDER BY id", (region, endpoint, account, account, now))]
 
-    def next_alarm_retry(self, region: str, endpoint: str) -> str | None:
+    def next_alarm_retry(self, region: str, endpoint: str, account: str | None) -> str | None:
         row = self.connect().execute(
-            f"SELECT MIN(alarm_retry_at) FROM instances WHERE region = ? AND endpoint = ? AND alarm_retry_at IS NOT "
-            f"NULL AND COALESCE(CASE WHEN {ALARMABLE} THEN stop_when_idle END, '') != COALESCE(alarm_held, '')",
-            (region, endpoint)).fetchone()
+            f"SELECT MIN(alarm_retry_at) FROM instances WHERE {ALARM_SCOPE} AND alarm_retry_at IS NOT NULL AND "
+            f"COALESCE({WANT}, '') != COALESCE(alarm_held, '')", (region, endpoint, account, account)).fetchone()
         return row[0] if row else None
 
-    def with_alarms(self, region: str, endpoint: str) -> list[InstanceRow]:
-        """Instances of this EC2 that ask for an idle alarm or are recorded as holding one."""
+    def with_alarms(self, region: str, endpoint: str, account: str | None) -> list[InstanceRow]:
+        """Instances of this EC2 (and account) that ask for an idle alarm or are recorded as holding one."""
         return [self._row(r) for r in self.connect().execute(
-            "SELECT * FROM instances WHERE region = ? AND endpoint = ? AND (stop_when_idle IS NOT NULL OR "
-            "alarm_held IS NOT NULL)", (region, endpoint))]
+            f"SELECT * FROM instances WHERE {ALARM_SCOPE} AND ({WANT} IS NOT NULL OR alarm_held IS NOT NULL)",
+            (region, endpoint, account, account))]
 
     def next_stop_at(self, region: str, endpoint: str) -> str | None:
         row = self.connect().execute(

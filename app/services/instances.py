@@ -22,7 +22,7 @@ from app.models.rows import InstanceRow, InstanceState, LaunchStatus
 from app.services.aws_cli import AwsCli, outcome_unknown
 from app.services.batching import MAX_IDS, Coalescer
 from app.services.batching import send as send_batch
-from app.services.cloudwatch import Metrics, idle_alarm_view
+from app.services.cloudwatch import USED_KEY, Metrics, idle_alarm_view
 from app.services.db import TIME_FORMAT, Database, age_seconds, canonical_json, stored_time, utcnow
 from app.services.free_tier import Catalog, check_catalog, check_static, login_user_for
 from app.services.reconciler import Reconciler
@@ -51,7 +51,9 @@ def _result(row: InstanceRow | None, status: int, error: ApiError | None = None,
 
 
 def request_hash(req: InstanceCreate) -> str:
-    canonical = json.dumps(req.model_dump(), sort_keys=True, separators=(",", ":"))
+    # Fields added later are left out while unset, so a key used before they existed still matches.
+    later = {"stop_when_idle"} if req.stop_when_idle is None else set()
+    canonical = json.dumps(req.model_dump(exclude=later), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -257,6 +259,7 @@ class InstanceService:
             self.spending.release(request_id)  # recorded (and in the ledger), or not launched
             self.on_stop_at_changed()
             if req.stop_when_idle is not None:
+                await asyncio.to_thread(self.db.kv_set, USED_KEY, "1")
                 self.on_alarms_changed()
 
     async def _send_launch(self, req: InstanceCreate, body: dict, request_id: str,
@@ -498,6 +501,8 @@ class InstanceService:
         async with self._locks[instance_id]:
             row = await asyncio.to_thread(self.db.require_instance, instance_id)
             fields = self._auto_stop_fields(row, change) | self._idle_fields(row, change)
+            if fields.get("stop_when_idle"):
+                await asyncio.to_thread(self.db.kv_set, USED_KEY, "1")
             to_set, to_delete = self._tag_changes(row, change)
             if to_set or to_delete or "stop_when_idle" in fields:
                 if row["state"].ended or ("stop_when_idle" in fields and row["state"] == S.SHUTTING_DOWN):
@@ -523,14 +528,17 @@ class InstanceService:
                 self.on_alarms_changed()
             return await asyncio.to_thread(self.db.require_instance, instance_id)
 
-    @staticmethod
-    def _idle_fields(row: InstanceRow, change: InstancePatch) -> dict:
+    def _idle_fields(self, row: InstanceRow, change: InstancePatch) -> dict:
         """A new (or no) idle stop: recorded now, put in CloudWatch by the alarm keeper in the background."""
         if "stop_when_idle" not in change.model_fields_set:
             return {}
         setting = change.stop_when_idle.model_dump() if change.stop_when_idle else None
         if setting == row["stop_when_idle"]:
             return {}
+        if row["region"] != self.region:
+            raise Conflict(f"Instance {row['id']} lives in region {row['region'] or '(not recorded)'}; this server "
+                           f"keeps idle alarms in {self.region}. Restart it with AWS_REGION={row['region']} to change "
+                           "this instance's idle stop.", code="other_region")
         return {"stop_when_idle": setting, "alarm_attempts": 0, "alarm_retry_at": None,
                 "idle_alarm": idle_alarm_view(row["id"], canonical_json(setting), row["alarm_held"])}
 

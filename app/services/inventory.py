@@ -14,8 +14,9 @@ from app.models.rows import InstanceRow, InstanceState
 
 INVALID_GROUP_CHARS = re.compile(r"[^A-Za-z0-9_]")
 # The first connection to a new instance has no known host key: trust it on first use (OpenSSH's
-# accept-new), never silently accept a changed one.
-SSH_ARGS = "-o StrictHostKeyChecking=accept-new"
+# accept-new), never silently accept a changed one. Keys are kept under the instance id, not the address:
+# EC2 hands a released public IP to the next instance (and an instance gets a new one at each start).
+SSH_ARGS = "-o StrictHostKeyChecking=accept-new -o HostKeyAlias={}"
 
 
 def group_name(*parts: str) -> str:
@@ -35,7 +36,7 @@ def build_inventory(rows: Iterable[InstanceRow], ssh_key_path: str, endpoint: st
         tags = {**(row["tags"] or {}), **({"Name": row["name"]} if row["name"] else {})}
         hostvars[host] = {
             "ansible_host": row["public_ip"], "ansible_user": row["login_user"] or "ec2-user",
-            "ansible_ssh_private_key_file": ssh_key_path, "ansible_ssh_common_args": SSH_ARGS,
+            "ansible_ssh_private_key_file": ssh_key_path, "ansible_ssh_common_args": SSH_ARGS.format(host),
             "ec2_id": host, "ec2_name": row["name"], "ec2_state": str(row["state"]),
             "ec2_instance_type": row["instance_type"], "ec2_ami": row["ami"], "ec2_region": row["region"],
             "ec2_public_ip": row["public_ip"], "ec2_tags": tags, "ec2_stop_at": row["stop_at"],

@@ -75,3 +75,17 @@ def test_one_process_per_series_shared_by_concurrent_asks_and_cached():
     assert len(runner.calls) == 2 and all(answer == first[0] for answer in [*first, again])
     assert [p["average"] for p in first[0]["datapoints"]] == [1.0, 2.0]  # oldest first
     assert first[0]["unit"] == "Percent" and other["start"] < first[0]["start"]
+
+
+def test_a_create_without_stop_when_idle_hashes_as_before_the_field_existed():
+    from app.models.instance import InstanceCreate
+    from app.services.instances import request_hash
+
+    body = {"name": "a", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
+    old = InstanceCreate.model_validate(body).model_dump(exclude={"stop_when_idle"})
+    import hashlib
+    import json
+    expected = hashlib.sha256(json.dumps(old, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    assert request_hash(InstanceCreate.model_validate(body)) == expected
+    assert request_hash(InstanceCreate.model_validate(body | {"stop_when_idle": {"cpu_below_percent": 5,
+                                                                                  "for_minutes": 30}})) != expected
