@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     transition_window_ms: int = Field(25, ge=0, le=1000)
     ami_catalog_ttl_hours: float = Field(24.0, gt=0)
     api_token: SecretStr | None = None
+    # Opens GET /metrics to a scraper holding this token (API_TOKEN works too).
+    metrics_token: SecretStr | None = None
+    log_format: Literal["text", "json"] = "text"
     max_body_bytes: int = Field(65536, ge=1024, le=10 * 1024 * 1024)
     # EC2 is eventually consistent: "gone" and "never launched" are concluded only after this long
     # (and, for a tracked instance, this many consecutive sweeps that did not see it).
@@ -202,13 +205,14 @@ class Settings(BaseSettings):
             raise ValueError(f"must be an AWS region like us-east-1, got {value!r}")
         return value
 
-    @field_validator("api_token", mode="before")
+    @field_validator("api_token", "metrics_token", mode="before")
     @classmethod
-    def _token(cls, value: object) -> object:
+    def _token(cls, value: object, info: ValidationInfo) -> object:
         if value in (None, ""):
             return None
         if isinstance(value, str) and (len(value) < 16 or not value.isprintable() or " " in value):
-            raise ValueError("API_TOKEN must be at least 16 printable characters without spaces "
+            name = (info.field_name or "api_token").upper()
+            raise ValueError(f"{name} must be at least 16 printable characters without spaces "
                              "(e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))')")
         return value
 

@@ -13,13 +13,14 @@ from pydantic import ValidationError
 from app.config import Settings, describe_errors, get_settings
 from app.errors import ApiError, install_error_handlers
 from app.models.instance import Health
-from app.routers import budget, instances, inventory, notifications
+from app.routers import budget, instances, inventory, metrics, notifications
 from app.security import GuardMiddleware, check_bind
 from app.services.aws_cli import AwsCli
 from app.services.cloudwatch import AlarmKeeper
 from app.services.db import Database, SchemaTooNew
 from app.services.instances import InstanceService
 from app.services.notifications import Notifier
+from app.services.observability import Metrics, RequestMiddleware, configure_logging
 from app.services.scheduling import AutoStopper
 
 log = logging.getLogger("ec2_creator")
@@ -71,6 +72,7 @@ async def lifespan(app: FastAPI):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
     settings = await asyncio.to_thread(_load_settings)  # validating NOTIFY_URLS imports Apprise: off the loop
+    configure_logging(settings.log_format)
     check_bind(settings)
     db = Database(settings.database_path)
     try:
@@ -78,8 +80,12 @@ async def lifespan(app: FastAPI):
     except SchemaTooNew as exc:
         raise SystemExit(f"ec2-creator-local: {exc}") from None
     await asyncio.to_thread(db.claim_unscoped_launches, settings.region, settings.endpoint_key)
-    aws = AwsCli(settings)
+    metrics: Metrics = app.state.metrics
+    aws = AwsCli(settings, on_process=metrics.aws_process)
     service = InstanceService(settings, db, aws)
+    metrics.record.counts = db.count_by_state
+    metrics.record.last_sweep = lambda: service.reconciler.last_success
+    metrics.record.committed = lambda: service.spending.summary().committed_usd
     await service.load_catalog()
     app.state.settings, app.state.store = settings, db
     app.state.service, app.state.reconciler = service, service.reconciler
@@ -132,11 +138,14 @@ def create_app(settings_getter: Callable[[], Settings] = _load_settings) -> Fast
         redoc_url=None,
     )
     install_error_handlers(app)
+    app.state.metrics = Metrics()
     app.add_middleware(GuardMiddleware, settings_getter=settings_getter)
+    app.add_middleware(RequestMiddleware, metrics=app.state.metrics)  # outermost: every answer counted
     app.include_router(instances.router)
     app.include_router(budget.router)
     app.include_router(notifications.router)
     app.include_router(inventory.router)
+    app.include_router(metrics.router)
 
     @app.get("/health", response_model=Health, tags=["health"])
     async def health() -> dict:

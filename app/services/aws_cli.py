@@ -16,6 +16,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -207,8 +208,10 @@ SLOT_WAIT_SHARE = 0.5  # of AWS_CLI_TIMEOUT_SECONDS, at most spent waiting for a
 class AwsCli:
     """Runs aws_cli_bash_scripts/*.sh: one script, one `aws` process, JSON back."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings,
+                 on_process: Callable[[str, str, float], None] = lambda script, outcome, seconds: None) -> None:
         self.settings = settings
+        self.on_process = on_process  # (script, "ok" or the error code, seconds): the metrics
         self.timeout = settings.aws_cli_timeout_seconds
         self._slots = _Slots(settings.max_aws_processes)
         # `nice` execs the script (no extra process): the CPU-bound `aws` children yield to the
@@ -261,6 +264,7 @@ class AwsCli:
                               "shortly.", code="aws_busy", retry_after=5)
         env = self.env if region in (None, self.settings.region) else {**self.env, "AWS_REGION": region,
                                                                         "AWS_DEFAULT_REGION": region}
+        started = time.monotonic()
         try:
             proc = await asyncio.create_subprocess_exec(
                 *self._nice, str(path), *args,
@@ -275,6 +279,7 @@ class AwsCli:
             except TimeoutError:
                 _kill_group(proc)
                 await proc.wait()
+                self.on_process(script, "timeout", time.monotonic() - started)
                 raise UpstreamTimeout(f"The AWS call ({script}) did not finish within {self.timeout:g} s; "
                                       "EC2 may still act on it. Retry in a moment.", retry_after=5) from None
             except BaseException:
@@ -287,8 +292,10 @@ class AwsCli:
         returncode = proc.returncode if proc.returncode is not None else -1
         if returncode != 0:
             error = classify(script, returncode, stderr)
+            self.on_process(script, error.code, time.monotonic() - started)
             log.warning("%s failed (exit %s): %s", script, proc.returncode, error.detail)
             raise error
+        self.on_process(script, "ok", time.monotonic() - started)
         if not out.strip():
             return {}
         try:

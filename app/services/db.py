@@ -339,6 +339,10 @@ class Database:
         row = self.connect().execute("SELECT * FROM instances WHERE id = ?", (instance_id,)).fetchone()
         return self._row(row) if row is not None else None
 
+    def count_by_state(self) -> dict[str, int]:
+        return {r[0] or "pending": r[1] for r in self.connect().execute(
+            "SELECT state, COUNT(*) FROM instances GROUP BY state")}
+
     def get_instances(self, ids: list[str]) -> dict[str, InstanceRow]:
         """The recorded rows among `ids`, by id (in one read)."""
         found: dict[str, InstanceRow] = {}

@@ -43,6 +43,7 @@ class Reconciler(LoopTask):
         self._sweep_lock = asyncio.Lock()
         self._pruned_at = float("-inf")
         self.mutations_in_flight = 0
+        self.last_success: float | None = None  # when the last sweep succeeded (Unix time)
 
     @property
     def account(self) -> str | None:
@@ -132,6 +133,7 @@ class Reconciler(LoopTask):
             except ApiError as exc:
                 log.warning("sweep: looking up overdue launches failed (%s); next sweep tries again", exc.detail)
             log.debug("sweep: %d observed in %.2fs, %s", len(observed), time.perf_counter() - t0, result)
+            self.last_success = time.time()
             return result
         finally:
             self._sweep_lock.release()
