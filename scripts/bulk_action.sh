@@ -25,7 +25,8 @@ to the API (POST /instances/actions), then print a line per instance.
 
 Options:
   --tag KEY=VALUE   a tag every instance must carry (at least one)
-  --state STATE     only instances in this state (repeatable: any of them)
+  --state STATE     only instances in this state (repeatable: any of them; default:
+                    pending and running for stop, stopped for start, any for delete)
   --url URL         the API (default ${DEFAULT_URL})
   -h, --help        show this help
 
@@ -77,6 +78,13 @@ main() {
   [[ -n "${action}" ]] || usage_error "ACTION (stop, start or delete) is required"
   ((${#tags[@]} > 0)) || usage_error "at least one --tag KEY=VALUE is required"
   [[ "${url}" =~ ^https?:// ]] || usage_error "--url must be an http:// or https:// URL"
+  if ((${#states[@]} == 0)); then  # only those the action applies to: the others would answer 409
+    case "${action}" in
+      stop) states=(pending running) ;;
+      start) states=(stopped) ;;
+      delete) ;;
+    esac
+  fi
 
   python3 - "${url}" "${action}" "${#tags[@]}" "${tags[@]}" "${states[@]}" <<'PY'
 import json

@@ -2,8 +2,10 @@
 stops go out as one `aws` process, one id EC2 refuses fails only its own caller, and POST /instances/actions
 acts on ids or a selector with one process."""
 
+import sqlite3
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 
 import httpx
 import pytest
@@ -137,6 +139,7 @@ def test_the_offhours_script_stops_the_tagged_boxes_in_one_call(api, api_server,
     assert len(calls_of(api_server, mark, "stop-instances")) == 1
     assert fresh_emulator.instances()[always]["State"]["Name"] == "running"
     # A failing instance makes the job fail; bad arguments are usage errors that call nothing.
+    api.post("/instances/sync").raise_for_status()  # recorded stopped: what a start by tag picks by default
     api_server.set_faults({"op": "start-instances", "fail": aws_error(
         "InsufficientInstanceCapacity", "StartInstances", "We currently do not have sufficient t3.micro capacity.")})
     failed = subprocess.run([str(ROOT / "scripts" / "bulk_action.sh"), "start", "--tag", "Schedule=office-hours",
@@ -149,3 +152,11 @@ def test_the_offhours_script_stops_the_tagged_boxes_in_one_call(api, api_server,
         usage = subprocess.run([str(ROOT / "scripts" / "bulk_action.sh"), *args], capture_output=True, text=True,
                                timeout=30, env=safe_env())
         assert usage.returncode == 2 and "Usage:" in usage.stderr, (args, usage.stderr)
+
+
+def test_a_selector_picks_only_this_servers_ec2(api, api_server):
+    here, elsewhere = launch(api, 2, tags={"Team": "scoped"})
+    with closing(sqlite3.connect(api_server.db_path)) as conn, conn:
+        conn.execute("UPDATE instances SET endpoint = 'http://127.0.0.1:1' WHERE id = ?", (elsewhere,))
+    got = api.post("/instances/actions", json={"action": "stop", "selector": {"tag": {"Team": "scoped"}}})
+    assert [r["id"] for r in got.json()["results"]] == [here]  # not a 409 other_endpoint for the other

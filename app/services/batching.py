@@ -4,9 +4,9 @@ EC2's StartInstances, StopInstances and TerminateInstances take up to 1,000 ids,
 costs about the same for one id or fifty. A transition submitted here waits at most TRANSITION_WINDOW_MS
 for others of its kind (each new arrival extends the wait by the window, up to eight windows in all), then
 they go out as one call. One bad id fails a whole EC2 call, so a failure is split the way Cloud Custodian
-does it: the ids EC2's error names get that error, the rest are sent again without them; an error of one
-instance's kind that names none is retried one id at a time. Errors that are not about one instance
-(throttling, credentials, a timeout) are every caller's.
+does it: the ids EC2's error names get that error, the rest are sent again without them; an error that may
+be about some instances only and names none (a state, protection, IAM conditions, capacity) is retried in
+halves. Errors about every instance (throttling, credentials, a timeout) are every caller's.
 """
 
 import asyncio
@@ -28,6 +28,10 @@ INSTANCE_ID = re.compile(r"i-[0-9a-f]{8,17}")
 # Refusals about one instance (a state, protection, an instance type that cannot do it, an id).
 PER_INSTANCE = {"IncorrectInstanceState", "InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed",
                 "UnsupportedOperation", "OperationNotPermitted", "IncorrectState", "InvalidInstanceState"}
+# Refusals that may be about some instances only (IAM conditions on tags, capacity of one type or zone): a
+# batch that gets one is split in halves, so one caller's instance never fails the others'.
+MAYBE_PER_INSTANCE = PER_INSTANCE | {"UnauthorizedOperation", "InsufficientInstanceCapacity",
+                                     "InsufficientCapacity", "InstanceLimitExceeded", "VcpuLimitExceeded"}
 
 
 async def send(aws, script: str, response_key: str, ids: Sequence[str], region: str | None = None,
@@ -44,17 +48,19 @@ async def send(aws, script: str, response_key: str, ids: Sequence[str], region: 
             doc = await aws.run(script, *batch, region=region, background=background)
         except ApiError as exc:
             named = set(INSTANCE_ID.findall(exc.detail)) & set(batch)
-            if exc.aws_error_code in PER_INSTANCE and len(batch) > 1:
-                if named:  # give those their error, send the rest again without them
-                    failed |= dict.fromkeys(named, exc)
-                    rest = [i for i in batch if i not in named]
-                    log.info("%s: EC2 refused %s (%s); sending the other %d again", script,
-                             ", ".join(sorted(named)), exc.aws_error_code, len(rest))
+            if exc.aws_error_code in PER_INSTANCE and named and len(batch) > 1:
+                # Give those their error, send the rest again without them.
+                failed |= dict.fromkeys(named, exc)
+                rest = [i for i in batch if i not in named]
+                log.info("%s: EC2 refused %s (%s); sending the other %d again", script, ", ".join(sorted(named)),
+                         exc.aws_error_code, len(rest))
+                if rest:
                     queue.insert(0, rest)
-                else:  # whose it is cannot be told: one id at a time
-                    queue[:0] = [[i] for i in batch]
-                continue
-            failed |= dict.fromkeys(batch, exc)
+            elif exc.aws_error_code in MAYBE_PER_INSTANCE and len(batch) > 1:
+                half = len(batch) // 2  # whose it is cannot be told: halves, until it can
+                queue[:0] = [batch[:half], batch[half:]]
+            else:
+                failed |= dict.fromkeys(batch, exc)
             continue
         entries = {e.get("InstanceId"): e for e in doc.get(response_key) or [] if isinstance(e, dict)}
         for instance_id in batch:

@@ -398,7 +398,10 @@ class InstanceService:
         """The ids of the tracked instances (not terminated) a selector matches; more than 1,000 is a 400."""
         wanted = selector.as_filter()
         rows = await asyncio.to_thread(self.db.list_instances, wanted.asks_for_ended)
-        ids = [r["id"] for r in rows if wanted.matches(r)]
+        account = self.reconciler.account
+        # This server's EC2 only: another endpoint's or account's instances could only answer 409.
+        ids = [r["id"] for r in rows if wanted.matches(r) and r["endpoint"] in (None, self.endpoint)
+               and r["region"] in (None, self.region) and not (account and r["account"] not in (None, account))]
         if len(ids) > MAX_BULK:
             raise PolicyViolation(f"The selector matches {len(ids)} instances; one action takes at most {MAX_BULK}. "
                                   "Narrow it (state, tag, name) or send ids.", code="too_many_instances")

@@ -42,11 +42,28 @@ def test_an_id_the_error_names_is_left_out_and_the_rest_sent_again():
     assert ec2.calls == [[A, B, C, D], [A, C, D], [A, C]]
 
 
-def test_a_per_instance_error_naming_nobody_is_retried_one_id_at_a_time():
+def test_a_per_instance_error_naming_nobody_is_retried_in_halves():
     ec2 = FakeEc2({B: wrong_state(B, named=False)})
     answered, failed = asyncio.run(send(ec2, "stop_instance.sh", "StoppingInstances", [A, B, C]))
     assert sorted(answered) == [A, C] and list(failed) == [B]
-    assert ec2.calls == [[A, B, C], [A], [B], [C]]
+    assert ec2.calls == [[A, B, C], [A], [B, C], [B], [C]]
+
+
+def test_capacity_for_one_instance_does_not_fail_the_others():
+    capacity = Unavailable("AWS said: We currently do not have sufficient t3.micro capacity.", code="aws_capacity",
+                           aws_error_code="InsufficientInstanceCapacity")
+    ec2 = FakeEc2({D: capacity})
+    answered, failed = asyncio.run(send(ec2, "start_instance.sh", "StoppingInstances", [A, B, C, D]))
+    assert sorted(answered) == [A, B, C] and list(failed) == [D]
+    assert len(ec2.calls) == 5  # [A B C D], [A B], [C D], [C], [D]
+
+
+def test_an_error_naming_every_id_sends_nothing_more():
+    both = Conflict(f"AWS said: The instance IDs '{A}, {B}' do not exist", code="instance_not_found",
+                    aws_error_code="InvalidInstanceID.NotFound")
+    ec2 = FakeEc2({A: both, B: both})
+    answered, failed = asyncio.run(send(ec2, "stop_instance.sh", "StoppingInstances", [A, B]))
+    assert answered == {} and sorted(failed) == [A, B] and ec2.calls == [[A, B]]
 
 
 def test_an_error_about_everything_is_everyones_after_one_call():
