@@ -118,6 +118,7 @@ def test_bulk_by_selector_acts_on_the_matching_instances_only(api, api_server, f
     {"action": "reboot", "ids": ["i-0123456789abcdef0"]},
     {"action": "stop", "ids": [f"i-{n:017x}" for n in range(1001)]},
     {"action": "stop", "selector": {"state": ["sleeping"]}},
+    {"action": "stop", "ids": None, "selector": {"state": ["running"]}},
 ])
 def test_bad_bulk_requests_are_422_and_spawn_nothing(api, api_server, body):
     mark = len(api_server.aws_calls())

@@ -309,8 +309,8 @@ class BulkAction(BaseModel):
 
     @model_validator(mode="after")
     def _one_way(self) -> "BulkAction":
-        if (self.ids is None) == (self.selector is None):
-            raise ValueError("give ids or selector (one of them)")
+        if (self.ids is None) == (self.selector is None) or len(self.model_fields_set & {"ids", "selector"}) != 1:
+            raise ValueError("give ids or selector (one of them, not null)")
         return self
 
 
@@ -318,6 +318,7 @@ class BulkError(BaseModel):
     detail: str
     code: str
     aws_error_code: str | None = None
+    instance_id: str | None = Field(None, description="With record_failed: the instance EC2 acted on")
 
 
 class BulkResult(BaseModel):
