@@ -140,8 +140,3 @@ class Coalescer:
                     future.set_exception(failed[instance_id])
                 else:
                     future.set_result(answered.get(instance_id, {}))
-
-    async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
