@@ -5,9 +5,11 @@ The harness itself (processes, emulator, server, AWS_CLI shim) lives in tests/su
 
 import pytest
 
+from app.services.db import Database, PostgresDatabase
 from tests.support.emulator import Emulator
+from tests.support.postgres import PgCluster
 from tests.support.processes import AWS_CLI_V1, aws_cli_v2
-from tests.support.server import ApiServer, build_catalog_template, synced_client
+from tests.support.server import ApiServer, build_catalog_template, build_pg_catalog_template, synced_client
 
 
 def pytest_configure(config) -> None:
@@ -31,6 +33,47 @@ def emulator(tmp_path_factory):
     emu.close()
 
 
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A private PostgreSQL cluster (Debian's postgresql package), started by the first test that needs one."""
+    cluster = PgCluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_catalog_template(pg_cluster, emulator, tmp_path_factory) -> str:
+    """A PostgreSQL database holding only the emulator's AMI catalogue: a new server's database is a copy."""
+    return build_pg_catalog_template(pg_cluster, emulator.url, tmp_path_factory.mktemp("pg-catalog"))
+
+
+def db_engine(request) -> str:
+    """The engine a test module runs on: DB_ENGINE = "postgres" in a module runs it on PostgreSQL (the
+    modules under tests/postgres/ import a suite's tests and set it); SQLite otherwise."""
+    return getattr(request.module, "DB_ENGINE", "sqlite")
+
+
+@pytest.fixture
+def database_env(request) -> dict[str, str]:
+    """Settings giving a server its database on the module's engine: a fresh PostgreSQL database holding
+    the catalogue, or nothing (ApiServer's own SQLite file)."""
+    if db_engine(request) != "postgres":
+        return {}
+    cluster = request.getfixturevalue("pg_cluster")
+    return {"DATABASE_URL": cluster.new_database(request.getfixturevalue("pg_catalog_template"))}
+
+
+@pytest.fixture
+def new_db(request, tmp_path) -> Database:
+    """An empty, migrated store on the module's engine."""
+    if db_engine(request) == "postgres":
+        db: Database = PostgresDatabase(request.getfixturevalue("pg_cluster").new_database())
+    else:
+        db = Database(tmp_path / "x.db")
+    db.migrate()
+    return db
+
+
 @pytest.fixture(scope="session", params=["v1", "v2"])
 def aws_cli_bin(request):
     """Each AWS CLI the project supports, in turn: the venv's v1 and Debian's v2."""
@@ -47,8 +90,11 @@ def fresh_emulator(emulator):
 @pytest.fixture(scope="module")
 def api_server(emulator, tmp_path_factory, request):
     """The module's server; a module sets SERVER_ENV (settings as environment variables) to tune it."""
-    server = ApiServer(tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]), emulator.url,
-                       **getattr(request.module, "SERVER_ENV", {}))
+    env = getattr(request.module, "SERVER_ENV", {})
+    if db_engine(request) == "postgres":
+        cluster = request.getfixturevalue("pg_cluster")
+        env = {**env, "DATABASE_URL": cluster.new_database(request.getfixturevalue("pg_catalog_template"))}
+    server = ApiServer(tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]), emulator.url, **env)
     yield server
     server.stop()
 

@@ -245,9 +245,9 @@ def test_events_record_each_state_change(api):
 
 # -- convergence with EC2 ---------------------------------------------------------------------
 @pytest.fixture
-def looping_api(fresh_emulator, tmp_path):
+def looping_api(fresh_emulator, tmp_path, database_env):
     """A server whose periodic sweep runs every second (the module's server sweeps only when asked)."""
-    server = ApiServer(tmp_path, fresh_emulator.url, RECONCILE_INTERVAL_SECONDS="1")
+    server = ApiServer(tmp_path, fresh_emulator.url, RECONCILE_INTERVAL_SECONDS="1", **database_env)
     try:
         with synced_client(server) as client:
             yield client

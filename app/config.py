@@ -6,6 +6,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -151,6 +153,23 @@ class Settings(BaseSettings):
     def _never(cls, value: object) -> object:
         return None if value in ("", "never", "none", "null") else value
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("is empty; give a SQLite file path or a postgresql://user:password@host:port/db URL")
+        if value.startswith(("postgresql://", "postgres://")):
+            try:
+                conninfo_to_dict(value)
+            except psycopg.ProgrammingError as exc:
+                raise ValueError(f"is not a PostgreSQL URL psycopg can use ({exc}); the form is "
+                                 "postgresql://user:password@host:port/database") from None
+        elif "://" in value and not value.startswith("sqlite:///"):
+            raise ValueError("names an engine this service does not speak; use a SQLite file path (or "
+                             "sqlite:///path) or postgresql://user:password@host:port/database")
+        return value
+
     @field_validator("prices_file")
     @classmethod
     def _prices_readable(cls, value: Path) -> Path:
@@ -256,6 +275,10 @@ class Settings(BaseSettings):
     def target_label(self) -> str:
         """SANDBOX when an emulator endpoint is set, AWS otherwise."""
         return "SANDBOX" if self.ec2_endpoint_url else "AWS"
+
+    @property
+    def database_is_postgres(self) -> bool:
+        return self.database_url.startswith(("postgresql://", "postgres://"))
 
     @property
     def database_path(self) -> Path:

@@ -8,6 +8,7 @@ import logging
 import re
 import sqlite3
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -160,12 +161,14 @@ def install_error_handlers(app: FastAPI) -> None:
         return _json(exc.status_code, {"detail": detail, "code": codes.get(exc.status_code, "http_error")},
                      headers)
 
-    @app.exception_handler(sqlite3.Error)
-    async def _store(_: Request, exc: sqlite3.Error) -> JSONResponse:
+    async def _store(_: Request, exc: Exception) -> JSONResponse:
         log.error("database error: %s", exc)
-        return _json(503, {"detail": f"The local database cannot be used right now ({exc}); nothing was "
+        return _json(503, {"detail": f"The database cannot be used right now ({exc}); nothing was "
                                      "changed in EC2 by this request. Retry shortly.", "code": "store_unavailable"},
                      {"Retry-After": "5"})
+
+    for store_error in (sqlite3.Error, psycopg.Error):
+        app.add_exception_handler(store_error, _store)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

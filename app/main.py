@@ -17,10 +17,11 @@ from app.routers import budget, instances, inventory, metrics, notifications
 from app.security import GuardMiddleware, check_bind
 from app.services.aws_cli import AwsCli
 from app.services.cloudwatch import AlarmKeeper
-from app.services.db import Database, SchemaTooNew
+from app.services.db import Database, SchemaTooNew, open_database
 from app.services.instances import InstanceService
 from app.services.notifications import Notifier
 from app.services.observability import Metrics, RequestMiddleware, configure_logging
+from app.services.replicas import Leadership
 from app.services.scheduling import AutoStopper
 
 log = logging.getLogger("ec2_creator")
@@ -74,7 +75,7 @@ async def lifespan(app: FastAPI):
     settings = await asyncio.to_thread(_load_settings)  # validating NOTIFY_URLS imports Apprise: off the loop
     configure_logging(settings.log_format)
     check_bind(settings)
-    db = Database(settings.database_path)
+    db = open_database(settings.database_url, settings.database_path)
     try:
         await asyncio.to_thread(db.migrate)
     except SchemaTooNew as exc:
@@ -104,7 +105,14 @@ async def lifespan(app: FastAPI):
     else:
         credentials = f"profile {settings.aws_profile}" if settings.aws_profile else "the AWS CLI's default chain"
     log.info("EC2 Creator Local targets %s (%s, region %s, %s); AWS CLI %s; database %s", settings.target_label,
-             endpoint, settings.region, credentials, aws.env["AWS_CLI"], settings.database_path)
+             endpoint, settings.region, credentials, aws.env["AWS_CLI"], db.name)
+    # On PostgreSQL several replicas may share the database: only the leader runs the background loops (a
+    # follower retries within half an interval, so a dead leader is replaced within one sweep interval).
+    leadership = Leadership(db, min(5.0, settings.reconcile_interval_seconds / 2))
+    for loop in (service.reconciler, stopper, alarms, notifier):
+        loop.leadership = leadership
+    metrics.record.leader = lambda: leadership.is_leader
+    leadership.start()
     warm = asyncio.create_task(_warm_catalog(service))
     cli = asyncio.create_task(_log_cli_version(aws, db))
     service.reconciler.start()
@@ -123,6 +131,7 @@ async def lifespan(app: FastAPI):
         await notifier.stop()
         await service.account_plan.stop()
         await service.reconciler.stop()
+        await leadership.stop()
         warm.cancel()
         cli.cancel()
 

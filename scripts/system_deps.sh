@@ -3,7 +3,7 @@
 # Check the few system programs `make test` needs that no project registry ships (Chromium for the
 # Swagger UI check, Java and Node.js/npm for npm-groovy-lint, curl for the README's tour, the AWS
 # CLI v2 the tests run next to the venv's v1, sshd and python3-apt for the Ansible test's SSH
-# target). Missing ones are installed from Debian when run as
+# target; PostgreSQL's server for the suites on PostgreSQL). Missing ones are installed from Debian when run as
 # root with apt-get; otherwise the exact command to run is printed and the exit code is 1.
 # Everything else (shellcheck, bats, the AWS CLI v1, moto) comes from PyPI and npm into the
 # project's own .venv and node_modules.
@@ -24,7 +24,7 @@ Usage: ${PROG} [--check]
 Make sure chromium, java, node, npm and curl are on PATH, that AWS_CLI_V2 (default
 /usr/bin/aws) is an AWS CLI v2, and that sshd and python3-apt are there (the Ansible test's SSH
 target). As root with apt-get, install the missing ones from Debian (chromium,
-default-jre-headless, nodejs, npm, curl, awscli, openssh-server, python3-apt); otherwise print the
+default-jre-headless, nodejs, npm, curl, awscli, openssh-server, python3-apt, postgresql); otherwise print the
 command that would and exit 1. --check only reports.
 USAGE
 }
@@ -44,6 +44,8 @@ missing_packages() {
   # The SSH target of the Ansible test (tests/test_ansible.py): sshd, and python3-apt for the apt module.
   [[ -x "${SSHD:-/usr/sbin/sshd}" ]] || echo openssh-server
   [[ -d "${PYTHON3_APT_DIR:-/usr/lib/python3/dist-packages/apt}" ]] || echo python3-apt
+  # The PostgreSQL server the store, lifecycle, contract and replica suites start privately (initdb in a temp dir).
+  compgen -G "${PG_BIN:-/usr/lib/postgresql/*/bin}/initdb" >/dev/null || echo postgresql
 }
 
 main() {

@@ -18,8 +18,8 @@ BODY = {"name": "idem", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
 
 
 @pytest.fixture
-def server(emulator, tmp_path):
-    srv = ApiServer(tmp_path, emulator.url)
+def server(emulator, tmp_path, database_env):
+    srv = ApiServer(tmp_path, emulator.url, **database_env)
     yield srv
     srv.stop()
 

@@ -4,15 +4,20 @@ Methods are synchronous and fast; async code calls them through `asyncio.to_thre
 event loop never waits on the disk. Each thread gets its own connection.
 """
 
+import functools
+import hashlib
 import itertools
 import json
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import psycopg
 
 from app.models.instance import STORED_FIELDS
 from app.models.rows import EventRow, InstanceRow, InstanceState, LaunchRow, LaunchStatus
@@ -63,10 +68,11 @@ ACTIVE = f"state NOT IN {ENDED!r}"
 ALARMABLE = f"state NOT IN {(InstanceState.SHUTTING_DOWN.value, *ENDED)!r}"
 WANT = f"(CASE WHEN {ALARMABLE} THEN stop_when_idle END)"  # the setting CloudWatch should hold
 # The alarm keeper's rows: this EC2's, of this account (a row whose account is not known yet counts).
-ALARM_SCOPE = "region = ? AND endpoint = ? AND (? IS NULL OR account IS NULL OR account = ?)"
+ALARM_SCOPE = "region = ? AND endpoint = ? AND (CAST(? AS TEXT) IS NULL OR account IS NULL OR account = ?)"
 # Evaluated inside the writing statement, under SQLite's write lock: revisions grow in commit order, so
 # a reader that saw revision N has seen every row written before it.
 NEXT_REV = "(SELECT COALESCE(MAX(rev), 0) + 1 FROM instances)"
+KV_UPSERT = "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 EVENT_COLUMNS = "at, action, from_state, to_state, source, request_id, aws_error, public_ip"
 
 
@@ -142,7 +148,7 @@ class Database:
         self._local = threading.local()
         # Bumped after every committed write to `instances`; the rendered list is cached per value.
         self._generations = itertools.count(1)
-        self.generation = 0
+        self._generation = 0
         self._list_cache: dict[bool, tuple[int, bytes]] = {}
 
     # -- connection and schema -------------------------------------------------------------
@@ -173,15 +179,41 @@ class Database:
             except OSError:
                 pass  # absent, or not ours to change
 
+    # -- what differs between the engines (PostgresDatabase overrides these) ------------------------
+    @property
+    def name(self) -> str:
+        return str(self.path)
+
+    @staticmethod
+    def _begin_write(conn) -> None:
+        conn.execute("BEGIN IMMEDIATE")  # SQLite's one writer at a time, from the first statement on
+
+    @staticmethod
+    def _begin_read(conn) -> None:
+        conn.execute("BEGIN")
+
+    @staticmethod
+    def _user_version(conn) -> int:
+        return conn.execute("PRAGMA user_version").fetchone()[0]
+
+    @staticmethod
+    def _set_user_version(conn, version: int) -> None:
+        conn.execute(f"PRAGMA user_version = {int(version)}")
+
+    @staticmethod
+    def _json_text(column: str, key: str) -> str:
+        """SQL for the text of `key` in a JSON object column."""
+        return f"json_extract({column}, '$.{key}')"
+
     def migrate(self) -> None:
         """Create or upgrade the schema to SCHEMA_VERSION, keeping every existing row."""
         conn = self.connect()
-        conn.execute("BEGIN IMMEDIATE")
+        self._begin_write(conn)
         try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            version = self._user_version(conn)
             if version > SCHEMA_VERSION:
                 raise SchemaTooNew(
-                    f"the database {self.path} has schema version {version}, newer than this version of "
+                    f"the database {self.name} has schema version {version}, newer than this version of "
                     f"ec2-creator-local understands ({SCHEMA_VERSION}); upgrade the service, or point "
                     "DATABASE_URL at another file. Nothing was changed.")
             if version < 1:
@@ -194,7 +226,7 @@ class Database:
                 self._migrate_to_4(conn)
             if version < 5:
                 self._migrate_to_5(conn)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._set_user_version(conn, SCHEMA_VERSION)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -208,7 +240,7 @@ class Database:
                 state TEXT, ssh_string TEXT, security_group_id TEXT, backend_used TEXT,
                 created_at TEXT, updated_at TEXT)"""
         )
-        have = {row["name"] for row in conn.execute("PRAGMA table_info(instances)")}
+        have = _columns(conn, "instances")
         for column, decl in ADDED_COLUMNS.items():
             if column not in have:
                 conn.execute(f"ALTER TABLE instances ADD COLUMN {column} {decl}")
@@ -244,11 +276,11 @@ class Database:
     @staticmethod
     def _migrate_to_2(conn: sqlite3.Connection) -> None:
         """Scope rows by (endpoint, region); the catalogue caches become per scope; prune by time."""
-        have = {row["name"] for row in conn.execute("PRAGMA table_info(instances)")}
+        have = _columns(conn, "instances")
         for column, decl in ADDED_COLUMNS.items():
             if column not in have:
                 conn.execute(f"ALTER TABLE instances ADD COLUMN {column} {decl}")
-        have = {row["name"] for row in conn.execute("PRAGMA table_info(launches)")}
+        have = _columns(conn, "launches")
         for column in ("region", "endpoint"):
             if column not in have:
                 conn.execute(f"ALTER TABLE launches ADD COLUMN {column} TEXT")
@@ -273,11 +305,11 @@ class Database:
     def _migrate_to_3(conn: sqlite3.Connection) -> None:
         """Auto-stop and public-IP columns; each event keeps the public IP recorded with it (the ledger
         counts IPv4 hours from them)."""
-        have = {row["name"] for row in conn.execute("PRAGMA table_info(instances)")}
+        have = _columns(conn, "instances")
         for column, decl in ADDED_COLUMNS.items():
             if column not in have:
                 conn.execute(f"ALTER TABLE instances ADD COLUMN {column} {decl}")
-        have = {row["name"] for row in conn.execute("PRAGMA table_info(instance_events)")}
+        have = _columns(conn, "instance_events")
         if "public_ip" not in have:
             conn.execute("ALTER TABLE instance_events ADD COLUMN public_ip TEXT")
         conn.execute("CREATE INDEX IF NOT EXISTS instances_stop_at ON instances(stop_at) WHERE stop_at IS NOT NULL")
@@ -286,7 +318,7 @@ class Database:
     @staticmethod
     def _migrate_to_5(conn: sqlite3.Connection) -> None:
         """Idle stop by CloudWatch: the setting, the alarm, and what CloudWatch holds."""
-        have = {row["name"] for row in conn.execute("PRAGMA table_info(instances)")}
+        have = _columns(conn, "instances")
         for column, decl in ADDED_COLUMNS.items():
             if column not in have:
                 conn.execute(f"ALTER TABLE instances ADD COLUMN {column} {decl}")
@@ -310,6 +342,9 @@ class Database:
                 last_error TEXT, created_at TEXT NOT NULL, sent_at TEXT, UNIQUE (notification_id, channel))"""
         )
         conn.execute("CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(next_at) WHERE status = 'pending'")
+        if isinstance(conn, PgConnection):
+            conn.raw.execute(PG_NOTIFY_TRIGGER)
+            return
         conn.execute(
             """CREATE TRIGGER IF NOT EXISTS notify_instance_event AFTER INSERT ON instance_events
                WHEN EXISTS (SELECT 1 FROM kv WHERE key = 'notify_enabled')
@@ -383,8 +418,13 @@ class Database:
         self._list_cache[include_terminated] = (generation, body)
         return body
 
+    @property
+    def generation(self) -> int:
+        """Changes whenever a write to `instances` commits: what cached views of the table are keyed by."""
+        return self._generation
+
     def _written(self) -> None:
-        self.generation = next(self._generations)  # atomic: concurrent writers never share a value
+        self._generation = next(self._generations)  # atomic: concurrent writers never share a value
 
     def tracked_ids(self, region: str, endpoint: str, account: str) -> dict[str, InstanceRow]:
         """Every instance of this EC2 (endpoint, region, account) not yet terminated, by id: what a sweep
@@ -482,7 +522,8 @@ class Database:
             f"SELECT * FROM instances WHERE {ALARM_SCOPE} AND ((COALESCE({WANT}, '') != COALESCE(alarm_held, '') "
             f"AND (alarm_retry_at IS NULL OR alarm_retry_at <= ?)) OR ({WANT} IS NULL AND alarm_held IS NULL AND "
             f"idle_alarm IS NOT NULL) OR ({WANT} = alarm_held AND (idle_alarm IS NULL OR "
-            "json_extract(idle_alarm, '$.status') != 'set' OR json_extract(idle_alarm, '$.error') IS NOT NULL))) "
+            f"{self._json_text('idle_alarm', 'status')} != 'set' OR "
+            f"{self._json_text('idle_alarm', 'error')} IS NOT NULL))) "
             "ORDER BY id", (region, endpoint, account, account, now))]
 
     def next_alarm_retry(self, region: str, endpoint: str, account: str | None) -> str | None:
@@ -505,11 +546,11 @@ class Database:
 
     def read(self) -> "_Read":
         """`with db.read():` one consistent snapshot for several SELECTs."""
-        return _Read(self.connect())
+        return _Read(self.connect(), self._begin_read)
 
     def transaction(self, instances: bool = True) -> "_Transaction":
         """instances=False: the block writes no instance row (the rendered list stays cached)."""
-        return _Transaction(self.connect(), self._written if instances else _nothing)
+        return _Transaction(self.connect(), self._written if instances else _nothing, self._begin_write)
 
     def savepoint(self) -> "_Savepoint":
         """Inside a transaction: a failure in the block undoes the block alone, then propagates."""
@@ -604,7 +645,8 @@ class Database:
     def queue_notification(self, key: str, event: str, instance_id: str | None, data: dict) -> bool:
         """A notification that is not an instance event (an auto-stop warning, a budget crossing); once per key."""
         return self.connect().execute(
-            "INSERT OR IGNORE INTO notifications (key, event, instance_id, data, at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO notifications (key, event, instance_id, data, at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
             (key, event, instance_id, json.dumps(data), utcnow())).rowcount == 1
 
     def unexpanded_notifications(self, limit: int) -> list[dict]:
@@ -620,8 +662,9 @@ class Database:
         with self.transaction(instances=False) as conn:
             conn.execute("UPDATE notifications SET event = ?, expanded = 1 WHERE id = ?", (event, notification_id))
             conn.executemany(
-                "INSERT OR IGNORE INTO deliveries (notification_id, channel, status, next_at, created_at) "
-                "VALUES (?, ?, 'pending', ?, ?)", [(notification_id, c, now, now) for c in channels])
+                "INSERT INTO deliveries (notification_id, channel, status, next_at, created_at) "
+                "VALUES (?, ?, 'pending', ?, ?) ON CONFLICT DO NOTHING",
+                [(notification_id, c, now, now) for c in channels])
 
     def stopping_before(self, horizon: str, region: str, endpoint: str) -> list[dict]:
         """Running instances of this EC2 whose auto-stop comes before `horizon`."""
@@ -686,7 +729,7 @@ class Database:
                 ":architecture, :fetched_at)",
                 [{**t, "scope": scope, "fetched_at": now} for t in types],
             )
-            conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (f"catalog_resolved_at:{scope}", now))
+            conn.execute(KV_UPSERT, (f"catalog_resolved_at:{scope}", now))
 
     def load_catalog(self, scope: str) -> tuple[list[dict], list[dict], str | None]:
         conn = self.connect()
@@ -705,22 +748,30 @@ class Database:
         if value is None:
             self.connect().execute("DELETE FROM kv WHERE key = ?", (key,))
         else:
-            self.connect().execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, value))
+            self.connect().execute(KV_UPSERT, (key, value))
 
 
 def _nothing() -> None:
     pass
 
 
+def _columns(conn, table: str) -> set[str]:
+    """The column names of `table`, on either engine."""
+    if isinstance(conn, PgConnection):
+        return conn.columns(table)
+    return {row["name"] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
 class _Transaction:
     """`with db.transaction() as conn:` runs the block in one IMMEDIATE transaction."""
 
-    def __init__(self, conn: sqlite3.Connection, on_commit) -> None:
+    def __init__(self, conn: sqlite3.Connection, on_commit, begin) -> None:
         self.conn = conn
         self.on_commit = on_commit
+        self.begin = begin
 
     def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute("BEGIN IMMEDIATE")
+        self.begin(self.conn)
         return self.conn
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -729,11 +780,12 @@ class _Transaction:
 
 
 class _Read:
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, begin) -> None:
         self.conn = conn
+        self.begin = begin
 
     def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute("BEGIN")
+        self.begin(self.conn)
         return self.conn
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -750,5 +802,202 @@ class _Savepoint:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
-            self.conn.execute("ROLLBACK TO one_row")
-        self.conn.execute("RELEASE one_row")
+            self.conn.execute("ROLLBACK TO SAVEPOINT one_row")
+        self.conn.execute("RELEASE SAVEPOINT one_row")
+
+
+# -- PostgreSQL (DATABASE_URL=postgresql://...) ---------------------------------------------------
+# The SQL above is written once, in the subset both engines speak (standard upserts, `?` parameters);
+# the few differences are translated here, so the schema and its migrations are the same on both.
+
+# Every write transaction takes this transaction-scoped advisory lock first: writers run one at a time,
+# as in SQLite, across every replica (revisions grow in commit order; a launch claim sees the last one).
+PG_WRITE_LOCK = 0x45433243_00000001
+PG_NOTIFY_TRIGGER = """
+CREATE OR REPLACE FUNCTION notify_instance_event() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+  IF EXISTS (SELECT 1 FROM kv WHERE key = 'notify_enabled') THEN
+    INSERT INTO notifications (key, event_seq, instance_id, data, at)
+    VALUES ('event:' || NEW.seq, NEW.seq, NEW.instance_id,
+            json_build_object('to_state', NEW.to_state, 'public_ip', NEW.public_ip)::text, NEW.at)
+    ON CONFLICT DO NOTHING;
+  END IF;
+  RETURN NEW;
+END $fn$;
+DROP TRIGGER IF EXISTS notify_instance_event ON instance_events;
+CREATE TRIGGER notify_instance_event AFTER INSERT ON instance_events
+  FOR EACH ROW EXECUTE FUNCTION notify_instance_event();
+"""
+_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+_DDL_TEXT = re.compile(r"\bTEXT\b")
+_WRITE = re.compile(r"\s*(INSERT|UPDATE|DELETE)\b", re.IGNORECASE)
+
+
+def is_postgres_url(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+def redact_url(url: str) -> str:
+    """A database URL fit for a log line: the password replaced by ***."""
+    return re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", url)
+
+
+@functools.lru_cache(maxsize=1024)
+def pg_sql(sql: str, named: bool = False) -> str:
+    """A statement of this module as psycopg takes it: %s or %(name)s parameters; in DDL, TEXT compares
+    byte by byte as in SQLite (timestamps and ids sort the same on both) and AUTOINCREMENT is an identity."""
+    out = sql.replace("%", "%%")
+    out = _NAMED.sub(r"%(\1)s", out) if named else out.replace("?", "%s")
+    if out.lstrip().upper().startswith(("CREATE TABLE", "ALTER TABLE")):
+        out = out.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY")
+        out = _DDL_TEXT.sub('TEXT COLLATE "C"', out)
+    return out
+
+
+def _pg_params(params: Any) -> Any:
+    """Booleans are stored as 0/1 INTEGERs, as SQLite stores them."""
+    if isinstance(params, dict):
+        return {k: int(v) if isinstance(v, bool) else v for k, v in params.items()}
+    return [int(v) if isinstance(v, bool) else v for v in params]
+
+
+class PgRow(tuple):
+    """A row as sqlite3.Row gives it: by position, by column name, and dict(row)."""
+
+    names: tuple[str, ...]
+
+    def __new__(cls, names: tuple[str, ...], values: Iterable[Any]) -> "PgRow":
+        row = super().__new__(cls, values)
+        row.names = names
+        return row
+
+    def keys(self) -> tuple[str, ...]:
+        return self.names
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return tuple.__getitem__(self, self.names.index(key))
+        return tuple.__getitem__(self, key)
+
+
+def _pg_rows(cursor):
+    names = tuple(column.name for column in cursor.description or ())
+    return lambda values: PgRow(names, values)
+
+
+class PgConnection:
+    """One psycopg connection that runs this module's SQL. Autocommit, like the SQLite connections: a
+    transaction is begun explicitly; a write outside one is its own transaction, under PG_WRITE_LOCK."""
+
+    def __init__(self, url: str) -> None:
+        self.raw = psycopg.connect(url, autocommit=True, row_factory=_pg_rows, connect_timeout=10)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+
+    @property
+    def usable(self) -> bool:
+        return not (self.raw.closed or self.raw.broken)
+
+    def execute(self, sql: str, params: Any = ()):
+        statement, values = pg_sql(sql, isinstance(params, dict)), _pg_params(params)
+        if self.in_transaction or not _WRITE.match(sql):
+            return self.raw.execute(statement, values)
+        with self.raw.transaction():
+            self.raw.execute("SELECT pg_advisory_xact_lock(%s)", (PG_WRITE_LOCK,))
+            return self.raw.execute(statement, values)
+
+    def executemany(self, sql: str, rows: Iterable[Any]):
+        rows = list(rows)
+        statement = pg_sql(sql, bool(rows) and isinstance(rows[0], dict))
+        cursor = self.raw.cursor()
+        if self.in_transaction:
+            cursor.executemany(statement, [_pg_params(r) for r in rows])
+            return cursor
+        with self.raw.transaction():
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", (PG_WRITE_LOCK,))
+            cursor.executemany(statement, [_pg_params(r) for r in rows])
+        return cursor
+
+    def columns(self, table: str) -> set[str]:
+        return {r[0] for r in self.raw.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+            "AND table_name = %s", (table,))}
+
+    # Session advisory locks (app/services/replicas.py): held until unlocked or the connection ends.
+    def try_lock(self, key: int) -> bool:
+        row = self.raw.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+        return bool(row and row[0])
+
+    def unlock(self, key: int) -> None:
+        self.raw.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+    def ping(self) -> None:
+        self.raw.execute("SELECT 1")
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def advisory_key(name: str) -> int:
+    """A 64-bit advisory lock key for a name (an instance id, 'leader')."""
+    return int.from_bytes(hashlib.sha256(f"ec2-creator-local:{name}".encode()).digest()[:8], "big", signed=True)
+
+
+class PostgresDatabase(Database):
+    """The store on PostgreSQL: the same schema, migrations and methods; one connection per thread."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(Path(redact_url(url)))
+        self.url = url
+
+    @property
+    def name(self) -> str:
+        return redact_url(self.url)
+
+    def connect(self) -> PgConnection:  # type: ignore[override]
+        conn = getattr(self._local, "conn", None)
+        if conn is None or not conn.usable:  # a server restart breaks it: the next call reconnects
+            conn = PgConnection(self.url)
+            self._local.conn = conn
+        return conn
+
+    @property
+    def generation(self) -> int:
+        """Another replica's writes count too: every write of a row bumps its revision (rows are never deleted)."""
+        return self.connect().execute("SELECT COALESCE(MAX(rev), 0) FROM instances").fetchone()[0]
+
+    @staticmethod
+    def _begin_write(conn) -> None:
+        conn.execute("BEGIN")
+        conn.execute("SELECT pg_advisory_xact_lock(?)", (PG_WRITE_LOCK,))
+
+    @staticmethod
+    def _begin_read(conn) -> None:
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+
+    @staticmethod
+    def _user_version(conn) -> int:
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        return row[0] or 0
+
+    @staticmethod
+    def _set_user_version(conn, version: int) -> None:
+        conn.execute("DELETE FROM schema_version")
+        conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+
+    @staticmethod
+    def _json_text(column: str, key: str) -> str:
+        return f"(({column})::jsonb ->> '{key}')"
+
+    def session(self) -> PgConnection:
+        """A connection of its own (advisory locks held for as long as it lives)."""
+        return PgConnection(self.url)
+
+
+def open_database(url: str, path: Path) -> Database:
+    """DATABASE_URL's store: PostgreSQL for a postgresql:// URL, else the SQLite file at `path`."""
+    return PostgresDatabase(url) if is_postgres_url(url) else Database(path)
+

@@ -1,7 +1,8 @@
 """What the routes call: create, start, stop, delete. Route -> policy -> runner -> store.
 
 A create with a warm AMI catalogue costs one `aws` process; start/stop/delete cost one each and
-no-op transitions cost none. Mutations on one instance are serialised by a per-instance lock.
+no-op transitions cost none. Mutations on one instance are serialised by a per-instance lock (across
+replicas too, on PostgreSQL).
 """
 
 import asyncio
@@ -11,7 +12,6 @@ import logging
 import re
 import uuid
 from collections import defaultdict
-from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -27,6 +27,7 @@ from app.services.db import TIME_FORMAT, Database, age_seconds, canonical_json, 
 from app.services.free_tier import Catalog, check_catalog, check_static, login_user_for
 from app.services.reconciler import Reconciler
 from app.services.recorder import RUNNING, SECURITY_GROUP_NAME, Recorder, in_minutes
+from app.services.replicas import InstanceLocks
 from app.services.spending import AccountPlan, PriceBook, Rates, Spending, period_bounds
 
 log = logging.getLogger("ec2_creator.instances")
@@ -106,7 +107,7 @@ class InstanceService:
         self.metrics = Metrics(aws)
         self.coalescer = Coalescer(aws, settings.transition_window_ms / 1000)
         self.account_plan = AccountPlan(aws, emulated=bool(settings.ec2_endpoint_url))
-        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.locks = InstanceLocks(db)  # one mutation of an instance at a time, across replicas too
         self._catalog_lock = asyncio.Lock()
         self._sg_lock = asyncio.Lock()
         self._inflight: dict[str, asyncio.Future] = {}
@@ -324,7 +325,7 @@ class InstanceService:
     async def transition(self, instance_id: str, action: str) -> tuple[InstanceRow, bool]:
         """Apply `action` unless the state makes it a no-op (False) or impossible (409)."""
         rule = TRANSITIONS[action]
-        async with self._locks[instance_id]:
+        async with self.locks.hold([instance_id]):
             return await self._transition_locked(instance_id, action, rule)
 
     async def _transition_locked(self, instance_id: str, action: str,
@@ -413,9 +414,7 @@ class InstanceService:
         rule = TRANSITIONS[action]
         ids = list(dict.fromkeys(ids))
         results: dict[str, dict] = {}
-        async with AsyncExitStack() as locks:
-            for instance_id in sorted(ids):  # one order: no deadlock with another bulk
-                await locks.enter_async_context(self._locks[instance_id])
+        async with self.locks.hold(ids):  # taken in one order: no deadlock with another bulk
             with self.reconciler.mutating():
                 rows = await asyncio.to_thread(self.db.get_instances, ids)
                 to_send: list[InstanceRow] = []
@@ -501,7 +500,7 @@ class InstanceService:
         """Any of: a new name and tags (one `aws` process to set, one to remove), and a new auto-stop delay
         (re-arms stop_at from now when it runs) or a new stop_at for this run. Whatever would make it run
         longer is checked against the budget like a start. Everything is checked before EC2 is asked."""
-        async with self._locks[instance_id]:
+        async with self.locks.hold([instance_id]):
             row = await asyncio.to_thread(self.db.require_instance, instance_id)
             fields = self._auto_stop_fields(row, change) | self._idle_fields(row, change)
             if fields.get("stop_when_idle"):

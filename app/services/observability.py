@@ -33,6 +33,7 @@ class _RecordGauges(Collector):
         self.counts: Callable[[], dict[str, int]] | None = None
         self.last_sweep: Callable[[], float | None] | None = None
         self.committed: Callable[[], float] | None = None
+        self.leader: Callable[[], bool] | None = None
 
     def collect(self):
         instances = GaugeMetricFamily("ec2cl_instances", "Tracked instances by recorded state", labels=["state"])
@@ -43,6 +44,9 @@ class _RecordGauges(Collector):
         if last is not None:
             yield GaugeMetricFamily("ec2cl_reconcile_last_success_timestamp_seconds",
                                     "When the last reconcile sweep succeeded (Unix time)", value=last)
+        if self.leader:
+            yield GaugeMetricFamily("ec2cl_leader", "1 when this replica runs the background loops (sweeps, "
+                                    "auto-stop, idle alarms, notifications), else 0", value=int(self.leader()))
         if self.committed:
             yield GaugeMetricFamily("ec2cl_budget_committed_usd",
                                     "Spent plus what every instance will cost until it stops or the period ends",

@@ -20,6 +20,9 @@ setup() {
   chmod +x "${STUBS}/sshd"
   export SSHD="${STUBS}/sshd" PYTHON3_APT_DIR="${BATS_TEST_TMPDIR}/apt"
   mkdir -p "${PYTHON3_APT_DIR}"
+  export PG_BIN="${BATS_TEST_TMPDIR}/pg/bin"
+  mkdir -p "${PG_BIN}"
+  printf '#!/bin/sh\nexit 0\n' >"${PG_BIN}/initdb"
 }
 
 run_deps() {
@@ -70,4 +73,11 @@ run_deps() {
   run_deps --check
   [ "${status}" -eq 1 ]
   [[ "${stderr}" == *"sudo apt-get install -y --no-install-recommends openssh-server python3-apt"* ]]
+}
+
+@test "the PostgreSQL suites: no initdb where PG_BIN points needs postgresql" {
+  rm "${PG_BIN}/initdb"
+  run_deps --check
+  [ "${status}" -eq 1 ]
+  [[ "${stderr}" == *"sudo apt-get install -y --no-install-recommends postgresql"* ]]
 }

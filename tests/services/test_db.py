@@ -1,4 +1,5 @@
-"""The SQLite store: schema version, migration of the original project's database, WAL."""
+"""The store: schema version, migration of the original project's SQLite database, WAL. The tests taking
+`new_db` run on PostgreSQL too (tests/postgres/test_store_on_postgres.py)."""
 
 import json
 import sqlite3
@@ -33,9 +34,8 @@ def test_original_database_migrates_without_losing_a_row(tmp_path):
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_upsert_update_and_events(tmp_path):
-    db = Database(tmp_path / "x.db")
-    db.migrate()
+def test_upsert_update_and_events(new_db):
+    db = new_db
     db.upsert_instance({"id": "i-0123456789abcdef0", "name": "a", "state": "pending", "tags": {"k": "v"},
                         "created_at": "t0", "updated_at": "t0"})
     db.upsert_instance({"id": "i-0123456789abcdef0", "name": "b", "state": "running", "created_at": "t1",
@@ -48,9 +48,8 @@ def test_upsert_update_and_events(tmp_path):
     assert db.list_events("i-0123456789abcdef0")[0]["request_id"] == "req-1"
 
 
-def test_rendered_list_follows_every_write(tmp_path):
-    db = Database(tmp_path / "x.db")
-    db.migrate()
+def test_rendered_list_follows_every_write(new_db):
+    db = new_db
     assert json.loads(db.list_instances_json()) == {"instances": []}
     db.upsert_instance({"id": "i-0123456789abcdef0", "name": "a", "state": "running", "tags": {"k": "v"},
                         "login_user": "ec2-user", "created_at": "t0", "updated_at": "t0"})
@@ -64,9 +63,8 @@ def test_rendered_list_follows_every_write(tmp_path):
     assert db.list_instances_json() is db.list_instances_json()  # cached while nothing changes
 
 
-def test_rows_without_a_scope_are_never_judged_and_launches_are_claimed_at_start(tmp_path):
-    db = Database(tmp_path / "x.db")
-    db.migrate()
+def test_rows_without_a_scope_are_never_judged_and_launches_are_claimed_at_start(new_db):
+    db = new_db
     db.upsert_instance({"id": "i-0123456789abcdef0", "name": "a", "state": "running", "created_at": "t0",
                         "updated_at": "t0"})
     db.connect().execute("INSERT INTO launches (request_id, body_hash, body, status, created_at, updated_at) "
@@ -89,9 +87,8 @@ def test_timestamps_of_every_origin_parse_and_unknown_ages_are_old():
     assert age_seconds(None) == age_seconds("garbage") == float("inf")
 
 
-def test_a_retried_key_resends_a_lost_launch_replaces_a_refused_one_and_returns_a_found_one(tmp_path):
-    db = Database(tmp_path / "x.db")
-    db.migrate()
+def test_a_retried_key_resends_a_lost_launch_replaces_a_refused_one_and_returns_a_found_one(new_db):
+    db = new_db
     first, claimed = db.claim_launch("rid-1", "key", "hash", {"ami_id": "ami-1"}, "us-east-1", "")
     assert claimed and first["status"] == "pending"
     again, claimed = db.claim_launch("rid-2", "key", "hash", {"ami_id": "ami-2"}, "us-east-1", "")

@@ -128,3 +128,26 @@ def build_catalog_template(emulator_url: str, tmp: Path) -> Path:
                            "AND key NOT LIKE 'aws_cli_version:%';")
     CATALOG_TEMPLATES[emulator_url] = template
     return template
+
+
+def build_pg_catalog_template(cluster, emulator_url: str, tmp: Path) -> str:
+    """The PostgreSQL twin of build_catalog_template: a database to copy (CREATE DATABASE ... TEMPLATE)."""
+    import psycopg
+
+    url = cluster.new_database()
+    server = ApiServer(tmp, emulator_url, warm_catalog=False, DATABASE_URL=url)
+    try:
+        def fetched() -> bool:
+            with psycopg.connect(url) as conn:
+                return conn.execute("SELECT count(*) FROM kv WHERE key LIKE 'catalog_resolved_at:%' "
+                                    "OR key LIKE 'aws_cli_version:%'").fetchone()[0] == 2
+
+        wait_until(fetched, timeout=60, interval=0.1)
+    finally:
+        server.stop()
+    with psycopg.connect(url, autocommit=True) as conn:
+        for statement in ("DELETE FROM instances", "DELETE FROM instance_events", "DELETE FROM launches",
+                          "DELETE FROM kv WHERE key NOT LIKE 'catalog_resolved_at:%' "
+                          "AND key NOT LIKE 'aws_cli_version:%'"):
+            conn.execute(statement)
+    return url.rsplit("/", 1)[1]

@@ -1,0 +1,137 @@
+"""Two real API servers on one real PostgreSQL database behave as one service (issue 16, part 2).
+
+Each server has its own AWS_CLI shim log, so every `aws` process is counted per replica.
+"""
+
+import threading
+import time
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.processes import wait_until
+from tests.support.server import ApiServer
+
+BODY = {"name": "shared", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
+INTERVAL = 2.0
+
+
+def leader_flag(server: ApiServer) -> int:
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    return next(int(s.value) for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name == "ec2cl_leader")
+
+
+def calls(server: ApiServer, operation: str) -> int:
+    return sum(1 for argv in server.aws_calls() if operation in argv)
+
+
+@pytest.fixture
+def pair(emulator, fresh_emulator, pg_cluster, pg_catalog_template, tmp_path):
+    """Two replicas on one database, each sweeping every INTERVAL seconds (when it leads)."""
+    url = pg_cluster.new_database(pg_catalog_template)
+    servers = []
+    try:
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            servers.append(ApiServer(tmp_path / name, emulator.url, DATABASE_URL=url,
+                                     RECONCILE_INTERVAL_SECONDS=str(INTERVAL), CONSISTENCY_GRACE_SECONDS="0"))
+        wait_until(lambda: sum(leader_flag(s) for s in servers) == 1, timeout=20)
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def test_one_key_sent_to_both_replicas_at_once_launches_once(pair, fresh_emulator):
+    answers: list[httpx.Response] = []
+
+    def send(server: ApiServer) -> None:
+        answers.append(httpx.post(f"{server.url}/instances", json=BODY, headers={"Idempotency-Key": "both-at-once"},
+                                  timeout=120))
+
+    threads = [threading.Thread(target=send, args=(s,)) for s in pair]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(calls(s, "run-instances") for s in pair) == 1
+    assert len(fresh_emulator.instances(managed_only=True)) == 1
+    codes = sorted(a.status_code for a in answers)
+    assert set(codes) <= {201, 409} and codes[0] == 201, [a.text for a in answers]  # a replay answers 201 too
+    ids = {a.json()["id"] for a in answers if a.status_code < 300}
+    assert len(ids) == 1
+    for answer in answers:
+        if answer.status_code == 409:
+            assert answer.json()["code"] == "launch_in_progress"
+    # The retry the 409 asks for gets the instance, from either replica.
+    for server in pair:
+        again = httpx.post(f"{server.url}/instances", json=BODY, headers={"Idempotency-Key": "both-at-once"},
+                           timeout=60)
+        assert again.status_code == 201 and again.json()["id"] in ids
+
+
+def test_a_create_on_one_replica_is_listed_by_the_other_at_once(pair):
+    a, b = pair
+    made = httpx.post(f"{a.url}/instances", json=BODY | {"name": "seen-by-b"}, timeout=60)
+    assert made.status_code in (201, 202), made.text
+    listed = httpx.get(f"{b.url}/instances", timeout=10).json()["instances"]
+    assert made.json()["id"] in [i["id"] for i in listed]
+    assert httpx.get(f"{b.url}/instances/{made.json()['id']}", timeout=10).json()["name"] == "seen-by-b"
+    stopped = httpx.post(f"{b.url}/instances/{made.json()['id']}/stop", timeout=60)  # B acts on A's instance
+    assert stopped.status_code in (200, 202), stopped.text
+    assert httpx.get(f"{a.url}/instances/{made.json()['id']}", timeout=10).json()["state"] in ("stopping", "stopped")
+
+
+def test_the_two_replicas_together_sweep_about_once_per_interval(pair):
+    before = [calls(s, "describe-instances") for s in pair]
+    time.sleep(20)
+    swept = [calls(s, "describe-instances") - b for s, b in zip(pair, before, strict=True)]
+    assert 7 <= sum(swept) <= 13, swept  # 10 intervals: one replica sweeps, the other not at all
+    assert min(swept) == 0, swept
+
+
+def test_when_the_leader_dies_the_other_adopts_within_two_intervals(pair, fresh_emulator):
+    leader, follower = sorted(pair, key=leader_flag, reverse=True)
+    assert (leader_flag(leader), leader_flag(follower)) == (1, 0)
+    leader.proc.kill()  # kill -9: no shutdown, the lock goes with its connection
+    leader.proc.wait()
+    killed = time.monotonic()
+    made = fresh_emulator.ec2.run_instances(
+        ImageId=fresh_emulator.ami(), InstanceType="t3.micro", MinCount=1, MaxCount=1,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": [
+            {"Key": "Name", "Value": "by-hand"}, {"Key": "ManagedBy", "Value": "ec2-creator-local"}]}],
+    )["Instances"][0]["InstanceId"]
+
+    def adopted() -> bool:
+        return httpx.get(f"{follower.url}/instances/{made}", timeout=5).status_code == 200
+
+    wait_until(adopted, timeout=3 * INTERVAL, interval=0.1)
+    took = time.monotonic() - killed
+    assert took <= 2 * INTERVAL + 0.5, took  # the half-second: this test's own polling and a slow machine
+    assert leader_flag(follower) == 1
+
+
+def test_mutations_of_one_instance_wait_for_each_other_across_replicas(pair):
+    a, b = pair
+    made = httpx.post(f"{a.url}/instances", json=BODY | {"name": "serial"}, timeout=60).json()
+    httpx.post(f"{a.url}/instances/sync", timeout=60)
+    a.set_faults({"op": "stop-instances", "delay": 3})  # A's stop takes 3 s in EC2
+    finished: dict[str, float] = {}
+
+    def stop() -> None:
+        assert httpx.post(f"{a.url}/instances/{made['id']}/stop", timeout=60).status_code in (200, 202)
+        finished["stop"] = time.monotonic()
+
+    stopper = threading.Thread(target=stop)
+    stopper.start()
+    wait_until(lambda: calls(a, "stop-instances") == 1, timeout=10, interval=0.05)
+    started = httpx.post(f"{b.url}/instances/{made['id']}/start", timeout=60)
+    finished["start"] = time.monotonic()
+    stopper.join()
+    # B waited for A's stop to be recorded, then judged the state it left (stopping: 409, or stopped: start).
+    assert finished["start"] >= finished["stop"]
+    assert started.status_code in (200, 202, 409), started.text
+    if started.status_code == 409:
+        assert started.json()["code"] == "wrong_state"
