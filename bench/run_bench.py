@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from tests.support.emulator import KEY_NAME, Emulator  # noqa: E402
+from tests.support.postgres import PgCluster  # noqa: E402
 from tests.support.processes import VENV_BIN, safe_env  # noqa: E402
 from tests.support.receivers import MailServer, WebhookReceiver, wait_for  # noqa: E402
 from tests.support.server import ApiServer  # noqa: E402
@@ -411,7 +412,7 @@ class Bench:
                 self.results["memory"] = {"server_idle_mib": round(rss_bytes(self.pid) / MIB, 1)}
                 for phase in (self.phase_raw_and_create_latency, self.phase_notifications, self.phase_process_counts,
                               self.phase_coalescing, self.phase_concurrency, self.phase_burst, self.phase_scale,
-                              self.phase_sweep):
+                              self.phase_sweep, self.phase_postgres):
                     self.timed_phase(phase)
             finally:
                 self.server.stop()
@@ -778,6 +779,46 @@ class Bench:
         }
         self.results["memory"]["server_peak_during_sweep_mib"] = memory["peak_server_mib"]
 
+    # 7 ------------------------------------------------------------------------------------------
+    def phase_postgres(self) -> None:
+        """The reads once more on PostgreSQL: a second server on a private cluster (tests/support/postgres.py),
+        over the same EC2; its first sweep adopts the instances phase 5 left."""
+        n = self.sizes.tracked[-1]
+        self.log(f"phase 7: GET /instances and GET /instances/{{id}} at {n} tracked, on PostgreSQL")
+        cluster = PgCluster.start()
+        try:
+            workdir = self.workdir / "postgres"
+            workdir.mkdir()
+            server = ApiServer(workdir, self.emu.url, DATABASE_URL=cluster.new_database(),
+                               RECONCILE_INTERVAL_SECONDS="3600", CONSISTENCY_GRACE_SECONDS="0")
+            try:
+                calls = CallLog(server.shim_log)
+                with httpx.Client(base_url=server.url, timeout=600) as client:
+                    expect(client.post("/instances/sync"), 200)
+                    ids = [i["id"] for i in expect(client.get("/instances"), 200).json()["instances"]]
+                    if len(ids) != n:
+                        raise RuntimeError(f"{len(ids)} instances listed on PostgreSQL, {n} expected")
+                    wait_idle(server.proc.pid)
+                    mark = calls.mark()
+                    lists, gets = [], []
+                    for _ in range(self.sizes.list_samples):
+                        elapsed, response = timed(client, "GET", "/instances")
+                        expect(response, 200)
+                        lists.append(elapsed)
+                    for k in range(self.sizes.get_samples):
+                        elapsed, response = timed(client, "GET", f"/instances/{ids[(k * 7919) % len(ids)]}")
+                        expect(response, 200)
+                        gets.append(elapsed)
+                    self.results["postgres"] = {
+                        "tracked": n, "list": latency_summary(lists), "get": latency_summary(gets),
+                        "reads_aws_processes": sum(calls.since(mark).values()),
+                        "server_rss_mib": round(rss_bytes(server.proc.pid) / MIB, 1),
+                    }
+            finally:
+                server.stop()
+        finally:
+            cluster.stop()
+
 
 def machine_info() -> dict:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -871,6 +912,11 @@ def checks(r: dict) -> list[dict]:
     add(f"budget check added to a create at {top}, p50 (ms)", "timing", adm["p50_ms"], "<= 1", adm["p50_ms"] <= 1)
     add(f"sweep / raw describe at {sw['instances']}", "timing", sw["ratio_to_raw_describe"], "<= 1.2",
         sw["ratio_to_raw_describe"] <= 1.2)
+    pg = r["postgres"]
+    add(f"reads at {pg['tracked']} tracked on PostgreSQL: aws processes", "count", pg["reads_aws_processes"], "= 0",
+        pg["reads_aws_processes"] == 0)
+    add(f"GET /instances p50 at {pg['tracked']} on PostgreSQL (ms)", "timing", pg["list"]["p50_ms"], "<= 30",
+        pg["list"]["p50_ms"] <= 30)
     m = r["memory"]
     rss = max(m["server_tracked_mib"], m.get("server_peak_during_sweep_mib", 0))
     add(f"server RSS with {m['server_tracked_n']} tracked, incl. sweeps (MiB)", "memory", rss, "<= 150", rss <= 150)
@@ -930,6 +976,11 @@ def table(r: dict) -> str:
         rows.append((f"GET /budget at {n}: p50 / p99", f"{s['budget']['p50_ms']} / {s['budget']['p99_ms']} ms"))
         rows.append((f"budget check of a create at {n}: p50 / p99",
                      f"{s['admission_ms']['p50_ms']} / {s['admission_ms']['p99_ms']} ms"))
+    pg = r["postgres"]
+    rows.append((f"on PostgreSQL: GET /instances at {pg['tracked']}: p50 / p99",
+                 f"{pg['list']['p50_ms']} / {pg['list']['p99_ms']} ms"))
+    rows.append((f"on PostgreSQL: GET /instances/{{id}} at {pg['tracked']}: p50 / p99",
+                 f"{pg['get']['p50_ms']} / {pg['get']['p99_ms']} ms"))
     rows += [
         (f"sweep at {sw['instances']} (POST /instances/sync), median", f"{sw['sweep_median_s']:.2f} s"),
         (f"raw describe-instances of the same {sw['instances']}, median", f"{sw['raw_describe_median_s']:.2f} s"),
