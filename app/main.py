@@ -111,6 +111,12 @@ async def lifespan(app: FastAPI):
     leadership = Leadership(db, min(5.0, settings.reconcile_interval_seconds / 2))
     for loop in (service.reconciler, stopper, alarms, notifier):
         loop.leadership = leadership
+    if leadership.shared:  # another replica's request cannot wake the leader's loops: each sweep does
+        def wake_after_sweep() -> None:
+            stopper.wake()
+            alarms.wake()
+
+        service.reconciler.after_sweep = wake_after_sweep
     metrics.record.leader = lambda: leadership.is_leader
     leadership.start()
     warm = asyncio.create_task(_warm_catalog(service))

@@ -5,6 +5,7 @@ Each server has its own AWS_CLI shim log, so every `aws` process is counted per 
 
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -135,3 +136,14 @@ def test_mutations_of_one_instance_wait_for_each_other_across_replicas(pair):
     assert started.status_code in (200, 202, 409), started.text
     if started.status_code == 409:
         assert started.json()["code"] == "wrong_state"
+
+
+def test_the_leader_stops_on_time_an_instance_whose_auto_stop_was_set_on_the_other(pair):
+    leader, follower = sorted(pair, key=leader_flag, reverse=True)
+    made = httpx.post(f"{follower.url}/instances", json=BODY | {"name": "stop-soon"}, timeout=60).json()
+    httpx.post(f"{follower.url}/instances/sync", timeout=60)
+    at = (datetime.now(UTC) + timedelta(seconds=3)).isoformat()
+    assert httpx.patch(f"{follower.url}/instances/{made['id']}", json={"stop_at": at}, timeout=60).status_code == 200
+    # The follower's request cannot wake the leader's scheduler (which sleeps up to a minute); its sweeps do.
+    wait_until(lambda: calls(leader, "stop-instances") == 1, timeout=3 + 2 * INTERVAL + 1, interval=0.1)
+    assert calls(follower, "stop-instances") == 0

@@ -10,7 +10,7 @@ read-only towards EC2. The recorder (app/services/recorder.py) decides and write
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from app.config import Settings
@@ -44,6 +44,7 @@ class Reconciler(LoopTask):
         self._pruned_at = float("-inf")
         self.mutations_in_flight = 0
         self.last_success: float | None = None  # when the last sweep succeeded (Unix time)
+        self.after_sweep: Callable[[], None] = lambda: None  # each periodic round's end (set by the app)
 
     @property
     def account(self) -> str | None:
@@ -82,6 +83,7 @@ class Reconciler(LoopTask):
                 await self._prune_if_due()
             except Exception:  # noqa: BLE001
                 log.exception("pruning old events failed")
+            self.after_sweep()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.settings.reconcile_interval_seconds)
                 await self._settle()
