@@ -102,8 +102,9 @@ test-fast: venv ## Unit and in-process tests only (seconds): the edit-run loop
 
 # Workers take whole modules in the order given: the longest first, so none is left alone at the end
 # (pytest collects a module named twice once).
-SLOW_FIRST := tests/test_notifications.py test_api.py tests/test_consistency.py tests/test_auto_stop.py \
-	tests/test_crash_recovery.py tests/bench tests/test_hostile_input.py tests/test_security.py
+SLOW_FIRST := tests/test_notifications.py test_api.py tests/postgres/test_contract_on_postgres.py \
+	tests/test_consistency.py tests/test_auto_stop.py tests/test_crash_recovery.py tests/bench \
+	tests/postgres/test_lifecycle_on_postgres.py tests/test_replicas.py tests/test_hostile_input.py tests/test_security.py
 
 test-python: venv ## pytest: REST contract suite (test_api.py) and tests/, on PYTEST_WORKERS workers
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadscope $(SLOW_FIRST) test_api.py tests \
