@@ -18,6 +18,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import psycopg
 
 from app.services.db import Database, PgConnection, PostgresDatabase, advisory_key
+from app.services.tasks import cancel_and_wait
 
 log = logging.getLogger("ec2_creator")
 
@@ -41,11 +42,7 @@ class Leadership:
 
     async def stop(self) -> None:
         if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(self._task)
         self.is_leader = not self.shared
         if self._session is not None:
             await asyncio.to_thread(self._session.close)  # releases the lock at once: another takes over
@@ -89,13 +86,7 @@ class Leadership:
                 while self.is_leader and not task.done():
                     await asyncio.sleep(POLL_SECONDS)
             finally:
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
-                except Exception:  # noqa: BLE001 - a loop that died is started again while leading
-                    log.exception("background loop failed")
+                await cancel_and_wait(task)  # a loop that died with an error is logged, and started again
 
 
 class InstanceLocks:
