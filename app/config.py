@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     transition_window_ms: int = Field(25, ge=0, le=1000)
     ami_catalog_ttl_hours: float = Field(24.0, gt=0)
     api_token: SecretStr | None = None
+    # One token per person (app/services/users.py): name, SHA-256 of the token, role; re-read when it changes.
+    api_tokens_file: Path | None = None
     # Opens GET /metrics to a scraper holding this token (API_TOKEN works too).
     metrics_token: SecretStr | None = None
     log_format: Literal["text", "json"] = "text"
@@ -235,6 +237,36 @@ class Settings(BaseSettings):
                              "(e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))')")
         return value
 
+    @field_validator("api_tokens_file", mode="before")
+    @classmethod
+    def _no_tokens_file(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("api_tokens_file")
+    @classmethod
+    def _tokens_file(cls, value: Path | None) -> Path | None:
+        from app.services.users import load_users  # the file's format lives with the code that reads it
+
+        if value is None:
+            return None
+        path = value.expanduser()
+        load_users(path)  # a ValueError names what is wrong in the file (never a hash)
+        return path.resolve()
+
+    @model_validator(mode="after")
+    def _tokens_file_and_api_token(self) -> "Settings":
+        from app.services.users import API_TOKEN_NAME, load_users, token_digest
+
+        if self.api_tokens_file is None or self.api_token is None:
+            return self
+        users = load_users(self.api_tokens_file, reserved=self.reserved_user_names)
+        digest = token_digest(self.api_token.get_secret_value())
+        same = [u.name for u in users if u.sha256 == digest]
+        if same:
+            raise ValueError(f"API_TOKENS_FILE gives {same[0]!r} the token of API_TOKEN (the admin named "
+                             f"{API_TOKEN_NAME!r}): each person needs their own token")
+        return self
+
     @field_validator("ec2_endpoint_url")
     @classmethod
     def _endpoint(cls, value: str | None) -> str | None:
@@ -261,6 +293,18 @@ class Settings(BaseSettings):
         if self.ec2_target == "aws" and self.ec2_endpoint_url:
             raise ValueError("EC2_TARGET=aws but EC2_ENDPOINT_URL is set; unset one of them")
         return self
+
+    @property
+    def auth_configured(self) -> bool:
+        """Whether requests must carry a token (API_TOKEN, API_TOKENS_FILE or both): else only loopback is served."""
+        return self.api_token is not None or self.api_tokens_file is not None
+
+    @property
+    def reserved_user_names(self) -> frozenset[str]:
+        """Names the tokens file may not use: API_TOKEN's admin, when it is set."""
+        from app.services.users import API_TOKEN_NAME
+
+        return frozenset({API_TOKEN_NAME}) if self.api_token is not None else frozenset()
 
     @property
     def region(self) -> str:

@@ -9,12 +9,13 @@ from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.config import Settings
-from app.errors import NotFound, Unauthorized
+from app.errors import Forbidden, NotFound, Unauthorized, Unavailable
 from app.models.instance import INSTANCE_ID_PATTERN
 from app.models.rows import InstanceRow
 from app.services.db import Database
 from app.services.instances import InstanceService
 from app.services.reconciler import Reconciler
+from app.services.users import API_TOKEN_NAME, LOCAL, Caller, TokensFileInvalid, token_file
 
 
 def get_settings(request: Request) -> Settings:
@@ -44,27 +45,51 @@ InstanceIdPath = Annotated[str, Path(description="EC2 instance id, e.g. i-012345
                                      json_schema_extra={"pattern": INSTANCE_ID_PATTERN})]
 
 
-async def valid_instance(instance_id: InstanceIdPath, store: StoreDep) -> InstanceRow:
-    """The recorded instance, or 404. Shared by every /instances/{instance_id} route."""
+_bearer = HTTPBearer(auto_error=False, description="Your token: API_TOKEN, or your own from API_TOKENS_FILE "
+                                                    "(required when either is set)")
+
+
+def require_token(settings: SettingsDep,
+                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Caller:
+    """Who is calling. With API_TOKEN or API_TOKENS_FILE set, every route but /health and the docs needs
+    `Authorization: Bearer <token>`: API_TOKEN is the admin named "admin", a token of the file is its person.
+    With neither, the caller is the local single user (an admin; what it creates has no owner)."""
+    if not settings.auth_configured:
+        return LOCAL
+    given = credentials.credentials if credentials else ""
+    if settings.api_token is not None and hmac.compare_digest(
+            given.encode(), settings.api_token.get_secret_value().encode()):
+        return Caller(API_TOKEN_NAME, "admin")
+    if settings.api_tokens_file is not None and given:
+        try:
+            user = token_file(settings.api_tokens_file, settings.reserved_user_names).lookup(given)
+        except TokensFileInvalid:
+            raise Unavailable("The server's API_TOKENS_FILE cannot be used right now (its log says why); its "
+                              "tokens are refused until it is fixed.", code="tokens_file_invalid") from None
+        if user is not None:
+            return Caller(user.name, user.role)
+    raise Unauthorized("Missing or wrong bearer token: send 'Authorization: Bearer <token>' (API_TOKEN, or your "
+                       "own token from API_TOKENS_FILE).", headers={"WWW-Authenticate": "Bearer"})
+
+
+CallerDep = Annotated[Caller, Depends(require_token)]
+
+
+def require_admin(caller: CallerDep) -> Caller:
+    """Routes about the whole server (notifications, metrics) are an admin's."""
+    if not caller.is_admin:
+        raise Forbidden(f"{caller.name!r} is a user: this route needs an admin token.", code="admin_only")
+    return caller
+
+
+async def valid_instance(instance_id: InstanceIdPath, store: StoreDep, caller: CallerDep) -> InstanceRow:
+    """The recorded instance, or 404. Shared by every /instances/{instance_id} route. Another person's
+    instance is a 404 too, with the same answer as an unknown id: a user cannot even learn it exists."""
     row = await asyncio.to_thread(store.get_instance, instance_id)
-    if row is None:
+    if row is None or not caller.may_see(row["owner"]):
         raise NotFound(f"No instance {instance_id!r} is tracked. GET /instances lists the known ones.",
                        code="instance_not_found")
     return row
 
 
 InstanceDep = Annotated[InstanceRow, Depends(valid_instance)]
-
-
-_bearer = HTTPBearer(auto_error=False, description="The server's API_TOKEN (required when it is set)")
-
-
-def require_token(settings: SettingsDep,
-                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
-    """With API_TOKEN set, every /instances route needs `Authorization: Bearer <token>`."""
-    if settings.api_token is None:
-        return
-    given = credentials.credentials if credentials else ""
-    if not hmac.compare_digest(given.encode(), settings.api_token.get_secret_value().encode()):
-        raise Unauthorized("Missing or wrong bearer token: send 'Authorization: Bearer <API_TOKEN>'.",
-                           headers={"WWW-Authenticate": "Bearer"})

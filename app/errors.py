@@ -64,6 +64,13 @@ class Unauthorized(ApiError):
     code = "unauthorized"
 
 
+class Forbidden(ApiError):
+    """The caller is known, but their role does not allow this."""
+
+    status_code = 403
+    code = "forbidden"
+
+
 class Conflict(ApiError):
     status_code = 409
     code = "conflict"

@@ -15,9 +15,10 @@ LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 # Headers a reverse proxy adds: a proxy in front means the network can reach us, which needs a token.
 PROXY_HEADERS = {"forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip"}
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
-UNPROTECTED_BIND_MESSAGE = ("refusing to serve on {host} without API_TOKEN: anyone who can reach it could launch and "
-                            "terminate machines on your AWS account. Set one (e.g. export API_TOKEN=$(python3 -c "
-                            "'import secrets; print(secrets.token_urlsafe(32))')) or bind to 127.0.0.1.")
+UNPROTECTED_BIND_MESSAGE = ("refusing to serve on {host} without API_TOKEN (or API_TOKENS_FILE): anyone who can "
+                            "reach it could launch and terminate machines on your AWS account. Set one (e.g. export "
+                            "API_TOKEN=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))'), or a token "
+                            "per person with scripts/add_user.sh and API_TOKENS_FILE) or bind to 127.0.0.1.")
 
 
 def is_loopback(host: str) -> bool:
@@ -84,14 +85,14 @@ def requested_bind_host(argv: list[str] | None = None) -> str:
 
 def check_bind(settings: Settings, argv: list[str] | None = None) -> None:
     host = requested_bind_host(argv)
-    if settings.api_token is None and not is_loopback(host):
+    if not settings.auth_configured and not is_loopback(host):
         raise SystemExit("ec2-creator-local: " + UNPROTECTED_BIND_MESSAGE.format(host=host))
 
 
 class GuardMiddleware:
-    """Pure ASGI: 413 for bodies over MAX_BODY_BYTES; without API_TOKEN, 403 for a request that
-    reached a non-loopback address of this host (whatever started the server) or that a browser
-    sent on another site's behalf (see tokenless_refusal)."""
+    """Pure ASGI: 413 for bodies over MAX_BODY_BYTES; without a token (API_TOKEN or API_TOKENS_FILE), 403
+    for a request that reached a non-loopback address of this host (whatever started the server) or that
+    a browser sent on another site's behalf (see tokenless_refusal)."""
 
     def __init__(self, app: ASGIApp, settings_getter) -> None:
         self.app = app
@@ -103,7 +104,7 @@ class GuardMiddleware:
             return
         settings: Settings = self.settings_getter()
         server = scope.get("server")
-        if settings.api_token is None:
+        if not settings.auth_configured:
             if server and server[0] and not is_loopback(str(server[0])):
                 await _reject(send, 403, "forbidden", "This server has no API_TOKEN and only serves loopback "
                                                       "clients.")

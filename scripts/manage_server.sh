@@ -84,7 +84,8 @@ run from APP_DIR, detached so that it survives the Jenkins job that starts it.
 Arguments (an empty one takes the default):
   APP_DIR   the checkout to serve (default: ${REPO_ROOT})
   HOST      address to listen on (default: ${DEFAULT_HOST}); any non-loopback
-            address needs API_TOKEN set in the environment or in APP_DIR/.env
+            address needs API_TOKEN (or API_TOKENS_FILE) set in the environment
+            or in APP_DIR/.env
   PORT      TCP port (default: ${DEFAULT_PORT})
 
 Commands and exit codes:
@@ -104,7 +105,7 @@ Environment:
   START_TIMEOUT  seconds to wait for /health, default ${DEFAULT_START_TIMEOUT}
   STOP_TIMEOUT   seconds between SIGTERM and SIGKILL, default ${DEFAULT_STOP_TIMEOUT}
   PYTHON         default APP_DIR/.venv/bin/python if present, else python3
-  API_TOKEN      required to listen on a non-loopback HOST
+  API_TOKEN      required to listen on a non-loopback HOST (or API_TOKENS_FILE)
 The server gets this environment (EC2_ENDPOINT_URL, DATABASE_URL, ...)
 without Jenkins' build variables (JENKINS_NODE_COOKIE, BUILD_ID, ...).
 USAGE
@@ -175,12 +176,13 @@ is_loopback() {
 }
 
 #######################################
-# Succeed if an API token is set in the environment or in APP_DIR/.env.
+# Succeed if API_TOKEN or API_TOKENS_FILE (a token per person) is set in the
+# environment or in APP_DIR/.env.
 #######################################
 api_token_configured() {
-  [[ -n "${API_TOKEN:-}" ]] && return 0
+  [[ -n "${API_TOKEN:-}" || -n "${API_TOKENS_FILE:-}" ]] && return 0
   [[ -r "${APP_DIR}/.env" ]] \
-    && grep -Eiq '^[[:space:]]*(export[[:space:]]+)?API_TOKEN[[:space:]]*=[[:space:]]*["'\'']?[^[:space:]"'\'']' \
+    && grep -Eiq '^[[:space:]]*(export[[:space:]]+)?API_TOKEN(S_FILE)?[[:space:]]*=[[:space:]]*["'\'']?[^[:space:]"'\'']' \
       -- "${APP_DIR}/.env"
 }
 

@@ -184,3 +184,75 @@ def test_bad_regions_are_refused(monkeypatch, value):
     monkeypatch.setenv("AWS_REGION", value)
     with pytest.raises(ValidationError):
         settings()
+
+
+# -- API_TOKENS_FILE: one token per person (the file's format: tests/services/test_users.py) ----------------
+def _tokens_file(tmp_path, *people: tuple[str, str, str], name: str = "tokens.toml"):
+    import hashlib
+
+    path = tmp_path / name
+    path.write_text("".join(f'[[users]]\nname = "{who}"\nsha256 = "{hashlib.sha256(token.encode()).hexdigest()}"\n'
+                            f'role = "{role}"\n' for who, token, role in people))
+    return path
+
+
+def test_a_tokens_file_protects_the_server(monkeypatch, tmp_path):
+    from app.services.users import token_file
+
+    path = _tokens_file(tmp_path, ("alice", "alice-token-0123456789", "user"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("API_TOKENS_FILE", "tokens.toml")
+    s = settings()
+    assert s.api_tokens_file == path.resolve() and s.api_token is None and s.auth_configured
+    assert token_file(s.api_tokens_file).lookup("alice-token-0123456789").name == "alice"
+    monkeypatch.setenv("API_TOKENS_FILE", "")
+    assert settings().api_tokens_file is None and not settings().auth_configured
+    assert settings(API_TOKEN="x" * 20).auth_configured
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "cannot be read"),
+    ("[[users]]\nname = \"alice\"\n", "missing role, sha256"),
+    ("[[users]]\nname = \"alice\"\nsha256 = \"" + "a" * 64 + "\"\nrole = \"owner\"\n", "role must be admin or user"),
+    ("[[users]]\nname = \"alice\"\nsha256 = \"abc\"\nrole = \"user\"\n", "sha256 must be 64 hex digits"),
+    ("[[users]]\nname = \"alice\"\nsha256 = \"" + "a" * 64 + "\"\nrole = \"user\"\n" * 2, "is not valid TOML"),
+    ("[[users]]\nname = \"a\"\nsha256 = \"" + "a" * 64 + "\"\nrole = \"user\"\n"
+     "[[users]]\nname = \"a\"\nsha256 = \"" + "b" * 64 + "\"\nrole = \"user\"\n", "named twice"),
+    ("[[users]]\nname = \"a\"\nsha256 = \"" + "a" * 64 + "\"\nrole = \"user\"\n"
+     "[[users]]\nname = \"b\"\nsha256 = \"" + "a" * 64 + "\"\nrole = \"user\"\n", "same token hash"),
+])
+def test_a_bad_tokens_file_is_refused_naming_the_variable(monkeypatch, tmp_path, content, message):
+    from app.config import describe_errors
+
+    path = tmp_path / "tokens.toml"
+    if content is not None:
+        path.write_text(content)
+    monkeypatch.setenv("API_TOKENS_FILE", str(path))
+    with pytest.raises(ValidationError) as caught:
+        settings()
+    described = describe_errors(caught.value)
+    assert described.startswith("API_TOKENS_FILE: ") and message in described, described
+
+
+def test_api_token_is_the_admin_beside_a_tokens_file(monkeypatch, tmp_path):
+    api_token = "the-api-token-0123456789"
+    monkeypatch.setenv("API_TOKEN", api_token)
+    monkeypatch.setenv("API_TOKENS_FILE", str(_tokens_file(tmp_path, ("alice", api_token, "user"))))
+    with pytest.raises(ValidationError, match="gives 'alice' the token of API_TOKEN"):
+        settings()
+    # "admin" is API_TOKEN's name while it is set; a file may use it otherwise.
+    monkeypatch.setenv("API_TOKENS_FILE", str(_tokens_file(tmp_path, ("admin", "another-token-0123456789", "admin"))))
+    with pytest.raises(ValidationError, match="'admin' is API_TOKEN's"):
+        settings()
+    monkeypatch.delenv("API_TOKEN")
+    assert settings().reserved_user_names == frozenset()
+
+
+def test_server_refuses_to_start_with_a_bad_tokens_file(tmp_path):
+    bad = tmp_path / "tokens.json"
+    bad.write_text('{"users": [{"name": "alice", "sha256": "abc", "role": "user"}]}')
+    env = safe_env(API_TOKENS_FILE=str(bad), DATABASE_URL=str(tmp_path / "db"), EC2_ENDPOINT_URL="http://127.0.0.1:9")
+    done = subprocess.run([sys.executable, "-m", "uvicorn", "app.main:app", "--port", "0"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "API_TOKENS_FILE" in done.stderr and "sha256 must be 64 hex digits" in done.stderr, done.stderr

@@ -132,6 +132,8 @@ class Instance(BaseModel):
     stop_at: str | None = Field(None, description="When the scheduler stops it (UTC); null when not running or never")
     stop_when_idle: StopWhenIdle | None = Field(None, description="Stopped by CloudWatch when idle; null: no alarm")
     idle_alarm: IdleAlarm | None = Field(None, description="The CloudWatch alarm that does it (null: none held)")
+    owner: str | None = Field(None, description="Who created it through the API (a token's name; `admin` for "
+                                                "API_TOKEN); null: adopted from EC2 or created without tokens")
     cost: "Cost | None" = Field(None, description="Its spend this budget period (GET /instances/{id})")
 
     @classmethod
@@ -346,6 +348,8 @@ class InstanceEvent(BaseModel):
     source: str
     request_id: str | None = None
     aws_error: str | None = None
+    actor: str | None = Field(None, description="Who asked for it through the API (a token's name); null for the "
+                                                "reconciler, the auto-stop and a server without tokens")
 
 
 class EventList(BaseModel):

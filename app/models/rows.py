@@ -78,6 +78,7 @@ class InstanceRow(TypedDict):
     alarm_held: str | None  # the setting CloudWatch holds (canonical JSON); None: no alarm
     alarm_attempts: int  # failed tries in a row (backoff)
     alarm_retry_at: str | None  # not before this after a failure
+    owner: str | None  # who created it through the API (a token's name); None: adopted, or made without tokens
 
 
 class LaunchRow(TypedDict):
@@ -94,6 +95,7 @@ class LaunchRow(TypedDict):
     updated_at: str
     region: str | None
     endpoint: str | None
+    owner: str | None  # who asked for it: the caller's name (None without tokens)
 
 
 class EventRow(TypedDict):
@@ -107,3 +109,4 @@ class EventRow(TypedDict):
     request_id: str | None
     aws_error: str | None
     public_ip: str | None  # recorded with the change (the ledger counts IPv4 hours from it)
+    actor: str | None  # who asked for it through the API; None for the reconciler, the auto-stop and no tokens

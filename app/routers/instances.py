@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Header, Query, Response, status
 from pydantic import StringConstraints
 
-from app.deps import InstanceDep, ReconcilerDep, ServiceDep, StoreDep, require_token
+from app.deps import CallerDep, InstanceDep, ReconcilerDep, ServiceDep, StoreDep, require_token
 from app.errors import error_responses
 from app.models.instance import (
     TAG_FILTER_PATTERN,
@@ -26,6 +26,7 @@ from app.models.instance import (
 from app.models.rows import InstanceRow
 from app.services.cloudwatch import METRICS
 from app.services.instances import InstanceService
+from app.services.users import Caller
 
 router = APIRouter(prefix="/instances", tags=["instances"], dependencies=[Depends(require_token)],
                    responses=error_responses(401))
@@ -35,15 +36,15 @@ AWS_ERRORS = (400, 404, 409, 422, 502, 503, 504)
 IdempotencyKey = Annotated[str | None, Header(
     alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$",
     description="Retry-safe create: the same key with the same body returns the same instance "
-                "(kept at least 24 h); with another body, 409.")]
+                "(kept at least 24 h); with another body, or someone else's key, 409.")]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=Instance,
              responses=error_responses(*AWS_ERRORS))
-async def create_instance(body: InstanceCreate, service: ServiceDep, response: Response,
+async def create_instance(body: InstanceCreate, service: ServiceDep, response: Response, caller: CallerDep,
                           idempotency_key: IdempotencyKey = None) -> Instance:
-    """Launch a free-tier instance; answers as soon as EC2 accepted it (state pending)."""
-    row, replayed = await service.create(body, idempotency_key)
+    """Launch a free-tier instance, owned by the caller; answers as soon as EC2 accepted it (state pending)."""
+    row, replayed = await service.create(body, idempotency_key, caller=caller)
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return Instance.from_row(row)
@@ -56,6 +57,7 @@ TagFilter = Annotated[str, StringConstraints(min_length=1, max_length=385, patte
 @router.get("", response_model=InstanceList, responses=error_responses(422))
 def list_instances(
         store: StoreDep,
+        caller: CallerDep,
         include_terminated: bool = Query(False, description="Also list terminated ones"),
         state: Annotated[list[StateFilter] | None, Query(
             description="Only these states (repeatable: any of them); asking for terminated lists terminated ones")
@@ -63,26 +65,38 @@ def list_instances(
         tag: Annotated[list[TagFilter] | None, Query(
             description="`Key=Value`, or `Key` for any value (repeatable: all must match)")] = None,
         name: Annotated[str | None, Query(min_length=1, max_length=128, description="Exact name")] = None) -> Response:
-    """List tracked instances, optionally filtered (from the database; never calls AWS)."""
+    """List tracked instances (a user's own; an admin's: all), optionally filtered (from the database; never
+    calls AWS)."""
     if not state and not tag and name is None:
-        return Response(store.list_instances_json(include_terminated), media_type="application/json")
+        return Response(store.list_instances_json(include_terminated, caller.only_owner),
+                        media_type="application/json")
     wanted = InstanceFilter.of(state, tag, name)
     rows = store.list_instances(include_terminated or wanted.asks_for_ended)
-    body = InstanceList(instances=[Instance.from_row(r) for r in rows if wanted.matches(r)])
+    body = InstanceList(instances=[Instance.from_row(r) for r in rows
+                                   if caller.may_see(r["owner"]) and wanted.matches(r)])
     return Response(body.model_dump_json(exclude={"instances": {"__all__": {"cost"}}}), media_type="application/json")
 
 
 @router.post("/actions", response_model=BulkActionResult, responses=error_responses(400, 409, 422, 503))
-async def bulk_action(body: BulkAction, service: ServiceDep) -> BulkActionResult:
-    """Stop, start or delete many instances (ids, or a selector) with one `aws` process; a result per instance."""
-    ids = body.ids if body.ids is not None else await service.select(body.selector)  # type: ignore[arg-type]
-    return BulkActionResult.model_validate({"action": body.action, "results": await service.bulk(body.action, ids)})
+async def bulk_action(body: BulkAction, service: ServiceDep, caller: CallerDep) -> BulkActionResult:
+    """Stop, start or delete many instances (ids, or a selector) with one `aws` process; a result per instance.
+    A user's selector matches their own instances only, and someone else's id is a 404 line."""
+    ids = body.ids if body.ids is not None else await service.select(body.selector, caller)  # type: ignore[arg-type]
+    results = await service.bulk(body.action, ids, caller)
+    return BulkActionResult.model_validate({"action": body.action, "results": results})
 
 
 @router.post("/sync", response_model=SyncResult, responses=error_responses(502, 503, 504))
-async def sync_instances(reconciler: ReconcilerDep) -> SyncResult:
-    """Reconcile with EC2 now: one describe-instances call; returns what changed."""
-    return await reconciler.sweep()
+async def sync_instances(reconciler: ReconcilerDep, store: StoreDep, caller: CallerDep) -> SyncResult:
+    """Reconcile with EC2 now: one describe-instances call; returns what changed (for a user: of their own)."""
+    result = await reconciler.sweep()
+    if caller.is_admin:
+        return result
+    named = [*result.adopted, *result.updated, *result.gone, *result.missing]
+    rows = await asyncio.to_thread(store.get_instances, named) if named else {}
+    mine = {i for i, row in rows.items() if caller.may_see(row["owner"])}
+    return SyncResult.model_validate({field: [i for i in getattr(result, field) if i in mine]
+                                      for field in ("adopted", "updated", "gone", "missing")})
 
 
 @router.get("/{instance_id}", response_model=Instance, responses=error_responses(404, 422))
@@ -119,8 +133,9 @@ def instance_events(instance: InstanceDep, store: StoreDep) -> EventList:
     return EventList.model_validate({"events": store.list_events(instance["id"])})
 
 
-async def _transition(instance: InstanceRow, action: str, service: InstanceService, response: Response) -> Instance:
-    row, changed = await service.transition(instance["id"], action)
+async def _transition(instance: InstanceRow, action: str, service: InstanceService, response: Response,
+                      caller: Caller) -> Instance:
+    row, changed = await service.transition(instance["id"], action, actor=caller.name)
     response.status_code = status.HTTP_202_ACCEPTED if changed else status.HTTP_200_OK
     return Instance.from_row(row)
 
@@ -128,22 +143,23 @@ async def _transition(instance: InstanceRow, action: str, service: InstanceServi
 @router.post("/{instance_id}/start", response_model=Instance, status_code=status.HTTP_202_ACCEPTED,
              responses={200: {"description": "Already running or pending (nothing done)", "model": Instance},
                         **error_responses(*AWS_ERRORS)})
-async def start_instance(instance: InstanceDep, service: ServiceDep, response: Response) -> Instance:
+async def start_instance(instance: InstanceDep, service: ServiceDep, response: Response, caller: CallerDep) -> Instance:
     """Start a stopped instance (202, state pending); 200 if it already runs; 409 if terminated."""
-    return await _transition(instance, "start", service, response)
+    return await _transition(instance, "start", service, response, caller)
 
 
 @router.post("/{instance_id}/stop", response_model=Instance, status_code=status.HTTP_202_ACCEPTED,
              responses={200: {"description": "Already stopping or stopped (nothing done)", "model": Instance},
                         **error_responses(*AWS_ERRORS)})
-async def stop_instance(instance: InstanceDep, service: ServiceDep, response: Response) -> Instance:
+async def stop_instance(instance: InstanceDep, service: ServiceDep, response: Response, caller: CallerDep) -> Instance:
     """Stop a running instance (202, state stopping); 200 if already stopped; 409 if terminated."""
-    return await _transition(instance, "stop", service, response)
+    return await _transition(instance, "stop", service, response, caller)
 
 
 @router.delete("/{instance_id}", response_model=Instance, status_code=status.HTTP_202_ACCEPTED,
                responses={200: {"description": "Already terminated (nothing done)", "model": Instance},
                           **error_responses(*AWS_ERRORS)})
-async def delete_instance(instance: InstanceDep, service: ServiceDep, response: Response) -> Instance:
+async def delete_instance(instance: InstanceDep, service: ServiceDep, response: Response,
+                          caller: CallerDep) -> Instance:
     """Terminate the instance in EC2 (202); the record stays, with state terminated."""
-    return await _transition(instance, "delete", service, response)
+    return await _transition(instance, "delete", service, response, caller)

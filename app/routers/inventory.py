@@ -5,7 +5,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from app.deps import SettingsDep, StoreDep, require_token
+from app.deps import CallerDep, SettingsDep, StoreDep, require_token
 from app.errors import error_responses
 from app.services.inventory import build_inventory
 
@@ -30,7 +30,9 @@ EXAMPLE = {
 
 @router.get("/inventory", response_model=dict[str, Any],
             responses={200: {"content": {"application/json": {"example": EXAMPLE}}}})
-async def inventory(store: StoreDep, settings: SettingsDep) -> dict[str, Any]:
-    """Ansible dynamic inventory (`ansible/inventory.py --list`): running instances with a public IPv4."""
+async def inventory(store: StoreDep, settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
+    """Ansible dynamic inventory (`ansible/inventory.py --list`): running instances with a public IPv4 (a user's
+    own; an admin's: all)."""
     rows = await asyncio.to_thread(store.list_instances)
-    return build_inventory(rows, settings.ssh_key_path, settings.endpoint_key)
+    return build_inventory([r for r in rows if caller.may_see(r["owner"])], settings.ssh_key_path,
+                           settings.endpoint_key)

@@ -8,19 +8,20 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.deps import SettingsDep, _bearer, require_token
+from app.deps import SettingsDep, _bearer, require_admin, require_token
 from app.errors import error_responses
 
-router = APIRouter(tags=["metrics"], responses=error_responses(401))
+router = APIRouter(tags=["metrics"], responses=error_responses(401, 403))
 
 
 def metrics_access(settings: SettingsDep,
                    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
-    """METRICS_TOKEN opens it to a scraper; otherwise it is protected like /instances (API_TOKEN, when set)."""
+    """METRICS_TOKEN opens it to a scraper; otherwise it needs an admin's token (API_TOKEN, or an admin of
+    API_TOKENS_FILE) when any token is configured: it counts every person's instances."""
     if settings.metrics_token is not None and credentials is not None and hmac.compare_digest(
             credentials.credentials.encode(), settings.metrics_token.get_secret_value().encode()):
         return
-    require_token(settings, credentials)
+    require_admin(require_token(settings, credentials))
 
 
 @router.get("/metrics", dependencies=[Depends(metrics_access)],

@@ -4,11 +4,13 @@ import asyncio
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from app.deps import StoreDep, require_token
+from app.deps import StoreDep, require_admin
 from app.errors import error_responses
 from app.models.notification import Notifications
 
-router = APIRouter(tags=["notifications"], dependencies=[Depends(require_token)], responses=error_responses(401))
+# The whole server's deliveries (every person's instances): an admin's (403 for a user).
+router = APIRouter(tags=["notifications"], dependencies=[Depends(require_admin)],
+                   responses=error_responses(401, 403))
 
 
 @router.get("/notifications", response_model=Notifications, responses=error_responses(422))

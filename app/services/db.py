@@ -22,7 +22,7 @@ import psycopg
 from app.models.instance import STORED_FIELDS
 from app.models.rows import EventRow, InstanceRow, InstanceState, LaunchRow, LaunchStatus
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # Columns of the original project's `instances` table, kept so its databases open unchanged.
 ORIGINAL_COLUMNS = ("id", "name", "public_ip", "ami", "instance_type", "state", "ssh_string",
@@ -55,6 +55,9 @@ ADDED_COLUMNS = {
     "alarm_held": "TEXT",
     "alarm_attempts": "INTEGER NOT NULL DEFAULT 0",
     "alarm_retry_at": "TEXT",
+    # v6, one token per person: who created it through the API (a name of API_TOKENS_FILE, or "admin" for
+    # API_TOKEN); NULL for an instance adopted from EC2 or created without tokens (admins only see those).
+    "owner": "TEXT",
 }
 # Columns holding JSON (decoded when read).
 JSON_FIELDS: dict[str, dict | None] = {"tags": {}, "stop_when_idle": None, "idle_alarm": None}
@@ -73,7 +76,7 @@ ALARM_SCOPE = "region = ? AND endpoint = ? AND (CAST(? AS TEXT) IS NULL OR accou
 # a reader that saw revision N has seen every row written before it.
 NEXT_REV = "(SELECT COALESCE(MAX(rev), 0) + 1 FROM instances)"
 KV_UPSERT = "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-EVENT_COLUMNS = "at, action, from_state, to_state, source, request_id, aws_error, public_ip"
+EVENT_COLUMNS = "at, action, from_state, to_state, source, request_id, aws_error, public_ip, actor"
 
 
 def _decode(column: str, text: str | None) -> Any:
@@ -149,7 +152,7 @@ class Database:
         # Bumped after every committed write to `instances`; the rendered list is cached per value.
         self._generations = itertools.count(1)
         self._generation = 0
-        self._list_cache: dict[bool, tuple[int, bytes]] = {}
+        self._list_cache: dict[tuple[bool, str | None], tuple[int, bytes]] = {}
 
     # -- connection and schema -------------------------------------------------------------
     def connect(self) -> sqlite3.Connection:
@@ -226,6 +229,8 @@ class Database:
                 self._migrate_to_4(conn)
             if version < 5:
                 self._migrate_to_5(conn)
+            if version < 6:
+                self._migrate_to_6(conn)
             self._set_user_version(conn, SCHEMA_VERSION)
             conn.execute("COMMIT")
         except BaseException:
@@ -316,6 +321,19 @@ class Database:
         conn.execute("CREATE INDEX IF NOT EXISTS instances_rev ON instances(rev)")
 
     @staticmethod
+    def _migrate_to_6(conn: sqlite3.Connection) -> None:
+        """One token per person: each instance and launch keeps its owner, each event who asked for it."""
+        have = _columns(conn, "instances")
+        for column, decl in ADDED_COLUMNS.items():
+            if column not in have:
+                conn.execute(f"ALTER TABLE instances ADD COLUMN {column} {decl}")
+        if "owner" not in _columns(conn, "launches"):
+            conn.execute("ALTER TABLE launches ADD COLUMN owner TEXT")
+        if "actor" not in _columns(conn, "instance_events"):
+            conn.execute("ALTER TABLE instance_events ADD COLUMN actor TEXT")
+        conn.execute("CREATE INDEX IF NOT EXISTS instances_owner ON instances(owner)")
+
+    @staticmethod
     def _migrate_to_5(conn: sqlite3.Connection) -> None:
         """Idle stop by CloudWatch: the setting, the alarm, and what CloudWatch holds."""
         have = _columns(conn, "instances")
@@ -401,21 +419,24 @@ class Database:
         rows = self.connect().execute(f"SELECT * FROM instances {where} ORDER BY created_at, id")
         return [self._row(r) for r in rows]
 
-    def list_instances_json(self, include_terminated: bool = False) -> bytes:
-        """`{"instances": [...]}` rendered once per change of the table, not once per request."""
+    def list_instances_json(self, include_terminated: bool = False, owner: str | None = None) -> bytes:
+        """`{"instances": [...]}` rendered once per change of the table, not once per request; with `owner`,
+        only that owner's instances (rendered and cached per owner)."""
         generation = self.generation  # read before the query: a later write invalidates the result
-        cached = self._list_cache.get(include_terminated)
+        cached = self._list_cache.get((include_terminated, owner))
         if cached is not None and cached[0] == generation:
             return cached[1]
-        where = "" if include_terminated else f"WHERE {ACTIVE}"
+        conditions = ([] if include_terminated else [ACTIVE]) + ([] if owner is None else ["owner = ?"])
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         rows = self.connect().execute(
-            f"SELECT {', '.join(PUBLIC_FIELDS)} FROM instances {where} ORDER BY created_at, id").fetchall()
+            f"SELECT {', '.join(PUBLIC_FIELDS)} FROM instances {where} ORDER BY created_at, id",
+            () if owner is None else (owner,)).fetchall()
         items = [dict(zip(PUBLIC_FIELDS, row, strict=True)) for row in rows]
         for item in items:
             for column in JSON_FIELDS:
                 item[column] = _decode(column, item[column])
         body = json.dumps({"instances": items}, separators=(",", ":")).encode()
-        self._list_cache[include_terminated] = (generation, body)
+        self._list_cache[(include_terminated, owner)] = (generation, body)
         return body
 
     @property
@@ -476,11 +497,13 @@ class Database:
     # -- events ----------------------------------------------------------------------------
     def add_event(self, instance_id: str, action: str, from_state: str | None, to_state: str | None,
                   source: str, request_id: str | None = None, aws_error: str | None = None,
-                  at: str | None = None, public_ip: str | None = None) -> None:
+                  at: str | None = None, public_ip: str | None = None, actor: str | None = None) -> None:
+        """actor: who asked for it through the API (None: the reconciler, the auto-stop, a server without tokens)."""
         self.connect().execute(
             "INSERT INTO instance_events (instance_id, at, action, from_state, to_state, source, request_id, "
-            "aws_error, public_ip) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (instance_id, at or utcnow(), action, from_state, to_state, source, request_id, aws_error, public_ip),
+            "aws_error, public_ip, actor) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (instance_id, at or utcnow(), action, from_state, to_state, source, request_id, aws_error, public_ip,
+             actor),
         )
 
     def list_events(self, instance_id: str) -> list[EventRow]:
@@ -558,10 +581,13 @@ class Database:
 
     # -- launches (one row per create request) ---------------------------------------------------
     def claim_launch(self, request_id: str, idempotency_key: str | None, body_hash: str, body: dict,
-                     region: str, endpoint: str) -> tuple[LaunchRow, bool]:
+                     region: str, endpoint: str, owner: str | None = None,
+                     admin: bool = True) -> tuple[LaunchRow, bool]:
         """Insert a pending launch, or find the one that holds this Idempotency-Key.
 
-        Returns (launch, claimed). Under the same key and body:
+        Returns (launch, claimed). A key is its owner's: one held by someone else (an owner other than
+        `owner`; an admin may also use a key of no owner) is returned, never claimed. Under the same key, owner
+        and body:
         - a launch whose instance is recorded after all is launched: returned, not claimed;
         - a *lost* launch (its outcome was unknown, and lookups found nothing) is claimed again as it
           was (same request id and recorded parameters), so the retry sends EC2 the exact request it
@@ -575,6 +601,8 @@ class Database:
                 if found is not None:
                     row = self._launch(found)
                     if row["status"] not in (LaunchStatus.FAILED, LaunchStatus.LOST) or row["body_hash"] != body_hash:
+                        return row, False
+                    if row["owner"] != owner and not (admin and row["owner"] is None):
                         return row, False
                     instance = conn.execute("SELECT id FROM instances WHERE request_id = ?",
                                             (row["request_id"],)).fetchone()
@@ -591,9 +619,9 @@ class Database:
                     conn.execute("DELETE FROM launches WHERE request_id = ?", (row["request_id"],))
             conn.execute(
                 "INSERT INTO launches (request_id, idempotency_key, body_hash, body, status, created_at, updated_at, "
-                "region, endpoint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "region, endpoint, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (request_id, idempotency_key, body_hash, json.dumps(body, sort_keys=True), LaunchStatus.PENDING,
-                 now, now, region, endpoint))
+                 now, now, region, endpoint, owner))
             return self._launch(conn.execute("SELECT * FROM launches WHERE request_id = ?",
                                              (request_id,)).fetchone()), True
 

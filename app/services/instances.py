@@ -29,6 +29,7 @@ from app.services.reconciler import Reconciler
 from app.services.recorder import RUNNING, SECURITY_GROUP_NAME, Recorder, in_minutes
 from app.services.replicas import InstanceLocks
 from app.services.spending import AccountPlan, PriceBook, Rates, Spending, period_bounds
+from app.services.users import LOCAL, Caller
 
 log = logging.getLogger("ec2_creator.instances")
 
@@ -172,11 +173,13 @@ class InstanceService:
             return group_id
 
     # -- create ----------------------------------------------------------------------------------
-    async def create(self, req: InstanceCreate, idempotency_key: str | None = None) -> tuple[InstanceRow, bool]:
-        """Check policy, launch with one `aws` process, record what EC2 answered.
+    async def create(self, req: InstanceCreate, idempotency_key: str | None = None,
+                     caller: Caller = LOCAL) -> tuple[InstanceRow, bool]:
+        """Check policy, launch with one `aws` process, record what EC2 answered (owned by the caller).
 
         Returns (instance, replayed). With an Idempotency-Key, a repeat of the same request gets the
-        same instance without a second launch; concurrent repeats wait for the first.
+        same instance without a second launch; concurrent repeats wait for the first. A key is its
+        caller's: someone else's is a 409, as a key used with another body is.
         """
         check_static(self.settings.allowed_instance_types, req.instance_type, req.storage_gb)
         body_hash = request_hash(req)  # the body as sent: a replay matches whatever the defaults are now
@@ -192,18 +195,18 @@ class InstanceService:
         ami = check_catalog(catalog, self.settings.allowed_instance_types, req.ami, req.instance_type)
         if idempotency_key is None:
             with self.reconciler.mutating():
-                return await self._launch(req, ami, None, body_hash, rates), False
+                return await self._launch(req, ami, None, body_hash, rates, caller), False
         inflight = self._inflight.get(idempotency_key)
         if inflight is not None:
             await asyncio.shield(inflight)  # the first request with this key is running: share its outcome
-            return await self._replay(idempotency_key, body_hash), True
+            return await self._replay(idempotency_key, body_hash, caller), True
         future = asyncio.get_running_loop().create_future()
         self._inflight[idempotency_key] = future
         try:
             with self.reconciler.mutating():
-                return await self._launch(req, ami, idempotency_key, body_hash, rates), False
+                return await self._launch(req, ami, idempotency_key, body_hash, rates, caller), False
         except _AlreadyClaimed:
-            return await self._replay(idempotency_key, body_hash), True
+            return await self._replay(idempotency_key, body_hash, caller), True
         finally:
             del self._inflight[idempotency_key]
             future.set_result(None)
@@ -212,11 +215,12 @@ class InstanceService:
         launch = self.db.get_launch_by_key(idempotency_key)
         return launch is not None and launch["status"] in (LaunchStatus.PENDING, LaunchStatus.LAUNCHED)
 
-    async def _replay(self, idempotency_key: str, body_hash: str) -> InstanceRow:
+    async def _replay(self, idempotency_key: str, body_hash: str, caller: Caller = LOCAL) -> InstanceRow:
         launch = await asyncio.to_thread(self.db.get_launch_by_key, idempotency_key)
-        if launch is None or launch["body_hash"] != body_hash:
-            raise Conflict("This Idempotency-Key was already used with a different request body; use a new key.",
-                           code="idempotency_key_reused")
+        # Another person's key says nothing of their request: the same answer as a key used with another body.
+        if launch is None or launch["body_hash"] != body_hash or not caller.may_replay(launch["owner"]):
+            raise Conflict("This Idempotency-Key was already used with a different request body (or by someone "
+                           "else); use a new key.", code="idempotency_key_reused")
         if launch["status"] == LaunchStatus.LAUNCHED and launch["instance_id"]:
             row = await asyncio.to_thread(self.db.get_instance, launch["instance_id"])
             if row is not None:
@@ -235,12 +239,13 @@ class InstanceService:
         self.spending.admit(key, projection, f"Creating this {req.instance_type}")
 
     async def _launch(self, req: InstanceCreate, ami, idempotency_key: str | None, body_hash: str,
-                      rates: Rates) -> InstanceRow:
+                      rates: Rates, caller: Caller = LOCAL) -> InstanceRow:
         body = {"request": req.model_dump(), "ami_id": ami.ami_id, "login_user": ami.login_user,
                 "root_device": ami.root_device_name}
         # The launch row is written BEFORE the aws process starts: a crash leaves a trace to resolve.
         launch, claimed = await asyncio.to_thread(self.db.claim_launch, uuid.uuid4().hex, idempotency_key,
-                                                  body_hash, body, self.region, self.endpoint)
+                                                  body_hash, body, self.region, self.endpoint, caller.name,
+                                                  caller.is_admin)
         if not claimed:
             raise _AlreadyClaimed()
         request_id = launch["request_id"]
@@ -254,7 +259,7 @@ class InstanceService:
         body = {**body, **json.loads(launch["body"])}
         self.recorder.in_flight.add(request_id)  # no sweep judges it overdue while it is sent
         try:
-            return await self._send_launch(req, body, request_id, idempotency_key)
+            return await self._send_launch(req, body, request_id, idempotency_key, caller.name)
         finally:
             self.recorder.in_flight.discard(request_id)
             self.spending.release(request_id)  # recorded (and in the ledger), or not launched
@@ -264,7 +269,7 @@ class InstanceService:
                 self.on_alarms_changed()
 
     async def _send_launch(self, req: InstanceCreate, body: dict, request_id: str,
-                           idempotency_key: str | None) -> InstanceRow:
+                           idempotency_key: str | None, owner: str | None = None) -> InstanceRow:
         try:
             group_id = await self.ensure_security_group() if req.create_security_group else None
             args = ["--name", req.name, "--ami", body["ami_id"], "--type", req.instance_type,
@@ -305,6 +310,7 @@ class InstanceService:
             "request_id": request_id, "launched_at": stored_time(instances[0].get("LaunchTime")),
             "auto_stop_minutes": req.auto_stop_minutes, "associate_public_ip": int(req.associate_public_ip),
             "stop_when_idle": idle, "idle_alarm": idle_alarm_view(instance_id, canonical_json(idle), None),
+            "owner": owner,
         }
         try:
             recorded = await asyncio.to_thread(self.recorder.record_launch, instances[0], row)
@@ -322,14 +328,14 @@ class InstanceService:
         return recorded
 
     # -- start / stop / delete -----------------------------------------------------------------
-    async def transition(self, instance_id: str, action: str) -> tuple[InstanceRow, bool]:
-        """Apply `action` unless the state makes it a no-op (False) or impossible (409)."""
+    async def transition(self, instance_id: str, action: str, actor: str | None = None) -> tuple[InstanceRow, bool]:
+        """Apply `action` unless the state makes it a no-op (False) or impossible (409); its event names `actor`."""
         rule = TRANSITIONS[action]
         async with self.locks.hold([instance_id]):
-            return await self._transition_locked(instance_id, action, rule)
+            return await self._transition_locked(instance_id, action, rule, actor)
 
     async def _transition_locked(self, instance_id: str, action: str,
-                                 rule: Transition) -> tuple[InstanceRow, bool]:
+                                 rule: Transition, actor: str | None = None) -> tuple[InstanceRow, bool]:
         with self.reconciler.mutating():
             row = await asyncio.to_thread(self.db.require_instance, instance_id)
             if not self._check_transition(row, action, rule):
@@ -338,7 +344,7 @@ class InstanceService:
             if action == "start":  # stop and delete only lower cost: always allowed
                 await asyncio.to_thread(self._admit_starts, request_id, [row])
             try:
-                return await self._send_transition(row, action, rule, request_id)
+                return await self._send_transition(row, action, rule, request_id, actor)
             finally:
                 self.spending.release(request_id)  # recorded (and in the ledger), or not started
                 self._after_transitions(action, [row])
@@ -361,7 +367,7 @@ class InstanceService:
             self.on_alarms_changed()  # their alarms go with them
 
     async def _send_transition(self, row: InstanceRow, action: str, rule: Transition,
-                               request_id: str) -> tuple[InstanceRow, bool]:
+                               request_id: str, actor: str | None = None) -> tuple[InstanceRow, bool]:
         """One instance's transition, coalesced with others of its kind into one `aws` process."""
         instance_id = row["id"]
         self.recorder.transitions.add(instance_id)  # a sweep meanwhile leaves this change to our record
@@ -370,24 +376,26 @@ class InstanceService:
                 change = await self.coalescer.submit(rule.script, rule.response_key, instance_id, row["region"])
             except ApiError as exc:
                 self.recorder.transitions.discard(instance_id)
-                return await self._refused(row, action, request_id, exc)
-            recorded = await self._record_transition(row, change, action, request_id)
+                return await self._refused(row, action, request_id, exc, actor)
+            recorded = await self._record_transition(row, change, action, request_id, actor)
         finally:
             self.recorder.transitions.discard(instance_id)
         self.reconciler.request_sweep()
         return recorded, True
 
     async def _refused(self, row: InstanceRow, action: str, request_id: str,
-                       exc: ApiError) -> tuple[InstanceRow, bool]:
+                       exc: ApiError, actor: str | None = None) -> tuple[InstanceRow, bool]:
         if exc.aws_error_code == "InvalidInstanceID.NotFound":
-            return await self._not_found(row, action, request_id, exc)
+            return await self._not_found(row, action, request_id, exc, actor)
         if exc.status_code == 409:
             self.reconciler.request_sweep()  # our recorded state is behind EC2's
         raise exc
 
-    async def _record_transition(self, row: InstanceRow, change: dict, action: str, request_id: str) -> InstanceRow:
+    async def _record_transition(self, row: InstanceRow, change: dict, action: str, request_id: str,
+                                 actor: str | None = None) -> InstanceRow:
         try:
-            return await asyncio.to_thread(self.recorder.record_transition, row, change, action, request_id)
+            return await asyncio.to_thread(self.recorder.record_transition, row, change, action, request_id,
+                                           "api", actor)
         except Exception as exc:  # noqa: BLE001 - EC2 acted: say so, and let the sweep record it
             self.reconciler.request_sweep()
             raise Unavailable(f"EC2 accepted the {action} of {row['id']}, but the local record could not be "
@@ -395,22 +403,25 @@ class InstanceService:
                               "again.", code="record_failed", extra={"instance_id": row["id"]}) from None
 
     # -- bulk actions --------------------------------------------------------------------------
-    async def select(self, selector: Selector) -> list[str]:
-        """The ids of the tracked instances (not terminated) a selector matches; more than 1,000 is a 400."""
+    async def select(self, selector: Selector, caller: Caller = LOCAL) -> list[str]:
+        """The ids of the tracked instances (not terminated) a selector matches among those the caller may
+        see (a user's own); more than 1,000 is a 400."""
         wanted = selector.as_filter()
         rows = await asyncio.to_thread(self.db.list_instances, wanted.asks_for_ended)
         account = self.reconciler.account
         # This server's EC2 only: another endpoint's or account's instances could only answer 409.
-        ids = [r["id"] for r in rows if wanted.matches(r) and r["endpoint"] in (None, self.endpoint)
+        ids = [r["id"] for r in rows if wanted.matches(r) and caller.may_see(r["owner"])
+               and r["endpoint"] in (None, self.endpoint)
                and r["region"] in (None, self.region) and not (account and r["account"] not in (None, account))]
         if len(ids) > MAX_BULK:
             raise PolicyViolation(f"The selector matches {len(ids)} instances; one action takes at most {MAX_BULK}. "
                                   "Narrow it (state, tag, name) or send ids.", code="too_many_instances")
         return ids
 
-    async def bulk(self, action: str, ids: list[str]) -> list[dict]:
+    async def bulk(self, action: str, ids: list[str], caller: Caller = LOCAL) -> list[dict]:
         """One action on many instances: one `aws` process per region (and per refused id EC2 names), a
-        result per instance. Starts are checked against the budget as one set (409 for the whole request)."""
+        result per instance. Starts are checked against the budget as one set (409 for the whole request).
+        Someone else's instance is a 404 line, as an unknown id is."""
         rule = TRANSITIONS[action]
         ids = list(dict.fromkeys(ids))
         results: dict[str, dict] = {}
@@ -420,6 +431,8 @@ class InstanceService:
                 to_send: list[InstanceRow] = []
                 for instance_id in ids:
                     row = rows.get(instance_id)
+                    if row is not None and not caller.may_see(row["owner"]):
+                        row = None  # not the caller's: answered exactly as an id nobody tracks
                     try:
                         if row is None:
                             raise NotFound(f"No instance {instance_id!r} is tracked.", code="instance_not_found")
@@ -433,7 +446,7 @@ class InstanceService:
                 if action == "start" and to_send:
                     await asyncio.to_thread(self._admit_starts, key, to_send)  # 409 budget_exceeded: nothing sent
                 try:
-                    results |= await self._send_bulk(action, rule, to_send)
+                    results |= await self._send_bulk(action, rule, to_send, caller.name)
                 finally:
                     self.spending.release(key)
                     if to_send:
@@ -441,7 +454,8 @@ class InstanceService:
                         self.reconciler.request_sweep()
         return [results[i] for i in ids]
 
-    async def _send_bulk(self, action: str, rule: Transition, rows: list[InstanceRow]) -> dict[str, dict]:
+    async def _send_bulk(self, action: str, rule: Transition, rows: list[InstanceRow],
+                         actor: str | None = None) -> dict[str, dict]:
         results: dict[str, dict] = {}
         by_region: dict[str | None, list[InstanceRow]] = defaultdict(list)
         for row in rows:
@@ -457,14 +471,16 @@ class InstanceService:
                     request_id = uuid.uuid4().hex
                     for instance_id, change in answered.items():
                         try:
-                            recorded = await self._record_transition(chunk[instance_id], change, action, request_id)
+                            recorded = await self._record_transition(chunk[instance_id], change, action, request_id,
+                                                                     actor)
                             results[instance_id] = _result(recorded, 202)
                         except ApiError as unrecorded:
                             results[instance_id] = _result(chunk[instance_id], unrecorded.status_code, unrecorded)
                     for instance_id, error in failed.items():
                         self.recorder.transitions.discard(instance_id)
                         try:
-                            row, changed = await self._refused(chunk[instance_id], action, request_id, error)
+                            row, changed = await self._refused(chunk[instance_id], action, request_id, error,
+                                                               actor)
                             results[instance_id] = _result(row, 202 if changed else 200)
                         except ApiError as refused:
                             results[instance_id] = _result(chunk[instance_id], refused.status_code, refused)
@@ -641,7 +657,7 @@ class InstanceService:
                 "and delete stay allowed.", code="instance_type_not_allowed")
 
     async def _not_found(self, row: InstanceRow, action: str, request_id: str,
-                         exc: ApiError) -> tuple[InstanceRow, bool]:
+                         exc: ApiError, actor: str | None = None) -> tuple[InstanceRow, bool]:
         """EC2 says NotFound. Within the consistency grace of a launch that is only "not visible
         yet" (503, retry); past it, a direct lookup decides before anything is recorded gone."""
         age = age_seconds(row["created_at"])
@@ -663,7 +679,8 @@ class InstanceService:
                            "which was recorded for another region or account (or before they were kept); nothing "
                            "was changed. Manage it with the settings it was created with.", code="other_account",
                            aws_error_code=exc.aws_error_code)
-        gone = await asyncio.to_thread(self.recorder.record_gone, row, action, request_id, exc.aws_error_code)
+        gone = await asyncio.to_thread(self.recorder.record_gone, row, action, request_id, exc.aws_error_code,
+                                       actor)
         if action == "delete":
             return gone, True
         raise Conflict(f"EC2 no longer has instance {row['id']}; it is recorded as terminated.",

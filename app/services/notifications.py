@@ -266,7 +266,7 @@ def compose(event: str, note: dict, row: dict | None, cost: float | None, settin
         f"Time: {note['at']}", f"Event: {event}", f"Notification: {note['key']}",
     ]
     if event == "auto_stop_warning":
-        auth = ' -H "Authorization: Bearer $API_TOKEN"' if settings.api_token else ""
+        auth = ' -H "Authorization: Bearer $API_TOKEN"' if settings.auth_configured else ""
         lines[:0] = [
             f"Auto-stop at {data.get('stop_at')} (in about {data.get('minutes', '?')} min). To keep it running "
             "2 hours more from now:",

@@ -117,9 +117,9 @@ class Recorder:
                             tags=tags_of(instance) if isinstance(instance.get("Tags"), list) else None)
 
     def observe(self, row: InstanceRow, state: InstanceState, public_ip: str | None, action: str, source: str,
-                request_id: str | None = None, tags: dict[str, str] | None = None) -> bool:
+                request_id: str | None = None, tags: dict[str, str] | None = None, actor: str | None = None) -> bool:
         """Record an instance's state and public IP (and tags, when given) as EC2 gave them; True when
-        anything public changed."""
+        anything public changed. actor: who asked for it through the API (its event keeps the name)."""
         new = self._fields(row, state, public_ip)
         if tags is not None:  # changed outside the API too: the console, `aws ec2 create-tags`...
             new["tags"] = {k: v for k, v in tags.items() if k not in RESERVED_TAG_KEYS and not k.startswith("aws:")}
@@ -133,7 +133,7 @@ class Recorder:
         self.db.update_instance(row["id"], {**changed, "updated_at": now})
         if "state" in changed:
             self.db.add_event(row["id"], action, row["state"], new["state"], source, request_id, at=now,
-                              public_ip=new["public_ip"])
+                              public_ip=new["public_ip"], actor=actor)
         return True
 
     def apply_sweep(self, observed: list[dict], started: str) -> tuple[SyncResult, list[str], list[LaunchRow]]:
@@ -301,16 +301,18 @@ class Recorder:
             "associate_public_ip": int(request["associate_public_ip"]) if "associate_public_ip" in request else None,
             "stop_when_idle": request.get("stop_when_idle"),
             "idle_alarm": idle_alarm_view(instance["InstanceId"], canonical_json(request.get("stop_when_idle")), None),
+            # Whoever asked for it keeps it through a crash; one launched by hand has no owner (admins see it).
+            "owner": launch["owner"] if launch else None,
         }
         fields = self._observed_fields(row, instance)
         self.db.upsert_instance({**row, **fields})
         if launch is not None and launch["created_at"] >= self.started_at:
             # A create of this process still waiting for its aws answer: the sweep was merely first.
-            action, source = "create", "api"
+            action, source, actor = "create", "api", row["owner"]
         else:
-            action, source = "adopt", "adopt"
+            action, source, actor = "adopt", "adopt", None
         self.db.add_event(row["id"], action, None, fields["state"], source, row["request_id"], at=now,
-                          public_ip=fields["public_ip"])
+                          public_ip=fields["public_ip"], actor=actor)
 
     def record_launch(self, instance: dict, row: dict[str, Any]) -> InstanceRow:
         """Record a run-instances answer: the row as the API knows it plus what EC2 said."""
@@ -322,21 +324,22 @@ class Recorder:
             if self.db.get_instance(row["id"]) is None:
                 self.db.upsert_instance({**row, **fields, "created_at": now, "updated_at": now})
                 self.db.add_event(row["id"], "create", None, fields["state"], "api", row.get("request_id"), at=now,
-                                  public_ip=fields["public_ip"])
+                                  public_ip=fields["public_ip"], actor=row.get("owner"))
             else:  # a sweep adopted it first and holds a newer observed state: add what we asked for
                 self.db.update_instance(row["id"], {**row, "updated_at": now})
         return self.db.require_instance(row["id"])
 
     def record_transition(self, row: InstanceRow, instance_state: dict, action: str,
-                          request_id: str | None, source: str = "api") -> InstanceRow:
-        """Record the CurrentState EC2 gave for a start/stop/terminate."""
+                          request_id: str | None, source: str = "api", actor: str | None = None) -> InstanceRow:
+        """Record the CurrentState EC2 gave for a start/stop/terminate (asked for by `actor`, if anyone)."""
         state = InstanceState((instance_state.get("CurrentState") or {}).get("Name") or row["state"])
         with self.db.transaction():
             fresh = self.db.get_instance(row["id"]) or row
-            self.observe(fresh, state, fresh["public_ip"], action, source, request_id)
+            self.observe(fresh, state, fresh["public_ip"], action, source, request_id, actor=actor)
         return self.db.require_instance(row["id"])
 
-    def record_gone(self, row: InstanceRow, action: str, request_id: str | None, aws_error: str | None) -> InstanceRow:
+    def record_gone(self, row: InstanceRow, action: str, request_id: str | None, aws_error: str | None,
+                    actor: str | None = None) -> InstanceRow:
         """EC2 says the instance does not exist, and a direct lookup agreed: terminated for good."""
         with self.db.transaction():
             now = utcnow()
@@ -345,5 +348,5 @@ class Recorder:
                 self.db.update_instance(row["id"], {"state": InstanceState.TERMINATED, "public_ip": None,
                                                     "ssh_string": None, "stop_at": None, "updated_at": now})
             self.db.add_event(row["id"], action, fresh["state"], InstanceState.TERMINATED, "api", request_id, aws_error,
-                              at=now)
+                              at=now, actor=actor)
         return self.db.require_instance(row["id"])

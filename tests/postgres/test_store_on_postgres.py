@@ -11,8 +11,11 @@ from app.config import Settings
 from app.services.db import SCHEMA_VERSION, PostgresDatabase, pg_sql, redact_url
 from tests.services.test_db import (  # noqa: F401  (collected here once more, on PostgreSQL)
     test_a_retried_key_resends_a_lost_launch_replaces_a_refused_one_and_returns_a_found_one,
+    test_an_idempotency_key_is_its_owners,
+    test_events_keep_their_actor,
     test_rendered_list_follows_every_write,
     test_rows_without_a_scope_are_never_judged_and_launches_are_claimed_at_start,
+    test_the_rendered_list_of_one_owner,
     test_upsert_update_and_events,
 )
 

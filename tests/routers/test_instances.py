@@ -31,6 +31,7 @@ class StandIn:
         self.raises: BaseException | None = None
         self.changed = True
         self.replayed = False
+        self.actors: list[str | None] = []
         self.spending = Spending(5.0, PriceBook.load(DEFAULT_PRICES_FILE), store, "us-east-1", "")
 
     def _answer(self):
@@ -38,12 +39,13 @@ class StandIn:
             raise self.raises
         return self.store.require_instance(KNOWN)
 
-    async def create(self, body, idempotency_key):
+    async def create(self, body, idempotency_key, caller=None):
         self.calls.append(("create", body.name, idempotency_key))
         return self._answer(), self.replayed
 
-    async def transition(self, instance_id, action):
+    async def transition(self, instance_id, action, actor=None):
         self.calls.append((action, instance_id))
+        self.actors.append(actor)
         return self._answer(), self.changed
 
     async def sweep(self):
@@ -184,3 +186,116 @@ def test_with_a_token_every_instances_route_needs_it(client, settings, stand_in)
     assert client.get("/instances", headers={"Authorization": "Bearer t0ken-for-in-process-tests"}).status_code == 200
     assert client.get("/health").status_code == 200
     assert stand_in.calls == []
+
+
+# -- one token per person (API_TOKENS_FILE): who sees and acts on what ----------------------------------------
+ALICE, BOB, ROOT = "alice-token-0123456789abcdef", "bob-token-0123456789abcdef", "root-token-0123456789abcdef"
+BOBS = "i-0b0b0b0b0b0b0b0b0"
+ADOPTED = "i-0adadadadadadadad"
+
+
+def as_(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def people(settings, store, tmp_path):
+    """alice and bob (users), root (an admin); KNOWN is alice's, BOBS bob's, ADOPTED nobody's."""
+    import hashlib
+
+    path = tmp_path / "tokens.toml"
+    path.write_text("".join(f'[[users]]\nname = "{n}"\nsha256 = "{hashlib.sha256(t.encode()).hexdigest()}"\n'
+                            f'role = "{r}"\n' for n, t, r in (("alice", ALICE, "user"), ("bob", BOB, "user"),
+                                                             ("root", ROOT, "admin"))))
+    settings.api_tokens_file = path
+    now = utcnow()
+    store.update_instance(KNOWN, {"owner": "alice", "endpoint": settings.endpoint_key})
+    for instance_id, owner in ((BOBS, "bob"), (ADOPTED, None)):
+        store.upsert_instance({"id": instance_id, "name": f"of-{owner}", "state": InstanceState.RUNNING,
+                               "public_ip": "203.0.113.10", "region": "us-east-1", "owner": owner,
+                               "endpoint": settings.endpoint_key,
+                               "created_at": now, "updated_at": now})
+    return path
+
+
+def test_a_user_lists_and_reads_only_their_own(client, people):
+    assert client.get("/instances").status_code == 401
+    listed = client.get("/instances", headers=as_(ALICE)).json()["instances"]
+    assert [(i["id"], i["owner"]) for i in listed] == [(KNOWN, "alice")]
+    assert [i["id"] for i in client.get("/instances?state=running", headers=as_(ALICE)).json()["instances"]] == [KNOWN]
+    assert [i["id"] for i in client.get("/instances", headers=as_(BOB)).json()["instances"]] == [BOBS]
+    everyone = client.get("/instances", headers=as_(ROOT)).json()["instances"]
+    assert {i["id"]: i["owner"] for i in everyone} == {KNOWN: "alice", BOBS: "bob", ADOPTED: None}
+    assert client.get(f"/instances/{KNOWN}", headers=as_(ALICE)).json()["owner"] == "alice"
+    assert client.get(f"/instances/{KNOWN}/events", headers=as_(ALICE)).status_code == 200
+
+
+@pytest.mark.parametrize("method, path", [
+    ("GET", "/instances/{id}"), ("GET", "/instances/{id}/events"), ("GET", "/instances/{id}/metrics"),
+    ("PATCH", "/instances/{id}"), ("DELETE", "/instances/{id}"), ("POST", "/instances/{id}/start"),
+    ("POST", "/instances/{id}/stop"),
+])
+@pytest.mark.parametrize("instance_id", [BOBS, ADOPTED])
+def test_someone_elses_instance_is_the_404_of_an_unknown_one(client, people, stand_in, method, path, instance_id):
+    unknown = client.request(method, path.format(id="i-00000000000000000"), headers=as_(ALICE),
+                             json={"name": "x"})
+    theirs = client.request(method, path.format(id=instance_id), headers=as_(ALICE), json={"name": "x"})
+    assert theirs.status_code == unknown.status_code == 404
+    assert theirs.json() == {**unknown.json(), "detail": unknown.json()["detail"].replace(
+        "i-00000000000000000", instance_id)}
+    assert stand_in.calls == []
+
+
+def test_an_admin_acts_on_anyones_and_the_actor_is_passed_on(client, people, stand_in):
+    assert client.post(f"/instances/{KNOWN}/stop", headers=as_(ALICE)).status_code == 202
+    assert client.post(f"/instances/{BOBS}/stop", headers=as_(ROOT)).status_code == 202
+    assert client.delete(f"/instances/{ADOPTED}", headers=as_(ROOT)).status_code == 202
+    assert stand_in.calls == [("stop", KNOWN), ("stop", BOBS), ("delete", ADOPTED)]
+    assert stand_in.actors == ["alice", "root", "root"]
+
+
+def test_server_wide_routes_are_an_admins(client, people):
+    for path in ("/notifications", "/metrics"):
+        refused = client.get(path, headers=as_(ALICE))
+        assert refused.status_code == 403 and refused.json()["code"] == "admin_only", path
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers=as_(ROOT)).status_code == 200
+
+
+def test_inventory_and_budget_show_a_user_their_own_instances(client, people, stand_in):
+    from types import SimpleNamespace
+
+    stand_in.account_plan = SimpleNamespace(cached=lambda: (None, None))
+    stand_in.spending = Spending(5.0, PriceBook.load(DEFAULT_PRICES_FILE), stand_in.store, "us-east-1",
+                                 "http://127.0.0.1:9")
+    hosts = client.get("/inventory", headers=as_(ALICE)).json()["_meta"]["hostvars"]
+    assert list(hosts) == [KNOWN]
+    assert set(client.get("/inventory", headers=as_(ROOT)).json()["_meta"]["hostvars"]) == {KNOWN, BOBS, ADOPTED}
+    mine = client.get("/budget", headers=as_(ALICE)).json()
+    everyone = client.get("/budget", headers=as_(ROOT)).json()
+    assert [i["id"] for i in mine["instances"]] == [KNOWN]
+    assert {i["id"] for i in everyone["instances"]} == {KNOWN, BOBS, ADOPTED}
+    # The budget is the account's: a user sees the totals their next create is admitted against.
+    assert mine["committed_usd"] == everyone["committed_usd"] and mine["remaining_usd"] == everyone["remaining_usd"]
+
+
+def test_api_token_stays_the_admin_beside_the_file(client, settings, people, stand_in):
+    settings.api_token = SecretStr("t0ken-for-in-process-tests")
+    assert len(client.get("/instances", headers=as_("t0ken-for-in-process-tests")).json()["instances"]) == 3
+    assert client.post(f"/instances/{BOBS}/stop", headers=as_("t0ken-for-in-process-tests")).status_code == 202
+    assert stand_in.actors == ["admin"]
+    assert client.get("/instances", headers=as_(ALICE)).status_code == 200
+
+
+def test_the_file_is_re_read_and_a_broken_one_refuses_its_tokens(client, settings, people):
+    text = people.read_text()
+    people.write_text(text.replace('name = "bob"', 'name = "robert"'))
+    assert client.get("/instances", headers=as_(BOB)).json() == {"instances": []}  # robert owns nothing
+    people.write_text(text + "[[users]]\n")  # half an entry
+    broken = client.get("/instances", headers=as_(ALICE))
+    assert broken.status_code == 503 and broken.json()["code"] == "tokens_file_invalid"
+    assert str(people) not in broken.text
+    settings.api_token = SecretStr("t0ken-for-in-process-tests")  # API_TOKEN still gets in
+    assert client.get("/instances", headers=as_("t0ken-for-in-process-tests")).status_code == 200
+    people.write_text(text)
+    assert client.get("/instances", headers=as_(ALICE)).status_code == 200

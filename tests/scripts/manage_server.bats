@@ -487,6 +487,15 @@ s = socket.socket(); s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(); time.sle
   [ "${status}" -eq 1 ]
   [[ "${stderr}" != *"API_TOKEN"* ]]
   [[ "${stderr}" == *"in use"* ]]
+  # So does a token per person (API_TOKENS_FILE), in the environment or in .env.
+  rm "${APP_DIR}/.env"
+  API_TOKENS_FILE="${BATS_TEST_TMPDIR}/tokens.toml" run --separate-stderr "${MANAGE}" start "${APP_DIR}" 0.0.0.0 "${PORT}"
+  [ "${status}" -eq 1 ]
+  [[ "${stderr}" != *"API_TOKEN"* && "${stderr}" == *"in use"* ]]
+  printf 'API_TOKENS_FILE=%s\n' "${BATS_TEST_TMPDIR}/tokens.toml" >"${APP_DIR}/.env"
+  run --separate-stderr "${MANAGE}" start "${APP_DIR}" 0.0.0.0 "${PORT}"
+  [ "${status}" -eq 1 ]
+  [[ "${stderr}" != *"API_TOKEN"* && "${stderr}" == *"in use"* ]]
 }
 
 @test "with API_TOKEN set, 0.0.0.0 is allowed and status probes it on loopback" {

@@ -118,3 +118,69 @@ def test_a_database_of_ours_made_before_is_made_private(tmp_path):
     path.chmod(0o644)
     Database(path).migrate()
     assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+# -- one token per person (schema 6): owners, actors, keys of their own ------------------------------------
+def test_a_schema_5_database_gains_owners_and_actors_keeping_its_rows(tmp_path):
+    path = tmp_path / "instances.db"
+    db = Database(path)
+    db.migrate()
+    conn = db.connect()
+    conn.execute("DROP INDEX instances_owner")
+    conn.execute("ALTER TABLE instances DROP COLUMN owner")  # what schema 5 had
+    conn.execute("ALTER TABLE launches DROP COLUMN owner")
+    conn.execute("ALTER TABLE instance_events DROP COLUMN actor")
+    conn.execute("PRAGMA user_version = 5")
+    conn.execute("INSERT INTO instances (id, name, state, created_at, updated_at) VALUES "
+                 "('i-0123456789abcdef0', 'old', 'running', 't0', 't0')")
+    conn.execute("INSERT INTO instance_events (instance_id, at, action, source) VALUES "
+                 "('i-0123456789abcdef0', 't0', 'create', 'api')")
+    Database(path).migrate()
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+    row = db.get_instance("i-0123456789abcdef0")
+    assert row["name"] == "old" and row["owner"] is None  # no owner: an admin's to see
+    assert db.list_events("i-0123456789abcdef0")[0]["actor"] is None
+    assert db.claim_launch("rid-1", None, "h", {}, "us-east-1", "", "alice", False)[0]["owner"] == "alice"
+
+
+def test_the_rendered_list_of_one_owner(new_db):
+    db = new_db
+    for number, owner in enumerate(("alice", "bob", None)):
+        db.upsert_instance({"id": f"i-000000000000000{number}", "name": f"n{number}", "state": "running",
+                            "owner": owner, "created_at": f"t{number}", "updated_at": "t0"})
+    everyone = json.loads(db.list_instances_json())["instances"]
+    assert [(i["id"], i["owner"]) for i in everyone] == [
+        ("i-0000000000000000", "alice"), ("i-0000000000000001", "bob"), ("i-0000000000000002", None)]
+    assert [i["id"] for i in json.loads(db.list_instances_json(owner="bob"))["instances"]] == ["i-0000000000000001"]
+    assert json.loads(db.list_instances_json(owner="carol")) == {"instances": []}
+    assert db.list_instances_json(owner="bob") is db.list_instances_json(owner="bob")  # cached per owner
+    db.update_instance("i-0000000000000001", {"state": "terminated"})
+    assert json.loads(db.list_instances_json(owner="bob")) == {"instances": []}
+    assert [i["id"] for i in json.loads(db.list_instances_json(True, "bob"))["instances"]] == ["i-0000000000000001"]
+    assert len(json.loads(db.list_instances_json())["instances"]) == 2
+
+
+def test_events_keep_their_actor(new_db):
+    new_db.add_event("i-0123456789abcdef0", "stop", "running", "stopping", "api", "req-1", actor="alice")
+    new_db.add_event("i-0123456789abcdef0", "observe", "stopping", "stopped", "reconcile")
+    assert [e["actor"] for e in new_db.list_events("i-0123456789abcdef0")] == ["alice", None]
+
+
+def test_an_idempotency_key_is_its_owners(new_db):
+    db = new_db
+    first, claimed = db.claim_launch("rid-1", "key", "hash", {}, "us-east-1", "", "alice", False)
+    assert claimed and first["owner"] == "alice"
+    db.finish_launch("rid-1", "lost")
+    # A lost launch is re-sent for its owner only: bob's identical request does not take alice's key over.
+    theirs, claimed = db.claim_launch("rid-2", "key", "hash", {}, "us-east-1", "", "bob", False)
+    assert not claimed and theirs["owner"] == "alice" and theirs["status"] == "lost"
+    theirs, claimed = db.claim_launch("rid-2", "key", "hash", {}, "us-east-1", "", "root", True)
+    assert not claimed  # an admin's own key is not alice's either
+    again, claimed = db.claim_launch("rid-3", "key", "hash", {}, "us-east-1", "", "alice", False)
+    assert claimed and again["request_id"] == "rid-1"
+    # A key kept without an owner (before tokens per person): an admin may use it, a user may not.
+    db.claim_launch("rid-4", "old-key", "hash", {}, "us-east-1", "")
+    db.finish_launch("rid-4", "failed")
+    assert not db.claim_launch("rid-5", "old-key", "hash", {}, "us-east-1", "", "alice", False)[1]
+    fresh, claimed = db.claim_launch("rid-6", "old-key", "hash", {}, "us-east-1", "", "root", True)
+    assert claimed and (fresh["request_id"], fresh["owner"]) == ("rid-6", "root")

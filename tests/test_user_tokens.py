@@ -1,0 +1,169 @@
+"""One token per person (API_TOKENS_FILE) through the real server, the AWS_CLI shim and the emulator: alice
+cannot see or stop bob's instance, the admin can, and every event names who asked for it."""
+
+import hashlib
+import subprocess
+
+import httpx
+import pytest
+
+from tests.support.processes import ROOT, wait_until
+from tests.support.server import ApiServer, aws_error
+
+TOKENS = {"alice": "alice-token-0123456789abcdef", "bob": "bob-token-0123456789abcdef",
+          "root": "root-token-0123456789abcdef"}
+ROLES = {"alice": "user", "bob": "user", "root": "admin"}
+BODY = {"name": "bobs-box", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
+
+
+def tokens_toml(people: dict[str, str]) -> str:
+    return "".join(f'[[users]]\nname = "{name}"\nsha256 = "{hashlib.sha256(token.encode()).hexdigest()}"\n'
+                   f'role = "{ROLES.get(name, "user")}"\n\n' for name, token in people.items())
+
+
+@pytest.fixture(scope="module")
+def people_server(emulator, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("people")
+    path = tmp / "tokens.toml"
+    path.write_text(tokens_toml(TOKENS))
+    path.chmod(0o600)
+    server = ApiServer(tmp, emulator.url, API_TOKENS_FILE=str(path))
+    server.tokens_file = path  # type: ignore[attr-defined]
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def as_(people_server, fresh_emulator):
+    """as_("alice") is an httpx client sending alice's token; the record is caught up first."""
+    people_server.set_faults()
+    clients: list[httpx.Client] = []
+
+    def client(name: str) -> httpx.Client:
+        made = httpx.Client(base_url=people_server.url, timeout=60,
+                            headers={"Authorization": f"Bearer {TOKENS[name]}"})
+        clients.append(made)
+        return made
+
+    client("root").post("/instances/sync").raise_for_status()
+    yield client
+    for made in clients:
+        made.close()
+    people_server.set_faults()
+
+
+def test_alice_cannot_see_or_stop_bobs_instance_and_the_admin_can(people_server, as_, fresh_emulator):
+    alice, bob, root = as_("alice"), as_("bob"), as_("root")
+    created = bob.post("/instances", json=BODY)
+    assert created.status_code == 201, created.text
+    bobs = created.json()["id"]
+    assert created.json()["owner"] == "bob"
+    wait_until(lambda: bob.get(f"/instances/{bobs}").json()["state"] == "running")
+
+    # alice: not listed, and every route on it is the 404 of an id nobody tracks; nothing reaches EC2.
+    mark = len(people_server.aws_calls())
+    assert alice.get("/instances").json() == {"instances": []}
+    assert alice.get("/instances", params={"include_terminated": "true", "name": "bobs-box"}).json() == {
+        "instances": []}
+    unknown = alice.get("/instances/i-00000000000000000").json()
+    for method, path in (("GET", ""), ("GET", "/events"), ("GET", "/metrics"), ("POST", "/stop"),
+                         ("POST", "/start"), ("DELETE", ""), ("PATCH", "")):
+        response = alice.request(method, f"/instances/{bobs}{path}", json={"name": "mine-now"})
+        assert response.status_code == 404, (method, path, response.text)
+        assert response.json()["code"] == unknown["code"] == "instance_not_found"
+        assert response.json()["detail"] == unknown["detail"].replace("i-00000000000000000", bobs)
+    by_id = alice.post("/instances/actions", json={"action": "stop", "ids": [bobs]}).json()["results"]
+    assert [(r["id"], r["status"], r["state"], r["error"]["code"]) for r in by_id] == [
+        (bobs, 404, None, "instance_not_found")]
+    by_selector = alice.post("/instances/actions", json={"action": "stop", "selector": {"name": "bobs-box"}})
+    assert by_selector.json()["results"] == []
+    assert alice.get("/inventory").json()["_meta"]["hostvars"] == {}
+    assert [i["id"] for i in alice.get("/budget").json()["instances"]] == []
+    assert alice.get("/notifications").status_code == 403
+    assert people_server.mutations_since(mark) == []  # no `aws` process spawned for alice
+    assert fresh_emulator.instances()[bobs]["State"]["Name"] == "running"
+
+    # root, an admin: lists it (owned by bob) and stops it.
+    listed = {i["id"]: i for i in root.get("/instances").json()["instances"]}
+    assert listed[bobs]["owner"] == "bob"
+    assert bobs in root.get("/inventory").json()["_meta"]["hostvars"]
+    stopped = root.post(f"/instances/{bobs}/stop")
+    assert stopped.status_code == 202, stopped.text
+    assert [c for c in people_server.mutations_since(mark) if "stop-instances" in c]
+    wait_until(lambda: fresh_emulator.instances()[bobs]["State"]["Name"] == "stopped")
+
+    # The history says who did what; bob sees it too.
+    events = bob.get(f"/instances/{bobs}/events").json()["events"]
+    assert [(e["action"], e["source"], e["actor"]) for e in events if e["source"] == "api"] == [
+        ("create", "api", "bob"), ("stop", "api", "root")]
+    assert all(e["actor"] is None for e in events if e["source"] != "api")  # the reconciler's own observations
+    assert bob.get(f"/instances/{bobs}").json()["state"] in ("stopping", "stopped")
+    # bob starts it again himself; a selector of his matches only his own.
+    mine = bob.post("/instances/actions", json={"action": "start", "selector": {"name": "bobs-box"}}).json()
+    assert [(r["id"], r["status"]) for r in mine["results"]] == [(bobs, 202)]
+
+
+def test_an_idempotency_key_is_its_owners(people_server, as_, fresh_emulator):
+    alice, bob = as_("alice"), as_("bob")
+    key = {"Idempotency-Key": "shared-key-1"}
+    first = bob.post("/instances", json=BODY, headers=key)
+    assert first.status_code == 201, first.text
+    mark = len(people_server.aws_calls())
+    theirs = alice.post("/instances", json=BODY, headers=key)
+    assert theirs.status_code == 409 and theirs.json()["code"] == "idempotency_key_reused"
+    assert first.json()["id"] not in theirs.text
+    assert people_server.mutations_since(mark) == []  # nothing launched for alice
+    again = bob.post("/instances", json=BODY, headers=key)
+    assert again.status_code == 201 and again.json()["id"] == first.json()["id"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+
+
+def test_a_launch_resolved_by_a_sweep_keeps_its_owner(people_server, as_, fresh_emulator):
+    alice, bob = as_("alice"), as_("bob")
+    bob.post("/instances", json=BODY | {"name": "warm-up"}).raise_for_status()  # the catalogue is cached
+    # EC2 launches, then answers with an error: the launch stays pending until a sweep finds its instance.
+    people_server.set_faults({"op": "run-instances", "times": 1, "fail_after": aws_error(
+        "InternalError", "RunInstances", "An internal error has occurred.")})
+    response = bob.post("/instances", json=BODY | {"name": "unsure"})
+    assert response.status_code == 503, response.text
+    # alice's sync finds it (the launch's RequestId tag): recorded as bob's, and not named to her.
+    synced = alice.post("/instances/sync").json()
+    assert synced == {"adopted": [], "updated": [], "gone": [], "missing": []}
+    found = wait_until(lambda: [i for i in bob.get("/instances").json()["instances"] if i["name"] == "unsure"])
+    assert found[0]["owner"] == "bob"
+    assert alice.get("/instances").json() == {"instances": []}
+    events = bob.get(f"/instances/{found[0]['id']}/events").json()["events"]
+    assert (events[0]["action"], events[0]["actor"]) == ("create", "bob")
+
+
+def test_add_user_sh_adds_a_person_without_a_restart(people_server, as_):
+    added = subprocess.run([str(ROOT / "scripts" / "add_user.sh"), "carol", "--file",
+                            str(people_server.tokens_file)], capture_output=True, text=True, timeout=60)
+    assert added.returncode == 0, added.stderr
+    carol = added.stdout.strip()
+    assert carol not in people_server.tokens_file.read_text()
+    with httpx.Client(base_url=people_server.url, timeout=60, headers={"Authorization": f"Bearer {carol}"}) as api:
+        assert api.get("/instances").json() == {"instances": []}  # a user, with nothing of her own yet
+        assert api.get("/notifications").status_code == 403
+        # Revoked by deleting her entry: refused at once.
+        people_server.tokens_file.write_text(tokens_toml(TOKENS))
+        assert api.get("/instances").status_code == 401
+    assert carol not in people_server.server_log()
+    assert as_("alice").get("/instances").status_code == 200
+
+
+def test_every_route_needs_a_known_token(people_server):
+    for auth in (None, "Bearer wrong-token-0123456789", f"Bearer {TOKENS['alice']}x",
+                 f"Bearer {hashlib.sha256(TOKENS['alice'].encode()).hexdigest()}"):
+        headers = {"Authorization": auth} if auth else {}
+        for path in ("/instances", "/budget", "/inventory", "/notifications", "/metrics"):
+            response = httpx.get(people_server.url + path, headers=headers)
+            assert response.status_code == 401, (auth, path, response.text)
+    assert httpx.get(f"{people_server.url}/health").status_code == 200
+    # Tokens per person protect the server like API_TOKEN: the browser rules of a tokenless server are off.
+    response = httpx.get(f"{people_server.url}/instances", headers={
+        "Authorization": f"Bearer {TOKENS['root']}", "Host": "ec2.example.org", "X-Forwarded-For": "203.0.113.9"})
+    assert response.status_code == 200
+    for token in TOKENS.values():
+        assert token not in people_server.server_log()
+        assert token.encode() not in people_server.db_path.read_bytes()
