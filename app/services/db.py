@@ -22,7 +22,7 @@ import psycopg
 from app.models.instance import STORED_FIELDS
 from app.models.rows import EventRow, InstanceRow, InstanceState, LaunchRow, LaunchStatus
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 # Columns of the original project's `instances` table, kept so its databases open unchanged.
 ORIGINAL_COLUMNS = ("id", "name", "public_ip", "ami", "instance_type", "state", "ssh_string",
@@ -231,6 +231,8 @@ class Database:
                 self._migrate_to_5(conn)
             if version < 6:
                 self._migrate_to_6(conn)
+            if version < 7:
+                self._migrate_to_7(conn)
             self._set_user_version(conn, SCHEMA_VERSION)
             conn.execute("COMMIT")
         except BaseException:
@@ -319,6 +321,13 @@ class Database:
             conn.execute("ALTER TABLE instance_events ADD COLUMN public_ip TEXT")
         conn.execute("CREATE INDEX IF NOT EXISTS instances_stop_at ON instances(stop_at) WHERE stop_at IS NOT NULL")
         conn.execute("CREATE INDEX IF NOT EXISTS instances_rev ON instances(rev)")
+
+    @staticmethod
+    def _migrate_to_7(conn: sqlite3.Connection) -> None:
+        """The spend guard's reservations, where every replica on one PostgreSQL database sees them: one row
+        per admitted create or start whose record is not written yet, until it is (or `until` passes)."""
+        conn.execute("CREATE TABLE IF NOT EXISTS reservations (key TEXT PRIMARY KEY, usd REAL NOT NULL, "
+                     "until TEXT NOT NULL)")
 
     @staticmethod
     def _migrate_to_6(conn: sqlite3.Connection) -> None:
@@ -767,6 +776,21 @@ class Database:
                                                (scope,))]
         return amis, types, self.kv_get(f"catalog_resolved_at:{scope}")
 
+    # -- budget reservations (replicas on PostgreSQL) ------------------------------------------
+    def reserved_usd(self, now: str) -> float:
+        """What admitted creates and starts of every replica reserve, their records not written yet."""
+        row = self.connect().execute("SELECT COALESCE(SUM(usd), 0) FROM reservations WHERE until > ?",
+                                     (now,)).fetchone()
+        return float(row[0])
+
+    def reserve(self, key: str, usd: float, until: str) -> None:
+        self.connect().execute("INSERT INTO reservations (key, usd, until) VALUES (?, ?, ?) ON CONFLICT (key) DO "
+                               "UPDATE SET usd = excluded.usd, until = excluded.until", (key, usd, until))
+
+    def unreserve(self, key: str) -> None:
+        """Forget a reservation, and any that expired (their replica died before it could)."""
+        self.connect().execute("DELETE FROM reservations WHERE key = ? OR until <= ?", (key, utcnow()))
+
     # -- small key/value facts (security group id, catalogue age) ---------------------------
     def kv_get(self, key: str) -> str | None:
         row = self.connect().execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
@@ -808,16 +832,22 @@ class _Transaction:
 
 
 class _Read:
+    """A snapshot for several SELECTs; inside a transaction already, that transaction is the snapshot."""
+
     def __init__(self, conn: sqlite3.Connection, begin) -> None:
         self.conn = conn
         self.begin = begin
+        self.nested = False
 
     def __enter__(self) -> sqlite3.Connection:
-        self.begin(self.conn)
+        self.nested = self.conn.in_transaction
+        if not self.nested:
+            self.begin(self.conn)
         return self.conn
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.conn.execute("COMMIT")
+        if not self.nested:
+            self.conn.execute("COMMIT")
 
 
 class _Savepoint:

@@ -101,8 +101,9 @@ class InstanceService:
         self.catalog = Catalog()
         self.recorder = Recorder(settings, db, self.login_user_of)
         self.reconciler = Reconciler(settings, db, aws, self.recorder)
+        # A reservation outlives the longest create or start (a replica that died mid-call leaves its own).
         self.spending = Spending(settings.budget_usd, PriceBook.load(settings.prices_file), db, settings.region,
-                                 settings.endpoint_key)
+                                 settings.endpoint_key, max(600.0, 2 * settings.aws_cli_timeout_seconds))
         self.on_stop_at_changed = lambda: None  # the auto-stop scheduler's wake-up, set by the app
         self.on_alarms_changed = lambda: None  # the idle-alarm keeper's wake-up, set by the app
         self.metrics = Metrics(aws)
@@ -262,7 +263,7 @@ class InstanceService:
             return await self._send_launch(req, body, request_id, idempotency_key, caller.name)
         finally:
             self.recorder.in_flight.discard(request_id)
-            self.spending.release(request_id)  # recorded (and in the ledger), or not launched
+            await asyncio.to_thread(self.spending.release, request_id)  # recorded (and in the ledger), or not launched
             self.on_stop_at_changed()
             if req.stop_when_idle is not None:
                 await asyncio.to_thread(self.db.kv_set, USED_KEY, "1")
@@ -346,7 +347,7 @@ class InstanceService:
             try:
                 return await self._send_transition(row, action, rule, request_id, actor)
             finally:
-                self.spending.release(request_id)  # recorded (and in the ledger), or not started
+                await asyncio.to_thread(self.spending.release, request_id)  # recorded, or not started
                 self._after_transitions(action, [row])
 
     def _check_transition(self, row: InstanceRow, action: str, rule: Transition) -> bool:
@@ -448,7 +449,7 @@ class InstanceService:
                 try:
                     results |= await self._send_bulk(action, rule, to_send, caller.name)
                 finally:
-                    self.spending.release(key)
+                    await asyncio.to_thread(self.spending.release, key)
                     if to_send:
                         self._after_transitions(action, to_send)
                         self.reconciler.request_sweep()
@@ -539,7 +540,7 @@ class InstanceService:
                 if fields:
                     await asyncio.to_thread(self.db.update_instance, instance_id, {**fields, "updated_at": utcnow()})
             finally:
-                self.spending.release(key)  # written: the ledger counts it from now on
+                await asyncio.to_thread(self.spending.release, key)  # written: the ledger counts it from now on
             if "stop_at" in fields or "auto_stop_minutes" in fields:
                 self.on_stop_at_changed()
             if "stop_when_idle" in fields:

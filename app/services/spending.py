@@ -16,13 +16,13 @@ import logging
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from app.errors import ApiError, Conflict, PolicyViolation
 from app.models.rows import EventRow, InstanceRow, InstanceState
-from app.services.db import TIME_FORMAT, Database, parse_time
+from app.services.db import TIME_FORMAT, Database, PostgresDatabase, parse_time, utcnow
 from app.services.tasks import LoopTask
 
 log = logging.getLogger("ec2_creator.spending")
@@ -201,7 +201,8 @@ class Summary:
 class Spending:
     """Prices, the ledger of this EC2 (endpoint and region) and admission against BUDGET_USD."""
 
-    def __init__(self, budget_usd: float, book: PriceBook, db: Database, region: str, endpoint: str) -> None:
+    def __init__(self, budget_usd: float, book: PriceBook, db: Database, region: str, endpoint: str,
+                 reservation_seconds: float = 600.0) -> None:
         self.budget_usd = budget_usd
         self.book = book
         self.db = db
@@ -214,6 +215,10 @@ class Spending:
         self._period: datetime | None = None
         self._rev = 0  # the newest row revision read
         self._reserved: dict[str, float] = {}  # admitted creates and starts whose record is not written yet
+        # Several replicas on one PostgreSQL database: the reservations live in the database, where every
+        # replica's admission sees them; each expires after `reservation_seconds` (its replica may have died).
+        self.shared = isinstance(db, PostgresDatabase)
+        self.reservation_seconds = reservation_seconds
 
     # -- pricing a request ----------------------------------------------------------------------
     def rates_for(self, instance_type: str, storage_gb: int) -> Rates:
@@ -289,22 +294,38 @@ class Spending:
     def admit(self, key: str | None, projection: float, what: str) -> None:
         """Reserve `projection` under `key` (None: only check) if it fits the budget, else 409 budget_exceeded."""
         with self._lock:  # read, check and reserve at once: two admissions never both take the last room
-            committed = self._committed()
-            reserved = sum(self._reserved.values())
-            if committed + reserved + projection > self.budget_usd + 1e-9:
-                raise Conflict(
-                    f"{what} would commit USD {projection:.4f} more this month; USD {committed + reserved:.4f} of "
-                    f"BUDGET_USD {self.budget_usd:.2f} is already committed (spent so far plus what running and "
-                    "stopped instances will cost until they stop or the month ends), leaving USD "
-                    f"{max(0.0, self.budget_usd - committed - reserved):.4f}. To make room: give it or others a "
-                    "shorter auto-stop (auto_stop_minutes, PATCH /instances/{id}), stop or delete an instance, "
-                    "or raise BUDGET_USD. GET /budget shows each instance's share.", code="budget_exceeded")
-            if key is not None:
-                self._reserved[key] = projection
+            if not self.shared:
+                self._admit(key, projection, what, sum(self._reserved.values()))
+                return
+            # One admission at a time across replicas: the write lock, held while the ledger is read.
+            with self.db.transaction(instances=False):
+                self._admit(key, projection, what, self.db.reserved_usd(utcnow()))
+
+    def _admit(self, key: str | None, projection: float, what: str, reserved: float) -> None:
+        committed = self._committed()
+        if committed + reserved + projection > self.budget_usd + 1e-9:
+            raise Conflict(
+                f"{what} would commit USD {projection:.4f} more this month; USD {committed + reserved:.4f} of "
+                f"BUDGET_USD {self.budget_usd:.2f} is already committed (spent so far plus what running and "
+                "stopped instances will cost until they stop or the month ends), leaving USD "
+                f"{max(0.0, self.budget_usd - committed - reserved):.4f}. To make room: give it or others a "
+                "shorter auto-stop (auto_stop_minutes, PATCH /instances/{id}), stop or delete an instance, "
+                "or raise BUDGET_USD. GET /budget shows each instance's share.", code="budget_exceeded")
+        if key is None:
+            return
+        if self.shared:
+            until = (datetime.now(UTC) + timedelta(seconds=self.reservation_seconds)).strftime(TIME_FORMAT)
+            self.db.reserve(key, projection, until)
+        else:
+            self._reserved[key] = projection
 
     def release(self, key: str) -> None:
+        """The reservation's record is written (the ledger counts it), or nothing was launched or started.
+        On PostgreSQL a write: call it from a thread."""
         with self._lock:
             self._reserved.pop(key, None)
+            if self.shared:
+                self.db.unreserve(key)
 
 
 def parse_account_plan(doc: dict) -> dict:

@@ -101,3 +101,15 @@ def test_a_store_call_after_the_server_dropped_the_connection_reconnects(new_db,
     with pytest.raises(psycopg.OperationalError):
         new_db.kv_get("k")  # the call that finds it broken fails (the API answers 503 store_unavailable) ...
     assert new_db.kv_get("k") == "before"  # ... and the next one reconnects
+
+
+def test_reservations_are_seen_by_every_replica_and_expire(new_db):
+    other = PostgresDatabase(new_db.url)
+    new_db.reserve("create:1", 0.25, "2999-01-01T00:00:00.000000Z")
+    other.reserve("create:2", 0.5, "2999-01-01T00:00:00.000000Z")
+    other.reserve("create:dead", 1.0, "2000-01-01T00:00:00.000000Z")  # its replica died: expired
+    assert new_db.reserved_usd("2026-11-28T00:00:00.000000Z") == other.reserved_usd("2026-11-28T00:00:00.000000Z") \
+        == 0.75
+    other.unreserve("create:1")  # written: counted by the ledger now (and the expired one is swept away)
+    assert new_db.reserved_usd("2026-11-28T00:00:00.000000Z") == 0.5
+    assert new_db.connect().execute("SELECT count(*) FROM reservations").fetchone()[0] == 1
