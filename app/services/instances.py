@@ -109,7 +109,8 @@ class InstanceService:
         self.metrics = Metrics(aws)
         self.coalescer = Coalescer(aws, settings.transition_window_ms / 1000)
         self.account_plan = AccountPlan(aws, emulated=bool(settings.ec2_endpoint_url))
-        self.locks = InstanceLocks(db)  # one mutation of an instance at a time, across replicas too
+        # One mutation of an instance at a time, across replicas too (a holder's call ends within the CLI timeout).
+        self.locks = InstanceLocks(db, max(120.0, 2 * settings.aws_cli_timeout_seconds))
         self._catalog_lock = asyncio.Lock()
         self._sg_lock = asyncio.Lock()
         self._inflight: dict[str, asyncio.Future] = {}

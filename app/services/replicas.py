@@ -9,14 +9,17 @@
 """
 
 import asyncio
+import contextlib
 import logging
 import threading
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import psycopg
 
+from app.errors import Unavailable
 from app.services.db import Database, PgConnection, PostgresDatabase, advisory_key
 from app.services.tasks import cancel_and_wait
 
@@ -35,6 +38,8 @@ class Leadership:
         self._session: PgConnection | None = None
         self._held = False
         self._task: asyncio.Task | None = None
+        self._guard = threading.Lock()  # a check still running in its thread and stop() never overlap
+        self._stopped = False
 
     def start(self) -> None:
         if self.shared:
@@ -44,9 +49,14 @@ class Leadership:
         if self._task:
             await cancel_and_wait(self._task)
         self.is_leader = not self.shared
-        if self._session is not None:
-            await asyncio.to_thread(self._session.close)  # releases the lock at once: another takes over
-            self._session = None
+        await asyncio.to_thread(self._close)  # releases the lock at once: another takes over
+
+    def _close(self) -> None:
+        with self._guard:
+            self._stopped, self._held = True, False
+            if self._session is not None:
+                self._session.close()
+                self._session = None
 
     async def _loop(self) -> None:
         while True:
@@ -59,6 +69,10 @@ class Leadership:
 
     def _check(self) -> bool:
         """Keep or take the lock (in a thread); False when the database cannot be reached."""
+        with self._guard:
+            return False if self._stopped else self._check_locked()
+
+    def _check_locked(self) -> bool:
         try:
             if self._session is None or not self._session.usable:
                 self._held = False
@@ -77,7 +91,9 @@ class Leadership:
             return False
 
     async def while_leading(self, run) -> None:
-        """Run the coroutine function `run` whenever this replica leads; cancel it when it stops leading."""
+        """Run the coroutine function `run` whenever this replica leads; cancel it when it stops leading. A
+        loop that died with an error is logged and started again, after a pause that doubles up to a minute."""
+        pause = 1.0
         while True:
             while not self.is_leader:
                 await asyncio.sleep(POLL_SECONDS)
@@ -86,13 +102,17 @@ class Leadership:
                 while self.is_leader and not task.done():
                     await asyncio.sleep(POLL_SECONDS)
             finally:
-                await cancel_and_wait(task)  # a loop that died with an error is logged, and started again
+                await cancel_and_wait(task)
+            if task.done() and not task.cancelled():
+                await asyncio.sleep(pause)
+                pause = min(60.0, pause * 2)
 
 
 class InstanceLocks:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, wait_seconds: float = 120.0) -> None:
         self.db = db
         self.shared = isinstance(db, PostgresDatabase)
+        self.wait_seconds = wait_seconds  # then 503 instance_busy (another replica's call takes this long)
         self._local: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._session: PgConnection | None = None
         self._session_lock = threading.Lock()  # one statement at a time on the session
@@ -111,9 +131,23 @@ class InstanceLocks:
             yield
 
     async def _acquire(self, keys: list[int]) -> None:
-        """All of `keys` or none, retried with backoff: a wait never blocks a thread or the event loop."""
+        """All of `keys` or none, retried with backoff: a wait never blocks a thread or the event loop. A
+        caller cancelled while an attempt runs in its thread releases what that attempt took."""
+        deadline = time.monotonic() + self.wait_seconds
         delay = 0.02
-        while not await asyncio.to_thread(self._try_all, keys):
+        while True:
+            attempt = asyncio.ensure_future(asyncio.to_thread(self._try_all, keys))
+            try:
+                if await asyncio.shield(attempt):
+                    return
+            except asyncio.CancelledError:
+                with contextlib.suppress(BaseException):  # cancelled either way: what it took goes back
+                    if await attempt:
+                        await asyncio.to_thread(self._release, keys)
+                raise
+            if time.monotonic() > deadline:
+                raise Unavailable(f"Another replica has been changing this instance for {self.wait_seconds:g} s; "
+                                  "nothing was sent to AWS. Retry shortly.", code="instance_busy", retry_after=5)
             await asyncio.sleep(delay)
             delay = min(0.5, delay * 2)
 
@@ -122,17 +156,28 @@ class InstanceLocks:
             if self._session is None or not self._session.usable:
                 self._session = self.db.session()  # type: ignore[attr-defined]
             taken: list[int] = []
-            for key in keys:
-                if not self._session.try_lock(key):
-                    for held in taken:
-                        self._session.unlock(held)
-                    return False
-                taken.append(key)
-            return True
+            try:
+                for key in keys:
+                    if not self._session.try_lock(key):
+                        break
+                    taken.append(key)
+                else:
+                    return True
+            except BaseException:
+                self._unlock(taken)
+                raise
+            self._unlock(taken)
+            return False
+
+    def _unlock(self, keys: list[int]) -> None:
+        """Best effort (the session lock held): a broken connection released everything already."""
+        for key in keys:
+            try:
+                if self._session is not None and self._session.usable:
+                    self._session.unlock(key)
+            except psycopg.Error:
+                return
 
     def _release(self, keys: list[int]) -> None:
         with self._session_lock:
-            if self._session is None or not self._session.usable:
-                return  # the connection ended: PostgreSQL released its locks
-            for key in keys:
-                self._session.unlock(key)
+            self._unlock(keys)

@@ -22,7 +22,7 @@ from typing import Any
 
 from app.errors import ApiError, Conflict, PolicyViolation
 from app.models.rows import EventRow, InstanceRow, InstanceState
-from app.services.db import TIME_FORMAT, Database, PostgresDatabase, parse_time, utcnow
+from app.services.db import STORE_ERRORS, TIME_FORMAT, Database, PostgresDatabase, parse_time, utcnow
 from app.services.tasks import LoopTask
 
 log = logging.getLogger("ec2_creator.spending")
@@ -316,16 +316,18 @@ class Spending:
         if self.shared:
             until = (datetime.now(UTC) + timedelta(seconds=self.reservation_seconds)).strftime(TIME_FORMAT)
             self.db.reserve(key, projection, until)
-        else:
-            self._reserved[key] = projection
+        self._reserved[key] = projection  # on PostgreSQL: which rows are this process's to release
 
     def release(self, key: str) -> None:
         """The reservation's record is written (the ledger counts it), or nothing was launched or started.
         On PostgreSQL a write: call it from a thread."""
         with self._lock:
-            self._reserved.pop(key, None)
-            if self.shared:
+            if self._reserved.pop(key, None) is None or not self.shared:
+                return
+            try:
                 self.db.unreserve(key)
+            except STORE_ERRORS as exc:  # the launch or start happened: never turn it into a failure
+                log.warning("budget reservation %s not released (%s); it expires by itself", key, exc)
 
 
 def parse_account_plan(doc: dict) -> dict:
