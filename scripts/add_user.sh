@@ -19,6 +19,8 @@ readonly SCRIPT_DIR
 REPO_ROOT="$(cd -- "${SCRIPT_DIR}/.." && pwd)"
 readonly REPO_ROOT
 readonly PROG="${0##*/}"
+# shellcheck source=SCRIPTDIR/lib.sh
+source "${SCRIPT_DIR}/lib.sh"
 readonly DEFAULT_FILE="./data/tokens.toml"
 readonly DEFAULT_ROLE="user"
 readonly NAME_REGEX='^[a-z0-9._-]{1,64}$'
@@ -45,16 +47,6 @@ Options:
 A name already in FILE is refused: to give someone a new token, delete their
 entry first (that also revokes the old token).
 USAGE
-}
-
-err() {
-  printf '%s: %s\n' "${PROG}" "$*" >&2
-}
-
-usage_error() {
-  err "$*"
-  usage >&2
-  exit 2
 }
 
 #######################################

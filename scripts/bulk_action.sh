@@ -12,6 +12,10 @@
 set -euo pipefail
 
 readonly PROG="${0##*/}"
+SCRIPT_DIR="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
+readonly SCRIPT_DIR
+# shellcheck source=SCRIPTDIR/lib.sh
+source "${SCRIPT_DIR}/lib.sh"
 readonly DEFAULT_URL="http://127.0.0.1:8000"
 readonly TAG_REGEX='^[A-Za-z0-9 _.:/+@-]{1,128}=[A-Za-z0-9 _.:/=+@-]{0,256}$'
 
@@ -32,16 +36,6 @@ Options:
 
 Environment: API_TOKEN, sent as 'Authorization: Bearer' when set.
 USAGE
-}
-
-err() {
-  printf '%s: %s\n' "${PROG}" "$*" >&2
-}
-
-usage_error() {
-  err "$*"
-  usage >&2
-  exit 2
 }
 
 main() {

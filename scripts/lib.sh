@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 #
-# Shared by scripts/manage_server.sh and scripts/sandbox.sh (sourced, never executed): errors and
+# Shared by the scripts of scripts/ (sourced, never executed): errors and
 # usage errors, process identity (a pid is "ours" only with the start time we recorded for it), and an
 # HTTP probe that works with or without curl.
 #

@@ -247,10 +247,7 @@ class Database:
                 state TEXT, ssh_string TEXT, security_group_id TEXT, backend_used TEXT,
                 created_at TEXT, updated_at TEXT)"""
         )
-        have = _columns(conn, "instances")
-        for column, decl in ADDED_COLUMNS.items():
-            if column not in have:
-                conn.execute(f"ALTER TABLE instances ADD COLUMN {column} {decl}")
+        _add_instance_columns(conn)
         conn.execute("UPDATE instances SET tags = '{}' WHERE tags IS NULL")
         conn.execute("CREATE INDEX IF NOT EXISTS instances_state ON instances(state)")
         conn.execute(
@@ -283,10 +280,7 @@ class Database:
     @staticmethod
     def _migrate_to_2(conn: sqlite3.Connection) -> None:
         """Scope rows by (endpoint, region); the catalogue caches become per scope; prune by time."""
-        have = _columns(conn, "instances")
-        for column, decl in ADDED_COLUMNS.items():
-            if column not in have:
-                conn.execute(f"ALTER TABLE instances ADD COLUMN {column} {decl}")
+        _add_instance_columns(conn)
         have = _columns(conn, "launches")
         for column in ("region", "endpoint"):
             if column not in have:
@@ -312,10 +306,7 @@ class Database:
     def _migrate_to_3(conn: sqlite3.Connection) -> None:
         """Auto-stop and public-IP columns; each event keeps the public IP recorded with it (the ledger
         counts IPv4 hours from them)."""
-        have = _columns(conn, "instances")
-        for column, decl in ADDED_COLUMNS.items():
-            if column not in have:
-                conn.execute(f"ALTER TABLE instances ADD COLUMN {column} {decl}")
+        _add_instance_columns(conn)
         have = _columns(conn, "instance_events")
         if "public_ip" not in have:
             conn.execute("ALTER TABLE instance_events ADD COLUMN public_ip TEXT")
@@ -332,10 +323,7 @@ class Database:
     @staticmethod
     def _migrate_to_6(conn: sqlite3.Connection) -> None:
         """One token per person: each instance and launch keeps its owner, each event who asked for it."""
-        have = _columns(conn, "instances")
-        for column, decl in ADDED_COLUMNS.items():
-            if column not in have:
-                conn.execute(f"ALTER TABLE instances ADD COLUMN {column} {decl}")
+        _add_instance_columns(conn)
         if "owner" not in _columns(conn, "launches"):
             conn.execute("ALTER TABLE launches ADD COLUMN owner TEXT")
         if "actor" not in _columns(conn, "instance_events"):
@@ -345,10 +333,7 @@ class Database:
     @staticmethod
     def _migrate_to_5(conn: sqlite3.Connection) -> None:
         """Idle stop by CloudWatch: the setting, the alarm, and what CloudWatch holds."""
-        have = _columns(conn, "instances")
-        for column, decl in ADDED_COLUMNS.items():
-            if column not in have:
-                conn.execute(f"ALTER TABLE instances ADD COLUMN {column} {decl}")
+        _add_instance_columns(conn)
 
     @staticmethod
     def _migrate_to_4(conn: sqlite3.Connection) -> None:
@@ -805,6 +790,14 @@ class Database:
 
 def _nothing() -> None:
     pass
+
+
+def _add_instance_columns(conn) -> None:
+    """Every column of ADDED_COLUMNS the instances table lacks (each migration that adds some calls this)."""
+    have = _columns(conn, "instances")
+    for column, decl in ADDED_COLUMNS.items():
+        if column not in have:
+            conn.execute(f"ALTER TABLE instances ADD COLUMN {column} {decl}")
 
 
 def _columns(conn, table: str) -> set[str]:
