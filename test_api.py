@@ -149,6 +149,15 @@ def test_free_tier_violations_are_400_and_spawn_nothing(api, api_server, fresh_e
     assert "bad" not in names
 
 
+def test_sandbox_refusals_name_the_sandbox_and_suggest_only_what_it_resolves(api):
+    alias = create(api, name="bad", ami="ubuntu-24.04").json()["detail"]
+    assert "local sandbox" in alias and "Amazon Linux" in alias and "this region" not in alias
+    assert "ubuntu" not in alias.split("try ", 1)[1] and "amazon-linux-2023" in alias.split("try ", 1)[1]
+    unknown = create(api, name="bad", ami="windows-2022").json()["detail"]
+    assert "local sandbox" in unknown and "amazon-linux-2023" in unknown
+    assert "ubuntu" not in unknown and "debian" not in unknown  # aliases this target cannot resolve
+
+
 def test_arm64_ami_on_x86_type_is_400(api, fresh_emulator):
     response = create(api, ami=fresh_emulator.ami("al2023-ami-kernel-default-arm64"), instance_type=X86_TYPE)
     assert response.status_code == 400

@@ -156,26 +156,32 @@ def check_create(catalog: Catalog, allowed_types: list[str], ami: str, instance_
     return check_catalog(catalog, allowed_types, ami, instance_type)
 
 
-def check_catalog(catalog: Catalog, allowed_types: list[str], ami: str, instance_type: str) -> AmiInfo:
-    """What EC2 reported (free-tier types, AMIs of the region), once check_static has passed."""
+SANDBOX_PLACE = "in the local sandbox (it publishes only Amazon Linux AMIs)"
+
+
+def check_catalog(catalog: Catalog, allowed_types: list[str], ami: str, instance_type: str,
+                  place: str = "in this region") -> AmiInfo:
+    """What EC2 reported (free-tier types, AMIs of the region), once check_static has passed. `place` names
+    the target in messages: the region, or SANDBOX_PLACE; only aliases it resolves are suggested."""
     if instance_type not in catalog.types:
         raise PolicyViolation(
-            f"EC2 does not report {instance_type!r} as free-tier eligible in this region; use one of "
+            f"EC2 does not report {instance_type!r} as free-tier eligible {place}; use one of "
             f"{', '.join(sorted(set(allowed_types) & set(catalog.types))) or 'none (check the region)'}.",
             code="instance_type_not_free_tier")
     arch = catalog.types[instance_type]
+    published = sorted({a for a, ar in catalog.by_alias if ar == arch})
     if ami in ALIASES:
         info = catalog.by_alias.get((ami, arch))
         if info is None:
-            published = sorted({a for a, ar in catalog.by_alias if ar == arch})
             raise PolicyViolation(
-                f"AMI alias {ami!r} is not published for {arch} in this region; try "
+                f"AMI alias {ami!r} is not published for {arch} {place}; try "
                 f"{', '.join(published) or 'an AMI id from FREE_TIER_AMIS'}.", code="ami_alias_unavailable")
         return info
     info = catalog.amis.get(ami)
     if info is None:
+        aliases = ", ".join(published) if published else "none resolves here"
         raise PolicyViolation(
-            f"AMI {ami!r} is not a known free-tier AMI. Use an alias ({', '.join(ALIASES)}), an id one of them "
+            f"AMI {ami!r} is not a known free-tier AMI {place}. Use an alias ({aliases}), an id one of them "
             "resolves to, or add the id to FREE_TIER_AMIS.", code="ami_not_free_tier")
     if info.architecture != arch:
         raise PolicyViolation(

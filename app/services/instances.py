@@ -24,7 +24,7 @@ from app.services.batching import MAX_IDS, Coalescer
 from app.services.batching import send as send_batch
 from app.services.cloudwatch import USED_KEY, Metrics, idle_alarm_view
 from app.services.db import TIME_FORMAT, Database, age_seconds, canonical_json, stored_time, utcnow
-from app.services.free_tier import Catalog, check_catalog, check_static, login_user_for
+from app.services.free_tier import SANDBOX_PLACE, Catalog, check_catalog, check_static, login_user_for
 from app.services.reconciler import Reconciler
 from app.services.recorder import RUNNING, SECURITY_GROUP_NAME, Recorder, in_minutes
 from app.services.replicas import InstanceLocks
@@ -194,7 +194,8 @@ class InstanceService:
                                      await asyncio.to_thread(self._holds_launch, idempotency_key))):
             await asyncio.to_thread(self._admit_create, None, req, rates)
         catalog = await self.ensure_catalog()
-        ami = check_catalog(catalog, self.settings.allowed_instance_types, req.ami, req.instance_type)
+        place = SANDBOX_PLACE if self.settings.ec2_endpoint_url else f"in {self.region}"
+        ami = check_catalog(catalog, self.settings.allowed_instance_types, req.ami, req.instance_type, place)
         if idempotency_key is None:
             with self.reconciler.mutating():
                 return await self._launch(req, ami, None, body_hash, rates, caller), False

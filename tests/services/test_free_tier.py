@@ -58,6 +58,13 @@ def test_unknown_ami_and_unpublished_alias():
     assert code_of(ami="ubuntu-24.04", instance_type="t4g.micro") == "ami_alias_unavailable"
 
 
+def test_messages_name_the_place_and_suggest_only_published_aliases():
+    with pytest.raises(PolicyViolation) as err:
+        check_create(CATALOG, ALLOWED, "windows-2022", "t4g.micro", 8)
+    assert "in this region" in err.value.detail  # the default place
+    assert "amazon-linux-2023" in err.value.detail and "ubuntu" not in err.value.detail  # none for arm64 here
+
+
 def test_architecture_mismatch():
     assert code_of(ami=AL_ARM.ami_id) == "architecture_mismatch"
 
