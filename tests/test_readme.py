@@ -10,9 +10,16 @@ README = (ROOT / "README.md").read_text()
 
 
 def curl_tour() -> str:
-    match = re.search(r"<!-- curl-tour.*?-->\s*```bash\n(.*?)```", README, re.S)
+    match = re.search(r"<!-- curl-tour:.*?-->\s*```bash\n(.*?)```", README, re.S)
     assert match, "README lost its curl tour block"
     return match.group(1)
+
+
+def expected_statuses() -> list[str]:
+    """The HTTP statuses the README shows after the tour, in order."""
+    match = re.search(r"<!-- curl-tour-expected.*?-->\s*```text\n(.*?)```", README, re.S)
+    assert match, "README lost the tour's expected output"
+    return re.findall(r" (\d{3})$", match.group(1), re.M)
 
 
 def test_curl_tour_creates_lists_stops_starts_and_deletes(api_server, fresh_emulator):
@@ -21,9 +28,12 @@ def test_curl_tour_creates_lists_stops_starts_and_deletes(api_server, fresh_emul
                           timeout=120, env=safe_env())
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    assert out.startswith('{"status":"ok"}')
+    assert out.startswith('{"status":"ok"} 200')
     instance_id = re.search(r"created (i-[0-9a-f]+)", out).group(1)
-    docs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    answers = [re.fullmatch(r"(\{.*\}) (\d{3})", line) for line in out.splitlines() if line.startswith("{")]
+    assert all(answers), out
+    assert [a.group(2) for a in answers] == expected_statuses()  # what the README says it prints
+    docs = [json.loads(a.group(1)) for a in answers]
     states = [d["state"] for d in docs if d.get("id") == instance_id]
     # get (running), stop, start, patch (auto-stop), patch (name and tags), delete
     assert states[0] == "running" and states[1] in ("stopping", "stopped")
