@@ -486,8 +486,25 @@ launch() {
     sleep "${POLL_INTERVAL_S}"
   done
   info "started (pid ${pid}): $(public_url "${HOST}" "${PORT}" "") answers /health"
+  print_target "${log_offset}"
   info "API docs: $(public_url "${HOST}" "${PORT}" /docs)"
   info "log: ${LOG_FILE}"
+}
+
+#######################################
+# Say which EC2 the server just started talks to and which database it
+# keeps, as its own start-up line says (SANDBOX and the emulator, or AWS and
+# the region): real AWS must never be a surprise.
+# Arguments:
+#   LOG_OFFSET  where this start's lines begin in LOG_FILE
+#######################################
+print_target() {
+  local line
+  line="$(tail -c "+$(($1 + 1))" -- "${LOG_FILE}" 2>/dev/null \
+    | grep -o -m 1 'EC2 Creator Local targets [^"]*' || true)"
+  if [[ -n "${line}" ]]; then
+    info "${line#EC2 Creator Local }"
+  fi
 }
 
 #######################################

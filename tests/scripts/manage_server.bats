@@ -132,6 +132,8 @@ start_ok() {
 @test "start detaches the server, writes the PID file and waits for /health" {
   start_ok
   [[ "${output}" == *"http://127.0.0.1:${PORT}/docs"* ]]
+  # Which EC2 and which database, in its first lines: real AWS is never a surprise.
+  [[ "${output}" == *"targets SANDBOX (http://127.0.0.1:"*"database "* ]]
   [ -f "${PIDF}" ]
   [[ "$(cat "${PIDF}")" =~ ^[1-9][0-9]*$ ]]
   local pid
