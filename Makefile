@@ -11,11 +11,15 @@ PORT        ?= 8000
 EC2_TARGET  ?= sandbox
 SANDBOX_PORT ?= 5055
 SANDBOX_URL := http://127.0.0.1:$(SANDBOX_PORT)
-# What `make run` and `make doctor` hand the server against the sandbox: fake credentials, the emulator.
+# Each emulator port has its own state (PID file, log, key, database), as scripts/sandbox.sh keys it:
+# ./data/sandbox for 5055 (the default), ./data/sandbox/<port> for any other (`scripts/sandbox.sh dir`).
+SANDBOX_STATE = ./data/sandbox$(if $(filter-out 5055,$(SANDBOX_PORT)),/$(SANDBOX_PORT))
+# What `make run` and `make doctor` hand the server against the sandbox: fake credentials, the emulator,
+# that port's database and key.
 SANDBOX_ENV  = env -u AWS_PROFILE -u AWS_DEFAULT_PROFILE -u AWS_SESSION_TOKEN AWS_ACCESS_KEY_ID=testing \
 	AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} AWS_EC2_METADATA_DISABLED=true \
-	EC2_TARGET=sandbox EC2_ENDPOINT_URL=$(SANDBOX_URL) DATABASE_URL=$${SANDBOX_DATABASE_URL:-./data/sandbox/instances.db} \
-	SSH_KEY_PATH=$${SSH_KEY_PATH:-./data/sandbox/my_ec2_keypair.pem}
+	EC2_TARGET=sandbox EC2_ENDPOINT_URL=$(SANDBOX_URL) DATABASE_URL=$${SANDBOX_DATABASE_URL:-$(SANDBOX_STATE)/instances.db} \
+	SSH_KEY_PATH=$${SSH_KEY_PATH:-$(SANDBOX_STATE)/my_ec2_keypair.pem}
 # The AWS CLI v2 the tests run next to the venv's v1 (Debian's awscli package; `make system-deps`).
 AWS_CLI_V2  ?= /usr/bin/aws
 export AWS_CLI_V2
@@ -30,10 +34,10 @@ SHELLCHECK  := $(VENV)/bin/shellcheck
 BATS        := node_modules/bats/bin/bats
 JENKINSFILES := jenkins/deployment/Jenkinsfile jenkins/deployment/Jenkinsfile.manage jenkins/deployment/Jenkinsfile.offhours
 
-.PHONY: help venv tools system-deps run doctor sandbox sandbox-stop test test-fast test-python test-bash test-jenkins lint clean bench bench-smoke
+.PHONY: help venv tools system-deps run doctor sandbox sandbox-stop sandbox-status serve-sandbox test test-fast test-python test-bash test-jenkins lint clean bench bench-smoke
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON_BOOT) -m venv $(VENV)
@@ -43,11 +47,14 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 venv: $(STAMP) ## Create/refresh the virtualenv (rebuilt when requirements change)
 
-sandbox: venv ## Start the local EC2 emulator (moto server) with key pair my_ec2_keypair
+sandbox: venv ## Start the local EC2 emulator (moto server) on SANDBOX_PORT with key pair my_ec2_keypair
 	@SANDBOX_PORT=$(SANDBOX_PORT) scripts/sandbox.sh start
 
-sandbox-stop: ## Stop the local EC2 emulator
+sandbox-stop: ## Stop the local EC2 emulator on SANDBOX_PORT (only that one)
 	@SANDBOX_PORT=$(SANDBOX_PORT) scripts/sandbox.sh stop
+
+sandbox-status: ## Does the emulator on SANDBOX_PORT answer? Also names the other ones running
+	@SANDBOX_PORT=$(SANDBOX_PORT) scripts/sandbox.sh status
 
 run: venv ## Start the API on $(HOST):$(PORT); EC2_TARGET=sandbox (default) or aws
 ifeq ($(EC2_TARGET),aws)
@@ -60,6 +67,12 @@ else ifeq ($(EC2_TARGET),sandbox)
 else
 	@echo "EC2_TARGET must be 'sandbox' or 'aws', not '$(EC2_TARGET)'" >&2; exit 2
 endif
+
+# The API in the background (scripts/manage_server.sh: PID file, survives the shell) against the sandbox, with
+# exactly make run's settings: the emulator on SANDBOX_PORT, fake credentials, that port's database and key.
+serve-sandbox: venv ## Like run, but the API in the background (manage_server.sh); stop: scripts/manage_server.sh stop
+	@SANDBOX_PORT=$(SANDBOX_PORT) scripts/sandbox.sh start
+	@$(SANDBOX_ENV) scripts/manage_server.sh start "" $(HOST) $(PORT)
 
 doctor: venv ## Would a create work? Checks CLI, credentials, key pair, VPC, types, AMIs, API (EC2_TARGET=aws for AWS)
 ifeq ($(EC2_TARGET),aws)

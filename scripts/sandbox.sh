@@ -7,6 +7,12 @@
 #   scripts/sandbox.sh stop     stop the server this script started
 #   scripts/sandbox.sh status   exit 0 if it answers, 3 if not
 #   scripts/sandbox.sh url      print its URL
+#   scripts/sandbox.sh dir      print its state directory
+#
+# Everything is per SANDBOX_PORT: each port has its own state directory (PID file, log, private key,
+# and the database `make run` uses), so emulators on two ports run side by side and `stop` stops only
+# the one on SANDBOX_PORT. The default port keeps SANDBOX_DIR itself (the layout from before ports
+# were keyed); any other port uses SANDBOX_DIR/<port>.
 #
 # Every AWS CLI call made here uses fake credentials and an explicit
 # --endpoint-url pointing at the emulator: it never talks to real AWS.
@@ -52,21 +58,27 @@ fi
 
 usage() {
   cat <<USAGE
-Usage: ${0##*/} {start|stop|status|url}
+Usage: ${0##*/} {start|stop|status|url|dir}
 
 Manage the local EC2 emulator (moto server) for ec2-creator-local.
 
 Commands:
   start    start the emulator detached (no-op if it already answers) and
-           make sure the key pair exists (private key in SANDBOX_DIR/KEY_NAME.pem)
-  stop     stop the emulator started by 'start' (exit 0 if not running)
-  status   exit 0 if the emulator answers, ${STATUS_NOT_RUNNING} if not
+           make sure the key pair exists (private key in the state directory)
+  stop     stop the emulator 'start' started on SANDBOX_PORT, and only that one
+           (exit 0 if not running)
+  status   exit 0 if the emulator on SANDBOX_PORT answers, ${STATUS_NOT_RUNNING} if not
   url      print the emulator URL
+  dir      print the port's state directory (moto.pid, moto.log, KEY_NAME.pem;
+           make run keeps the sandbox database instances.db there)
+
+Each SANDBOX_PORT is a separate emulator with its own state directory:
+SANDBOX_DIR for port ${DEFAULT_PORT}, SANDBOX_DIR/<port> for any other port.
 
 Environment:
   SANDBOX_HOST   must be ${ALLOWED_HOST} (default)
   SANDBOX_PORT   default ${DEFAULT_PORT}
-  SANDBOX_DIR    default <repo>/data/sandbox (moto.log, moto.pid, KEY_NAME.pem)
+  SANDBOX_DIR    default <repo>/data/sandbox
   MOTO_SERVER    default <repo>/.venv/bin/moto_server, else moto_server on PATH
   AWS_CLI        default <repo>/.venv/bin/aws, else aws on PATH
   KEY_NAME       default ${DEFAULT_KEY_NAME}
@@ -97,8 +109,21 @@ sandbox_url() {
   printf 'http://%s:%s' "${SANDBOX_HOST}" "${SANDBOX_PORT}"
 }
 
+#######################################
+# Print the state directory of PORT (default SANDBOX_PORT): SANDBOX_DIR for the default port (the
+# layout from before ports were keyed, kept), SANDBOX_DIR/PORT for any other.
+#######################################
+state_dir() {
+  local port="${1:-${SANDBOX_PORT}}"
+  if ((port == DEFAULT_PORT)); then
+    printf '%s' "${SANDBOX_DIR}"
+  else
+    printf '%s/%s' "${SANDBOX_DIR}" "${port}"
+  fi
+}
+
 pid_file() {
-  printf '%s/moto.pid' "${SANDBOX_DIR}"
+  printf '%s/moto.pid' "$(state_dir "$@")"
 }
 
 #######################################
@@ -121,21 +146,55 @@ process_cmdline() {
 }
 
 #######################################
-# Print "PID STARTTIME" from the pid file if it names the moto_server this script started: the same
-# pid, the same start time (a reused pid is not ours), a moto_server command line on our port.
-# Returns 1 otherwise.
+# Print "PID STARTTIME" from the pid file of PORT (default SANDBOX_PORT) if it names the moto_server
+# this script started: the same pid, the same start time (a reused pid is not ours), a moto_server
+# command line on that port. Returns 1 otherwise.
 #######################################
 managed_pid() {
-  local file content pid start cmdline
-  file="$(pid_file)"
+  local port="${1:-${SANDBOX_PORT}}" file content pid start cmdline
+  file="$(pid_file "${port}")"
   [[ -f "${file}" && ! -L "${file}" ]] || return 1
   content="$(head -c 64 -- "${file}")"
   [[ "${content}" =~ ^([1-9][0-9]{0,9})\ ([0-9]{1,20})[[:space:]]*$ ]] || return 1
   pid="${BASH_REMATCH[1]}" start="${BASH_REMATCH[2]}"
   same_process "${pid}" "${start}" || return 1
   cmdline="$(process_cmdline "${pid}")"
-  [[ "${cmdline}" == *"${PROCESS_MARKER}"* && "${cmdline}" == *" -p ${SANDBOX_PORT}"* ]] || return 1
+  [[ "${cmdline}" == *"${PROCESS_MARKER}"* && "${cmdline} " == *" -p ${port} "* ]] || return 1
   printf '%s %s' "${pid}" "${start}"
+}
+
+#######################################
+# Print, one per line, the other ports (not SANDBOX_PORT) whose emulator this script started and
+# that still runs (found by their pid files under SANDBOX_DIR).
+#######################################
+other_running_ports() {
+  local file port
+  for file in "${SANDBOX_DIR}/moto.pid" "${SANDBOX_DIR}"/[1-9]*/moto.pid; do
+    [[ -f "${file}" ]] || continue
+    if [[ "${file}" == "${SANDBOX_DIR}/moto.pid" ]]; then
+      port="${DEFAULT_PORT}"
+    else
+      port="${file%/moto.pid}"
+      port="${port##*/}"
+      if [[ ! "${port}" =~ ^[1-9][0-9]{0,4}$ ]] || ((port == DEFAULT_PORT || port > 65535)); then
+        continue
+      fi
+    fi
+    ((port != SANDBOX_PORT)) || continue
+    managed_pid "${port}" >/dev/null && printf '%s\n' "${port}"
+  done
+  return 0
+}
+
+#######################################
+# Say which other emulators started by this script still run (nothing if none).
+#######################################
+report_others() {
+  local port
+  while IFS= read -r port; do
+    printf 'sandbox: another emulator runs at http://%s:%s (stop it: make sandbox-stop SANDBOX_PORT=%s)\n' \
+      "${SANDBOX_HOST}" "${port}" "${port}"
+  done < <(other_running_ports)
 }
 
 #######################################
@@ -156,16 +215,16 @@ emulator_aws() {
 
 #######################################
 # Make sure key pair KEY_NAME exists in the emulator; when it has to be
-# created, write its private key to SANDBOX_DIR/KEY_NAME.pem (mode 600).
+# created, write its private key to the port's state directory as KEY_NAME.pem (mode 600).
 #######################################
 ensure_key_pair() {
   local err_file rc=0 pem tmp
-  err_file="${SANDBOX_DIR}/.describe-key-pairs.err"
+  err_file="$(state_dir)/.describe-key-pairs.err"
   emulator_aws ec2 describe-key-pairs --key-names "${KEY_NAME}" \
     >/dev/null 2>"${err_file}" || rc=$?
   if ((rc == 0)); then
     rm -f -- "${err_file}"
-    pem="${SANDBOX_DIR}/${KEY_NAME}.pem"
+    pem="$(state_dir)/${KEY_NAME}.pem"
     if [[ ! -f "${pem}" ]]; then
       printf '%s: warning: key pair %s exists but %s is missing\n' \
         "${0##*/}" "${KEY_NAME}" "${pem}" >&2
@@ -179,8 +238,8 @@ ensure_key_pair() {
   fi
   rm -f -- "${err_file}"
 
-  pem="${SANDBOX_DIR}/${KEY_NAME}.pem"
-  tmp="$(umask 077 && mktemp "${SANDBOX_DIR}/.${KEY_NAME}.pem.XXXXXX")"
+  pem="$(state_dir)/${KEY_NAME}.pem"
+  tmp="$(umask 077 && mktemp "$(state_dir)/.${KEY_NAME}.pem.XXXXXX")"
   if ! emulator_aws ec2 create-key-pair --key-name "${KEY_NAME}" \
     --query KeyMaterial --output text >"${tmp}"; then
     rm -f -- "${tmp}"
@@ -198,7 +257,7 @@ launch_server() {
   if ! command -v -- "${MOTO_SERVER}" >/dev/null 2>&1; then
     die "moto_server not found ('${MOTO_SERVER}'); run 'make venv' or set MOTO_SERVER"
   fi
-  log="${SANDBOX_DIR}/moto.log"
+  log="$(state_dir)/moto.log"
   # Detached: own session, no terminal, stdin from /dev/null, output to the
   # log, and no inherited descriptors of the caller (a pipe held open by the
   # server would make the caller wait for it).
@@ -236,7 +295,11 @@ stop_server() {
   local found pid start file waited=0 max_polls
   file="$(pid_file)"
   if [[ ! -f "${file}" ]]; then
-    echo "sandbox: not running (no pid file)"
+    if is_answering; then
+      echo "sandbox: something answers at $(sandbox_url), but not an emulator this script started (no pid file in $(state_dir)): nothing stopped"
+    else
+      echo "sandbox: not running at $(sandbox_url) (no pid file in $(state_dir))"
+    fi
     return 0
   fi
   if ! found="$(managed_pid)"; then
@@ -255,12 +318,12 @@ stop_server() {
     kill -KILL "${pid}" 2>/dev/null || true
   fi
   rm -f -- "${file}"
-  echo "sandbox: moto server (pid ${pid}) stopped"
+  echo "sandbox: moto server at $(sandbox_url) (pid ${pid}) stopped"
 }
 
 cmd_start() {
-  mkdir -p -- "${SANDBOX_DIR}"
-  chmod 700 -- "${SANDBOX_DIR}" 2>/dev/null || true
+  mkdir -p -- "${SANDBOX_DIR}" "$(state_dir)"
+  chmod 700 -- "${SANDBOX_DIR}" "$(state_dir)" 2>/dev/null || true
   if is_answering; then
     echo "sandbox: something already answers at $(sandbox_url)/moto-api/; not starting another server"
   else
@@ -271,12 +334,17 @@ cmd_start() {
 }
 
 cmd_status() {
-  if is_answering; then
-    echo "sandbox: running at $(sandbox_url)"
-    return 0
+  local found rc=0
+  if ! is_answering; then
+    echo "sandbox: not running at $(sandbox_url)"
+    rc="${STATUS_NOT_RUNNING}"
+  elif found="$(managed_pid)"; then
+    echo "sandbox: running at $(sandbox_url) (pid ${found% *}, state in $(state_dir))"
+  else
+    echo "sandbox: running at $(sandbox_url) (not started by this script: 'stop' leaves it alone)"
   fi
-  echo "sandbox: not running at $(sandbox_url)"
-  return "${STATUS_NOT_RUNNING}"
+  report_others
+  return "${rc}"
 }
 
 main() {
@@ -290,7 +358,7 @@ main() {
       usage
       exit 0
       ;;
-    start | stop | status | url) ;;
+    start | stop | status | url | dir) ;;
     *)
       usage_error "unknown command: '$1'"
       ;;
@@ -298,9 +366,13 @@ main() {
   check_settings
   case "$1" in
     start) cmd_start ;;
-    stop) stop_server ;;
+    stop)
+      stop_server
+      report_others
+      ;;
     status) cmd_status ;;
     url) printf '%s\n' "$(sandbox_url)" ;;
+    dir) printf '%s\n' "$(state_dir)" ;;
   esac
 }
 
