@@ -37,7 +37,8 @@ JENKINSFILES := jenkins/deployment/Jenkinsfile jenkins/deployment/Jenkinsfile.ma
 .PHONY: help venv tools system-deps run doctor sandbox sandbox-stop sandbox-status serve-sandbox test test-fast test-python test-bash test-jenkins lint clean bench bench-smoke
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}' \
+	  | sed -e 's/$$(HOST)/$(HOST)/g' -e 's/$$(PORT)/$(PORT)/g' -e 's/$$(SANDBOX_PORT)/$(SANDBOX_PORT)/g'  # the values in force
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON_BOOT) -m venv $(VENV)

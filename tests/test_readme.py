@@ -60,3 +60,10 @@ def test_configuration_table_lists_every_setting():
 
     for name in Settings.model_fields:
         assert f"`{name.upper()}`" in README, f"README configuration table misses {name.upper()}"
+
+
+def test_make_help_shows_the_values_in_force():
+    done = subprocess.run(["make", "--no-print-directory", "help", "PORT=9123", "HOST=0.0.0.0"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "Start the API on 0.0.0.0:9123" in done.stdout and "$(" not in done.stdout
