@@ -106,6 +106,11 @@ Environment:
   STOP_TIMEOUT   seconds between SIGTERM and SIGKILL, default ${DEFAULT_STOP_TIMEOUT}
   PYTHON         default APP_DIR/.venv/bin/python if present, else python3
   API_TOKEN      required to listen on a non-loopback HOST (or API_TOKENS_FILE)
+  TARGET         sandbox: start APP_DIR's local EC2 emulator (scripts/sandbox.sh,
+                 on SANDBOX_PORT, default 5055) and serve against it, with fake
+                 credentials and that sandbox's database and key (make run's
+                 settings); aws: your real account (EC2_TARGET=aws, so a left-over
+                 EC2_ENDPOINT_URL is refused); empty: the environment decides
 The server gets this environment (EC2_ENDPOINT_URL, DATABASE_URL, ...)
 without Jenkins' build variables (JENKINS_NODE_COOKIE, BUILD_ID, ...).
 USAGE
@@ -153,6 +158,12 @@ parse_settings() {
   fi
   START_TIMEOUT="$((10#${START_TIMEOUT}))"
   STOP_TIMEOUT="$((10#${STOP_TIMEOUT}))"
+
+  TARGET="${TARGET:-}"
+  case "${TARGET}" in
+    "" | sandbox | aws) ;;
+    *) usage_error "TARGET must be sandbox, aws or empty, not '${TARGET}'" ;;
+  esac
 
   PID_FILE="${PID_FILE:-${APP_DIR}/data/run/server.pid}"
   LOG_FILE="${LOG_FILE:-${APP_DIR}/data/run/server.log}"
@@ -565,6 +576,28 @@ cmd_status() {
   esac
 }
 
+#######################################
+# TARGET=sandbox: start APP_DIR's emulator and export make run's sandbox
+# settings (endpoint, fake credentials, the port's database and key) for the
+# server; TARGET=aws: EC2_TARGET=aws. Nothing for an empty TARGET.
+#######################################
+apply_target() {
+  local dir
+  case "${TARGET}" in
+    aws) export EC2_TARGET=aws ;;
+    sandbox)
+      SANDBOX_PORT="${SANDBOX_PORT:-5055}" "${APP_DIR}/scripts/sandbox.sh" start || die "the sandbox did not start"
+      dir="$(SANDBOX_PORT="${SANDBOX_PORT:-5055}" "${APP_DIR}/scripts/sandbox.sh" dir)"
+      unset AWS_PROFILE AWS_DEFAULT_PROFILE AWS_SESSION_TOKEN
+      export EC2_TARGET=sandbox EC2_ENDPOINT_URL="http://127.0.0.1:${SANDBOX_PORT:-5055}" \
+        AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_EC2_METADATA_DISABLED=true \
+        AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-us-east-1}" \
+        DATABASE_URL="${SANDBOX_DATABASE_URL:-${dir}/instances.db}" \
+        SSH_KEY_PATH="${SANDBOX_SSH_KEY_PATH:-${dir}/my_ec2_keypair.pem}"
+      ;;
+  esac
+}
+
 # Refuse, before anything else, to expose the API without a token.
 check_exposure() {
   if ! is_loopback "${HOST}" && ! api_token_configured; then
@@ -612,6 +645,7 @@ main() {
       if [[ "${cmd}" == "restart" ]]; then
         do_stop
       fi
+      apply_target
       do_start
       ;;
   esac

@@ -71,6 +71,13 @@ PY
   grep -Eq "choice\(name: 'ACTION', choices: \['status', 'start', 'stop', 'restart'\]" "${MANAGE_FILE}"
 }
 
+@test "the manage job's TARGET dropdown is sandbox (first: the safe default), aws in jobs.yaml and in the Jenkinsfile" {
+  run xml_values ec2-creator-local-manage \
+    ".//hudson.model.ChoiceParameterDefinition[name='TARGET']/choices/a/string"
+  [ "${output}" = "$(printf 'sandbox\naws')" ]
+  grep -Eq "choice\(name: 'TARGET', choices: \['sandbox', 'aws'\]" "${MANAGE_FILE}"
+}
+
 @test "jobs.yaml and Jenkinsfile.manage declare the same string parameters and defaults" {
   run xml_values ec2-creator-local-manage \
     ".//hudson.model.StringParameterDefinition/name"

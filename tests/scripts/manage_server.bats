@@ -528,3 +528,21 @@ s = socket.socket(); s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(); time.sle
   [ "${status}" -eq 0 ]
   [ ! -e "${PID_FILE}" ]
 }
+
+@test "TARGET=sandbox starts APP_DIR's emulator and serves against it with that sandbox's database; a bad TARGET is a usage error" {
+  ln -s -- "${REPO_ROOT}/scripts" "${APP_DIR}/scripts"
+  ln -s -- "${REPO_ROOT}/.venv" "${APP_DIR}/.venv"
+  local sport
+  sport="$(free_port)"
+  run --separate-stderr env TARGET=sandbox SANDBOX_PORT="${sport}" "${MANAGE}" start "${APP_DIR}" 127.0.0.1 "${PORT}"
+  # The emulator is killed in teardown whatever happens below.
+  cat "${APP_DIR}/data/sandbox/${sport}/moto.pid" >>"${BATS_TEST_TMPDIR}/spawned" 2>/dev/null || true
+  [ "${status}" -eq 0 ]
+  [[ "${output}" == *"targets SANDBOX (http://127.0.0.1:${sport},"*"database "*"/data/sandbox/${sport}/instances.db"* ]]
+  [ -f "${APP_DIR}/data/sandbox/${sport}/instances.db" ]
+  SANDBOX_PORT="${sport}" "${APP_DIR}/scripts/sandbox.sh" stop >/dev/null
+
+  run --separate-stderr env TARGET=bogus "${MANAGE}" start "${APP_DIR}" 127.0.0.1 "${PORT}"
+  [ "${status}" -eq 2 ]
+  [[ "${stderr}" == *"TARGET must be sandbox, aws or empty"* ]]
+}
