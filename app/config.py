@@ -26,6 +26,16 @@ def _split_csv(value: object) -> object:
     return value
 
 
+class SettingsConflict(ValueError):
+    """Settings that do not go together. Raised by a model validator, whose error has no field (loc), so it
+    carries the variables it concerns: config_problems names them. `more`: further problems of the same check."""
+
+    def __init__(self, names: tuple[str, ...], message: str,
+                 more: list[tuple[tuple[str, ...], str]] | None = None) -> None:
+        self.problems = [(names, message), *(more or [])]
+        super().__init__("; ".join(text for _, text in self.problems))
+
+
 class Settings(BaseSettings):
     """Every knob of the service. A bad value stops the server at start with a clear message."""
 
@@ -253,20 +263,6 @@ class Settings(BaseSettings):
         load_users(path)  # a ValueError names what is wrong in the file (never a hash)
         return path.resolve()
 
-    @model_validator(mode="after")
-    def _tokens_file_and_api_token(self) -> "Settings":
-        from app.services.users import API_TOKEN_NAME, load_users, token_digest
-
-        if self.api_tokens_file is None or self.api_token is None:
-            return self
-        users = load_users(self.api_tokens_file, reserved=self.reserved_user_names)
-        digest = token_digest(self.api_token.get_secret_value())
-        same = [u.name for u in users if u.sha256 == digest]
-        if same:
-            raise ValueError(f"API_TOKENS_FILE gives {same[0]!r} the token of API_TOKEN (the admin named "
-                             f"{API_TOKEN_NAME!r}): each person needs their own token")
-        return self
-
     @field_validator("ec2_endpoint_url")
     @classmethod
     def _endpoint(cls, value: str | None) -> str | None:
@@ -277,22 +273,44 @@ class Settings(BaseSettings):
         return value.rstrip("/")
 
     @model_validator(mode="after")
-    def _smtp_complete(self) -> "Settings":
+    def _combinations(self) -> "Settings":
+        """Settings that only make sense together; every problem is reported, each naming its variables."""
+        problems = self._tokens_file_beside_api_token()
         if self.notify_email_to and not (self.smtp_host and self.smtp_from):
-            raise ValueError("NOTIFY_EMAIL_TO is set: SMTP_HOST and SMTP_FROM are needed to send it mail")
+            problems.append((("NOTIFY_EMAIL_TO", "SMTP_HOST", "SMTP_FROM"), "NOTIFY_EMAIL_TO is set: SMTP_HOST and "
+                             "SMTP_FROM are needed to send it mail"))
         if self.smtp_host and not self.notify_email_to:
-            raise ValueError("SMTP_HOST is set but NOTIFY_EMAIL_TO is empty: say who gets the mail")
+            problems.append((("SMTP_HOST", "NOTIFY_EMAIL_TO"),
+                             "SMTP_HOST is set but NOTIFY_EMAIL_TO is empty: say who gets the mail"))
         if bool(self.smtp_username) != bool(self.smtp_password):
-            raise ValueError("SMTP_USERNAME and SMTP_PASSWORD go together: set both or neither")
-        return self
-
-    @model_validator(mode="after")
-    def _sandbox_endpoint(self) -> "Settings":
+            problems.append((("SMTP_USERNAME", "SMTP_PASSWORD"),
+                             "SMTP_USERNAME and SMTP_PASSWORD go together: set both or neither"))
+        if self.ec2_target == "aws" and self.ec2_endpoint_url:
+            problems.append((("EC2_TARGET", "EC2_ENDPOINT_URL"),
+                             "EC2_TARGET=aws but EC2_ENDPOINT_URL is set; unset one of them"))
+        if problems:
+            raise SettingsConflict(*problems[0], more=problems[1:])
         if self.ec2_target == "sandbox" and not self.ec2_endpoint_url:
             self.ec2_endpoint_url = DEFAULT_SANDBOX_URL
-        if self.ec2_target == "aws" and self.ec2_endpoint_url:
-            raise ValueError("EC2_TARGET=aws but EC2_ENDPOINT_URL is set; unset one of them")
         return self
+
+    def _tokens_file_beside_api_token(self) -> list[tuple[tuple[str, ...], str]]:
+        """API_TOKEN is the admin named "admin": the tokens file may neither use that name nor its token."""
+        from app.services.users import API_TOKEN_NAME, load_users, token_digest
+
+        if self.api_tokens_file is None or self.api_token is None:
+            return []
+        names = ("API_TOKENS_FILE", "API_TOKEN")
+        try:
+            users = load_users(self.api_tokens_file, reserved=self.reserved_user_names)
+        except ValueError as exc:  # the file was read by its field validator: only the reserved name is left
+            return [(names, str(exc))]
+        digest = token_digest(self.api_token.get_secret_value())
+        same = [u.name for u in users if u.sha256 == digest]
+        if same:
+            return [(names, f"API_TOKENS_FILE gives {same[0]!r} the token of API_TOKEN (the admin named "
+                            f"{API_TOKEN_NAME!r}): each person needs their own token")]
+        return []
 
     @property
     def auth_configured(self) -> bool:
@@ -333,9 +351,45 @@ class Settings(BaseSettings):
         return path if path.is_absolute() else Path.cwd() / path
 
 
+def config_problems(exc: ValidationError) -> list[str]:
+    """A settings ValidationError as one line per problem, each naming its variable: `NAME: problem`.
+
+    A field's error names its field; one about several settings together (a SettingsConflict, raised by a model
+    validator, whose error has no loc) names the variables it carries. Pydantic's "Value error, " goes."""
+    lines: list[str] = []
+    for error in exc.errors():
+        cause = (error.get("ctx") or {}).get("error")
+        if isinstance(cause, SettingsConflict):
+            lines += [_problem(names, message) for names, message in cause.problems]
+            continue
+        loc = error["loc"]
+        names = (str(loc[0]).upper(),) if loc else ("SETTINGS",)
+        message = str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        if len(loc) > 1:
+            message = f"(item {'.'.join(map(str, loc[1:]))}) {message}"
+        if error["type"] != "value_error" and loc and not _secret(str(loc[0])):
+            message += f" (got {error['input']!r})"  # our own messages (value_error) say it where it helps
+        lines.append(_problem(names, message))
+    return lines
+
+
+def _secret(field: str) -> bool:
+    """A value never to repeat in a message: a SecretStr field (or a list of them), or no known field."""
+    info = Settings.model_fields.get(field)
+    return info is None or "SecretStr" in repr(info.annotation)
+
+
+def _problem(names: tuple[str, ...], message: str) -> str:
+    """`NAME: message`, or the message alone when it starts by naming one of its variables; always one line."""
+    message = " ".join(message.split())
+    if any(re.match(rf"{re.escape(name)}\b", message) for name in names):
+        return message
+    return f"{', '.join(names)}: {message}"
+
+
 def describe_errors(exc: ValidationError) -> str:
     """A settings ValidationError as one line: `NAME: problem; NAME: problem`."""
-    return "; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+    return "; ".join(config_problems(exc))
 
 
 @lru_cache

@@ -45,8 +45,10 @@ InstanceIdPath = Annotated[str, Path(description="EC2 instance id, e.g. i-012345
                                      json_schema_extra={"pattern": INSTANCE_ID_PATTERN})]
 
 
-_bearer = HTTPBearer(auto_error=False, description="Your token: API_TOKEN, or your own from API_TOKENS_FILE "
-                                                    "(required when either is set)")
+_bearer = HTTPBearer(auto_error=False, description="Needed only when the server has API_TOKEN or API_TOKENS_FILE "
+                                                    "set: then send API_TOKEN, or your own token from "
+                                                    "API_TOKENS_FILE. Without either (loopback only) no token is "
+                                                    "asked for, whatever the lock icons show.")
 
 
 def require_token(settings: SettingsDep,

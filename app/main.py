@@ -3,14 +3,16 @@
 import asyncio
 import logging
 import os
+import sys
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 from pydantic import ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.config import Settings, describe_errors, get_settings
+from app.config import Settings, config_problems, get_settings
 from app.errors import ApiError, install_error_handlers
 from app.models.instance import Health
 from app.routers import budget, instances, inventory, metrics, notifications
@@ -28,10 +30,36 @@ log = logging.getLogger("ec2_creator")
 
 
 def _load_settings() -> Settings:
+    """The settings, or SystemExit with one line per problem, each naming its variable."""
     try:
         return get_settings()
     except ValidationError as exc:
-        raise SystemExit(f"ec2-creator-local: bad configuration: {describe_errors(exc)}") from None
+        raise SystemExit("\n".join(f"ec2-creator-local: bad configuration: {line}"
+                                   for line in config_problems(exc))) from None
+
+
+class QuietStartupExit:
+    """Pure ASGI: a SystemExit with a message raised while the app starts (a database of a newer version, a
+    public --host without a token) ends the start with that message on stderr, without the traceback that
+    Starlette attaches to a failed startup (uvicorn would print it)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def quiet_send(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed":
+                stop = sys.exc_info()[1]  # Starlette sends this from the `except` that caught it
+                if isinstance(stop, SystemExit) and isinstance(stop.code, str):
+                    print(stop.code, file=sys.stderr, flush=True)
+                    message = {**message, "message": ""}
+            await send(message)
+
+        await self.app(scope, receive, quiet_send)
 
 
 async def _warm_catalog(service: InstanceService) -> None:
@@ -72,7 +100,7 @@ async def lifespan(app: FastAPI):
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
-    settings = await asyncio.to_thread(_load_settings)  # validating NOTIFY_URLS imports Apprise: off the loop
+    settings = await asyncio.to_thread(_load_settings)  # read at import; off the loop: Apprise imports
     configure_logging(settings.log_format)
     check_bind(settings)
     db = open_database(settings.database_url, settings.database_path)
@@ -148,7 +176,12 @@ def create_app(settings_getter: Callable[[], Settings] = _load_settings) -> Fast
         title="EC2 Creator Local",
         version="1.0.0",
         description="Provision and manage free-tier EC2 instances through AWS CLI scripts. "
-                    "Reads come from the local record; a background reconciler keeps it in step with EC2.",
+                    "Reads come from the local record; a background reconciler keeps it in step with EC2.\n\n"
+                    "**Tokens** apply only when the server has `API_TOKEN` or `API_TOKENS_FILE` set: then every "
+                    "route with a lock needs `Authorization: Bearer <token>` (*Authorize* takes it). Without "
+                    "either, the server serves loopback only and no route needs a token: ignore the locks.\n\n"
+                    "**Errors** have one shape, `{\"detail\": \"<what to do>\", \"code\": \"<machine code>\"}`; "
+                    "each error status below lists its codes.",
         lifespan=lifespan,
         redoc_url=None,
     )
@@ -156,6 +189,7 @@ def create_app(settings_getter: Callable[[], Settings] = _load_settings) -> Fast
     app.state.metrics = Metrics()
     app.add_middleware(GuardMiddleware, settings_getter=settings_getter)
     app.add_middleware(RequestMiddleware, metrics=app.state.metrics)  # outermost: every answer counted
+    app.add_middleware(QuietStartupExit)  # lifespan only
     app.include_router(instances.router)
     app.include_router(budget.router)
     app.include_router(notifications.router)
@@ -170,4 +204,7 @@ def create_app(settings_getter: Callable[[], Settings] = _load_settings) -> Fast
     return app
 
 
+# Checked when uvicorn imports this module, before it starts the app: a bad setting ends the process with one
+# line per problem on stderr (exit 1), not a traceback out of the lifespan. The lifespan reuses the result.
+_load_settings()
 app = create_app()

@@ -96,7 +96,7 @@ def test_a_bad_notify_url_stops_the_server_naming_the_variable_not_the_secret(tm
         env = safe_env(NOTIFY_URLS=urls, DATABASE_URL=str(tmp_path / "db"), EC2_ENDPOINT_URL="http://127.0.0.1:9")
         done = subprocess.run([sys.executable, "-m", "uvicorn", "app.main:app", "--port", "0"], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=60)
-        assert done.returncode != 0
+        assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
         assert "NOTIFY_URLS" in done.stderr and entry in done.stderr, done.stderr
         assert "tok-s3cret-55" not in done.stderr + done.stdout
 
@@ -111,8 +111,60 @@ def test_server_refuses_to_start_with_an_unknown_backend(tmp_path):
     env = safe_env(BACKEND="boto3", DATABASE_URL=str(tmp_path / "db.sqlite"), EC2_ENDPOINT_URL="http://127.0.0.1:9")
     done = subprocess.run([sys.executable, "-m", "uvicorn", "app.main:app", "--port", "0"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.splitlines() == ["ec2-creator-local: bad configuration: BACKEND='boto3' is not supported; the "
+                                        "only backend is 'awscli'"]
+
+
+PREFIX = "ec2-creator-local: bad configuration: "
+
+
+@pytest.mark.parametrize("env, names", [
+    # one model-level problem: it had no variable name ("bad configuration: : Value error, EC2_TARGET=aws ...")
+    ({"EC2_TARGET": "aws"}, ["EC2_TARGET"]),
+    # two field problems: one line each, with the value given
+    ({"BUDGET_USD": "abc", "SMTP_PORT": "x"}, ["BUDGET_USD", "SMTP_PORT"]),
+    # every problem of settings that go together at once, not the first only
+    ({"EC2_TARGET": "aws", "SMTP_USERNAME": "me", "NOTIFY_EMAIL_TO": "a@example.com"},
+     ["NOTIFY_EMAIL_TO", "SMTP_USERNAME", "EC2_TARGET"]),
+])
+def test_a_bad_start_prints_one_line_per_problem_naming_the_variable(tmp_path, env, names):
+    env = safe_env(DATABASE_URL=str(tmp_path / "db"), EC2_ENDPOINT_URL="http://127.0.0.1:9", **env)
+    done = subprocess.run([sys.executable, "-m", "uvicorn", "app.main:app", "--port", "0"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
-    assert "BACKEND" in done.stderr and "awscli" in done.stderr
+    assert "Traceback" not in done.stderr and "Value error" not in done.stderr, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == len(names), done.stderr
+    for line, name in zip(lines, names, strict=True):
+        assert line.startswith(PREFIX + name), done.stderr
+    assert not (tmp_path / "db").exists()  # stopped before anything was opened
+    if "BUDGET_USD" in names:
+        assert lines[0] == PREFIX + "BUDGET_USD: Input should be a valid number, unable to parse string as a number " \
+                                    "(got 'abc')"
+
+
+def test_every_problem_names_its_variables_and_no_secret(monkeypatch, tmp_path):
+    from app.config import config_problems
+
+    monkeypatch.setenv("API_TOKEN", "short secret")
+    monkeypatch.setenv("SMTP_PORT", "smtp")
+    with pytest.raises(ValidationError) as caught:
+        settings()
+    lines = config_problems(caught.value)
+    assert lines[0].startswith("API_TOKEN must be at least 16") and lines[1].startswith("SMTP_PORT: ")
+    assert "short secret" not in "\n".join(lines)
+    monkeypatch.delenv("SMTP_PORT")
+    monkeypatch.setenv("API_TOKEN", "the-api-token-0123456789")
+    for name, value in {"SMTP_HOST": "smtp.example.com", "SMTP_PASSWORD": "pw", "EC2_TARGET": "aws",
+                        "EC2_ENDPOINT_URL": "http://127.0.0.1:9",
+                        "API_TOKENS_FILE": str(_tokens_file(tmp_path, ("alice", "the-api-token-0123456789", "user")))
+                        }.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as caught:
+        settings()
+    assert [line.split()[0] for line in config_problems(caught.value)] == [
+        "API_TOKENS_FILE", "SMTP_HOST", "SMTP_USERNAME", "EC2_TARGET=aws"]
 
 
 # -- what the server reads from .env reaches every `aws` child ---------------------------------------
@@ -254,5 +306,6 @@ def test_server_refuses_to_start_with_a_bad_tokens_file(tmp_path):
     env = safe_env(API_TOKENS_FILE=str(bad), DATABASE_URL=str(tmp_path / "db"), EC2_ENDPOINT_URL="http://127.0.0.1:9")
     done = subprocess.run([sys.executable, "-m", "uvicorn", "app.main:app", "--port", "0"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
-    assert done.returncode != 0
-    assert "API_TOKENS_FILE" in done.stderr and "sha256 must be 64 hex digits" in done.stderr, done.stderr
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("ec2-creator-local: bad configuration: API_TOKENS_FILE: "), done.stderr
+    assert "sha256 must be 64 hex digits" in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr

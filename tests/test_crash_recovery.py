@@ -233,6 +233,7 @@ def test_a_database_from_a_newer_version_is_refused_untouched(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     assert f"schema version {SCHEMA_VERSION + 1}" in done.stderr and "upgrade" in done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
         assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")] == ["instances"]

@@ -81,7 +81,7 @@ def test_server_refuses_a_public_bind_without_a_token(tmp_path):
     done = subprocess.run([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "0"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
-    assert "without API_TOKEN" in done.stderr
+    assert "without API_TOKEN" in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
 def test_oversized_bodies_are_413(token_server):

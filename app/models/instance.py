@@ -1,5 +1,6 @@
 """Request and response models (field names as in the original project)."""
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -20,10 +21,16 @@ from pydantic import (
 
 # EC2 tag values allow letters, digits, spaces and _ . : / = + - @ ; names use the same set.
 EC2_TEXT = r"^[A-Za-z0-9 _.:/=+\-@]*$"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _.:/=+\-@]*$"
+WORD_PATTERN = r"^[a-z0-9][a-z0-9.\-]*$"  # ami and instance_type: what the scripts take as one word
 INSTANCE_ID_PATTERN = r"^i-[0-9a-f]{8,17}$"
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"
 RESERVED_TAG_KEYS = {"Name", "ManagedBy", "RequestId"}
+# The free-tier bounds of storage_gb, as app/services/free_tier.py enforces them (a 400 outside them; a test
+# keeps the two equal: that module imports this one, so it cannot be imported here).
+MIN_STORAGE_GB, MAX_STORAGE_GB = 8, 30
 
-Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.:/=+\-@]*$")]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=NAME_PATTERN)]
 TagKey = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=EC2_TEXT)]
 TagValue = Annotated[str, StringConstraints(max_length=256, pattern=EC2_TEXT)]
 # Written out: pydantic renders dict[TagKey, TagValue] as patternProperties, which lets any other key
@@ -34,6 +41,26 @@ Tags = Annotated[dict[TagKey, TagValue], WithJsonSchema({
                       "not": {"anyOf": [{"enum": sorted(RESERVED_TAG_KEYS)}, {"pattern": "^[aA][wW][sS]:"}]}},
     "additionalProperties": {"type": "string", "maxLength": 256, "pattern": EC2_TEXT},
 })]
+
+
+@dataclass(frozen=True)
+class PatternHint:
+    """A pattern in words, for a 422 that says which characters are allowed instead of showing the regex."""
+
+    allowed: str  # what the value may hold
+    char: str | None = None  # one allowed character (a regex): the first one that is not gets named
+
+    def explain(self, value: object) -> str:
+        if isinstance(value, str) and self.char is not None:
+            bad = next((c for c in value if not re.fullmatch(self.char, c)), None)
+            if bad is not None:
+                return f"{bad!r} is not allowed; use {self.allowed}"
+        return f"use {self.allowed}"
+
+
+_EC2_CHAR = r"[A-Za-z0-9 _.:/=+\-@]"
+_EC2_WORDS = "letters, digits, spaces and _ . : / = + - @"
+PATTERN_HINTS: dict[str, PatternHint] = {}  # filled in below, once TAG_FILTER_PATTERN is defined
 
 
 def _json_integer(value: object) -> object:
@@ -81,16 +108,21 @@ class InstanceCreate(BaseModel):
     """What to launch. Free-tier rules are checked before anything is spawned."""
 
     name: Name = Field(description="Name tag; letters, digits, spaces and _ . : / = + - @", examples=["my-box"])
-    ami: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9.\-]*$")] = Field(
+    ami: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=WORD_PATTERN)] = Field(
         description="An alias (amazon-linux-2023, amazon-linux-2, ubuntu-24.04, ubuntu-22.04, debian-12) "
                     "or a free-tier AMI id", examples=["amazon-linux-2023"])
-    instance_type: Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[a-z0-9][a-z0-9.\-]*$")] = (
+    instance_type: Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=WORD_PATTERN)] = (
         Field(description="A free-tier instance type", examples=["t3.micro"]))
+    # The schema shows the free-tier bounds; a number outside them is the free-tier policy's 400
+    # (storage_not_free_tier, which says why), so only what no disk could be (beyond 32 bits) is a 422.
     storage_gb: Annotated[int, BeforeValidator(_json_integer)] = Field(
-        8, description="Root volume size in GB (8-30, gp3)", ge=-(2**31), le=2**31)
+        8, description=f"Root volume size in GB ({MIN_STORAGE_GB}-{MAX_STORAGE_GB}, gp3: the free-tier EBS "
+                       "allowance); outside that: 400 storage_not_free_tier",
+        ge=-(2**31), le=2**31, json_schema_extra={"minimum": MIN_STORAGE_GB, "maximum": MAX_STORAGE_GB})
     create_security_group: StrictBool = Field(
         False, description="Attach the reusable 'ec2-creator-local' security group (SSH from SSH_INGRESS_CIDR)")
-    tags: Tags | None = Field(None, description="Extra tags", max_length=40)
+    tags: Tags | None = Field(None, description="Extra tags (up to 40; Name, ManagedBy, RequestId and aws:* are "
+                                                "reserved)", max_length=40, examples=[{"Owner": "me"}])
     associate_public_ip: StrictBool = Field(
         True, description="Give it a public IPv4 address (billed per hour); false: reachable only inside its VPC")
     auto_stop_minutes: AutoStopMinutes = Field(
@@ -176,8 +208,9 @@ class InstancePatch(BaseModel):
         None, description="Stop it when idle (a CloudWatch alarm, put in the background); null: remove the alarm")
     tags: PatchTags = Field(
         None,  # type: ignore[arg-type]  # omitted: unchanged; null is refused (the schema has no null)
-        max_length=40, description="Merged into its tags: a value sets a tag, null removes it. Name (use `name`), "
-                                   "ManagedBy, RequestId and aws:* are reserved (400)")
+        max_length=40, examples=[{"Owner": "me"}],
+        description="Merged into its tags: a value sets a tag, null removes it. Name (use `name`), ManagedBy, "
+                    "RequestId and aws:* are reserved (400)")
 
     @model_validator(mode="after")
     def _one_auto_stop_change(self) -> "InstancePatch":
@@ -219,6 +252,17 @@ class Budget(BaseModel):
 
 # `Key=Value` or `Key` (the key in EC2's tag text; the value may hold `=` itself).
 TAG_FILTER_PATTERN = r"^[A-Za-z0-9 _.:/+\-@]{1,128}(=[A-Za-z0-9 _.:/=+\-@]{0,256})?$"
+
+PATTERN_HINTS.update({
+    NAME_PATTERN: PatternHint(f"{_EC2_WORDS}, starting with a letter or digit", _EC2_CHAR),
+    EC2_TEXT: PatternHint(_EC2_WORDS, _EC2_CHAR),
+    WORD_PATTERN: PatternHint("lowercase letters, digits, . and -, starting with a letter or digit (like "
+                              "amazon-linux-2023 or t3.micro)", r"[a-z0-9.\-]"),
+    INSTANCE_ID_PATTERN: PatternHint("an EC2 instance id: i- and 8 to 17 lowercase hex digits, like "
+                                     "i-0123456789abcdef0"),
+    TAG_FILTER_PATTERN: PatternHint(f"Key=Value or Key, in {_EC2_WORDS} (no = in the key)", _EC2_CHAR),
+    IDEMPOTENCY_KEY_PATTERN: PatternHint("printable ASCII characters without spaces", r"[\x21-\x7e]"),
+})
 
 
 @dataclass(frozen=True)
@@ -285,7 +329,8 @@ class Selector(BaseModel):
         "type": "object", "minProperties": 1, "maxProperties": 50,
         "propertyNames": {"minLength": 1, "maxLength": 128, "pattern": EC2_TEXT},
         "additionalProperties": {"type": "string", "maxLength": 256, "pattern": EC2_TEXT}})] | None = Field(
-        None, min_length=1, max_length=50, description="Every tag Key: Value given (Name counts as a tag)")
+        None, min_length=1, max_length=50, description="Every tag Key: Value given (Name counts as a tag)",
+        examples=[{"Owner": "me"}])
     name: Name | None = Field(None, description="Exact name")
 
     @model_validator(mode="after")

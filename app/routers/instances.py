@@ -9,6 +9,7 @@ from pydantic import StringConstraints
 from app.deps import CallerDep, InstanceDep, ReconcilerDep, ServiceDep, StoreDep, require_token
 from app.errors import error_responses
 from app.models.instance import (
+    IDEMPOTENCY_KEY_PATTERN,
     TAG_FILTER_PATTERN,
     BulkAction,
     BulkActionResult,
@@ -34,9 +35,11 @@ router = APIRouter(prefix="/instances", tags=["instances"], dependencies=[Depend
 AWS_ERRORS = (400, 404, 409, 422, 502, 503, 504)
 
 IdempotencyKey = Annotated[str | None, Header(
-    alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$",
-    description="Retry-safe create: the same key with the same body returns the same instance "
-                "(kept at least 24 h); with another body, or someone else's key, 409.")]
+    alias="Idempotency-Key", min_length=1, max_length=255, pattern=IDEMPOTENCY_KEY_PATTERN,
+    description="Retry-safe create (1-255 printable ASCII characters): the same key with the same body returns the "
+                "same instance (Idempotent-Replayed: true) and launches nothing; with another body, or a key someone "
+                "else used, 409 idempotency_key_reused. Keys are kept for EVENTS_RETENTION_DAYS after their launch "
+                "finished (then deleted with the events; default 90 days).")]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=Instance,

@@ -122,6 +122,74 @@ def test_a_malformed_create_is_422_and_never_reaches_the_service(client, stand_i
     assert stand_in.calls == []
 
 
+@pytest.mark.parametrize("raw, where", [
+    (b'{"name": "web-1",\n "ami": }', "Expecting value at line 2, column 9 (character 26)"),
+    (b'{"name": "web-1"', "Expecting ',' delimiter at line 1, column 17 (character 16)"),
+    (b'{"name": web}', "Expecting value at line 1, column 10 (character 9)"),
+])
+def test_a_body_that_is_not_json_says_where_and_what(client, stand_in, raw, where):
+    response = client.post("/instances", content=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422
+    body = response.json()
+    assert body["detail"] == f"Invalid request: the body is not valid JSON: {where}."
+    assert body["code"] == "validation_error" and body["errors"][0]["type"] == "json_invalid"
+    assert stand_in.calls == []
+
+
+@pytest.mark.parametrize("raw, detail", [
+    (b"", "Invalid request: the JSON body is missing."),
+    (b"null", "Invalid request: the body must be a JSON object."),
+    (b"[1]", "Invalid request: the body must be a JSON object."),
+])
+def test_a_missing_or_non_object_body_says_so(client, raw, detail):
+    response = client.post("/instances", content=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422 and response.json()["detail"] == detail
+
+
+def test_a_body_that_is_not_utf8_is_a_400_that_says_so(client, stand_in):
+    response = client.post("/instances", content=b'{"name": "\xff"}', headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert response.json() == {"detail": "The body cannot be read: send JSON in UTF-8 (Content-Type: "
+                                         "application/json).", "code": "invalid_body"}
+    assert stand_in.calls == []
+
+
+EC2_WORDS = "letters, digits, spaces and _ . : / = + - @"
+
+
+@pytest.mark.parametrize("body, detail", [
+    (BODY | {"name": "web$1"}, f"name: '$' is not allowed; use {EC2_WORDS}, starting with a letter or digit"),
+    (BODY | {"name": "-web"}, f"name: use {EC2_WORDS}, starting with a letter or digit"),
+    (BODY | {"name": "a\nb"}, f"name: '\\n' is not allowed; use {EC2_WORDS}, starting with a letter or digit"),
+    (BODY | {"tags": {"Team": "a;b"}}, f"tags.Team: ';' is not allowed; use {EC2_WORDS}"),
+    (BODY | {"tags": {"a$": "b"}}, f"tags key 'a$': '$' is not allowed; use {EC2_WORDS}"),
+    (BODY | {"ami": "AMI-UPPER"}, "ami: 'A' is not allowed; use lowercase letters, digits, . and -, starting with a "
+                                  "letter or digit (like amazon-linux-2023 or t3.micro)"),
+    (BODY | {"tags": {"Name": "x"}}, "tags: tag key 'Name' is reserved (Name, ManagedBy, RequestId and aws:*)"),
+])
+def test_a_refused_value_says_which_characters_are_allowed_not_the_regex(client, stand_in, body, detail):
+    response = client.post("/instances", json=body)
+    assert response.status_code == 422
+    assert response.json()["detail"] == f"Invalid request: {detail}."
+    assert response.json()["errors"][0]["msg"] == detail.split(": ", 1)[1]
+    assert "should match pattern" not in response.text and "[A-Za-z0-9" not in response.text
+    assert "Value error" not in response.text
+    assert stand_in.calls == []
+
+
+def test_query_and_header_patterns_are_explained_too(client, stand_in):
+    tag = client.get("/instances", params={"tag": "a$b"})
+    assert tag.status_code == 422
+    assert tag.json()["detail"] == (f"Invalid request: query tag[0]: '$' is not allowed; use Key=Value or Key, in "
+                                    f"{EC2_WORDS} (no = in the key).")
+    key = client.post("/instances", json=BODY, headers={"Idempotency-Key": "two words"})
+    assert key.json()["detail"] == ("Invalid request: header Idempotency-Key: ' ' is not allowed; use printable "
+                                    "ASCII characters without spaces.")
+    many = client.post("/instances/actions", json={"action": "stop"})
+    assert many.json()["detail"] == "Invalid request: give ids or selector (one of them, not null)."
+    assert stand_in.calls == []
+
+
 @pytest.mark.parametrize("key", ["", "x" * 256, "tab\there", "é"])
 def test_a_malformed_idempotency_key_is_422(client, stand_in, key):
     response = client.post("/instances", json=BODY, headers={"Idempotency-Key": key.encode()})
