@@ -194,6 +194,8 @@ def test_aws_settings_in_dotenv_reach_the_cli(emulator, fresh_emulator, tmp_path
         assert all(c[c.index("--cli-connect-timeout") + 1] == "7" for c in calls)
         assert all(c[c.index("--cli-read-timeout") + 1] == "21" for c in calls)
         assert "region eu-west-1" in server.server_log()  # the region logged is the region used
+        httpx.post(f"{server.url}/instances/sync", timeout=60)  # the account is known once EC2 answered
+        assert "EC2 account 123456789012 (SANDBOX, region eu-west-1)" in server.server_log()
         ids = [i["InstanceId"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
         assert response.json()["id"] in ids
     finally:

@@ -143,7 +143,11 @@ class Reconciler(LoopTask):
     def _learn_account(self, doc: dict) -> None:
         owners = {r.get("OwnerId") for r in doc.get("Reservations") or [] if r.get("OwnerId")}
         if len(owners) == 1 and self.recorder.account is None:
-            self.recorder.account = str(owners.pop())
+            self._set_account(str(owners.pop()))
+
+    def _set_account(self, account: str) -> None:
+        self.recorder.account = account
+        log.info("EC2 account %s (%s, region %s)", account, "SANDBOX" if self.endpoint else "AWS", self.region)
 
     async def ensure_account(self) -> str:
         """The account of the server's credentials (one `sts get-caller-identity`, then cached)."""
@@ -153,7 +157,7 @@ class Reconciler(LoopTask):
             account = str(doc.get("Account") or "")
             if not account.isdigit():
                 raise UpstreamError("sts get-caller-identity gave no account id.", code="aws_bad_output")
-            self.recorder.account = account
+            self._set_account(account)
             log.info("AWS account %s", account)
         return account
 

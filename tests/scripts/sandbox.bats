@@ -46,6 +46,14 @@ teardown_file() {
   SANDBOX_PORT="${SECOND_PORT}" "${SANDBOX}" stop >/dev/null 2>&1 || true
 }
 
+# both_answer: the emulators on SANDBOX_PORT and SECOND_PORT both report running.
+both_answer() {
+  run "${SANDBOX}" status
+  [ "${status}" -eq 0 ]
+  SANDBOX_PORT="${SECOND_PORT}" run "${SANDBOX}" status
+  [ "${status}" -eq 0 ]
+}
+
 @test "-h prints usage and exits 0; bad commands exit 2" {
   run --separate-stderr "${SANDBOX}" -h
   [ "${status}" -eq 0 ]
@@ -266,10 +274,7 @@ make_n() {
   [ "$(cat "${STATE_DIR}/my_ec2_keypair.pem")" = "${key_first}" ]
   [ "$(cat "${SECOND_STATE_DIR}/my_ec2_keypair.pem")" != "${key_first}" ]
   [ "$(stat -c '%a' "${SECOND_STATE_DIR}")" = 700 ]
-  run "${SANDBOX}" status
-  [ "${status}" -eq 0 ]
-  SANDBOX_PORT="${SECOND_PORT}" run "${SANDBOX}" status
-  [ "${status}" -eq 0 ]
+  both_answer
 }
 
 @test "status reports its own port, with its pid and state directory, and names the other one" {
@@ -297,10 +302,7 @@ make_n() {
   [ "${lines[0]}" = "sandbox: not running at http://127.0.0.1:${port} (no pid file in ${SANDBOX_DIR}/${port})" ]
   [[ "${output}" == *"another emulator runs at ${SANDBOX_URL} "* ]]
   [[ "${output}" == *"another emulator runs at ${SECOND_URL} "* ]]
-  run "${SANDBOX}" status
-  [ "${status}" -eq 0 ]
-  SANDBOX_PORT="${SECOND_PORT}" run "${SANDBOX}" status
-  [ "${status}" -eq 0 ]
+  both_answer
 }
 
 @test "stop on one port stops only that one; the other keeps running, its pid file kept" {
