@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import AwareDatetime, Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -95,6 +95,8 @@ class Settings(BaseSettings):
     auto_stop_warning_minutes: int = Field(15, ge=0, le=1440)
     notify_retry_max_seconds: float = Field(300.0, ge=1, le=86400)
     notify_api_url: str = "http://127.0.0.1:8000"
+    # Tests only (app/services/clock.py): the service's clock starts at this UTC time and runs from there.
+    clock_start: AwareDatetime | None = None
 
     _split = field_validator("allowed_instance_types", "free_tier_amis", "notify_email_to", "notify_events",
                              mode="before")(_split_csv)

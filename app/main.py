@@ -17,6 +17,7 @@ from app.errors import ApiError, install_error_handlers
 from app.models.instance import Health
 from app.routers import budget, instances, inventory, metrics, notifications
 from app.security import GuardMiddleware, check_bind
+from app.services import clock
 from app.services.aws_cli import AwsCli
 from app.services.cloudwatch import AlarmKeeper
 from app.services.db import Database, SchemaTooNew, open_database
@@ -102,6 +103,9 @@ async def lifespan(app: FastAPI):
     log.setLevel(logging.INFO)
     settings = await asyncio.to_thread(_load_settings)  # read at import; off the loop: Apprise imports
     configure_logging(settings.log_format)
+    if settings.clock_start is not None:
+        clock.start_at(settings.clock_start)
+        log.warning("CLOCK_START: the service's clock reads %s (a test setting)", clock.now().isoformat())
     check_bind(settings)
     db = open_database(settings.database_url, settings.database_path)
     try:

@@ -19,6 +19,7 @@ from typing import Any
 
 from app.errors import ApiError
 from app.models.rows import InstanceRow, InstanceState
+from app.services import clock
 from app.services.db import TIME_FORMAT, Database, canonical_json, parse_time, utcnow
 from app.services.tasks import LoopTask
 
@@ -85,7 +86,7 @@ class Metrics:
         return answer
 
     async def _fetch(self, row: InstanceRow, metric: str, minutes: int, period: int) -> dict:
-        end = datetime.now(UTC).replace(microsecond=0)
+        end = clock.now().replace(microsecond=0)
         start = end - timedelta(minutes=minutes)
         doc = await self.aws.run("get_metric_statistics.sh", "--instance-id", row["id"], "--metric", metric,
                                  "--start", start.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -159,7 +160,7 @@ class AlarmKeeper(LoopTask):
                                                    self.account()))
         if retry is None:
             return CHECK_SECONDS
-        return min(CHECK_SECONDS, max(1.0, (retry - datetime.now(UTC)).total_seconds() + 0.05))
+        return min(CHECK_SECONDS, max(1.0, (retry - clock.now()).total_seconds() + 0.05))
 
     async def run_once(self) -> int:
         """One round: audit when due, then put or delete what differs. Returns the `aws` calls that succeeded."""
@@ -251,7 +252,7 @@ class AlarmKeeper(LoopTask):
                 return
             attempts = row["alarm_attempts"] + 1
             delay = min(RETRY_SECONDS * 2 ** (attempts - 1), RETRY_MAX_SECONDS)
-            retry_at = (datetime.now(UTC) + timedelta(seconds=delay)).strftime(TIME_FORMAT)
+            retry_at = (clock.now() + timedelta(seconds=delay)).strftime(TIME_FORMAT)
             self.db.update_instance(instance_id, {"alarm_attempts": attempts, "alarm_retry_at": retry_at,
                                                   "idle_alarm": self._view(row, error[:500])})
 

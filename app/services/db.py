@@ -21,6 +21,7 @@ import psycopg
 
 from app.models.instance import STORED_FIELDS
 from app.models.rows import EventRow, InstanceRow, InstanceState, LaunchRow, LaunchStatus
+from app.services import clock
 
 SCHEMA_VERSION = 7
 
@@ -110,12 +111,12 @@ TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 def utcnow() -> str:
-    return datetime.now(UTC).strftime(TIME_FORMAT)
+    return clock.now().strftime(TIME_FORMAT)
 
 
 def ago(seconds: float) -> str:
     """The timestamp `seconds` before now, comparable as text with utcnow() values."""
-    return (datetime.now(UTC) - timedelta(seconds=seconds)).strftime(TIME_FORMAT)
+    return (clock.now() - timedelta(seconds=seconds)).strftime(TIME_FORMAT)
 
 
 def parse_time(value: str | None) -> datetime | None:
@@ -138,7 +139,7 @@ def stored_time(value: str | None) -> str | None:
 def age_seconds(value: str | None) -> float:
     """Seconds since a stored timestamp; infinite when there is none (an unknown age is an old one)."""
     at = parse_time(value)
-    return float("inf") if at is None else (datetime.now(UTC) - at).total_seconds()
+    return float("inf") if at is None else (clock.now() - at).total_seconds()
 
 
 class SchemaTooNew(RuntimeError):
@@ -653,7 +654,7 @@ class Database:
             # Notifications with every delivery finished (or none at all), like the events they tell of.
             conn.execute("DELETE FROM deliveries WHERE status != 'pending' AND created_at < ?", (before,))
             # A budget crossing is kept for two months whatever the retention: it is sent once per month.
-            keep_budget = (datetime.now(UTC) - timedelta(days=62)).strftime(TIME_FORMAT)
+            keep_budget = (clock.now() - timedelta(days=62)).strftime(TIME_FORMAT)
             conn.execute("DELETE FROM notifications WHERE at < ? AND (event IS NULL OR event NOT LIKE 'budget%' "
                          "OR at < ?) AND id NOT IN (SELECT notification_id FROM deliveries)", (before, keep_budget))
         return events, launches

@@ -19,6 +19,7 @@ from app.config import Settings
 from app.errors import ApiError, Conflict, NotFound, PolicyViolation, Unavailable, UpstreamError
 from app.models.instance import MAX_BULK, RESERVED_TAG_KEYS, InstanceCreate, InstancePatch, Selector
 from app.models.rows import InstanceRow, InstanceState, LaunchStatus
+from app.services import clock
 from app.services.aws_cli import AwsCli, outcome_unknown
 from app.services.batching import MAX_IDS, Coalescer
 from app.services.batching import send as send_batch
@@ -235,7 +236,7 @@ class InstanceService:
                        code="launch_in_progress", retry_after=5)
 
     def _admit_create(self, key: str | None, req: InstanceCreate, rates: Rates) -> None:
-        now = datetime.now(UTC)
+        now = clock.now()
         minutes = req.auto_stop_minutes
         projection = rates.projection(now, now + timedelta(minutes=minutes) if minutes else None,
                                       period_bounds(now)[1], req.associate_public_ip)
@@ -498,7 +499,7 @@ class InstanceService:
     def _admit_starts(self, key: str, rows: list[InstanceRow]) -> None:
         """A start commits compute (and IPv4) until its auto-stop or the period end; storage is counted already.
         Several starts are admitted as one set, or none is."""
-        now = datetime.now(UTC)
+        now = clock.now()
         projection = 0.0
         for row in rows:
             minutes = row["auto_stop_minutes"]
@@ -579,7 +580,7 @@ class InstanceService:
             if change.stop_at is not None and change.stop_at.year > 9000:
                 raise PolicyViolation("stop_at is too far in the future; use null for never.",
                                       code="stop_at_out_of_range")
-            if change.stop_at is not None and change.stop_at <= datetime.now(UTC):
+            if change.stop_at is not None and change.stop_at <= clock.now():
                 raise PolicyViolation("stop_at must be in the future (to stop it now: POST "
                                       f"/instances/{instance_id}/stop).", code="stop_at_in_past")
             fields["stop_at"] = change.stop_at.astimezone(UTC).strftime(TIME_FORMAT) if change.stop_at else None
@@ -625,7 +626,7 @@ class InstanceService:
 
     def _admit_extension(self, key: str, row: InstanceRow, new_stop_at: str | None) -> None:
         """Running longer than committed so far must fit the budget (the difference is what is checked)."""
-        now = datetime.now(UTC)
+        now = clock.now()
         end = period_bounds(now)[1]
         rates = self._rates_of(row)
         has_ip = bool(row["public_ip"])

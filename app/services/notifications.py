@@ -24,7 +24,7 @@ import smtplib
 import ssl
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Any
@@ -32,6 +32,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from app.config import Settings
 from app.models.rows import InstanceState
+from app.services import clock
 from app.services.db import TIME_FORMAT, Database, parse_time
 from app.services.spending import Spending
 from app.services.tasks import LoopTask
@@ -170,7 +171,7 @@ class EmailChannel:
         mail["Subject"] = message.subject
         mail["From"] = self.sender
         mail["To"] = ", ".join(self.to)
-        mail["Date"] = format_datetime(datetime.now(UTC))
+        mail["Date"] = format_datetime(clock.now())
         # One id per delivery: a resend (after a crash mid-send) is the same message to a mail client.
         mail["Message-ID"] = f"<ec2cl.{delivery_id}.{re.sub(r'[^A-Za-z0-9.-]', '.', message.key)}@ec2-creator-local>"
         mail["X-EC2-Creator-Local-Notification"] = message.key
@@ -328,7 +329,7 @@ class Notifier(LoopTask):
         self.deliver_due()
 
     def expand(self) -> None:
-        stale = (datetime.now(UTC) - timedelta(hours=GIVE_UP_HOURS)).strftime(TIME_FORMAT)
+        stale = (clock.now() - timedelta(hours=GIVE_UP_HOURS)).strftime(TIME_FORMAT)
         for note in self.db.unexpanded_notifications(BATCH):
             event = note["event"] or event_name(note["action"] or "", note["source"] or "", note["from_state"],
                                                note["to_state"])
@@ -341,10 +342,10 @@ class Notifier(LoopTask):
         minutes = self.settings.auto_stop_warning_minutes
         if not minutes or "auto_stop_warning" not in self.wanted:
             return
-        horizon = (datetime.now(UTC) + timedelta(minutes=minutes)).strftime(TIME_FORMAT)
+        horizon = (clock.now() + timedelta(minutes=minutes)).strftime(TIME_FORMAT)
         for row in self.db.stopping_before(horizon, self.region, self.endpoint):
             stop_at = parse_time(row["stop_at"])
-            left = max(0, round(((stop_at or datetime.now(UTC)) - datetime.now(UTC)).total_seconds() / 60))
+            left = max(0, round(((stop_at or clock.now()) - clock.now()).total_seconds() / 60))
             self.queue(f"auto_stop_warning:{row['id']}:{row['stop_at']}", "auto_stop_warning", row["id"],
                        {"stop_at": row["stop_at"], "minutes": left, "to_state": row["state"],
                         "public_ip": row["public_ip"]})
@@ -370,7 +371,7 @@ class Notifier(LoopTask):
                             "budget_usd": budget, "period": period})
 
     def deliver_due(self) -> None:
-        now = datetime.now(UTC)
+        now = clock.now()
         lease = (now + timedelta(seconds=LEASE_SECONDS)).strftime(TIME_FORMAT)
         claimed = self.db.claim_deliveries(now.strftime(TIME_FORMAT), lease, CLAIM)
         by_name = {c.name: c for c in self.channels}
@@ -412,13 +413,13 @@ class Notifier(LoopTask):
             log.info("notification %s (%s) sent to %s", delivery["key"], delivery["event"], delivery["channel"])
             return
         attempts = delivery["attempts"] + 1
-        first = parse_time(delivery["created_at"]) or datetime.now(UTC)
-        if datetime.now(UTC) - first > timedelta(hours=GIVE_UP_HOURS):
+        first = parse_time(delivery["created_at"]) or clock.now()
+        if clock.now() - first > timedelta(hours=GIVE_UP_HOURS):
             self.db.finish_delivery(delivery["id"], "failed", error, None, lease)
             log.error("notification %s to %s given up after %d attempts: %s", delivery["key"], delivery["channel"],
                       attempts, error)
             return
-        retry = datetime.now(UTC) + timedelta(seconds=backoff(attempts, self.settings.notify_retry_max_seconds))
+        retry = clock.now() + timedelta(seconds=backoff(attempts, self.settings.notify_retry_max_seconds))
         self.db.finish_delivery(delivery["id"], "pending", error, retry.strftime(TIME_FORMAT), lease)
         log.warning("notification %s to %s failed (attempt %d, next at %s): %s", delivery["key"],
                     delivery["channel"], attempts, retry.strftime(TIME_FORMAT), error)

@@ -13,13 +13,14 @@ are judged. Methods are synchronous: callers run them in a worker thread.
 import json
 import logging
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from app.config import Settings
 from app.errors import UpstreamError
 from app.models.instance import RESERVED_TAG_KEYS, SyncResult
 from app.models.rows import InstanceRow, InstanceState, LaunchRow, LaunchStatus
+from app.services import clock
 from app.services.cloudwatch import idle_alarm_view
 from app.services.db import TIME_FORMAT, Database, age_seconds, canonical_json, stored_time, utcnow
 
@@ -40,7 +41,7 @@ def tags_of(instance: dict) -> dict[str, str]:
 
 def in_minutes(minutes: float) -> str:
     """The time `minutes` from now, in our timestamp format."""
-    return (datetime.now(UTC) + timedelta(minutes=minutes)).strftime(TIME_FORMAT)
+    return (clock.now() + timedelta(minutes=minutes)).strftime(TIME_FORMAT)
 
 
 def state_of(instance: dict) -> InstanceState:

@@ -13,10 +13,10 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 
 from app.errors import ApiError
 from app.models.rows import InstanceRow
+from app.services import clock
 from app.services.batching import MAX_IDS, PER_INSTANCE
 from app.services.batching import send as send_batch
 from app.services.db import Database, parse_time, utcnow
@@ -68,7 +68,7 @@ class AutoStopper(LoopTask):
                                                       self.recorder.endpoint))
         if upcoming is None:
             return CHECK_SECONDS
-        wait = (upcoming - datetime.now(UTC)).total_seconds() + 0.05
+        wait = (upcoming - clock.now()).total_seconds() + 0.05
         if wait <= 0:  # overdue yet left alone (refused by EC2, or another account's): no busy loop
             retry = min(self._refused.values(), default=time.monotonic() + CHECK_SECONDS)
             wait = max(0.2, retry - time.monotonic())

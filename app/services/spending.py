@@ -22,6 +22,7 @@ from typing import Any
 
 from app.errors import ApiError, Conflict, PolicyViolation
 from app.models.rows import EventRow, InstanceRow, InstanceState
+from app.services import clock
 from app.services.db import STORE_ERRORS, TIME_FORMAT, Database, PostgresDatabase, parse_time, utcnow
 from app.services.tasks import LoopTask
 
@@ -258,12 +259,12 @@ class Spending:
             return self._committed()
 
     def _committed(self) -> float:
-        self._refresh(datetime.now(UTC))
+        self._refresh(clock.now())
         return sum(entry[1] for entry in self._entries.values())
 
     def summary(self, now: datetime | None = None) -> Summary:
         """Spent and committed this period, per instance, as of now."""
-        now = now or datetime.now(UTC)
+        now = now or clock.now()
         with self._lock:
             self._refresh(now)
             entries = list(self._entries.values())
@@ -286,7 +287,7 @@ class Spending:
         return Summary(now, start, end, round(spent, 6), round(committed, 6), items, unpriced)
 
     def cost_of(self, row: InstanceRow) -> Cost:
-        now = datetime.now(UTC)
+        now = clock.now()
         start, end = period_bounds(now)
         return instance_cost(row, self.db.list_events(row["id"]), self.book, start, end, now)
 
@@ -314,7 +315,7 @@ class Spending:
         if key is None:
             return
         if self.shared:
-            until = (datetime.now(UTC) + timedelta(seconds=self.reservation_seconds)).strftime(TIME_FORMAT)
+            until = (clock.now() + timedelta(seconds=self.reservation_seconds)).strftime(TIME_FORMAT)
             self.db.reserve(key, projection, until)
         self._reserved[key] = projection  # on PostgreSQL: which rows are this process's to release
 
