@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     # The spend guard: what may be committed per calendar month (UTC), priced from PRICES_FILE.
     budget_usd: float = Field(5.0, gt=0, le=1_000_000)
     default_auto_stop_minutes: int | None = Field(480, ge=1, le=10080)
+    # At a month's start, and whenever committed spend passes BUDGET_USD otherwise: stop the newest runs until
+    # it fits (stop), or only say so (notify).
+    budget_enforcement: Literal["stop", "notify"] = "stop"
     prices_file: Path = DEFAULT_PRICES_FILE
     # Notifications (app/services/notifications.py): email through SMTP, other channels as Apprise URLs.
     smtp_host: str | None = None

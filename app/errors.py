@@ -36,7 +36,7 @@ class ApiError(Exception):
         aws_error_code: str | None = None,
         retry_after: int | None = None,
         headers: dict[str, str] | None = None,
-        extra: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(detail)
         self.detail = detail

@@ -21,6 +21,7 @@ from app.services import clock
 from app.services.aws_cli import AwsCli
 from app.services.cloudwatch import AlarmKeeper
 from app.services.db import Database, SchemaTooNew, open_database
+from app.services.enforcement import BudgetGuard
 from app.services.instances import InstanceService
 from app.services.notifications import Notifier
 from app.services.observability import Metrics, RequestMiddleware, configure_logging
@@ -129,6 +130,7 @@ async def lifespan(app: FastAPI):
     stopper = AutoStopper(db, aws, service.recorder, service.reconciler)
     service.on_stop_at_changed = stopper.wake
     alarms = AlarmKeeper(db, aws, settings.region, settings.endpoint_key, lambda: service.reconciler.account)
+    guard = BudgetGuard(settings, db, aws, service.spending, service.recorder, service.reconciler)
     service.on_alarms_changed = alarms.wake
     endpoint = settings.ec2_endpoint_url or "the AWS default endpoint"
     if settings.aws_access_key_id:  # the CLI prefers keys in its environment to a profile
@@ -141,14 +143,16 @@ async def lifespan(app: FastAPI):
     # On PostgreSQL several replicas may share the database: only the leader runs the background loops (a
     # follower retries within half an interval, so a dead leader is replaced within one sweep interval).
     leadership = Leadership(db, min(5.0, settings.reconcile_interval_seconds / 2))
-    for loop in (service.reconciler, stopper, alarms, notifier):
+    for loop in (service.reconciler, stopper, alarms, notifier, guard):
         loop.leadership = leadership
-    if leadership.shared:  # another replica's request cannot wake the leader's loops: each sweep does
-        def wake_after_sweep() -> None:
+
+    def wake_after_sweep() -> None:
+        guard.wake()  # a sweep may have adopted an instance: committed spend may have passed the budget
+        if leadership.shared:  # another replica's request cannot wake the leader's loops: each sweep does
             stopper.wake()
             alarms.wake()
 
-        service.reconciler.after_sweep = wake_after_sweep
+    service.reconciler.after_sweep = wake_after_sweep
     metrics.record.leader = lambda: leadership.is_leader
     leadership.start()
     warm = asyncio.create_task(_warm_catalog(service))
@@ -156,6 +160,7 @@ async def lifespan(app: FastAPI):
     service.reconciler.start()
     stopper.start()
     alarms.start()
+    guard.start()
     service.account_plan.start()
     notifier.start()
     if notifier.enabled:
@@ -165,6 +170,7 @@ async def lifespan(app: FastAPI):
         yield
     finally:
         await stopper.stop()
+        await guard.stop()
         await alarms.stop()
         await notifier.stop()
         await service.account_plan.stop()

@@ -29,4 +29,7 @@ async def get_budget(service: ServiceDep, store: StoreDep, caller: CallerDep) ->
         period_end=summary.period_end.strftime(TIME_FORMAT), spent_usd=round(summary.spent_usd, 4),
         committed_usd=round(summary.committed_usd, 4),
         remaining_usd=round(max(0.0, spending.budget_usd - summary.committed_usd), 4),
-        instances=instances, unpriced=unpriced, aws_plan=plan, aws_plan_note=note)
+        instances=instances, unpriced=unpriced,
+        unresolved_launches=[launch for launch in summary.launches if caller.may_see(launch["owner"])],
+        later_periods=summary.later, enforcement=spending.enforcement, aws_plan=plan,
+        aws_plan_note=note)

@@ -763,19 +763,39 @@ class Database:
         return amis, types, self.kv_get(f"catalog_resolved_at:{scope}")
 
     # -- budget reservations (replicas on PostgreSQL) ------------------------------------------
-    def reserved_usd(self, now: str) -> float:
-        """What admitted creates and starts of every replica reserve, their records not written yet."""
-        row = self.connect().execute("SELECT COALESCE(SUM(usd), 0) FROM reservations WHERE until > ?",
-                                     (now,)).fetchone()
-        return float(row[0])
+    # A reservation is one row per budget period it reaches: key "<reservation>@YYYY-MM".
+    def reservations(self, now: str) -> dict[str, dict[str, float]]:
+        """What admitted creates and starts of every replica reserve, their records not written yet:
+        reservation -> USD per period ("YYYY-MM"; "" for a row of an older version, meaning the current one)."""
+        held: dict[str, dict[str, float]] = {}
+        for key, usd in self.connect().execute("SELECT key, usd FROM reservations WHERE until > ?", (now,)):
+            name, _, period = str(key).partition("@")
+            held.setdefault(name, {})[period] = float(usd)
+        return held
 
-    def reserve(self, key: str, usd: float, until: str) -> None:
-        self.connect().execute("INSERT INTO reservations (key, usd, until) VALUES (?, ?, ?) ON CONFLICT (key) DO "
-                               "UPDATE SET usd = excluded.usd, until = excluded.until", (key, usd, until))
+    def reserved_usd(self, now: str) -> float:
+        """What every replica reserves, in every period."""
+        return sum(sum(amounts.values()) for amounts in self.reservations(now).values())
+
+    def reserve(self, key: str, amounts: dict[str, float] | float, until: str) -> None:
+        if not isinstance(amounts, dict):
+            amounts = {"": float(amounts)}
+        conn = self.connect()  # inside the admission's transaction (its caller holds the write lock)
+        for period, usd in amounts.items():
+            conn.execute("INSERT INTO reservations (key, usd, until) VALUES (?, ?, ?) ON CONFLICT (key) DO "
+                             "UPDATE SET usd = excluded.usd, until = excluded.until",
+                             (f"{key}@{period}" if period else key, usd, until))
 
     def unreserve(self, key: str) -> None:
-        """Forget a reservation, and any that expired (their replica died before it could)."""
-        self.connect().execute("DELETE FROM reservations WHERE key = ? OR until <= ?", (key, utcnow()))
+        """Forget a reservation (each period's row), and any that expired (their replica died before it could)."""
+        # "@" < "A": the keys "<key>@..." are exactly those in [key + "@", key + "A") byte-wise.
+        self.connect().execute("DELETE FROM reservations WHERE key = ? OR (key >= ? AND key < ?) OR until <= ?",
+                               (key, key + "@", key + "A", utcnow()))
+
+    def unresolved_launches(self, endpoint: str) -> list[LaunchRow]:
+        """Launches of this endpoint (any region) whose outcome is not known yet: they hold budget."""
+        return [self._launch(r) for r in self.connect().execute(
+            "SELECT * FROM launches WHERE status = 'pending' AND endpoint = ?", (endpoint,))]
 
     # -- small key/value facts (security group id, catalogue age) ---------------------------
     def kv_get(self, key: str) -> str | None:

@@ -13,7 +13,7 @@ import re
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 
 from app.config import Settings
 from app.errors import ApiError, Conflict, NotFound, PolicyViolation, Unavailable, UpstreamError
@@ -24,12 +24,12 @@ from app.services.aws_cli import AwsCli, outcome_unknown
 from app.services.batching import MAX_IDS, Coalescer
 from app.services.batching import send as send_batch
 from app.services.cloudwatch import USED_KEY, Metrics, idle_alarm_view
-from app.services.db import TIME_FORMAT, Database, age_seconds, canonical_json, stored_time, utcnow
+from app.services.db import TIME_FORMAT, Database, age_seconds, canonical_json, parse_time, stored_time, utcnow
 from app.services.free_tier import SANDBOX_PLACE, Catalog, check_catalog, check_static, login_user_for
 from app.services.reconciler import Reconciler
 from app.services.recorder import RUNNING, SECURITY_GROUP_NAME, Recorder, in_minutes
 from app.services.replicas import InstanceLocks
-from app.services.spending import AccountPlan, PriceBook, Rates, Spending, period_bounds
+from app.services.spending import AccountPlan, Charges, PriceBook, Rates, Spending, horizon
 from app.services.users import LOCAL, Caller
 
 log = logging.getLogger("ec2_creator.instances")
@@ -105,6 +105,7 @@ class InstanceService:
         # A reservation outlives the longest create or start (a replica that died mid-call leaves its own).
         self.spending = Spending(settings.budget_usd, PriceBook.load(settings.prices_file), db, settings.region,
                                  settings.endpoint_key, max(600.0, 2 * settings.aws_cli_timeout_seconds))
+        self.spending.enforcement = settings.budget_enforcement
         self.on_stop_at_changed = lambda: None  # the auto-stop scheduler's wake-up, set by the app
         self.on_alarms_changed = lambda: None  # the idle-alarm keeper's wake-up, set by the app
         self.metrics = Metrics(aws)
@@ -184,19 +185,20 @@ class InstanceService:
         same instance without a second launch; concurrent repeats wait for the first. A key is its
         caller's: someone else's is a 409, as a key used with another body is.
         """
+        # Checked in this order: the schema (before this is called), the free-tier policy, then the budget.
         check_static(self.settings.allowed_instance_types, req.instance_type, req.storage_gb)
         body_hash = request_hash(req)  # the body as sent: a replay matches whatever the defaults are now
         if "auto_stop_minutes" not in req.model_fields_set:
             req = req.model_copy(update={"auto_stop_minutes": self.settings.default_auto_stop_minutes})
         rates = self.spending.rates_for(req.instance_type, req.storage_gb)  # 400 price_unknown
-        # Checked before anything can spawn (the catalogue), and again, reserving, when the launch is
-        # claimed. A replay of a key already holding a launch launches nothing: it is never refused.
+        catalog = await self.ensure_catalog()  # cached: a process only when missing or stale
+        place = SANDBOX_PLACE if self.settings.ec2_endpoint_url else f"in {self.region}"
+        ami = check_catalog(catalog, self.settings.allowed_instance_types, req.ami, req.instance_type, place)
+        # The budget: checked here, and again, reserving, when the launch is claimed. A replay of a key already
+        # holding a launch launches nothing: it is never refused.
         if not (idempotency_key and (idempotency_key in self._inflight or
                                      await asyncio.to_thread(self._holds_launch, idempotency_key))):
             await asyncio.to_thread(self._admit_create, None, req, rates)
-        catalog = await self.ensure_catalog()
-        place = SANDBOX_PLACE if self.settings.ec2_endpoint_url else f"in {self.region}"
-        ami = check_catalog(catalog, self.settings.allowed_instance_types, req.ami, req.instance_type, place)
         if idempotency_key is None:
             with self.reconciler.mutating():
                 return await self._launch(req, ami, None, body_hash, rates, caller), False
@@ -236,11 +238,12 @@ class InstanceService:
                        code="launch_in_progress", retry_after=5)
 
     def _admit_create(self, key: str | None, req: InstanceCreate, rates: Rates) -> None:
+        """A create commits its run (until its auto-stop; none: to this period's end) in every period it spans."""
         now = clock.now()
         minutes = req.auto_stop_minutes
-        projection = rates.projection(now, now + timedelta(minutes=minutes) if minutes else None,
-                                      period_bounds(now)[1], req.associate_public_ip)
-        self.spending.admit(key, projection, f"Creating this {req.instance_type}")
+        charges = rates.charges(now, now + timedelta(minutes=minutes) if minutes else None, req.associate_public_ip,
+                                horizon(now))
+        self.spending.admit(key, charges, f"Creating this {req.instance_type}")
 
     async def _launch(self, req: InstanceCreate, ami, idempotency_key: str | None, body_hash: str,
                       rates: Rates, caller: Caller = LOCAL) -> InstanceRow:
@@ -298,7 +301,10 @@ class InstanceService:
             if not outcome_unknown(exc):  # EC2 refused, or nothing was sent: certainly no instance
                 await asyncio.to_thread(self.db.finish_launch, request_id, LaunchStatus.FAILED, None,
                                         exc.aws_error_code or exc.code)
-            # Otherwise EC2 may still launch it: the launch stays pending until the reconciler knows.
+            else:
+                # EC2 may have launched it: the launch stays pending, holding what it was admitted for, until
+                # the reconciler resolves it, which starts now (a sweep finds it by its RequestId tag).
+                self.reconciler.request_sweep()
             raise
         instances = doc.get("Instances") or []
         if not instances or not instances[0].get("InstanceId"):
@@ -500,14 +506,12 @@ class InstanceService:
         """A start commits compute (and IPv4) until its auto-stop or the period end; storage is counted already.
         Several starts are admitted as one set, or none is."""
         now = clock.now()
-        projection = 0.0
-        for row in rows:
-            minutes = row["auto_stop_minutes"]
-            projection += self._rates_of(row).projection(
-                now, now + timedelta(minutes=minutes) if minutes else None, period_bounds(now)[1],
-                row["associate_public_ip"] != 0, storage=False)
+        spans = horizon(now)
+        each = [self._rates_of(row).charges(now, now + timedelta(minutes=minutes) if minutes else None,
+                                            row["associate_public_ip"] != 0, spans, storage=False)
+                for row in rows for minutes in [row["auto_stop_minutes"]]]
         what = f"Starting {rows[0]['id']}" if len(rows) == 1 else f"Starting these {len(rows)} instances"
-        self.spending.admit(key, projection, what)
+        self.spending.admit(key, sum(each[1:], each[0]), what)
 
     # -- CloudWatch ------------------------------------------------------------------------------
     async def instance_metrics(self, row: InstanceRow, metric: str, minutes: int, period: int) -> dict:
@@ -627,16 +631,15 @@ class InstanceService:
     def _admit_extension(self, key: str, row: InstanceRow, new_stop_at: str | None) -> None:
         """Running longer than committed so far must fit the budget (the difference is what is checked)."""
         now = clock.now()
-        end = period_bounds(now)[1]
+        spans = horizon(now)
         rates = self._rates_of(row)
         has_ip = bool(row["public_ip"])
 
-        def until(stop_at: str | None) -> float:
-            at = datetime.fromisoformat(stop_at.replace("Z", "+00:00")) if stop_at else None
-            return rates.projection(now, at, end, has_ip, storage=False)
+        def until(stop_at: str | None) -> Charges:
+            return rates.charges(now, parse_time(stop_at), has_ip, spans, storage=False)
 
         extra = until(new_stop_at) - until(row["stop_at"])
-        if extra > 0:
+        if any(amount > 1e-12 for amount in extra.totals):
             self.spending.admit(key, extra, f"Running {row['id']} longer")
 
     def _check_reachable(self, row: InstanceRow) -> None:

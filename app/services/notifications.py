@@ -40,7 +40,8 @@ from app.services.tasks import LoopTask
 log = logging.getLogger("ec2_creator.notifications")
 
 EVENTS = ("create", "start", "stop", "delete", "auto_stop", "auto_stop_warning", "stopped_outside",
-          "started_outside", "terminated_outside", "adopted", "came_back", "budget_80", "budget_100")
+          "started_outside", "terminated_outside", "adopted", "came_back", "budget_80", "budget_100",
+          "budget_enforced")
 POLL_SECONDS = 1.0  # how often the sender looks for new notifications and due deliveries (one indexed query)
 BUDGET_CHECK_SECONDS = 10.0
 FIRST_RETRY_SECONDS = 5.0
@@ -63,6 +64,8 @@ def event_name(action: str, source: str, from_state: str | None, to_state: str |
         return {"create": "create", "start": "start", "stop": "stop", "delete": "delete"}.get(action)
     if source == "auto_stop":
         return "auto_stop"
+    if source == "budget_enforced":
+        return "budget_enforced"
     if action == "adopt":
         return "adopted"
     if action == "reappeared":
@@ -238,13 +241,14 @@ SUBJECTS = {
     "stopped_outside": "stopped outside the API", "started_outside": "started outside the API",
     "terminated_outside": "terminated outside the API", "adopted": "adopted (launched outside the API)",
     "came_back": "is back (it had been recorded gone)",
+    "budget_enforced": "stopped: this month's committed spend passed BUDGET_USD",
 }
 
 
 def compose(event: str, note: dict, row: dict | None, cost: float | None, settings: Settings) -> Message:
     """Subject and body of one notification, from the outbox row, the instance now and its cost so far."""
     data = json.loads(note.get("data") or "{}")
-    if event.startswith("budget_"):
+    if event in ("budget_80", "budget_100"):
         share = event.split("_")[1]
         subject = f"[ec2-creator-local] {share} % of the month's budget spent"
         body = (f"Spent USD {data['spent_usd']:.4f} of BUDGET_USD {data['budget_usd']:.2f} this month "
@@ -266,6 +270,18 @@ def compose(event: str, note: dict, row: dict | None, cost: float | None, settin
         f"Cost so far this month: USD {cost:.4f}" if cost is not None else "Cost so far this month: unknown",
         f"Time: {note['at']}", f"Event: {event}", f"Notification: {note['key']}",
     ]
+    if event == "budget_enforced":
+        if data.get("enforcement") == "notify":
+            subject = (f"[ec2-creator-local] {name} ({instance_id}) would be stopped: this month's committed spend "
+                       "passed BUDGET_USD")
+        lines[:0] = [
+            f"USD {data['committed_usd']:.4f} is committed this month ({data.get('period')}), more than BUDGET_USD "
+            f"{data['budget_usd']:.2f}." if "committed_usd" in data else
+            "This month's committed spend passed BUDGET_USD.",
+            "BUDGET_ENFORCEMENT=notify left it running: stop it or another instance, or raise BUDGET_USD."
+            if data.get("enforcement") == "notify" else
+            "The budget guard stopped it (the newest runs first, until the rest fit). Start it again once there is "
+            "room: GET /budget shows each instance's share.", ""]
     if event == "auto_stop_warning":
         auth = ' -H "Authorization: Bearer $API_TOKEN"' if settings.auth_configured else ""
         lines[:0] = [

@@ -13,6 +13,7 @@ admitted only while committed plus its own projection stays within BUDGET_USD.
 import asyncio
 import json
 import logging
+import os
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import ApiError, Conflict, PolicyViolation
-from app.models.rows import EventRow, InstanceRow, InstanceState
+from app.models.rows import EventRow, InstanceRow, InstanceState, LaunchRow
 from app.services import clock
 from app.services.db import STORE_ERRORS, TIME_FORMAT, Database, PostgresDatabase, parse_time, utcnow
 from app.services.tasks import LoopTask
@@ -91,6 +92,54 @@ def _hours(a: datetime, b: datetime) -> float:
     return max(0.0, (b - a).total_seconds() / 3600)
 
 
+# A run is charged to every budget period it spans, each against that period's budget. The current period
+# and the next twelve are enough: a run reaching past them covers every one of them whole, and among twelve
+# months there is always one of 31 days, which no later month can cost more than.
+HORIZON = 13
+
+
+def horizon(now: datetime) -> list[tuple[datetime, datetime]]:
+    """The budget periods from the one holding `now`: HORIZON (start, end) pairs."""
+    spans = [period_bounds(now)]
+    while len(spans) < HORIZON:
+        spans.append(period_bounds(spans[-1][1]))
+    return spans
+
+
+def period_label(start: datetime) -> str:
+    return start.strftime("%Y-%m")
+
+
+@dataclass(frozen=True)
+class Charges:
+    """What a run commits in each budget period of the horizon, by what is charged."""
+
+    compute: tuple[float, ...]
+    ipv4: tuple[float, ...]
+    storage: tuple[float, ...]
+
+    def __add__(self, other: "Charges") -> "Charges":
+        return Charges(*(tuple(a + b for a, b in zip(mine, theirs, strict=True))
+                         for mine, theirs in ((self.compute, other.compute), (self.ipv4, other.ipv4),
+                                              (self.storage, other.storage))))
+
+    def __sub__(self, other: "Charges") -> "Charges":
+        """What running longer adds (never below nothing in a period)."""
+        return Charges(*(tuple(max(0.0, a - b) for a, b in zip(mine, theirs, strict=True))
+                         for mine, theirs in ((self.compute, other.compute), (self.ipv4, other.ipv4),
+                                              (self.storage, other.storage))))
+
+    @property
+    def totals(self) -> list[float]:
+        return [c + i + s for c, i, s in zip(self.compute, self.ipv4, self.storage, strict=True)]
+
+    def parts(self, k: int) -> dict[str, float]:
+        """One period's share, split as a refusal shows it."""
+        return {"compute_usd": round(self.compute[k], 4), "storage_usd": round(self.storage[k], 4),
+                "public_ipv4_usd": round(self.ipv4[k], 4),
+                "total_usd": round(self.compute[k] + self.storage[k] + self.ipv4[k], 4)}
+
+
 @dataclass
 class Cost:
     spent_usd: float = 0.0
@@ -120,6 +169,26 @@ class Rates:
         if state in COMPUTE_STATES:
             return self.compute + (self.ipv4 if has_ip else 0.0) + self.storage
         return 0.0 if InstanceState(state).ended else self.storage
+
+    def charges(self, now: datetime, stop_at: datetime | None, has_ip: bool,
+                spans: list[tuple[datetime, datetime]], running: bool = True, storage: bool = True) -> Charges:
+        """From now, per budget period: in this one, compute (and IPv4) until stop_at or its end and storage
+        until its end (`storage`: False when that is counted already); in each later one the run spans (it
+        runs until stop_at: none means this period's end), compute, IPv4 and storage while it runs."""
+        compute, ipv4, disk = [0.0] * len(spans), [0.0] * len(spans), [0.0] * len(spans)
+        end = spans[0][1]
+        if storage:
+            disk[0] = self.storage * _hours(now, end)
+        if running:
+            hours = _hours(now, min(max(stop_at, now), end) if stop_at else end)
+            compute[0], ipv4[0] = self.compute * hours, (self.ipv4 * hours if has_ip else 0.0)
+            for k, (start, finish) in enumerate(spans[1:], 1):
+                if stop_at is None or stop_at <= start:
+                    break
+                hours = _hours(start, min(stop_at, finish))
+                compute[k], ipv4[k], disk[k] = self.compute * hours, self.ipv4 * hours if has_ip else 0.0, \
+                    self.storage * hours
+        return Charges(tuple(compute), tuple(ipv4), tuple(disk))
 
     def projection(self, now: datetime, stop_at: datetime | None, end: datetime, has_ip: bool,
                    running: bool = True, storage: bool = True) -> float:
@@ -174,12 +243,24 @@ class History:
         spent = self.spent_before
         if self.since is not None:
             spent += self.rate_now * _hours(max(self.since, start), now)
-        state = self.row["state"]
         projected = 0.0
-        if not state.ended:
+        if self.costs_on:
             projected = self.rates.projection(now, self.stop_at, end, bool(self.row["public_ip"]),
-                                              running=state in COMPUTE_STATES)
+                                              running=self.row["state"] in COMPUTE_STATES)
         return Cost(round(spent, 6), round(projected, 6), self.priced)
+
+    @property
+    def costs_on(self) -> bool:
+        """Whether it costs anything from now: not once a delete is accepted (shutting-down), nor after."""
+        return not (self.row["state"].ended or self.row["state"] == InstanceState.SHUTTING_DOWN)
+
+    def commitments(self, spans: list[tuple[datetime, datetime]], now: datetime) -> list[float]:
+        """Spent plus projected in the current period, then what its run commits in each later one."""
+        cost = self.cost(spans[0][0], spans[0][1], now)
+        later = [0.0] * (len(spans) - 1)
+        if self.costs_on and self.row["state"] in COMPUTE_STATES:
+            later = self.rates.charges(now, self.stop_at, bool(self.row["public_ip"]), spans).totals[1:]
+        return [cost.spent_usd + cost.projected_usd, *later]
 
 
 def instance_cost(row: InstanceRow, events: Iterable[EventRow], book: PriceBook, start: datetime, end: datetime,
@@ -197,10 +278,13 @@ class Summary:
     committed_usd: float
     instances: list[dict] = field(default_factory=list)
     unpriced: list[str] = field(default_factory=list)
+    launches: list[dict] = field(default_factory=list)  # unresolved launches and what each holds
+    later: list[dict] = field(default_factory=list)  # what runs commit to later periods
 
 
 class Spending:
-    """Prices, the ledger of this EC2 (endpoint and region) and admission against BUDGET_USD."""
+    """Prices, the ledger of this EC2 endpoint (every region of it: the budget is the account's) and admission
+    against BUDGET_USD, in each budget period a run spans."""
 
     def __init__(self, budget_usd: float, book: PriceBook, db: Database, region: str, endpoint: str,
                  reservation_seconds: float = 600.0) -> None:
@@ -210,37 +294,61 @@ class Spending:
         self.region = region
         self.endpoint = endpoint
         self._lock = threading.Lock()
-        # id -> (its history, spent + projected when last read); re-read only when the row changes.
-        self._entries: dict[str, tuple[History, float]] = {}
+        # id -> (its history, what it commits in each period of the horizon as of when it was last read);
+        # re-read only when the row changes.
+        self._entries: dict[str, tuple[History, list[float]]] = {}
         self._generation = -1
         self._period: datetime | None = None
         self._rev = 0  # the newest row revision read
-        self._reserved: dict[str, float] = {}  # admitted creates and starts whose record is not written yet
+        # Admitted creates and starts whose record is not written yet: key -> USD per period ("YYYY-MM").
+        self._reserved: dict[str, dict[str, float]] = {}
         # Several replicas on one PostgreSQL database: the reservations live in the database, where every
         # replica's admission sees them; each expires after `reservation_seconds` (its replica may have died).
         self.shared = isinstance(db, PostgresDatabase)
         self.reservation_seconds = reservation_seconds
+        self._prices_stamp = _stamp(book.path)
+        self.enforcement = "stop"  # BUDGET_ENFORCEMENT, as the guard (app/services/enforcement.py) applies it
+
+    # -- prices -----------------------------------------------------------------------------------
+    def reload_prices(self) -> bool:
+        """Read PRICES_FILE again when it changed (True); a file gone bad is logged and the old prices kept."""
+        stamp = _stamp(self.book.path)
+        if stamp == self._prices_stamp:
+            return False
+        self._prices_stamp = stamp
+        try:
+            book = PriceBook.load(self.book.path)
+        except ValueError as exc:
+            log.error("prices not reloaded, the old ones stay in force: %s", exc)
+            return False
+        with self._lock:
+            self.book = book
+            self._generation, self._period = -1, None  # every entry is priced again
+        log.info("PRICES_FILE %s changed: prices reloaded", book.path)
+        return True
 
     # -- pricing a request ----------------------------------------------------------------------
-    def rates_for(self, instance_type: str, storage_gb: int) -> Rates:
+    def rates_for(self, instance_type: str, storage_gb: int, region: str | None = None) -> Rates:
         """The rates of a new instance here, or 400 price_unknown."""
-        rates = Rates.of(self.book, instance_type, self.region, storage_gb)
+        region = region or self.region
+        rates = Rates.of(self.book, instance_type, region, storage_gb)
         if rates is None:
             raise PolicyViolation(
-                f"No price is known for {instance_type} in {self.region}, so its cost cannot be checked against "
-                f"BUDGET_USD. Add \"{instance_type}\": <USD per hour> to regions.{self.region}.instance_hourly "
+                f"No price is known for {instance_type} in {region}, so its cost cannot be checked against "
+                f"BUDGET_USD. Add \"{instance_type}\": <USD per hour> to regions.{region}.instance_hourly "
                 f"(with the region's gp3_gb_month and public_ipv4_hourly) in a copy of {self.book.path} and "
                 "point PRICES_FILE at it.", code="price_unknown")
         return rates
 
     # -- the ledger -------------------------------------------------------------------------------
-    def _refresh(self, now: datetime) -> None:
+    def _refresh(self, now: datetime) -> list[tuple[datetime, datetime]]:
         """Bring the per-instance entries up to date: after a write, only the rows changed since the last
         look are read again (with their events), so a create's admission stays well under a millisecond."""
+        spans = horizon(now)
         generation = self.db.generation
-        start, end = period_bounds(now)
+        start = spans[0][0]
         if generation == self._generation and start == self._period:
-            return
+            return spans
         full = start != self._period  # a new period (or the first look): everything live or touched in it
         if full:
             self._entries.clear()
@@ -248,33 +356,67 @@ class Spending:
                                       None if full else self._rev)
         for row in rows:
             history = History.of(row, events.get(row["id"], []), self.book, start)
-            cost = history.cost(start, end, now)
-            self._entries[row["id"]] = (history, cost.spent_usd + cost.projected_usd)
+            self._entries[row["id"]] = (history, history.commitments(spans, now))
             self._rev = max(self._rev, row["rev"])
         self._generation, self._period = generation, start
+        return spans
+
+    def _launches(self, spans: list[tuple[datetime, datetime]], now: datetime,
+                  reserved: set[str]) -> list[tuple[LaunchRow, Charges]]:
+        """Launches whose outcome is not known yet (the CLI timed out, the server died mid-call): each holds
+        what it was admitted for until it is resolved, launched, lost or refused. Those still reserved (being
+        sent right now) are counted by their reservation."""
+        held = []
+        for launch in self.db.unresolved_launches(self.endpoint):
+            if launch["request_id"] in reserved:
+                continue
+            try:
+                request = json.loads(launch["body"]).get("request") or {}
+            except ValueError:
+                continue
+            rates = Rates.of(self.book, request.get("instance_type"), launch["region"] or self.region,
+                             request.get("storage_gb"))
+            created = parse_time(launch["created_at"]) or now
+            if rates is None:
+                continue
+            minutes = request.get("auto_stop_minutes")
+            stop_at = created + timedelta(minutes=minutes) if minutes else None
+            since = min(max(created, spans[0][0]), now)  # if it launched, it has run since it was sent
+            held.append((launch, rates.charges(since, stop_at, bool(request.get("associate_public_ip", True)),
+                                               spans)))
+        return held
+
+    def _commitments(self, now: datetime, reserved: set[str]) -> tuple[list[tuple[datetime, datetime]], list[float]]:
+        """Per period of the horizon: spent plus every projection, and what unresolved launches hold."""
+        spans = self._refresh(now)
+        totals = [0.0] * len(spans)
+        for _, amounts in self._entries.values():
+            totals = [a + b for a, b in zip(totals, amounts, strict=True)]
+        for _, charges in self._launches(spans, now, reserved):
+            totals = [a + b for a, b in zip(totals, charges.totals, strict=True)]
+        return spans, totals
 
     def committed(self) -> float:
         """Spent plus every projection this period (as of each instance's last change)."""
         with self._lock:
-            return self._committed()
-
-    def _committed(self) -> float:
-        self._refresh(clock.now())
-        return sum(entry[1] for entry in self._entries.values())
+            return self._commitments(clock.now(), set(self._reserved))[1][0]
 
     def summary(self, now: datetime | None = None) -> Summary:
-        """Spent and committed this period, per instance, as of now."""
+        """Spent and committed this period, per instance, as of now; and what is committed to later periods."""
         now = now or clock.now()
         with self._lock:
-            self._refresh(now)
+            spans = self._refresh(now)
             entries = list(self._entries.values())
-        start, end = period_bounds(now)
+            launches = self._launches(spans, now, set(self._reserved))
+        start, end = spans[0]
         spent = committed = 0.0
+        ahead = [0.0] * len(spans)
         items: list[dict[str, Any]] = []
         unpriced: list[str] = []
-        for history, _ in entries:
+        for history, amounts in entries:
             row = history.row
             cost = history.cost(start, end, now)
+            ahead = [a + b for a, b in zip(ahead, amounts, strict=True)]
             if not cost.priced:
                 unpriced.append(row["id"])
             if cost.spent_usd == 0 and cost.projected_usd == 0:
@@ -284,7 +426,15 @@ class Spending:
             items.append({"id": row["id"], "name": row["name"], "state": row["state"], "spent_usd": cost.spent_usd,
                           "projected_usd": cost.projected_usd, "stop_at": row["stop_at"]})
         items.sort(key=lambda item: str(item["id"]))
-        return Summary(now, start, end, round(spent, 6), round(committed, 6), items, unpriced)
+        held = []
+        for launch, charges in launches:
+            committed += charges.totals[0]
+            ahead = [a + b for a, b in zip(ahead, charges.totals, strict=True)]
+            held.append({"request_id": launch["request_id"], "since": launch["created_at"], "owner": launch["owner"],
+                         "projected_usd": round(charges.totals[0], 6)})
+        later = [{"period_start": s.strftime(TIME_FORMAT), "committed_usd": round(amount, 4)}
+                 for (s, _), amount in zip(spans[1:], ahead[1:], strict=True) if amount > 0]
+        return Summary(now, start, end, round(spent, 6), round(committed, 6), items, unpriced, held, later)
 
     def cost_of(self, row: InstanceRow) -> Cost:
         now = clock.now()
@@ -292,35 +442,56 @@ class Spending:
         return instance_cost(row, self.db.list_events(row["id"]), self.book, start, end, now)
 
     # -- admission ----------------------------------------------------------------------------------
-    def admit(self, key: str | None, projection: float, what: str) -> None:
-        """Reserve `projection` under `key` (None: only check) if it fits the budget, else 409 budget_exceeded."""
+    def admit(self, key: str | None, charges: Charges, what: str) -> None:
+        """Reserve `charges` under `key` (None: only check) if they fit the budget of every period they reach,
+        else 409 budget_exceeded."""
         with self._lock:  # read, check and reserve at once: two admissions never both take the last room
             if not self.shared:
-                self._admit(key, projection, what, sum(self._reserved.values()))
+                self._admit(key, charges, what, self._reserved)
                 return
             # One admission at a time across replicas: the write lock, held while the ledger is read.
             with self.db.transaction(instances=False):
-                self._admit(key, projection, what, self.db.reserved_usd(utcnow()))
+                self._admit(key, charges, what, self.db.reservations(utcnow()))
 
-    def _admit(self, key: str | None, projection: float, what: str, reserved: float) -> None:
-        committed = self._committed()
-        if committed + reserved + projection > self.budget_usd + 1e-9:
-            raise Conflict(
-                f"{what} would commit USD {projection:.4f} more this month; USD {committed + reserved:.4f} of "
-                f"BUDGET_USD {self.budget_usd:.2f} is already committed (spent so far plus what running and "
-                "stopped instances will cost until they stop or the month ends), leaving USD "
-                f"{max(0.0, self.budget_usd - committed - reserved):.4f}. To make room: give it or others a "
-                "shorter auto-stop (auto_stop_minutes, PATCH /instances/{id}), stop or delete an instance, "
-                "or raise BUDGET_USD. GET /budget shows each instance's share.", code="budget_exceeded")
+    def _admit(self, key: str | None, charges: Charges, what: str, reserved: dict[str, dict[str, float]]) -> None:
+        now = clock.now()
+        # A create's launch row is written before it is admitted: its own charges are the ones asked here.
+        spans, committed = self._commitments(now, set(reserved) | ({key} if key else set()))
+        asked = charges.totals
+        for k, (start, _) in enumerate(spans):
+            label = period_label(start)
+            held = committed[k] + _reserved_in(reserved, label, k)
+            if held + asked[k] > self.budget_usd + 1e-9:
+                raise self._refusal(what, charges, k, label, held)
         if key is None:
             return
+        amounts = {period_label(start): amount for k, ((start, _), amount) in enumerate(zip(spans, asked, strict=True))
+                   if amount > 0 or k == 0}
         if self.shared:
             until = (clock.now() + timedelta(seconds=self.reservation_seconds)).strftime(TIME_FORMAT)
-            self.db.reserve(key, projection, until)
-        self._reserved[key] = projection  # on PostgreSQL: which rows are this process's to release
+            self.db.reserve(key, amounts, until)
+        self._reserved[key] = amounts  # on PostgreSQL: which rows are this process's to release
+
+    def _refusal(self, what: str, charges: Charges, k: int, label: str, held: float) -> Conflict:
+        parts = charges.parts(k)
+        left = max(0.0, self.budget_usd - held)
+        when = "this month" if k == 0 else f"in {label} (its run reaches into that month)"
+        split = (f"compute USD {parts['compute_usd']:.4f}, storage USD {parts['storage_usd']:.4f}, public IPv4 "
+                 f"USD {parts['public_ipv4_usd']:.4f}")
+        return Conflict(
+            f"{what} would commit USD {parts['total_usd']:.4f} {when} ({split}); USD {held:.4f} of that month's "
+            f"BUDGET_USD {self.budget_usd:.2f} is already committed (spent so far plus what running and stopped "
+            f"instances will cost until they stop or the month ends), leaving USD {left:.4f}. A shorter auto-stop "
+            "(auto_stop_minutes) lowers compute and IPv4; storage is counted to the month's end while the instance "
+            "exists, stopped too (a smaller storage_gb lowers it); associate_public_ip false removes IPv4. Or "
+            "make room: stop or delete an instance (PATCH /instances/{id} for a shorter auto-stop), or raise "
+            "BUDGET_USD. GET /budget shows each instance's share.", code="budget_exceeded",
+            extra={"period": label, "would_commit": parts, "committed_usd": round(held, 4),
+                   "left_usd": round(left, 4), "budget_usd": self.budget_usd})
 
     def release(self, key: str) -> None:
-        """The reservation's record is written (the ledger counts it), or nothing was launched or started.
+        """The reservation's record is written (the ledger counts it), or nothing was launched or started,
+        or the launch's outcome is unknown (its pending launch holds the amount from now on).
         On PostgreSQL a write: call it from a thread."""
         with self._lock:
             if self._reserved.pop(key, None) is None or not self.shared:
@@ -329,6 +500,45 @@ class Spending:
                 self.db.unreserve(key)
             except STORE_ERRORS as exc:  # the launch or start happened: never turn it into a failure
                 log.warning("budget reservation %s not released (%s); it expires by itself", key, exc)
+
+    # -- enforcement ----------------------------------------------------------------------------------
+    def over_budget(self, now: datetime | None = None) -> tuple[float, list[InstanceRow]]:
+        """This period's committed spend, and, when it passes BUDGET_USD, the running instances to stop so
+        that it fits again: the newest runs first, each saving what it would still cost this period."""
+        now = now or clock.now()
+        with self._lock:
+            reserved = self._reserved if not self.shared else self.db.reservations(utcnow())
+            spans, committed = self._commitments(now, set(reserved))
+            label = period_label(spans[0][0])
+            total = committed[0] + _reserved_in(reserved, label, 0)
+            entries = [history for history, _ in self._entries.values()]
+        if total <= self.budget_usd + 1e-9:
+            return total, []
+        running = sorted((h for h in entries if h.row["state"] == InstanceState.RUNNING),
+                         key=lambda h: (h.since or datetime.min.replace(tzinfo=UTC), h.row["id"]), reverse=True)
+        excess, chosen = total - self.budget_usd, []
+        for history in running:
+            if excess <= 1e-9:
+                break
+            saving = history.rates.projection(now, history.stop_at, spans[0][1], bool(history.row["public_ip"]),
+                                              storage=False)
+            chosen.append(history.row)
+            excess -= saving
+        return total, chosen
+
+
+def _reserved_in(reserved: dict[str, dict[str, float]], label: str, k: int) -> float:
+    """What the reservations hold in period `label` (the k-th of the horizon); a row of an older version,
+    with no period, counts in the current one."""
+    return sum(amounts.get(label, 0.0) + (amounts.get("", 0.0) if k == 0 else 0.0) for amounts in reserved.values())
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_mtime_ns, info.st_size, info.st_ino
 
 
 def parse_account_plan(doc: dict) -> dict:

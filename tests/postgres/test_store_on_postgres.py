@@ -132,11 +132,15 @@ def test_a_write_that_cannot_get_the_write_lock_leaves_the_connection_usable(new
 
 
 def test_a_budget_release_the_store_refuses_is_logged_not_raised(new_db, monkeypatch, caplog):
-    from app.services.spending import PriceBook, Spending
+    from app.services import clock
+    from app.services.spending import HORIZON, Charges, PriceBook, Spending, horizon, period_label
 
     spending = Spending(100.0, PriceBook.load(Settings().prices_file), new_db, "us-east-1", "")
-    spending.admit("create:1", 0.5, "this create")
+    spending.admit("create:1", Charges((0.25, 0.25, *[0.0] * (HORIZON - 2)), (0.0,) * HORIZON, (0.0,) * HORIZON),
+                   "this create")  # a run reaching into next month: a row per month
     assert new_db.reserved_usd("2026-01-01T00:00:00.000000Z") == 0.5
+    assert sorted(new_db.reservations("2026-01-01T00:00:00.000000Z")["create:1"]) == [
+        period_label(start) for start, _ in horizon(clock.now())[:2]]
 
     def refuse(key: str) -> None:
         raise psycopg.OperationalError("the server closed the connection")

@@ -1,15 +1,27 @@
 """The spend guard's pure parts: the prices file, the period, one instance's ledger, admission, AWS's plan."""
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from app.config import DEFAULT_PRICES_FILE, Settings
 from app.errors import Conflict
-from app.models.rows import InstanceState
+from app.models.rows import InstanceState, LaunchStatus
+from app.services import clock
 from app.services.db import Database
-from app.services.spending import PriceBook, Spending, instance_cost, parse_account_plan, period_bounds
+from app.services.spending import (
+    HORIZON,
+    Charges,
+    PriceBook,
+    Rates,
+    Spending,
+    horizon,
+    instance_cost,
+    parse_account_plan,
+    period_bounds,
+    period_label,
+)
 
 BOOK = PriceBook.load(DEFAULT_PRICES_FILE)
 T0 = datetime(2026, 11, 10, 12, 0, tzinfo=UTC)
@@ -102,20 +114,26 @@ def test_an_unpriced_type_still_counts_its_storage():
     assert not cost.priced and cost.spent_usd == pytest.approx(10 * 0.08 / 730, abs=2e-6)
 
 
+def flat(usd: float) -> Charges:
+    """A request that commits `usd` of compute this period and nothing later."""
+    zero = (0.0,) * HORIZON
+    return Charges((usd, *zero[1:]), zero, zero)
+
+
 def test_admission_counts_reservations_and_says_how_to_make_room(tmp_path):
     db = Database(tmp_path / "i.db")
     db.migrate()
     spending = Spending(1.0, BOOK, db, "us-east-1", "")
-    spending.admit("a", 0.6, "Creating this t3.micro")
+    spending.admit("a", flat(0.6), "Creating this t3.micro")
     with pytest.raises(Conflict) as refused:
-        spending.admit("b", 0.5, "Creating this t3.micro")  # 0.6 reserved + 0.5 > 1.0
+        spending.admit("b", flat(0.5), "Creating this t3.micro")  # 0.6 reserved + 0.5 > 1.0
     assert refused.value.code == "budget_exceeded"
     assert "BUDGET_USD" in refused.value.detail and "auto_stop_minutes" in refused.value.detail
     spending.release("a")
-    spending.admit("b", 0.5, "Creating this t3.micro")
-    spending.admit(None, 0.5, "check only")  # fits, reserves nothing
+    spending.admit("b", flat(0.5), "Creating this t3.micro")
+    spending.admit(None, flat(0.5), "check only")  # fits, reserves nothing
     with pytest.raises(Conflict):
-        spending.admit(None, 0.51, "check only")
+        spending.admit(None, flat(0.51), "check only")
 
 
 def test_the_account_plan_answer_is_parsed():
@@ -142,3 +160,97 @@ def test_pruning_keeps_each_instances_newest_event(tmp_path):
     assert db.prune("2021-01-01T00:00:00.000000Z")[0] == 1
     assert [e["to_state"] for e in db.list_events("i-0123456789abcdef0")] == ["running"]
     assert len(db.list_events("i-00000000000000001")) == 1
+
+
+# -- every budget period a run spans (issue 24) ---------------------------------------------------------
+NEW_YEARS_EVE = datetime(2026, 12, 31, 20, 0, tzinfo=UTC)
+
+
+def test_a_run_is_charged_in_every_period_it_spans_and_no_stop_at_only_to_this_ones_end():
+    rates = Rates.of(BOOK, "t3.micro", "us-east-1", 8)
+    spans = horizon(NEW_YEARS_EVE)
+    assert [period_label(s) for s, _ in spans[:4]] == ["2026-12", "2027-01", "2027-02", "2027-03"]
+    hourly = 0.0104 + 0.005 + 8 * 0.08 / 730
+    week = rates.charges(NEW_YEARS_EVE, NEW_YEARS_EVE + timedelta(days=7), True, spans)
+    assert week.totals[0] == pytest.approx(4 * hourly, abs=1e-6)
+    assert week.totals[1] == pytest.approx((7 * 24 - 4) * hourly, abs=1e-6) and sum(week.totals[2:]) == 0
+    forever = rates.charges(NEW_YEARS_EVE, None, True, spans)
+    assert forever.totals[0] == pytest.approx(4 * hourly, abs=1e-6) and sum(forever.totals[1:]) == 0
+    march = rates.charges(NEW_YEARS_EVE, datetime(2027, 3, 31, tzinfo=UTC), True, spans)
+    assert march.totals[1] == pytest.approx(31 * 24 * hourly, abs=1e-6)
+    assert march.totals[2] == pytest.approx(28 * 24 * hourly, abs=1e-6)
+    assert march.totals[3] == pytest.approx(30 * 24 * hourly, abs=1e-6) and sum(march.totals[4:]) == 0
+    assert march.parts(1)["storage_usd"] == pytest.approx(31 * 24 * 8 * 0.08 / 730, abs=1e-4)
+    years = rates.charges(NEW_YEARS_EVE, datetime(2031, 1, 1, tzinfo=UTC), True, spans)
+    assert len(years.totals) == HORIZON and min(years.totals[1:]) > 0  # the horizon covers what can bind
+
+
+def test_admission_checks_each_period_against_its_budget(tmp_path):
+    db = Database(tmp_path / "i.db")
+    db.migrate()
+    spending = Spending(5.0, BOOK, db, "us-east-1", "")
+    rates = Rates.of(BOOK, "t3.micro", "us-east-1", 8)
+    try:
+        clock.start_at(NEW_YEARS_EVE)
+        spans = horizon(clock.now())
+        spending.admit("week", rates.charges(clock.now(), clock.now() + timedelta(days=7), True, spans), "A week")
+        # December has room; January holds the week's 2.7 and a month to March 31 would add 12 more.
+        with pytest.raises(Conflict) as refused:
+            spending.admit(None, rates.charges(clock.now(), datetime(2027, 3, 31, tzinfo=UTC), True, spans), "March")
+        assert refused.value.extra["period"] == "2027-01"
+        assert refused.value.extra["committed_usd"] == pytest.approx(2.7, abs=0.1)
+        spending.admit(None, rates.charges(clock.now(), None, True, spans), "No stop_at")  # December's end only
+    finally:
+        clock.start_at(None)
+
+
+def test_shutting_down_costs_nothing_more_from_now():
+    start, end = period_bounds(T0)
+    deleting = instance_cost(row(state=InstanceState.SHUTTING_DOWN), [event(0, "running"), event(1, "shutting-down")],
+                             BOOK, start, end, datetime.fromisoformat(at(1)))
+    assert deleting.projected_usd == 0 and deleting.spent_usd > 0
+
+
+def test_an_unresolved_launch_holds_its_share_until_resolved(tmp_path):
+    db = Database(tmp_path / "i.db")
+    db.migrate()
+    spending = Spending(100.0, BOOK, db, "us-east-1", "")
+    body = {"request": {"instance_type": "t3.micro", "storage_gb": 8, "auto_stop_minutes": 60,
+                        "associate_public_ip": True}}
+    launch, _ = db.claim_launch("req-1", None, "h", body, "us-east-1", "")
+    to_month_end = (period_bounds(clock.now())[1] - clock.now()).total_seconds() / 3600
+    held = 0.0104 + 0.005 + 8 * 0.08 / 730 * to_month_end  # an hour of compute and IPv4, storage to the month's end
+    assert spending.committed() == pytest.approx(held, abs=1e-3)
+    spending.admit("req-1", flat(1.0), "being sent")  # while it is sent, its reservation counts instead
+    assert spending.committed() == 0
+    spending.release("req-1")  # the CLI timed out: the launch stays pending and holds its share
+    assert spending.summary().launches[0]["request_id"] == "req-1"
+    db.finish_launch("req-1", LaunchStatus.LOST, None, "never seen")
+    assert spending.committed() == 0 and spending.summary().launches == []
+
+
+def _running(db: Database, instance_id: str, hours_ago: float, stop_at: str | None = None) -> None:
+    at_ = (clock.now() - timedelta(hours=hours_ago)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    db.upsert_instance({"id": instance_id, "name": instance_id, "instance_type": "t3.micro", "region": "us-east-1",
+                        "endpoint": "", "state": "running", "storage_gb": 8, "created_at": at_, "updated_at": at_,
+                        "stop_at": stop_at, "auto_stop_minutes": None})
+    db.add_event(instance_id, "create", None, "running", "api", at=at_)
+
+
+def test_over_budget_picks_the_newest_runs_until_the_rest_fit(tmp_path):
+    db = Database(tmp_path / "i.db")
+    db.migrate()
+    try:
+        clock.start_at(datetime(2027, 1, 1, 0, 0, 5, tzinfo=UTC))
+        for name, hours in (("i-00000000000000001", 0.001), ("i-00000000000000002", 0.0005),
+                            ("i-00000000000000003", 0.0001)):
+            _running(db, name, hours)
+        month = 31 * 24 * (0.0104 + 8 * 0.08 / 730)
+        spending = Spending(2.5 * month, BOOK, db, "us-east-1", "")
+        committed, chosen = spending.over_budget()
+        assert committed == pytest.approx(3 * month, rel=0.01)
+        assert [r["id"] for r in chosen] == ["i-00000000000000003"]  # the newest run; the other two fit
+        assert Spending(0.5 * month, BOOK, db, "us-east-1", "").over_budget()[1][-1]["id"] == "i-00000000000000001"
+        assert Spending(4 * month, BOOK, db, "us-east-1", "").over_budget()[1] == []
+    finally:
+        clock.start_at(None)

@@ -1,0 +1,147 @@
+"""The budget holds across retries, month ends and deletes (issue 24), through the real server, scripts,
+`aws` and moto, with a fault-injecting AWS_CLI shim and the service's clock started where a test needs it."""
+
+import json
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+
+from app.config import DEFAULT_PRICES_FILE
+from app.services.spending import PriceBook, Rates, period_bounds
+from tests.support.processes import wait_until
+from tests.support.server import ApiServer
+
+BODY = {"name": "guarded", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
+BOOK = PriceBook.load(DEFAULT_PRICES_FILE)
+RATES = Rates.of(BOOK, "t3.micro", "us-east-1", 8)
+READ_TIMEOUT = {"stderr": "Read timeout on endpoint URL: \"https://ec2.us-east-1.amazonaws.com/\"", "code": 255}
+
+
+def one_create(now: datetime, minutes: int = 480) -> float:
+    """What the server admits a default create for this month (the same prices, a few seconds earlier)."""
+    assert RATES is not None
+    month_end = period_bounds(now)[1]
+    hours = min(minutes / 60, (month_end - now).total_seconds() / 3600)
+    return (RATES.compute + RATES.ipv4) * hours + RATES.storage * (month_end - now).total_seconds() / 3600
+
+
+def live(emulator) -> set[str]:
+    return {i for i, d in emulator.instances().items() if d["State"]["Name"] not in ("terminated", "shutting-down")}
+
+
+def running(emulator) -> set[str]:
+    return {i for i, d in emulator.instances().items() if d["State"]["Name"] in ("pending", "running")}
+
+
+@pytest.fixture
+def started(emulator, fresh_emulator, tmp_path):
+    servers: list[ApiServer] = []
+
+    def start(**env: str) -> tuple[ApiServer, httpx.Client]:
+        server = ApiServer(tmp_path / str(len(servers)), emulator.url, **env) if servers else \
+            ApiServer(tmp_path, emulator.url, **env)
+        servers.append(server)
+        return server, httpx.Client(base_url=server.url, timeout=60)
+
+    (tmp_path / "1").mkdir()
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def test_retries_of_a_launch_whose_answer_timed_out_never_pass_the_budget(started, fresh_emulator):
+    # Room for three creates. EC2 launches each, then the CLI times out reading its answer: a 504 that says
+    # "retry". Each unresolved launch holds its share until the sweep (started at once) finds its instance.
+    server, api = started(BUDGET_USD=f"{3.5 * one_create(datetime.now(UTC)):.6f}")
+    server.set_faults({"op": "run-instances", "times": 8, "fail_after": READ_TIMEOUT})
+    answers = [api.post("/instances", json=BODY | {"name": f"retry-{n}"}).status_code for n in range(8)]
+    assert answers.count(504) == 3 and answers.count(409) == 5, answers
+    assert len(live(fresh_emulator)) == 3
+    budget = api.get("/budget").json()
+    assert budget["committed_usd"] <= budget["budget_usd"]
+    # Resolved at once, not a sweep interval (an hour here) later: each launch found its instance.
+    wait_until(lambda: len([i for i in api.get("/instances").json()["instances"] if i["state"] == "running"]) == 3)
+    assert api.get("/budget").json()["unresolved_launches"] == []
+    api.post("/instances/sync").raise_for_status()
+    budget = api.get("/budget").json()
+    assert budget["committed_usd"] <= budget["budget_usd"]
+
+
+def test_an_unresolved_launch_holds_its_share_until_it_is_resolved(started, fresh_emulator):
+    # EC2 times out and the instance is not visible yet: the launch stays unresolved and keeps its share.
+    server, api = started(BUDGET_USD=f"{1.5 * one_create(datetime.now(UTC)):.6f}")
+    server.set_faults({"op": "run-instances", "times": 1, "fail_after": READ_TIMEOUT},
+                      {"op": "describe-instances", "hide": "all"})
+    assert api.post("/instances", json=BODY).status_code == 504
+    budget = api.get("/budget").json()
+    [held] = budget["unresolved_launches"]
+    assert held["projected_usd"] > 0 and budget["committed_usd"] >= held["projected_usd"] - 1e-4
+    refused = api.post("/instances", json=BODY | {"name": "second"})
+    assert refused.status_code == 409 and refused.json()["code"] == "budget_exceeded"
+    server.set_faults()  # EC2 shows it now: the sweep records it and the launch lets go of its share
+    api.post("/instances/sync").raise_for_status()
+    budget = api.get("/budget").json()
+    assert budget["unresolved_launches"] == [] and len(budget["instances"]) == 1
+
+
+def test_policy_comes_before_the_budget_and_a_refusal_says_what_the_create_would_commit(started):
+    _, api = started(BUDGET_USD="0.01")
+    bad_ami = api.post("/instances", json=BODY | {"ami": "ami-0123456789abcdef0"})
+    assert bad_ami.status_code == 400, bad_ami.text  # the free-tier policy, not the budget, answers
+    refused = api.post("/instances", json=BODY | {"auto_stop_minutes": 60})
+    assert refused.status_code == 409
+    body = refused.json()
+    parts = body["would_commit"]
+    assert set(parts) == {"compute_usd", "storage_usd", "public_ipv4_usd", "total_usd"}
+    assert parts["compute_usd"] == pytest.approx(0.0104, abs=1e-4)  # one hour of t3.micro
+    assert parts["public_ipv4_usd"] == pytest.approx(0.005, abs=1e-4)
+    assert parts["storage_usd"] > 0 and parts["total_usd"] == pytest.approx(
+        parts["compute_usd"] + parts["storage_usd"] + parts["public_ipv4_usd"], abs=2e-4)
+    assert body["left_usd"] == pytest.approx(0.01, abs=1e-6) and body["period"] == datetime.now(UTC).strftime("%Y-%m")
+    assert "compute USD" in body["detail"] and "storage USD" in body["detail"] and "public IPv4 USD" in body["detail"]
+
+
+def test_an_accepted_delete_frees_its_share_at_once(started, fresh_emulator):
+    server, api = started(BUDGET_USD=f"{2.5 * one_create(datetime.now(UTC)):.6f}")
+    ids = [api.post("/instances", json=BODY | {"name": f"d{n}"}).json()["id"] for n in range(2)]
+    assert api.post("/instances", json=BODY | {"name": "third"}).status_code == 409
+    server.set_faults({"op": "describe-instances", "hide": "all"})  # no sync can record them terminated yet
+    deleted = api.post("/instances/actions", json={"action": "delete", "ids": ids})
+    assert deleted.status_code == 200, deleted.text
+    assert api.get("/budget").json()["committed_usd"] < one_create(datetime.now(UTC))  # what they spent only
+    assert api.post("/instances", json=BODY | {"name": "third"}).status_code == 201
+
+
+def test_at_a_months_start_runs_that_no_longer_fit_are_stopped_newest_first(started, fresh_emulator):
+    # The service's clock starts 40 s before the new year; the month ends while the test watches.
+    server, api = started(BUDGET_USD="5", CLOCK_START="2026-12-31T23:59:20Z")
+    week = api.post("/instances", json=BODY | {"name": "week", "auto_stop_minutes": 10080})
+    assert week.status_code == 201, week.text  # most of its week is January's: 2.7 of January's 5
+    forever = api.post("/instances", json=BODY | {"name": "forever", "auto_stop_minutes": None})
+    assert forever.status_code == 201  # charged to December's end, admitted again on 1 January
+    late = api.post("/instances", json=BODY | {"name": "late"}).json()
+    march = api.patch(f"/instances/{late['id']}", json={"stop_at": "2027-03-31T00:00:00Z"})
+    assert march.status_code == 409 and march.json()["code"] == "budget_exceeded", march.text
+    assert march.json()["period"] == "2027-01"  # January's budget is the one it does not fit
+    budget = api.get("/budget").json()
+    assert budget["period_start"].startswith("2026-12-01") and budget["committed_usd"] < 1
+    assert [p["period_start"][:7] for p in budget["later_periods"]] == ["2027-01"]
+    mark = len(server.aws_calls())
+
+    def new_year() -> dict | None:
+        doc = api.get("/budget").json()
+        return doc if doc["period_start"].startswith("2027-01-01") else None
+
+    wait_until(new_year, timeout=60, interval=0.5)
+    stopped = {forever.json()["id"], late["id"]}
+    wait_until(lambda: {i["id"] for i in api.get("/instances").json()["instances"]
+                        if i["state"] in ("stopping", "stopped")} == stopped, timeout=30)
+    assert running(fresh_emulator) == {week.json()["id"]}
+    calls = [c for c in server.aws_calls()[mark:] if "stop-instances" in c]
+    assert len(calls) == 1 and stopped <= set(calls[0])  # one coalesced call
+    events = api.get(f"/instances/{late['id']}/events").json()["events"]
+    assert any(e["source"] == "budget_enforced" and e["to_state"] in ("stopping", "stopped") for e in events)
+    budget = api.get("/budget").json()
+    assert budget["committed_usd"] <= 5 and budget["enforcement"] == "stop"
+    assert json.loads(json.dumps(budget))["later_periods"] == []
