@@ -202,6 +202,8 @@ def test_old_events_and_finished_launches_are_pruned_but_never_an_instance(emula
     db.upsert_instance({"id": instance, "name": "old", "state": "terminated", "tags": {},
                         "created_at": "2020-01-01T00:00:00.000000Z", "updated_at": "2020-01-01T00:00:00.000000Z"})
     db.add_event(instance, "create", None, "pending", "api", at="2020-01-01T00:00:00.000000Z")
+    # Its state when last month began, which the budget counts from: kept whatever the retention.
+    db.add_event(instance, "observe", "pending", "running", "reconcile", at="2020-01-01T00:01:00.000000Z")
     db.add_event(instance, "delete", "running", "terminated", "api")  # recent: kept
     conn = db.connect()
     for request_id, status in (("old-done", "launched"), ("old-failed", "failed"), ("old-pending", "pending")):
@@ -212,10 +214,11 @@ def test_old_events_and_finished_launches_are_pruned_but_never_an_instance(emula
     try:
         def pruned() -> bool:
             left = conn.execute("SELECT count(*) FROM instance_events WHERE instance_id = ?", (instance,))
-            return left.fetchone()[0] == 1
+            return left.fetchone()[0] == 2
         wait_until(pruned, timeout=30)
         with httpx.Client(base_url=server.url, timeout=60) as api:
-            assert [e["action"] for e in api.get(f"/instances/{instance}/events").json()["events"]] == ["delete"]
+            events = api.get(f"/instances/{instance}/events").json()["events"]
+            assert [e["action"] for e in events] == ["observe", "delete"]
             assert api.get(f"/instances/{instance}").json()["name"] == "old"
         left = [r[0] for r in conn.execute("SELECT request_id FROM launches ORDER BY request_id")]
         assert left == ["old-pending"]  # an unresolved launch is never forgotten

@@ -644,11 +644,24 @@ class Database:
             "SELECT * FROM launches WHERE status = 'pending' AND region = ? AND endpoint = ?", (region, endpoint))]
 
     def prune(self, before: str) -> tuple[int, int]:
-        """Forget events and finished launches older than `before`; instance rows are never pruned."""
+        """Forget events and finished launches older than `before`; instance rows are never pruned.
+
+        Events are kept back to the start of the previous budget period whatever `before` says: the spend
+        ledger replays them to know what this month and the last one cost (a short retention must not
+        erase spending and let the budget admit more)."""
+        from app.services.spending import period_bounds  # the budget's own months (it imports this module)
+
+        this_month = period_bounds(clock.now())[0]
+        last_month = period_bounds(this_month - timedelta(microseconds=1))[0].strftime(TIME_FORMAT)
+        events_before = min(before, last_month)
         with self.transaction() as conn:
-            # Each instance keeps its newest event: the spend ledger starts its history there.
-            events = conn.execute("DELETE FROM instance_events WHERE at < ? AND seq NOT IN (SELECT MAX(seq) FROM "
-                                  "instance_events GROUP BY instance_id)", (before,)).rowcount
+            # Each instance keeps its newest event (its history starts there) and its newest state change
+            # before the cutoff: its state when the previous period began, which the ledger counts from.
+            events = conn.execute(
+                "DELETE FROM instance_events WHERE at < ? "
+                "AND seq NOT IN (SELECT MAX(seq) FROM instance_events GROUP BY instance_id) "
+                "AND seq NOT IN (SELECT MAX(seq) FROM instance_events WHERE at < ? AND to_state IS NOT NULL "
+                "GROUP BY instance_id)", (events_before, events_before)).rowcount
             launches = conn.execute("DELETE FROM launches WHERE status != 'pending' AND updated_at < ?",
                                     (before,)).rowcount
             # Notifications with every delivery finished (or none at all), like the events they tell of.

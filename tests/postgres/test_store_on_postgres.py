@@ -11,6 +11,7 @@ from app.config import Settings
 from app.services.db import PG_WRITE_LOCK, SCHEMA_VERSION, PostgresDatabase, pg_sql, redact_url
 from tests.services.test_db import (  # noqa: F401  (collected here once more, on PostgreSQL)
     test_a_retried_key_resends_a_lost_launch_replaces_a_refused_one_and_returns_a_found_one,
+    test_a_short_retention_keeps_what_the_budget_needs_for_this_and_the_last_month,
     test_an_idempotency_key_is_its_owners,
     test_events_keep_their_actor,
     test_rendered_list_follows_every_write,

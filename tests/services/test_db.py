@@ -3,8 +3,14 @@
 
 import json
 import sqlite3
+from datetime import UTC, datetime
 
-from app.services.db import SCHEMA_VERSION, Database
+from app.config import DEFAULT_PRICES_FILE
+from app.services import clock
+from app.services.db import SCHEMA_VERSION, Database, ago
+from app.services.spending import PriceBook, Spending, instance_cost
+
+BOOK = PriceBook.load(DEFAULT_PRICES_FILE)
 
 ORIGINAL_SCHEMA = """CREATE TABLE instances (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, public_ip TEXT, ami TEXT NOT NULL, instance_type TEXT NOT NULL,
@@ -184,3 +190,55 @@ def test_an_idempotency_key_is_its_owners(new_db):
     assert not db.claim_launch("rid-5", "old-key", "hash", {}, "us-east-1", "", "alice", False)[1]
     fresh, claimed = db.claim_launch("rid-6", "old-key", "hash", {}, "us-east-1", "", "root", True)
     assert claimed and (fresh["request_id"], fresh["owner"]) == ("rid-6", "root")
+
+
+def _when(day: str) -> str:
+    return f"2026-{day}:00.000000Z"
+
+
+def test_a_short_retention_keeps_what_the_budget_needs_for_this_and_the_last_month(new_db):
+    # EVENTS_RETENTION_DAYS=7 on 20 November: the ledger of November (and of October) must not change,
+    # while what is older than October goes, but for the event giving each instance's state on 1 October.
+    db = new_db
+    now = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+    busy, old = "i-0123456789abcdef0", "i-0123456789abcdef1"
+    for instance_id, created, state, ip in ((busy, _when("09-25T10:00"), "running", "3.3.3.3"),
+                                            (old, _when("08-01T10:00"), "stopped", None)):
+        db.upsert_instance({"id": instance_id, "name": instance_id, "state": state, "instance_type": "t3.micro",
+                            "region": "us-east-1", "endpoint": "", "storage_gb": 10, "public_ip": ip, "tags": {},
+                            "created_at": created, "updated_at": created})
+    history = [  # running, stopped, running... with an address while running in November
+        (busy, "09-25T10:00", "pending", None), (busy, "09-25T10:01", "running", "1.1.1.1"),
+        (busy, "09-28T08:00", None, None),  # no state: the ledger skips it, so must the pruning
+        (busy, "10-05T09:00", "stopped", None), (busy, "10-20T09:00", "running", "2.2.2.2"),
+        (busy, "10-28T18:00", "stopped", None), (busy, "11-02T08:00", "running", "3.3.3.3"),
+        (busy, "11-06T20:00", "stopped", None), (busy, "11-09T07:30", "running", "3.3.3.3"),
+        (busy, "11-14T19:00", "stopped", None), (busy, "11-17T08:00", "running", "3.3.3.3"),
+        (old, "08-01T10:00", "pending", None), (old, "08-01T10:01", "running", None),
+        (old, "08-03T10:00", "stopped", None),
+    ]
+    for instance_id, day, state, ip in history:
+        db.add_event(instance_id, "observe", None, state, "reconcile", at=_when(day), public_ip=ip)
+    month, last_month = datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 10, 1, tzinfo=UTC)
+
+    def ledger() -> tuple[dict[str, float], dict[str, float]]:
+        spending = Spending(100.0, BOOK, db, "us-east-1", "")
+        this = {item["id"]: item["spent_usd"] for item in spending.summary(now).instances}
+        last = {i: instance_cost(db.get_instance(i), db.list_events(i), BOOK, last_month, month, now).spent_usd
+                for i in (busy, old)}
+        return this, last
+
+    clock.start_at(now)
+    try:
+        before = ledger()
+        assert before[0][busy] > 1.0  # compute, address and storage since 1 November
+        pruned, _ = db.prune(ago(7 * 86400))
+    finally:
+        clock.start_at(None)
+    assert ledger() == before
+    # Older than October: only the event giving the state on 1 October (running, with its address) is kept.
+    assert pruned == 4
+    assert [(e["at"][:16], e["to_state"]) for e in db.list_events(busy)][:2] == [
+        ("2026-09-25T10:01", "running"), ("2026-10-05T09:00", "stopped")]
+    assert len(db.list_events(busy)) == 9
+    assert [e["to_state"] for e in db.list_events(old)] == ["stopped"]
