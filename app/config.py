@@ -5,6 +5,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import unquote
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -39,7 +40,10 @@ class SettingsConflict(ValueError):
 class Settings(BaseSettings):
     """Every knob of the service. A bad value stops the server at start with a clear message."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+    # hide_input_in_errors: a ValidationError's text (a traceback's) never repeats a value, which may be a secret;
+    # config_problems shows the values that are not.
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False,
+                                      hide_input_in_errors=True)
 
     aws_region: str | None = None
     aws_default_region: str | None = None
@@ -177,7 +181,8 @@ class Settings(BaseSettings):
             try:
                 conninfo_to_dict(value)
             except psycopg.ProgrammingError as exc:
-                raise ValueError(f"is not a PostgreSQL URL psycopg can use ({exc}); the form is "
+                raise ValueError(f"is not a PostgreSQL URL psycopg can use ({_hide_password(str(exc), value)}); "
+                                 "the form is "
                                  "postgresql://user:password@host:port/database") from None
         elif "://" in value and not value.startswith("sqlite:///"):
             raise ValueError("names an engine this service does not speak; use a SQLite file path (or "
@@ -351,6 +356,40 @@ class Settings(BaseSettings):
             url = url[len("sqlite:///") :]
         path = Path(url).expanduser()
         return path if path.is_absolute() else Path.cwd() / path
+
+
+def _url_passwords(url: str) -> list[str]:
+    """Every form the password of a database URL may take in a message: as written in the authority (up to the
+    first '@' as libpq reads it, or the last, as its writer may have meant it) and as password= parameters, each
+    also percent-decoded. Longest first."""
+    rest = url.split("://", 1)[-1]
+    authority = rest.split("?", 1)[0]
+    found: list[str] = []
+    for end in (authority.find("@"), authority.rfind("@")):
+        if end > 0 and ":" in authority[:end]:
+            found.append(authority[:end].split(":", 1)[1])
+    found += re.findall(r"(?:^|[?&])password=([^&]*)", rest.partition("?")[2], flags=re.IGNORECASE)
+    found += [unquote(secret) for secret in found]
+    return sorted({secret for secret in found if secret}, key=len, reverse=True)
+
+
+def _hide_password(message: str, url: str) -> str:
+    """A message about a database URL (psycopg's, which quotes the token it stumbled on) without its password:
+    a quoted token holding it becomes "***" (a quoted URL: that URL redacted), and so does any other copy."""
+    from app.services.db import redact_url  # the log's redaction of a database URL
+
+    secrets = _url_passwords(url)
+
+    def quoted(match: re.Match[str]) -> str:
+        token = match.group(1)
+        if not any(secret in token for secret in secrets):
+            return match.group(0)
+        return f'"{redact_url(token)}"' if "://" in token else '"***"'
+
+    message = re.sub(r'"([^"]*)"', quoted, message)
+    for secret in secrets:
+        message = message.replace(secret, "***")
+    return message
 
 
 def config_problems(exc: ValidationError) -> list[str]:

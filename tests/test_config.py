@@ -101,6 +101,32 @@ def test_a_bad_notify_url_stops_the_server_naming_the_variable_not_the_secret(tm
         assert "tok-s3cret-55" not in done.stderr + done.stdout
 
 
+@pytest.mark.parametrize("url, password", [
+    ("postgresql://u:pa%ss@h/db", "pa%ss"),  # a bare % in the password: psycopg quotes the token
+    ("postgresql://u:se cret@h/db", "se cret"),  # a space: quoted too
+    ("postgresql://u:x@h/db?password=s3%cr3t", "s3%cr3t"),  # the password as a parameter
+])
+def test_an_unparsable_database_url_never_shows_its_password(monkeypatch, url, password):
+    from app.config import config_problems
+
+    monkeypatch.setenv("DATABASE_URL", url)
+    with pytest.raises(ValidationError) as caught:
+        settings()
+    lines = config_problems(caught.value)
+    assert len(lines) == 1 and lines[0].startswith("DATABASE_URL: is not a PostgreSQL URL psycopg can use ("), lines
+    assert password not in lines[0] and '"***"' in lines[0], lines
+    assert password not in str(caught.value)  # nor in the error's own text (a traceback's)
+
+
+def test_a_start_with_an_unparsable_database_url_never_prints_its_password(tmp_path):
+    env = safe_env(DATABASE_URL="postgresql://app:hunter%2secret@db.example/ec2", EC2_ENDPOINT_URL="http://127.0.0.1:9")
+    done = subprocess.run([sys.executable, "-m", "uvicorn", "app.main:app", "--port", "0"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("ec2-creator-local: bad configuration: DATABASE_URL: "), done.stderr
+    assert "hunter" not in done.stderr + done.stdout and "secret" not in done.stderr + done.stdout, done.stderr
+
+
 def test_spend_guard_defaults():
     s = Settings(_env_file=None)  # type: ignore[call-arg]
     assert s.budget_usd == 5.0 and s.default_auto_stop_minutes == 480
