@@ -1,6 +1,7 @@
 """One settings class, read from the environment (and `.env`), validated at start."""
 
 import ipaddress
+import os
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -268,7 +269,9 @@ class Settings(BaseSettings):
             return None
         path = value.expanduser()
         load_users(path)  # a ValueError names what is wrong in the file (never a hash)
-        return path.resolve()
+        # Absolute, but its symlinks NOT resolved: the server watches the path as given, so a re-pointed link (a
+        # release symlink, a Kubernetes ConfigMap's ..data swap) is followed to the file it names now.
+        return Path(os.path.abspath(path))
 
     @field_validator("ec2_endpoint_url")
     @classmethod

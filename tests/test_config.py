@@ -2,11 +2,13 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from app.config import Settings
+from tests.support.configmap import publish
 from tests.support.processes import ROOT, safe_env
 
 
@@ -283,11 +285,29 @@ def test_a_tokens_file_protects_the_server(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("API_TOKENS_FILE", "tokens.toml")
     s = settings()
-    assert s.api_tokens_file == path.resolve() and s.api_token is None and s.auth_configured
+    assert s.api_tokens_file == Path.cwd() / path.name and s.api_token is None and s.auth_configured
     assert token_file(s.api_tokens_file).lookup("alice-token-0123456789").name == "alice"
     monkeypatch.setenv("API_TOKENS_FILE", "")
     assert settings().api_tokens_file is None and not settings().auth_configured
     assert settings(API_TOKEN="x" * 20).auth_configured
+
+
+def test_a_symlinked_tokens_file_is_watched_as_given_not_where_it_pointed_at_start(monkeypatch, tmp_path):
+    # API_TOKENS_FILE mounted from a Kubernetes ConfigMap: a revocation swaps ..data to a new version and deletes
+    # the old one. Resolved once at start, the server kept reading the old file (the revoked token worked), then
+    # found it gone (503 for everyone).
+    from app.services.users import token_file
+
+    alice, bob = ("alice", "alice-token-0123456789", "user"), ("bob", "bob-token-0123456789", "user")
+    path = publish(tmp_path / "config", _tokens_file(tmp_path, alice, bob).read_text())
+    monkeypatch.setenv("API_TOKENS_FILE", str(path))
+    s = settings()
+    tokens = token_file(s.api_tokens_file, s.reserved_user_names)  # as each request gets it (app/deps.py)
+    assert tokens.lookup("alice-token-0123456789").name == "alice"
+    publish(tmp_path / "config", _tokens_file(tmp_path, bob).read_text())  # alice revoked
+    assert tokens.lookup("alice-token-0123456789") is None  # no TokensFileInvalid (503) either
+    assert tokens.lookup("bob-token-0123456789").name == "bob"
+    assert s.api_tokens_file == path  # the path as given (made absolute), not its target at start
 
 
 @pytest.mark.parametrize("content, message", [
