@@ -10,7 +10,16 @@ from urllib.parse import unquote
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-from pydantic import AwareDatetime, Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -85,6 +94,9 @@ class Settings(BaseSettings):
     events_retention_days: float = Field(90.0, gt=0, le=36500)
     # The spend guard: what may be committed per calendar month (UTC), priced from PRICES_FILE.
     budget_usd: float = Field(5.0, gt=0, le=1_000_000)
+    # The budget with EC2_TARGET=sandbox when BUDGET_USD is set neither in the environment nor in .env: the
+    # emulator's instances cost nothing, and 5 USD of pretend spending refused every create after about seven.
+    sandbox_budget_usd: float = Field(100.0, gt=0, le=1_000_000)
     default_auto_stop_minutes: int | None = Field(480, ge=1, le=10080)
     prices_file: Path = DEFAULT_PRICES_FILE
     # Notifications (app/services/notifications.py): email through SMTP, other channels as Apprise URLs.
@@ -102,6 +114,9 @@ class Settings(BaseSettings):
     notify_api_url: str = "http://127.0.0.1:8000"
     # Tests only (app/services/clock.py): the service's clock starts at this UTC time and runs from there.
     clock_start: AwareDatetime | None = None
+
+    # Where the budget in force comes from, for the start-up line (budget_from).
+    _budget_from: str = PrivateAttr("BUDGET_USD's default")
 
     _split = field_validator("allowed_instance_types", "free_tier_amis", "notify_email_to", "notify_events",
                              mode="before")(_split_csv)
@@ -302,6 +317,10 @@ class Settings(BaseSettings):
             raise SettingsConflict(*problems[0], more=problems[1:])
         if self.ec2_target == "sandbox" and not self.ec2_endpoint_url:
             self.ec2_endpoint_url = DEFAULT_SANDBOX_URL
+        if "budget_usd" in self.model_fields_set:  # given: in the environment, .env or as an argument
+            self._budget_from = "BUDGET_USD"
+        elif self.ec2_target == "sandbox":
+            self.budget_usd, self._budget_from = self.sandbox_budget_usd, "SANDBOX_BUDGET_USD, BUDGET_USD unset"
         return self
 
     def _tokens_file_beside_api_token(self) -> list[tuple[tuple[str, ...], str]]:
@@ -347,6 +366,12 @@ class Settings(BaseSettings):
     def target_label(self) -> str:
         """SANDBOX when an emulator endpoint is set, AWS otherwise."""
         return "SANDBOX" if self.ec2_endpoint_url else "AWS"
+
+    @property
+    def budget_from(self) -> str:
+        """Which setting gave budget_usd: BUDGET_USD (set), its default, or SANDBOX_BUDGET_USD (EC2_TARGET=sandbox
+        without BUDGET_USD)."""
+        return self._budget_from
 
     @property
     def database_is_postgres(self) -> bool:

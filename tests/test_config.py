@@ -135,6 +135,44 @@ def test_spend_guard_defaults():
     assert Settings(_env_file=None, default_auto_stop_minutes="never").default_auto_stop_minutes is None  # type: ignore[call-arg]
 
 
+@pytest.fixture
+def no_budget_env(monkeypatch, tmp_path):
+    """No BUDGET_USD, SANDBOX_BUDGET_USD nor EC2_* in the environment, and an empty working directory (no .env)."""
+    for name in ("BUDGET_USD", "SANDBOX_BUDGET_USD", "EC2_TARGET", "EC2_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return monkeypatch
+
+
+def test_the_sandbox_has_its_own_budget_unless_budget_usd_is_set(no_budget_env, tmp_path):
+    # The emulator's instances cost nothing: 5 USD of pretend spending refused every create after about seven.
+    no_budget_env.setenv("EC2_TARGET", "sandbox")
+    s = Settings()  # reads ./.env, as the server does
+    assert (s.budget_usd, s.budget_from) == (100.0, "SANDBOX_BUDGET_USD, BUDGET_USD unset")
+    no_budget_env.setenv("SANDBOX_BUDGET_USD", "250")
+    assert Settings().budget_usd == 250.0
+    # BUDGET_USD wins, wherever it is set: the environment, or .env.
+    no_budget_env.setenv("BUDGET_USD", "3")
+    assert (Settings().budget_usd, Settings().budget_from) == (3.0, "BUDGET_USD")
+    no_budget_env.delenv("BUDGET_USD")
+    (tmp_path / ".env").write_text("BUDGET_USD=3\n")
+    assert (Settings().budget_usd, Settings().budget_from) == (3.0, "BUDGET_USD")
+    # Against AWS (or with no EC2_TARGET), BUDGET_USD's default; SANDBOX_BUDGET_USD does not apply.
+    (tmp_path / ".env").write_text("SANDBOX_BUDGET_USD=250\n")
+    no_budget_env.delenv("SANDBOX_BUDGET_USD")
+    assert Settings().budget_usd == 250.0  # from .env too
+    for target in ("aws", None):
+        if target:
+            no_budget_env.setenv("EC2_TARGET", target)
+        else:
+            no_budget_env.delenv("EC2_TARGET")
+        s = Settings()
+        assert (s.budget_usd, s.budget_from) == (5.0, "BUDGET_USD's default")
+    no_budget_env.setenv("SANDBOX_BUDGET_USD", "0")
+    with pytest.raises(ValidationError, match="sandbox_budget_usd"):
+        Settings()
+
+
 def test_server_refuses_to_start_with_an_unknown_backend(tmp_path):
     env = safe_env(BACKEND="boto3", DATABASE_URL=str(tmp_path / "db.sqlite"), EC2_ENDPOINT_URL="http://127.0.0.1:9")
     done = subprocess.run([sys.executable, "-m", "uvicorn", "app.main:app", "--port", "0"], cwd=ROOT, env=env,
