@@ -22,9 +22,14 @@ SANDBOX_ENV  = env -u AWS_PROFILE -u AWS_DEFAULT_PROFILE -u AWS_SESSION_TOKEN AW
 	SSH_KEY_PATH=$${SSH_KEY_PATH:-$(SANDBOX_STATE)/my_ec2_keypair.pem}
 # `make run`'s banner, printed once the server listens (after uvicorn's "Uvicorn running on"), never before:
 # with the port taken, uvicorn's "address already in use" is the last word. It passes every line through
-# and ignores Ctrl-C, so uvicorn's graceful shutdown is still shown (and never meets a closed pipe).
-AFTER_BIND  = bash -c 'trap "" INT; while IFS= read -r line; do printf "%s\n" "$$line"; \
-	  case $$line in *"Uvicorn running on"*) printf "%s\n" "$$1";; esac; done' banner
+# and ignores Ctrl-C, so uvicorn's graceful shutdown is still shown (and never meets a closed pipe). The
+# budget in force (BUDGET_USD, or SANDBOX_BUDGET_USD in the sandbox) is the server's own, taken from its
+# start-up line ("EC2 Creator Local targets ...; budget 100.00 USD a month (...); ..."): $$1 target, $$2 URL.
+AFTER_BIND  = bash -c 'trap "" INT; budget=; while IFS= read -r line; do printf "%s\n" "$$line"; \
+	  case $$line in *"EC2 Creator Local targets "*"; budget "*) budget=$${line\#*; budget }; \
+	    budget=$${budget%%;*}; budget=$${budget%%\"*};; esac; \
+	  case $$line in *"Uvicorn running on"*) printf "%s%s: API docs at %s\n" "$$1" "$${budget:+, budget $$budget}" "$$2";; \
+	  esac; done' banner
 # The AWS CLI v2 the tests run next to the venv's v1 (Debian's awscli package; `make system-deps`).
 AWS_CLI_V2  ?= /usr/bin/aws
 export AWS_CLI_V2
@@ -65,11 +70,11 @@ sandbox-status: ## Does the emulator on SANDBOX_PORT answer? Also names the othe
 run: venv ## Start the API on $(HOST):$(PORT); EC2_TARGET=sandbox (default) or aws
 ifeq ($(EC2_TARGET),aws)
 	@set -o pipefail; EC2_TARGET=aws $(PY) -m uvicorn app.main:app --host $(HOST) --port $(PORT) 2>&1 \
-	  | $(AFTER_BIND) "ec2-creator-local: target AWS (real account, region $${AWS_REGION:-$${AWS_DEFAULT_REGION:-us-east-1}}): API docs at http://$(HOST):$(PORT)/docs"
+	  | $(AFTER_BIND) "ec2-creator-local: target AWS (real account, region $${AWS_REGION:-$${AWS_DEFAULT_REGION:-us-east-1}})" http://$(HOST):$(PORT)/docs
 else ifeq ($(EC2_TARGET),sandbox)
 	@SANDBOX_PORT=$(SANDBOX_PORT) scripts/sandbox.sh start
 	@set -o pipefail; $(SANDBOX_ENV) $(PY) -m uvicorn app.main:app --host $(HOST) --port $(PORT) 2>&1 \
-	  | $(AFTER_BIND) "ec2-creator-local: target SANDBOX (local EC2 emulator at $(SANDBOX_URL), no AWS account used): API docs at http://$(HOST):$(PORT)/docs"
+	  | $(AFTER_BIND) "ec2-creator-local: target SANDBOX (local EC2 emulator at $(SANDBOX_URL), no AWS account used)" http://$(HOST):$(PORT)/docs
 else
 	@echo "EC2_TARGET must be 'sandbox' or 'aws', not '$(EC2_TARGET)'" >&2; exit 2
 endif

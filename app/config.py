@@ -1,14 +1,25 @@
 """One settings class, read from the environment (and `.env`), validated at start."""
 
 import ipaddress
+import os
 import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import unquote
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-from pydantic import AwareDatetime, Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +50,10 @@ class SettingsConflict(ValueError):
 class Settings(BaseSettings):
     """Every knob of the service. A bad value stops the server at start with a clear message."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+    # hide_input_in_errors: a ValidationError's text (a traceback's) never repeats a value, which may be a secret;
+    # config_problems shows the values that are not.
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False,
+                                      hide_input_in_errors=True)
 
     aws_region: str | None = None
     aws_default_region: str | None = None
@@ -80,6 +94,9 @@ class Settings(BaseSettings):
     events_retention_days: float = Field(90.0, gt=0, le=36500)
     # The spend guard: what may be committed per calendar month (UTC), priced from PRICES_FILE.
     budget_usd: float = Field(5.0, gt=0, le=1_000_000)
+    # The budget with EC2_TARGET=sandbox when BUDGET_USD is set neither in the environment nor in .env: the
+    # emulator's instances cost nothing, and 5 USD of pretend spending refused every create after about seven.
+    sandbox_budget_usd: float = Field(100.0, gt=0, le=1_000_000)
     default_auto_stop_minutes: int | None = Field(480, ge=1, le=10080)
     # At a month's start, and whenever committed spend passes BUDGET_USD otherwise: stop the newest runs until
     # it fits (stop), or only say so (notify).
@@ -100,6 +117,9 @@ class Settings(BaseSettings):
     notify_api_url: str = "http://127.0.0.1:8000"
     # Tests only (app/services/clock.py): the service's clock starts at this UTC time and runs from there.
     clock_start: AwareDatetime | None = None
+
+    # Where the budget in force comes from, for the start-up line (budget_from).
+    _budget_from: str = PrivateAttr("BUDGET_USD's default")
 
     _split = field_validator("allowed_instance_types", "free_tier_amis", "notify_email_to", "notify_events",
                              mode="before")(_split_csv)
@@ -180,7 +200,8 @@ class Settings(BaseSettings):
             try:
                 conninfo_to_dict(value)
             except psycopg.ProgrammingError as exc:
-                raise ValueError(f"is not a PostgreSQL URL psycopg can use ({exc}); the form is "
+                raise ValueError(f"is not a PostgreSQL URL psycopg can use ({_hide_password(str(exc), value)}); "
+                                 "the form is "
                                  "postgresql://user:password@host:port/database") from None
         elif "://" in value and not value.startswith("sqlite:///"):
             raise ValueError("names an engine this service does not speak; use a SQLite file path (or "
@@ -266,7 +287,9 @@ class Settings(BaseSettings):
             return None
         path = value.expanduser()
         load_users(path)  # a ValueError names what is wrong in the file (never a hash)
-        return path.resolve()
+        # Absolute, but its symlinks NOT resolved: the server watches the path as given, so a re-pointed link (a
+        # release symlink, a Kubernetes ConfigMap's ..data swap) is followed to the file it names now.
+        return Path(os.path.abspath(path))
 
     @field_validator("ec2_endpoint_url")
     @classmethod
@@ -297,6 +320,10 @@ class Settings(BaseSettings):
             raise SettingsConflict(*problems[0], more=problems[1:])
         if self.ec2_target == "sandbox" and not self.ec2_endpoint_url:
             self.ec2_endpoint_url = DEFAULT_SANDBOX_URL
+        if "budget_usd" in self.model_fields_set:  # given: in the environment, .env or as an argument
+            self._budget_from = "BUDGET_USD"
+        elif self.ec2_target == "sandbox":
+            self.budget_usd, self._budget_from = self.sandbox_budget_usd, "SANDBOX_BUDGET_USD, BUDGET_USD unset"
         return self
 
     def _tokens_file_beside_api_token(self) -> list[tuple[tuple[str, ...], str]]:
@@ -344,6 +371,12 @@ class Settings(BaseSettings):
         return "SANDBOX" if self.ec2_endpoint_url else "AWS"
 
     @property
+    def budget_from(self) -> str:
+        """Which setting gave budget_usd: BUDGET_USD (set), its default, or SANDBOX_BUDGET_USD (EC2_TARGET=sandbox
+        without BUDGET_USD)."""
+        return self._budget_from
+
+    @property
     def database_is_postgres(self) -> bool:
         return self.database_url.startswith(("postgresql://", "postgres://"))
 
@@ -354,6 +387,40 @@ class Settings(BaseSettings):
             url = url[len("sqlite:///") :]
         path = Path(url).expanduser()
         return path if path.is_absolute() else Path.cwd() / path
+
+
+def _url_passwords(url: str) -> list[str]:
+    """Every form the password of a database URL may take in a message: as written in the authority (up to the
+    first '@' as libpq reads it, or the last, as its writer may have meant it) and as password= parameters, each
+    also percent-decoded. Longest first."""
+    rest = url.split("://", 1)[-1]
+    authority = rest.split("?", 1)[0]
+    found: list[str] = []
+    for end in (authority.find("@"), authority.rfind("@")):
+        if end > 0 and ":" in authority[:end]:
+            found.append(authority[:end].split(":", 1)[1])
+    found += re.findall(r"(?:^|[?&])password=([^&]*)", rest.partition("?")[2], flags=re.IGNORECASE)
+    found += [unquote(secret) for secret in found]
+    return sorted({secret for secret in found if secret}, key=len, reverse=True)
+
+
+def _hide_password(message: str, url: str) -> str:
+    """A message about a database URL (psycopg's, which quotes the token it stumbled on) without its password:
+    a quoted token holding it becomes "***" (a quoted URL: that URL redacted), and so does any other copy."""
+    from app.services.db import redact_url  # the log's redaction of a database URL
+
+    secrets = _url_passwords(url)
+
+    def quoted(match: re.Match[str]) -> str:
+        token = match.group(1)
+        if not any(secret in token for secret in secrets):
+            return match.group(0)
+        return f'"{redact_url(token)}"' if "://" in token else '"***"'
+
+    message = re.sub(r'"([^"]*)"', quoted, message)
+    for secret in secrets:
+        message = message.replace(secret, "***")
+    return message
 
 
 def config_problems(exc: ValidationError) -> list[str]:

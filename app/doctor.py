@@ -83,11 +83,12 @@ class Doctor:
         return Line(OK, "aws", f"{path}: {version.split()[0]}{note}")
 
     def target(self) -> Line:
+        budget = f"; budget {self.settings.budget_usd:.2f} USD a month ({self.settings.budget_from})"
         if self.sandbox:
             return Line(OK, "target", f"SANDBOX, the local EC2 emulator at {self.settings.ec2_endpoint_url} "
-                                      "(no AWS account is used)")
+                                      f"(no AWS account is used){budget}")
         return Line(OK, "target", "AWS, the real account of these credentials: running boxes use its credits, "
-                                  "then its money")
+                                  f"then its money{budget}")
 
     def region_line(self) -> Line:
         source = ("AWS_REGION" if self.settings.aws_region else "AWS_DEFAULT_REGION"

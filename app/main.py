@@ -138,8 +138,9 @@ async def lifespan(app: FastAPI):
             f" (it wins over AWS_PROFILE={settings.aws_profile})" if settings.aws_profile else "")
     else:
         credentials = f"profile {settings.aws_profile}" if settings.aws_profile else "the AWS CLI's default chain"
-    log.info("EC2 Creator Local targets %s (%s, region %s, %s); AWS CLI %s; database %s", settings.target_label,
-             endpoint, settings.region, credentials, aws.env["AWS_CLI"], db.name)
+    log.info("EC2 Creator Local targets %s (%s, region %s, %s); budget %.2f USD a month (%s); AWS CLI %s; "
+             "database %s", settings.target_label, endpoint, settings.region, credentials, settings.budget_usd,
+             settings.budget_from, aws.env["AWS_CLI"], db.name)
     # On PostgreSQL several replicas may share the database: only the leader runs the background loops (a
     # follower retries within half an interval, so a dead leader is replaced within one sweep interval).
     leadership = Leadership(db, min(5.0, settings.reconcile_interval_seconds / 2))

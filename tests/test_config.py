@@ -2,11 +2,13 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from app.config import Settings
+from tests.support.configmap import publish
 from tests.support.processes import ROOT, safe_env
 
 
@@ -101,10 +103,74 @@ def test_a_bad_notify_url_stops_the_server_naming_the_variable_not_the_secret(tm
         assert "tok-s3cret-55" not in done.stderr + done.stdout
 
 
+@pytest.mark.parametrize("url, password", [
+    ("postgresql://u:pa%ss@h/db", "pa%ss"),  # a bare % in the password: psycopg quotes the token
+    ("postgresql://u:se cret@h/db", "se cret"),  # a space: quoted too
+    ("postgresql://u:x@h/db?password=s3%cr3t", "s3%cr3t"),  # the password as a parameter
+])
+def test_an_unparsable_database_url_never_shows_its_password(monkeypatch, url, password):
+    from app.config import config_problems
+
+    monkeypatch.setenv("DATABASE_URL", url)
+    with pytest.raises(ValidationError) as caught:
+        settings()
+    lines = config_problems(caught.value)
+    assert len(lines) == 1 and lines[0].startswith("DATABASE_URL: is not a PostgreSQL URL psycopg can use ("), lines
+    assert password not in lines[0] and '"***"' in lines[0], lines
+    assert password not in str(caught.value)  # nor in the error's own text (a traceback's)
+
+
+def test_a_start_with_an_unparsable_database_url_never_prints_its_password(tmp_path):
+    env = safe_env(DATABASE_URL="postgresql://app:hunter%2secret@db.example/ec2", EC2_ENDPOINT_URL="http://127.0.0.1:9")
+    done = subprocess.run([sys.executable, "-m", "uvicorn", "app.main:app", "--port", "0"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("ec2-creator-local: bad configuration: DATABASE_URL: "), done.stderr
+    assert "hunter" not in done.stderr + done.stdout and "secret" not in done.stderr + done.stdout, done.stderr
+
+
 def test_spend_guard_defaults():
     s = Settings(_env_file=None)  # type: ignore[call-arg]
     assert s.budget_usd == 5.0 and s.default_auto_stop_minutes == 480
     assert Settings(_env_file=None, default_auto_stop_minutes="never").default_auto_stop_minutes is None  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def no_budget_env(monkeypatch, tmp_path):
+    """No BUDGET_USD, SANDBOX_BUDGET_USD nor EC2_* in the environment, and an empty working directory (no .env)."""
+    for name in ("BUDGET_USD", "SANDBOX_BUDGET_USD", "EC2_TARGET", "EC2_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return monkeypatch
+
+
+def test_the_sandbox_has_its_own_budget_unless_budget_usd_is_set(no_budget_env, tmp_path):
+    # The emulator's instances cost nothing: 5 USD of pretend spending refused every create after about seven.
+    no_budget_env.setenv("EC2_TARGET", "sandbox")
+    s = Settings()  # reads ./.env, as the server does
+    assert (s.budget_usd, s.budget_from) == (100.0, "SANDBOX_BUDGET_USD, BUDGET_USD unset")
+    no_budget_env.setenv("SANDBOX_BUDGET_USD", "250")
+    assert Settings().budget_usd == 250.0
+    # BUDGET_USD wins, wherever it is set: the environment, or .env.
+    no_budget_env.setenv("BUDGET_USD", "3")
+    assert (Settings().budget_usd, Settings().budget_from) == (3.0, "BUDGET_USD")
+    no_budget_env.delenv("BUDGET_USD")
+    (tmp_path / ".env").write_text("BUDGET_USD=3\n")
+    assert (Settings().budget_usd, Settings().budget_from) == (3.0, "BUDGET_USD")
+    # Against AWS (or with no EC2_TARGET), BUDGET_USD's default; SANDBOX_BUDGET_USD does not apply.
+    (tmp_path / ".env").write_text("SANDBOX_BUDGET_USD=250\n")
+    no_budget_env.delenv("SANDBOX_BUDGET_USD")
+    assert Settings().budget_usd == 250.0  # from .env too
+    for target in ("aws", None):
+        if target:
+            no_budget_env.setenv("EC2_TARGET", target)
+        else:
+            no_budget_env.delenv("EC2_TARGET")
+        s = Settings()
+        assert (s.budget_usd, s.budget_from) == (5.0, "BUDGET_USD's default")
+    no_budget_env.setenv("SANDBOX_BUDGET_USD", "0")
+    with pytest.raises(ValidationError, match="sandbox_budget_usd"):
+        Settings()
 
 
 def test_server_refuses_to_start_with_an_unknown_backend(tmp_path):
@@ -257,11 +323,29 @@ def test_a_tokens_file_protects_the_server(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("API_TOKENS_FILE", "tokens.toml")
     s = settings()
-    assert s.api_tokens_file == path.resolve() and s.api_token is None and s.auth_configured
+    assert s.api_tokens_file == Path.cwd() / path.name and s.api_token is None and s.auth_configured
     assert token_file(s.api_tokens_file).lookup("alice-token-0123456789").name == "alice"
     monkeypatch.setenv("API_TOKENS_FILE", "")
     assert settings().api_tokens_file is None and not settings().auth_configured
     assert settings(API_TOKEN="x" * 20).auth_configured
+
+
+def test_a_symlinked_tokens_file_is_watched_as_given_not_where_it_pointed_at_start(monkeypatch, tmp_path):
+    # API_TOKENS_FILE mounted from a Kubernetes ConfigMap: a revocation swaps ..data to a new version and deletes
+    # the old one. Resolved once at start, the server kept reading the old file (the revoked token worked), then
+    # found it gone (503 for everyone).
+    from app.services.users import token_file
+
+    alice, bob = ("alice", "alice-token-0123456789", "user"), ("bob", "bob-token-0123456789", "user")
+    path = publish(tmp_path / "config", _tokens_file(tmp_path, alice, bob).read_text())
+    monkeypatch.setenv("API_TOKENS_FILE", str(path))
+    s = settings()
+    tokens = token_file(s.api_tokens_file, s.reserved_user_names)  # as each request gets it (app/deps.py)
+    assert tokens.lookup("alice-token-0123456789").name == "alice"
+    publish(tmp_path / "config", _tokens_file(tmp_path, bob).read_text())  # alice revoked
+    assert tokens.lookup("alice-token-0123456789") is None  # no TokensFileInvalid (503) either
+    assert tokens.lookup("bob-token-0123456789").name == "bob"
+    assert s.api_tokens_file == path  # the path as given (made absolute), not its target at start
 
 
 @pytest.mark.parametrize("content, message", [

@@ -65,6 +65,8 @@ def test_everything_present_exits_0_and_only_reads(aws_cli_bin, fresh_emulator, 
     major = "1" if aws_cli_bin == AWS_CLI_V1 else "2"
     assert report.lines["aws"] == (OK, report.text("aws")) and f"aws-cli/{major}." in report.text("aws")
     assert report.status("target") == OK and fresh_emulator.url in report.text("target")
+    # The budget in force, as the server started with these settings has it (EC2_TARGET=sandbox, no BUDGET_USD).
+    assert report.text("target").endswith("; budget 100.00 USD a month (SANDBOX_BUDGET_USD, BUDGET_USD unset)")
     assert report.lines["region"] == (OK, "us-east-1 (AWS_REGION)")
     assert report.status("credentials") == OK and "account 123456789012" in report.text("credentials")
     assert report.lines["key pair"] == (OK, f"{KEY_NAME} exists in us-east-1")

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import time
 
+import httpx
 import pytest
 
 from tests.support.processes import ROOT, free_port, safe_env
@@ -50,6 +51,11 @@ def test_the_banner_comes_once_it_listens_and_ctrl_c_shuts_down_gracefully(sandb
         lines = read_until(proc, "API docs at")
         running = next(i for i, line in enumerate(lines) if "Uvicorn running on" in line)
         assert running < len(lines) - 1 and "target SANDBOX" in lines[-1], lines
+        # The budget in force, as the server says it: the sandbox's, BUDGET_USD being unset (safe_env, no .env).
+        budget = "budget 100.00 USD a month (SANDBOX_BUDGET_USD, BUDGET_USD unset)"
+        assert any("EC2 Creator Local targets SANDBOX" in line and budget in line for line in lines), lines
+        assert budget in lines[-1], lines
+        assert httpx.get(f"http://127.0.0.1:{port}/budget", timeout=30).json()["budget_usd"] == 100.0
         assert f"http://127.0.0.1:{port}/docs" in lines[-1]
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal: the whole foreground group
         rest, _ = proc.communicate(timeout=60)

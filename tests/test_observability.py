@@ -77,7 +77,8 @@ def test_metrics_token_opens_metrics_only_and_json_logs(emulator, tmp_path):
             client.get("/health", headers={"X-Request-Id": "json-probe-1"})
         lines = [line for line in server.server_log().splitlines() if line.startswith("{")]
         records = [json.loads(line) for line in lines]
-        assert any(r["logger"] == "ec2_creator" and "targets" in r["message"] for r in records)
+        target = next(r["message"] for r in records if r["logger"] == "ec2_creator" and "targets" in r["message"])
+        assert "; budget 100000.00 USD a month (BUDGET_USD);" in target, target  # the budget in force, and whose
         assert all({"time", "level", "logger", "message", "request_id"} <= r.keys() for r in records)
         assert any(r["request_id"] == "json-probe-1" for r in records)  # uvicorn's access line of that request
     finally:

@@ -7,6 +7,7 @@ import subprocess
 import httpx
 import pytest
 
+from tests.support.configmap import publish
 from tests.support.processes import ROOT, wait_until
 from tests.support.server import ApiServer, aws_error
 
@@ -24,8 +25,8 @@ def tokens_toml(people: dict[str, str]) -> str:
 @pytest.fixture(scope="module")
 def people_server(emulator, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("people")
-    path = tmp / "tokens.toml"
-    path.write_text(tokens_toml(TOKENS))
+    # Mounted the way Kubernetes mounts a ConfigMap: tokens.toml -> ..data/tokens.toml, ..data -> ..<version>.
+    path = publish(tmp / "config", tokens_toml(TOKENS))
     path.chmod(0o600)
     server = ApiServer(tmp, emulator.url, API_TOKENS_FILE=str(path))
     server.tokens_file = path  # type: ignore[attr-defined]
@@ -150,6 +151,18 @@ def test_add_user_sh_adds_a_person_without_a_restart(people_server, as_):
         assert api.get("/instances").status_code == 401
     assert carol not in people_server.server_log()
     assert as_("alice").get("/instances").status_code == 200
+
+
+def test_a_configmap_update_revokes_at_once_and_keeps_everyone_else_in(people_server):
+    # Each update swaps ..data to a new version and deletes the old one: the server follows the path as given.
+    dave = "dave-token-0123456789abcdef"
+    publish(people_server.tokens_file.parent, tokens_toml(TOKENS | {"dave": dave}))
+    with httpx.Client(base_url=people_server.url, timeout=60, headers={"Authorization": f"Bearer {dave}"}) as api:
+        assert api.get("/instances").status_code == 200
+        publish(people_server.tokens_file.parent, tokens_toml(TOKENS))  # dave revoked
+        assert api.get("/instances").status_code == 401
+    alice = httpx.get(f"{people_server.url}/instances", headers={"Authorization": f"Bearer {TOKENS['alice']}"})
+    assert alice.status_code == 200, alice.text  # never 503: the deleted old version is not read
 
 
 def test_every_route_needs_a_known_token(people_server):

@@ -9,8 +9,10 @@ The file, TOML or JSON by its extension:
     sha256 = "<64 hex digits>"                 ]}
     role = "user"  # or "admin"
 
-It is read at start (a bad file stops the server) and again whenever it changes (modification time,
-size or inode: checked once per authenticated request), so `scripts/add_user.sh` needs no restart. A
+It is read at start (a bad file stops the server) and again whenever it changes (checked once per
+authenticated request: the modification time, size or inode of the file the path names now, or where its
+symlinks lead), so `scripts/add_user.sh` needs no restart. The path is watched as given, never resolved once:
+a re-pointed symlink (a release link, a Kubernetes ConfigMap's `..data` swap) is followed to its new file. A
 file that goes bad while the server runs shuts its people out (503 tokens_file_invalid, the reason in
 the log) until it is fixed: a half-made revocation must never leave the revoked token working.
 """
@@ -147,26 +149,31 @@ class TokensFileInvalid(Exception):
     """The tokens file went bad (or away) while the server runs: its people are refused until it is fixed."""
 
 
-def _signature(path: Path) -> tuple[int, int, int, int]:
-    info = path.stat()
-    return info.st_mtime_ns, info.st_size, info.st_ino, info.st_dev
+Signature = tuple[str, int, int, int, int]
+
+
+def _signature(path: Path) -> Signature:
+    """What the path names now: where its symlinks lead, and that file's mtime, size, inode and device."""
+    target = os.path.realpath(path)
+    info = path.stat()  # follows the links as they are now
+    return target, info.st_mtime_ns, info.st_size, info.st_ino, info.st_dev
 
 
 class TokenFile:
-    """API_TOKENS_FILE as last read, read again when it changes (one stat per lookup)."""
+    """API_TOKENS_FILE as last read, read again when what its path names changes (one stat per lookup)."""
 
     def __init__(self, path: Path, reserved: Iterable[str] = ()) -> None:
         self.path = Path(path)
         self.reserved = frozenset(reserved)
         self._lock = threading.Lock()
-        self._signature: tuple[int, int, int, int] | None = None
+        self._signature: Signature | None = None
         self._users: list[User] = []
         self._error: str | None = None
 
     def users(self) -> list[User]:
         """The people in the file now; TokensFileInvalid when it cannot be read or is malformed."""
         with self._lock:
-            signature: tuple[int, int, int, int] | None = None
+            signature: Signature | None = None
             error: str | None = None
             try:
                 signature = _signature(self.path)

@@ -72,7 +72,7 @@ setup() {
   export AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
   export EC2_ENDPOINT_URL=http://127.0.0.1:9
   export HTTPS_PROXY=http://127.0.0.1:9 HTTP_PROXY=http://127.0.0.1:9 NO_PROXY=127.0.0.1,localhost
-  unset AWS_PROFILE AWS_REGION EC2_TARGET API_TOKEN PID_FILE LOG_FILE
+  unset AWS_PROFILE AWS_REGION EC2_TARGET API_TOKEN PID_FILE LOG_FILE BUDGET_USD SANDBOX_BUDGET_USD
   unset JENKINS_NODE_COOKIE BUILD_ID BUILD_NUMBER JENKINS_SERVER_COOKIE HUDSON_COOKIE
   export DATABASE_URL="${BATS_TEST_TMPDIR}/instances.db"
   export START_TIMEOUT=30 STOP_TIMEOUT=5
@@ -539,6 +539,8 @@ s = socket.socket(); s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(); time.sle
   cat "${APP_DIR}/data/sandbox/${sport}/moto.pid" >>"${BATS_TEST_TMPDIR}/spawned" 2>/dev/null || true
   [ "${status}" -eq 0 ]
   [[ "${output}" == *"targets SANDBOX (http://127.0.0.1:${sport},"*"database "*"/data/sandbox/${sport}/instances.db"* ]]
+  # The budget in force: the sandbox's, as make run's (BUDGET_USD is unset here).
+  [[ "${output}" == *"; budget 100.00 USD a month (SANDBOX_BUDGET_USD, BUDGET_USD unset);"* ]]
   [ -f "${APP_DIR}/data/sandbox/${sport}/instances.db" ]
   SANDBOX_PORT="${sport}" "${APP_DIR}/scripts/sandbox.sh" stop >/dev/null
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.services.users import LOCAL, Caller, TokenFile, TokensFileInvalid, load_users, parse_users, token_file
+from tests.support.configmap import publish
 
 ALICE, BOB, ROOT = "alice-token-0123456789abcdef", "bob-token-0123456789abcdef", "root-token-0123456789abcdef"
 
@@ -112,6 +113,27 @@ def test_the_file_is_read_again_when_it_changes(tmp_path):
     write(path, toml(entry("bob", BOB)))
     os.utime(path, ns=(1, 1))  # even with an mtime that went back: the size changed
     assert tokens.lookup(ALICE) is None and tokens.lookup(BOB) is not None
+
+
+def test_a_re_pointed_symlink_is_followed_and_its_deleted_target_does_not_matter(tmp_path):
+    # A Kubernetes ConfigMap: tokens.toml -> ..data/tokens.toml, ..data -> ..<version>; an update swaps ..data
+    # to a new version and deletes the old one.
+    path = publish(tmp_path / "config", toml(entry("alice", ALICE), entry("bob", BOB)))
+    tokens = TokenFile(path)
+    assert tokens.lookup(ALICE).name == "alice" and tokens.lookup(BOB).name == "bob"
+    publish(tmp_path / "config", toml(entry("bob", BOB)))  # alice revoked
+    assert tokens.lookup(ALICE) is None and tokens.lookup(BOB).name == "bob"
+    # A release symlink re-pointed to a file of the same size and time (and the old one left in place).
+    (tmp_path / "r1.toml").write_text(toml(entry("bob", BOB)))
+    (tmp_path / "r2.toml").write_text(toml(entry("bob", ROOT)))
+    os.utime(tmp_path / "r2.toml", ns=(1, 1))
+    os.utime(tmp_path / "r1.toml", ns=(1, 1))
+    (tmp_path / "current.toml").symlink_to("r1.toml")
+    release = TokenFile(tmp_path / "current.toml")
+    assert release.lookup(BOB).name == "bob"
+    (tmp_path / "next.toml").symlink_to("r2.toml")
+    os.replace(tmp_path / "next.toml", tmp_path / "current.toml")
+    assert release.lookup(BOB) is None and release.lookup(ROOT).name == "bob"
 
 
 def test_a_file_gone_bad_refuses_every_token_until_fixed(tmp_path, caplog):
