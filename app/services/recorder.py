@@ -302,7 +302,9 @@ class Recorder:
     def _adopt(self, instance: dict, launch: LaunchRow | None = None) -> None:
         """Track a ManagedBy-tagged instance we have no row for (launched by hand, or lost in a crash).
 
-        When it carries the RequestId of one of our launches, what that request asked for is kept.
+        When it carries the RequestId of one of our launches, what that request asked for is kept. One made
+        by hand (or by another server) gets DEFAULT_AUTO_STOP_MINUTES: running, it stops that long after its
+        adoption (never a box that runs on unseen), and each later start re-arms it, as for one we created.
         """
         tags = tags_of(instance)
         ami = instance.get("ImageId")
@@ -322,8 +324,9 @@ class Recorder:
             "tags": {k: v for k, v in tags.items() if k not in RESERVED_TAG_KEYS and not k.startswith("aws:")},
             "backend_used": "awscli", "login_user": login_user, "request_id": tags.get("RequestId"),
             **self.scope, "launched_at": launched, "created_at": launched, "updated_at": now,
-            # What the request asked for; one launched by hand is never auto-stopped (it counts in the budget).
-            "auto_stop_minutes": request.get("auto_stop_minutes"),
+            # What the request asked for; one launched by hand gets the default (from now, if it runs).
+            "auto_stop_minutes": request.get("auto_stop_minutes") if "auto_stop_minutes" in request
+            else self.settings.default_auto_stop_minutes,
             "associate_public_ip": int(request["associate_public_ip"]) if "associate_public_ip" in request else None,
             "stop_when_idle": request.get("stop_when_idle"),
             "idle_alarm": idle_alarm_view(instance["InstanceId"], canonical_json(request.get("stop_when_idle")), None),

@@ -2,7 +2,7 @@
 Recorder; only EC2's answers to stop-instances are scripted (the real thing: tests/test_auto_stop.py)."""
 
 import asyncio
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -122,3 +122,33 @@ def test_a_sweep_that_records_a_due_instance_running_wakes_the_auto_stopper_afte
     recorder.apply_sweep([instance], at(0))  # running already: nothing new to wake it for
     assert seen == [[instance_id]]
     assert asyncio.run(auto.run_due()) == [instance_id]
+
+
+@pytest.mark.parametrize("state", ["running", "stopped"])
+def test_a_sweep_adopts_a_hand_made_instance_with_the_default_auto_stop(recorder, state):
+    armed: list[bool] = []
+    recorder.on_stop_armed = lambda: armed.append(True)
+    before = datetime.now(UTC)
+    recorder.apply_sweep([{"InstanceId": "i-0000000000000000f", "State": {"Name": state}, "Tags": MANAGED,
+                           "ImageId": "ami-0123456789abcdef0", "InstanceType": "t3.micro",
+                           "LaunchTime": "2026-01-01T00:00:00+00:00"}], at(0))
+    row = recorder.db.get_instance("i-0000000000000000f")
+    minutes = recorder.settings.default_auto_stop_minutes
+    assert minutes and row["auto_stop_minutes"] == minutes
+    if state == "running":  # from its adoption, not its launch months ago
+        stop_at = datetime.fromisoformat(row["stop_at"].replace("Z", "+00:00"))
+        assert before + timedelta(minutes=minutes) <= stop_at <= datetime.now(UTC) + timedelta(minutes=minutes)
+        assert armed == [True]
+    else:  # armed when it starts, as one created through the API
+        assert row["stop_at"] is None and armed == []
+
+
+def test_with_no_default_an_adopted_instance_has_no_auto_stop(tmp_path):
+    db = Database(tmp_path / "x.db")
+    db.migrate()
+    recorder = Recorder(Settings(_env_file=None, default_auto_stop_minutes=None), db,  # type: ignore[call-arg]
+                        lambda ami: "ec2-user")
+    recorder.apply_sweep([{"InstanceId": "i-00000000000000010", "State": {"Name": "running"}, "Tags": MANAGED}],
+                         at(0))
+    row = db.get_instance("i-00000000000000010")
+    assert row["auto_stop_minutes"] is None and row["stop_at"] is None
