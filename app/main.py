@@ -5,7 +5,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
@@ -129,6 +129,13 @@ async def lifespan(app: FastAPI):
     app.state.notifier = notifier
     stopper = AutoStopper(db, aws, service.recorder, service.reconciler)
     service.on_stop_at_changed = stopper.wake
+    event_loop = asyncio.get_running_loop()
+
+    def stop_armed() -> None:  # the recorder writes in worker threads
+        with suppress(RuntimeError):  # the loop closed meanwhile (shutdown)
+            event_loop.call_soon_threadsafe(stopper.wake)
+
+    service.recorder.on_stop_armed = stop_armed
     alarms = AlarmKeeper(db, aws, settings.region, settings.endpoint_key, lambda: service.reconciler.account)
     guard = BudgetGuard(settings, db, aws, service.spending, service.recorder, service.reconciler)
     service.on_alarms_changed = alarms.wake

@@ -2,7 +2,9 @@
 
 Its own module so that pytest-xdist runs it beside the budget tests (they take a minute each)."""
 
+import sqlite3
 import time
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -99,3 +101,40 @@ def test_patch_rules(api, server, fresh_emulator):
     started = api.post(f"/instances/{item['id']}/start").json()
     assert started["stop_at"] is not None  # every start re-arms it from auto_stop_minutes
     assert api.patch("/instances/i-00000000000000000", json={"stop_at": None}).status_code == 404
+
+
+def _stopped_at(fresh_emulator, instance_id: str, stop_at: str, within: float) -> None:
+    """EC2 shows it stopping or stopped within `within` seconds of its stop_at (not CHECK_SECONDS later)."""
+    due = datetime.fromisoformat(stop_at)
+    wait_until(lambda: ec2_state(fresh_emulator, instance_id) in ("stopping", "stopped"),
+               timeout=(due - datetime.now(UTC)).total_seconds() + within, interval=0.25)
+
+
+def test_one_that_falls_due_while_a_stop_round_is_in_flight_is_stopped_at_once(api, server, fresh_emulator):
+    """The round stopping the first is slow (EC2 takes 4 s more to answer); the second falls due meanwhile. It
+    used to be left alone as if EC2 had refused it: a minute late, unless something woke the loop."""
+    first, second = created(api, name="first"), created(api, name="second")
+    api.post("/instances/sync").raise_for_status()
+    server.set_faults({"op": "stop-instances", "match": [first["id"]], "delay": 4, "times": 1})
+    at = {first["id"]: _soon(3), second["id"]: _soon(5)}
+    for instance_id, stop_at in at.items():
+        assert api.patch(f"/instances/{instance_id}", json={"stop_at": stop_at}).status_code == 200
+    mark = len(server.aws_calls())
+    _stopped_at(fresh_emulator, first["id"], at[first["id"]], within=4 + 4)
+    _stopped_at(fresh_emulator, second["id"], at[second["id"]], within=4 + 4)
+    stops = calls_of(server, "stop-instances", mark)
+    assert [first["id"] in c for c in stops] == [True, False], stops  # two rounds: the second came at once
+
+
+def test_one_recorded_pending_at_a_restart_is_stopped_when_the_sweep_records_it_running(api, server, fresh_emulator):
+    """EC2 cannot stop a pending instance, so the first round after a start passes it by; the sweep that
+    records it running wakes the auto-stopper (it used to sleep a minute)."""
+    item = created(api)
+    api.post("/instances/sync").raise_for_status()
+    server.stop()
+    with closing(sqlite3.connect(server.db_path)) as conn, conn:  # as a crash may leave it: still pending
+        conn.execute("UPDATE instances SET state = 'pending', stop_at = ? WHERE id = ?",
+                     ((datetime.now(UTC) - timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), item["id"]))
+    server.start()
+    wait_until(lambda: ec2_state(fresh_emulator, item["id"]) in ("stopping", "stopped"), timeout=15, interval=0.25)
+    wait_until(lambda: auto_stopped(api, item["id"]), timeout=10)

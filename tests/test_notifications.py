@@ -175,9 +175,10 @@ def test_budget_crossings_notify_once_each(emulator, fresh_emulator, tmp_path):
                        NOTIFY_EVENTS="budget_80,budget_100,adopted")
     try:
         # Launched by hand with our tag: adopted, and counted against the budget (no admission to refuse it).
-        fresh_emulator.ec2.run_instances(ImageId=fresh_emulator.ami(), InstanceType="t3.micro", MinCount=1,
-                                         MaxCount=1, TagSpecifications=[{"ResourceType": "instance", "Tags": [
-                                             {"Key": "ManagedBy", "Value": "ec2-creator-local"}]}])
+        box = fresh_emulator.ec2.run_instances(
+            ImageId=fresh_emulator.ami(), InstanceType="t3.micro", MinCount=1, MaxCount=1, TagSpecifications=[
+                {"ResourceType": "instance", "Tags": [{"Key": "ManagedBy", "Value": "ec2-creator-local"}]}],
+        )["Instances"][0]["InstanceId"]
         with httpx.Client(base_url=server.url, timeout=60) as api:
             api.post("/instances/sync").raise_for_status()
             wait_for(lambda: len([t for t in hook.titles() if "budget" in t]), 2, timeout=45)
@@ -187,6 +188,10 @@ def test_budget_crossings_notify_once_each(emulator, fresh_emulator, tmp_path):
                 "[ec2-creator-local] 80 % of the month's budget spent",
                 "[ec2-creator-local] 100 % of the month's budget spent"]
             assert len([t for t in titles if "adopted" in t]) == 1 and len(titles) == 3  # NOTIFY_EVENTS narrows
+            # ...and it stops by itself, as the adoption's message says (DEFAULT_AUTO_STOP_MINUTES from now)
+            stop_at = api.get(f"/instances/{box}").json()["stop_at"]
+            adopted = next(p for p in hook.posts if "adopted" in p["title"])["message"]
+            assert stop_at and f"Auto-stop at {stop_at} (480 min from its adoption" in adopted, adopted
             body = next(p for p in hook.posts if "100 %" in p["title"])["message"]
             assert "of BUDGET_USD 0.00" in body and "GET http://127.0.0.1:8000/budget" in body
     finally:

@@ -290,7 +290,27 @@ def compose(event: str, note: dict, row: dict | None, cost: float | None, settin
             f"  curl -X PATCH {settings.notify_api_url}/instances/{instance_id}{auth} -H 'Content-Type: "
             "application/json' -d '{\"auto_stop_minutes\": 120}'",
             "(or send {\"stop_at\": \"<time>\"}, or {\"auto_stop_minutes\": null} to cancel this auto-stop)", ""]
+    if event == "adopted" and row:
+        lines[:0] = [*adopted_auto_stop(row, settings), ""]
+        data = {**data, "stop_at": row.get("stop_at"), "auto_stop_minutes": row.get("auto_stop_minutes")}
     return Message(note["key"], subject, "\n".join(lines) + "\n", data)
+
+
+def adopted_auto_stop(row: dict, settings: Settings) -> list[str]:
+    """An adopted instance's auto-stop (DEFAULT_AUTO_STOP_MINUTES from its adoption, or none), and how to change it."""
+    minutes, stop_at = row.get("auto_stop_minutes"), row.get("stop_at")
+    if stop_at:
+        said = f"Auto-stop at {stop_at}" + (f" ({minutes} min from its adoption: DEFAULT_AUTO_STOP_MINUTES)"
+                                            if minutes else "") + "."
+    elif minutes:
+        said = f"Auto-stop: {minutes} min after each start (DEFAULT_AUTO_STOP_MINUTES); it is not running now."
+    else:
+        said = ("Auto-stop: none (DEFAULT_AUTO_STOP_MINUTES is never): it runs until someone stops it, and its "
+                "cost counts in the budget.")
+    auth = ' -H "Authorization: Bearer $API_TOKEN"' if settings.auth_configured else ""
+    return [said, "To have it stop 2 hours after each start (from now if it runs):",
+            f"  curl -X PATCH {settings.notify_api_url}/instances/{row.get('id')}{auth} -H 'Content-Type: "
+            "application/json' -d '{\"auto_stop_minutes\": 120}'"]
 
 
 def backoff(attempts: int, cap: float) -> float:

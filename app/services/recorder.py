@@ -12,7 +12,9 @@ are judged. Methods are synchronous: callers run them in a worker thread.
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -81,6 +83,10 @@ class Recorder:
         # A launch row older than this was written by an earlier process: if a sweep finds its
         # instance first, that is an adoption of a crashed create, not this process's create.
         self.started_at = utcnow()
+        # Called (from the recording thread, after the commit) when a record entered `running` with a stop_at:
+        # the auto-stopper counts only running instances, so this is when it must look again (set by the app).
+        self.on_stop_armed: Callable[[], None] = lambda: None
+        self._local = threading.local()  # per thread: did the current transaction arm a stop_at?
 
     @property
     def grace(self) -> float:
@@ -109,6 +115,23 @@ class Recorder:
             fields["stop_at"] = in_minutes(minutes) if minutes else None
         return fields
 
+    def _armed(self, before: str | None, fields: Mapping[str, Any], row: Mapping[str, Any]) -> None:
+        """Note a record that enters running with a stop_at (announced once the transaction commits)."""
+        if fields.get("state") == InstanceState.RUNNING and before != InstanceState.RUNNING and \
+                fields.get("stop_at", row.get("stop_at")):
+            self._local.armed = True
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """db.transaction(), then on_stop_armed if it armed a stop_at (after the commit: a woken auto-stopper
+        must see it)."""
+        self._local.armed = False
+        with self.db.transaction():
+            yield
+        if self._local.armed:
+            self._local.armed = False
+            self.on_stop_armed()
+
     def _observed_fields(self, row: Mapping[str, Any], instance: dict) -> dict[str, Any]:
         return self._fields(row, state_of(instance), instance.get("PublicIpAddress"))
 
@@ -132,6 +155,7 @@ class Recorder:
             return False
         now = utcnow()
         self.db.update_instance(row["id"], {**changed, "updated_at": now})
+        self._armed(row["state"], new, row)
         if "state" in changed:
             self.db.add_event(row["id"], action, row["state"], new["state"], source, request_id, at=now,
                               public_ip=new["public_ip"], actor=actor)
@@ -142,7 +166,7 @@ class Recorder:
         result = SyncResult()
         seen: set[str] = set()
         suspects: list[str] = []
-        with self.db.transaction():
+        with self._transaction():
             # Unknown account: nothing is judged (an empty describe of another account is no proof).
             tracked = self.db.tracked_ids(self.region, self.endpoint, self.account) if self.account else {}
             pending = {launch["request_id"]: launch
@@ -223,6 +247,7 @@ class Recorder:
         now = utcnow()
         fields = self._observed_fields(row, instance)
         self.db.update_instance(row["id"], {**fields, **self.scope, "updated_at": now})
+        self._armed(row["state"], fields, row)
         self.db.set_missing(row["id"], 0, None)
         self.db.add_event(row["id"], "reappeared", row["state"], state, "reconcile", at=now,
                           public_ip=fields["public_ip"])
@@ -241,7 +266,7 @@ class Recorder:
     def apply_confirmation(self, ids: list[str], found: dict[str, dict], started: str, result: SyncResult,
                             direct: bool = False) -> None:
         """After a direct lookup: what it shows is recorded; what it does not show is gone."""
-        with self.db.transaction():
+        with self._transaction():
             for instance_id in ids:
                 row = self.db.get_instance(instance_id)
                 if row is None or row["state"].ended:
@@ -263,7 +288,7 @@ class Recorder:
 
     def apply_launch_lookup(self, overdue: list[LaunchRow], found: list[dict], result: SyncResult) -> None:
         by_request = {tags_of(i).get("RequestId"): i for i in found}
-        with self.db.transaction():
+        with self._transaction():
             tracked = self.db.tracked_ids(self.region, self.endpoint, self.account) if self.account else {}
             for launch in overdue:
                 instance = by_request.get(launch["request_id"])
@@ -277,7 +302,9 @@ class Recorder:
     def _adopt(self, instance: dict, launch: LaunchRow | None = None) -> None:
         """Track a ManagedBy-tagged instance we have no row for (launched by hand, or lost in a crash).
 
-        When it carries the RequestId of one of our launches, what that request asked for is kept.
+        When it carries the RequestId of one of our launches, what that request asked for is kept. One made
+        by hand (or by another server) gets DEFAULT_AUTO_STOP_MINUTES: running, it stops that long after its
+        adoption (never a box that runs on unseen), and each later start re-arms it, as for one we created.
         """
         tags = tags_of(instance)
         ami = instance.get("ImageId")
@@ -297,8 +324,9 @@ class Recorder:
             "tags": {k: v for k, v in tags.items() if k not in RESERVED_TAG_KEYS and not k.startswith("aws:")},
             "backend_used": "awscli", "login_user": login_user, "request_id": tags.get("RequestId"),
             **self.scope, "launched_at": launched, "created_at": launched, "updated_at": now,
-            # What the request asked for; one launched by hand is never auto-stopped (it counts in the budget).
-            "auto_stop_minutes": request.get("auto_stop_minutes"),
+            # What the request asked for; one launched by hand gets the default (from now, if it runs).
+            "auto_stop_minutes": request.get("auto_stop_minutes") if "auto_stop_minutes" in request
+            else self.settings.default_auto_stop_minutes,
             "associate_public_ip": int(request["associate_public_ip"]) if "associate_public_ip" in request else None,
             "stop_when_idle": request.get("stop_when_idle"),
             "idle_alarm": idle_alarm_view(instance["InstanceId"], canonical_json(request.get("stop_when_idle")), None),
@@ -307,6 +335,7 @@ class Recorder:
         }
         fields = self._observed_fields(row, instance)
         self.db.upsert_instance({**row, **fields})
+        self._armed(None, fields, row)
         if launch is not None and launch["created_at"] >= self.started_at:
             # A create of this process still waiting for its aws answer: the sweep was merely first.
             action, source, actor = "create", "api", row["owner"]
@@ -334,7 +363,7 @@ class Recorder:
                           request_id: str | None, source: str = "api", actor: str | None = None) -> InstanceRow:
         """Record the CurrentState EC2 gave for a start/stop/terminate (asked for by `actor`, if anyone)."""
         state = InstanceState((instance_state.get("CurrentState") or {}).get("Name") or row["state"])
-        with self.db.transaction():
+        with self._transaction():
             fresh = self.db.get_instance(row["id"]) or row
             self.observe(fresh, state, fresh["public_ip"], action, source, request_id, actor=actor)
         return self.db.require_instance(row["id"])

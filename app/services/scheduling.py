@@ -1,7 +1,10 @@
 """Auto-stop: a lifespan task that stops every running instance whose `stop_at` has come, with ONE
 `stop-instances` call for all of them, and records each with an event of source `auto_stop`.
 
-It sleeps until the earliest `stop_at` (at most CHECK_SECONDS) and is woken whenever one changes.
+It sleeps until the earliest `stop_at` it may act on (at most CHECK_SECONDS) and is woken whenever one
+changes, or a sweep records an instance running that has one (e.g. one still `pending` at a restart). One
+that fell due during a round is stopped in the next round, at once; only one EC2 refused (or that stayed
+running after EC2 accepted its stop) is left alone for CHECK_SECONDS, and another account's is never sent.
 Its promise lives in the database, so it survives restarts: the first check runs at startup, and an
 instance that fell due while the server was down is stopped then. Stopping is idempotent in EC2, so
 two replicas that both stop an instance do no harm.
@@ -13,13 +16,14 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 
 from app.errors import ApiError
-from app.models.rows import InstanceRow
+from app.models.rows import InstanceRow, InstanceState
 from app.services import clock
 from app.services.batching import MAX_IDS, PER_INSTANCE
 from app.services.batching import send as send_batch
-from app.services.db import Database, parse_time, utcnow
+from app.services.db import TIME_FORMAT, Database, parse_time, utcnow
 from app.services.reconciler import Reconciler
 from app.services.recorder import Recorder
 from app.services.tasks import LoopTask
@@ -40,7 +44,9 @@ class AutoStopper(LoopTask):
         self.recorder = recorder
         self.reconciler = reconciler
         self._wake = asyncio.Event()
-        self._refused: dict[str, float] = {}  # id -> when to try it again (EC2 refused it; a sweep will tell)
+        # id -> when to try it again: EC2 refused it (a sweep will tell), or it stayed running after EC2 took
+        # its stop. No busy loop on those; every other instance is stopped as soon as it is due.
+        self._held: dict[str, float] = {}
 
     def wake(self) -> None:
         """A stop_at changed: look again now."""
@@ -63,24 +69,31 @@ class AutoStopper(LoopTask):
             except TimeoutError:
                 pass
 
+    def _ours(self, rows: list[InstanceRow]) -> dict[str, InstanceRow]:
+        """Those of `rows` a round may stop: not another account's, not held back (see `_held`)."""
+        ours, now = self.recorder.account, time.monotonic()
+        self._held = {i: at for i, at in self._held.items() if at > now}
+        return {r["id"]: r for r in rows if not (r["account"] and ours and r["account"] != ours)
+                and r["id"] not in self._held}
+
     async def _delay(self) -> float:
-        upcoming = parse_time(await asyncio.to_thread(self.db.next_stop_at, self.recorder.region,
-                                                      self.recorder.endpoint))
-        if upcoming is None:
-            return CHECK_SECONDS
-        wait = (upcoming - clock.now()).total_seconds() + 0.05
-        if wait <= 0:  # overdue yet left alone (refused by EC2, or another account's): no busy loop
-            retry = min(self._refused.values(), default=time.monotonic() + CHECK_SECONDS)
-            wait = max(0.2, retry - time.monotonic())
-        return min(CHECK_SECONDS, wait)
+        """Seconds until the next round: 0 when one it may stop is due already (it fell due while the last
+        round was stopping others), else until the next such stop_at or the end of a hold, at most
+        CHECK_SECONDS."""
+        now = clock.now()
+        horizon = (now + timedelta(seconds=CHECK_SECONDS)).strftime(TIME_FORMAT)
+        soon = await asyncio.to_thread(self.db.due_for_stop, horizon, self.recorder.region, self.recorder.endpoint)
+        waits = [CHECK_SECONDS, *(at - time.monotonic() for at in self._held.values())]
+        for row in self._ours(soon).values():
+            stop_at = parse_time(row["stop_at"])
+            if stop_at is not None:
+                waits.append((stop_at - now).total_seconds() + 0.05)
+        return max(0.0, min(waits))
 
     async def run_due(self) -> list[str]:
         """Stop what is due; returns the ids EC2 accepted."""
         due = await asyncio.to_thread(self.db.due_for_stop, utcnow(), self.recorder.region, self.recorder.endpoint)
-        ours, now = self.recorder.account, time.monotonic()
-        self._refused = {i: at for i, at in self._refused.items() if at > now}
-        rows = {r["id"]: r for r in due if not (r["account"] and ours and r["account"] != ours)
-                and r["id"] not in self._refused}
+        rows = self._ours(due)
         stopped: list[str] = []
         for batch in range(0, len(rows), MAX_IDS):
             stopped += await self._stop(rows, list(rows)[batch:batch + MAX_IDS])
@@ -95,11 +108,15 @@ class AutoStopper(LoopTask):
             refused = {i for i, exc in failed.items() if exc.aws_error_code in SKIPPABLE}
             if refused:
                 log.warning("auto-stop: EC2 refused %s; stopped the others", ", ".join(sorted(refused)))
-                self._refused |= dict.fromkeys(refused, time.monotonic() + CHECK_SECONDS)
+                self._held |= dict.fromkeys(refused, time.monotonic() + CHECK_SECONDS)
                 self.reconciler.request_sweep()  # our record of those is behind EC2's
             if answered:
-                await asyncio.to_thread(self._record, rows, [{"InstanceId": i, **c} for i, c in answered.items()])
+                running = await asyncio.to_thread(self._record, rows,
+                                                  [{"InstanceId": i, **c} for i, c in answered.items()])
                 log.info("auto-stop: stopped %s", ", ".join(answered))
+                if running:  # EC2 took the stop yet says it still runs: a sweep will tell, no busy loop meanwhile
+                    log.warning("auto-stop: EC2 still shows %s running", ", ".join(running))
+                    self._held |= dict.fromkeys(running, time.monotonic() + CHECK_SECONDS)
                 self.reconciler.request_sweep()
             others = {i: exc for i, exc in failed.items() if i not in refused}
             if others:
@@ -116,8 +133,13 @@ class AutoStopper(LoopTask):
         finally:
             self.recorder.transitions -= batch
 
-    def _record(self, rows: dict[str, InstanceRow], changes: list[dict]) -> None:
+    def _record(self, rows: dict[str, InstanceRow], changes: list[dict]) -> list[str]:
+        """Record EC2's answers; returns the ids still recorded running (and so still due)."""
+        running = []
         for change in changes:
             row = rows.get(change.get("InstanceId", ""))
             if row is not None:
-                self.recorder.record_transition(row, change, "stop", uuid.uuid4().hex, source="auto_stop")
+                recorded = self.recorder.record_transition(row, change, "stop", uuid.uuid4().hex, source="auto_stop")
+                if recorded["state"] == InstanceState.RUNNING:
+                    running.append(row["id"])
+        return running

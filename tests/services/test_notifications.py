@@ -92,3 +92,20 @@ def test_auto_stop_warning_says_how_to_extend_with_the_token_header_when_one_is_
     assert ("curl -X PATCH https://ec2.example.com/instances/i-0123456789abcdef0 -H \"Authorization: Bearer "
             "$API_TOKEN\"") in body
     assert "a" * 20 not in body
+
+
+def test_an_adoption_says_when_its_default_auto_stop_comes_or_that_it_has_none():
+    note = {"key": "event:9", "at": "2026-11-28T05:00:00.000000Z", "instance_id": "i-0123456789abcdef0",
+            "data": '{"to_state": "running", "public_ip": null}'}
+    row = {"id": "i-0123456789abcdef0", "name": "hand", "state": "running", "auto_stop_minutes": 480,
+           "stop_at": "2026-11-28T13:00:00.000000Z"}
+    message = compose("adopted", note, row, 0.0, settings())
+    assert message.subject == "[ec2-creator-local] hand (i-0123456789abcdef0) adopted (launched outside the API)"
+    assert message.body.startswith("Auto-stop at 2026-11-28T13:00:00.000000Z (480 min from its adoption: "
+                                   "DEFAULT_AUTO_STOP_MINUTES).\n")
+    assert "curl -X PATCH http://127.0.0.1:8000/instances/i-0123456789abcdef0 -H 'Content-Type" in message.body
+    assert message.data["stop_at"] == "2026-11-28T13:00:00.000000Z" and message.data["auto_stop_minutes"] == 480
+    stopped = compose("adopted", note, {**row, "state": "stopped", "stop_at": None}, 0.0, settings()).body
+    assert "Auto-stop: 480 min after each start (DEFAULT_AUTO_STOP_MINUTES); it is not running now." in stopped
+    never = compose("adopted", note, {**row, "stop_at": None, "auto_stop_minutes": None}, 0.0, settings()).body
+    assert "Auto-stop: none (DEFAULT_AUTO_STOP_MINUTES is never)" in never

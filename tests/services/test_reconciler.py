@@ -1,6 +1,11 @@
 """Reconciliation through the real server with the background loop slowed down, so each sweep is ours."""
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
+
+from app.config import DEFAULT_PRICES_FILE
+from app.services.spending import PriceBook, Rates
 
 # Settings of the module's api_server (conftest.py).
 SERVER_ENV = {
@@ -31,6 +36,17 @@ def test_sync_reports_adopted_updated_and_gone(api, slow_server, fresh_emulator)
     assert len(slow_server.aws_calls()) - before == 1  # one describe-instances, whatever was found
     row = api.get(f"/instances/{adopted}").json()
     assert row["name"] == "hand" and row["tags"] == {"Owner": "me"} and row["state"] == "running"
+    # It stops by itself too: DEFAULT_AUTO_STOP_MINUTES (480) from its adoption, and the budget counts it so far.
+    stop_at = datetime.fromisoformat(row["stop_at"].replace("Z", "+00:00"))
+    assert row["auto_stop_minutes"] == 480
+    assert timedelta(minutes=479) < stop_at - datetime.now(UTC) <= timedelta(minutes=480)
+    budget = api.get("/budget").json()
+    [entry] = [i for i in budget["instances"] if i["id"] == adopted]
+    rates = Rates.of(PriceBook.load(DEFAULT_PRICES_FILE), "t3.micro", row["region"], 8)
+    assert rates is not None and entry["stop_at"] == row["stop_at"]
+    month_end = datetime.fromisoformat(budget["period_end"].replace("Z", "+00:00"))
+    hours_left = (month_end - datetime.now(UTC)).total_seconds() / 3600
+    assert entry["projected_usd"] <= (8 * (rates.compute + rates.ipv4) + hours_left * rates.storage) * 1.01
 
     fresh_emulator.ec2.stop_instances(InstanceIds=[adopted])
     assert api.post("/instances/sync").json() == {"adopted": [], "updated": [adopted], "gone": [], "missing": []}
