@@ -106,6 +106,8 @@ class InstanceService:
         self.spending = Spending(settings.budget_usd, PriceBook.load(settings.prices_file), db, settings.region,
                                  settings.endpoint_key, max(600.0, 2 * settings.aws_cli_timeout_seconds))
         self.spending.enforcement = settings.budget_enforcement
+        self.spending.budget_setting = "BUDGET_USD" if settings.budget_from.startswith("BUDGET_USD") else \
+            "SANDBOX_BUDGET_USD"
         self.on_stop_at_changed = lambda: None  # the auto-stop scheduler's wake-up, set by the app
         self.on_alarms_changed = lambda: None  # the idle-alarm keeper's wake-up, set by the app
         self.metrics = Metrics(aws)

@@ -308,6 +308,7 @@ class Spending:
         self.reservation_seconds = reservation_seconds
         self._prices_stamp = _stamp(book.path)
         self.enforcement = "stop"  # BUDGET_ENFORCEMENT, as the guard (app/services/enforcement.py) applies it
+        self.budget_setting = "BUDGET_USD"  # the setting the budget in force comes from (SANDBOX_BUDGET_USD)
 
     # -- prices -----------------------------------------------------------------------------------
     def reload_prices(self) -> bool:
@@ -480,12 +481,13 @@ class Spending:
                  f"USD {parts['public_ipv4_usd']:.4f}")
         return Conflict(
             f"{what} would commit USD {parts['total_usd']:.4f} {when} ({split}); USD {held:.4f} of that month's "
-            f"BUDGET_USD {self.budget_usd:.2f} is already committed (spent so far plus what running and stopped "
-            f"instances will cost until they stop or the month ends), leaving USD {left:.4f}. A shorter auto-stop "
-            "(auto_stop_minutes) lowers compute and IPv4; storage is counted to the month's end while the instance "
-            "exists, stopped too (a smaller storage_gb lowers it); associate_public_ip false removes IPv4. Or "
-            "make room: stop or delete an instance (PATCH /instances/{id} for a shorter auto-stop), or raise "
-            "BUDGET_USD. GET /budget shows each instance's share.", code="budget_exceeded",
+            f"{self.budget_setting} {self.budget_usd:.2f} is already committed (spent so far plus what running "
+            "and stopped instances will cost until they stop or the month ends), leaving USD "
+            f"{left:.4f}. A shorter auto-stop (auto_stop_minutes) lowers compute and IPv4; storage is counted "
+            "to the month's end while the instance exists, stopped too (a smaller storage_gb lowers it); "
+            "associate_public_ip false removes IPv4. Or make room: stop or delete an instance (PATCH "
+            f"/instances/{{id}} for a shorter auto-stop), or raise {self.budget_setting}. GET /budget shows each "
+            "instance's share.", code="budget_exceeded",
             extra={"period": label, "would_commit": parts, "committed_usd": round(held, 4),
                    "left_usd": round(left, 4), "budget_usd": self.budget_usd})
 
