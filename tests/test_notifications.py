@@ -171,8 +171,10 @@ def test_killed_right_after_an_event_it_delivers_after_restart(emulator, fresh_e
 
 def test_budget_crossings_notify_once_each(emulator, fresh_emulator, tmp_path):
     hook = WebhookReceiver().start()
+    # The budget guard would stop the adopted box at once (tests/test_budget_guard.py): here it only notifies,
+    # so spending keeps crossing the lines this test watches.
     server = ApiServer(tmp_path, emulator.url, BUDGET_USD="0.00002", NOTIFY_URLS=hook.url(),
-                       NOTIFY_EVENTS="budget_80,budget_100,adopted")
+                       NOTIFY_EVENTS="budget_80,budget_100,adopted", BUDGET_ENFORCEMENT="notify")
     try:
         # Launched by hand with our tag: adopted, and counted against the budget (no admission to refuse it).
         box = fresh_emulator.ec2.run_instances(
