@@ -2,7 +2,10 @@
 several regions. Real server, real scripts and `aws`, real moto; faults injected through AWS_CLI."""
 
 import json
+import sqlite3
 import time
+from contextlib import closing
+from datetime import UTC, datetime, timedelta
 
 import boto3
 import httpx
@@ -159,6 +162,83 @@ def test_a_restart_in_another_region_keeps_the_first_regions_instances(emulator,
             stop = [c for c in west.aws_calls() if "stop-instances" in c][-1]
             assert stop[stop.index("--region") + 1] == "us-east-1"
             assert fresh_emulator.instances()[kept]["State"]["Name"] == "stopped"
+    finally:
+        west.stop()
+
+
+def region_of(call: list[str]) -> str:
+    return call[call.index("--region") + 1]
+
+
+def launch_statuses(db_path) -> dict[str, str]:
+    with closing(sqlite3.connect(db_path)) as conn:
+        return dict(conn.execute("SELECT request_id, status FROM launches"))
+
+
+def test_after_a_restart_in_another_region_the_first_regions_instances_are_still_swept_stopped_and_counted(
+        emulator, fresh_emulator, tmp_path):
+    east_env = {"CONSISTENCY_GRACE_SECONDS": "0", "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}
+    east = ApiServer(tmp_path, emulator.url, **east_env)
+    with httpx.Client(base_url=east.url, timeout=60) as api:
+        kept = running(api, "east-box")
+    east.stop()
+
+    # Launches the east server left unresolved (it crashed mid-create): one whose instance EC2 shows, one that
+    # never launched. Both were sent to us-east-1 and are past their deadline.
+    long_ago = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    with closing(sqlite3.connect(east.db_path)) as conn, conn:
+        for request_id in ("req-launched", "req-lost"):
+            conn.execute("INSERT INTO launches (request_id, body_hash, body, status, created_at, updated_at, region, "
+                         "endpoint) VALUES (?, 'h', ?, 'pending', ?, ?, 'us-east-1', ?)",
+                         (request_id, json.dumps({"request": {"name": "crashed", "auto_stop_minutes": 30}}),
+                          long_ago, long_ago, emulator.url))
+    crashed = fresh_emulator.ec2.run_instances(
+        ImageId=fresh_emulator.ami(), InstanceType="t3.micro", MinCount=1, MaxCount=1,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": [
+            {"Key": "ManagedBy", "Value": "ec2-creator-local"}, {"Key": "RequestId", "Value": "req-launched"}]}],
+    )["Instances"][0]["InstanceId"]
+
+    west = ApiServer(tmp_path, emulator.url, **(east_env | {"AWS_REGION": "us-west-2",
+                                                            "AWS_DEFAULT_REGION": "us-west-2"}))
+    try:
+        with httpx.Client(base_url=west.url, timeout=60) as api:
+            api.post("/instances/sync").raise_for_status()
+            # The launches recorded for us-east-1 are resolved there: one adopted in its region, one lost.
+            statuses = launch_statuses(west.db_path)
+            assert (statuses["req-launched"], statuses["req-lost"]) == ("launched", "lost")
+            assert api.get(f"/instances/{crashed}").json()["region"] == "us-east-1"
+
+            # Each sweep lists every region with instances on record: one describe-instances per region.
+            mark = len(west.aws_calls())
+            result = api.post("/instances/sync").json()
+            assert kept not in result["missing"] + result["gone"]
+            describes = [c for c in west.aws_calls()[mark:] if "describe-instances" in c]
+            assert sorted(region_of(c) for c in describes) == ["us-east-1", "us-west-2"], describes
+
+            # The budget is the account's: the east instances still count.
+            counted = {i["id"] for i in api.get("/budget").json()["instances"]}
+            assert {kept, crashed} <= counted
+
+            # A stop goes to us-east-1, and the sweep there carries the record on from `stopping`.
+            assert api.post(f"/instances/{kept}/stop").status_code == 202
+            stop = [c for c in west.aws_calls() if "stop-instances" in c][-1]
+            assert region_of(stop) == "us-east-1"
+            wait_until(lambda: state(api, kept) == "stopped", timeout=20)
+            # So does a start, from `pending`.
+            started = api.post(f"/instances/{kept}/start")
+            assert started.status_code == 202 and started.json()["state"] == "pending", started.text
+            assert region_of([c for c in west.aws_calls() if "start-instances" in c][-1]) == "us-east-1"
+            wait_until(lambda: state(api, kept) == "running", timeout=20)
+
+            # An auto-stop that falls due is carried out in us-east-1.
+            mark = len(west.aws_calls())
+            soon = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
+            assert api.patch(f"/instances/{kept}", json={"stop_at": soon}).status_code == 200
+            wait_until(lambda: fresh_emulator.instances()[kept]["State"]["Name"] == "stopped", timeout=20)
+            stops = [c for c in west.aws_calls()[mark:] if "stop-instances" in c]
+            assert [region_of(c) for c in stops] == ["us-east-1"] and kept in stops[0]
+            wait_until(lambda: "auto_stop" in [e["source"] for e in
+                                               api.get(f"/instances/{kept}/events").json()["events"]])
     finally:
         west.stop()
 

@@ -80,6 +80,14 @@ KV_UPSERT = "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDA
 EVENT_COLUMNS = "at, action, from_state, to_state, source, request_id, aws_error, public_ip, actor"
 
 
+def _scope(region: str | None, endpoint: str) -> tuple[str, tuple[str, ...]]:
+    """The rows of one EC2: an endpoint and a region, or (region None) every region recorded for the endpoint.
+    Another endpoint's rows never match (a sandbox's fake credentials must never reach real AWS)."""
+    if region is None:
+        return "endpoint = ? AND region IS NOT NULL", (endpoint,)
+    return "region = ? AND endpoint = ?", (region, endpoint)
+
+
 def _decode(column: str, text: str | None) -> Any:
     """A JSON column's value; its default when empty or unreadable (written by something else)."""
     default = JSON_FIELDS[column]
@@ -450,10 +458,27 @@ class Database:
             (region, endpoint, account))
         return {r["id"]: self._row(r) for r in rows}
 
-    def has_instances_in(self, region: str, endpoint: str) -> bool:
-        row = self.connect().execute(f"SELECT 1 FROM instances WHERE {ACTIVE} AND region = ? AND endpoint = ? "
-                                     "LIMIT 1", (region, endpoint)).fetchone()
+    def has_instances_in(self, endpoint: str) -> bool:
+        """Whether this endpoint has a live instance on record, in any region."""
+        row = self.connect().execute(f"SELECT 1 FROM instances WHERE {ACTIVE} AND endpoint = ? AND region IS NOT NULL "
+                                     "LIMIT 1", (endpoint,)).fetchone()
         return row is not None
+
+    def regions_in_use(self, endpoint: str, account: str | None) -> set[str]:
+        """The regions of this endpoint where the account has a live instance on record (or one whose account
+        is not known yet), or a launch whose outcome is not settled (pending, or lost: its instance may still
+        show): what a sweep lists besides the server's own region. Another endpoint's are never included."""
+        conn = self.connect()
+        params: tuple[str, ...]
+        if account is None:
+            mine, params = "account IS NULL", (endpoint, endpoint)
+        else:
+            mine, params = "(account IS NULL OR account = ?)", (endpoint, account, endpoint)
+        rows = conn.execute(
+            f"SELECT DISTINCT region FROM instances WHERE {ACTIVE} AND endpoint = ? AND region IS NOT NULL AND {mine} "
+            "UNION SELECT DISTINCT region FROM launches WHERE status IN ('pending', 'lost') AND endpoint = ? "
+            "AND region IS NOT NULL", params)
+        return {r[0] for r in rows}
 
     def claim_unscoped_launches(self, region: str, endpoint: str) -> int:
         """Launches from before v2 were sent to the EC2 the server first runs against (a lookup by their
@@ -506,17 +531,18 @@ class Database:
             f"SELECT {EVENT_COLUMNS} FROM instance_events WHERE instance_id = ? ORDER BY seq", (instance_id,))
         return [EventRow(**r) for r in rows]  # type: ignore[typeddict-item]
 
-    def ledger(self, region: str, endpoint: str, since: str,
+    def ledger(self, region: str | None, endpoint: str, since: str,
                after_rev: int | None = None) -> tuple[list[InstanceRow], dict[str, list[EventRow]]]:
         """What the spend ledger reads, in one transaction, with their events in order: this EC2's
-        instances not terminated or changed since `since`; or, with `after_rev`, only those written
-        after that revision."""
+        instances (of `region`; None: of every region of the endpoint) not terminated or changed since
+        `since`; or, with `after_rev`, only those written after that revision."""
         conn = self.connect()
+        scope, where = _scope(region, endpoint)
         params: tuple[object, ...]
         if after_rev is None:
-            which, params = f"region = ? AND endpoint = ? AND ({ACTIVE} OR updated_at >= ?)", (region, endpoint, since)
+            which, params = f"{scope} AND ({ACTIVE} OR updated_at >= ?)", (*where, since)
         else:
-            which, params = "region = ? AND endpoint = ? AND rev > ?", (region, endpoint, after_rev)
+            which, params = f"{scope} AND rev > ?", (*where, after_rev)
         with self.read():
             rows = [self._row(r) for r in conn.execute(f"SELECT * FROM instances WHERE {which}", params)]
             events: dict[str, list[EventRow]] = {}
@@ -526,11 +552,13 @@ class Database:
                 events.setdefault(item.pop("instance_id"), []).append(EventRow(**item))  # type: ignore[typeddict-item]
         return rows, events
 
-    def due_for_stop(self, now: str, region: str, endpoint: str) -> list[InstanceRow]:
-        """Running instances of this EC2 whose stop_at has come (EC2 cannot stop a pending one yet)."""
+    def due_for_stop(self, now: str, region: str | None, endpoint: str) -> list[InstanceRow]:
+        """Running instances of this EC2 (of `region`; None: of every region of the endpoint) whose stop_at has
+        come (EC2 cannot stop a pending one yet)."""
+        scope, params = _scope(region, endpoint)
         return [self._row(r) for r in self.connect().execute(
             "SELECT * FROM instances WHERE stop_at IS NOT NULL AND stop_at <= ? AND state = 'running' "
-            "AND region = ? AND endpoint = ? ORDER BY stop_at", (now, region, endpoint))]
+            f"AND {scope} ORDER BY stop_at", (now, *params))]
 
     # -- idle alarms (CloudWatch) -------------------------------------------------------------
     def alarm_work(self, region: str, endpoint: str, account: str | None, now: str) -> list[InstanceRow]:
@@ -556,10 +584,11 @@ class Database:
             f"SELECT * FROM instances WHERE {ALARM_SCOPE} AND ({WANT} IS NOT NULL OR alarm_held IS NOT NULL)",
             (region, endpoint, account, account))]
 
-    def next_stop_at(self, region: str, endpoint: str) -> str | None:
+    def next_stop_at(self, region: str | None, endpoint: str) -> str | None:
+        scope, params = _scope(region, endpoint)
         row = self.connect().execute(
             "SELECT MIN(stop_at) FROM instances WHERE stop_at IS NOT NULL AND state = 'running' "
-            "AND region = ? AND endpoint = ?", (region, endpoint)).fetchone()
+            f"AND {scope}", params).fetchone()
         return row[0] if row else None
 
     def read(self) -> "_Read":
@@ -702,11 +731,13 @@ class Database:
                 "VALUES (?, ?, 'pending', ?, ?) ON CONFLICT DO NOTHING",
                 [(notification_id, c, now, now) for c in channels])
 
-    def stopping_before(self, horizon: str, region: str, endpoint: str) -> list[dict]:
-        """Running instances of this EC2 whose auto-stop comes before `horizon`."""
+    def stopping_before(self, horizon: str, region: str | None, endpoint: str) -> list[dict]:
+        """Running instances of this EC2 (None: of every region of the endpoint) whose auto-stop comes before
+        `horizon`."""
+        scope, params = _scope(region, endpoint)
         rows = self.connect().execute(
             "SELECT id, stop_at, state, public_ip FROM instances WHERE stop_at IS NOT NULL AND stop_at <= ? "
-            "AND state IN ('pending', 'running') AND region = ? AND endpoint = ?", (horizon, region, endpoint))
+            f"AND state IN ('pending', 'running') AND {scope}", (horizon, *params))
         return [dict(r) for r in rows]
 
     def claim_deliveries(self, now: str, lease_until: str, limit: int) -> list[dict]:

@@ -421,10 +421,11 @@ class InstanceService:
         wanted = selector.as_filter()
         rows = await asyncio.to_thread(self.db.list_instances, wanted.asks_for_ended)
         account = self.reconciler.account
-        # This server's EC2 only: another endpoint's or account's instances could only answer 409.
+        # This server's EC2 only: another endpoint's or account's instances could only answer 409. Every region
+        # of it: an action is sent to the region the instance was recorded in.
         ids = [r["id"] for r in rows if wanted.matches(r) and caller.may_see(r["owner"])
                and r["endpoint"] in (None, self.endpoint)
-               and r["region"] in (None, self.region) and not (account and r["account"] not in (None, account))]
+               and not (account and r["account"] not in (None, account))]
         if len(ids) > MAX_BULK:
             raise PolicyViolation(f"The selector matches {len(ids)} instances; one action takes at most {MAX_BULK}. "
                                   "Narrow it (state, tag, name) or send ids.", code="too_many_instances")

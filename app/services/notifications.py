@@ -379,7 +379,7 @@ class Notifier(LoopTask):
         if not minutes or "auto_stop_warning" not in self.wanted:
             return
         horizon = (clock.now() + timedelta(minutes=minutes)).strftime(TIME_FORMAT)
-        for row in self.db.stopping_before(horizon, self.region, self.endpoint):
+        for row in self.db.stopping_before(horizon, None, self.endpoint):  # auto-stops of every region
             stop_at = parse_time(row["stop_at"])
             left = max(0, round(((stop_at or clock.now()) - clock.now()).total_seconds() / 60))
             self.queue(f"auto_stop_warning:{row['id']}:{row['stop_at']}", "auto_stop_warning", row["id"],

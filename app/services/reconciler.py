@@ -2,9 +2,12 @@
 
 A background loop runs a sweep every RECONCILE_INTERVAL_SECONDS, or soon after a mutation asked
 for one (requests that arrive together are batched into one sweep). A sweep is ONE
-`describe-instances` call filtered on the ManagedBy tag, plus, only when something looks gone (a
-tracked instance missing long enough, a launch overdue), one direct lookup for all of them; it is
-read-only towards EC2. The recorder (app/services/recorder.py) decides and writes what it means.
+`describe-instances` call per region, filtered on the ManagedBy tag: the server's own region, and
+every other region of its endpoint where its account has instances on record or a launch is
+unsettled (a server restarted with another AWS_REGION keeps watching the first region's instances);
+plus, only when something looks gone (a tracked instance missing long enough from its region's
+listing, a launch overdue), one direct lookup per region for all of them; it is read-only towards
+EC2. The recorder (app/services/recorder.py) decides and writes what it means.
 """
 
 import asyncio
@@ -102,11 +105,13 @@ class Reconciler(LoopTask):
                      self.settings.events_retention_days)
 
     async def sweep(self, wait: float | None = None) -> SyncResult:
-        """One describe-instances call, then one transaction applying what it said.
+        """Per region (the server's first), one describe-instances call, then one transaction applying what
+        it said.
 
         Only when something looks gone (an instance missing long enough, a launch overdue) does it
-        cost more: one direct lookup for all of them. `wait` bounds the wait for a sweep already
-        running (503 sweep_busy after it).
+        cost more: one direct lookup for all of them (per region). `wait` bounds the wait for a sweep
+        already running (503 sweep_busy after it). A failure in the server's region fails the sweep; one
+        in another region is logged and that region is left for the next sweep.
         """
         try:
             await asyncio.wait_for(self._sweep_lock.acquire(), wait)
@@ -119,26 +124,42 @@ class Reconciler(LoopTask):
             doc = await self.aws.run("list_instances.sh", background=True)
             observed = instances_of(doc)
             self._learn_account(doc)
-            if self.account is None and await asyncio.to_thread(self.db.has_instances_in, self.region,
-                                                                self.endpoint):
+            if self.account is None and await asyncio.to_thread(self.db.has_instances_in, self.endpoint):
                 await self.ensure_account()
-            result, suspects, overdue = await asyncio.to_thread(self.recorder.apply_sweep, observed, started)
-            # Each lookup on its own: one that fails must not hold the other back.
-            try:
-                if suspects:
-                    await self._confirm_gone(suspects, started, result)
-            except ApiError as exc:
-                log.warning("sweep: looking up missing instances failed (%s); next sweep tries again", exc.detail)
-            try:
-                if overdue:
-                    await self._confirm_launches(overdue, result)
-            except ApiError as exc:
-                log.warning("sweep: looking up overdue launches failed (%s); next sweep tries again", exc.detail)
+            result = SyncResult()
+            await self._sweep_region(self.region, observed, started, result)
+            others = await asyncio.to_thread(self.db.regions_in_use, self.endpoint, self.account)
+            for region in sorted(others - {self.region}):
+                try:
+                    region_doc = await self.aws.run("list_instances.sh", region=region, background=True)
+                    listed = instances_of(region_doc)
+                except ApiError as exc:
+                    log.warning("sweep: listing region %s failed (%s); next sweep tries again", region, exc.detail)
+                    continue
+                observed += listed
+                await self._sweep_region(region, listed, started, result)
             log.debug("sweep: %d observed in %.2fs, %s", len(observed), time.perf_counter() - t0, result)
             self.last_success = time.time()
             return result
         finally:
             self._sweep_lock.release()
+
+    async def _sweep_region(self, region: str, observed: list[dict], started: str, result: SyncResult) -> None:
+        """Apply one region's listing, then look up (in that region) what it left in doubt."""
+        found, suspects, overdue = await asyncio.to_thread(self.recorder.apply_sweep, observed, started, region)
+        for name in ("adopted", "updated", "gone", "missing"):
+            getattr(result, name).extend(getattr(found, name))
+        # Each lookup on its own: one that fails must not hold the other back.
+        try:
+            if suspects:
+                await self._confirm_gone(suspects, started, result, region)
+        except ApiError as exc:
+            log.warning("sweep: looking up missing instances failed (%s); next sweep tries again", exc.detail)
+        try:
+            if overdue:
+                await self._confirm_launches(overdue, result, region)
+        except ApiError as exc:
+            log.warning("sweep: looking up overdue launches failed (%s); next sweep tries again", exc.detail)
 
     def _learn_account(self, doc: dict) -> None:
         owners = {r.get("OwnerId") for r in doc.get("Reservations") or [] if r.get("OwnerId")}
@@ -172,13 +193,13 @@ class Reconciler(LoopTask):
             found += instances_of(doc)
         return found
 
-    async def _confirm_gone(self, suspects: list[str], started: str, result: SyncResult) -> None:
-        seen = {i["InstanceId"]: i for i in await self._lookup("--filter-instance-id", suspects)}
+    async def _confirm_gone(self, suspects: list[str], started: str, result: SyncResult, region: str) -> None:
+        seen = {i["InstanceId"]: i for i in await self._lookup("--filter-instance-id", suspects, region)}
         await asyncio.to_thread(self.recorder.apply_confirmation, suspects, seen, started, result)
 
-    async def _confirm_launches(self, overdue: list[LaunchRow], result: SyncResult) -> None:
-        found = await self._lookup("--request-id", [launch["request_id"] for launch in overdue])
-        await asyncio.to_thread(self.recorder.apply_launch_lookup, overdue, found, result)
+    async def _confirm_launches(self, overdue: list[LaunchRow], result: SyncResult, region: str) -> None:
+        found = await self._lookup("--request-id", [launch["request_id"] for launch in overdue], region)
+        await asyncio.to_thread(self.recorder.apply_launch_lookup, overdue, found, result, region)
 
     async def confirm_instance(self, row: InstanceRow) -> InstanceRow | None:
         """A direct lookup of one instance (after EC2 said NotFound to a mutation): records what EC2

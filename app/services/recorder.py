@@ -6,8 +6,9 @@ instance a sweep does not list is only *missing*; it becomes terminated once it 
 GONE_AFTER_MISSED_SWEEPS sweeps and CONSISTENCY_GRACE_SECONDS (and is that old), and a direct
 lookup by id, without the tag filter, does not find it either. A launch is resolved the same way:
 found by its RequestId tag, or lost once the CLI timeout plus the grace has passed and a direct
-lookup by RequestId finds nothing. Only instances of the server's own endpoint, region and account
-are judged. Methods are synchronous: callers run them in a worker thread.
+lookup by RequestId finds nothing. Only instances of the server's own endpoint and account are
+judged, each by the listing of its own region (a sweep lists every region where this endpoint has
+instances or launches on record). Methods are synchronous: callers run them in a worker thread.
 """
 
 import json
@@ -161,17 +162,20 @@ class Recorder:
                               public_ip=new["public_ip"], actor=actor)
         return True
 
-    def apply_sweep(self, observed: list[dict], started: str) -> tuple[SyncResult, list[str], list[LaunchRow]]:
-        """Apply one sweep; return what it changed, the ids to confirm gone, and overdue launches."""
+    def apply_sweep(self, observed: list[dict], started: str,
+                    region: str | None = None) -> tuple[SyncResult, list[str], list[LaunchRow]]:
+        """Apply one region's listing (default: the server's region); return what it changed, the ids to
+        confirm gone, and overdue launches. Only that region's records are judged by it."""
+        region = region or self.region
         result = SyncResult()
         seen: set[str] = set()
         suspects: list[str] = []
         with self._transaction():
             # Unknown account: nothing is judged (an empty describe of another account is no proof).
-            tracked = self.db.tracked_ids(self.region, self.endpoint, self.account) if self.account else {}
+            tracked = self.db.tracked_ids(region, self.endpoint, self.account) if self.account else {}
             pending = {launch["request_id"]: launch
-                       for launch in self.db.pending_launches(self.region, self.endpoint)}
-            settled = self.db.settled_without_instance(self.region, self.endpoint)
+                       for launch in self.db.pending_launches(region, self.endpoint)}
+            settled = self.db.settled_without_instance(region, self.endpoint)
             for instance in observed:
                 instance_id = instance["InstanceId"]
                 seen.add(instance_id)
@@ -179,7 +183,7 @@ class Recorder:
                 # A launch recorded failed or lost whose instance EC2 shows did launch after all.
                 launch = pending.pop(request_id, None) or settled.get(request_id)
                 self._isolated(instance_id, self._apply_observed, instance, tracked.get(instance_id), launch,
-                               started, result)
+                               started, result, region)
             for instance_id, row in tracked.items():
                 if instance_id in seen or (row["updated_at"] or "") > started:
                     continue
@@ -204,7 +208,9 @@ class Recorder:
             return None
 
     def _apply_observed(self, instance: dict, row: InstanceRow | None, launch: LaunchRow | None, started: str,
-                        result: SyncResult) -> None:
+                        result: SyncResult, region: str | None = None) -> None:
+        """What one region's listing (default: the server's region) shows of one instance."""
+        region = region or self.region
         instance_id = instance["InstanceId"]
         if launch is not None:
             self.db.finish_launch(launch["request_id"], LaunchStatus.LAUNCHED, instance_id)
@@ -212,10 +218,10 @@ class Recorder:
             known = self.db.get_instance(instance_id)
             if known is None:
                 if launch is not None or state_of(instance) != InstanceState.TERMINATED:
-                    self._adopt(instance, launch)
+                    self._adopt(instance, launch, region)
                     result.adopted.append(instance_id)
             elif (known.get("updated_at") or "") <= started and (
-                    self._revive(known, instance) or self._claim(known, instance)):
+                    self._revive(known, instance, region) or self._claim(known, instance, region)):
                 result.updated.append(instance_id)
             return
         if (row["updated_at"] or "") > started or instance_id in self.transitions:
@@ -225,20 +231,24 @@ class Recorder:
 
     @property
     def scope(self) -> dict[str, str | None]:
-        return {"region": self.region, "endpoint": self.endpoint, "account": self.account}
+        return self.scope_in(self.region)
 
-    def _claim(self, row: InstanceRow, instance: dict) -> bool:
+    def scope_in(self, region: str) -> dict[str, str | None]:
+        """What an instance listed in `region` of this server's EC2 is recorded with."""
+        return {"region": region, "endpoint": self.endpoint, "account": self.account}
+
+    def _claim(self, row: InstanceRow, instance: dict, region: str) -> bool:
         """A live record of no EC2 yet (kept before regions and accounts were), or of another name for
-        this one (an endpoint alias), that this EC2 lists: it is this EC2's from now on."""
+        this one (an endpoint alias), that this EC2 lists in `region`: it is this EC2's from now on."""
         if row["state"].ended or self.account is None:
             return False
-        self.db.update_instance(row["id"], {**self.scope, "updated_at": utcnow()})
+        self.db.update_instance(row["id"], {**self.scope_in(region), "updated_at": utcnow()})
         log.info("instance %s (recorded for %s/%s/%s) is listed here: now tracked in this region and account",
                  row["id"], row["endpoint"] or "aws", row["region"], row["account"])
         self._apply(row, instance, "observe", "reconcile")
         return True
 
-    def _revive(self, row: InstanceRow, instance: dict) -> bool:
+    def _revive(self, row: InstanceRow, instance: dict, region: str) -> bool:
         """A record that is terminated while EC2 shows the instance alive comes back with its real
         state: no record may stay terminated while EC2 runs it."""
         state = state_of(instance)
@@ -246,7 +256,7 @@ class Recorder:
             return False
         now = utcnow()
         fields = self._observed_fields(row, instance)
-        self.db.update_instance(row["id"], {**fields, **self.scope, "updated_at": now})
+        self.db.update_instance(row["id"], {**fields, **self.scope_in(region), "updated_at": now})
         self._armed(row["state"], fields, row)
         self.db.set_missing(row["id"], 0, None)
         self.db.add_event(row["id"], "reappeared", row["state"], state, "reconcile", at=now,
@@ -286,10 +296,13 @@ class Recorder:
                             "recorded terminated", instance_id, row["missed_sweeps"], self.grace)
                 result.gone.append(instance_id)
 
-    def apply_launch_lookup(self, overdue: list[LaunchRow], found: list[dict], result: SyncResult) -> None:
+    def apply_launch_lookup(self, overdue: list[LaunchRow], found: list[dict], result: SyncResult,
+                            region: str | None = None) -> None:
+        """After a lookup by RequestId in `region` (default: the server's) of launches recorded there."""
+        region = region or self.region
         by_request = {tags_of(i).get("RequestId"): i for i in found}
         with self._transaction():
-            tracked = self.db.tracked_ids(self.region, self.endpoint, self.account) if self.account else {}
+            tracked = self.db.tracked_ids(region, self.endpoint, self.account) if self.account else {}
             for launch in overdue:
                 instance = by_request.get(launch["request_id"])
                 if instance is None:  # outcome was unknown; now settled: it never launched
@@ -297,9 +310,9 @@ class Recorder:
                                           error="no instance with this request id exists in EC2")
                     continue
                 self._isolated(instance["InstanceId"], self._apply_observed, instance,
-                               tracked.get(instance["InstanceId"]), launch, utcnow(), result)
+                               tracked.get(instance["InstanceId"]), launch, utcnow(), result, region)
 
-    def _adopt(self, instance: dict, launch: LaunchRow | None = None) -> None:
+    def _adopt(self, instance: dict, launch: LaunchRow | None = None, region: str | None = None) -> None:
         """Track a ManagedBy-tagged instance we have no row for (launched by hand, or lost in a crash).
 
         When it carries the RequestId of one of our launches, what that request asked for is kept. One made
@@ -323,7 +336,8 @@ class Recorder:
             "security_group_id": groups[0] if groups else None,
             "tags": {k: v for k, v in tags.items() if k not in RESERVED_TAG_KEYS and not k.startswith("aws:")},
             "backend_used": "awscli", "login_user": login_user, "request_id": tags.get("RequestId"),
-            **self.scope, "launched_at": launched, "created_at": launched, "updated_at": now,
+            **self.scope_in(region or self.region), "launched_at": launched, "created_at": launched,
+            "updated_at": now,
             # What the request asked for; one launched by hand gets the default (from now, if it runs).
             "auto_stop_minutes": request.get("auto_stop_minutes") if "auto_stop_minutes" in request
             else self.settings.default_auto_stop_minutes,

@@ -1,5 +1,6 @@
 """Auto-stop: a lifespan task that stops every running instance whose `stop_at` has come, with ONE
-`stop-instances` call for all of them, and records each with an event of source `auto_stop`.
+`stop-instances` call for all of them per region (each instance is stopped in the region it was recorded
+in, whatever the server's AWS_REGION is now), and records each with an event of source `auto_stop`.
 
 It sleeps until the earliest `stop_at` it may act on (at most CHECK_SECONDS) and is woken whenever one
 changes, or a sweep records an instance running that has one (e.g. one still `pending` at a restart). One
@@ -82,7 +83,7 @@ class AutoStopper(LoopTask):
         CHECK_SECONDS."""
         now = clock.now()
         horizon = (now + timedelta(seconds=CHECK_SECONDS)).strftime(TIME_FORMAT)
-        soon = await asyncio.to_thread(self.db.due_for_stop, horizon, self.recorder.region, self.recorder.endpoint)
+        soon = await asyncio.to_thread(self.db.due_for_stop, horizon, None, self.recorder.endpoint)
         waits = [CHECK_SECONDS, *(at - time.monotonic() for at in self._held.values())]
         for row in self._ours(soon).values():
             stop_at = parse_time(row["stop_at"])
@@ -92,18 +93,30 @@ class AutoStopper(LoopTask):
 
     async def run_due(self) -> list[str]:
         """Stop what is due; returns the ids EC2 accepted."""
-        due = await asyncio.to_thread(self.db.due_for_stop, utcnow(), self.recorder.region, self.recorder.endpoint)
+        # Every region of this endpoint (None): an instance recorded in another region is stopped there.
+        due = await asyncio.to_thread(self.db.due_for_stop, utcnow(), None, self.recorder.endpoint)
         rows = self._ours(due)
+        by_region: dict[str | None, list[str]] = {}
+        for row in rows.values():
+            by_region.setdefault(row["region"], []).append(row["id"])
         stopped: list[str] = []
-        for batch in range(0, len(rows), MAX_IDS):
-            stopped += await self._stop(rows, list(rows)[batch:batch + MAX_IDS])
+        error: ApiError | None = None
+        for region, ids in by_region.items():  # a region that fails does not hold the others back
+            try:
+                for batch in range(0, len(ids), MAX_IDS):
+                    stopped += await self._stop(rows, ids[batch:batch + MAX_IDS], region)
+            except ApiError as exc:
+                error = error or exc
+        if error is not None:
+            raise error
         return stopped
 
-    async def _stop(self, rows: dict[str, InstanceRow], ids: list[str]) -> list[str]:
-        """One stop-instances call for `ids` (the bulk path's splitting: an id EC2 refuses is left out, the rest
-        sent again); an error about all of them (throttling, the endpoint) is raised for the loop to retry."""
+    async def _stop(self, rows: dict[str, InstanceRow], ids: list[str], region: str | None = None) -> list[str]:
+        """One stop-instances call for `ids` in `region` (the bulk path's splitting: an id EC2 refuses is left out,
+        the rest sent again); an error about all of them (throttling, the endpoint) is raised for the loop to
+        retry."""
         with self.reconciler.mutating(), self._in_flight(ids):
-            answered, failed = await send_batch(self.aws, "stop_instance.sh", "StoppingInstances", ids,
+            answered, failed = await send_batch(self.aws, "stop_instance.sh", "StoppingInstances", ids, region,
                                                 background=True)
             refused = {i for i, exc in failed.items() if exc.aws_error_code in SKIPPABLE}
             if refused:

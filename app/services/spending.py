@@ -353,7 +353,8 @@ class Spending:
         full = start != self._period  # a new period (or the first look): everything live or touched in it
         if full:
             self._entries.clear()
-        rows, events = self.db.ledger(self.region, self.endpoint, start.strftime(TIME_FORMAT),
+        # The budget is the account's: every region of this endpoint counts (None), not just self.region.
+        rows, events = self.db.ledger(None, self.endpoint, start.strftime(TIME_FORMAT),
                                       None if full else self._rev)
         for row in rows:
             history = History.of(row, events.get(row["id"], []), self.book, start)

@@ -14,6 +14,7 @@ from tests.services.test_db import (  # noqa: F401  (collected here once more, o
     test_a_short_retention_keeps_what_the_budget_needs_for_this_and_the_last_month,
     test_an_idempotency_key_is_its_owners,
     test_events_keep_their_actor,
+    test_every_region_of_this_endpoint_and_account_is_swept_stopped_and_counted_never_another_endpoint,
     test_rendered_list_follows_every_write,
     test_rows_without_a_scope_are_never_judged_and_launches_are_claimed_at_start,
     test_the_rendered_list_of_one_owner,

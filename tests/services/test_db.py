@@ -84,6 +84,40 @@ def test_rows_without_a_scope_are_never_judged_and_launches_are_claimed_at_start
     assert db.tracked_ids("eu-west-1", "", "123456789012") == {}
 
 
+def test_every_region_of_this_endpoint_and_account_is_swept_stopped_and_counted_never_another_endpoint(new_db):
+    db = new_db
+    ours, sandbox = "123456789012", "http://127.0.0.1:5000"
+    for instance_id, region, endpoint, account, state in [
+            ("i-east", "us-east-1", "", ours, "running"), ("i-west", "us-west-2", "", ours, "running"),
+            ("i-unknown", "eu-west-1", "", None, "stopped"),  # recorded before the account was known
+            ("i-other-account", "ap-south-1", "", "210987654321", "running"),
+            ("i-sandbox", "eu-central-1", sandbox, ours, "running"),
+            ("i-ended", "sa-east-1", "", ours, "terminated")]:
+        db.upsert_instance({"id": instance_id, "name": instance_id, "state": state, "region": region,
+                            "endpoint": endpoint, "account": account, "stop_at": "2026-01-01T00:00:00.000000Z",
+                            "created_at": "2025-12-01T00:00:00.000000Z", "updated_at": "2025-12-01T00:00:00.000000Z"})
+    for request_id, region, endpoint, status in [("r1", "us-east-2", "", "pending"), ("r2", "ca-central-1", "", "lost"),
+                                                 ("r3", "eu-north-1", "", "failed"),
+                                                 ("r4", "me-south-1", sandbox, "pending")]:
+        db.connect().execute("INSERT INTO launches (request_id, body_hash, body, status, created_at, updated_at, "
+                             "region, endpoint) VALUES (?, 'h', '{}', ?, 't0', 't0', ?, ?)",
+                             (request_id, status, region, endpoint))
+    # What a sweep lists: regions with our (or not yet known) live instances, or unsettled launches; this endpoint.
+    assert db.regions_in_use("", ours) == {"us-east-1", "us-west-2", "eu-west-1", "us-east-2", "ca-central-1"}
+    assert db.regions_in_use("", None) == {"eu-west-1", "us-east-2", "ca-central-1"}
+    assert db.has_instances_in("") and db.has_instances_in(sandbox) and not db.has_instances_in("http://other")
+    # Auto-stop and the ledger: every region of this endpoint (the account is checked by the auto-stopper).
+    due = {r["id"] for r in db.due_for_stop("2026-06-01T00:00:00.000000Z", None, "")}
+    assert due == {"i-east", "i-west", "i-other-account"}
+    assert db.next_stop_at(None, sandbox) == "2026-01-01T00:00:00.000000Z" and db.next_stop_at(None, "x") is None
+    assert {r["id"] for r in db.due_for_stop("2026-06-01T00:00:00.000000Z", "us-west-2", "")} == {"i-west"}
+    rows, _ = db.ledger(None, "", "2026-01-01T00:00:00.000000Z")
+    assert {r["id"] for r in rows} == {"i-east", "i-west", "i-unknown", "i-other-account"}
+    assert {r["id"] for r in db.ledger(None, sandbox, "2026-01-01T00:00:00.000000Z")[0]} == {"i-sandbox"}
+    assert {r["id"] for r in db.stopping_before("2026-06-01T00:00:00.000000Z", None, "")} == \
+        {"i-east", "i-west", "i-other-account"}
+
+
 def test_timestamps_of_every_origin_parse_and_unknown_ages_are_old():
     from app.services.db import age_seconds, parse_time, utcnow
 
