@@ -154,13 +154,13 @@ async def lifespan(app: FastAPI):
     for loop in (service.reconciler, stopper, alarms, notifier, guard):
         loop.leadership = leadership
 
-    def wake_after_sweep() -> None:
-        guard.wake()  # a sweep may have adopted an instance: committed spend may have passed the budget
-        if leadership.shared:  # another replica's request cannot wake the leader's loops: each sweep does
+    if leadership.shared:  # another replica's request cannot wake the leader's loops: each sweep does
+        def wake_after_sweep() -> None:
             stopper.wake()
             alarms.wake()
 
-    service.reconciler.after_sweep = wake_after_sweep
+        service.reconciler.after_sweep = wake_after_sweep
+    service.reconciler.on_swept = guard.wake  # a sweep may have adopted an instance: spend may pass the budget
     metrics.record.leader = lambda: leadership.is_leader
     leadership.start()
     warm = asyncio.create_task(_warm_catalog(service))

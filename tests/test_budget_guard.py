@@ -145,3 +145,22 @@ def test_at_a_months_start_runs_that_no_longer_fit_are_stopped_newest_first(star
     budget = api.get("/budget").json()
     assert budget["committed_usd"] <= 5 and budget["enforcement"] == "stop"
     assert json.loads(json.dumps(budget))["later_periods"] == []
+
+
+def test_an_adopted_instance_that_passes_the_budget_is_stopped_by_the_guard(started, fresh_emulator):
+    # Room for its disk to the month's end and half of its 8 hours (DEFAULT_AUTO_STOP_MINUTES) of compute.
+    assert RATES is not None
+    server, api = started(BUDGET_USD=f"{one_create(datetime.now(UTC)) - 4 * (RATES.compute + RATES.ipv4):.6f}")
+    box = fresh_emulator.ec2.run_instances(  # launched by hand with our tag: no admission could refuse it
+        ImageId=fresh_emulator.ami(), InstanceType="t3.micro", MinCount=1, MaxCount=1, TagSpecifications=[
+            {"ResourceType": "instance", "Tags": [{"Key": "ManagedBy", "Value": "ec2-creator-local"}]}],
+    )["Instances"][0]["InstanceId"]
+    api.post("/instances/sync").raise_for_status()  # adopts it (unless the start-up sweep just did)
+    assert api.get(f"/instances/{box}").status_code == 200
+    wait_until(lambda: api.get(f"/instances/{box}").json()["state"] in ("stopping", "stopped"), timeout=20)
+    assert box not in running(fresh_emulator)
+    assert any(box in c for c in server.aws_calls() if "stop-instances" in c)
+    events = api.get(f"/instances/{box}/events").json()["events"]
+    assert [e["source"] for e in events if e["to_state"] in ("stopping", "stopped")][:1] == ["budget_enforced"]
+    budget = api.get("/budget").json()
+    assert budget["committed_usd"] <= budget["budget_usd"]

@@ -48,6 +48,7 @@ class Reconciler(LoopTask):
         self.mutations_in_flight = 0
         self.last_success: float | None = None  # when the last sweep succeeded (Unix time)
         self.after_sweep: Callable[[], None] = lambda: None  # each periodic round's end (set by the app)
+        self.on_swept: Callable[[], None] = lambda: None  # each successful sweep, periodic or asked (the budget guard)
 
     @property
     def account(self) -> str | None:
@@ -140,6 +141,7 @@ class Reconciler(LoopTask):
                 await self._sweep_region(region, listed, started, result)
             log.debug("sweep: %d observed in %.2fs, %s", len(observed), time.perf_counter() - t0, result)
             self.last_success = time.time()
+            self.on_swept()
             return result
         finally:
             self._sweep_lock.release()
