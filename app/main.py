@@ -179,6 +179,7 @@ async def lifespan(app: FastAPI):
     finally:
         await stopper.stop()
         await guard.stop()
+        await service.stop_background()
         await alarms.stop()
         await notifier.stop()
         await service.account_plan.stop()

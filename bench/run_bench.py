@@ -37,6 +37,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -365,8 +366,9 @@ def admission_cost_ms(db_path: Path, copy: Path, samples: int = 50) -> dict:
     import sqlite3
 
     from app.config import DEFAULT_PRICES_FILE
+    from app.services import clock
     from app.services.db import Database, utcnow
-    from app.services.spending import PriceBook, Spending
+    from app.services.spending import PriceBook, Spending, horizon
 
     with sqlite3.connect(db_path) as source, sqlite3.connect(copy) as target:
         source.backup(target)
@@ -379,8 +381,9 @@ def admission_cost_ms(db_path: Path, copy: Path, samples: int = 50) -> dict:
     for i in range(samples):
         db.update_instance(row["id"], {"updated_at": utcnow(), "name": f"touched-{i}"})
         t0 = time.perf_counter()
-        spending.rates_for("t3.micro", 8)
-        spending.admit(None, 0.01, "a create")
+        rates = spending.rates_for("t3.micro", 8)
+        now = clock.now()
+        spending.admit(None, rates.charges(now, now + timedelta(minutes=480), True, horizon(now)), "a create")
         times.append(time.perf_counter() - t0)
     return latency_summary(times)
 

@@ -663,6 +663,10 @@ class Database:
             "SELECT * FROM launches WHERE status IN ('failed', 'lost') AND region = ? AND endpoint = ?",
             (region, endpoint))}
 
+    def get_launch(self, request_id: str) -> LaunchRow | None:
+        row = self.connect().execute("SELECT * FROM launches WHERE request_id = ?", (request_id,)).fetchone()
+        return self._launch(row) if row else None
+
     def get_launch_by_key(self, idempotency_key: str) -> LaunchRow | None:
         row = self.connect().execute("SELECT * FROM launches WHERE idempotency_key = ?",
                                      (idempotency_key,)).fetchone()

@@ -97,7 +97,7 @@ class BudgetGuard(LoopTask):
     def _notify_only(self, rows: list[InstanceRow], period: str, committed: float, budget: float) -> None:
         for row in rows:
             queued = self.db.queue_notification(
-                f"budget_enforced:{period}:{row['id']}:{row['rev']}", SOURCE, row["id"],
+                f"budget_enforced:{period}:{row['id']}", SOURCE, row["id"],
                 {"enforcement": "notify", "period": period, "committed_usd": round(committed, 4),
                  "budget_usd": budget, "name": row["name"]})
             if queued:

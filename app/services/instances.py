@@ -30,6 +30,7 @@ from app.services.reconciler import Reconciler
 from app.services.recorder import RUNNING, SECURITY_GROUP_NAME, Recorder, in_minutes
 from app.services.replicas import InstanceLocks
 from app.services.spending import AccountPlan, Charges, PriceBook, Rates, Spending, horizon
+from app.services.tasks import cancel_and_wait
 from app.services.users import LOCAL, Caller
 
 log = logging.getLogger("ec2_creator.instances")
@@ -106,6 +107,7 @@ class InstanceService:
         self.spending = Spending(settings.budget_usd, PriceBook.load(settings.prices_file), db, settings.region,
                                  settings.endpoint_key, max(600.0, 2 * settings.aws_cli_timeout_seconds))
         self.spending.enforcement = settings.budget_enforcement
+        self.spending.account = lambda: self.recorder.account
         self.spending.budget_setting = "BUDGET_USD" if settings.budget_from.startswith("BUDGET_USD") else \
             "SANDBOX_BUDGET_USD"
         self.on_stop_at_changed = lambda: None  # the auto-stop scheduler's wake-up, set by the app
@@ -118,6 +120,7 @@ class InstanceService:
         self._catalog_lock = asyncio.Lock()
         self._sg_lock = asyncio.Lock()
         self._inflight: dict[str, asyncio.Future] = {}
+        self._resolving: set[asyncio.Task] = set()  # lookups of launches whose answer never came
         # Which EC2 this process talks to: rows, launches and caches are kept per (endpoint, region).
         self.region = settings.region
         self.endpoint = settings.endpoint_key
@@ -192,10 +195,10 @@ class InstanceService:
         body_hash = request_hash(req)  # the body as sent: a replay matches whatever the defaults are now
         if "auto_stop_minutes" not in req.model_fields_set:
             req = req.model_copy(update={"auto_stop_minutes": self.settings.default_auto_stop_minutes})
-        rates = self.spending.rates_for(req.instance_type, req.storage_gb)  # 400 price_unknown
         catalog = await self.ensure_catalog()  # cached: a process only when missing or stale
         place = SANDBOX_PLACE if self.settings.ec2_endpoint_url else f"in {self.region}"
         ami = check_catalog(catalog, self.settings.allowed_instance_types, req.ami, req.instance_type, place)
+        rates = self.spending.rates_for(req.instance_type, req.storage_gb)  # 400 price_unknown
         # The budget: checked here, and again, reserving, when the launch is claimed. A replay of a key already
         # holding a launch launches nothing: it is never refused.
         if not (idempotency_key and (idempotency_key in self._inflight or
@@ -305,12 +308,13 @@ class InstanceService:
                                         exc.aws_error_code or exc.code)
             else:
                 # EC2 may have launched it: the launch stays pending, holding what it was admitted for, until
-                # the reconciler resolves it, which starts now (a sweep finds it by its RequestId tag).
-                self.reconciler.request_sweep()
+                # it is resolved, which starts now: a lookup by its RequestId (and a sweep).
+                self._resolve_soon(request_id)
             raise
         instances = doc.get("Instances") or []
         if not instances or not instances[0].get("InstanceId"):
-            # EC2 may have launched something: leave the launch pending for the reconciler to resolve.
+            # EC2 may have launched something: leave the launch pending, and look for it by its request id now.
+            self._resolve_soon(request_id)
             raise UpstreamError("EC2 answered the launch without an instance; the reconciler will look for it "
                                 "by its request id.", code="aws_bad_output")
         instance_id = instances[0]["InstanceId"]
@@ -338,6 +342,19 @@ class InstanceService:
                 extra={"instance_id": instance_id}) from None
         self.reconciler.request_sweep()
         return recorded
+
+    def _resolve_soon(self, request_id: str) -> None:
+        """Look up a launch whose answer never came, in the background (the caller gets its error now)."""
+        self.reconciler.request_sweep()
+        task = asyncio.create_task(self.reconciler.resolve_launch(request_id, self.region),
+                                   name=f"resolve-{request_id}")
+        self._resolving.add(task)
+        task.add_done_callback(self._resolving.discard)
+
+    async def stop_background(self) -> None:
+        """At shutdown: launches still being looked up are left to the next start's sweep."""
+        for task in list(self._resolving):
+            await cancel_and_wait(task)
 
     # -- start / stop / delete -----------------------------------------------------------------
     async def transition(self, instance_id: str, action: str, actor: str | None = None) -> tuple[InstanceRow, bool]:
@@ -399,8 +416,8 @@ class InstanceService:
                        exc: ApiError, actor: str | None = None) -> tuple[InstanceRow, bool]:
         if exc.aws_error_code == "InvalidInstanceID.NotFound":
             return await self._not_found(row, action, request_id, exc, actor)
-        if exc.status_code == 409:
-            self.reconciler.request_sweep()  # our recorded state is behind EC2's
+        if exc.status_code == 409 or outcome_unknown(exc):
+            self.reconciler.request_sweep()  # our recorded state is behind EC2's, or EC2 may have acted
         raise exc
 
     async def _record_transition(self, row: InstanceRow, change: dict, action: str, request_id: str,

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from app.config import Settings
 from app.errors import ApiError, Unavailable, UpstreamError
 from app.models.instance import SyncResult
-from app.models.rows import InstanceRow, LaunchRow
+from app.models.rows import InstanceRow, LaunchRow, LaunchStatus
 from app.services.db import Database, ago, utcnow
 from app.services.recorder import Recorder, instances_of
 from app.services.tasks import LoopTask
@@ -30,6 +30,7 @@ BATCH_DELAY_SECONDS = 0.5  # follow-up sweeps wait this long so concurrent mutat
 MAX_BATCH_WAIT_SECONDS = 10.0  # ...and up to this long for mutations still running to finish
 PRUNE_EVERY_SECONDS = 3600.0  # events and finished launches past EVENTS_RETENTION_DAYS
 CONFIRM_BATCH = 200  # ids or request ids per direct lookup
+RESOLVE_PAUSES = (0.5, 2.0, 5.0, 10.0)  # before each lookup of a launch whose answer never came
 
 
 class Reconciler(LoopTask):
@@ -202,6 +203,27 @@ class Reconciler(LoopTask):
     async def _confirm_launches(self, overdue: list[LaunchRow], result: SyncResult, region: str) -> None:
         found = await self._lookup("--request-id", [launch["request_id"] for launch in overdue], region)
         await asyncio.to_thread(self.recorder.apply_launch_lookup, overdue, found, result, region)
+
+    async def resolve_launch(self, request_id: str, region: str | None = None) -> bool:
+        """A launch whose answer never came (the CLI timed out): look it up by its RequestId at once, and a few
+        times more while EC2 may not show it yet. Found, it is recorded launched (True). Not found, nothing is
+        concluded: it stays unresolved, holding its share of the budget, until a sweep finds it or, past
+        AWS_CLI_TIMEOUT_SECONDS + CONSISTENCY_GRACE_SECONDS, a lookup proves it lost."""
+        for pause in RESOLVE_PAUSES:
+            await asyncio.sleep(pause)
+            launch = await asyncio.to_thread(self.db.get_launch, request_id)
+            if launch is None or launch["status"] != LaunchStatus.PENDING:
+                return launch is not None and launch["status"] == LaunchStatus.LAUNCHED
+            try:
+                found = await self._lookup("--request-id", [request_id], region)
+            except ApiError as exc:
+                log.info("launch %s: lookup by RequestId failed (%s); trying again", request_id, exc.detail)
+                continue
+            if found:
+                await asyncio.to_thread(self.recorder.apply_launch_lookup, [launch], found, SyncResult(),
+                                        region)
+                return True
+        return False
 
     async def confirm_instance(self, row: InstanceRow) -> InstanceRow | None:
         """A direct lookup of one instance (after EC2 said NotFound to a mutation): records what EC2

@@ -15,7 +15,8 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,6 +31,7 @@ from app.services.tasks import LoopTask
 log = logging.getLogger("ec2_creator.spending")
 
 HOURS_PER_MONTH = 730.0
+PRICES_CHECK_SECONDS = 5.0  # how often an admission looks whether PRICES_FILE changed (one stat)
 DEFAULT_STORAGE_GB = 8  # what an instance we did not launch is assumed to have (the AMIs' usual root size)
 COMPUTE_STATES = (InstanceState.PENDING, InstanceState.RUNNING)
 
@@ -117,17 +119,28 @@ class Charges:
     compute: tuple[float, ...]
     ipv4: tuple[float, ...]
     storage: tuple[float, ...]
+    periods: tuple[str, ...] = ()  # "YYYY-MM" of each; empty: those of the horizon at admission
+
+    def by_period(self, labels: list[str]) -> list[float]:
+        """The totals of the periods `labels` (one built just before a month ended: its first month is gone)."""
+        if not self.periods:
+            return self.totals
+        mine = dict(zip(self.periods, self.totals, strict=True))
+        return [mine.get(label, 0.0) for label in labels]
+
+    def _combine(self, other: "Charges", op: Callable[[float, float], float]) -> "Charges":
+        def each(mine: tuple[float, ...], theirs: tuple[float, ...]) -> tuple[float, ...]:
+            return tuple(op(a, b) for a, b in zip(mine, theirs, strict=True))
+        return Charges(each(self.compute, other.compute), each(self.ipv4, other.ipv4),
+                       each(self.storage, other.storage), self.periods)
 
     def __add__(self, other: "Charges") -> "Charges":
-        return Charges(*(tuple(a + b for a, b in zip(mine, theirs, strict=True))
-                         for mine, theirs in ((self.compute, other.compute), (self.ipv4, other.ipv4),
-                                              (self.storage, other.storage))))
+        """Two requests' charges over the same periods."""
+        return self._combine(other, lambda a, b: a + b)
 
     def __sub__(self, other: "Charges") -> "Charges":
         """What running longer adds (never below nothing in a period)."""
-        return Charges(*(tuple(max(0.0, a - b) for a, b in zip(mine, theirs, strict=True))
-                         for mine, theirs in ((self.compute, other.compute), (self.ipv4, other.ipv4),
-                                              (self.storage, other.storage))))
+        return self._combine(other, lambda a, b: max(0.0, a - b))
 
     @property
     def totals(self) -> list[float]:
@@ -172,23 +185,19 @@ class Rates:
 
     def charges(self, now: datetime, stop_at: datetime | None, has_ip: bool,
                 spans: list[tuple[datetime, datetime]], running: bool = True, storage: bool = True) -> Charges:
-        """From now, per budget period: in this one, compute (and IPv4) until stop_at or its end and storage
-        until its end (`storage`: False when that is counted already); in each later one the run spans (it
-        runs until stop_at: none means this period's end), compute, IPv4 and storage while it runs."""
+        """From now, per budget period of `spans`: compute (and IPv4) while it runs, until stop_at (none: this
+        period's end, then it is admitted again at each period's start); storage from now to this period's end
+        and all through every later one, since the instance exists (stopped too) until it is deleted
+        (`storage`: False when that is counted already, as for a start)."""
         compute, ipv4, disk = [0.0] * len(spans), [0.0] * len(spans), [0.0] * len(spans)
-        end = spans[0][1]
-        if storage:
-            disk[0] = self.storage * _hours(now, end)
-        if running:
-            hours = _hours(now, min(max(stop_at, now), end) if stop_at else end)
-            compute[0], ipv4[0] = self.compute * hours, (self.ipv4 * hours if has_ip else 0.0)
-            for k, (start, finish) in enumerate(spans[1:], 1):
-                if stop_at is None or stop_at <= start:
-                    break
-                hours = _hours(start, min(stop_at, finish))
-                compute[k], ipv4[k], disk[k] = self.compute * hours, self.ipv4 * hours if has_ip else 0.0, \
-                    self.storage * hours
-        return Charges(tuple(compute), tuple(ipv4), tuple(disk))
+        for k, (start, finish) in enumerate(spans):
+            begin = now if k == 0 else start
+            if storage:
+                disk[k] = self.storage * _hours(begin, finish)
+            if running and (k == 0 or (stop_at is not None and stop_at > start)):
+                hours = _hours(begin, min(max(stop_at, begin), finish) if stop_at else finish)
+                compute[k], ipv4[k] = self.compute * hours, self.ipv4 * hours if has_ip else 0.0
+        return Charges(tuple(compute), tuple(ipv4), tuple(disk), tuple(period_label(s) for s, _ in spans))
 
     def projection(self, now: datetime, stop_at: datetime | None, end: datetime, has_ip: bool,
                    running: bool = True, storage: bool = True) -> float:
@@ -258,8 +267,9 @@ class History:
         """Spent plus projected in the current period, then what its run commits in each later one."""
         cost = self.cost(spans[0][0], spans[0][1], now)
         later = [0.0] * (len(spans) - 1)
-        if self.costs_on and self.row["state"] in COMPUTE_STATES:
-            later = self.rates.charges(now, self.stop_at, bool(self.row["public_ip"]), spans).totals[1:]
+        if self.costs_on:  # its storage in every later period, and compute while its run reaches into one
+            later = self.rates.charges(now, self.stop_at, bool(self.row["public_ip"]), spans,
+                                       running=self.row["state"] in COMPUTE_STATES).totals[1:]
         return [cost.spent_usd + cost.projected_usd, *later]
 
 
@@ -307,6 +317,10 @@ class Spending:
         self.shared = isinstance(db, PostgresDatabase)
         self.reservation_seconds = reservation_seconds
         self._prices_stamp = _stamp(book.path)
+        self._prices_checked = time.monotonic()
+        # The account this server's credentials belong to, once known (set by the app): another account's
+        # records (a profile switch) are neither swept nor stopped here, so they are not counted either.
+        self.account: Callable[[], str | None] = lambda: None
         self.enforcement = "stop"  # BUDGET_ENFORCEMENT, as the guard (app/services/enforcement.py) applies it
         self.budget_setting = "BUDGET_USD"  # the setting the budget in force comes from (SANDBOX_BUDGET_USD)
 
@@ -327,6 +341,11 @@ class Spending:
             self._generation, self._period = -1, None  # every entry is priced again
         log.info("PRICES_FILE %s changed: prices reloaded", book.path)
         return True
+
+    def _reload_if_due(self) -> None:
+        if time.monotonic() - self._prices_checked >= PRICES_CHECK_SECONDS:
+            self._prices_checked = time.monotonic()
+            self.reload_prices()
 
     # -- pricing a request ----------------------------------------------------------------------
     def rates_for(self, instance_type: str, storage_gb: int, region: str | None = None) -> Rates:
@@ -392,11 +411,17 @@ class Spending:
         """Per period of the horizon: spent plus every projection, and what unresolved launches hold."""
         spans = self._refresh(now)
         totals = [0.0] * len(spans)
-        for _, amounts in self._entries.values():
-            totals = [a + b for a, b in zip(totals, amounts, strict=True)]
+        for history, amounts in self._entries.values():
+            if self._mine(history.row):
+                totals = [a + b for a, b in zip(totals, amounts, strict=True)]
         for _, charges in self._launches(spans, now, reserved):
             totals = [a + b for a, b in zip(totals, charges.totals, strict=True)]
         return spans, totals
+
+    def _mine(self, row: InstanceRow) -> bool:
+        """Not another account's (once ours is known)."""
+        ours = self.account()
+        return not (ours and row["account"] and row["account"] != ours)
 
     def committed(self) -> float:
         """Spent plus every projection this period (as of each instance's last change)."""
@@ -408,7 +433,7 @@ class Spending:
         now = now or clock.now()
         with self._lock:
             spans = self._refresh(now)
-            entries = list(self._entries.values())
+            entries = [entry for entry in self._entries.values() if self._mine(entry[0].row)]
             launches = self._launches(spans, now, set(self._reserved))
         start, end = spans[0]
         spent = committed = 0.0
@@ -447,6 +472,7 @@ class Spending:
     def admit(self, key: str | None, charges: Charges, what: str) -> None:
         """Reserve `charges` under `key` (None: only check) if they fit the budget of every period they reach,
         else 409 budget_exceeded."""
+        self._reload_if_due()  # every replica prices with the file in force, not only the leader's guard
         with self._lock:  # read, check and reserve at once: two admissions never both take the last room
             if not self.shared:
                 self._admit(key, charges, what, self._reserved)
@@ -459,7 +485,7 @@ class Spending:
         now = clock.now()
         # A create's launch row is written before it is admitted: its own charges are the ones asked here.
         spans, committed = self._commitments(now, set(reserved) | ({key} if key else set()))
-        asked = charges.totals
+        asked = charges.by_period([period_label(start) for start, _ in spans])
         for k, (start, _) in enumerate(spans):
             label = period_label(start)
             held = committed[k] + _reserved_in(reserved, label, k)
@@ -506,27 +532,34 @@ class Spending:
 
     # -- enforcement ----------------------------------------------------------------------------------
     def over_budget(self, now: datetime | None = None) -> tuple[float, list[InstanceRow]]:
-        """This period's committed spend, and, when it passes BUDGET_USD, the running instances to stop so
-        that it fits again: the newest runs first, each saving what it would still cost this period."""
+        """This period's committed spend, and, when it passes BUDGET_USD, the running instances to stop so that
+        it fits again, each saving what it would still cost this period: first the runs never admitted for this
+        period (started before it with no stop_at: charged to the last period's end), then the others; the
+        newest first in each. Reservations (admissions being sent) are left out: they were admitted, and a
+        record written just before its reservation is released must not count twice."""
         now = now or clock.now()
         with self._lock:
             reserved = self._reserved if not self.shared else self.db.reservations(utcnow())
             spans, committed = self._commitments(now, set(reserved))
-            label = period_label(spans[0][0])
-            total = committed[0] + _reserved_in(reserved, label, 0)
-            entries = [history for history, _ in self._entries.values()]
+            entries = [history for history, _ in self._entries.values() if self._mine(history.row)]
+        total = committed[0]
         if total <= self.budget_usd + 1e-9:
             return total, []
-        running = sorted((h for h in entries if h.row["state"] == InstanceState.RUNNING),
-                         key=lambda h: (h.since or datetime.min.replace(tzinfo=UTC), h.row["id"]), reverse=True)
+        start, end = spans[0]
+        oldest = datetime.min.replace(tzinfo=UTC)
+
+        def order(history: History) -> tuple[bool, datetime, str]:
+            readmitted = (history.since or oldest) < start and history.stop_at is None
+            return readmitted, history.since or oldest, history.row["id"]
+
+        running = sorted((h for h in entries if h.row["state"] == InstanceState.RUNNING), key=order, reverse=True)
         excess, chosen = total - self.budget_usd, []
         for history in running:
             if excess <= 1e-9:
                 break
-            saving = history.rates.projection(now, history.stop_at, spans[0][1], bool(history.row["public_ip"]),
-                                              storage=False)
             chosen.append(history.row)
-            excess -= saving
+            excess -= history.rates.projection(now, history.stop_at, end, bool(history.row["public_ip"]),
+                                               storage=False)
         return total, chosen
 
 

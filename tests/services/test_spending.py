@@ -170,19 +170,26 @@ def test_a_run_is_charged_in_every_period_it_spans_and_no_stop_at_only_to_this_o
     rates = Rates.of(BOOK, "t3.micro", "us-east-1", 8)
     spans = horizon(NEW_YEARS_EVE)
     assert [period_label(s) for s, _ in spans[:4]] == ["2026-12", "2027-01", "2027-02", "2027-03"]
-    hourly = 0.0104 + 0.005 + 8 * 0.08 / 730
+    run, disk = 0.0104 + 0.005, 8 * 0.08 / 730  # per hour: compute and IPv4; storage
+    month = [31 * 24, 28 * 24, 31 * 24]  # hours of January, February, March
     week = rates.charges(NEW_YEARS_EVE, NEW_YEARS_EVE + timedelta(days=7), True, spans)
-    assert week.totals[0] == pytest.approx(4 * hourly, abs=1e-6)
-    assert week.totals[1] == pytest.approx((7 * 24 - 4) * hourly, abs=1e-6) and sum(week.totals[2:]) == 0
-    forever = rates.charges(NEW_YEARS_EVE, None, True, spans)
-    assert forever.totals[0] == pytest.approx(4 * hourly, abs=1e-6) and sum(forever.totals[1:]) == 0
-    march = rates.charges(NEW_YEARS_EVE, datetime(2027, 3, 31, tzinfo=UTC), True, spans)
-    assert march.totals[1] == pytest.approx(31 * 24 * hourly, abs=1e-6)
-    assert march.totals[2] == pytest.approx(28 * 24 * hourly, abs=1e-6)
-    assert march.totals[3] == pytest.approx(30 * 24 * hourly, abs=1e-6) and sum(march.totals[4:]) == 0
-    assert march.parts(1)["storage_usd"] == pytest.approx(31 * 24 * 8 * 0.08 / 730, abs=1e-4)
+    assert week.totals[0] == pytest.approx(4 * (run + disk), abs=1e-6)
+    assert week.parts(1)["compute_usd"] + week.parts(1)["public_ipv4_usd"] == pytest.approx((7 * 24 - 4) * run,
+                                                                                          abs=2e-4)
+    # The disk exists until the instance is deleted: it counts whole in every later month, stopped too.
+    assert week.totals[1] == pytest.approx((7 * 24 - 4) * run + month[0] * disk, abs=1e-6)
+    assert week.totals[2] == pytest.approx(month[1] * disk, abs=1e-6)
+    forever = rates.charges(NEW_YEARS_EVE, None, True, spans)  # no stop_at: its run to December's end only
+    assert forever.totals[0] == week.totals[0] and forever.totals[1] == pytest.approx(month[0] * disk, abs=1e-6)
+    march = rates.charges(NEW_YEARS_EVE, datetime(2027, 4, 1, tzinfo=UTC), True, spans)
+    for k in (1, 2, 3):
+        assert march.totals[k] == pytest.approx(month[k - 1] * (run + disk), abs=1e-6)
+    assert march.totals[4] == pytest.approx(30 * 24 * disk, abs=1e-6)  # April: the disk only
+    assert march.parts(1)["storage_usd"] == pytest.approx(month[0] * disk, abs=1e-4)
+    start = rates.charges(NEW_YEARS_EVE, None, True, spans, storage=False)  # a start: its disk is counted already
+    assert sum(start.storage) == 0 and start.totals[0] == pytest.approx(4 * run, abs=1e-6)
     years = rates.charges(NEW_YEARS_EVE, datetime(2031, 1, 1, tzinfo=UTC), True, spans)
-    assert len(years.totals) == HORIZON and min(years.totals[1:]) > 0  # the horizon covers what can bind
+    assert len(years.totals) == HORIZON and min(years.compute[1:]) > 0  # the horizon covers what can bind
 
 
 def test_admission_checks_each_period_against_its_budget(tmp_path):
@@ -198,7 +205,7 @@ def test_admission_checks_each_period_against_its_budget(tmp_path):
         with pytest.raises(Conflict) as refused:
             spending.admit(None, rates.charges(clock.now(), datetime(2027, 3, 31, tzinfo=UTC), True, spans), "March")
         assert refused.value.extra["period"] == "2027-01"
-        assert refused.value.extra["committed_usd"] == pytest.approx(2.7, abs=0.1)
+        assert refused.value.extra["committed_usd"] == pytest.approx(3.18, abs=0.01)  # the week, its disk too
         spending.admit(None, rates.charges(clock.now(), None, True, spans), "No stop_at")  # December's end only
     finally:
         clock.start_at(None)
@@ -254,3 +261,43 @@ def test_over_budget_picks_the_newest_runs_until_the_rest_fit(tmp_path):
         assert Spending(4 * month, BOOK, db, "us-east-1", "").over_budget()[1] == []
     finally:
         clock.start_at(None)
+
+
+def test_the_guard_stops_runs_never_admitted_for_this_period_first_then_the_newest(tmp_path):
+    db = Database(tmp_path / "i.db")
+    db.migrate()
+    try:
+        clock.start_at(datetime(2027, 2, 1, 0, 0, 5, tzinfo=UTC))
+        # A and C run with auto-stop off since January (admitted to January's end only); B, a week from
+        # 30 January (the newest run), was admitted for February too.
+        _running(db, "i-0000000000000000a", 24 * 5)
+        _running(db, "i-0000000000000000b", 24 * 2, stop_at="2027-02-06T00:00:00.000000Z")
+        _running(db, "i-0000000000000000c", 24 * 3)
+        month = 28 * 24 * (0.0104 + 8 * 0.08 / 730)
+        spending = Spending(1.5 * month, BOOK, db, "us-east-1", "")
+        assert spending.over_budget()[1][0]["id"] == "i-0000000000000000c"  # never admitted for February, newest
+        chosen = [r["id"] for r in Spending(0.9 * month, BOOK, db, "us-east-1", "").over_budget()[1]]
+        assert chosen == ["i-0000000000000000c", "i-0000000000000000a"]  # B, the newest run, was admitted
+    finally:
+        clock.start_at(None)
+
+
+def test_another_accounts_records_are_not_counted_once_ours_is_known(tmp_path):
+    db = Database(tmp_path / "i.db")
+    db.migrate()
+    _running(db, "i-00000000000000001", 1)
+    db.update_instance("i-00000000000000001", {"account": "111111111111"})
+    spending = Spending(100.0, BOOK, db, "us-east-1", "")
+    counted = spending.committed()
+    assert counted > 0  # our account is not known yet: counted
+    spending.account = lambda: "222222222222"
+    assert spending.committed() == 0 and spending.summary().instances == []
+    spending.account = lambda: "111111111111"
+    assert spending.committed() == pytest.approx(counted, abs=1e-4)
+
+
+def test_charges_built_just_before_a_month_ended_are_admitted_by_their_months():
+    rates = Rates.of(BOOK, "t3.micro", "us-east-1", 8)
+    december = rates.charges(NEW_YEARS_EVE, NEW_YEARS_EVE + timedelta(days=7), True, horizon(NEW_YEARS_EVE))
+    january = [period_label(s) for s, _ in horizon(datetime(2027, 1, 1, tzinfo=UTC))]
+    assert december.by_period(january)[0] == december.totals[1]  # January's share compared with January
