@@ -21,7 +21,7 @@ from app.errors import ApiError
 from app.models.rows import InstanceRow, InstanceState
 from app.services import clock
 from app.services.db import TIME_FORMAT, Database, canonical_json, parse_time, utcnow
-from app.services.tasks import LoopTask
+from app.services.tasks import WakeableLoop
 
 log = logging.getLogger("ec2_creator.cloudwatch")
 
@@ -122,10 +122,11 @@ def observed_setting(alarm: dict) -> str | None:
     return canonical_json(setting) if ours else "{}"
 
 
-class AlarmKeeper(LoopTask):
+class AlarmKeeper(WakeableLoop):
     """Makes each instance's CloudWatch idle alarm what its record asks for (see the module docstring)."""
 
     name = "idle-alarms"
+    failure_delay = CHECK_SECONDS
 
     def __init__(self, db: Database, aws, region: str, endpoint: str,
                  account: Callable[[], str | None] = lambda: None) -> None:
@@ -134,26 +135,14 @@ class AlarmKeeper(LoopTask):
         self.region = region
         self.endpoint = endpoint
         self.account = account  # the AWS account of the server's credentials, once known
-        self._wake = asyncio.Event()
         self._audited_at = float("-inf")
+        super().__init__()
 
-    def wake(self) -> None:
-        """A setting changed, or an instance ended: look again now."""
-        self._wake.set()
+    async def round(self) -> None:
+        await self.run_once()
 
-    async def _loop(self) -> None:
-        while True:
-            self._wake.clear()
-            try:
-                await self.run_once()
-                delay = None
-            except Exception:  # noqa: BLE001 - the loop must outlive any one bad round
-                log.exception("idle alarms: round failed")
-                delay = CHECK_SECONDS  # no busy loop on a broken database
-            try:
-                await asyncio.wait_for(self._wake.wait(), delay or await self._delay())
-            except TimeoutError:
-                pass
+    async def next_delay(self) -> float:
+        return await self._delay()
 
     async def _delay(self) -> float:
         retry = parse_time(await asyncio.to_thread(self.db.next_alarm_retry, self.region, self.endpoint,

@@ -26,7 +26,7 @@ from app.services.db import Database
 from app.services.reconciler import Reconciler
 from app.services.recorder import Recorder
 from app.services.spending import Spending, period_bounds, period_label
-from app.services.tasks import LoopTask
+from app.services.tasks import WakeableLoop
 
 log = logging.getLogger("ec2_creator.budget")
 
@@ -34,8 +34,9 @@ CHECK_SECONDS = 60.0
 SOURCE = "budget_enforced"
 
 
-class BudgetGuard(LoopTask):
+class BudgetGuard(WakeableLoop):
     name = "budget-guard"
+    failure_delay = CHECK_SECONDS
 
     def __init__(self, settings: Settings, db: Database, aws, spending: Spending, recorder: Recorder,
                  reconciler: Reconciler) -> None:
@@ -45,27 +46,21 @@ class BudgetGuard(LoopTask):
         self.spending = spending
         self.recorder = recorder
         self.reconciler = reconciler
-        self._wake = asyncio.Event()
+        super().__init__()
 
-    def wake(self) -> None:
-        """Something may have raised committed spend (a sweep adopted an instance): look now."""
-        self._wake.set()
+    async def round(self) -> None:
+        await self.check()
 
-    async def _loop(self) -> None:
-        while True:
-            self._wake.clear()
-            try:
-                await self.check()
-            except ApiError as exc:
-                log.warning("budget guard: stopping failed (%s); retrying in %g s", exc.detail, CHECK_SECONDS)
-            except Exception:  # noqa: BLE001 - the loop must outlive any one bad round
-                log.exception("budget guard failed")
-            now = clock.now()
-            to_period_end = (period_bounds(now)[1] - now).total_seconds() + 0.05
-            try:
-                await asyncio.wait_for(self._wake.wait(), min(CHECK_SECONDS, max(0.05, to_period_end)))
-            except TimeoutError:
-                pass
+    def failed(self, exc: Exception) -> None:
+        if isinstance(exc, ApiError):
+            log.warning("budget guard: stopping failed (%s); retrying in %g s", exc.detail, CHECK_SECONDS)
+        else:
+            super().failed(exc)
+
+    async def next_delay(self) -> float:
+        """Until the period's end (the guard admits every run again then), at most CHECK_SECONDS."""
+        now = clock.now()
+        return min(CHECK_SECONDS, max(0.05, (period_bounds(now)[1] - now).total_seconds() + 0.05))
 
     async def check(self) -> list[str]:
         """One round: the ids stopped (or, with BUDGET_ENFORCEMENT=notify, only notified)."""

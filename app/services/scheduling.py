@@ -27,7 +27,7 @@ from app.services.batching import send as send_batch
 from app.services.db import TIME_FORMAT, Database, parse_time, utcnow
 from app.services.reconciler import Reconciler
 from app.services.recorder import Recorder
-from app.services.tasks import LoopTask
+from app.services.tasks import WakeableLoop
 
 log = logging.getLogger("ec2_creator.scheduling")
 
@@ -36,39 +36,31 @@ CHECK_SECONDS = 60.0  # the longest sleep between checks, and the pause after a 
 SKIPPABLE = PER_INSTANCE
 
 
-class AutoStopper(LoopTask):
+class AutoStopper(WakeableLoop):
     name = "auto-stop"
+    failure_delay = CHECK_SECONDS
 
     def __init__(self, db: Database, aws, recorder: Recorder, reconciler: Reconciler) -> None:
         self.db = db
         self.aws = aws
         self.recorder = recorder
         self.reconciler = reconciler
-        self._wake = asyncio.Event()
+        super().__init__()
         # id -> when to try it again: EC2 refused it (a sweep will tell), or it stayed running after EC2 took
         # its stop. No busy loop on those; every other instance is stopped as soon as it is due.
         self._held: dict[str, float] = {}
 
-    def wake(self) -> None:
-        """A stop_at changed: look again now."""
-        self._wake.set()
+    async def round(self) -> None:
+        await self.run_due()
 
-    async def _loop(self) -> None:
-        while True:
-            self._wake.clear()
-            delay = None
-            try:
-                await self.run_due()
-            except ApiError as exc:
-                log.warning("auto-stop failed (%s); retrying in %g s", exc.detail, CHECK_SECONDS)
-                delay = CHECK_SECONDS
-            except Exception:  # noqa: BLE001 - the loop must outlive any one bad round
-                log.exception("auto-stop failed")
-                delay = CHECK_SECONDS
-            try:
-                await asyncio.wait_for(self._wake.wait(), delay or await self._delay())
-            except TimeoutError:
-                pass
+    def failed(self, exc: Exception) -> None:
+        if isinstance(exc, ApiError):
+            log.warning("auto-stop failed (%s); retrying in %g s", exc.detail, CHECK_SECONDS)
+        else:
+            log.exception("auto-stop failed", exc_info=exc)
+
+    async def next_delay(self) -> float:
+        return await self._delay()
 
     def _ours(self, rows: list[InstanceRow]) -> dict[str, InstanceRow]:
         """Those of `rows` a round may stop: not another account's, not held back (see `_held`)."""

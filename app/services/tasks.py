@@ -45,3 +45,40 @@ class LoopTask:
 
     async def _loop(self) -> None:
         raise NotImplementedError
+
+
+class WakeableLoop(LoopTask):
+    """A LoopTask that runs a round, then sleeps until `next_delay()` says or until `wake()` is called. A round
+    that fails is logged, and the loop pauses `failure_delay` seconds (no busy loop on a broken database)."""
+
+    failure_delay = 60.0
+
+    def __init__(self) -> None:
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Something this loop watches changed: look again now."""
+        self._wake.set()
+
+    async def round(self) -> None:
+        raise NotImplementedError
+
+    async def next_delay(self) -> float:
+        return self.failure_delay
+
+    def failed(self, exc: Exception) -> None:
+        log.exception("%s: round failed", self.name, exc_info=exc)
+
+    async def _loop(self) -> None:
+        while True:
+            self._wake.clear()
+            delay = None
+            try:
+                await self.round()
+            except Exception as exc:  # noqa: BLE001 - the loop must outlive any one bad round
+                self.failed(exc)
+                delay = self.failure_delay
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay or await self.next_delay())
+            except TimeoutError:
+                pass

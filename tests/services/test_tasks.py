@@ -3,7 +3,7 @@
 import asyncio
 import time
 
-from app.services.tasks import LoopTask, cancel_and_wait
+from app.services.tasks import LoopTask, WakeableLoop, cancel_and_wait
 
 
 class Sweeper(LoopTask):
@@ -65,3 +65,38 @@ def test_a_caller_cancelled_while_waiting_still_ends_the_task_first():
         return task.done()
 
     assert asyncio.run(scenario())
+
+
+class Counting(WakeableLoop):
+    """Rounds counted; the first one fails."""
+
+    name = "counting"
+    failure_delay = 3600.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rounds = 0
+
+    async def round(self) -> None:
+        self.rounds += 1
+        if self.rounds == 1:
+            raise RuntimeError("a bad round")
+
+    async def next_delay(self) -> float:
+        return 3600.0
+
+
+def test_a_wakeable_loop_outlives_a_failed_round_and_runs_again_when_woken(caplog):
+    async def scenario() -> int:
+        loop = Counting()
+        loop.start()
+        await asyncio.sleep(0.05)  # the first round failed: paused for failure_delay...
+        loop.wake()  # ...unless woken
+        await asyncio.sleep(0.05)
+        loop.wake()
+        await asyncio.sleep(0.05)
+        await loop.stop()
+        return loop.rounds
+
+    assert asyncio.run(scenario()) == 3
+    assert "counting: round failed" in caplog.text and "a bad round" in caplog.text
