@@ -137,8 +137,10 @@ def _error_statuses() -> dict[int, tuple[str, tuple[str, ...], dict]]:
               {"detail": "Missing or wrong bearer token: send 'Authorization: Bearer <token>' (API_TOKEN, or your "
                          "own token from API_TOKENS_FILE).", "code": "unauthorized"}),
         403: ("A user's token on an admin's route; or, on a server without tokens, a request a web page could "
-              "have sent on another site's behalf.",
-              ("admin_only", "forbidden", "host_not_allowed", "cross_site_request", "proxied_request"),
+              "have sent on another site's behalf; or (`aws_access_denied`) AWS denied the server's credentials an "
+              "IAM permission this call needs: the detail names the action, docs/iam-policy.json grants it.",
+              ("admin_only", "forbidden", "host_not_allowed", "cross_site_request", "proxied_request",
+               "aws_access_denied"),
               {"detail": "'alice' is a user: this route needs an admin token.", "code": "admin_only"}),
         404: ("No such instance in the record (or someone else's), or no such route.",
               ("instance_not_found", "not_found"),

@@ -32,7 +32,7 @@ from app.services.users import Caller
 router = APIRouter(prefix="/instances", tags=["instances"], dependencies=[Depends(require_token)],
                    responses=error_responses(401))
 
-AWS_ERRORS = (400, 404, 409, 422, 502, 503, 504)
+AWS_ERRORS = (400, 403, 404, 409, 422, 502, 503, 504)
 
 IdempotencyKey = Annotated[str | None, Header(
     alias="Idempotency-Key", min_length=1, max_length=255, pattern=IDEMPOTENCY_KEY_PATTERN,
@@ -80,7 +80,7 @@ def list_instances(
     return Response(body.model_dump_json(exclude={"instances": {"__all__": {"cost"}}}), media_type="application/json")
 
 
-@router.post("/actions", response_model=BulkActionResult, responses=error_responses(400, 409, 422, 503))
+@router.post("/actions", response_model=BulkActionResult, responses=error_responses(400, 403, 409, 422, 503))
 async def bulk_action(body: BulkAction, service: ServiceDep, caller: CallerDep) -> BulkActionResult:
     """Stop, start or delete many instances (ids, or a selector) with one `aws` process; a result per instance.
     A user's selector matches their own instances only, and someone else's id is a 404 line."""
@@ -89,7 +89,7 @@ async def bulk_action(body: BulkAction, service: ServiceDep, caller: CallerDep) 
     return BulkActionResult.model_validate({"action": body.action, "results": results})
 
 
-@router.post("/sync", response_model=SyncResult, responses=error_responses(502, 503, 504))
+@router.post("/sync", response_model=SyncResult, responses=error_responses(403, 502, 503, 504))
 async def sync_instances(reconciler: ReconcilerDep, store: StoreDep, caller: CallerDep) -> SyncResult:
     """Reconcile with EC2 now: one describe-instances call; returns what changed (for a user: of their own)."""
     result = await reconciler.sweep()
@@ -109,7 +109,7 @@ async def get_instance(instance: InstanceDep, service: ServiceDep) -> Instance:
     return Instance.from_row(instance, Cost(spent_usd=cost.spent_usd, projected_usd=cost.projected_usd))
 
 
-@router.patch("/{instance_id}", response_model=Instance, responses=error_responses(400, 404, 409, 422))
+@router.patch("/{instance_id}", response_model=Instance, responses=error_responses(400, 403, 404, 409, 422))
 async def patch_instance(instance: InstanceDep, change: InstancePatch, service: ServiceDep) -> Instance:
     """Change its name, its tags (null removes one), and its auto-stop (auto_stop_minutes or stop_at)."""
     return Instance.from_row(await service.patch(instance["id"], change))

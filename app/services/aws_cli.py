@@ -7,6 +7,7 @@ number at once (MAX_AWS_PROCESSES), each in its own process group so a timeout k
 
 import asyncio
 import heapq
+import html
 import itertools
 import json
 import logging
@@ -22,7 +23,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from app.config import SCRIPTS_DIR, Settings
-from app.errors import ApiError, BadRequest, Conflict, NotFound, Unavailable, UpstreamError, UpstreamTimeout
+from app.errors import ApiError, BadRequest, Conflict, Forbidden, NotFound, Unavailable, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger("ec2_creator.aws")
 
@@ -35,8 +36,14 @@ CLI_USAGE_EXIT = {2, 252}
 THROTTLING = {"RequestLimitExceeded", "Throttling", "ThrottlingException", "TooManyRequestsException"}
 CAPACITY = {"InsufficientInstanceCapacity", "InsufficientCapacity", "InstanceLimitExceeded",
             "VcpuLimitExceeded", "ServiceUnavailable", "Unavailable", "InternalError", "InternalFailure"}
-CREDENTIALS = {"AuthFailure", "UnauthorizedOperation", "InvalidClientTokenId", "SignatureDoesNotMatch",
-               "ExpiredToken", "RequestExpired", "OptInRequired", "Blocked", "AccessDenied", "AccessDeniedException"}
+CREDENTIALS = {"AuthFailure", "InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken", "RequestExpired",
+               "OptInRequired", "Blocked"}
+# The credentials are good, but their policy does not allow this call: a missing IAM permission.
+ACCESS_DENIED = {"UnauthorizedOperation", "AccessDenied", "AccessDeniedException"}
+# "... is not authorized to perform: ec2:RunInstances on resource: ..." (EC2, SSM, CloudWatch, STS alike)
+_DENIED_ACTION = re.compile(r"not authorized to perform:? ([A-Za-z0-9-]+:[A-Za-z0-9*]+)")
+_XML_ERROR = re.compile(r"<Code>([A-Za-z0-9.]+)</Code>\s*<Message>(.*?)</Message>", re.S)
+_OPERATION = re.compile(r"when calling the (\w+) operation")
 WRONG_STATE = {"IncorrectInstanceState", "IncorrectState", "InvalidInstanceState"}
 NOT_FOUND = {"InvalidInstanceID.NotFound"}
 
@@ -47,6 +54,12 @@ def classify(script: str, returncode: int, stderr: str) -> ApiError:
     match = _AWS_ERROR.search(text)
     if match:
         code, message = match.group(1), " ".join(match.group(2).split())
+        if code.isdigit() and (inner := _XML_ERROR.search(message)):
+            # An error body the CLI could not parse (an XML answer to a JSON-protocol call) is shown raw, under
+            # the HTTP status: take AWS's own code and message from it.
+            code, message = inner.group(1), html.unescape(inner.group(2))
+        if code in ACCESS_DENIED or code == "403":
+            return _access_denied(code, message, text)
         return _from_aws_code(code, message)
     usage = _CLI_USAGE.search(text)
     if usage and "invalid choice" in usage.group(1).lower():
@@ -84,6 +97,21 @@ def _rejected_arguments(script: str, returncode: int, text: str) -> ApiError:
     return UpstreamError(f"Internal error: {script} rejected its arguments.", code="script_usage")
 
 
+def _access_denied(code: str, message: str, text: str) -> ApiError:
+    """A 403 naming the IAM action the credentials lack, and where the policy that grants it is."""
+    named = _DENIED_ACTION.search(message)
+    if named:
+        # The emulator names CloudWatch actions by their signing name (monitoring:); IAM says cloudwatch:.
+        action = re.sub(r"^monitoring:", "cloudwatch:", named.group(1))
+        missing = f"the IAM permission {action}"
+    else:
+        operation = _OPERATION.search(text)
+        missing = f"the IAM permission for {operation.group(1)}" if operation else "an IAM permission"
+    return Forbidden(f"AWS denied {missing} to these credentials: add it to their IAM user or role, from "
+                     f"docs/iam-policy.json (docs/IAM.md says which statement grants it). AWS said: {message[:400]}",
+                     code="aws_access_denied", aws_error_code=code)
+
+
 def _from_aws_code(code: str, message: str) -> ApiError:
     said = f"AWS said: {message[:400]}"
     if code in NOT_FOUND:
@@ -103,7 +131,7 @@ def _from_aws_code(code: str, message: str) -> ApiError:
         return Unavailable(f"EC2 cannot serve this right now (capacity or limit); retry later or pick another "
                            f"type. {said}", code="aws_capacity", aws_error_code=code, retry_after=30)
     if code in CREDENTIALS:
-        return Unavailable(f"AWS refused the credentials; check AWS_PROFILE / access keys and permissions. "
+        return Unavailable(f"AWS refused the credentials; check AWS_PROFILE / access keys (expired or wrong?). "
                            f"{said}", code="aws_credentials", aws_error_code=code)
     if code.startswith(("Invalid", "Missing", "Unsupported")) or code.endswith(".Malformed") \
             or code == "ValidationError":

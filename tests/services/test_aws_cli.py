@@ -27,6 +27,35 @@ def test_aws_error_codes(code, status, machine):
     assert "details" in error.detail
 
 
+@pytest.mark.parametrize("code, op, msg, action", [
+    ("UnauthorizedOperation", "RunInstances", "You are not authorized to perform this operation. User: "
+     "arn:aws:iam::123456789012:user/ec2 is not authorized to perform: ec2:RunInstances on resource: "
+     "arn:aws:ec2:us-east-1:123456789012:instance/* because no identity-based policy allows the ec2:RunInstances "
+     "action. Encoded authorization failure message: AbC", "ec2:RunInstances"),
+    ("AccessDeniedException", "GetParameters", "User: arn:aws:iam::123456789012:user/ec2 is not authorized to "
+     "perform: ssm:GetParameters on resource: arn:aws:ssm:us-east-1::parameter/aws/service/x", "ssm:GetParameters"),
+    ("AccessDenied", "PutMetricAlarm", "User: arn:aws:iam::123456789012:user/ec2 is not authorized to perform: "
+     "monitoring:PutMetricAlarm", "cloudwatch:PutMetricAlarm"),  # the emulator's signing name, IAM's name shown
+    ("AccessDenied", "DescribeAlarms", "Access denied", "the IAM permission for DescribeAlarms"),
+    # An XML error body to a JSON-protocol call (the CloudWatch emulator): the CLI shows it raw, under the status.
+    ("403", "GetMetricStatistics", '<?xml version="1.0" encoding="utf-8"?>\n<ErrorResponse><Errors><Error><Code>'
+     "AccessDenied</Code><Message>User: arn:aws:iam::123456789012:user/ec2 is not authorized to perform: "
+     "monitoring:GetMetricStatistics</Message><Type>Sender</Type></Error></Errors></ErrorResponse>",
+     "cloudwatch:GetMetricStatistics"),
+])
+def test_a_missing_permission_is_403_naming_the_action(code, op, msg, action):
+    error = classify("x.sh", 254, aws_error(code, op, msg))
+    assert (error.status_code, error.code, error.aws_error_code) == (403, "aws_access_denied",
+                                                                     "AccessDenied" if code == "403" else code)
+    assert action in error.detail and "<" not in error.detail and "docs/iam-policy.json" in error.detail
+
+
+@pytest.mark.parametrize("code", ["AuthFailure", "InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken"])
+def test_bad_or_expired_credentials_stay_503(code):
+    error = classify("x.sh", 254, aws_error(code))
+    assert (error.status_code, error.code) == (503, "aws_credentials")
+
+
 def test_key_pair_error_says_how_to_fix_it():
     assert "create-key-pair" in classify("x", 254, aws_error("InvalidKeyPair.NotFound")).detail
 
