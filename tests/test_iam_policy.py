@@ -10,6 +10,7 @@ scoping and the conditions are checked by reading, as are the statements it neve
 
 import copy
 import json
+import re
 import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -143,6 +144,28 @@ def test_every_statement_is_proven_here_or_said_to_be_checked_by_reading():
     docs = (ROOT / "docs" / "IAM.md").read_text()
     for sid in sids:  # a sentence per statement in the docs
         assert f"`{sid}`" in docs, sid
+
+
+# Granted ahead of the scripts that use them: the per-instance SSH groups (issue 25) close and delete them.
+NOT_YET_CALLED = {"ec2:RevokeSecurityGroupIngress", "ec2:DeleteSecurityGroup"}
+# AWS answers sts:GetCallerIdentity for any valid credentials.
+NEEDS_NO_STATEMENT = {"sts:GetCallerIdentity"}
+
+
+def test_the_policy_grants_every_aws_call_of_the_scripts_and_no_other():
+    """Read from aws_cli_bash_scripts/ (every `aws` call is an `aws_call SERVICE OPERATION` there): a new script's
+    call cannot go unlisted, nor can the policy keep an action no script makes."""
+    called = set()
+    for script in (ROOT / "aws_cli_bash_scripts").glob("*.sh"):
+        text = script.read_text()
+        ops = re.findall(r"aws_call (\w+) ([a-z][a-z0-9-]+)", text)
+        ops += [("ec2", op) for op in re.findall(r'AWS_OPERATION="([a-z0-9-]+)"', text)]
+        called |= {f"{service}:{''.join(w.capitalize() for w in op.split('-'))}" for service, op in ops}
+    assert {"ec2:RunInstances", "ec2:TerminateInstances", "cloudwatch:PutMetricAlarm"} <= called  # the reading works
+    granted = {a for s in POLICY["Statement"] for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+    assert called - NEEDS_NO_STATEMENT <= granted, called - NEEDS_NO_STATEMENT - granted
+    assert granted - called <= NOT_YET_CALLED, granted - called - NOT_YET_CALLED
+    assert "iam-policy.json" in (ROOT / "docs" / "QUICK_START.md").read_text()  # its permission list is the file
 
 
 def _create_with_group(api):
