@@ -126,7 +126,7 @@ test-fast: venv ## Unit and in-process tests only (seconds): the edit-run loop
 
 # Workers take whole modules in the order given: the longest first, so none is left alone at the end
 # (pytest collects a module named twice once).
-SLOW_FIRST := tests/test_notifications.py tests/test_budget_guard.py test_api.py tests/postgres/test_contract_on_postgres.py \
+SLOW_FIRST := tests/test_notifications.py tests/test_budget_guard.py tests/test_iam_policy.py test_api.py tests/postgres/test_contract_on_postgres.py \
 	tests/test_consistency.py tests/test_auto_stop.py tests/test_crash_recovery.py tests/bench \
 	tests/postgres/test_lifecycle_on_postgres.py tests/test_replicas.py tests/test_hostile_input.py tests/test_security.py
 
