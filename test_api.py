@@ -113,7 +113,8 @@ def test_create_costs_exactly_one_aws_process_and_reads_none(api, api_server):
 
 
 def test_security_group_is_created_once_and_reused(api, fresh_emulator):
-    first = created(api, create_security_group=True)
+    # The first with every field the original project's clients send (its Jenkinsfile.create, API_REFERENCE.md).
+    first = created(api, name="web-server", storage_gb=8, create_security_group=True)
     second = created(api, name="web-2", create_security_group=True)
     assert first["security_group_id"] and first["security_group_id"] == second["security_group_id"]
     groups = fresh_emulator.ec2.describe_security_groups(
@@ -171,6 +172,7 @@ def test_arm64_ami_on_x86_type_is_400(api, fresh_emulator):
     {"name": "x", "ami": "amazon-linux-2023", "instance_type": X86_TYPE, "storage_gb": "lots"},
     {"name": "x", "ami": "amazon-linux-2023", "instance_type": X86_TYPE, "tags": {"aws:owner": "me"}},
     {"name": "x", "ami": "amazon-linux-2023", "instance_type": X86_TYPE, "tags": {"ManagedBy": "me"}},
+    {"name": "x", "ami": "amazon-linux-2023", "instance_type": X86_TYPE, "storage": 20},  # unknown: not ignored
 ])
 def test_schema_errors_are_422_in_the_envelope(api, body):
     response = api.post("/instances", json=body)

@@ -4,9 +4,11 @@ Every error body is ``{"detail": <a sentence to act on>, "code": <machine code>}
 ``aws_error_code`` when AWS refused, and ``errors`` (field list) for schema failures.
 """
 
+import difflib
 import logging
 import re
 import sqlite3
+import typing
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,6 +16,7 @@ import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.models.instance import NAME_PATTERN, PATTERN_HINTS
@@ -152,7 +155,8 @@ def _error_statuses() -> dict[int, tuple[str, tuple[str, ...], dict]]:
                "idempotency_key_reused", "idempotent_request_failed", "launch_in_progress"),
               {"detail": "Cannot start instance i-0123456789abcdef0: it is terminated.", "code": "wrong_state"}),
         422: ("The request does not match the schema: `detail` names the first problem and where it is (for a "
-              "body that is not JSON: its line and column), `errors` lists them all.",
+              "body that is not JSON: its line and column), every unknown or missing field at once, or, for a body "
+              "sent without `Content-Type: application/json`, that header; `errors` lists them all.",
               ("validation_error",),
               validation_body([{"type": "string_pattern_mismatch", "loc": ("body", "name"), "input": "web$1",
                                 "msg": "", "ctx": {"pattern": NAME_PATTERN}}], None)),
@@ -203,12 +207,33 @@ def _documented_methods(request: Request) -> list[str]:
     return sorted(method.upper() for method in paths.get(path, {}))
 
 
-def validation_body(errors: Sequence[Any], body: object) -> dict:
+JSON_BODY_ERRORS = ("model_attributes_type", "model_type", "dict_type")
+
+
+def validation_body(errors: Sequence[Any], body: object, *, content_type: str | None = "application/json",
+                    model: type[BaseModel] | None = None) -> dict:
     """The 422 body of a request that does not match the schema: `detail` is the first problem, where it is and
-    what to do, in words (a JSON syntax error's line and column, the characters a pattern allows); `errors`
+    what to do, in words (a JSON syntax error's line and column, the characters a pattern allows); unknown and
+    missing fields are named all at once (an unknown one with the declared field it was likely meant to be,
+    from `model`); a body sent without `Content-Type: application/json` says to send that header. `errors`
     lists every problem the same way."""
     listed: list[dict[str, Any]] = [
-        {"loc": list(err.get("loc", ())), "msg": _problem(err, body), "type": err.get("type", "")} for err in errors]
+        {"loc": list(err.get("loc", ())), "msg": _problem(err, body, model), "type": err.get("type", "")}
+        for err in errors]
+    if not _is_json(content_type) and any(e["loc"] == ["body"] and e["type"] in JSON_BODY_ERRORS for e in listed):
+        got = f"this request's is {content_type[:100]!r}" if content_type else "this request has none"
+        message = f"send the body as JSON with the header Content-Type: application/json ({got})"
+        return {"detail": f"Invalid request: {message}.", "code": "validation_error",
+                "errors": [{"loc": ["header", "Content-Type"], "msg": message, "type": "content_type"}]}
+    unknown = [_where(e["loc"], "") + _suggestion(e) for e in listed if e["type"] == "extra_forbidden"]
+    missing = [_where(e["loc"], "") for e in listed if e["type"] == "missing" and len(e["loc"]) > 1]
+    if unknown or missing:
+        parts = ([f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}"] if unknown else []) + \
+                ([f"missing field{'s' if len(missing) > 1 else ''} {', '.join(missing)}"] if missing else [])
+        others = len(listed) - len(unknown) - len(missing)
+        if others:
+            parts.append(f"and {others} more problem{'s' if others > 1 else ''} (see errors)")
+        return {"detail": f"Invalid request: {'; '.join(parts)}.", "code": "validation_error", "errors": listed}
     first: dict[str, Any] = listed[0] if listed else {"loc": [], "msg": "invalid request", "type": ""}
     where = _where(first["loc"], str(first["type"]))
     message = str(first["msg"]).rstrip(".")
@@ -216,14 +241,42 @@ def validation_body(errors: Sequence[Any], body: object) -> dict:
     return {"detail": detail, "code": "validation_error", "errors": listed}
 
 
-def _problem(err: Any, body: object) -> str:
+def _is_json(content_type: str | None) -> bool:
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _suggestion(listed: dict[str, Any]) -> str:
+    """` (did you mean storage_gb?)`, from the problem's own words (see _problem)."""
+    meant = re.search(r"did you mean (\S+)\?", str(listed["msg"]))
+    return f" (did you mean {meant.group(1)}?)" if meant else ""
+
+
+def _declared_fields(model: type[BaseModel] | None, path: Sequence[Any]) -> list[str]:
+    """The field names declared where `path` (a loc without its last part) leads inside `model`."""
+    for part in path:
+        if model is None or not isinstance(part, str) or part not in model.model_fields:
+            return []
+        annotation = model.model_fields[part].annotation
+        model = next((t for t in (annotation, *typing.get_args(annotation))
+                      if isinstance(t, type) and issubclass(t, BaseModel)), None)
+    return list(model.model_fields) if model is not None else []
+
+
+def _problem(err: Any, body: object, model: type[BaseModel] | None = None) -> str:
     kind, ctx, loc = err.get("type", ""), err.get("ctx") or {}, tuple(err.get("loc", ()))
     if kind == "json_invalid":
         return _json_syntax(str(ctx.get("error") or "not JSON"), loc[-1] if loc else None, body)
     if loc == ("body",) and kind == "missing":
         return "the JSON body is missing"
-    if loc == ("body",) and kind in ("model_attributes_type", "model_type", "dict_type"):
+    if loc == ("body",) and kind in JSON_BODY_ERRORS:
         return "the body must be a JSON object"
+    if kind == "extra_forbidden":
+        fields = _declared_fields(model, loc[1:-1]) if loc[:1] == ("body",) else []
+        close = difflib.get_close_matches(str(loc[-1]), fields, n=1, cutoff=0.6) if loc else []
+        return f"unknown field (did you mean {close[0]}?)" if close else "unknown field"
+    if kind == "missing" and len(loc) > 1:
+        return "required"
     if kind == "string_pattern_mismatch" and (hint := PATTERN_HINTS.get(str(ctx.get("pattern")))):
         return hint.explain(err.get("input"))
     return str(err.get("msg", "")).removeprefix("Value error, ").removeprefix("Assertion failed, ")
@@ -258,6 +311,13 @@ def _where(loc: list, kind: str) -> str:
     return where + (f" key {key!r}" if key is not None else "")
 
 
+def _body_model(request: Request) -> type[BaseModel] | None:
+    """The pydantic model of the matched route's JSON body, if it has one."""
+    field = getattr(request.scope.get("route"), "body_field", None)
+    annotation = getattr(getattr(field, "field_info", None), "annotation", None)
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map every error, ours and the framework's, to the one envelope."""
 
@@ -266,8 +326,9 @@ def install_error_handlers(app: FastAPI) -> None:
         return _json(exc.status_code, exc.body(), exc.headers or None)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _json(422, validation_body(exc.errors(), exc.body))
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _json(422, validation_body(exc.errors(), exc.body, content_type=request.headers.get("content-type"),
+                                          model=_body_model(request)))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -104,8 +104,16 @@ class IdleAlarm(BaseModel):
     error: str | None = Field(None, description="Why the last attempt failed (it is retried, with backoff)")
 
 
+# What Swagger UI's "Try it out" sends for POST /instances: a sensible box (the server's default auto-stop, no idle
+# alarm), not the schema's minimums (auto_stop_minutes 1 and an idle alarm, filled in from each field's bounds).
+CREATE_EXAMPLE = {"name": "my-box", "ami": "amazon-linux-2023", "instance_type": "t3.micro", "storage_gb": 8}
+
+
 class InstanceCreate(BaseModel):
-    """What to launch. Free-tier rules are checked before anything is spawned."""
+    """What to launch. Free-tier rules are checked before anything is spawned. An unknown field is a 422 that
+    names it (a typo like `storage` or `auto_stop_minute` never falls back to the default silently)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     name: Name = Field(description="Name tag; letters, digits, spaces and _ . : / = + - @", examples=["my-box"])
     ami: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=WORD_PATTERN)] = Field(

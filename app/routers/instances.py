@@ -3,12 +3,13 @@
 import asyncio
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Response, status
+from fastapi import APIRouter, Body, Depends, Header, Query, Response, status
 from pydantic import StringConstraints
 
 from app.deps import CallerDep, InstanceDep, ReconcilerDep, ServiceDep, StoreDep, require_token
 from app.errors import error_responses
 from app.models.instance import (
+    CREATE_EXAMPLE,
     IDEMPOTENCY_KEY_PATTERN,
     TAG_FILTER_PATTERN,
     BulkAction,
@@ -44,7 +45,10 @@ IdempotencyKey = Annotated[str | None, Header(
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=Instance,
              responses=error_responses(*AWS_ERRORS))
-async def create_instance(body: InstanceCreate, service: ServiceDep, response: Response, caller: CallerDep,
+async def create_instance(body: Annotated[InstanceCreate, Body(openapi_examples={"a_box": {
+                              "summary": "t3.micro, 8 GB, the server's default auto-stop, no idle alarm",
+                              "value": CREATE_EXAMPLE}})],
+                          service: ServiceDep, response: Response, caller: CallerDep,
                           idempotency_key: IdempotencyKey = None) -> Instance:
     """Launch a free-tier instance, owned by the caller; answers as soon as EC2 accepted it (state pending)."""
     row, replayed = await service.create(body, idempotency_key, caller=caller)

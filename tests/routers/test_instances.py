@@ -207,6 +207,60 @@ def test_create_is_201_and_a_replay_says_so(client, stand_in):
     assert stand_in.calls == [("create", "web-1", "k1")] * 2
 
 
+@pytest.mark.parametrize("extra, named", [
+    ({"storage": 20}, "unknown field storage (did you mean storage_gb?)"),  # was 201 with 8 GB
+    ({"auto_stop_minute": 60}, "unknown field auto_stop_minute (did you mean auto_stop_minutes?)"),  # was the default
+    ({"storage": 20, "colour": "red"}, "unknown fields storage (did you mean storage_gb?), colour"),
+    ({"stop_when_idle": {"cpu_below": 5, "for_minutes": 60}},
+     "unknown field stop_when_idle.cpu_below (did you mean cpu_below_percent?); missing field "
+     "stop_when_idle.cpu_below_percent"),
+])
+def test_an_unknown_field_is_a_422_that_names_it(client, stand_in, extra, named):
+    response = client.post("/instances", json=BODY | extra)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == f"Invalid request: {named}."
+    assert response.json()["code"] == "validation_error"
+    assert stand_in.calls == []
+
+
+def test_several_missing_fields_are_named_in_one_answer(client, stand_in):
+    response = client.post("/instances", json={"name": "web-1"})
+    assert response.status_code == 422
+    assert response.json()["detail"] == "Invalid request: missing fields ami, instance_type."
+    assert [e["loc"] for e in response.json()["errors"]] == [["body", "ami"], ["body", "instance_type"]]
+    typo = client.post("/instances", json={"nme": "web-1", "ami": "amazon-linux-2023", "instance_type": "t3.micro",
+                                           "tags": {"a$": "b"}})
+    assert typo.json()["detail"] == ("Invalid request: unknown field nme (did you mean name?); missing field name; "
+                                     "and 1 more problem (see errors).")
+    assert stand_in.calls == []
+
+
+@pytest.mark.parametrize("headers, got", [
+    ({}, "this request has none"),
+    ({"Content-Type": "application/x-www-form-urlencoded"}, "this request's is 'application/x-www-form-urlencoded'"),
+    ({"Content-Type": "text/plain"}, "this request's is 'text/plain'"),
+])
+@pytest.mark.parametrize("method, path", [("POST", "/instances"), ("PATCH", f"/instances/{KNOWN}"),
+                                          ("POST", "/instances/actions")])
+def test_a_json_body_without_its_content_type_says_to_send_the_header(client, stand_in, headers, got, method, path):
+    response = client.request(method, path, content=b'{"name": "web-1"}', headers=headers)  # curl -d's default
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == ("Invalid request: send the body as JSON with the header Content-Type: "
+                                         f"application/json ({got}).")
+    assert stand_in.calls == []
+    charset = client.post("/instances", json=BODY, headers={"Content-Type": "application/json; charset=utf-8"})
+    assert charset.status_code == 201
+
+
+def test_the_original_projects_create_body_is_still_201(client, stand_in):
+    # What its clients send (its README, docs/API_REFERENCE.md and Jenkinsfile.create): all five fields.
+    original = {"name": "web-server", "ami": "amazon-linux-2023", "instance_type": "t3.micro", "storage_gb": 8,
+                "create_security_group": True}
+    response = client.post("/instances", json=original)
+    assert response.status_code == 201, response.text
+    assert stand_in.calls == [("create", "web-server", None)]
+
+
 @pytest.mark.parametrize("method, path, action", [
     ("POST", "/start", "start"), ("POST", "/stop", "stop"), ("DELETE", "", "delete")])
 def test_a_transition_is_202_when_asked_of_ec2_and_200_when_already_done(client, stand_in, method, path, action):

@@ -64,6 +64,20 @@ def test_outside_the_bounds_is_still_the_policys_400_that_says_why(client):
     assert too_big.status_code == 422  # no disk is that large: a schema error, before the policy
 
 
+def test_try_it_out_creates_a_sensible_box_not_the_schemas_minimums(spec):
+    body = spec["paths"]["/instances"]["post"]["requestBody"]["content"]["application/json"]
+    example = next(iter(body["examples"].values()))["value"]  # Swagger UI fills "Try it out" with the first
+    assert example == {"name": "my-box", "ami": "amazon-linux-2023", "instance_type": "t3.micro", "storage_gb": 8}
+    create = models.InstanceCreate.model_validate(example)  # it passes validation as it is
+    assert "auto_stop_minutes" not in create.model_fields_set  # omitted: the server's DEFAULT_AUTO_STOP_MINUTES
+    assert create.stop_when_idle is None  # no idle alarm
+    free_tier.check_static(["t3.micro"], create.instance_type, create.storage_gb)  # and the free-tier policy
+
+
+def test_create_refuses_unknown_fields_in_the_schema_too(spec):
+    assert spec["components"]["schemas"]["InstanceCreate"]["additionalProperties"] is False
+
+
 def test_tags_examples_are_readable(spec):
     assert create_properties(spec)["tags"]["examples"] == [{"Owner": "me"}]
     patch = spec["components"]["schemas"]["InstancePatch"]["properties"]["tags"]
