@@ -5,7 +5,8 @@
     ansible-playbook -i ansible/inventory.py ansible/site.yml
 
 Environment:
-    EC2_CREATOR_URL    the API (default http://127.0.0.1:8000)
+    EC2_CREATOR_URL    the API; unset: http://HOST:PORT as `make run HOST=... PORT=...` takes them (exported),
+                       by default http://127.0.0.1:8000
     EC2_CREATOR_TOKEN  its API_TOKEN, when the server has one (API_TOKEN is read too)
 
 --list prints every group with `_meta.hostvars` (so Ansible runs this once); --host prints {}.
@@ -20,9 +21,23 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 
-DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", "8000"
 TIMEOUT_SECONDS = 30
+
+
+def api_url(environ: Mapping[str, str]) -> str:
+    """EC2_CREATOR_URL, else the address the server was started on: HOST and PORT, the variables `make run`
+    and `make serve-sandbox` take (a wildcard HOST is reached as 127.0.0.1)."""
+    if environ.get("EC2_CREATOR_URL"):
+        return environ["EC2_CREATOR_URL"]
+    host = environ.get("HOST") or DEFAULT_HOST
+    if host in ("0.0.0.0", "::"):  # noqa: S104 - where to connect, not to bind
+        host = DEFAULT_HOST
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{environ.get('PORT') or DEFAULT_PORT}"
 
 
 def fetch_inventory(url: str, token: str | None) -> dict:
@@ -43,7 +58,7 @@ def main(argv: list[str]) -> int:
     if args.host is not None:
         print("{}")
         return 0
-    url = os.environ.get("EC2_CREATOR_URL") or DEFAULT_URL
+    url = api_url(os.environ)
     token = os.environ.get("EC2_CREATOR_TOKEN") or os.environ.get("API_TOKEN")
     try:
         inventory = fetch_inventory(url, token)
@@ -55,7 +70,7 @@ def main(argv: list[str]) -> int:
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         print(f"inventory.py: cannot read {url}/inventory ({reason}); is the API running (make run)? "
-              "Set EC2_CREATOR_URL if it is elsewhere.", file=sys.stderr)
+              "Set EC2_CREATOR_URL (or PORT, as given to make run) if it is elsewhere.", file=sys.stderr)
         return 1
     json.dump(inventory, sys.stdout, indent=2, sort_keys=True)
     print()

@@ -3,6 +3,7 @@
 import ipaddress
 import os
 import re
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -35,6 +36,33 @@ def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+def uvicorn_option(name: str, default: str, argv: list[str] | None = None) -> str:
+    """uvicorn's --NAME from its command line (--NAME VALUE or --NAME=VALUE), else UVICORN_NAME, else its default."""
+    argv = sys.argv if argv is None else argv
+    for i, arg in enumerate(argv):
+        if arg == f"--{name}" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+    return os.environ.get(f"UVICORN_{name.upper()}", default)
+
+
+def served_url(argv: list[str] | None = None) -> str:
+    """This server's base URL as uvicorn was told to listen (`make run PORT=8080`: http://127.0.0.1:8080); a
+    wildcard address (0.0.0.0, ::) is reached on this host as 127.0.0.1."""
+    host = uvicorn_option("host", "127.0.0.1", argv)
+    port = uvicorn_option("port", "8000", argv)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None  # a name, like localhost
+    if address is not None and address.is_unspecified:
+        host = "127.0.0.1"
+    elif address is not None and address.version == 6:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 class SettingsConflict(ValueError):
@@ -114,7 +142,8 @@ class Settings(BaseSettings):
     notify_events: Annotated[list[str], NoDecode] = []
     auto_stop_warning_minutes: int = Field(15, ge=0, le=1440)
     notify_retry_max_seconds: float = Field(300.0, ge=1, le=86400)
-    notify_api_url: str = "http://127.0.0.1:8000"
+    # Unset: this server's own address, as uvicorn was told to listen (served_url).
+    notify_api_url: str = ""
     # Tests only (app/services/clock.py): the service's clock starts at this UTC time and runs from there.
     clock_start: AwareDatetime | None = None
 
@@ -181,6 +210,8 @@ class Settings(BaseSettings):
     @field_validator("notify_api_url")
     @classmethod
     def _api_url(cls, value: str) -> str:
+        if value == "":
+            return value  # unset: this server's own address (see _combinations)
         if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
             raise ValueError(f"must be the API's base URL like http://127.0.0.1:8000, got {value!r}")
         return value.rstrip("/")
@@ -320,6 +351,8 @@ class Settings(BaseSettings):
             raise SettingsConflict(*problems[0], more=problems[1:])
         if self.ec2_target == "sandbox" and not self.ec2_endpoint_url:
             self.ec2_endpoint_url = DEFAULT_SANDBOX_URL
+        if not self.notify_api_url:
+            self.notify_api_url = served_url()
         if "budget_usd" in self.model_fields_set:  # given: in the environment, .env or as an argument
             self._budget_from = "BUDGET_USD"
         elif self.ec2_target == "sandbox":

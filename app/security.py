@@ -2,14 +2,12 @@
 
 import ipaddress
 import json
-import os
 import re
-import sys
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.config import Settings
+from app.config import Settings, uvicorn_option
 
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 # Headers a reverse proxy adds: a proxy in front means the network can reach us, which needs a token.
@@ -74,13 +72,7 @@ def tokenless_refusal(scope: Scope) -> tuple[str, str] | None:
 
 def requested_bind_host(argv: list[str] | None = None) -> str:
     """The --host given to uvicorn on the command line (or UVICORN_HOST); uvicorn's default otherwise."""
-    argv = sys.argv if argv is None else argv
-    for i, arg in enumerate(argv):
-        if arg == "--host" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--host="):
-            return arg.split("=", 1)[1]
-    return os.environ.get("UVICORN_HOST", "127.0.0.1")
+    return uvicorn_option("host", "127.0.0.1", argv)
 
 
 def check_bind(settings: Settings, argv: list[str] | None = None) -> None:

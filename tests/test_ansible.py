@@ -3,6 +3,7 @@ server, and ansible/site.yml in check mode over SSH to a real sshd (Debian's ope
 with the host variables pointed at it."""
 
 import getpass
+import importlib.util
 import json
 import os
 import shutil
@@ -82,6 +83,25 @@ def test_the_inventory_script_sends_the_token_and_says_what_is_wrong(emulator, t
     down = subprocess.run([str(ROOT / "ansible" / "inventory.py"), "--list"], capture_output=True, text=True,
                           timeout=30, env=ansible_env(tmp_path, server.url))
     assert down.returncode == 1 and "is the API running" in down.stderr
+
+
+def load_inventory_script():
+    spec = importlib.util.spec_from_file_location("inventory", ROOT / "ansible" / "inventory.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+@pytest.mark.parametrize("environ, url", [
+    ({}, "http://127.0.0.1:8000"),
+    ({"PORT": "8123"}, "http://127.0.0.1:8123"),  # export PORT=8123; make run
+    ({"HOST": "0.0.0.0", "PORT": "8123"}, "http://127.0.0.1:8123"),
+    ({"HOST": "192.0.2.7", "PORT": "9000"}, "http://192.0.2.7:9000"),
+    ({"HOST": "::1"}, "http://[::1]:8000"),
+    ({"EC2_CREATOR_URL": "https://ec2.example.com", "PORT": "8123"}, "https://ec2.example.com"),
+])
+def test_the_inventory_script_follows_the_servers_port(environ, url):
+    assert load_inventory_script().api_url(environ) == url
 
 
 @pytest.fixture

@@ -91,6 +91,28 @@ def test_notification_settings(monkeypatch):
         settings()
 
 
+@pytest.mark.parametrize("argv, url", [
+    (["uvicorn", "app.main:app"], "http://127.0.0.1:8000"),  # uvicorn's defaults
+    (["uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", "8123"], "http://127.0.0.1:8123"),  # make run PORT=
+    (["uvicorn", "--port=9001", "--host=0.0.0.0"], "http://127.0.0.1:9001"),  # a wildcard: reached on this host
+    (["uvicorn", "--host", "::1", "--port", "8080"], "http://[::1]:8080"),
+    (["uvicorn", "--host", "ec2.example.com", "--port", "80"], "http://ec2.example.com:80"),
+])
+def test_notify_api_url_follows_the_address_the_server_listens_on(monkeypatch, argv, url):
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.delenv("UVICORN_PORT", raising=False)
+    monkeypatch.delenv("UVICORN_HOST", raising=False)
+    assert settings().notify_api_url == url
+    monkeypatch.setenv("NOTIFY_API_URL", "https://ec2.example.com/")  # given: used as it is
+    assert settings().notify_api_url == "https://ec2.example.com"
+
+
+def test_notify_api_url_follows_uvicorns_environment_too(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["uvicorn", "app.main:app"])
+    monkeypatch.setenv("UVICORN_PORT", "8555")
+    assert settings().notify_api_url == "http://127.0.0.1:8555"
+
+
 def test_a_bad_notify_url_stops_the_server_naming_the_variable_not_the_secret(tmp_path):
     # Apprise logs a URL it cannot parse word for word: the server keeps that out of its output.
     for urls, entry in (("json://127.0.0.1:9/ok, bogus://tok-s3cret-55@x", "entry 2 (bogus://...)"),
