@@ -5,7 +5,11 @@ SHELL := /bin/bash
 PYTHON_BOOT ?= python3
 VENV        := .venv
 PY          := $(VENV)/bin/python
+# Two levels of one venv: make run's (requirements.txt: the server, the sandbox emulator, the AWS CLI) and, on
+# top, the test and lint tools (requirements-dev.txt) that make test and make lint add. STAMP is the full one
+# (scripts/ensure_venv.sh, the Jenkins build's, writes it too); RUN_STAMP the runtime one.
 STAMP       := $(VENV)/.installed
+RUN_STAMP   := $(VENV)/.installed-runtime
 HOST        ?= 127.0.0.1
 PORT        ?= 8000
 EC2_TARGET  ?= sandbox
@@ -44,7 +48,7 @@ SHELLCHECK  := $(VENV)/bin/shellcheck
 BATS        := node_modules/bats/bin/bats
 JENKINSFILES := jenkins/deployment/Jenkinsfile jenkins/deployment/Jenkinsfile.manage jenkins/deployment/Jenkinsfile.offhours
 
-.PHONY: help venv tools system-deps run doctor sandbox sandbox-stop sandbox-status serve-sandbox test test-fast test-python test-bash test-jenkins lint clean bench bench-smoke
+.PHONY: help venv venv-dev tools system-deps run doctor sandbox sandbox-stop sandbox-status serve-sandbox test test-fast test-python test-bash test-jenkins lint clean bench bench-smoke
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}' \
@@ -56,7 +60,15 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
 
-venv: $(STAMP) ## Create/refresh the virtualenv (rebuilt when requirements change)
+# Up to date when the full venv is (it holds requirements.txt too), else installs requirements.txt alone.
+venv: ## Create/refresh the virtualenv make run needs (requirements.txt: no test or lint tools)
+	@if { [ $(STAMP) -nt requirements.txt ] && [ $(STAMP) -nt requirements-dev.txt ]; } \
+	    || [ $(RUN_STAMP) -nt requirements.txt ]; then :; else \
+	  set -e; echo "installing requirements.txt into $(VENV)"; $(PYTHON_BOOT) -m venv $(VENV); \
+	  $(PY) -m pip install --quiet --upgrade pip; $(PY) -m pip install --quiet -r requirements.txt; \
+	  touch $(RUN_STAMP); fi
+
+venv-dev: $(STAMP) ## The virtualenv with the test and lint tools too (requirements-dev.txt; make test does it)
 
 sandbox: venv ## Start the local EC2 emulator (moto server) on SANDBOX_PORT with key pair my_ec2_keypair
 	@SANDBOX_PORT=$(SANDBOX_PORT) scripts/sandbox.sh start
@@ -97,14 +109,14 @@ endif
 system-deps: ## Chromium, Java, Node.js/npm, curl, AWS CLI v2: installed from Debian as root, else the command to run
 	@scripts/system_deps.sh
 
-tools: system-deps venv $(NPM_STAMP) ## Everything make test needs (system packages, .venv, node_modules)
+tools: system-deps venv-dev $(NPM_STAMP) ## Everything make test needs (system packages, .venv, node_modules)
 
-lint: venv ## shellcheck the bash scripts; ruff on all Python, mypy on app/ (pyproject.toml)
+lint: venv-dev ## shellcheck the bash scripts; ruff on all Python, mypy on app/ (pyproject.toml)
 	$(SHELLCHECK) -S style aws_cli_bash_scripts/*.sh scripts/*.sh tests/support/*.sh
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-test-bash: venv $(NPM_STAMP) ## bats suites for the bash scripts (the emulator ones with CLI v1, then v2)
+test-bash: venv-dev $(NPM_STAMP) ## bats suites for the bash scripts (the emulator ones with CLI v1, then v2)
 	$(if $(JUNIT_DIR),mkdir -p $(JUNIT_DIR)/bats $(JUNIT_DIR)/bats-cli-v2)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(BATS) $(if $(JUNIT_DIR),--report-formatter junit --output $(JUNIT_DIR)/bats) \
 	    tests/aws_cli_bash_scripts tests/scripts
@@ -116,12 +128,12 @@ $(NPM_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $(NPM_STAMP)
 
-test-jenkins: venv $(NPM_STAMP) ## Render jenkins/jobs.yaml (Jenkins Job Builder), lint the Jenkinsfiles, check the jobs
+test-jenkins: venv-dev $(NPM_STAMP) ## Render jenkins/jobs.yaml (Jenkins Job Builder), lint the Jenkinsfiles, check the jobs
 	$(VENV)/bin/jenkins-jobs -l error test jenkins/jobs.yaml >/dev/null
 	npx --no-install npm-groovy-lint --noserver --failon error $(JENKINSFILES)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(BATS) tests/jenkins
 
-test-fast: venv ## Unit and in-process tests only (seconds): the edit-run loop
+test-fast: venv-dev ## Unit and in-process tests only (seconds): the edit-run loop
 	$(PY) -m pytest -q -m "not integration" test_api.py tests
 
 # Workers take whole modules in the order given: the longest first, so none is left alone at the end
@@ -130,7 +142,7 @@ SLOW_FIRST := tests/test_notifications.py tests/test_budget_guard.py tests/test_
 	tests/test_consistency.py tests/test_auto_stop.py tests/test_crash_recovery.py tests/bench \
 	tests/postgres/test_lifecycle_on_postgres.py tests/test_replicas.py tests/test_hostile_input.py tests/test_security.py
 
-test-python: venv ## pytest: REST contract suite (test_api.py) and tests/, on PYTEST_WORKERS workers
+test-python: venv-dev ## pytest: REST contract suite (test_api.py) and tests/, on PYTEST_WORKERS workers
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadscope $(SLOW_FIRST) test_api.py tests \
 	    $(if $(JUNIT_DIR),--junitxml=$(JUNIT_DIR)/pytest.xml)
 
@@ -139,10 +151,10 @@ test: tools ## Everything CI runs; installs what it needs first
 	@# emulators, aws), each one's output printed whole when it ends; one that fails fails the run.
 	@$(MAKE) --no-print-directory -j4 --output-sync=target lint test-bash test-jenkins test-python
 
-bench: venv ## Full benchmark (several minutes): data/bench/results.json and docs/PERFORMANCE.md
+bench: venv-dev ## Full benchmark (several minutes): data/bench/results.json and docs/PERFORMANCE.md
 	$(PY) bench/run_bench.py
 
-bench-smoke: venv ## Benchmark at small sizes (< 60 s); fails if a process-count budget line misses
+bench-smoke: venv-dev ## Benchmark at small sizes (< 60 s); fails if a process-count budget line misses
 	$(PY) bench/run_bench.py --smoke
 
 clean: ## Remove the venv and local data

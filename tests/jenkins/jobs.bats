@@ -15,7 +15,7 @@ setup_file() {
   export OFFHOURS_FILE="${REPO_ROOT}/jenkins/deployment/Jenkinsfile.offhours"
   JENKINS_JOBS="${JENKINS_JOBS:-$(command -v jenkins-jobs || true)}"
   if [[ -z "${JENKINS_JOBS}" ]]; then
-    echo "jenkins-jobs not found: run 'make venv' (jenkins-job-builder)" >&3
+    echo "jenkins-jobs not found: run 'make venv-dev' (jenkins-job-builder)" >&3
     return 1
   fi
   export OUT="${BATS_FILE_TMPDIR}/jobs"
