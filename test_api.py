@@ -62,7 +62,8 @@ def test_create_answers_at_once_with_the_resolved_ami_and_tags_in_ec2(api, fresh
     assert item["ami"] == expected_ami
     assert item["instance_type"] == X86_TYPE
     assert item["storage_gb"] == 8
-    assert item["security_group_id"] is None
+    assert item["security_group_id"] and item["ssh_from"] == "127.0.0.1/32"  # sandbox my_ip: the request's address
+    assert item["login_user"] == "ec2-user"
     assert item["tags"] == {"Owner": "me", "Env": "dev"}
     assert item["backend_used"] == "awscli"
     assert item["created_at"] and item["updated_at"]
@@ -102,27 +103,28 @@ def test_create_with_an_ami_id_an_alias_resolves_to(api, fresh_emulator):
     assert created(api, ami=ami)["ami"] == ami
 
 
-def test_create_costs_exactly_one_aws_process_and_reads_none(api, api_server):
+def test_create_costs_three_aws_processes_and_reads_none(api, api_server):
     created(api)  # the catalogue is warm after the first create at the latest
     before = len(api_server.aws_calls())
     item = created(api, name="second")
     api.get("/instances")
     api.get(f"/instances/{item['id']}")
     mutations = api_server.mutations_since(before)
-    assert len(mutations) == 1 and "run-instances" in mutations[0]
+    # Its own security group, its SSH rule, the launch (issue 25: SSH that works, not open to the world).
+    assert [next(op for op in ("create-security-group", "authorize-security-group-ingress", "run-instances")
+                 if op in m) for m in mutations] == ["create-security-group", "authorize-security-group-ingress",
+                                                      "run-instances"]
 
 
-def test_security_group_is_created_once_and_reused(api, fresh_emulator):
+def test_create_security_group_true_means_ssh_from_ssh_ingress_cidr_in_a_group_of_its_own(api, fresh_emulator):
     # The first with every field the original project's clients send (its Jenkinsfile.create, API_REFERENCE.md).
     first = created(api, name="web-server", storage_gb=8, create_security_group=True)
     second = created(api, name="web-2", create_security_group=True)
-    assert first["security_group_id"] and first["security_group_id"] == second["security_group_id"]
-    groups = fresh_emulator.ec2.describe_security_groups(
-        Filters=[{"Name": "group-name", "Values": ["ec2-creator-local"]}])["SecurityGroups"]
-    assert len(groups) == 1 and groups[0]["GroupId"] == first["security_group_id"]
-    rules = groups[0]["IpPermissions"]
-    assert any(r["FromPort"] == 22 and r["ToPort"] == 22 and {"CidrIp": "0.0.0.0/0"} in
-               [{"CidrIp": ip["CidrIp"]} for ip in r["IpRanges"]] for r in rules)
+    assert first["ssh_from"] == second["ssh_from"] == "0.0.0.0/0"  # SSH_INGRESS_CIDR's default, as asked
+    assert first["security_group_id"] and first["security_group_id"] != second["security_group_id"]
+    group = fresh_emulator.ec2.describe_security_groups(GroupIds=[first["security_group_id"]])["SecurityGroups"][0]
+    assert [(r["FromPort"], r["ToPort"], [ip["CidrIp"] for ip in r["IpRanges"]]) for r in group["IpPermissions"]] \
+        == [(22, 22, ["0.0.0.0/0"])]
     ec2 = fresh_emulator.instances()[first["id"]]
     assert first["security_group_id"] in [g["GroupId"] for g in ec2["SecurityGroups"]]
 

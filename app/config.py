@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     allowed_instance_types: Annotated[list[str], NoDecode] = ["t3.micro", "t4g.micro"]
     free_tier_amis: Annotated[list[str], NoDecode] = []
     ssh_ingress_cidr: str = "0.0.0.0/0"
+    # Where `ssh_from: my_ip` learns this host's public IPv4 (None: checkip.amazonaws.com, or in the sandbox
+    # the address the request came from).
+    my_ip_url: str | None = Field(None, pattern=r"^https?://[!-~]{1,2000}$")
     aws_cli: str = "aws"
     aws_cli_timeout_seconds: float = Field(60.0, gt=0, le=3600)
     aws_cli_connect_timeout: int = Field(5, ge=1, le=3600)

@@ -152,7 +152,7 @@ def _error_statuses() -> dict[int, tuple[str, tuple[str, ...], dict]]:
         409: ("The instance's state, its recorded EC2 (endpoint, region, account), the budget or an "
               "Idempotency-Key does not allow it.",
               ("wrong_state", "instance_gone", "other_endpoint", "other_region", "other_account", "budget_exceeded",
-               "idempotency_key_reused", "idempotent_request_failed", "launch_in_progress"),
+               "idempotency_key_reused", "idempotent_request_failed", "launch_in_progress", "no_ssh_group"),
               {"detail": "Cannot start instance i-0123456789abcdef0: it is terminated.", "code": "wrong_state"}),
         422: ("The request does not match the schema: `detail` names the first problem and where it is (for a "
               "body that is not JSON: its line and column), every unknown or missing field at once, or, for a body "
@@ -163,7 +163,7 @@ def _error_statuses() -> dict[int, tuple[str, tuple[str, ...], dict]]:
         502: ("AWS or the AWS CLI answered in a way the server cannot use; AWS's own error code is in "
               "`aws_error_code` when it gave one.",
               ("aws_error", "aws_bad_output", "aws_cli_failed", "aws_cli_outdated", "aws_cli_missing",
-               "script_usage"),
+               "script_usage", "my_ip_unavailable"),
               {"detail": "EC2 refused the request. AWS said: The instance 'i-0123456789abcdef0' may not be "
                          "terminated. Modify its 'disableApiTermination' instance attribute and try again.",
                "code": "aws_error", "aws_error_code": "OperationNotPermitted"}),
@@ -171,7 +171,7 @@ def _error_statuses() -> dict[int, tuple[str, tuple[str, ...], dict]]:
               "`Retry-After` seconds when that header is sent. `record_failed` carries `instance_id`.",
               ("endpoint_unreachable", "no_credentials", "no_region", "aws_throttled", "aws_capacity",
                "aws_credentials", "aws_busy", "instance_not_visible_yet", "record_failed", "store_unavailable",
-               "sweep_busy", "instance_busy", "tokens_file_invalid"),
+               "sweep_busy", "instance_busy", "tokens_file_invalid", "my_ip_unavailable"),
               {"detail": "The EC2 endpoint cannot be reached; check EC2_ENDPOINT_URL or your network, then retry.",
                "code": "endpoint_unreachable"}),
         504: ("The `aws` call did not finish within AWS_CLI_TIMEOUT_SECONDS; EC2 may still act on it.",

@@ -1,5 +1,6 @@
 """Request and response models (field names as in the original project)."""
 
+import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -109,6 +110,23 @@ class IdleAlarm(BaseModel):
 CREATE_EXAMPLE = {"name": "my-box", "ami": "amazon-linux-2023", "instance_type": "t3.micro", "storage_gb": 8}
 
 
+def _ssh_from(value: str) -> str:
+    """my_ip, none, or an IPv4 CIDR (a bare address is a /32), normalised."""
+    if value in ("my_ip", "none"):
+        return value
+    try:
+        return str(ipaddress.IPv4Network(value if "/" in value else f"{value}/32", strict=False))
+    except ValueError:
+        raise ValueError('ssh_from must be "my_ip", "none", an IPv4 address or an IPv4 CIDR such as '
+                         "203.0.113.7/32") from None
+
+
+SshFrom = Annotated[str, StringConstraints(min_length=1, max_length=18), AfterValidator(_ssh_from),
+                    Field(description='Who may reach port 22: "my_ip" (this server\'s public IPv4 as AWS sees it, '
+                                      'as a /32), an IPv4 CIDR (a bare address means /32; 0.0.0.0/0 only when '
+                                      'sent), or "none"', examples=["my_ip", "203.0.113.7/32"])]
+
+
 class InstanceCreate(BaseModel):
     """What to launch. Free-tier rules are checked before anything is spawned. An unknown field is a 422 that
     names it (a typo like `storage` or `auto_stop_minute` never falls back to the default silently)."""
@@ -128,7 +146,10 @@ class InstanceCreate(BaseModel):
                        "allowance); outside that: 400 storage_not_free_tier",
         ge=-(2**31), le=2**31, json_schema_extra={"minimum": MIN_STORAGE_GB, "maximum": MAX_STORAGE_GB})
     create_security_group: StrictBool = Field(
-        False, description="Attach the reusable 'ec2-creator-local' security group (SSH from SSH_INGRESS_CIDR)")
+        False, description="The original API's switch: true means ssh_from = SSH_INGRESS_CIDR")
+    ssh_from: SshFrom | None = Field(
+        None, description='Who may reach port 22, in a security group made for this instance alone: "my_ip" (the '
+                          "default), an IPv4 CIDR, or \"none\"; change it later with PUT /instances/{id}/ssh-access")
     tags: Tags | None = Field(None, description="Extra tags (up to 40; Name, ManagedBy, RequestId and aws:* are "
                                                 "reserved)", max_length=40, examples=[{"Owner": "me"}])
     associate_public_ip: StrictBool = Field(
@@ -157,7 +178,12 @@ class Instance(BaseModel):
     id: str
     name: str | None = None
     public_ip: str | None = None
-    ssh_string: str | None = None
+    ssh_string: str | None = Field(None, description="The ssh command; null when it cannot be used (ssh_unavailable "
+                                                     "says why)")
+    ssh_unavailable: str | None = Field(None, description="Why ssh_string is null (no public address, no SSH rule)")
+    ssh_from: str | None = Field(None, description='Who may reach port 22 (the rule in force: a CIDR or "none"); '
+                                                   "null: not managed here (created before ssh_from, or adopted)")
+    login_user: str | None = Field(None, description="The user its AMI logs in as")
     state: str
     ami: str | None = None
     instance_type: str | None = None
@@ -198,6 +224,14 @@ PatchTags = Annotated[dict[TagKey, TagValue | None], WithJsonSchema({
                       "not": {"anyOf": [{"enum": sorted(RESERVED_TAG_KEYS)}, {"pattern": "^[aA][wW][sS]:"}]}},
     "additionalProperties": {"anyOf": [{"type": "string", "maxLength": 256, "pattern": EC2_TEXT}, {"type": "null"}]},
 })]
+
+
+class SshAccess(BaseModel):
+    """PUT /instances/{id}/ssh-access: the new rule (it replaces the old one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ssh_from: SshFrom
 
 
 class InstancePatch(BaseModel):

@@ -78,6 +78,9 @@ class InstanceRow(TypedDict):
     alarm_held: str | None  # the setting CloudWatch holds (canonical JSON); None: no alarm
     alarm_attempts: int  # failed tries in a row (backoff)
     alarm_retry_at: str | None  # not before this after a failure
+    ssh_from: str | None  # who may reach port 22: a CIDR or "none"; None: not managed here
+    ssh_unavailable: str | None  # why ssh_string is None
+    ssh_group: str | None  # the security group made for this instance alone; None once deleted
     owner: str | None  # who created it through the API (a token's name); None: adopted, or made without tokens
 
 

@@ -3,7 +3,7 @@
 import asyncio
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Body, Depends, Header, Query, Response, status
+from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response, status
 from pydantic import StringConstraints
 
 from app.deps import CallerDep, InstanceDep, ReconcilerDep, ServiceDep, StoreDep, require_token
@@ -22,6 +22,7 @@ from app.models.instance import (
     InstanceList,
     InstancePatch,
     MetricSeries,
+    SshAccess,
     StateName,
     SyncResult,
 )
@@ -48,10 +49,11 @@ IdempotencyKey = Annotated[str | None, Header(
 async def create_instance(body: Annotated[InstanceCreate, Body(openapi_examples={"a_box": {
                               "summary": "t3.micro, 8 GB, the server's default auto-stop, no idle alarm",
                               "value": CREATE_EXAMPLE}})],
-                          service: ServiceDep, response: Response, caller: CallerDep,
+                          service: ServiceDep, response: Response, caller: CallerDep, request: Request,
                           idempotency_key: IdempotencyKey = None) -> Instance:
     """Launch a free-tier instance, owned by the caller; answers as soon as EC2 accepted it (state pending)."""
-    row, replayed = await service.create(body, idempotency_key, caller=caller)
+    row, replayed = await service.create(body, idempotency_key, caller=caller,
+                                         client_ip=request.client.host if request.client else None)
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return Instance.from_row(row)
@@ -117,6 +119,14 @@ async def get_instance(instance: InstanceDep, service: ServiceDep) -> Instance:
 async def patch_instance(instance: InstanceDep, change: InstancePatch, service: ServiceDep) -> Instance:
     """Change its name, its tags (null removes one), and its auto-stop (auto_stop_minutes or stop_at)."""
     return Instance.from_row(await service.patch(instance["id"], change))
+
+
+@router.put("/{instance_id}/ssh-access", response_model=Instance, responses=error_responses(*AWS_ERRORS))
+async def put_ssh_access(instance: InstanceDep, body: SshAccess, service: ServiceDep, request: Request) -> Instance:
+    """Replace who may reach port 22 (home -> office) in the instance's own security group: the same instance,
+    two `aws` processes (none when that rule is already in force)."""
+    return Instance.from_row(await service.set_ssh_access(
+        instance["id"], body.ssh_from, request.client.host if request.client else None))
 
 
 MetricName = Literal[METRICS]  # type: ignore[valid-type]

@@ -23,7 +23,7 @@ from app.models.instance import STORED_FIELDS
 from app.models.rows import EventRow, InstanceRow, InstanceState, LaunchRow, LaunchStatus
 from app.services import clock
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 # Columns of the original project's `instances` table, kept so its databases open unchanged.
 ORIGINAL_COLUMNS = ("id", "name", "public_ip", "ami", "instance_type", "state", "ssh_string",
@@ -59,6 +59,11 @@ ADDED_COLUMNS = {
     # v6, one token per person: who created it through the API (a name of API_TOKENS_FILE, or "admin" for
     # API_TOKEN); NULL for an instance adopted from EC2 or created without tokens (admins only see those).
     "owner": "TEXT",
+    # v8, SSH that works: who may reach port 22 (a CIDR or "none"; NULL: not managed here), why ssh_string is
+    # null, and the security group made for this instance alone (NULL once deleted, or when there is none).
+    "ssh_from": "TEXT",
+    "ssh_unavailable": "TEXT",
+    "ssh_group": "TEXT",
 }
 # Columns holding JSON (decoded when read).
 JSON_FIELDS: dict[str, dict | None] = {"tags": {}, "stop_when_idle": None, "idle_alarm": None}
@@ -242,6 +247,8 @@ class Database:
                 self._migrate_to_6(conn)
             if version < 7:
                 self._migrate_to_7(conn)
+            if version < 8:
+                self._migrate_to_8(conn)
             self._set_user_version(conn, SCHEMA_VERSION)
             conn.execute("COMMIT")
         except BaseException:
@@ -321,6 +328,14 @@ class Database:
             conn.execute("ALTER TABLE instance_events ADD COLUMN public_ip TEXT")
         conn.execute("CREATE INDEX IF NOT EXISTS instances_stop_at ON instances(stop_at) WHERE stop_at IS NOT NULL")
         conn.execute("CREATE INDEX IF NOT EXISTS instances_rev ON instances(rev)")
+
+    @staticmethod
+    def _migrate_to_8(conn: sqlite3.Connection) -> None:
+        """ssh_from, ssh_unavailable and the per-instance group; the sentence once kept in ssh_string moves to
+        ssh_unavailable (scripts run $(jq -r .ssh_string))."""
+        _add_instance_columns(conn)
+        conn.execute("UPDATE instances SET ssh_unavailable = ssh_string, ssh_string = NULL "
+                     "WHERE ssh_string IS NOT NULL AND ssh_string NOT LIKE 'ssh %'")
 
     @staticmethod
     def _migrate_to_7(conn: sqlite3.Connection) -> None:

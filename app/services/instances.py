@@ -27,9 +27,10 @@ from app.services.cloudwatch import USED_KEY, Metrics, idle_alarm_view
 from app.services.db import TIME_FORMAT, Database, age_seconds, canonical_json, parse_time, stored_time, utcnow
 from app.services.free_tier import SANDBOX_PLACE, Catalog, check_catalog, check_static, login_user_for
 from app.services.reconciler import Reconciler
-from app.services.recorder import RUNNING, SECURITY_GROUP_NAME, Recorder, in_minutes
+from app.services.recorder import RUNNING, Recorder, in_minutes, ssh_group_name
 from app.services.replicas import InstanceLocks
 from app.services.spending import AccountPlan, Charges, PriceBook, Rates, Spending, horizon
+from app.services.ssh_access import MyIp
 from app.services.tasks import cancel_and_wait
 from app.services.users import LOCAL, Caller
 
@@ -56,7 +57,7 @@ def _result(row: InstanceRow | None, status: int, error: ApiError | None = None,
 
 def request_hash(req: InstanceCreate) -> str:
     # Fields added later are left out while unset, so a key used before they existed still matches.
-    later = {"stop_when_idle"} if req.stop_when_idle is None else set()
+    later = {k for k in ("stop_when_idle", "ssh_from") if getattr(req, k) is None}
     canonical = json.dumps(req.model_dump(exclude=later), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -103,6 +104,7 @@ class InstanceService:
         self.catalog = Catalog()
         self.recorder = Recorder(settings, db, self.login_user_of)
         self.reconciler = Reconciler(settings, db, aws, self.recorder)
+        self.reconciler.tidy = self.drop_ended_ssh_groups
         # A reservation outlives the longest create or start (a replica that died mid-call leaves its own).
         self.spending = Spending(settings.budget_usd, PriceBook.load(settings.prices_file), db, settings.region,
                                  settings.endpoint_key, max(600.0, 2 * settings.aws_cli_timeout_seconds))
@@ -118,7 +120,7 @@ class InstanceService:
         # One mutation of an instance at a time, across replicas too (a holder's call ends within the CLI timeout).
         self.locks = InstanceLocks(db, max(120.0, 2 * settings.aws_cli_timeout_seconds))
         self._catalog_lock = asyncio.Lock()
-        self._sg_lock = asyncio.Lock()
+        self.my_ip = MyIp(settings.my_ip_url, sandbox=bool(settings.ec2_endpoint_url))
         self._inflight: dict[str, asyncio.Future] = {}
         self._resolving: set[asyncio.Task] = set()  # lookups of launches whose answer never came
         # Which EC2 this process talks to: rows, launches and caches are kept per (endpoint, region).
@@ -149,41 +151,112 @@ class InstanceService:
                          ", ".join(sorted(self.catalog.types)))
         return self.catalog
 
-    # -- security group ------------------------------------------------------------------------
-    def _sg_cache_key(self) -> str:
-        return f"security_group:{self.settings.ec2_endpoint_url or 'aws'}:{self.settings.region}"
+    # -- SSH access -----------------------------------------------------------------------------
+    async def resolve_ssh_from(self, asked: str | None, legacy: bool = False, client_ip: str | None = None) -> str:
+        """The rule to put in force: a CIDR or "none". Unset: my_ip, or SSH_INGRESS_CIDR for the original API's
+        create_security_group: true. my_ip becomes this host's public IPv4 as a /32 (MY_IP_URL)."""
+        wanted = asked if asked is not None else self.settings.ssh_ingress_cidr if legacy else "my_ip"
+        if wanted == "my_ip":
+            return f"{await self.my_ip.get(client_ip)}/32"
+        return wanted
 
-    async def ensure_security_group(self, refresh: bool = False) -> str:
-        """The reusable SSH security group, created and opened on first use, then cached."""
-        key = self._sg_cache_key()
-        async with self._sg_lock:
-            cached = None if refresh else await asyncio.to_thread(self.db.kv_get, key)
-            if cached:
-                return cached
-            found = await self.aws.run("find_security_group.sh", "--name", SECURITY_GROUP_NAME)
-            groups = found.get("SecurityGroups") or []
-            if groups:
-                group_id = groups[0]["GroupId"]
-                opened = any(p.get("FromPort") == 22 and any(r.get("CidrIp") == self.settings.ssh_ingress_cidr
-                                                             for r in p.get("IpRanges") or [])
-                             for p in groups[0].get("IpPermissions") or [])
-            else:
-                created = await self.aws.run("create_security_group.sh", "--name", SECURITY_GROUP_NAME,
-                                             "--description", "SSH access for instances made by ec2-creator-local")
-                group_id, opened = created["GroupId"], False
-            if not opened:
-                try:
-                    await self.aws.run("authorize_ssh.sh", "--group-id", group_id,
-                                       "--cidr", self.settings.ssh_ingress_cidr)
-                except ApiError as exc:
-                    if exc.aws_error_code != "InvalidPermission.Duplicate":
-                        raise
-            await asyncio.to_thread(self.db.kv_set, key, group_id)
-            return group_id
+    async def _make_ssh_group(self, request_id: str, ssh_from: str, region: str | None = None) -> str:
+        """A security group for this launch alone (tagged ManagedBy and RequestId), with the SSH rule in it:
+        two `aws` processes (one for "none"). A retry of a lost launch finds the group the first attempt made."""
+        name = ssh_group_name(request_id)
+        try:
+            created = await self.aws.run("create_security_group.sh", "--name", name, "--description",
+                                         "SSH to one instance (ec2-creator-local)", "--request-id", request_id,
+                                         region=region)
+            group_id = created["GroupId"]
+        except ApiError as exc:
+            if exc.aws_error_code != "InvalidGroup.Duplicate":
+                raise
+            found = (await self.aws.run("find_security_group.sh", "--name", name, region=region)).get(
+                "SecurityGroups") or []
+            if not found:
+                raise
+            group_id = found[0]["GroupId"]
+        if ssh_from != "none":
+            await self._authorize(group_id, ssh_from, region)
+        return group_id
+
+    async def _authorize(self, group_id: str, cidr: str, region: str | None) -> None:
+        try:
+            await self.aws.run("authorize_ssh.sh", "--group-id", group_id, "--cidr", cidr, region=region)
+        except ApiError as exc:
+            if exc.aws_error_code != "InvalidPermission.Duplicate":
+                raise
+
+    async def _drop_ssh_group(self, group_id: str, region: str | None) -> bool:
+        """Delete a group this service made for one instance; False while EC2 still holds it (retried later)."""
+        try:
+            await self.aws.run("delete_security_group.sh", "--group-id", group_id, region=region)
+        except ApiError as exc:
+            if exc.aws_error_code in ("InvalidGroup.NotFound", "InvalidGroupId.NotFound"):
+                return True
+            if exc.aws_error_code != "DependencyViolation":
+                log.warning("Deleting security group %s failed (%s); retried at a later sweep", group_id, exc)
+            return False
+        return True
+
+    async def set_ssh_access(self, instance_id: str, asked: str, client_ip: str | None = None) -> InstanceRow:
+        """Replace the SSH rule of an instance's own group: authorize the new one, then revoke the old one (two
+        `aws` processes; none when it is already in force). Never a new instance."""
+        async with self.locks.hold([instance_id]):
+            row = await asyncio.to_thread(self.db.require_instance, instance_id)
+            if row["state"].ended or row["state"] == S.SHUTTING_DOWN:
+                raise Conflict(f"Instance {instance_id} is {row['state']}: its SSH access can no longer change.",
+                               code="wrong_state")
+            group_id = row["ssh_group"]
+            if not group_id:
+                raise Conflict(f"Instance {instance_id} has no security group of its own (created before ssh_from, "
+                               "or not through this API); its SSH access cannot be changed here.",
+                               code="no_ssh_group")
+            self._check_reachable(row)
+            cidr = await self.resolve_ssh_from(asked, client_ip=client_ip)
+            old = row["ssh_from"]
+            if cidr != old:
+                with self.reconciler.mutating():
+                    if cidr != "none":
+                        await self._authorize(group_id, cidr, row["region"])
+                    if old and old != "none":
+                        try:
+                            await self.aws.run("revoke_ssh.sh", "--group-id", group_id, "--cidr", old,
+                                               region=row["region"])
+                        except ApiError as exc:
+                            if exc.aws_error_code != "InvalidPermission.NotFound":
+                                # The new rule is in: record both honestly by keeping the old one as well.
+                                await asyncio.to_thread(self._write_ssh_from, row, cidr)
+                                raise
+                    await asyncio.to_thread(self._write_ssh_from, row, cidr)
+            return await asyncio.to_thread(self.db.require_instance, instance_id)
+
+    def _write_ssh_from(self, row: InstanceRow, cidr: str) -> None:
+        fields = self.recorder.ssh_fields(row["public_ip"], {**row, "ssh_from": cidr})
+        self.db.update_instance(row["id"], {"ssh_from": cidr, **fields, "updated_at": utcnow()})
+
+    async def drop_ended_ssh_groups(self) -> int:
+        """Delete the own groups of instances that are gone (EC2 refuses while their network interface lingers:
+        DependencyViolation, tried again at the next sweep). Never raises; returns how many were deleted."""
+        rows = await asyncio.to_thread(self.db.list_instances, True)
+        done = 0
+        for row in rows:
+            if not (row["ssh_group"] and row["state"] == S.TERMINATED and row["endpoint"] == self.endpoint):
+                continue
+            try:
+                dropped = await self._drop_ssh_group(row["ssh_group"], row["region"])
+            except Exception as exc:  # noqa: BLE001 - a sweep never fails for a group
+                log.warning("Deleting security group %s failed: %s", row["ssh_group"], exc)
+                continue
+            if dropped:
+                await asyncio.to_thread(self.db.update_instance, row["id"], {"ssh_group": None})
+                done += 1
+        return done
 
     # -- create ----------------------------------------------------------------------------------
     async def create(self, req: InstanceCreate, idempotency_key: str | None = None,
-                     caller: Caller = LOCAL) -> tuple[InstanceRow, bool]:
+                     caller: Caller = LOCAL, client_ip: str | None = None) -> tuple[InstanceRow, bool]:
         """Check policy, launch with one `aws` process, record what EC2 answered (owned by the caller).
 
         Returns (instance, replayed). With an Idempotency-Key, a repeat of the same request gets the
@@ -204,9 +277,11 @@ class InstanceService:
         if not (idempotency_key and (idempotency_key in self._inflight or
                                      await asyncio.to_thread(self._holds_launch, idempotency_key))):
             await asyncio.to_thread(self._admit_create, None, req, rates)
+        # Who may reach port 22 (my_ip: this host's address, fetched from MY_IP_URL, cached): before anything is sent.
+        ssh_from = await self.resolve_ssh_from(req.ssh_from, req.create_security_group, client_ip)
         if idempotency_key is None:
             with self.reconciler.mutating():
-                return await self._launch(req, ami, None, body_hash, rates, caller), False
+                return await self._launch(req, ami, None, body_hash, rates, caller, ssh_from), False
         inflight = self._inflight.get(idempotency_key)
         if inflight is not None:
             await asyncio.shield(inflight)  # the first request with this key is running: share its outcome
@@ -215,7 +290,7 @@ class InstanceService:
         self._inflight[idempotency_key] = future
         try:
             with self.reconciler.mutating():
-                return await self._launch(req, ami, idempotency_key, body_hash, rates, caller), False
+                return await self._launch(req, ami, idempotency_key, body_hash, rates, caller, ssh_from), False
         except _AlreadyClaimed:
             return await self._replay(idempotency_key, body_hash, caller), True
         finally:
@@ -251,9 +326,9 @@ class InstanceService:
         self.spending.admit(key, charges, f"Creating this {req.instance_type}")
 
     async def _launch(self, req: InstanceCreate, ami, idempotency_key: str | None, body_hash: str,
-                      rates: Rates, caller: Caller = LOCAL) -> InstanceRow:
+                      rates: Rates, caller: Caller = LOCAL, ssh_from: str | None = None) -> InstanceRow:
         body = {"request": req.model_dump(), "ami_id": ami.ami_id, "login_user": ami.login_user,
-                "root_device": ami.root_device_name}
+                "root_device": ami.root_device_name, "ssh_from": ssh_from}
         # The launch row is written BEFORE the aws process starts: a crash leaves a trace to resolve.
         launch, claimed = await asyncio.to_thread(self.db.claim_launch, uuid.uuid4().hex, idempotency_key,
                                                   body_hash, body, self.region, self.endpoint, caller.name,
@@ -282,8 +357,11 @@ class InstanceService:
 
     async def _send_launch(self, req: InstanceCreate, body: dict, request_id: str,
                            idempotency_key: str | None, owner: str | None = None) -> InstanceRow:
+        group_id = None
         try:
-            group_id = await self.ensure_security_group() if req.create_security_group else None
+            # A launch claimed before ssh_from existed (a retry after an upgrade) has none: no group, as then.
+            if body.get("ssh_from") is not None:
+                group_id = await self._make_ssh_group(request_id, body["ssh_from"])
             args = ["--name", req.name, "--ami", body["ami_id"], "--type", req.instance_type,
                     "--storage-gb", str(req.storage_gb), "--root-device", body["root_device"],
                     "--request-id", request_id, "--client-token", client_token(idempotency_key, request_id)]
@@ -293,19 +371,14 @@ class InstanceService:
                 args += ["--cpu-credits", "standard"]
             if not req.associate_public_ip:
                 args += ["--no-public-ip"]
-            try:
-                doc = await self.aws.run("create_instance.sh", *args,
-                                         *(["--security-group-id", group_id] if group_id else []))
-            except ApiError as exc:
-                if not (group_id and exc.aws_error_code in ("InvalidGroup.NotFound", "InvalidGroupId.NotFound")):
-                    raise
-                # The cached group was deleted outside the API: make it again and launch once more.
-                group_id = await self.ensure_security_group(refresh=True)
-                doc = await self.aws.run("create_instance.sh", *args, "--security-group-id", group_id)
+            doc = await self.aws.run("create_instance.sh", *args,
+                                     *(["--security-group-id", group_id] if group_id else []))
         except ApiError as exc:
             if not outcome_unknown(exc):  # EC2 refused, or nothing was sent: certainly no instance
                 await asyncio.to_thread(self.db.finish_launch, request_id, LaunchStatus.FAILED, None,
                                         exc.aws_error_code or exc.code)
+                if group_id:  # made for an instance that will never be: delete it now (best effort)
+                    await self._drop_ssh_group(group_id, None)
             else:
                 # EC2 may have launched it: the launch stays pending, holding what it was admitted for, until
                 # it is resolved, which starts now: a lookup by its RequestId (and a sweep).
@@ -322,6 +395,7 @@ class InstanceService:
         row = {
             "id": instance_id, "name": req.name, "ami": body["ami_id"],
             "instance_type": req.instance_type, "storage_gb": req.storage_gb, "security_group_id": group_id,
+            "ssh_group": group_id, "ssh_from": body.get("ssh_from") if group_id else None,
             "tags": req.tags or {}, "backend_used": self.settings.backend, "login_user": body["login_user"],
             "request_id": request_id, "launched_at": stored_time(instances[0].get("LaunchTime")),
             "auto_stop_minutes": req.auto_stop_minutes, "associate_public_ip": int(req.associate_public_ip),

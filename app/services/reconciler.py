@@ -13,7 +13,7 @@ EC2. The recorder (app/services/recorder.py) decides and writes what it means.
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
 from app.config import Settings
@@ -49,6 +49,8 @@ class Reconciler(LoopTask):
         self.mutations_in_flight = 0
         self.last_success: float | None = None  # when the last sweep succeeded (Unix time)
         self.after_sweep: Callable[[], None] = lambda: None  # each periodic round's end (set by the app)
+        # After each sweep: delete the security groups of instances that are gone (InstanceService's; never raises).
+        self.tidy: Callable[[], Awaitable[object]] | None = None
         self.on_swept: Callable[[], None] = lambda: None  # each successful sweep, periodic or asked (the budget guard)
 
     @property
@@ -140,6 +142,8 @@ class Reconciler(LoopTask):
                     continue
                 observed += listed
                 await self._sweep_region(region, listed, started, result)
+            if self.tidy is not None:
+                await self.tidy()
             log.debug("sweep: %d observed in %.2fs, %s", len(observed), time.perf_counter() - t0, result)
             self.last_success = time.time()
             self.on_swept()

@@ -35,6 +35,11 @@ NO_PUBLIC_ADDRESS = ("no public IPv4 address (created with associate_public_ip f
 RUNNING = (InstanceState.PENDING, InstanceState.RUNNING)
 
 
+def ssh_group_name(request_id: str) -> str:
+    """The security group made for one launch (and so one instance) alone."""
+    return f"{SECURITY_GROUP_NAME}-{request_id}"
+
+
 def tags_of(instance: dict) -> dict[str, str]:
     tags = instance.get("Tags")
     if not isinstance(tags, list):
@@ -98,17 +103,26 @@ class Recorder:
         """Seconds after which a launch EC2 does not show can no longer appear: the CLI call is over."""
         return self.settings.aws_cli_timeout_seconds + self.grace
 
-    def _ssh_string(self, public_ip: str | None, row: Mapping[str, Any]) -> str | None:
+    def ssh_fields(self, public_ip: str | None, row: Mapping[str, Any]) -> dict[str, Any]:
+        """ssh_string (a command, or None) and ssh_unavailable (why it is None): never a sentence in ssh_string."""
         if not public_ip:
-            return NO_PUBLIC_ADDRESS if row.get("associate_public_ip") == 0 else None
-        return f"ssh -i {self.settings.ssh_key_path} {row.get('login_user') or 'ec2-user'}@{public_ip}"
+            state = row.get("state")
+            why = (NO_PUBLIC_ADDRESS if row.get("associate_public_ip") == 0 else
+                   f"no public IPv4 address while it is {state}" if state not in RUNNING else
+                   "EC2 shows no public IPv4 address yet")
+            return {"ssh_string": None, "ssh_unavailable": why}
+        if row.get("ssh_from") == "none":
+            return {"ssh_string": None, "ssh_unavailable": f"no SSH rule (ssh_from none): PUT /instances/{row['id']}"
+                                                           "/ssh-access with {\"ssh_from\": \"my_ip\"} opens port 22"}
+        return {"ssh_string": f"ssh -i {self.settings.ssh_key_path} {row.get('login_user') or 'ec2-user'}@{public_ip}",
+                "ssh_unavailable": None}
 
     def _fields(self, row: Mapping[str, Any], state: InstanceState, public_ip: str | None) -> dict[str, Any]:
         """What EC2's state and public IP make of the observed columns. Every start (into pending or
         running from any other state) arms stop_at from auto_stop_minutes; leaving running clears it."""
         public_ip = public_ip if state.keeps_public_ip else None
         fields: dict[str, Any] = {"state": state, "public_ip": public_ip,
-                                  "ssh_string": self._ssh_string(public_ip, row)}
+                                  **self.ssh_fields(public_ip, {**row, "state": state})}
         if state not in RUNNING:
             fields["stop_at"] = None
         elif row.get("state") not in RUNNING:
@@ -290,7 +304,8 @@ class Recorder:
                     continue
                 now = utcnow()
                 self.db.update_instance(instance_id, {"state": InstanceState.TERMINATED, "public_ip": None,
-                                                      "ssh_string": None, "stop_at": None, "updated_at": now})
+                                                      "ssh_string": None, "stop_at": None, "updated_at": now,
+                                                    "ssh_unavailable": f"it is {InstanceState.TERMINATED}"})
                 self.db.add_event(instance_id, "gone", row["state"], InstanceState.TERMINATED, "reconcile", at=now)
                 log.warning("instance %s: EC2 has not shown it for %s sweeps and %g s, nor to a direct lookup; "
                             "recorded terminated", instance_id, row["missed_sweeps"], self.grace)
@@ -326,14 +341,19 @@ class Recorder:
         login_user = asked.get("login_user") or self.login_user_of(ami)
         launched = stored_time(instance.get("LaunchTime")) or utcnow()
         now = utcnow()
-        groups = [g.get("GroupId") for g in instance.get("SecurityGroups") or []
-                  if g.get("GroupName") == SECURITY_GROUP_NAME]
+        attached = [*(instance.get("SecurityGroups") or []),
+                    *[g for eni in instance.get("NetworkInterfaces") or [] for g in eni.get("Groups") or []]]
+        groups = [g.get("GroupId") for g in attached if str(g.get("GroupName") or "").startswith(SECURITY_GROUP_NAME)]
+        # The group made for this launch alone (named after its RequestId): ours to delete once it is gone.
+        own = [g.get("GroupId") for g in attached
+               if tags.get("RequestId") and g.get("GroupName") == ssh_group_name(tags["RequestId"])]
         row = {
             "id": instance["InstanceId"],
             # The original schema has `name NOT NULL`: an instance without a Name tag is named by its id.
             "name": tags.get("Name") or request.get("name") or instance["InstanceId"],
             "ami": ami, "instance_type": instance.get("InstanceType"), "storage_gb": request.get("storage_gb"),
             "security_group_id": groups[0] if groups else None,
+            "ssh_group": own[0] if own else None, "ssh_from": asked.get("ssh_from") if own else None,
             "tags": {k: v for k, v in tags.items() if k not in RESERVED_TAG_KEYS and not k.startswith("aws:")},
             "backend_used": "awscli", "login_user": login_user, "request_id": tags.get("RequestId"),
             **self.scope_in(region or self.region), "launched_at": launched, "created_at": launched,
@@ -390,7 +410,8 @@ class Recorder:
             fresh = self.db.get_instance(row["id"]) or row
             if fresh["state"] != InstanceState.TERMINATED:
                 self.db.update_instance(row["id"], {"state": InstanceState.TERMINATED, "public_ip": None,
-                                                    "ssh_string": None, "stop_at": None, "updated_at": now})
+                                                    "ssh_string": None, "stop_at": None, "updated_at": now,
+                                                    "ssh_unavailable": f"it is {InstanceState.TERMINATED}"})
             self.db.add_event(row["id"], action, fresh["state"], InstanceState.TERMINATED, "api", request_id, aws_error,
                               at=now, actor=actor)
         return self.db.require_instance(row["id"])

@@ -35,6 +35,21 @@ setup() {
     --tag-specifications "${TAG_SPECS}"
 }
 
+@test "--request-id adds a RequestId tag (the launch the group is made for)" {
+  run_script create_security_group.sh --name ec2-creator-local-abc --request-id 0f3a-b9
+  assert_ok_output
+  assert_argv "${GLOBAL_ARGS[@]}" ec2 create-security-group \
+    --group-name ec2-creator-local-abc \
+    --description "Managed by ec2-creator-local" \
+    --tag-specifications 'JSON:[{"ResourceType":"security-group","Tags":[{"Key":"ManagedBy","Value":"ec2-creator-local"},{"Key":"RequestId","Value":"0f3a-b9"}]}]'
+  for bad in "" -x "a b" 'a"b' "$(printf 'r%.0s' {1..65})"; do
+    run_script create_security_group.sh --name ok --request-id "${bad}"
+    assert_usage_error || { echo "accepted request id ${bad}"; false; }
+  done
+  run_script create_security_group.sh --name ok --request-id
+  assert_usage_error
+}
+
 @test "shell metacharacters in the name are passed literally" {
   run_script create_security_group.sh --name "\$(touch ${BATS_TEST_TMPDIR}/pwned); x},{Key=a"
   assert_ok_output

@@ -39,7 +39,7 @@ class StandIn:
             raise self.raises
         return self.store.require_instance(KNOWN)
 
-    async def create(self, body, idempotency_key, caller=None):
+    async def create(self, body, idempotency_key, caller=None, client_ip=None):
         self.calls.append(("create", body.name, idempotency_key))
         return self._answer(), self.replayed
 
@@ -94,7 +94,8 @@ def test_reads_come_from_the_store_and_show_only_public_fields(client):
     assert one == listed[0]
     assert cost["spent_usd"] >= 0 and cost["projected_usd"] > 0  # no type recorded: storage still counts
     assert one["state"] == "running" and one["tags"] == {"Team": "a"} and one["region"] == "us-east-1"
-    assert not {"login_user", "account", "missed_sweeps", "missing_since", "endpoint"} & set(one)
+    assert not {"account", "missed_sweeps", "missing_since", "endpoint", "ssh_group"} & set(one)
+    assert "login_user" in one and "ssh_from" in one and "ssh_unavailable" in one  # issue 25: shown
     assert client.get(f"/instances/{KNOWN}/events").json()["events"][0]["to_state"] == "running"
 
 

@@ -61,7 +61,8 @@ def test_rendered_list_follows_every_write(new_db):
                         "login_user": "ec2-user", "created_at": "t0", "updated_at": "t0"})
     listed = json.loads(db.list_instances_json())["instances"]
     assert [i["name"] for i in listed] == ["a"] and listed[0]["tags"] == {"k": "v"}
-    assert "login_user" not in listed[0]  # only the public fields
+    assert "request_id" not in listed[0] and "ssh_group" not in listed[0]  # only the public fields
+    assert listed[0]["login_user"] == "ec2-user"  # shown since issue 25
     with db.transaction():
         db.update_instance("i-0123456789abcdef0", {"state": "terminated"})
     assert json.loads(db.list_instances_json()) == {"instances": []}

@@ -1,0 +1,99 @@
+"""SSH that works and is not open to the world (issue 25): the real server, scripts, `aws` and moto, with
+MY_IP_URL served by a local HTTP server (checkip's answer: a documentation-range address)."""
+
+import pytest
+
+from tests.services.test_ssh_access import CheckIp
+from tests.support.processes import wait_until
+from tests.support.server import ApiServer, synced_client
+
+BODY = {"name": "web-1", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
+
+
+@pytest.fixture(scope="module")
+def checkip():
+    served = CheckIp()
+    yield served
+    served.close()
+
+
+@pytest.fixture(scope="module")
+def api_server(emulator, tmp_path_factory, checkip):
+    server = ApiServer(tmp_path_factory.mktemp("ssh_access"), emulator.url, MY_IP_URL=checkip.url)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def api(api_server, fresh_emulator):
+    with synced_client(api_server) as client:
+        yield client
+
+
+def group_of(emulator, instance_id: str) -> list[str]:
+    """The instance's groups as EC2 shows them (moto lists them under the interface when it has one)."""
+    ec2 = emulator.instances()[instance_id]
+    groups = ec2.get("SecurityGroups") or ec2["NetworkInterfaces"][0]["Groups"]
+    return [g["GroupId"] for g in groups]
+
+
+def ssh_rules(emulator, group_id: str) -> list[tuple[int, int, list[str]]]:
+    group = emulator.ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]
+    return [(r["FromPort"], r["ToPort"], [ip["CidrIp"] for ip in r["IpRanges"]]) for r in group["IpPermissions"]]
+
+
+def test_my_ip_is_a_slash_32_in_a_group_of_its_own_tagged_as_ours(api, api_server, fresh_emulator, checkip):
+    before = len(api_server.aws_calls())
+    response = api.post("/instances", json=BODY)
+    assert response.status_code == 201, response.text
+    item = response.json()
+    assert item["ssh_from"] == "203.0.113.7/32" and item["login_user"] == "ec2-user"  # MY_IP_URL's answer
+    group_id = item["security_group_id"]
+    assert group_of(fresh_emulator, item["id"]) == [group_id]
+    assert ssh_rules(fresh_emulator, group_id) == [(22, 22, ["203.0.113.7/32"])]
+    group = fresh_emulator.ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]
+    tags = {t["Key"]: t["Value"] for t in group["Tags"]}
+    ec2_tags = {t["Key"]: t["Value"] for t in fresh_emulator.instances()[item["id"]]["Tags"]}
+    assert tags == {"ManagedBy": "ec2-creator-local", "RequestId": ec2_tags["RequestId"]}
+    assert len(api_server.mutations_since(before)) == 3  # the group, its rule, the launch
+    done = wait_until(lambda: (r := api.get(f"/instances/{item['id']}").json())["public_ip"] and r)
+    assert done["ssh_string"] == f"ssh -i ~/.ssh/my_ec2_keypair.pem ec2-user@{done['public_ip']}"
+    assert done["ssh_unavailable"] is None
+
+
+def test_ssh_from_a_cidr_or_none_and_a_bad_one_is_a_422_with_no_process(api, api_server, fresh_emulator):
+    cidr = api.post("/instances", json=BODY | {"ssh_from": "198.51.100.4"}).json()
+    assert cidr["ssh_from"] == "198.51.100.4/32"
+    assert ssh_rules(fresh_emulator, cidr["security_group_id"]) == [(22, 22, ["198.51.100.4/32"])]
+    closed = api.post("/instances", json=BODY | {"name": "closed", "ssh_from": "none",
+                                                 "associate_public_ip": False}).json()
+    assert closed["ssh_from"] == "none" and ssh_rules(fresh_emulator, closed["security_group_id"]) == []
+    assert closed["ssh_string"] is None and "no public IPv4" in closed["ssh_unavailable"]
+    before = len(api_server.aws_calls())
+    for bad in ("everyone", "0.0.0.0/-1", "2001:db8::/32"):
+        refused = api.post("/instances", json=BODY | {"ssh_from": bad})
+        assert refused.status_code == 422 and "ssh_from" in refused.json()["detail"], refused.text
+    assert api_server.aws_calls()[before:] == []
+
+
+def test_put_ssh_access_replaces_the_rule_on_the_same_instance(api, api_server, fresh_emulator):
+    item = api.post("/instances", json=BODY).json()
+    group_id = item["security_group_id"]
+    before = len(api_server.aws_calls())
+    moved = api.put(f"/instances/{item['id']}/ssh-access", json={"ssh_from": "198.51.100.0/24"})
+    assert moved.status_code == 200, moved.text
+    assert moved.json()["id"] == item["id"] and moved.json()["ssh_from"] == "198.51.100.0/24"
+    assert ssh_rules(fresh_emulator, group_id) == [(22, 22, ["198.51.100.0/24"])]  # the old /32 is revoked
+    assert len(api_server.mutations_since(before)) == 2 and len(fresh_emulator.instances()) == 1
+    before = len(api_server.aws_calls())
+    assert api.put(f"/instances/{item['id']}/ssh-access", json={"ssh_from": "198.51.100.0/24"}).status_code == 200
+    assert api_server.mutations_since(before) == []  # already in force: nothing sent
+    back = api.put(f"/instances/{item['id']}/ssh-access", json={"ssh_from": "my_ip"}).json()
+    assert back["ssh_from"] == "203.0.113.7/32"
+    assert ssh_rules(fresh_emulator, group_id) == [(22, 22, ["203.0.113.7/32"])]
+    none = api.put(f"/instances/{item['id']}/ssh-access", json={"ssh_from": "none"}).json()
+    assert none["ssh_from"] == "none" and none["ssh_string"] is None and "ssh-access" in none["ssh_unavailable"]
+    assert ssh_rules(fresh_emulator, group_id) == []
+    assert api.put(f"/instances/{item['id']}/ssh-access", json={"ssh_from": "x"}).status_code == 422
+    assert api.put(f"/instances/{item['id']}/ssh-access", json={}).status_code == 422
+    assert api.put("/instances/i-0123456789abcdef0/ssh-access", json={"ssh_from": "none"}).status_code == 404
