@@ -5,7 +5,7 @@ import pytest
 
 from tests.services.test_ssh_access import CheckIp
 from tests.support.processes import wait_until
-from tests.support.server import ApiServer, synced_client
+from tests.support.server import ApiServer, aws_error, synced_client
 
 BODY = {"name": "web-1", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
 
@@ -97,3 +97,28 @@ def test_put_ssh_access_replaces_the_rule_on_the_same_instance(api, api_server, 
     assert api.put(f"/instances/{item['id']}/ssh-access", json={"ssh_from": "x"}).status_code == 422
     assert api.put(f"/instances/{item['id']}/ssh-access", json={}).status_code == 422
     assert api.put("/instances/i-0123456789abcdef0/ssh-access", json={"ssh_from": "none"}).status_code == 404
+
+
+def group_exists(emulator, group_id: str) -> bool:
+    return group_id in {g["GroupId"] for g in emulator.ec2.describe_security_groups()["SecurityGroups"]}
+
+
+def test_the_group_is_deleted_once_its_instance_is_gone_retrying_while_ec2_still_holds_it(api, api_server,
+                                                                                           fresh_emulator):
+    item = api.post("/instances", json=BODY).json()
+    group_id = item["security_group_id"]
+    # EC2 refuses while the terminated instance's network interface lingers: the sweep carries on.
+    api_server.set_faults({"op": "delete-security-group", "fail": aws_error(
+        "DependencyViolation", "DeleteSecurityGroup", f"resource {group_id} has a dependent object")})
+    before = len(api_server.aws_calls())
+    assert api.delete(f"/instances/{item['id']}").status_code == 202
+    assert api.post("/instances/sync").status_code == 200  # a refused delete never fails the sweep
+    assert api.get(f"/instances/{item['id']}").json()["state"] == "terminated"
+    assert [c for c in api_server.aws_calls()[before:] if "delete-security-group" in c]  # it was tried
+    assert group_exists(fresh_emulator, group_id)
+    api_server.set_faults()  # the interface is gone: the next sweep deletes the group
+    assert api.post("/instances/sync").status_code == 200
+    assert not group_exists(fresh_emulator, group_id)
+    before = len(api_server.aws_calls())
+    assert api.post("/instances/sync").status_code == 200
+    assert not [c for c in api_server.aws_calls()[before:] if "delete-security-group" in c]  # done: never again
