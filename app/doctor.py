@@ -23,9 +23,11 @@ from pydantic import ValidationError
 from app.config import Settings, describe_errors
 from app.errors import ApiError
 from app.services.aws_cli import AwsCli
+from app.services.db import is_postgres_url, open_database
 from app.services.free_tier import ALIASES, Catalog
 from app.services.notifications import DeliveryError, check_smtp, scheme_of
 from app.services.spending import parse_account_plan
+from app.services.ssh_access import MyIp, admits
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
 CALL_TIMEOUT_SECONDS = 20.0
@@ -67,9 +69,10 @@ class Doctor:
         if identity.status == FAIL:
             return [*lines, Line(SKIP, "AWS checks", "key pair, default VPC, types, AMIs: need the line above fixed"),
                     self.private_key(), await self.email(), self.urls(), await self.api()]
-        key_pair, subnets, catalog, plan, email = await asyncio.gather(
-            self.key_pair(), self.subnets(), self.catalog(), self.plan(), self.email())
-        return [*lines, key_pair, self.private_key(), subnets, *catalog, plan, email, self.urls(), await self.api()]
+        key_pair, subnets, catalog, plan, email, ssh = await asyncio.gather(
+            self.key_pair(), self.subnets(), self.catalog(), self.plan(), self.email(), self.ssh_access())
+        return [*lines, key_pair, self.private_key(), subnets, *catalog, plan, email, ssh, self.urls(),
+                await self.api()]
 
     async def cli(self) -> Line:
         path = self.aws.env["AWS_CLI"]
@@ -238,6 +241,35 @@ class Doctor:
             return Line(SKIP, "notify URLs", "no NOTIFY_URLS")
         kinds = ", ".join(scheme_of(u.get_secret_value()) for u in urls)
         return Line(OK, "notify URLs", f"{len(urls)} valid ({kinds}); not contacted (that would send a message)")
+
+    async def ssh_access(self) -> Line:
+        """Which recorded instances' own groups do not admit this machine's current address (ssh_from)."""
+        name = "SSH access"
+        if not is_postgres_url(self.settings.database_url) and not self.settings.database_path.exists():
+            return Line(SKIP, name, "no database yet: no instances")
+        try:
+            rows = await asyncio.to_thread(self._ssh_rows)
+        except Exception as exc:  # noqa: BLE001 - an old or unreadable database: say so, check the rest
+            return Line(SKIP, name, f"cannot read the instances ({exc.__class__.__name__})")
+        if not rows:
+            return Line(OK, name, "no running or stopped instance with a security group of its own")
+        try:
+            # In the sandbox without MY_IP_URL, my_ip is the address a request comes from: here, loopback.
+            address = await MyIp(self.settings.my_ip_url, self.sandbox).get("127.0.0.1")
+        except ApiError as exc:
+            return Line(WARN, name, exc.detail, "set MY_IP_URL to a service that answers your public IPv4")
+        shut = [f"{r['id']} ({r['ssh_from']})" for r in rows if not admits(r["ssh_from"], address)]
+        if not shut:
+            return Line(OK, name, f"all {len(rows)} instance(s) admit this machine ({address})")
+        return Line(WARN, name, f"{len(shut)} of {len(rows)} instance(s) do not admit this machine ({address}): "
+                                f"{', '.join(shut)}",
+                    f"curl -X PUT {self.api_url}/instances/<id>/ssh-access -H 'Content-Type: application/json' "
+                    "-d '{\"ssh_from\": \"my_ip\"}' (or send your CIDR)")
+
+    def _ssh_rows(self) -> list:
+        db = open_database(self.settings.database_url, self.settings.database_path)
+        endpoint = self.settings.endpoint_key
+        return [r for r in db.list_instances() if r["ssh_group"] and r["endpoint"] in (None, endpoint)]
 
     async def api(self) -> Line:
         url = f"{self.api_url}/health"

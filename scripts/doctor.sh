@@ -2,7 +2,8 @@
 #
 # Before the first real launch: would a create work? Checks, in order, the AWS CLI and the target,
 # the region, credentials, the key pair and its private key file, the default VPC, the free-tier
-# types and AMI aliases, the account's free plan (real AWS only) and the API, one line each (ok /
+# types and AMI aliases, the account's free plan (real AWS only), which instances' SSH rules do not
+# admit this machine's current address, and the API, one line each (ok /
 # warn / FAIL / skip, with the fix). Reads the server's settings and .env; never changes anything
 # in AWS. Exit 0 when a create would work, 1 when not, 2 on a usage error.
 #

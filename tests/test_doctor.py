@@ -187,3 +187,39 @@ def test_free_plan_line_against_aws(answer, status, words):
     assert line.status == status
     rendered = line.render()
     assert all(w in rendered for w in words), rendered
+
+
+def test_ssh_access_names_the_instances_whose_group_does_not_admit_this_machine(tmp_path):
+    """Issue 25: after an address change (home -> office), make doctor says which instances' rules shut it out."""
+    from app.services.db import Database
+    from tests.services.test_ssh_access import CheckIp
+
+    db = Database(tmp_path / "instances.db")
+    db.migrate()
+    endpoint = "http://127.0.0.1:9"
+    common = {"name": "box", "state": "running", "tags": {}, "created_at": "t0", "updated_at": "t0",
+              "endpoint": endpoint, "region": "us-east-1"}
+    db.upsert_instance(common | {"id": "i-00000000000000001", "ssh_group": "sg-00000001", "ssh_from": "203.0.113.7/32"})
+    db.upsert_instance(common | {"id": "i-00000000000000002", "ssh_group": "sg-00000002",
+                                 "ssh_from": "198.51.100.0/24"})
+    db.upsert_instance(common | {"id": "i-00000000000000003", "ssh_group": "sg-00000003", "ssh_from": "none"})
+    db.upsert_instance(common | {"id": "i-00000000000000004"})  # no group of its own: not judged
+    checkip = CheckIp()
+    try:
+        settings = Settings(_env_file=None, ec2_endpoint_url=endpoint, my_ip_url=checkip.url,
+                            database_url=str(tmp_path / "instances.db"))
+        line = asyncio.run(Doctor(settings, "http://127.0.0.1:8000").ssh_access())
+        assert line.status == WARN and line.name == "SSH access", line.render()
+        assert "2 of 3 instance(s) do not admit this machine (203.0.113.7)" in line.text
+        assert "i-00000000000000002 (198.51.100.0/24)" in line.text and "i-00000000000000003 (none)" in line.text
+        assert "i-00000000000000001" not in line.text and "/ssh-access" in (line.fix or "")
+        with db.transaction():
+            for instance_id in ("i-00000000000000002", "i-00000000000000003"):
+                db.update_instance(instance_id, {"state": "terminated"})
+        line = asyncio.run(Doctor(settings, "http://127.0.0.1:8000").ssh_access())
+        assert line.status == OK and "all 1 instance(s) admit this machine (203.0.113.7)" in line.text
+    finally:
+        checkip.close()
+    missing = Settings(_env_file=None, database_url=str(tmp_path / "none.db"))
+    assert asyncio.run(Doctor(missing, "http://127.0.0.1:8000").ssh_access()).status == SKIP
+    assert not (tmp_path / "none.db").exists()  # the check creates no database
