@@ -3,7 +3,7 @@ MY_IP_URL served by a local HTTP server (checkip's answer: a documentation-range
 
 import pytest
 
-from tests.services.test_ssh_access import CheckIp
+from tests.support.checkip import CheckIp
 from tests.support.processes import wait_until
 from tests.support.server import ApiServer, aws_error, synced_client
 

@@ -40,6 +40,27 @@ def test_original_database_migrates_without_losing_a_row(tmp_path):
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def test_schema_8_moves_the_no_address_sentence_out_of_ssh_string(tmp_path):
+    """Issue 25: scripts run $(jq -r .ssh_string); a v7 row holding a sentence there gets null and the reason."""
+    path = tmp_path / "instances.db"
+    db = Database(path)
+    db.migrate()
+    sentence = "no public IPv4 address (created with associate_public_ip false): reach it through a bastion"
+    with db.transaction():
+        db.upsert_instance({"id": "i-0123456789abcdef0", "name": "a", "state": "running", "created_at": "t0",
+                            "updated_at": "t0", "ssh_string": sentence})
+        db.upsert_instance({"id": "i-0123456789abcdef1", "name": "b", "state": "running", "created_at": "t0",
+                            "updated_at": "t0", "ssh_string": "ssh -i k.pem ec2-user@1.2.3.4"})
+    conn = db.connect()
+    conn.execute("PRAGMA user_version = 7")
+    Database(path).migrate()
+    rows = {r["id"]: r for r in Database(path).list_instances()}
+    assert rows["i-0123456789abcdef0"]["ssh_string"] is None
+    assert rows["i-0123456789abcdef0"]["ssh_unavailable"] == sentence
+    assert rows["i-0123456789abcdef1"]["ssh_string"] == "ssh -i k.pem ec2-user@1.2.3.4"
+    assert rows["i-0123456789abcdef1"]["ssh_unavailable"] is None
+
+
 def test_upsert_update_and_events(new_db):
     db = new_db
     db.upsert_instance({"id": "i-0123456789abcdef0", "name": "a", "state": "pending", "tags": {"k": "v"},
