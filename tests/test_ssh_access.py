@@ -122,3 +122,17 @@ def test_the_group_is_deleted_once_its_instance_is_gone_retrying_while_ec2_still
     before = len(api_server.aws_calls())
     assert api.post("/instances/sync").status_code == 200
     assert not [c for c in api_server.aws_calls()[before:] if "delete-security-group" in c]  # done: never again
+
+
+def test_a_failed_revoke_keeps_the_old_rule_on_record_and_a_retry_finishes_the_change(api, api_server, fresh_emulator):
+    item = api.post("/instances", json=BODY | {"ssh_from": "198.51.100.4"}).json()
+    group_id = item["security_group_id"]
+    api_server.set_faults({"op": "revoke-security-group-ingress", "times": 1, "fail": aws_error(
+        "RequestLimitExceeded", "RevokeSecurityGroupIngress", "Request limit exceeded.")})
+    failed = api.put(f"/instances/{item['id']}/ssh-access", json={"ssh_from": "198.51.100.5"})
+    assert failed.status_code >= 500 and failed.json()["code"] != "internal_error", failed.text
+    assert api.get(f"/instances/{item['id']}").json()["ssh_from"] == "198.51.100.4/32"  # still in force
+    assert sorted(ssh_rules(fresh_emulator, group_id)[0][2]) == ["198.51.100.4/32", "198.51.100.5/32"]
+    done = api.put(f"/instances/{item['id']}/ssh-access", json={"ssh_from": "198.51.100.5"})
+    assert done.status_code == 200 and done.json()["ssh_from"] == "198.51.100.5/32"
+    assert ssh_rules(fresh_emulator, group_id) == [(22, 22, ["198.51.100.5/32"])]

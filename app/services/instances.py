@@ -225,9 +225,9 @@ class InstanceService:
                             await self.aws.run("revoke_ssh.sh", "--group-id", group_id, "--cidr", old,
                                                region=row["region"])
                         except ApiError as exc:
+                            # The new rule is in, the old one too: the record keeps the old one, so a retry of
+                            # this PUT authorizes (already there) and revokes again.
                             if exc.aws_error_code != "InvalidPermission.NotFound":
-                                # The new rule is in: record both honestly by keeping the old one as well.
-                                await asyncio.to_thread(self._write_ssh_from, row, cidr)
                                 raise
                     await asyncio.to_thread(self._write_ssh_from, row, cidr)
             return await asyncio.to_thread(self.db.require_instance, instance_id)
@@ -242,8 +242,10 @@ class InstanceService:
         rows = await asyncio.to_thread(self.db.list_instances, True)
         done = 0
         for row in rows:
-            if not (row["ssh_group"] and row["state"] == S.TERMINATED and row["endpoint"] == self.endpoint):
-                continue
+            account = self.reconciler.account
+            if not (row["ssh_group"] and row["state"] == S.TERMINATED and row["endpoint"] == self.endpoint
+                    and not (account and row["account"] not in (None, account))):
+                continue  # another EC2's (or account's) group is left to a server talking to it
             try:
                 dropped = await self._drop_ssh_group(row["ssh_group"], row["region"])
             except Exception as exc:  # noqa: BLE001 - a sweep never fails for a group
