@@ -121,7 +121,10 @@ def _ssh_from(value: str) -> str:
                          "203.0.113.7/32") from None
 
 
-SshFrom = Annotated[str, StringConstraints(min_length=1, max_length=18), AfterValidator(_ssh_from),
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+SSH_FROM_PATTERN = rf"^(my_ip|none|{_OCTET}(\.{_OCTET}){{3}}(/(3[0-2]|[12]?[0-9]))?)$"
+SshFrom = Annotated[str, StringConstraints(min_length=1, max_length=18, pattern=SSH_FROM_PATTERN),
+                    AfterValidator(_ssh_from),
                     Field(description='Who may reach port 22: "my_ip" (this server\'s public IPv4 as AWS sees it, '
                                       'as a /32), an IPv4 CIDR (a bare address means /32; 0.0.0.0/0 only when '
                                       'sent), or "none"', examples=["my_ip", "203.0.113.7/32"])]
