@@ -94,7 +94,7 @@ async def _log_cli_version(aws: AwsCli, db: Database) -> None:
     log.info("AWS CLI %s: %s", path, version)
     if version.startswith("aws-cli/1."):
         log.info("AWS CLI v1 is in maintenance mode since 15 July 2026; to use v2, set AWS_CLI to its path "
-                 "(README: Which AWS CLI)")
+                 "(docs/REFERENCE.md: Which AWS CLI)")
 
 
 @asynccontextmanager

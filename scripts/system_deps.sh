@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 #
 # Check the few system programs `make test` needs that no project registry ships (Chromium for the
-# Swagger UI check, Java and Node.js/npm for npm-groovy-lint, curl for the README's tour, the AWS
+# Swagger UI check, Java and Node.js/npm for npm-groovy-lint, curl for the docs' tours, the AWS
 # CLI v2 the tests run next to the venv's v1, sshd and python3-apt for the Ansible test's SSH
 # target; PostgreSQL's server for the suites on PostgreSQL). Missing ones are installed from Debian when run as
 # root with apt-get; otherwise the exact command to run is printed and the exit code is 1.

@@ -1,5 +1,5 @@
-"""Every shell block a user is told to paste, in README.md and docs/QUICK_START.md, runs as written against
-a sandbox (emulator) and API server this module starts: the docs cannot drift from the code.
+"""Every shell block a user is told to paste, in README.md, docs/QUICK_START.md and docs/REFERENCE.md, runs as
+written against a sandbox (emulator) and API server this module starts: the docs cannot drift from the code.
 
 A block that cannot run here (it starts a server in the foreground, needs your AWS account, or is a
 template to fill in) carries `<!-- not-run: why -->` on the line above it; any other block runs, with
@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.processes import ROOT, safe_env
 
-DOCS = ("README.md", "docs/QUICK_START.md")
+DOCS = ("README.md", "docs/QUICK_START.md", "docs/REFERENCE.md")
 BLOCK = re.compile(r"(?:<!--(?P<note>[^>]*)-->[ \t]*\n)?(?P<indent>[ \t]*)```bash\n(?P<body>.*?)```", re.S)
 
 

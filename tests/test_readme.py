@@ -1,4 +1,5 @@
-"""The README's curl tour, run as written against a real server and emulator."""
+"""The README (the guide) and docs/REFERENCE.md: their curl tours, run as written against a real server and
+emulator, the guide's length, and the reference's settings table."""
 
 import json
 import re
@@ -7,32 +8,65 @@ import subprocess
 from tests.support.processes import ROOT, safe_env
 
 README = (ROOT / "README.md").read_text()
+REFERENCE = (ROOT / "docs" / "REFERENCE.md").read_text()
 
 
-def curl_tour() -> str:
-    match = re.search(r"<!-- curl-tour:.*?-->\s*```bash\n(.*?)```", README, re.S)
-    assert match, "README lost its curl tour block"
+def curl_tour(text: str) -> str:
+    match = re.search(r"<!-- curl-tour:.*?-->\s*```bash\n(.*?)```", text, re.S)
+    assert match, "lost its curl tour block"
     return match.group(1)
 
 
-def expected_statuses() -> list[str]:
-    """The HTTP statuses the README shows after the tour, in order."""
-    match = re.search(r"<!-- curl-tour-expected.*?-->\s*```text\n(.*?)```", README, re.S)
-    assert match, "README lost the tour's expected output"
+def expected_statuses(text: str) -> list[str]:
+    """The HTTP statuses the document shows after its tour, in order."""
+    match = re.search(r"<!-- curl-tour-expected.*?-->\s*```text\n(.*?)```", text, re.S)
+    assert match, "lost the tour's expected output"
     return re.findall(r" (\d{3})$", match.group(1), re.M)
 
 
-def test_curl_tour_creates_lists_stops_starts_and_deletes(api_server, fresh_emulator):
-    script = curl_tour().replace("http://127.0.0.1:8000", api_server.url)
+def run_tour(text: str, api_server) -> str:
+    tour = curl_tour(text)
+    # The address is set once, and every call goes through it.
+    assert tour.startswith("API=http://127.0.0.1:8000\n") and tour.count("127.0.0.1:8000") == 1, tour
+    script = tour.replace("http://127.0.0.1:8000", api_server.url)
     done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True,
                           timeout=120, env=safe_env())
     assert done.returncode == 0, done.stderr
-    out = done.stdout
+    return done.stdout
+
+
+def test_the_readme_is_a_guide_of_at_most_150_lines_before_the_reference():
+    lines = README.splitlines()
+    reference = lines.index("## Reference")
+    assert reference <= 150, f"the guide is {reference} lines before its Reference list"
+    rest = lines[reference + 1:]
+    # After it, links to docs/REFERENCE.md only: no more sections, no more blocks.
+    assert not [line for line in rest if line.startswith(("#", "```"))], rest
+    assert len(rest) <= 25, rest
+    # GitHub's anchors: the heading in lower case, punctuation dropped, spaces as hyphens.
+    anchors = {re.sub(r"[^a-z0-9_ -]", "", heading.lower()).replace(" ", "-")
+               for heading in re.findall(r"^#+ (.*)$", REFERENCE, re.M)}
+    for anchor in re.findall(r"\(docs/REFERENCE\.md#([a-z0-9_-]+)\)", README):
+        assert anchor in anchors, f"README links docs/REFERENCE.md#{anchor}, which has no such heading"
+
+
+def test_the_guides_tour_creates_waits_prints_ssh_stops_and_deletes(api_server, fresh_emulator):
+    out = run_tour(README, api_server)
+    assert out.startswith('{"status":"ok"} 200')
+    instance_id = re.search(r"created (i-[0-9a-f]+)", out).group(1)
+    statuses = re.findall(r" (\d{3})$", out, re.M)
+    assert statuses == expected_statuses(README), out
+    assert re.search(r"^running ssh -i \S+my_ec2_keypair\.pem ec2-user@[0-9.]+$", out, re.M), out
+    assert fresh_emulator.instances()[instance_id]["State"]["Name"] == "terminated"
+
+
+def test_curl_tour_creates_lists_stops_starts_and_deletes(api_server, fresh_emulator):
+    out = run_tour(REFERENCE, api_server)
     assert out.startswith('{"status":"ok"} 200')
     instance_id = re.search(r"created (i-[0-9a-f]+)", out).group(1)
     answers = [re.fullmatch(r"(\{.*\}) (\d{3})", line) for line in out.splitlines() if line.startswith("{")]
     assert all(answers), out
-    assert [a.group(2) for a in answers] == expected_statuses()  # what the README says it prints
+    assert [a.group(2) for a in answers] == expected_statuses(REFERENCE)  # what the reference says it prints
     docs = [json.loads(a.group(1)) for a in answers]
     states = [d["state"] for d in docs if d.get("id") == instance_id]
     # get (running), stop, start, patch (auto-stop), patch (name and tags), delete
@@ -48,7 +82,7 @@ def test_curl_tour_creates_lists_stops_starts_and_deletes(api_server, fresh_emul
     assert (metrics["instance_id"], metrics["metric"], metrics["period"]) == (instance_id, "CPUUtilization", 300)
     budget = next(d for d in docs if "budget_usd" in d)
     assert instance_id in [i["id"] for i in budget["instances"]] and budget["committed_usd"] > 0
-    assert docs[-1]["instances"][0]["id"] == instance_id
+    assert instance_id in [i["id"] for i in docs[-1]["instances"]]  # terminated ones included
     ec2 = fresh_emulator.instances()[instance_id]
     assert ec2["State"]["Name"] == "terminated"
     tags = {t["Key"]: t["Value"] for t in ec2["Tags"]}
@@ -59,7 +93,7 @@ def test_configuration_table_lists_every_setting():
     from app.config import Settings
 
     for name in Settings.model_fields:
-        assert f"`{name.upper()}`" in README, f"README configuration table misses {name.upper()}"
+        assert f"`{name.upper()}`" in REFERENCE, f"docs/REFERENCE.md configuration table misses {name.upper()}"
 
 
 def test_make_help_shows_the_values_in_force():

@@ -148,9 +148,9 @@ def test_the_examples_are_what_the_server_answers(client, spec, settings):
     assert post["401"]["content"]["application/json"]["example"] == unauthorized.value.body()
 
 
-def test_idempotency_key_retention_is_the_readmes_and_the_codes(spec):
+def test_idempotency_key_retention_is_the_references_and_the_codes(spec):
     header = next(p for p in spec["paths"]["/instances"]["post"]["parameters"] if p["name"] == "Idempotency-Key")
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "REFERENCE.md").read_text()
     sentence = "Keys are kept for `EVENTS_RETENTION_DAYS` after their launch finished."
     assert sentence in readme
     assert sentence.replace("`", "").rstrip(".") in header["description"]
