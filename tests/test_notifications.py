@@ -116,7 +116,8 @@ def test_the_auto_stop_warning_arrives_before_the_stop(api, mail, fresh_emulator
     subjects = [s.rsplit(") ", 1)[1] for s in mails_for(mail, box)]
     assert subjects == ["created", "stops soon (auto-stop)", "stopped by its auto-stop"], subjects
     warning = next(m for m in mail.messages if f"({box}) stops soon" in str(m["Subject"])).get_content()
-    assert f"curl -X PATCH http://127.0.0.1:8000/instances/{box}" in warning
+    url = str(api.base_url).rstrip("/")  # NOTIFY_API_URL follows the server's port
+    assert f"curl -X PATCH {url}/instances/{box}" in warning
     assert '"auto_stop_minutes": 120' in warning
 
 
@@ -195,7 +196,7 @@ def test_budget_crossings_notify_once_each(emulator, fresh_emulator, tmp_path):
             adopted = next(p for p in hook.posts if "adopted" in p["title"])["message"]
             assert stop_at and f"Auto-stop at {stop_at} (480 min from its adoption" in adopted, adopted
             body = next(p for p in hook.posts if "100 %" in p["title"])["message"]
-            assert "of BUDGET_USD 0.00" in body and "GET http://127.0.0.1:8000/budget" in body
+            assert "of BUDGET_USD 0.00" in body and f"GET {server.url}/budget" in body
     finally:
         server.stop()
         hook.stop()
