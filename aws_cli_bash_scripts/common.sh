@@ -389,3 +389,77 @@ instance_action_main() {
 
   aws_call ec2 "${operation}" --instance-ids "${positional[@]}"
 }
+
+readonly SSH_PORT=22
+
+#######################################
+# Usage of an SSH rule script (authorize / revoke).
+# Arguments:
+#   WHAT (a sentence start, e.g. "Allow inbound tcp/22 from CIDR on"), OPERATION
+#######################################
+ssh_rule_usage() {
+  local what="$1" operation="$2"
+  cat <<USAGE
+Usage: ${0##*/} --group-id SG --cidr CIDR
+
+${what} security group SG
+(aws ec2 ${operation}) and print the AWS JSON.
+
+Options:
+  --group-id SG   sg-xxxxxxxx
+  --cidr CIDR     IPv4 CIDR, e.g. 203.0.113.7/32
+  -h, --help      show this help
+
+Environment: AWS_CLI, EC2_ENDPOINT_URL, AWS_REGION.
+USAGE
+}
+
+#######################################
+# The whole CLI of an SSH rule script:
+#   SCRIPT --group-id SG --cidr CIDR  ->  aws ec2 OPERATION --group-id SG --ip-permissions '[tcp/22 from CIDR]'
+# Arguments:
+#   OPERATION, the rule's description ("" for none: a revoke matches the rule without it), the usage
+#   function, then the script's own arguments.
+#######################################
+ssh_rule_main() {
+  local operation="$1" description="$2" usage_fn="$3"
+  shift 3
+  local group_id="" cidr="" have_group=0 have_cidr=0
+  while (($# > 0)); do
+    case "$1" in
+      -h | --help)
+        "${usage_fn}"
+        exit 0
+        ;;
+      --group-id)
+        require_option_value "$1" "$#"
+        group_id="$2"
+        have_group=1
+        shift 2
+        ;;
+      --cidr)
+        require_option_value "$1" "$#"
+        cidr="$2"
+        have_cidr=1
+        shift 2
+        ;;
+      *)
+        usage_error "unexpected argument: '$1'"
+        ;;
+    esac
+  done
+  ((have_group)) || usage_error "--group-id is required"
+  ((have_cidr)) || usage_error "--cidr is required"
+  require_sg_id "${group_id}"
+  require_cidr "${cidr}"
+
+  local range
+  range="{\"CidrIp\":$(json_string "${cidr}")"
+  if [[ -n "${description}" ]]; then
+    range+=",\"Description\":$(json_string "${description}")"
+  fi
+  range+="}"
+  aws_call ec2 "${operation}" \
+    --group-id "${group_id}" \
+    --ip-permissions "[{\"IpProtocol\":\"tcp\",\"FromPort\":${SSH_PORT},\"ToPort\":${SSH_PORT},\"IpRanges\":[${range}]}]"
+}
