@@ -112,7 +112,7 @@ class Settings(BaseSettings):
     transition_window_ms: int = Field(25, ge=0, le=1000)
     ami_catalog_ttl_hours: float = Field(24.0, gt=0)
     api_token: SecretStr | None = None
-    # One token per person (app/services/users.py): name, SHA-256 of the token, role; re-read when it changes.
+    # One token per person (app/auth/tokens.py): name, SHA-256 of the token, role; re-read when it changes.
     api_tokens_file: Path | None = None
     # Opens GET /metrics to a scraper holding this token (API_TOKEN works too).
     metrics_token: SecretStr | None = None
@@ -133,7 +133,7 @@ class Settings(BaseSettings):
     # it fits (stop), or only say so (notify).
     budget_enforcement: Literal["stop", "notify"] = "stop"
     prices_file: Path = DEFAULT_PRICES_FILE
-    # Notifications (app/services/notifications.py): email through SMTP, other channels as Apprise URLs.
+    # Notifications (app/notifications/service.py): email through SMTP, other channels as Apprise URLs.
     smtp_host: str | None = None
     smtp_port: int = Field(587, ge=1, le=65535)
     smtp_username: str | None = None
@@ -147,7 +147,7 @@ class Settings(BaseSettings):
     notify_retry_max_seconds: float = Field(300.0, ge=1, le=86400)
     # Unset: this server's own address, as uvicorn was told to listen (served_url).
     notify_api_url: str = ""
-    # Tests only (app/services/clock.py): the service's clock starts at this UTC time and runs from there.
+    # Tests only (app/core/clock.py): the service's clock starts at this UTC time and runs from there.
     clock_start: AwareDatetime | None = None
 
     # Where the budget in force comes from, for the start-up line (budget_from).
@@ -194,7 +194,7 @@ class Settings(BaseSettings):
     @field_validator("notify_events")
     @classmethod
     def _events(cls, value: list[str]) -> list[str]:
-        from app.services.notifications import EVENTS  # the names live with the code that raises them
+        from app.notifications.service import EVENTS  # the names live with the code that raises them
 
         bad = [e for e in value if e not in EVENTS]
         if bad:
@@ -204,7 +204,7 @@ class Settings(BaseSettings):
     @field_validator("notify_urls")
     @classmethod
     def _apprise_urls(cls, value: list[SecretStr]) -> list[SecretStr]:
-        from app.services.notifications import check_url
+        from app.notifications.service import check_url
 
         for number, url in enumerate(value, 1):
             check_url(number, url.get_secret_value())  # a ValueError that never shows the URL's secrets
@@ -245,7 +245,7 @@ class Settings(BaseSettings):
     @field_validator("prices_file")
     @classmethod
     def _prices_readable(cls, value: Path) -> Path:
-        from app.services.spending import PriceBook  # the file's format lives with the code that reads it
+        from app.budget.spending import PriceBook  # the file's format lives with the code that reads it
 
         path = value.expanduser()
         PriceBook.load(path)  # a ValueError names what is wrong in the file
@@ -315,7 +315,7 @@ class Settings(BaseSettings):
     @field_validator("api_tokens_file")
     @classmethod
     def _tokens_file(cls, value: Path | None) -> Path | None:
-        from app.services.users import load_users  # the file's format lives with the code that reads it
+        from app.auth.tokens import load_users  # the file's format lives with the code that reads it
 
         if value is None:
             return None
@@ -364,7 +364,7 @@ class Settings(BaseSettings):
 
     def _tokens_file_beside_api_token(self) -> list[tuple[tuple[str, ...], str]]:
         """API_TOKEN is the admin named "admin": the tokens file may neither use that name nor its token."""
-        from app.services.users import API_TOKEN_NAME, load_users, token_digest
+        from app.auth.tokens import API_TOKEN_NAME, load_users, token_digest
 
         if self.api_tokens_file is None or self.api_token is None:
             return []
@@ -388,7 +388,7 @@ class Settings(BaseSettings):
     @property
     def reserved_user_names(self) -> frozenset[str]:
         """Names the tokens file may not use: API_TOKEN's admin, when it is set."""
-        from app.services.users import API_TOKEN_NAME
+        from app.auth.tokens import API_TOKEN_NAME
 
         return frozenset({API_TOKEN_NAME}) if self.api_token is not None else frozenset()
 
@@ -503,3 +503,12 @@ def describe_errors(exc: ValidationError) -> str:
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def load_settings() -> Settings:
+    """The settings, or SystemExit with one line per problem, each naming its variable."""
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        raise SystemExit("\n".join(f"ec2-creator-local: bad configuration: {line}"
+                                   for line in config_problems(exc))) from None

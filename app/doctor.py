@@ -20,14 +20,14 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from app.aws.runner import AwsCli
+from app.budget.spending import parse_account_plan
 from app.config import Settings, describe_errors
-from app.errors import ApiError
-from app.services.aws_cli import AwsCli
+from app.core.errors import ApiError
+from app.instances.free_tier import ALIASES, Catalog
+from app.instances.ssh_access import MyIp, admits
+from app.notifications.service import DeliveryError, check_smtp, scheme_of
 from app.services.db import is_postgres_url, open_database
-from app.services.free_tier import ALIASES, Catalog
-from app.services.notifications import DeliveryError, check_smtp, scheme_of
-from app.services.spending import parse_account_plan
-from app.services.ssh_access import MyIp, admits
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
 CALL_TIMEOUT_SECONDS = 20.0

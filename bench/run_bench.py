@@ -369,10 +369,10 @@ def admission_cost_ms(db_path: Path, copy: Path, samples: int = 50) -> dict:
     of the server's database, so the running server is not disturbed."""
     import sqlite3
 
+    from app.budget.spending import PriceBook, Spending, horizon
     from app.config import DEFAULT_PRICES_FILE
-    from app.services import clock
+    from app.core import clock
     from app.services.db import Database, utcnow
-    from app.services.spending import PriceBook, Spending, horizon
 
     with sqlite3.connect(db_path) as source, sqlite3.connect(copy) as target:
         source.backup(target)

@@ -24,7 +24,7 @@ source "${SCRIPT_DIR}/lib.sh"
 readonly DEFAULT_FILE="./data/tokens.toml"
 readonly DEFAULT_ROLE="user"
 readonly NAME_REGEX='^[a-z0-9._-]{1,64}$'
-# The name API_TOKEN's holder goes by on the server (app/services/users.py): never a file's.
+# The name API_TOKEN's holder goes by on the server (app/auth/tokens.py): never a file's.
 readonly RESERVED_NAME="admin"
 
 usage() {
@@ -69,9 +69,9 @@ from pathlib import Path
 repo, file, name, role = sys.argv[1:5]
 sys.path.insert(0, repo)
 try:
-    from app.services.users import load_users  # the server's own reading of the file (standard library only)
+    from app.auth.tokens import load_users  # the server's own reading of the file (standard library only)
 except ImportError as exc:
-    print(f"add_user.sh: cannot load {repo}/app/services/users.py ({exc}); PYTHON must be 3.11 or newer",
+    print(f"add_user.sh: cannot load {repo}/app/auth/tokens.py ({exc}); PYTHON must be 3.11 or newer",
           file=sys.stderr)
     sys.exit(1)
 

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
+from app.budget.spending import PriceBook, Rates, period_bounds
 from app.config import DEFAULT_PRICES_FILE
-from app.services.spending import PriceBook, Rates, period_bounds
 from tests.support.processes import wait_until
 from tests.support.server import ApiServer
 

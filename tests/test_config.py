@@ -309,7 +309,7 @@ def test_a_wrong_profile_in_dotenv_is_reported_not_ignored(emulator, tmp_path):
 
 
 def test_child_env_carries_every_aws_setting():
-    from app.services.aws_cli import child_env
+    from app.aws.runner import child_env
 
     s = settings(AWS_PROFILE="work", AWS_REGION="ap-south-1", AWS_SECRET_ACCESS_KEY="s", AWS_ACCESS_KEY_ID="a",
                  AWS_SESSION_TOKEN="t", AWS_CLI_CONNECT_TIMEOUT="3", AWS_CLI_READ_TIMEOUT="9")
@@ -339,7 +339,7 @@ def _tokens_file(tmp_path, *people: tuple[str, str, str], name: str = "tokens.to
 
 
 def test_a_tokens_file_protects_the_server(monkeypatch, tmp_path):
-    from app.services.users import token_file
+    from app.auth.tokens import token_file
 
     path = _tokens_file(tmp_path, ("alice", "alice-token-0123456789", "user"))
     monkeypatch.chdir(tmp_path)
@@ -356,13 +356,13 @@ def test_a_symlinked_tokens_file_is_watched_as_given_not_where_it_pointed_at_sta
     # API_TOKENS_FILE mounted from a Kubernetes ConfigMap: a revocation swaps ..data to a new version and deletes
     # the old one. Resolved once at start, the server kept reading the old file (the revoked token worked), then
     # found it gone (503 for everyone).
-    from app.services.users import token_file
+    from app.auth.tokens import token_file
 
     alice, bob = ("alice", "alice-token-0123456789", "user"), ("bob", "bob-token-0123456789", "user")
     path = publish(tmp_path / "config", _tokens_file(tmp_path, alice, bob).read_text())
     monkeypatch.setenv("API_TOKENS_FILE", str(path))
     s = settings()
-    tokens = token_file(s.api_tokens_file, s.reserved_user_names)  # as each request gets it (app/deps.py)
+    tokens = token_file(s.api_tokens_file, s.reserved_user_names)  # as each request gets it (app/api/deps.py)
     assert tokens.lookup("alice-token-0123456789").name == "alice"
     publish(tmp_path / "config", _tokens_file(tmp_path, bob).read_text())  # alice revoked
     assert tokens.lookup("alice-token-0123456789") is None  # no TokensFileInvalid (503) either

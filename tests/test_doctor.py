@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from app.config import Settings
+from app.core.errors import UpstreamError
 from app.doctor import FAIL, OK, SKIP, WARN, Doctor
-from app.errors import UpstreamError
 from tests.support.emulator import KEY_NAME
 from tests.support.processes import AWS_CLI_V1, ROOT, free_port, safe_env
 from tests.support.receivers import MailServer

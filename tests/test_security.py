@@ -6,8 +6,8 @@ import sys
 import httpx
 import pytest
 
+from app.api.security import check_bind, is_loopback, requested_bind_host
 from app.config import Settings
-from app.security import check_bind, is_loopback, requested_bind_host
 from tests.support.processes import ROOT, safe_env
 from tests.support.server import ApiServer
 

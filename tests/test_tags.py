@@ -3,7 +3,7 @@ changes made outside the API picked up by a sweep, and GET /instances filters th
 
 import pytest
 
-from app.models.instance import InstanceFilter
+from app.instances.schemas import InstanceFilter
 
 BODY = {"name": "tagged", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import psycopg
 
-from app.models.instance import STORED_FIELDS
-from app.models.rows import EventRow, InstanceRow, InstanceState, LaunchRow, LaunchStatus
-from app.services import clock
+from app.core import clock
+from app.instances.schemas import STORED_FIELDS
+from app.store.rows import EventRow, InstanceRow, InstanceState, LaunchRow, LaunchStatus
 
 SCHEMA_VERSION = 8
 
@@ -697,7 +697,7 @@ class Database:
         Events are kept back to the start of the previous budget period whatever `before` says: the spend
         ledger replays them to know what this month and the last one cost (a short retention must not
         erase spending and let the budget admit more)."""
-        from app.services.spending import period_bounds  # the budget's own months (it imports this module)
+        from app.budget.spending import period_bounds  # the budget's own months (it imports this module)
 
         this_month = period_bounds(clock.now())[0]
         last_month = period_bounds(this_month - timedelta(microseconds=1))[0].strftime(TIME_FORMAT)
@@ -1072,7 +1072,7 @@ class PgConnection:
             "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
             "AND table_name = %s", (table,))}
 
-    # Session advisory locks (app/services/replicas.py): held until unlocked or the connection ends.
+    # Session advisory locks (app/core/leadership.py): held until unlocked or the connection ends.
     def try_lock(self, key: int) -> bool:
         row = self.raw.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
         return bool(row and row[0])

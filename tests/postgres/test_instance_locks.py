@@ -1,12 +1,12 @@
-"""Per-instance locks across replicas (app/services/replicas.py), on a real PostgreSQL database."""
+"""Per-instance locks across replicas (app/core/leadership.py), on a real PostgreSQL database."""
 
 import asyncio
 
 import pytest
 
-from app.errors import Unavailable
+from app.core.errors import Unavailable
+from app.core.leadership import InstanceLocks
 from app.services.db import PostgresDatabase, advisory_key
-from app.services.replicas import InstanceLocks
 
 DB_ENGINE = "postgres"
 KEY = advisory_key("instance:i-0123456789abcdef0")

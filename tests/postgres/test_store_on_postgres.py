@@ -134,8 +134,8 @@ def test_a_write_that_cannot_get_the_write_lock_leaves_the_connection_usable(new
 
 
 def test_a_budget_release_the_store_refuses_is_logged_not_raised(new_db, monkeypatch, caplog):
-    from app.services import clock
-    from app.services.spending import HORIZON, Charges, PriceBook, Spending, horizon, period_label
+    from app.budget.spending import HORIZON, Charges, PriceBook, Spending, horizon, period_label
+    from app.core import clock
 
     spending = Spending(100.0, PriceBook.load(Settings().prices_file), new_db, "us-east-1", "")
     spending.admit("create:1", Charges((0.25, 0.25, *[0.0] * (HORIZON - 2)), (0.0,) * HORIZON, (0.0,) * HORIZON),

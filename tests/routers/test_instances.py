@@ -9,14 +9,14 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
+from app.api.deps import get_reconciler, get_service, get_settings, get_store
+from app.budget.spending import PriceBook, Spending
 from app.config import DEFAULT_PRICES_FILE, Settings
-from app.deps import get_reconciler, get_service, get_settings, get_store
-from app.errors import Conflict, PolicyViolation, Unavailable, UpstreamError, UpstreamTimeout
+from app.core.errors import Conflict, PolicyViolation, Unavailable, UpstreamError, UpstreamTimeout
+from app.instances.schemas import SyncResult
 from app.main import create_app
-from app.models.instance import SyncResult
-from app.models.rows import InstanceState
 from app.services.db import Database, utcnow
-from app.services.spending import PriceBook, Spending
+from app.store.rows import InstanceState
 
 KNOWN = "i-0123456789abcdef0"
 BODY = {"name": "web-1", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}

@@ -9,13 +9,14 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
+from app.api.deps import get_reconciler, get_service, get_settings, get_store, require_token
+from app.api.errors import ERROR_SCHEMA
+from app.aws.runner import classify
 from app.config import Settings
-from app.deps import get_reconciler, get_service, get_settings, get_store, require_token
-from app.errors import ERROR_SCHEMA, Unauthorized
+from app.core.errors import Unauthorized
+from app.instances import free_tier
+from app.instances import schemas as models
 from app.main import create_app
-from app.models import instance as models
-from app.services import free_tier
-from app.services.aws_cli import classify
 from app.services.db import Database
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bats
 # Tests for scripts/add_user.sh: a new token is printed once, only its SHA-256 is kept, in a file the
-# server reads as API_TOKENS_FILE (checked here with the server's own reader, app/services/users.py).
+# server reads as API_TOKENS_FILE (checked here with the server's own reader, app/auth/tokens.py).
 
 bats_require_minimum_version 1.5.0
 
@@ -19,7 +19,7 @@ setup() {
 server_reads() {
   "${PY}" -c 'import sys
 sys.path.insert(0, sys.argv[1])
-from app.services.users import load_users
+from app.auth.tokens import load_users
 for u in load_users(sys.argv[2]):
     print(u.name, u.role, u.sha256.hex())' "${REPO_ROOT}" "$1"
 }

@@ -2,7 +2,7 @@
 
 import pytest
 
-from app.services.aws_cli import classify
+from app.aws.runner import classify
 
 
 def aws_error(code: str, op: str = "RunInstances", msg: str = "details") -> str:
@@ -109,7 +109,7 @@ def test_cli_v1_and_v2_exit_codes(rc, stderr, machine):
 def test_slots_serve_background_first_then_in_arrival_order():
     import asyncio
 
-    from app.services.aws_cli import BACKGROUND, USER, _Slots
+    from app.aws.runner import BACKGROUND, USER, _Slots
 
     async def scenario() -> list[str]:
         slots = _Slots(1)
@@ -137,7 +137,7 @@ def test_slots_serve_background_first_then_in_arrival_order():
 def test_a_slot_wait_times_out_and_a_cancelled_waiter_leaks_nothing():
     import asyncio
 
-    from app.services.aws_cli import USER, _Slots
+    from app.aws.runner import USER, _Slots
 
     async def scenario() -> None:
         slots = _Slots(1)

@@ -4,8 +4,8 @@ import asyncio
 
 import pytest
 
-from app.errors import ApiError, Conflict, Unavailable
-from app.services.batching import Coalescer, send
+from app.aws.batching import Coalescer, send
+from app.core.errors import ApiError, Conflict, Unavailable
 
 A, B, C, D = (f"i-{n:017x}" for n in range(1, 5))
 

@@ -2,7 +2,7 @@
 
 from datetime import UTC, datetime, timedelta
 
-from app.services import clock
+from app.core import clock
 from app.services.db import utcnow
 
 

@@ -5,9 +5,9 @@ import asyncio
 
 import pytest
 
-from app.models.rows import InstanceState
-from app.services.cloudwatch import Metrics, _cloudwatch_time, idle_alarm_view, observed_setting, wanted
+from app.instances.idle_alarms import Metrics, _cloudwatch_time, idle_alarm_view, observed_setting, wanted
 from app.services.db import canonical_json
+from app.store.rows import InstanceState
 
 ID = "i-0123456789abcdef0"
 SETTING = canonical_json({"cpu_below_percent": 5.0, "for_minutes": 30})
@@ -78,8 +78,8 @@ def test_one_process_per_series_shared_by_concurrent_asks_and_cached():
 
 
 def test_a_create_without_stop_when_idle_hashes_as_before_the_field_existed():
-    from app.models.instance import InstanceCreate
-    from app.services.instances import request_hash
+    from app.instances.schemas import InstanceCreate
+    from app.instances.service import request_hash
 
     body = {"name": "a", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
     old = InstanceCreate.model_validate(body).model_dump(exclude={"stop_when_idle", "ssh_from"})

@@ -5,10 +5,10 @@ import json
 import sqlite3
 from datetime import UTC, datetime
 
+from app.budget.spending import PriceBook, Spending, instance_cost
 from app.config import DEFAULT_PRICES_FILE
-from app.services import clock
+from app.core import clock
 from app.services.db import SCHEMA_VERSION, Database, ago
-from app.services.spending import PriceBook, Spending, instance_cost
 
 BOOK = PriceBook.load(DEFAULT_PRICES_FILE)
 

@@ -7,11 +7,11 @@ import shutil
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
+from app.budget.guard import BudgetGuard
+from app.budget.spending import PriceBook, Spending
 from app.config import DEFAULT_PRICES_FILE, Settings
-from app.services import clock
+from app.core import clock
 from app.services.db import Database
-from app.services.enforcement import BudgetGuard
-from app.services.spending import PriceBook, Spending
 
 NOW = datetime(2027, 1, 1, 0, 0, 5, tzinfo=UTC)
 

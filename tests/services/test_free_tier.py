@@ -2,8 +2,8 @@
 
 import pytest
 
-from app.errors import PolicyViolation
-from app.services.free_tier import AmiInfo, Catalog, check_create, login_user_for
+from app.core.errors import PolicyViolation
+from app.instances.free_tier import AmiInfo, Catalog, check_create, login_user_for
 
 ALLOWED = ["t3.micro", "t4g.micro"]
 AL_X86 = AmiInfo("ami-0aaaaaaaaaaaaaaa1", "x86_64", "/dev/xvda", "ec2-user", "amazon-linux-2023")

@@ -2,8 +2,8 @@
 
 import pytest
 
-from app.models.instance import InstanceCreate
-from app.services.instances import TRANSITIONS, client_token, request_hash
+from app.instances.schemas import InstanceCreate
+from app.instances.service import TRANSITIONS, client_token, request_hash
 
 
 @pytest.mark.parametrize("key", ["order-42", "A" * 64, "x:y/z@1"])

@@ -1,7 +1,7 @@
 """The pure part of GET /inventory: which instances are hosts, their variables and their groups."""
 
-from app.models.rows import InstanceState
-from app.services.inventory import build_inventory, group_name
+from app.inventory.service import build_inventory, group_name
+from app.store.rows import InstanceState
 
 
 def row(instance_id: str, **fields) -> dict:

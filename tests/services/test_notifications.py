@@ -3,7 +3,7 @@
 import pytest
 
 from app.config import Settings
-from app.services.notifications import backoff, compose, event_name, redact, url_secrets
+from app.notifications.service import backoff, compose, event_name, redact, url_secrets
 
 
 @pytest.mark.parametrize(("action", "source", "from_state", "to_state", "expected"), [
@@ -58,7 +58,7 @@ def test_backoff_doubles_up_to_the_cap_and_never_overflows():
 
 
 def test_a_url_apprise_cannot_parse_is_refused_without_being_printed(capsys, caplog):
-    from app.services.notifications import check_url
+    from app.notifications.service import check_url
 
     with pytest.raises(ValueError, match=r"entry 3 \(\?://\.\.\.\)"):
         check_url(3, "hooks.slack.com/services/T0AAAA/B0BBBB/secretwebhooktoken")

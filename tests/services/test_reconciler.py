@@ -4,8 +4,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from app.budget.spending import PriceBook, Rates
 from app.config import DEFAULT_PRICES_FILE
-from app.services.spending import PriceBook, Rates
 
 # Settings of the module's api_server (conftest.py).
 SERVER_ENV = {

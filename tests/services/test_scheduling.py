@@ -7,12 +7,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from app.config import Settings
-from app.errors import ApiError
-from app.services import clock
+from app.core import clock
+from app.core.errors import ApiError
+from app.instances.auto_stop import CHECK_SECONDS, AutoStopper
+from app.instances.reconciler import Reconciler
+from app.instances.recorder import Recorder
 from app.services.db import TIME_FORMAT, Database
-from app.services.reconciler import Reconciler
-from app.services.recorder import Recorder
-from app.services.scheduling import CHECK_SECONDS, AutoStopper
 
 ACCOUNT = "123456789012"
 MANAGED = [{"Key": "ManagedBy", "Value": "ec2-creator-local"}]

@@ -5,12 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app.config import DEFAULT_PRICES_FILE, Settings
-from app.errors import Conflict
-from app.models.rows import InstanceState, LaunchStatus
-from app.services import clock
-from app.services.db import Database
-from app.services.spending import (
+from app.budget.spending import (
     HORIZON,
     Charges,
     PriceBook,
@@ -22,6 +17,11 @@ from app.services.spending import (
     period_bounds,
     period_label,
 )
+from app.config import DEFAULT_PRICES_FILE, Settings
+from app.core import clock
+from app.core.errors import Conflict
+from app.services.db import Database
+from app.store.rows import InstanceState, LaunchStatus
 
 BOOK = PriceBook.load(DEFAULT_PRICES_FILE)
 T0 = datetime(2026, 11, 10, 12, 0, tzinfo=UTC)

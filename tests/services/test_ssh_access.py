@@ -8,10 +8,10 @@ import pytest
 from pydantic import ValidationError
 
 from app.config import Settings
-from app.errors import ApiError
-from app.models.instance import InstanceCreate, SshAccess
-from app.services.recorder import NO_PUBLIC_ADDRESS, Recorder
-from app.services.ssh_access import MyIp, admits
+from app.core.errors import ApiError
+from app.instances.recorder import NO_PUBLIC_ADDRESS, Recorder
+from app.instances.schemas import InstanceCreate, SshAccess
+from app.instances.ssh_access import MyIp, admits
 from tests.support.checkip import CheckIp
 
 
@@ -44,7 +44,7 @@ def test_a_bad_ssh_from_is_refused_naming_the_field(bad):
 
 
 def test_unset_ssh_from_stays_unset_so_old_requests_hash_the_same():
-    from app.services.instances import request_hash
+    from app.instances.service import request_hash
     req = InstanceCreate.model_validate(BODY)
     assert req.ssh_from is None
     assert request_hash(req) == request_hash(InstanceCreate.model_validate(BODY | {"create_security_group": False}))

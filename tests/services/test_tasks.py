@@ -3,7 +3,7 @@
 import asyncio
 import time
 
-from app.services.tasks import LoopTask, WakeableLoop, cancel_and_wait
+from app.core.loops import LoopTask, WakeableLoop, cancel_and_wait
 
 
 class Sweeper(LoopTask):

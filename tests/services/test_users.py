@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.services.users import LOCAL, Caller, TokenFile, TokensFileInvalid, load_users, parse_users, token_file
+from app.auth.tokens import LOCAL, Caller, TokenFile, TokensFileInvalid, load_users, parse_users, token_file
 from tests.support.configmap import publish
 
 ALICE, BOB, ROOT = "alice-token-0123456789abcdef", "bob-token-0123456789abcdef", "root-token-0123456789abcdef"
