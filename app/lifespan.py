@@ -85,6 +85,7 @@ async def lifespan(app: FastAPI):
     await service.load_catalog()
     app.state.settings, app.state.store = settings, db
     app.state.service, app.state.reconciler = service, service.reconciler
+    app.state.spending, app.state.account_plan = service.spending, service.account_plan
     notifier = Notifier(settings, db, service.spending, settings.region, settings.endpoint_key)
     if notifier.enabled:
         await asyncio.to_thread(db.enable_notifications)

@@ -20,8 +20,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.api.fields import NAME_PATTERN, PATTERN_HINTS
 from app.core.errors import ApiError
-from app.instances.schemas import NAME_PATTERN, PATTERN_HINTS
 
 log = logging.getLogger("ec2_creator")
 

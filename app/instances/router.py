@@ -6,14 +6,14 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response, status
 from pydantic import StringConstraints
 
-from app.api.deps import CallerDep, InstanceDep, ReconcilerDep, ServiceDep, StoreDep, require_token
+from app.api.deps import CallerDep, StoreDep, require_token
 from app.api.errors import error_responses
+from app.api.fields import IDEMPOTENCY_KEY_PATTERN, TAG_FILTER_PATTERN
 from app.auth.tokens import Caller
+from app.instances.deps import InstanceDep, ReconcilerDep, ServiceDep
 from app.instances.idle_alarms import METRICS
 from app.instances.schemas import (
     CREATE_EXAMPLE,
-    IDEMPOTENCY_KEY_PATTERN,
-    TAG_FILTER_PATTERN,
     BulkAction,
     BulkActionResult,
     Cost,

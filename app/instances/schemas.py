@@ -1,7 +1,6 @@
 """Request and response models (field names as in the original project)."""
 
 import ipaddress
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -20,12 +19,8 @@ from pydantic import (
     model_validator,
 )
 
-# EC2 tag values allow letters, digits, spaces and _ . : / = + - @ ; names use the same set.
-EC2_TEXT = r"^[A-Za-z0-9 _.:/=+\-@]*$"
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _.:/=+\-@]*$"
-WORD_PATTERN = r"^[a-z0-9][a-z0-9.\-]*$"  # ami and instance_type: what the scripts take as one word
-INSTANCE_ID_PATTERN = r"^i-[0-9a-f]{8,17}$"
-IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"
+from app.api.fields import EC2_TEXT, INSTANCE_ID_PATTERN, NAME_PATTERN, WORD_PATTERN
+
 RESERVED_TAG_KEYS = {"Name", "ManagedBy", "RequestId"}
 # The free-tier bounds of storage_gb, as app/instances/free_tier.py enforces them (a 400 outside them; a test
 # keeps the two equal: that module imports this one, so it cannot be imported here).
@@ -44,24 +39,6 @@ Tags = Annotated[dict[TagKey, TagValue], WithJsonSchema({
 })]
 
 
-@dataclass(frozen=True)
-class PatternHint:
-    """A pattern in words, for a 422 that says which characters are allowed instead of showing the regex."""
-
-    allowed: str  # what the value may hold
-    char: str | None = None  # one allowed character (a regex): the first one that is not gets named
-
-    def explain(self, value: object) -> str:
-        if isinstance(value, str) and self.char is not None:
-            bad = next((c for c in value if not re.fullmatch(self.char, c)), None)
-            if bad is not None:
-                return f"{bad!r} is not allowed; use {self.allowed}"
-        return f"use {self.allowed}"
-
-
-_EC2_CHAR = r"[A-Za-z0-9 _.:/=+\-@]"
-_EC2_WORDS = "letters, digits, spaces and _ . : / = + - @"
-PATTERN_HINTS: dict[str, PatternHint] = {}  # filled in below, once TAG_FILTER_PATTERN is defined
 
 
 def _json_integer(value: object) -> object:
@@ -270,64 +247,6 @@ class InstancePatch(BaseModel):
         return self
 
 
-class BudgetInstance(BaseModel):
-    id: str
-    name: str | None
-    state: str
-    spent_usd: float
-    projected_usd: float
-    stop_at: str | None
-
-
-class BudgetLaunch(BaseModel):
-    request_id: str
-    since: str
-    projected_usd: float
-
-
-class BudgetPeriod(BaseModel):
-    period_start: str
-    committed_usd: float
-
-
-class Budget(BaseModel):
-    """Spend this period against BUDGET_USD (computed from the recorded state history and PRICES_FILE)."""
-
-    budget_usd: float
-    period_start: str
-    period_end: str
-    spent_usd: float
-    committed_usd: float = Field(description="Spent plus what every instance will cost until it stops or the period "
-                                             "ends")
-    remaining_usd: float
-    instances: list[BudgetInstance]
-    unpriced: list[str] = Field([], description="Instances whose type has no price here: their compute is not counted")
-    unresolved_launches: list[BudgetLaunch] = Field(
-        [], description="Creates whose outcome is not known yet (the AWS CLI timed out): each holds what it was "
-                        "admitted for, in committed_usd, until it is found launched or proven lost")
-    later_periods: list[BudgetPeriod] = Field(
-        [], description="What runs reaching past this month (a stop_at in a later month) already commit to each "
-                        "later month; each is checked against that month's BUDGET_USD")
-    enforcement: str = Field("stop", description="BUDGET_ENFORCEMENT: what the guard does to running instances when "
-                                                 "committed spend passes the budget (at a month's start, after an "
-                                                 "adoption, a price change): stop the newest runs, or only notify")
-    aws_plan: dict | None = Field(None, description="From `aws freetier get-account-plan-state` (real AWS only)")
-    aws_plan_note: str | None = None
-
-
-# `Key=Value` or `Key` (the key in EC2's tag text; the value may hold `=` itself).
-TAG_FILTER_PATTERN = r"^[A-Za-z0-9 _.:/+\-@]{1,128}(=[A-Za-z0-9 _.:/=+\-@]{0,256})?$"
-
-PATTERN_HINTS.update({
-    NAME_PATTERN: PatternHint(f"{_EC2_WORDS}, starting with a letter or digit", _EC2_CHAR),
-    EC2_TEXT: PatternHint(_EC2_WORDS, _EC2_CHAR),
-    WORD_PATTERN: PatternHint("lowercase letters, digits, . and -, starting with a letter or digit (like "
-                              "amazon-linux-2023 or t3.micro)", r"[a-z0-9.\-]"),
-    INSTANCE_ID_PATTERN: PatternHint("an EC2 instance id: i- and 8 to 17 lowercase hex digits, like "
-                                     "i-0123456789abcdef0"),
-    TAG_FILTER_PATTERN: PatternHint(f"Key=Value or Key, in {_EC2_WORDS} (no = in the key)", _EC2_CHAR),
-    IDEMPOTENCY_KEY_PATTERN: PatternHint("printable ASCII characters without spaces", r"[\x21-\x7e]"),
-})
 
 
 @dataclass(frozen=True)

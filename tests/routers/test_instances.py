@@ -9,10 +9,12 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from app.api.deps import get_reconciler, get_service, get_settings, get_store
+from app.api.deps import get_settings, get_store
+from app.budget.deps import get_account_plan, get_spending
 from app.budget.spending import PriceBook, Spending
 from app.config import DEFAULT_PRICES_FILE, Settings
 from app.core.errors import Conflict, PolicyViolation, Unavailable, UpstreamError, UpstreamTimeout
+from app.instances.deps import get_reconciler, get_service
 from app.instances.schemas import SyncResult
 from app.main import create_app
 from app.services.db import Database, utcnow
@@ -82,7 +84,9 @@ def stand_in(store) -> StandIn:
 def client(settings, store, stand_in):
     app = create_app(lambda: settings)
     app.dependency_overrides |= {get_settings: lambda: settings, get_store: lambda: store,
-                                 get_service: lambda: stand_in, get_reconciler: lambda: stand_in}
+                                 get_service: lambda: stand_in, get_reconciler: lambda: stand_in,
+                                 get_spending: lambda: stand_in.spending,
+                                 get_account_plan: lambda: stand_in.account_plan}
     return TestClient(app, base_url="http://127.0.0.1:8000", raise_server_exceptions=False)
 
 

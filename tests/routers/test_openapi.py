@@ -9,13 +9,15 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from app.api.deps import get_reconciler, get_service, get_settings, get_store, require_token
+from app.api.deps import get_settings, get_store, require_token
 from app.api.errors import ERROR_SCHEMA
 from app.aws.runner import classify
+from app.budget.deps import get_account_plan, get_spending
 from app.config import Settings
 from app.core.errors import Unauthorized
 from app.instances import free_tier
 from app.instances import schemas as models
+from app.instances.deps import get_reconciler, get_service
 from app.main import create_app
 from app.services.db import Database
 
@@ -35,7 +37,8 @@ def client(settings):
     store.migrate()  # empty: every id is untracked
     app = create_app(lambda: settings)
     app.dependency_overrides |= {get_settings: lambda: settings, get_store: lambda: store,
-                                 get_service: lambda: None, get_reconciler: lambda: None}
+                                 get_service: lambda: None, get_reconciler: lambda: None,
+                                 get_spending: lambda: None, get_account_plan: lambda: None}
     return TestClient(app, base_url="http://127.0.0.1:8000", raise_server_exceptions=False)
 
 
