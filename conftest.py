@@ -5,6 +5,7 @@ The harness itself (processes, emulator, server, AWS_CLI shim) lives in tests/su
 
 import pytest
 
+import app.lifespan  # noqa: F401 - installs the domains' settings checks (PRICES_FILE, API_TOKENS_FILE, NOTIFY_*), as the server does
 from app.services.db import Database, PostgresDatabase
 from tests.support.emulator import Emulator
 from tests.support.postgres import PgCluster

@@ -4,9 +4,10 @@ import ipaddress
 import os
 import re
 import sys
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 from urllib.parse import unquote
 
 import psycopg
@@ -27,6 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS_DIR = REPO_ROOT / "aws_cli_bash_scripts"
 DEFAULT_SANDBOX_URL = "http://127.0.0.1:5055"
 DEFAULT_PRICES_FILE = REPO_ROOT / "app" / "data" / "prices.json"
+API_TOKEN_NAME = "admin"  # noqa: S105 - API_TOKEN's person (an admin), not a secret
 
 
 EMAIL = re.compile(r"[^@\s,<>]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
@@ -75,8 +77,16 @@ class SettingsConflict(ValueError):
         super().__init__("; ".join(text for _, text in self.problems))
 
 
+# A check of settings that needs a domain's knowledge (a file's format, the event names): the problems found,
+# each as (the variables it concerns, a message). The wiring (app/lifespan.py) installs the domains' checks
+# in Settings.checks, so this module imports no domain.
+SettingsCheck = Callable[["Settings"], list[tuple[tuple[str, ...], str]]]
+
+
 class Settings(BaseSettings):
     """Every knob of the service. A bad value stops the server at start with a clear message."""
+
+    checks: ClassVar[tuple[SettingsCheck, ...]] = ()
 
     # hide_input_in_errors: a ValidationError's text (a traceback's) never repeats a value, which may be a secret;
     # config_problems shows the values that are not.
@@ -191,25 +201,6 @@ class Settings(BaseSettings):
             raise ValueError(f"must be a comma list of email addresses, got {bad}")
         return value
 
-    @field_validator("notify_events")
-    @classmethod
-    def _events(cls, value: list[str]) -> list[str]:
-        from app.notifications.service import EVENTS  # the names live with the code that raises them
-
-        bad = [e for e in value if e not in EVENTS]
-        if bad:
-            raise ValueError(f"unknown event names {bad}; known: {', '.join(EVENTS)}")
-        return value
-
-    @field_validator("notify_urls")
-    @classmethod
-    def _apprise_urls(cls, value: list[SecretStr]) -> list[SecretStr]:
-        from app.notifications.service import check_url
-
-        for number, url in enumerate(value, 1):
-            check_url(number, url.get_secret_value())  # a ValueError that never shows the URL's secrets
-        return value
-
     @field_validator("notify_api_url")
     @classmethod
     def _api_url(cls, value: str) -> str:
@@ -244,12 +235,8 @@ class Settings(BaseSettings):
 
     @field_validator("prices_file")
     @classmethod
-    def _prices_readable(cls, value: Path) -> Path:
-        from app.budget.spending import PriceBook  # the file's format lives with the code that reads it
-
-        path = value.expanduser()
-        PriceBook.load(path)  # a ValueError names what is wrong in the file
-        return path
+    def _prices_path(cls, value: Path) -> Path:
+        return value.expanduser()  # its content: app/budget/spending.py's settings check
 
     @field_validator("backend")
     @classmethod
@@ -315,12 +302,9 @@ class Settings(BaseSettings):
     @field_validator("api_tokens_file")
     @classmethod
     def _tokens_file(cls, value: Path | None) -> Path | None:
-        from app.auth.tokens import load_users  # the file's format lives with the code that reads it
-
         if value is None:
             return None
         path = value.expanduser()
-        load_users(path)  # a ValueError names what is wrong in the file (never a hash)
         # Absolute, but its symlinks NOT resolved: the server watches the path as given, so a re-pointed link (a
         # release symlink, a Kubernetes ConfigMap's ..data swap) is followed to the file it names now.
         return Path(os.path.abspath(path))
@@ -337,7 +321,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _combinations(self) -> "Settings":
         """Settings that only make sense together; every problem is reported, each naming its variables."""
-        problems = self._tokens_file_beside_api_token()
+        problems = [problem for check in type(self).checks for problem in check(self)]
         if self.notify_email_to and not (self.smtp_host and self.smtp_from):
             problems.append((("NOTIFY_EMAIL_TO", "SMTP_HOST", "SMTP_FROM"), "NOTIFY_EMAIL_TO is set: SMTP_HOST and "
                              "SMTP_FROM are needed to send it mail"))
@@ -362,24 +346,6 @@ class Settings(BaseSettings):
             self.budget_usd, self._budget_from = self.sandbox_budget_usd, "SANDBOX_BUDGET_USD, BUDGET_USD unset"
         return self
 
-    def _tokens_file_beside_api_token(self) -> list[tuple[tuple[str, ...], str]]:
-        """API_TOKEN is the admin named "admin": the tokens file may neither use that name nor its token."""
-        from app.auth.tokens import API_TOKEN_NAME, load_users, token_digest
-
-        if self.api_tokens_file is None or self.api_token is None:
-            return []
-        names = ("API_TOKENS_FILE", "API_TOKEN")
-        try:
-            users = load_users(self.api_tokens_file, reserved=self.reserved_user_names)
-        except ValueError as exc:  # the file was read by its field validator: only the reserved name is left
-            return [(names, str(exc))]
-        digest = token_digest(self.api_token.get_secret_value())
-        same = [u.name for u in users if u.sha256 == digest]
-        if same:
-            return [(names, f"API_TOKENS_FILE gives {same[0]!r} the token of API_TOKEN (the admin named "
-                            f"{API_TOKEN_NAME!r}): each person needs their own token")]
-        return []
-
     @property
     def auth_configured(self) -> bool:
         """Whether requests must carry a token (API_TOKEN, API_TOKENS_FILE or both): else only loopback is served."""
@@ -388,8 +354,6 @@ class Settings(BaseSettings):
     @property
     def reserved_user_names(self) -> frozenset[str]:
         """Names the tokens file may not use: API_TOKEN's admin, when it is set."""
-        from app.auth.tokens import API_TOKEN_NAME
-
         return frozenset({API_TOKEN_NAME}) if self.api_token is not None else frozenset()
 
     @property
@@ -440,11 +404,15 @@ def _url_passwords(url: str) -> list[str]:
     return sorted({secret for secret in found if secret}, key=len, reverse=True)
 
 
+def redact_url(url: str) -> str:
+    """A database URL fit for a log line: the password (in the authority or as a parameter) replaced by ***."""
+    url = re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", url)
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", url, flags=re.IGNORECASE)
+
+
 def _hide_password(message: str, url: str) -> str:
     """A message about a database URL (psycopg's, which quotes the token it stumbled on) without its password:
     a quoted token holding it becomes "***" (a quoted URL: that URL redacted), and so does any other copy."""
-    from app.services.db import redact_url  # the log's redaction of a database URL
-
     secrets = _url_passwords(url)
 
     def quoted(match: re.Match[str]) -> str:

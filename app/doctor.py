@@ -26,6 +26,7 @@ from app.config import Settings, describe_errors
 from app.core.errors import ApiError
 from app.instances.free_tier import ALIASES, Catalog
 from app.instances.ssh_access import MyIp, admits
+from app.lifespan import SETTINGS_CHECKS
 from app.notifications.service import DeliveryError, check_smtp, scheme_of
 from app.services.db import is_postgres_url, open_database
 
@@ -299,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.disable(logging.CRITICAL)  # every problem is a line of the report
     try:
+        Settings.checks = SETTINGS_CHECKS  # as the server checks them
         settings = Settings()
     except ValidationError as exc:
         print(Line(FAIL, "settings", describe_errors(exc), "fix the setting in the environment or .env").render())

@@ -11,19 +11,27 @@ from fastapi import FastAPI
 
 from app.api.middleware import Metrics, configure_logging
 from app.api.security import check_bind
+from app.auth import tokens
 from app.aws.runner import AwsCli
+from app.budget import spending
 from app.budget.guard import BudgetGuard
-from app.config import load_settings
+from app.config import Settings, load_settings
 from app.core import clock
 from app.core.errors import ApiError
 from app.core.leadership import Leadership
 from app.instances.auto_stop import AutoStopper
 from app.instances.idle_alarms import AlarmKeeper
 from app.instances.service import InstanceService
+from app.notifications import service as notifications
 from app.notifications.service import Notifier
 from app.services.db import Database, SchemaTooNew, open_database
 
 log = logging.getLogger("ec2_creator")
+
+# What the settings need checked by the domains that read them (files' formats, event names): installed here,
+# where the app is wired, so that app/config.py imports no domain. Every problem is still one line at start.
+SETTINGS_CHECKS = (tokens.settings_problems, spending.settings_problems, notifications.settings_problems)
+Settings.checks = SETTINGS_CHECKS
 
 
 async def _warm_catalog(service: InstanceService) -> None:

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from app.config import API_TOKEN_NAME, Settings
+
 log = logging.getLogger("ec2_creator.users")
 
 Role = Literal["admin", "user"]
@@ -38,7 +40,6 @@ NAME = re.compile(r"[a-z0-9._-]{1,64}")
 SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 FIELDS = {"name", "sha256", "role"}
 # Who API_TOKEN is: the single admin of a server configured the old way (and next to a tokens file).
-API_TOKEN_NAME = "admin"  # noqa: S105 - a person's name, not a secret
 
 
 @dataclass(frozen=True)
@@ -218,3 +219,27 @@ def token_file(path: Path, reserved: Iterable[str] = ()) -> TokenFile:
         if found is None:
             found = _files[key] = TokenFile(Path(path), key[1])
         return found
+
+
+def settings_problems(settings: Settings) -> list[tuple[tuple[str, ...], str]]:
+    """API_TOKENS_FILE read as requests will read it (a ValueError names what is wrong, never a hash), and beside
+    API_TOKEN, the admin named "admin": the file may neither use that name nor its token. Run at start."""
+    if settings.api_tokens_file is None:
+        return []
+    try:
+        users = load_users(settings.api_tokens_file)
+    except ValueError as exc:
+        return [(("API_TOKENS_FILE",), str(exc))]
+    if settings.api_token is None:
+        return []
+    names = ("API_TOKENS_FILE", "API_TOKEN")
+    try:
+        users = load_users(settings.api_tokens_file, reserved=settings.reserved_user_names)
+    except ValueError as exc:  # only the reserved name is left
+        return [(names, str(exc))]
+    digest = token_digest(settings.api_token.get_secret_value())
+    same = [u.name for u in users if u.sha256 == digest]
+    if same:
+        return [(names, f"API_TOKENS_FILE gives {same[0]!r} the token of API_TOKEN (the admin named "
+                        f"{API_TOKEN_NAME!r}): each person needs their own token")]
+    return []

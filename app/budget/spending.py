@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from app.config import Settings
 from app.core import clock
 from app.core.errors import ApiError, Conflict, PolicyViolation
 from app.core.loops import LoopTask
@@ -621,3 +622,12 @@ class AccountPlan(LoopTask):
                 self.note = f"aws freetier get-account-plan-state failed: {exc.detail}"
                 log.info("account plan not available: %s", exc.detail)
             await asyncio.sleep(PLAN_REFRESH_SECONDS)
+
+
+def settings_problems(settings: Settings) -> list[tuple[tuple[str, ...], str]]:
+    """PRICES_FILE read and checked as the budget will read it (the message says what is wrong in it)."""
+    try:
+        PriceBook.load(settings.prices_file)
+    except ValueError as exc:
+        return [(("PRICES_FILE",), str(exc))]
+    return []

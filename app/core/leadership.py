@@ -19,6 +19,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import psycopg
 
+from app.core.backoff import backoff
 from app.core.errors import Unavailable
 from app.core.loops import cancel_and_wait
 from app.services.db import Database, PgConnection, PostgresDatabase, advisory_key
@@ -134,7 +135,7 @@ class InstanceLocks:
         """All of `keys` or none, retried with backoff: a wait never blocks a thread or the event loop. A
         caller cancelled while an attempt runs in its thread releases what that attempt took."""
         deadline = time.monotonic() + self.wait_seconds
-        delay = 0.02
+        attempts = 0
         while True:
             attempt = asyncio.ensure_future(asyncio.to_thread(self._try_all, keys))
             try:
@@ -148,8 +149,8 @@ class InstanceLocks:
             if time.monotonic() > deadline:
                 raise Unavailable(f"Another replica has been changing this instance for {self.wait_seconds:g} s; "
                                   "nothing was sent to AWS. Retry shortly.", code="instance_busy", retry_after=5)
-            await asyncio.sleep(delay)
-            delay = min(0.5, delay * 2)
+            attempts += 1
+            await asyncio.sleep(backoff(attempts, 0.02, 0.5))
 
     def _try_all(self, keys: list[int]) -> bool:
         with self._session_lock:

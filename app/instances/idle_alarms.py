@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from app.core import clock
+from app.core.backoff import backoff
 from app.core.errors import ApiError
 from app.core.loops import WakeableLoop
 from app.services.db import TIME_FORMAT, Database, canonical_json, parse_time, utcnow
@@ -240,7 +241,7 @@ class AlarmKeeper(WakeableLoop):
             if row is None:
                 return
             attempts = row["alarm_attempts"] + 1
-            delay = min(RETRY_SECONDS * 2 ** (attempts - 1), RETRY_MAX_SECONDS)
+            delay = backoff(attempts, RETRY_SECONDS, RETRY_MAX_SECONDS)
             retry_at = (clock.now() + timedelta(seconds=delay)).strftime(TIME_FORMAT)
             self.db.update_instance(instance_id, {"alarm_attempts": attempts, "alarm_retry_at": retry_at,
                                                   "idle_alarm": self._view(row, error[:500])})

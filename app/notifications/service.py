@@ -33,6 +33,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from app.budget.spending import Spending
 from app.config import Settings
 from app.core import clock
+from app.core.backoff import backoff
 from app.core.loops import LoopTask
 from app.services.db import TIME_FORMAT, Database, parse_time
 from app.store.rows import InstanceState
@@ -313,10 +314,6 @@ def adopted_auto_stop(row: dict, settings: Settings) -> list[str]:
             "application/json' -d '{\"auto_stop_minutes\": 120}'"]
 
 
-def backoff(attempts: int, cap: float) -> float:
-    return min(cap, FIRST_RETRY_SECONDS * 2 ** min(max(0, attempts - 1), 30))
-
-
 # -- the sender ---------------------------------------------------------------------------------------
 class Notifier(LoopTask):
     """Expands, warns, watches the budget and delivers; one round every POLL_SECONDS."""
@@ -455,7 +452,8 @@ class Notifier(LoopTask):
             log.error("notification %s to %s given up after %d attempts: %s", delivery["key"], delivery["channel"],
                       attempts, error)
             return
-        retry = clock.now() + timedelta(seconds=backoff(attempts, self.settings.notify_retry_max_seconds))
+        wait = backoff(attempts, FIRST_RETRY_SECONDS, self.settings.notify_retry_max_seconds)
+        retry = clock.now() + timedelta(seconds=wait)
         self.db.finish_delivery(delivery["id"], "pending", error, retry.strftime(TIME_FORMAT), lease)
         log.warning("notification %s to %s failed (attempt %d, next at %s): %s", delivery["key"],
                     delivery["channel"], attempts, retry.strftime(TIME_FORMAT), error)
@@ -471,3 +469,18 @@ def check_smtp(settings: Settings) -> str:
                                    channel.secrets)) from None
     return (f"{channel.host}:{channel.port} connects" + (", STARTTLS" if channel.starttls else "")
             + (", login accepted" if channel.username else ""))
+
+
+def settings_problems(settings: Settings) -> list[tuple[tuple[str, ...], str]]:
+    """NOTIFY_EVENTS names events this code raises; every NOTIFY_URLS entry is one Apprise can send to (named by
+    number and scheme only: a URL carries tokens). Run at start."""
+    problems: list[tuple[tuple[str, ...], str]] = []
+    bad = [e for e in settings.notify_events if e not in EVENTS]
+    if bad:
+        problems.append((("NOTIFY_EVENTS",), f"unknown event names {bad}; known: {', '.join(EVENTS)}"))
+    for number, url in enumerate(settings.notify_urls, 1):
+        try:
+            check_url(number, url.get_secret_value())
+        except ValueError as exc:
+            problems.append((("NOTIFY_URLS",), str(exc)))
+    return problems

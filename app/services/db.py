@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg
 
+from app.config import redact_url
 from app.core import clock
 from app.instances.schemas import STORED_FIELDS
 from app.store.rows import EventRow, InstanceRow, InstanceState, LaunchRow, LaunchStatus
@@ -974,12 +975,6 @@ STORE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error)
 
 def is_postgres_url(url: str) -> bool:
     return url.startswith(("postgresql://", "postgres://"))
-
-
-def redact_url(url: str) -> str:
-    """A database URL fit for a log line: the password (in the authority or as a parameter) replaced by ***."""
-    url = re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", url)
-    return re.sub(r"([?&]password=)[^&]*", r"\1***", url, flags=re.IGNORECASE)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -1,9 +1,9 @@
-"""The pure parts of notifications: which event notifies, what a message says, redaction, backoff."""
+"""The pure parts of notifications: which event notifies, what a message says, redaction."""
 
 import pytest
 
 from app.config import Settings
-from app.notifications.service import backoff, compose, event_name, redact, url_secrets
+from app.notifications.service import compose, event_name, redact, url_secrets
 
 
 @pytest.mark.parametrize(("action", "source", "from_state", "to_state", "expected"), [
@@ -50,11 +50,6 @@ def test_url_secrets_cover_userinfo_path_and_query_but_not_the_host():
 def test_token_schemes_hide_their_host_and_encoded_forms(url, secrets):
     text = redact(f"could not send to {url} ({' '.join(secrets)})", url_secrets(url))
     assert not [s for s in secrets if s in text], text
-
-
-def test_backoff_doubles_up_to_the_cap_and_never_overflows():
-    assert [backoff(n, 60) for n in range(1, 7)] == [5, 10, 20, 40, 60, 60]
-    assert backoff(5000, 300) == 300
 
 
 def test_a_url_apprise_cannot_parse_is_refused_without_being_printed(capsys, caplog):
