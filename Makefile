@@ -111,10 +111,11 @@ system-deps: ## Chromium, Java, Node.js/npm, curl, AWS CLI v2: installed from De
 
 tools: system-deps venv-dev $(NPM_STAMP) ## Everything make test needs (system packages, .venv, node_modules)
 
-lint: venv-dev ## shellcheck the bash scripts; ruff on all Python, mypy on app/ (pyproject.toml)
+lint: venv-dev ## shellcheck the bash scripts; ruff on all Python, mypy on app/, the import layering (pyproject.toml)
 	$(SHELLCHECK) -S style aws_cli_bash_scripts/*.sh scripts/*.sh tests/support/*.sh
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 test-bash: venv-dev $(NPM_STAMP) ## bats suites for the bash scripts (the emulator ones with CLI v1, then v2)
 	$(if $(JUNIT_DIR),mkdir -p $(JUNIT_DIR)/bats $(JUNIT_DIR)/bats-cli-v2)

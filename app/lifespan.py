@@ -14,12 +14,12 @@ from app.api.security import check_bind
 from app.auth import tokens
 from app.aws.runner import AwsCli
 from app.budget import spending
-from app.budget.guard import BudgetGuard
 from app.config import Settings, load_settings
 from app.core import clock
 from app.core.errors import ApiError
 from app.core.leadership import Leadership
 from app.instances.auto_stop import AutoStopper
+from app.instances.budget_guard import BudgetGuard
 from app.instances.idle_alarms import AlarmKeeper
 from app.instances.service import InstanceService
 from app.notifications import service as notifications

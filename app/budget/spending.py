@@ -322,7 +322,7 @@ class Spending:
         # The account this server's credentials belong to, once known (set by the app): another account's
         # records (a profile switch) are neither swept nor stopped here, so they are not counted either.
         self.account: Callable[[], str | None] = lambda: None
-        self.enforcement = "stop"  # BUDGET_ENFORCEMENT, as the guard (app/budget/guard.py) applies it
+        self.enforcement = "stop"  # BUDGET_ENFORCEMENT, as the guard (app/instances/budget_guard.py) applies it
         self.budget_setting = "BUDGET_USD"  # the setting the budget in force comes from (SANDBOX_BUDGET_USD)
 
     # -- prices -----------------------------------------------------------------------------------

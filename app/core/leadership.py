@@ -94,7 +94,7 @@ class Leadership:
     async def while_leading(self, run) -> None:
         """Run the coroutine function `run` whenever this replica leads; cancel it when it stops leading. A
         loop that died with an error is logged and started again, after a pause that doubles up to a minute."""
-        pause = 1.0
+        deaths = 0
         while True:
             while not self.is_leader:
                 await asyncio.sleep(POLL_SECONDS)
@@ -105,8 +105,8 @@ class Leadership:
             finally:
                 await cancel_and_wait(task)
             if task.done() and not task.cancelled():
-                await asyncio.sleep(pause)
-                pause = min(60.0, pause * 2)
+                deaths += 1
+                await asyncio.sleep(backoff(deaths, 1.0, 60.0))
 
 
 class InstanceLocks:

@@ -2,10 +2,15 @@
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from app.core.leadership import Leadership
+
+class Leader(Protocol):
+    """What a loop needs of the replicas' leadership (app/core/leadership.py): to run only while leading."""
+
+    def while_leading(self, run: Callable[[], Awaitable[None]]) -> Coroutine[Any, Any, None]: ...
+
 
 log = logging.getLogger("ec2_creator")
 
@@ -33,7 +38,7 @@ class LoopTask:
 
     name = "loop"
     _task: asyncio.Task | None = None
-    leadership: "Leadership | None" = None
+    leadership: Leader | None = None
 
     def start(self) -> None:
         loop = self._loop() if self.leadership is None else self.leadership.while_leading(self._loop)

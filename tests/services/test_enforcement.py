@@ -7,10 +7,10 @@ import shutil
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
-from app.budget.guard import BudgetGuard
 from app.budget.spending import PriceBook, Spending
 from app.config import DEFAULT_PRICES_FILE, Settings
 from app.core import clock
+from app.instances.budget_guard import BudgetGuard
 from app.services.db import Database
 
 NOW = datetime(2027, 1, 1, 0, 0, 5, tzinfo=UTC)
