@@ -328,7 +328,7 @@ def test_bad_regions_are_refused(monkeypatch, value):
         settings()
 
 
-# -- API_TOKENS_FILE: one token per person (the file's format: tests/services/test_users.py) ----------------
+# -- API_TOKENS_FILE: one token per person (the file's format: tests/auth/test_tokens.py) ----------------
 def _tokens_file(tmp_path, *people: tuple[str, str, str], name: str = "tokens.toml"):
     import hashlib
 
