@@ -10,7 +10,7 @@ from contextlib import closing
 import httpx
 import pytest
 
-from tests.support.processes import ROOT, safe_env
+from tests.support.processes import ROOT, safe_env, wait_until
 from tests.support.server import aws_error
 
 BODY = {"name": "batch", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
@@ -19,9 +19,22 @@ BODY = {"name": "batch", "ami": "amazon-linux-2023", "instance_type": "t3.micro"
 SERVER_ENV = {"TRANSITION_WINDOW_MS": "250"}
 
 
-def launch(api, count: int, **extra) -> list[str]:
-    ids = [api.post("/instances", json=BODY | extra).json()["id"] for _ in range(count)]
-    api.post("/instances/sync").raise_for_status()
+def launch(api, emulator, count: int, tags: dict[str, str] | None = None) -> list[str]:
+    """`count` running instances the server tracks. Launched in the emulator with our tag and adopted by one
+    sweep: what this module tests is how their stops, starts and deletes are batched, and an API create costs
+    three `aws` processes each (its SSH group, the rule, the launch: tests/test_lifecycle.py tests it)."""
+    spec = [{"ResourceType": "instance", "Tags": [
+        {"Key": "ManagedBy", "Value": "ec2-creator-local"}, {"Key": "Name", "Value": BODY["name"]},
+        *({"Key": key, "Value": value} for key, value in (tags or {}).items())]}]
+    ids = [i["InstanceId"] for i in emulator.ec2.run_instances(
+        ImageId=emulator.ami(), InstanceType=BODY["instance_type"], MinCount=count, MaxCount=count,
+        TagSpecifications=spec)["Instances"]]
+
+    def adopted() -> bool:  # a sync may join a sweep already under way, which listed EC2 before the launch
+        api.post("/instances/sync").raise_for_status()
+        return all(api.get(f"/instances/{i}").json().get("state") == "running" for i in ids)
+
+    wait_until(adopted, timeout=30)
     return ids
 
 
@@ -38,8 +51,8 @@ def concurrently(url: str, paths: list[str]) -> list[httpx.Response]:
         return list(pool.map(lambda path: client.post(path), paths))
 
 
-def test_eight_concurrent_stops_are_one_aws_process(api, api_server):
-    boxes = launch(api, 8)
+def test_eight_concurrent_stops_are_one_aws_process(api, api_server, fresh_emulator):
+    boxes = launch(api, fresh_emulator, 8)
     mark = len(api_server.aws_calls())
     answers = concurrently(api_server.url, [f"/instances/{b}/stop" for b in boxes])
     assert [a.status_code for a in answers] == [202] * 8
@@ -49,8 +62,8 @@ def test_eight_concurrent_stops_are_one_aws_process(api, api_server):
     assert len(stops) == 1 and sorted(ids_in(stops[0])) == sorted(boxes), stops
 
 
-def test_an_id_ec2_refuses_fails_only_its_caller(api, api_server):
-    boxes = launch(api, 4)
+def test_an_id_ec2_refuses_fails_only_its_caller(api, api_server, fresh_emulator):
+    boxes = launch(api, fresh_emulator, 4)
     bad = boxes[2]
     # EC2's answer when one instance of the call cannot be stopped: the whole call fails, naming it.
     api_server.set_faults({"op": "stop-instances", "match": [bad], "times": 1, "fail": aws_error(
@@ -69,9 +82,9 @@ def test_an_id_ec2_refuses_fails_only_its_caller(api, api_server):
     assert api.get(f"/instances/{bad}").json()["state"] == "running"
 
 
-def test_bulk_stop_by_ids_one_process_a_result_per_instance(api, api_server):
-    boxes = launch(api, 3)
-    already = launch(api, 1)[0]
+def test_bulk_stop_by_ids_one_process_a_result_per_instance(api, api_server, fresh_emulator):
+    boxes = launch(api, fresh_emulator, 3)
+    already = launch(api, fresh_emulator, 1)[0]
     assert api.post(f"/instances/{already}/stop").status_code == 202
     api.post("/instances/sync")
     unknown = "i-0000000000000000f"
@@ -88,8 +101,8 @@ def test_bulk_stop_by_ids_one_process_a_result_per_instance(api, api_server):
 
 
 def test_bulk_by_selector_acts_on_the_matching_instances_only(api, api_server, fresh_emulator):
-    web = launch(api, 5, tags={"Team": "web"})
-    data = launch(api, 2, tags={"Team": "data"})
+    web = launch(api, fresh_emulator, 5, tags={"Team": "web"})
+    data = launch(api, fresh_emulator, 2, tags={"Team": "data"})
     mark = len(api_server.aws_calls())
     got = api.post("/instances/actions", json={"action": "stop", "selector": {"tag": {"Team": "web"},
                                                                               "state": ["running"]}})
@@ -120,16 +133,18 @@ def test_bulk_by_selector_acts_on_the_matching_instances_only(api, api_server, f
     {"action": "stop", "selector": {"state": ["sleeping"]}},
     {"action": "stop", "ids": None, "selector": {"state": ["running"]}},
 ])
-def test_bad_bulk_requests_are_422_and_spawn_nothing(api, api_server, body):
+def test_bad_bulk_requests_are_422_and_spawn_nothing(api_server, body):
+    """Only refusals: neither a fresh emulator nor a sweep is needed (the `api` fixture's reset and sync)."""
     mark = len(api_server.aws_calls())
-    got = api.post("/instances/actions", json=body)
+    with httpx.Client(base_url=api_server.url, timeout=60) as api:
+        got = api.post("/instances/actions", json=body)
     assert (got.status_code, got.json()["code"]) == (422, "validation_error"), got.text
     assert api_server.mutations_since(mark) == []
 
 
 def test_the_offhours_script_stops_the_tagged_boxes_in_one_call(api, api_server, fresh_emulator):
-    office = launch(api, 3, tags={"Schedule": "office-hours"})
-    always = launch(api, 1, tags={"Schedule": "always"})[0]
+    office = launch(api, fresh_emulator, 3, tags={"Schedule": "office-hours"})
+    always = launch(api, fresh_emulator, 1, tags={"Schedule": "always"})[0]
     mark = len(api_server.aws_calls())
     done = subprocess.run([str(ROOT / "scripts" / "bulk_action.sh"), "stop", "--tag", "Schedule=office-hours",
                            "--state", "running", "--url", api_server.url], capture_output=True, text=True,
@@ -155,8 +170,8 @@ def test_the_offhours_script_stops_the_tagged_boxes_in_one_call(api, api_server,
         assert usage.returncode == 2 and "Usage:" in usage.stderr, (args, usage.stderr)
 
 
-def test_a_selector_picks_only_this_servers_ec2(api, api_server):
-    here, elsewhere = launch(api, 2, tags={"Team": "scoped"})
+def test_a_selector_picks_only_this_servers_ec2(api, api_server, fresh_emulator):
+    here, elsewhere = launch(api, fresh_emulator, 2, tags={"Team": "scoped"})
     with closing(sqlite3.connect(api_server.db_path)) as conn, conn:
         conn.execute("UPDATE instances SET endpoint = 'http://127.0.0.1:1' WHERE id = ?", (elsewhere,))
     got = api.post("/instances/actions", json={"action": "stop", "selector": {"tag": {"Team": "scoped"}}})
