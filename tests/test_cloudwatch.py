@@ -8,6 +8,7 @@ import sqlite3
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 
 from tests.support.processes import wait_until
@@ -61,15 +62,18 @@ def test_metrics_come_from_cloudwatch_once_per_series_then_from_the_cache(api, a
     assert sorted(p["average"] for p in day["datapoints"]) in ([7.5, 42.5], [25.0])
 
 
-@pytest.mark.parametrize("params", [{"metric": "DiskReadOps"}, {"minutes": 0}, {"minutes": 1441},
-                                    {"period": 90}, {"period": 30}, {"period": 86460}])
-def test_bad_metric_queries_are_422_and_spawn_nothing(api, api_server, params):
-    box = api.post("/instances", json=BODY).json()["id"]
-    mark = len(api_server.aws_calls())
-    got = api.get(f"/instances/{box}/metrics", params=params)
-    assert (got.status_code, got.json()["code"]) == (422, "validation_error"), got.text
-    assert api.get("/instances/i-0000000000000000f/metrics").status_code == 404
-    assert api_server.aws_calls()[mark:] == []
+BAD_METRIC_QUERIES = [{"metric": "DiskReadOps"}, {"minutes": 0}, {"minutes": 1441}, {"period": 90}, {"period": 30},
+                      {"period": 86460}]
+
+
+def test_bad_metric_queries_are_422_and_spawn_nothing(api, api_server):
+    box = api.post("/instances", json=BODY).json()["id"]  # one instance for every query (each used to make its own)
+    for params in BAD_METRIC_QUERIES:
+        mark = len(api_server.aws_calls())
+        got = api.get(f"/instances/{box}/metrics", params=params)
+        assert (got.status_code, got.json()["code"]) == (422, "validation_error"), (params, got.text)
+        assert api.get("/instances/i-0000000000000000f/metrics").status_code == 404
+        assert api_server.aws_calls()[mark:] == [], params
 
 
 def test_the_idle_alarm_is_put_changed_and_deleted_with_the_instance(api, api_server, fresh_emulator):
@@ -121,9 +125,11 @@ def test_the_idle_alarm_is_put_changed_and_deleted_with_the_instance(api, api_se
                                   {"cpu_below_percent": 5, "for_minutes": 1445},
                                   {"cpu_below_percent": 5},
                                   {"cpu_below_percent": 5, "for_minutes": 30, "extra": 1}])
-def test_bad_idle_settings_are_422_before_any_process(api, api_server, idle):
+def test_bad_idle_settings_are_422_before_any_process(api_server, idle):
+    """Only refusals: neither a fresh emulator nor a sweep is needed (the `api` fixture's reset and sync)."""
     mark = len(api_server.aws_calls())
-    got = api.post("/instances", json=BODY | {"stop_when_idle": idle})
+    with httpx.Client(base_url=api_server.url, timeout=60) as api:
+        got = api.post("/instances", json=BODY | {"stop_when_idle": idle})
     assert (got.status_code, got.json()["code"]) == (422, "validation_error"), got.text
     assert api_server.mutations_since(mark) == []
 
