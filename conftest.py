@@ -6,7 +6,7 @@ The harness itself (processes, emulator, server, AWS_CLI shim) lives in tests/su
 import pytest
 
 import app.lifespan  # noqa: F401 - installs the domains' settings checks (PRICES_FILE, API_TOKENS_FILE, NOTIFY_*), as the server does
-from app.services.db import Database, PostgresDatabase
+from app.store import Database
 from tests.support.emulator import Emulator
 from tests.support.postgres import PgCluster
 from tests.support.processes import AWS_CLI_V1, aws_cli_v2
@@ -65,14 +65,15 @@ def database_env(request) -> dict[str, str]:
 
 
 @pytest.fixture
-def new_db(request, tmp_path) -> Database:
+def new_db(request, tmp_path):
     """An empty, migrated store on the module's engine."""
     if db_engine(request) == "postgres":
-        db: Database = PostgresDatabase(request.getfixturevalue("pg_cluster").new_database())
+        db = Database(request.getfixturevalue("pg_cluster").new_database())
     else:
         db = Database(tmp_path / "x.db")
     db.migrate()
-    return db
+    yield db
+    db.dispose()
 
 
 @pytest.fixture(scope="session", params=["v1", "v2"])

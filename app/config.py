@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     key_name: str = Field("my_ec2_keypair", pattern=r"^[\x20-\x7e]{1,255}$")
     ssh_key_path: str = "~/.ssh/my_ec2_keypair.pem"
     database_url: str = "./data/instances.db"
+    # The store's pool: at most pool + overflow connections at once (each replica, besides its leadership and
+    # lock sessions on PostgreSQL).
+    database_pool_size: int = Field(5, ge=1, le=100)
+    database_max_overflow: int = Field(5, ge=0, le=100)
     backend: str = "awscli"
     reconcile_interval_seconds: float = Field(30.0, gt=0, le=86400)
     allowed_instance_types: Annotated[list[str], NoDecode] = ["t3.micro", "t4g.micro"]

@@ -28,7 +28,7 @@ from app.instances.free_tier import ALIASES, Catalog
 from app.instances.ssh_access import MyIp, admits
 from app.lifespan import SETTINGS_CHECKS
 from app.notifications.service import DeliveryError, check_smtp, scheme_of
-from app.services.db import is_postgres_url, open_database
+from app.store import is_postgres_url, open_database
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
 CALL_TIMEOUT_SECONDS = 20.0

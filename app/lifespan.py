@@ -24,7 +24,7 @@ from app.instances.idle_alarms import AlarmKeeper
 from app.instances.service import InstanceService
 from app.notifications import service as notifications
 from app.notifications.service import Notifier
-from app.services.db import Database, SchemaTooNew, open_database
+from app.store import Database, SchemaTooNew, open_database
 
 log = logging.getLogger("ec2_creator")
 
@@ -78,7 +78,8 @@ async def lifespan(app: FastAPI):
         clock.start_at(settings.clock_start)
         log.warning("CLOCK_START: the service's clock reads %s (a test setting)", clock.now().isoformat())
     check_bind(settings)
-    db = open_database(settings.database_url, settings.database_path)
+    db = open_database(settings.database_url, settings.database_path, settings.database_pool_size,
+                       settings.database_max_overflow)
     try:
         await asyncio.to_thread(db.migrate)
     except SchemaTooNew as exc:
@@ -158,3 +159,4 @@ async def lifespan(app: FastAPI):
         await leadership.stop()
         warm.cancel()
         cli.cancel()
+        await asyncio.to_thread(db.dispose)  # the pool's connections close now, not when the process ends

@@ -372,7 +372,8 @@ def admission_cost_ms(db_path: Path, copy: Path, samples: int = 50) -> dict:
     from app.budget.spending import PriceBook, Spending, horizon
     from app.config import DEFAULT_PRICES_FILE
     from app.core import clock
-    from app.services.db import Database, utcnow
+    from app.core.clock import utcnow
+    from app.store import Database
 
     with sqlite3.connect(db_path) as source, sqlite3.connect(copy) as target:
         source.backup(target)

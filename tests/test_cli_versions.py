@@ -12,8 +12,8 @@ import pytest
 
 from app.aws.runner import AwsCli, child_env
 from app.config import Settings
+from app.core.clock import parse_time, stored_time
 from app.core.errors import ApiError
-from app.services.db import parse_time, stored_time
 from tests.support.processes import AWS_CLI_V1, aws_cli_v2, free_port, safe_env, wait_until
 from tests.support.server import ApiServer
 

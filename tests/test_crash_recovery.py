@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.services.db import SCHEMA_VERSION, Database
+from app.store import SCHEMA_VERSION, Database
 from tests.services.test_db import ORIGINAL_SCHEMA
 from tests.support.processes import ROOT, descendants, safe_env, wait_until
 from tests.support.server import ApiServer, aws_error
@@ -205,7 +205,8 @@ def test_old_events_and_finished_launches_are_pruned_but_never_an_instance(emula
     # Its state when last month began, which the budget counts from: kept whatever the retention.
     db.add_event(instance, "observe", "pending", "running", "reconcile", at="2020-01-01T00:01:00.000000Z")
     db.add_event(instance, "delete", "running", "terminated", "api")  # recent: kept
-    conn = db.connect()
+    db.dispose()
+    conn = sqlite3.connect(tmp_path / "instances.db", isolation_level=None)
     for request_id, status in (("old-done", "launched"), ("old-failed", "failed"), ("old-pending", "pending")):
         conn.execute("INSERT INTO launches (request_id, body_hash, body, status, created_at, updated_at, region, "
                      "endpoint) VALUES (?, 'h', '{}', ?, '2020-01-01T00:00:00.000000Z', "

@@ -191,7 +191,7 @@ def test_free_plan_line_against_aws(answer, status, words):
 
 def test_ssh_access_names_the_instances_whose_group_does_not_admit_this_machine(tmp_path):
     """Issue 25: after an address change (home -> office), make doctor says which instances' rules shut it out."""
-    from app.services.db import Database
+    from app.store import Database
     from tests.support.checkip import CheckIp
 
     db = Database(tmp_path / "instances.db")

@@ -239,7 +239,7 @@ def test_no_secret_reaches_the_log_or_the_api(emulator, fresh_emulator, tmp_path
 
 
 def test_when_off_events_queue_nothing(api_server, fresh_emulator):
-    # No channel: the outbox trigger is off, so turning notifications on later sends no old news.
+    # No channel: notifications are off (no notify_enabled), so turning notifications on later sends no old news.
     with httpx.Client(base_url=api_server.url, timeout=60) as api:
         api.post("/instances", json=BODY | {"name": "quiet"}).raise_for_status()
         assert api.get("/notifications").json() == {"enabled": False, "channels": [], "deliveries": []}

@@ -11,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from app.auth.tokens import API_TOKEN_NAME, LOCAL, Caller, TokensFileInvalid, token_file
 from app.config import Settings
 from app.core.errors import Forbidden, Unauthorized, Unavailable
-from app.services.db import Database
+from app.store import Database
 
 
 def get_settings(request: Request) -> Settings:

@@ -8,12 +8,10 @@ Every error body is ``{"detail": <a sentence to act on>, "code": <machine code>}
 import difflib
 import logging
 import re
-import sqlite3
 import typing
 from collections.abc import Sequence
 from typing import Any
 
-import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -22,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.fields import NAME_PATTERN, PATTERN_HINTS
 from app.core.errors import ApiError
+from app.store.engine import STORE_ERRORS, store_error_reason
 
 log = logging.getLogger("ec2_creator")
 
@@ -263,12 +262,13 @@ def install_error_handlers(app: FastAPI) -> None:
         return _json(exc.status_code, {"detail": detail, "code": code}, headers)
 
     async def _store(_: Request, exc: Exception) -> JSONResponse:
-        log.error("database error: %s", exc)
-        return _json(503, {"detail": f"The database cannot be used right now ({exc}); nothing was "
+        reason = store_error_reason(exc)
+        log.error("database error: %s", reason)
+        return _json(503, {"detail": f"The database cannot be used right now ({reason}); nothing was "
                                      "changed in EC2 by this request. Retry shortly.", "code": "store_unavailable"},
                      {"Retry-After": "5"})
 
-    for store_error in (sqlite3.Error, psycopg.Error):
+    for store_error in STORE_ERRORS:
         app.add_exception_handler(store_error, _store)
 
     @app.exception_handler(Exception)

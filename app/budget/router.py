@@ -8,7 +8,7 @@ from app.api.deps import CallerDep, StoreDep, require_token
 from app.api.errors import error_responses
 from app.budget.deps import AccountPlanDep, SpendingDep
 from app.budget.schemas import Budget
-from app.services.db import TIME_FORMAT
+from app.core.clock import TIME_FORMAT
 
 router = APIRouter(tags=["budget"], dependencies=[Depends(require_token)], responses=error_responses(401))
 

@@ -24,9 +24,10 @@ from typing import Any
 
 from app.config import Settings
 from app.core import clock
+from app.core.clock import TIME_FORMAT, parse_time, period_bounds, utcnow
 from app.core.errors import ApiError, Conflict, PolicyViolation
 from app.core.loops import LoopTask
-from app.services.db import STORE_ERRORS, TIME_FORMAT, Database, PostgresDatabase, parse_time, utcnow
+from app.store import STORE_ERRORS, Database
 from app.store.rows import EventRow, InstanceRow, InstanceState, LaunchRow
 
 log = logging.getLogger("ec2_creator.spending")
@@ -82,13 +83,6 @@ def _price(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         raise ValueError(f"not a price: {value!r}")
     return float(value)
-
-
-def period_bounds(now: datetime) -> tuple[datetime, datetime]:
-    """The budget period: the calendar month (UTC) holding `now`."""
-    start = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    end = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
-    return start, end
 
 
 def _hours(a: datetime, b: datetime) -> float:
@@ -315,7 +309,7 @@ class Spending:
         self._reserved: dict[str, dict[str, float]] = {}
         # Several replicas on one PostgreSQL database: the reservations live in the database, where every
         # replica's admission sees them; each expires after `reservation_seconds` (its replica may have died).
-        self.shared = isinstance(db, PostgresDatabase)
+        self.shared = db.is_postgres
         self.reservation_seconds = reservation_seconds
         self._prices_stamp = _stamp(book.path)
         self._prices_checked = time.monotonic()

@@ -17,12 +17,10 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 
-import psycopg
-
 from app.core.backoff import backoff
 from app.core.errors import Unavailable
 from app.core.loops import cancel_and_wait
-from app.services.db import Database, PgConnection, PostgresDatabase, advisory_key
+from app.store import STORE_ERRORS, Database, LockSession, advisory_key
 
 log = logging.getLogger("ec2_creator")
 
@@ -33,10 +31,10 @@ POLL_SECONDS = 0.25  # how often a loop looks whether this replica leads (no I/O
 class Leadership:
     def __init__(self, db: Database, retry_seconds: float) -> None:
         self.db = db
-        self.shared = isinstance(db, PostgresDatabase)
+        self.shared = db.is_postgres
         self.retry_seconds = retry_seconds
         self.is_leader = not self.shared
-        self._session: PgConnection | None = None
+        self._session: LockSession | None = None
         self._held = False
         self._task: asyncio.Task | None = None
         self._guard = threading.Lock()  # a check still running in its thread and stop() never overlap
@@ -77,13 +75,13 @@ class Leadership:
         try:
             if self._session is None or not self._session.usable:
                 self._held = False
-                self._session = self.db.session()  # type: ignore[attr-defined]
+                self._session = self.db.session()
             if self._held:
                 self._session.ping()  # the lock lives as long as this connection
             else:
                 self._held = self._session.try_lock(LEADER_KEY)
             return self._held
-        except psycopg.Error as exc:
+        except STORE_ERRORS as exc:
             log.warning("leadership: the database cannot be reached (%s); not leading until it can", exc)
             self._held = False
             if self._session is not None:
@@ -112,10 +110,10 @@ class Leadership:
 class InstanceLocks:
     def __init__(self, db: Database, wait_seconds: float = 120.0) -> None:
         self.db = db
-        self.shared = isinstance(db, PostgresDatabase)
+        self.shared = db.is_postgres
         self.wait_seconds = wait_seconds  # then 503 instance_busy (another replica's call takes this long)
         self._local: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._session: PgConnection | None = None
+        self._session: LockSession | None = None
         self._session_lock = threading.Lock()  # one statement at a time on the session
 
     @asynccontextmanager
@@ -155,7 +153,7 @@ class InstanceLocks:
     def _try_all(self, keys: list[int]) -> bool:
         with self._session_lock:
             if self._session is None or not self._session.usable:
-                self._session = self.db.session()  # type: ignore[attr-defined]
+                self._session = self.db.session()
             taken: list[int] = []
             try:
                 for key in keys:
@@ -176,7 +174,7 @@ class InstanceLocks:
             try:
                 if self._session is not None and self._session.usable:
                     self._session.unlock(key)
-            except psycopg.Error:
+            except STORE_ERRORS:
                 return
 
     def _release(self, keys: list[int]) -> None:

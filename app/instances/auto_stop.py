@@ -22,11 +22,12 @@ from datetime import timedelta
 from app.aws.batching import MAX_IDS, PER_INSTANCE
 from app.aws.batching import send as send_batch
 from app.core import clock
+from app.core.clock import TIME_FORMAT, parse_time, utcnow
 from app.core.errors import ApiError
 from app.core.loops import WakeableLoop
 from app.instances.reconciler import Reconciler
 from app.instances.recorder import Recorder
-from app.services.db import TIME_FORMAT, Database, parse_time, utcnow
+from app.store import Database
 from app.store.rows import InstanceRow, InstanceState
 
 log = logging.getLogger("ec2_creator.scheduling")

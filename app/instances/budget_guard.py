@@ -25,7 +25,7 @@ from app.core.errors import ApiError
 from app.core.loops import WakeableLoop
 from app.instances.reconciler import Reconciler
 from app.instances.recorder import Recorder
-from app.services.db import Database
+from app.store import Database
 from app.store.rows import InstanceRow
 
 log = logging.getLogger("ec2_creator.budget")

@@ -8,8 +8,8 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+from app.core.clock import age_seconds
 from app.core.errors import PolicyViolation
-from app.services.db import age_seconds
 
 log = logging.getLogger("ec2_creator.free_tier")
 

@@ -19,9 +19,10 @@ from typing import Any
 
 from app.core import clock
 from app.core.backoff import backoff
+from app.core.clock import TIME_FORMAT, parse_time, utcnow
 from app.core.errors import ApiError
 from app.core.loops import WakeableLoop
-from app.services.db import TIME_FORMAT, Database, canonical_json, parse_time, utcnow
+from app.store import Database, canonical_json
 from app.store.rows import InstanceRow, InstanceState
 
 log = logging.getLogger("ec2_creator.cloudwatch")

@@ -17,11 +17,12 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
 from app.config import Settings
+from app.core.clock import ago, utcnow
 from app.core.errors import ApiError, Unavailable, UpstreamError
 from app.core.loops import LoopTask
 from app.instances.recorder import Recorder, instances_of
 from app.instances.schemas import SyncResult
-from app.services.db import Database, ago, utcnow
+from app.store import Database
 from app.store.rows import InstanceRow, LaunchRow, LaunchStatus
 
 log = logging.getLogger("ec2_creator.reconciler")

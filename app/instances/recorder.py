@@ -21,10 +21,11 @@ from typing import Any
 
 from app.config import Settings
 from app.core import clock
+from app.core.clock import TIME_FORMAT, age_seconds, stored_time, utcnow
 from app.core.errors import UpstreamError
 from app.instances.idle_alarms import idle_alarm_view
 from app.instances.schemas import RESERVED_TAG_KEYS, SyncResult
-from app.services.db import TIME_FORMAT, Database, age_seconds, canonical_json, stored_time, utcnow
+from app.store import Database, canonical_json
 from app.store.rows import InstanceRow, InstanceState, LaunchRow, LaunchStatus
 
 log = logging.getLogger("ec2_creator.recorder")
@@ -216,7 +217,7 @@ class Recorder:
             with self.db.savepoint():
                 return apply(*args)
         except Exception:
-            if not self.db.connect().in_transaction:
+            if not self.db.in_transaction:
                 raise  # SQLite gave up the whole transaction (disk full, I/O error): so does the sweep
             log.exception("sweep: could not record instance %s; skipped this time", instance_id)
             return None

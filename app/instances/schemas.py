@@ -379,6 +379,8 @@ class InstanceEvent(BaseModel):
     aws_error: str | None = None
     actor: str | None = Field(None, description="Who asked for it through the API (a token's name); null for the "
                                                 "reconciler, the auto-stop and a server without tokens")
+    http_request_id: str | None = Field(None, description="The X-Request-Id of the HTTP request that caused it (as in "
+                                                          "that request's log lines); null when no request did")
 
 
 class EventList(BaseModel):

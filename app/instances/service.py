@@ -22,6 +22,7 @@ from app.aws.runner import AwsCli, outcome_unknown
 from app.budget.spending import AccountPlan, Charges, PriceBook, Rates, Spending, horizon
 from app.config import Settings
 from app.core import clock
+from app.core.clock import TIME_FORMAT, age_seconds, parse_time, stored_time, utcnow
 from app.core.errors import ApiError, Conflict, NotFound, PolicyViolation, Unavailable, UpstreamError
 from app.core.leadership import InstanceLocks
 from app.core.loops import cancel_and_wait
@@ -31,7 +32,7 @@ from app.instances.reconciler import Reconciler
 from app.instances.recorder import RUNNING, Recorder, in_minutes, ssh_group_name
 from app.instances.schemas import MAX_BULK, RESERVED_TAG_KEYS, InstanceCreate, InstancePatch, Selector
 from app.instances.ssh_access import MyIp
-from app.services.db import TIME_FORMAT, Database, age_seconds, canonical_json, parse_time, stored_time, utcnow
+from app.store import Database, canonical_json
 from app.store.rows import InstanceRow, InstanceState, LaunchStatus
 
 log = logging.getLogger("ec2_creator.instances")

@@ -34,8 +34,9 @@ from app.budget.spending import Spending
 from app.config import Settings
 from app.core import clock
 from app.core.backoff import backoff
+from app.core.clock import TIME_FORMAT, parse_time
 from app.core.loops import LoopTask
-from app.services.db import TIME_FORMAT, Database, parse_time
+from app.store import Database
 from app.store.rows import InstanceState
 
 log = logging.getLogger("ec2_creator.notifications")

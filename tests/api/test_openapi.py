@@ -19,7 +19,7 @@ from app.instances import free_tier
 from app.instances import schemas as models
 from app.instances.deps import get_reconciler, get_service
 from app.main import create_app
-from app.services.db import Database
+from app.store import Database
 
 ROOT = Path(__file__).resolve().parents[2]
 UNTRACKED = "i-0123456789abcdef0"
@@ -160,8 +160,8 @@ def test_idempotency_key_retention_is_the_references_and_the_codes(spec):
     assert sentence.replace("`", "").rstrip(".") in header["description"]
     assert "24 h" not in header["description"]
     # What the code does: prune() deletes finished launches older than EVENTS_RETENTION_DAYS.
-    db_source = (ROOT / "app" / "services" / "db.py").read_text()
-    assert "DELETE FROM launches WHERE status != 'pending' AND updated_at < ?" in db_source
+    db_source = (ROOT / "app" / "store" / "events.py").read_text()
+    assert "DELETE FROM launches WHERE status != 'pending' AND updated_at < :before" in db_source
 
 
 def test_the_token_applies_only_when_one_is_set(spec):

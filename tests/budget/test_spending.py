@@ -20,7 +20,7 @@ from app.budget.spending import (
 from app.config import DEFAULT_PRICES_FILE, Settings
 from app.core import clock
 from app.core.errors import Conflict
-from app.services.db import Database
+from app.store import Database
 from app.store.rows import InstanceState, LaunchStatus
 
 BOOK = PriceBook.load(DEFAULT_PRICES_FILE)

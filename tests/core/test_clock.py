@@ -3,7 +3,7 @@
 from datetime import UTC, datetime, timedelta
 
 from app.core import clock
-from app.services.db import utcnow
+from app.core.clock import utcnow
 
 
 def test_the_clock_is_the_system_clock_by_default():

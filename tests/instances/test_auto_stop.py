@@ -8,11 +8,12 @@ import pytest
 
 from app.config import Settings
 from app.core import clock
+from app.core.clock import TIME_FORMAT
 from app.core.errors import ApiError
 from app.instances.auto_stop import CHECK_SECONDS, AutoStopper
 from app.instances.reconciler import Reconciler
 from app.instances.recorder import Recorder
-from app.services.db import TIME_FORMAT, Database
+from app.store import Database
 
 ACCOUNT = "123456789012"
 MANAGED = [{"Key": "ManagedBy", "Value": "ec2-creator-local"}]

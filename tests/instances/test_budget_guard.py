@@ -7,11 +7,13 @@ import shutil
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
+import sqlalchemy as sa
+
 from app.budget.spending import PriceBook, Spending
 from app.config import DEFAULT_PRICES_FILE, Settings
 from app.core import clock
 from app.instances.budget_guard import BudgetGuard
-from app.services.db import Database
+from app.store import Database
 
 NOW = datetime(2027, 1, 1, 0, 0, 5, tzinfo=UTC)
 
@@ -49,8 +51,9 @@ def test_notify_mode_stops_nothing_and_notifies_once_per_instance_and_month(tmp_
         guard = _guard(db, spending, "notify")
         assert asyncio.run(guard.check()) == ["i-00000000000000002"]  # the newer run would be stopped
         assert asyncio.run(guard.check()) == ["i-00000000000000002"]  # still over: said again, queued once
-        notes = db.connect().execute("SELECT event, instance_id, data FROM notifications WHERE event = "
-                                     "'budget_enforced'").fetchall()
+        with db.read() as conn:
+            notes = conn.execute(sa.text("SELECT event, instance_id, data FROM notifications WHERE event = "
+                                         "'budget_enforced'")).mappings().all()
         assert [(n["event"], n["instance_id"]) for n in notes] == [("budget_enforced", "i-00000000000000002")]
         assert json.loads(notes[0]["data"])["enforcement"] == "notify"
         assert {r["state"] for r in db.list_instances(False)} == {"running"}  # nothing stopped

@@ -6,7 +6,7 @@ import asyncio
 import pytest
 
 from app.instances.idle_alarms import Metrics, _cloudwatch_time, idle_alarm_view, observed_setting, wanted
-from app.services.db import canonical_json
+from app.store import canonical_json
 from app.store.rows import InstanceState
 
 ID = "i-0123456789abcdef0"

@@ -13,11 +13,12 @@ from app.api.deps import get_settings, get_store
 from app.budget.deps import get_account_plan, get_spending
 from app.budget.spending import PriceBook, Spending
 from app.config import DEFAULT_PRICES_FILE, Settings
+from app.core.clock import utcnow
 from app.core.errors import Conflict, PolicyViolation, Unavailable, UpstreamError, UpstreamTimeout
 from app.instances.deps import get_reconciler, get_service
 from app.instances.schemas import SyncResult
 from app.main import create_app
-from app.services.db import Database, utcnow
+from app.store import Database
 from app.store.rows import InstanceState
 
 KNOWN = "i-0123456789abcdef0"

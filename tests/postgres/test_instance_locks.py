@@ -6,14 +6,14 @@ import pytest
 
 from app.core.errors import Unavailable
 from app.core.leadership import InstanceLocks
-from app.services.db import PostgresDatabase, advisory_key
+from app.store import Database, advisory_key
 
 DB_ENGINE = "postgres"
 KEY = advisory_key("instance:i-0123456789abcdef0")
 
 
 def test_a_cancelled_waiter_leaks_no_lock_and_a_long_wait_is_a_503(new_db):
-    other = PostgresDatabase(new_db.url).session()  # another replica, changing the instance
+    other = Database(new_db.url).session()  # another replica, changing the instance
     assert other.try_lock(KEY)
 
     async def scenario() -> None:

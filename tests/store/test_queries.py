@@ -1,64 +1,16 @@
-"""The store: schema version, migration of the original project's SQLite database, WAL. The tests taking
-`new_db` run on PostgreSQL too (tests/postgres/test_store_on_postgres.py)."""
+"""The store's queries, on both engines (tests/store/conftest.py): what each one reads and writes."""
 
 import json
-import sqlite3
 from datetime import UTC, datetime
 
 from app.budget.spending import PriceBook, Spending, instance_cost
 from app.config import DEFAULT_PRICES_FILE
 from app.core import clock
-from app.services.db import SCHEMA_VERSION, Database, ago
+from app.core.clock import ago
+from tests.store.conftest import execute
 
 BOOK = PriceBook.load(DEFAULT_PRICES_FILE)
-
-ORIGINAL_SCHEMA = """CREATE TABLE instances (
-    id TEXT PRIMARY KEY, name TEXT NOT NULL, public_ip TEXT, ami TEXT NOT NULL, instance_type TEXT NOT NULL,
-    state TEXT NOT NULL, ssh_string TEXT, security_group_id TEXT, backend_used TEXT NOT NULL,
-    created_at TEXT NOT NULL, updated_at TEXT NOT NULL)"""
-
-
-def test_original_database_migrates_without_losing_a_row(tmp_path):
-    path = tmp_path / "instances.db"
-    with sqlite3.connect(path) as conn:
-        conn.execute(ORIGINAL_SCHEMA)
-        conn.executemany("INSERT INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?)", [
-            ("i-0123456789abcdef0", "old-1", "1.2.3.4", "ami-0123456789abcdef0", "t3.micro", "running",
-             "ssh -i k.pem ec2-user@1.2.3.4", None, "awscli", "2026-02-20 10:00:00", "2026-02-20 10:00:00"),
-            ("i-0123456789abcdef1", "old-2", None, "ami-0123456789abcdef0", "t3.micro", "stopped", None,
-             "sg-0123456789abcdef0", "awscli", "2026-02-20 11:00:00", "2026-02-20 11:00:00"),
-        ])
-    db = Database(path)
-    db.migrate()
-    db.migrate()  # idempotent
-    rows = db.list_instances(include_terminated=True)
-    assert [r["name"] for r in rows] == ["old-1", "old-2"]
-    assert rows[0]["public_ip"] == "1.2.3.4" and rows[1]["security_group_id"] == "sg-0123456789abcdef0"
-    assert rows[0]["tags"] == {} and rows[0]["storage_gb"] is None
-    conn = db.connect()
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-
-
-def test_schema_8_moves_the_no_address_sentence_out_of_ssh_string(tmp_path):
-    """Issue 25: scripts run $(jq -r .ssh_string); a v7 row holding a sentence there gets null and the reason."""
-    path = tmp_path / "instances.db"
-    db = Database(path)
-    db.migrate()
-    sentence = "no public IPv4 address (created with associate_public_ip false): reach it through a bastion"
-    with db.transaction():
-        db.upsert_instance({"id": "i-0123456789abcdef0", "name": "a", "state": "running", "created_at": "t0",
-                            "updated_at": "t0", "ssh_string": sentence})
-        db.upsert_instance({"id": "i-0123456789abcdef1", "name": "b", "state": "running", "created_at": "t0",
-                            "updated_at": "t0", "ssh_string": "ssh -i k.pem ec2-user@1.2.3.4"})
-    conn = db.connect()
-    conn.execute("PRAGMA user_version = 7")
-    Database(path).migrate()
-    rows = {r["id"]: r for r in Database(path).list_instances()}
-    assert rows["i-0123456789abcdef0"]["ssh_string"] is None
-    assert rows["i-0123456789abcdef0"]["ssh_unavailable"] == sentence
-    assert rows["i-0123456789abcdef1"]["ssh_string"] == "ssh -i k.pem ec2-user@1.2.3.4"
-    assert rows["i-0123456789abcdef1"]["ssh_unavailable"] is None
+ROW = {"name": "a", "state": "running", "created_at": "t0", "updated_at": "t0"}
 
 
 def test_upsert_update_and_events(new_db):
@@ -95,8 +47,8 @@ def test_rows_without_a_scope_are_never_judged_and_launches_are_claimed_at_start
     db = new_db
     db.upsert_instance({"id": "i-0123456789abcdef0", "name": "a", "state": "running", "created_at": "t0",
                         "updated_at": "t0"})
-    db.connect().execute("INSERT INTO launches (request_id, body_hash, body, status, created_at, updated_at) "
-                         "VALUES ('old', 'h', '{}', 'pending', 't0', 't0')")
+    execute(db, "INSERT INTO launches (request_id, body_hash, body, status, created_at, updated_at) "
+                "VALUES ('old', 'h', '{}', 'pending', 't0', 't0')")
     assert db.tracked_ids("us-east-1", "", "123456789012") == {}  # claimed only when a sweep sees it
     assert db.claim_unscoped_launches("us-east-1", "") == 1
     assert [launch["request_id"] for launch in db.pending_launches("us-east-1", "")] == ["old"]
@@ -121,9 +73,9 @@ def test_every_region_of_this_endpoint_and_account_is_swept_stopped_and_counted_
     for request_id, region, endpoint, status in [("r1", "us-east-2", "", "pending"), ("r2", "ca-central-1", "", "lost"),
                                                  ("r3", "eu-north-1", "", "failed"),
                                                  ("r4", "me-south-1", sandbox, "pending")]:
-        db.connect().execute("INSERT INTO launches (request_id, body_hash, body, status, created_at, updated_at, "
-                             "region, endpoint) VALUES (?, 'h', '{}', ?, 't0', 't0', ?, ?)",
-                             (request_id, status, region, endpoint))
+        execute(db, "INSERT INTO launches (request_id, body_hash, body, status, created_at, updated_at, region, "
+                    "endpoint) VALUES (:r, 'h', '{}', :s, 't0', 't0', :region, :endpoint)",
+                {"r": request_id, "s": status, "region": region, "endpoint": endpoint})
     # What a sweep lists: regions with our (or not yet known) live instances, or unsettled launches; this endpoint.
     assert db.regions_in_use("", ours) == {"us-east-1", "us-west-2", "eu-west-1", "us-east-2", "ca-central-1"}
     assert db.regions_in_use("", None) == {"eu-west-1", "us-east-2", "ca-central-1"}
@@ -141,7 +93,7 @@ def test_every_region_of_this_endpoint_and_account_is_swept_stopped_and_counted_
 
 
 def test_timestamps_of_every_origin_parse_and_unknown_ages_are_old():
-    from app.services.db import age_seconds, parse_time, utcnow
+    from app.core.clock import age_seconds, parse_time, utcnow
 
     assert parse_time("2026-02-20 10:00:00").isoformat() == "2026-02-20T10:00:00+00:00"  # the original project's
     assert parse_time("2026-11-27T20:29:09+00:00") == parse_time("2026-11-27T20:29:09.000Z")  # CLI v2 and v1
@@ -172,37 +124,6 @@ def test_a_retried_key_resends_a_lost_launch_replaces_a_refused_one_and_returns_
     assert not claimed and (found["status"], found["instance_id"]) == ("launched", "i-0123456789abcdef0")
     other, claimed = db.claim_launch("rid-6", "key", "other-hash", {}, "us-east-1", "")
     assert not claimed and other["body_hash"] == "hash"  # same key, other body: the caller answers 409
-
-
-def test_a_database_of_ours_made_before_is_made_private(tmp_path):
-    path = tmp_path / "instances.db"
-    sqlite3.connect(path).close()
-    path.chmod(0o644)
-    Database(path).migrate()
-    assert oct(path.stat().st_mode & 0o777) == "0o600"
-
-
-# -- one token per person (schema 6): owners, actors, keys of their own ------------------------------------
-def test_a_schema_5_database_gains_owners_and_actors_keeping_its_rows(tmp_path):
-    path = tmp_path / "instances.db"
-    db = Database(path)
-    db.migrate()
-    conn = db.connect()
-    conn.execute("DROP INDEX instances_owner")
-    conn.execute("ALTER TABLE instances DROP COLUMN owner")  # what schema 5 had
-    conn.execute("ALTER TABLE launches DROP COLUMN owner")
-    conn.execute("ALTER TABLE instance_events DROP COLUMN actor")
-    conn.execute("PRAGMA user_version = 5")
-    conn.execute("INSERT INTO instances (id, name, state, created_at, updated_at) VALUES "
-                 "('i-0123456789abcdef0', 'old', 'running', 't0', 't0')")
-    conn.execute("INSERT INTO instance_events (instance_id, at, action, source) VALUES "
-                 "('i-0123456789abcdef0', 't0', 'create', 'api')")
-    Database(path).migrate()
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    row = db.get_instance("i-0123456789abcdef0")
-    assert row["name"] == "old" and row["owner"] is None  # no owner: an admin's to see
-    assert db.list_events("i-0123456789abcdef0")[0]["actor"] is None
-    assert db.claim_launch("rid-1", None, "h", {}, "us-east-1", "", "alice", False)[0]["owner"] == "alice"
 
 
 def test_the_rendered_list_of_one_owner(new_db):
@@ -298,3 +219,111 @@ def test_a_short_retention_keeps_what_the_budget_needs_for_this_and_the_last_mon
         ("2026-09-25T10:01", "running"), ("2026-10-05T09:00", "stopped")]
     assert len(db.list_events(busy)) == 9
     assert [e["to_state"] for e in db.list_events(old)] == ["stopped"]
+
+
+def test_a_replicas_cached_list_shows_the_other_replicas_writes(new_db, open_store, engine_name):
+    other = open_store()  # another replica on PostgreSQL; another store object on one SQLite file
+    assert json.loads(new_db.list_instances_json()) == {"instances": []}
+    other.upsert_instance({"id": "i-0123456789abcdef0", **ROW})
+    listed = json.loads(new_db.list_instances_json())["instances"]
+    # SQLite: one process writes the file (its writes bump its own generation); PostgreSQL: every replica's count.
+    assert [i["id"] for i in listed] == (["i-0123456789abcdef0"] if engine_name == "postgres" else [])
+    new_db.update_instance("i-0123456789abcdef0", {"name": "renamed"})
+    assert json.loads(new_db.list_instances_json())["instances"][0]["name"] == "renamed"
+
+
+def test_rows_sort_byte_by_byte_on_both_engines(new_db):
+    # Under a natural-language collation 'b' < 'C' and '_' is ignored; the store sorts as SQLite does.
+    for instance_id, created in [("i-b", "2026-01-01T00:00:00.000000Z"), ("i-C", "2026-01-01T00:00:00.000000Z"),
+                                 ("i-z", "2025-12-31T23:59:59.000000Z")]:
+        new_db.upsert_instance({"id": instance_id, **ROW, "created_at": created})
+    assert [r["id"] for r in new_db.list_instances()] == ["i-z", "i-C", "i-b"]
+
+
+def test_booleans_json_and_notifications_round_trip(new_db):
+    new_db.upsert_instance({"id": "i-0123456789abcdef0", **ROW, "associate_public_ip": True,
+                            "stop_when_idle": {"cpu_below_percent": 5.0, "for_minutes": 30},
+                            "idle_alarm": {"name": "x", "status": "pending", "error": None}})
+    row = new_db.get_instance("i-0123456789abcdef0")
+    assert row["associate_public_ip"] == 1 and row["stop_when_idle"] == {"cpu_below_percent": 5.0, "for_minutes": 30}
+    new_db.update_instance("i-0123456789abcdef0", {"region": "us-east-1", "endpoint": ""})
+    # json text extraction in SQL: a pending alarm is work for the keeper; a set one without error is not
+    assert [r["id"] for r in new_db.alarm_work("us-east-1", "", None, "9999")] == ["i-0123456789abcdef0"]
+    held = '{"cpu_below_percent":5.0,"for_minutes":30}'
+    new_db.update_instance("i-0123456789abcdef0", {"alarm_held": held,
+                                                   "idle_alarm": {"name": "x", "status": "set", "error": None}})
+    assert new_db.alarm_work("us-east-1", "", None, "9999") == []
+    assert new_db.queue_notification("budget:x", "budget_80", None, {}) is True
+    assert new_db.queue_notification("budget:x", "budget_80", None, {}) is False  # once per key
+    new_db.kv_set("k", "1")
+    new_db.kv_set("k", "2")
+    assert new_db.kv_get("k") == "2"
+    new_db.kv_set("k", None)
+    assert new_db.kv_get("k") is None
+
+
+def test_an_event_queues_its_notification_in_its_transaction_once_notifications_are_on(new_db):
+    """What the trigger of schema 4 did, now done by add_event: nothing while notifications are off; then one
+    notification per event, with the event's state, address and HTTP request id; gone with a rolled-back event."""
+    new_db.add_event("i-0123456789abcdef0", "stop", "running", "stopping", "api")
+    assert new_db.unexpanded_notifications(10) == []  # off: nothing queued (old events are not sent later)
+    new_db.enable_notifications()
+    new_db.add_event("i-0123456789abcdef0", "start", "stopped", "pending", "api", "rid", public_ip="1.2.3.4",
+                     http_request_id="abc")
+    queued = new_db.unexpanded_notifications(10)
+    assert [(n["action"], n["source"], n["from_state"], n["to_state"]) for n in queued] == [
+        ("start", "api", "stopped", "pending")]
+    data = execute(new_db, "SELECT key, data, instance_id FROM notifications")
+    assert len(data) == 1 and data[0][0].startswith("event:") and data[0][2] == "i-0123456789abcdef0"
+    assert json.loads(data[0][1]) == {"to_state": "pending", "public_ip": "1.2.3.4", "http_request_id": "abc"}
+    assert new_db.list_events("i-0123456789abcdef0")[-1]["http_request_id"] == "abc"
+    try:
+        with new_db.write():
+            new_db.add_event("i-0123456789abcdef0", "observe", "pending", "running", "reconcile")
+            raise RuntimeError("the sweep fails after the event")
+    except RuntimeError:
+        pass
+    assert len(new_db.unexpanded_notifications(10)) == 1  # the event and its notification went back together
+    assert len(new_db.list_events("i-0123456789abcdef0")) == 2
+
+
+def test_reservations_are_seen_by_every_replica_and_expire(new_db, open_store):
+    other = open_store()
+    new_db.reserve("create:1", 0.25, "2999-01-01T00:00:00.000000Z")
+    other.reserve("create:2", 0.5, "2999-01-01T00:00:00.000000Z")
+    other.reserve("create:dead", 1.0, "2000-01-01T00:00:00.000000Z")  # its replica died: expired
+    assert new_db.reserved_usd("2026-11-28T00:00:00.000000Z") == other.reserved_usd("2026-11-28T00:00:00.000000Z") \
+        == 0.75
+    other.unreserve("create:1")  # written: counted by the ledger now (and the expired one is swept away)
+    assert new_db.reserved_usd("2026-11-28T00:00:00.000000Z") == 0.5
+    assert execute(new_db, "SELECT count(*) FROM reservations") == [(1,)]
+
+
+def test_a_budget_release_the_store_refuses_is_logged_not_raised(new_db, monkeypatch, caplog):
+    import sqlalchemy.exc
+
+    from app.budget.spending import HORIZON, Charges, horizon, period_label
+    from app.config import Settings
+
+    spending = Spending(100.0, PriceBook.load(Settings().prices_file), new_db, "us-east-1", "")
+    spending.shared = True  # reservations in the database, as on PostgreSQL
+    spending.admit("create:1", Charges((0.25, 0.25, *[0.0] * (HORIZON - 2)), (0.0,) * HORIZON, (0.0,) * HORIZON),
+                   "this create")  # a run reaching into next month: a row per month
+    assert new_db.reserved_usd("2026-01-01T00:00:00.000000Z") == 0.5
+    assert sorted(new_db.reservations("2026-01-01T00:00:00.000000Z")["create:1"]) == [
+        period_label(start) for start, _ in horizon(clock.now())[:2]]
+
+    def refuse(key: str) -> None:
+        raise sqlalchemy.exc.OperationalError("DELETE ...", {}, Exception("the server closed the connection"))
+
+    monkeypatch.setattr(new_db, "unreserve", refuse)
+    spending.release("create:1")  # the launch happened: this must not turn it into a 503
+    assert "not released" in caplog.text
+    spending.release("stop:nothing-reserved")  # nothing was reserved: no write at all
+
+
+def test_the_listed_fields_are_the_response_models():
+    from app.instances.schemas import STORED_FIELDS
+    from app.store.instances import PUBLIC_FIELDS
+
+    assert PUBLIC_FIELDS == STORED_FIELDS

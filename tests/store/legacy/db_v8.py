@@ -1,4 +1,10 @@
-"""The only SQL in the project: a small SQLite store (WAL, busy timeout, versioned schema).
+# ruff: noqa
+# mypy: ignore-errors
+"""FROZEN: app/services/db.py as it was before the store moved to SQLAlchemy and Alembic (schema 8), kept
+to build the databases the service finds in the field (tests/store/test_migrations.py). Never imported by
+the app. Only its imports were changed (the rows moved to app.store.rows, the time helpers to the clock).
+
+The only SQL in the project: a small SQLite store (WAL, busy timeout, versioned schema).
 
 Methods are synchronous and fast; async code calls them through `asyncio.to_thread`, so the
 event loop never waits on the disk. Each thread gets its own connection.

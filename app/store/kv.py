@@ -1,0 +1,17 @@
+"""Small key/value facts (the notify switch, the catalogue's age, the AWS CLI version last seen)."""
+
+from app.store.base import StoreBase
+
+KV_UPSERT = ("INSERT INTO kv (key, value) VALUES (:key, :value) "
+             "ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+
+
+class KvQueries(StoreBase):
+    def kv_get(self, key: str) -> str | None:
+        return self._scalar("SELECT value FROM kv WHERE key = :key", {"key": key})
+
+    def kv_set(self, key: str, value: str | None) -> None:
+        if value is None:
+            self._run("DELETE FROM kv WHERE key = :key", {"key": key})
+        else:
+            self._run(KV_UPSERT, {"key": key, "value": value})
