@@ -48,7 +48,7 @@ SHELLCHECK  := $(VENV)/bin/shellcheck
 BATS        := node_modules/bats/bin/bats
 JENKINSFILES := jenkins/deployment/Jenkinsfile jenkins/deployment/Jenkinsfile.manage jenkins/deployment/Jenkinsfile.offhours
 
-.PHONY: help venv venv-dev tools system-deps run doctor sandbox sandbox-stop sandbox-status serve-sandbox test test-fast test-python test-bash test-jenkins lint clean bench bench-smoke
+.PHONY: help venv venv-dev tools system-deps run doctor sandbox sandbox-stop sandbox-status serve-sandbox db-upgrade test test-fast test-python test-bash test-jenkins lint clean bench bench-smoke
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}' \
@@ -105,6 +105,9 @@ else ifeq ($(EC2_TARGET),sandbox)
 else
 	@echo "EC2_TARGET must be 'sandbox' or 'aws', not '$(EC2_TARGET)'" >&2; exit 2
 endif
+
+db-upgrade: venv ## Bring DATABASE_URL's database to the newest schema (what a start does), then exit
+	.venv/bin/python -m app.store upgrade
 
 system-deps: ## Chromium, Java, Node.js/npm, curl, AWS CLI v2: installed from Debian as root, else the command to run
 	@scripts/system_deps.sh

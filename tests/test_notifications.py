@@ -2,6 +2,7 @@
 Apprise's json:// on 127.0.0.1, the real emulator. Mail and webhooks arrive once per event, survive a
 channel that is down and a kill -9, and never carry a secret out."""
 
+import json
 import os
 import signal
 import sqlite3
@@ -91,6 +92,26 @@ def test_create_stop_delete_each_deliver_one_mail_and_one_webhook(api, mail, hoo
     assert created_mail["To"] == "dev@example.com" and created_mail["Message-ID"]
     webhook = next(p for p in hook.posts if p["title"] == subjects[0])
     assert webhook["path"] == f"/hook/{TOKEN}" and f"Instance: {box}" in webhook["message"]
+
+
+def test_every_event_a_request_causes_carries_its_x_request_id_and_so_does_its_notification(api, server):
+    created = api.post("/instances", json=BODY | {"name": "traced"}, headers={"X-Request-Id": "abc"})
+    assert created.status_code == 201, created.text
+    assert created.headers["x-request-id"] == "abc"
+    box = created.json()["id"]
+    stopped = api.post(f"/instances/{box}/stop", headers={"X-Request-Id": "stop-req-1"})
+    assert stopped.status_code == 202, stopped.text
+    api.post("/instances/sync", headers={"X-Request-Id": "sweep-1"})  # a sweep asked for through the API
+    events = api.get(f"/instances/{box}/events").json()["events"]
+    by_action = {e["action"]: e for e in events}
+    assert by_action["create"]["http_request_id"] == "abc"
+    assert by_action["create"]["request_id"] not in (None, "abc")  # still the launch's RequestId
+    assert by_action["stop"]["http_request_id"] == "stop-req-1"
+    assert {e["http_request_id"] for e in events} <= {"abc", "stop-req-1", "sweep-1"}
+    with closing(sqlite3.connect(server.db_path)) as conn:  # the outbox row written with the event
+        rows = conn.execute("SELECT n.data FROM notifications n JOIN instance_events e ON e.seq = n.event_seq "
+                            "WHERE e.instance_id = ? AND e.action = 'create'", (box,)).fetchall()
+    assert len(rows) == 1 and json.loads(rows[0][0])["http_request_id"] == "abc"
 
 
 def test_a_stop_outside_the_api_notifies_once(api, mail, fresh_emulator):
