@@ -84,6 +84,7 @@ def create_store_ms(store) -> float:
 
 def main(old_tree: Path) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="store-bench-"))
+    (tmp / "moto").mkdir()
     emulator, cluster = Emulator(tmp / "moto"), PgCluster.start()
     results: dict = {}
     try:
