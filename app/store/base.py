@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from app.store.engine import (
+    SINGLE_READ_OPTION,
     WRITE_LOCK,
     WRITE_OPTION,
     LockSession,
@@ -118,12 +119,17 @@ class StoreBase:
 
     @contextmanager
     def _reading(self) -> Iterator[Connection]:
-        """A connection to read with: the running transaction's, else one from the pool (for this call)."""
+        """A connection to read with: the running transaction's, else one from the pool for this call, its
+        statement a transaction of its own (no BEGIN and ROLLBACK around one SELECT)."""
         current = self._current.get()
         if current is not None:
             yield current
             return
         with self.engine.connect() as conn:
+            if self.is_postgres:
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+            else:
+                conn.execution_options(**{SINGLE_READ_OPTION: True})
             yield conn
 
     @contextmanager

@@ -33,8 +33,10 @@ STORE_ERRORS: tuple[type[Exception], ...] = (sqlalchemy.exc.SQLAlchemyError, sql
 
 # Every write transaction on PostgreSQL takes this transaction-scoped advisory lock first.
 WRITE_LOCK = 0x45433243_00000001
-# An execution option a write transaction's connection carries: SQLite's begin listener reads it.
+# Execution options SQLite's begin listener reads: a write transaction (BEGIN IMMEDIATE); one statement
+# read on its own (no BEGIN at all: the statement is its own transaction).
 WRITE_OPTION = "ec2cl_write"
+SINGLE_READ_OPTION = "ec2cl_single_read"
 
 _PG_OPTIONS: dict[str, Any] = {
     "connect_timeout": 10, "prepare_threshold": None, "keepalives": 1, "keepalives_idle": 10,
@@ -84,8 +86,10 @@ def create_store_engine(url: str | Path, pool_size: int = 5, max_overflow: int =
                         pool_timeout: float = 30) -> Engine:
     """The pooled engine of DATABASE_URL: at most pool_size + max_overflow connections at once; a caller that
     finds none free waits up to pool_timeout seconds."""
-    pool = {"pool_size": pool_size, "max_overflow": max_overflow, "pool_pre_ping": True, "pool_timeout": pool_timeout}
+    pool = {"pool_size": pool_size, "max_overflow": max_overflow, "pool_timeout": pool_timeout}
     if is_postgres_url(str(url)):
+        # A connection the server (or the network) dropped is noticed before use and replaced.
+        pool["pool_pre_ping"] = True
         # The URL is libpq's (hosts lists, sslmode...): psycopg reads it as it is, SQLAlchemy only pools.
         return sa.create_engine("postgresql+psycopg://", creator=_pg_connect(str(url)), hide_parameters=True, **pool)
     path = sqlite_path(url)
@@ -98,6 +102,7 @@ def create_store_engine(url: str | Path, pool_size: int = 5, max_overflow: int =
         conn.execute("PRAGMA synchronous = NORMAL")
         return conn
 
+    # No pre-ping: a file has no server to drop a connection.
     engine = sa.create_engine(f"sqlite:///{path}", creator=connect, poolclass=sa.pool.QueuePool,
                               hide_parameters=True, **pool)
 
@@ -107,7 +112,11 @@ def create_store_engine(url: str | Path, pool_size: int = 5, max_overflow: int =
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE_OPTION) else "BEGIN")
+        options = conn.get_execution_options()
+        if options.get(WRITE_OPTION):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        elif not options.get(SINGLE_READ_OPTION):
+            conn.exec_driver_sql("BEGIN")
 
     return engine
 
