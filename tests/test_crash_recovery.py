@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from app.store import SCHEMA_VERSION, Database
-from tests.services.test_db import ORIGINAL_SCHEMA
+from tests.store.test_migrations import ORIGINAL_SCHEMA
 from tests.support.processes import ROOT, descendants, safe_env, wait_until
 from tests.support.server import ApiServer, aws_error
 
