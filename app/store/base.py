@@ -56,14 +56,18 @@ class StoreBase:
 
     # -- transactions ---------------------------------------------------------------------------
     @contextmanager
-    def write(self, instances: bool = True) -> Iterator[Connection]:
+    def write(self, instances: bool = True, wait_seconds: float | None = None) -> Iterator[Connection]:
         """One write transaction: SQLite BEGIN IMMEDIATE, PostgreSQL the write lock first. Inside one already:
-        that one. instances=False: the block writes no instance row (the rendered list stays cached)."""
+        that one. instances=False: the block writes no instance row (the rendered list stays cached).
+        wait_seconds (SQLite): how long to wait for another writer, instead of the connection's 10 s."""
         current = self._current.get()
         if current is not None:
             yield current
             return
         with self.engine.connect() as conn:
+            if wait_seconds is not None and not self.is_postgres:  # on the driver: no transaction begins
+                dbapi: Any = conn.connection.dbapi_connection
+                dbapi.execute(f"PRAGMA busy_timeout = {int(wait_seconds * 1000)}")
             conn.execution_options(**{WRITE_OPTION: True})
             token = self._current.set(conn)
             try:
@@ -73,6 +77,8 @@ class StoreBase:
                     yield conn
             finally:
                 self._current.reset(token)
+                if wait_seconds is not None and not self.is_postgres and not conn.invalidated:
+                    conn.connection.dbapi_connection.execute("PRAGMA busy_timeout = 10000")  # type: ignore[union-attr]
                 if instances:
                     self._written()  # writes inside bumped the generation before they were visible: bump again
 

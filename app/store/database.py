@@ -22,7 +22,7 @@ class Database(InstanceQueries, LaunchQueries, EventQueries, OutboxQueries, Cata
                KvQueries, StoreBase):
     def migrate(self) -> None:
         """Create or upgrade the schema to the head revision, keeping every existing row (app/store/schema.py)."""
-        with self.write() as conn:
+        with self.write(wait_seconds=300) as conn:  # another replica migrating: wait for it, then find the head
             upgrade(conn, self.name)
 
 
