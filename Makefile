@@ -48,7 +48,7 @@ SHELLCHECK  := $(VENV)/bin/shellcheck
 BATS        := node_modules/bats/bin/bats
 JENKINSFILES := jenkins/deployment/Jenkinsfile jenkins/deployment/Jenkinsfile.manage jenkins/deployment/Jenkinsfile.offhours
 
-.PHONY: help venv venv-dev tools system-deps run doctor sandbox sandbox-stop sandbox-status serve-sandbox db-upgrade test test-fast test-python test-bash test-jenkins lint clean bench bench-smoke
+.PHONY: help venv venv-dev tools system-deps run doctor sandbox sandbox-stop sandbox-status serve-sandbox db-upgrade db-copy test test-fast test-python test-bash test-jenkins lint clean bench bench-smoke
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}' \
@@ -108,6 +108,17 @@ endif
 
 db-upgrade: venv ## Bring DATABASE_URL's database to the newest schema (what a start does), then exit
 	.venv/bin/python -m app.store upgrade
+
+# FROM and TO reach the copy through the environment, not a command line (ps shows those): a URL may carry a
+# password. The copy prints them with the password as ***.
+db-copy: export DB_COPY_FROM := $(FROM)
+db-copy: export DB_COPY_TO := $(TO)
+db-copy: venv ## Copy the whole store FROM=<database> TO=<empty database> (SQLite -> PostgreSQL: docs/TEAM_SETUP.md)
+	@if [ -z "$$DB_COPY_FROM" ] || [ -z "$$DB_COPY_TO" ]; then \
+	  echo "usage: make db-copy FROM=<database> TO=<database>: each a SQLite file path, sqlite:///path or" >&2; \
+	  echo "       postgresql://user:password@host:port/database; TO must be empty; stop the servers first" >&2; \
+	  exit 2; fi
+	@$(PY) -m app.store.copy
 
 system-deps: ## Chromium, Java, Node.js/npm, curl, AWS CLI v2: installed from Debian as root, else the command to run
 	@scripts/system_deps.sh
