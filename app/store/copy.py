@@ -5,7 +5,8 @@ with their owners, auto-stops and idle settings, launches, events, the spend his
 - FROM must exist. It is migrated to the head revision first (what this code's server does at its next start;
   it keeps every row), so a database of an older version copies too; one newer than this code is refused.
 - TO is created (a SQLite file) or must already exist (a PostgreSQL database); it must be EMPTY: if any of the
-  store's tables holds a row, the copy is refused, naming them, and nothing is written to TO at all.
+  store's tables holds a row, the copy is refused, naming them, and nothing is written to TO at all (checked
+  before FROM is migrated, so a refused copy changes neither; and again inside TO's transaction).
 - In ONE write transaction on TO (under the store's write lock): the check that TO is empty, its migration to the
   head revision, every table of app/store/tables.py's MetaData in dependency order, in batches, and the id
   counters (all or nothing: a failure leaves TO as it was).
@@ -91,6 +92,14 @@ def _non_empty(conn: Connection) -> dict[str, int]:
     return found
 
 
+def _refuse_unless_empty(conn: Connection) -> None:
+    taken = _non_empty(conn)
+    if taken:
+        listed = ", ".join(f"{name} ({count} row{'s' * (count != 1)})" for name, count in taken.items())
+        raise CopyRefused(f"TO is not empty: {listed}. The copy writes only into an empty database: create a "
+                          "new one (createdb), or drop and recreate this one if its rows can go. Nothing was written.")
+
+
 def _id_high_water(conn: Connection, table: sa.Table, column: sa.Column) -> int:
     """The highest id the database has given in table.column: its counter (which keeps the ids of deleted rows
     taken) or the highest value present, whichever is larger; 0 when none."""
@@ -143,17 +152,15 @@ def copy_store(source_url: str, target_url: str) -> CopyReport:
     source = Database(source_url, pool_size=1, max_overflow=0)
     target = Database(target_url, pool_size=1, max_overflow=0)
     try:
+        if is_postgres_url(target_url) or sqlite_path(target_url).exists():  # (a file is made by connecting)
+            with target.engine.connect() as conn:
+                _refuse_unless_empty(conn)  # before FROM is migrated: a refused copy changes nothing
         with source.engine.connect() as conn:
             before = current_revision(conn)
         source.migrate()  # what the next start of this code would do: FROM's rows are kept
         report = CopyReport(source.name, target.name, before)
         with target.write() as out:
-            taken = _non_empty(out)
-            if taken:
-                listed = ", ".join(f"{name} ({count} row{'s' * (count != 1)})" for name, count in taken.items())
-                raise CopyRefused(f"TO is not empty: {listed}. The copy writes only into an empty database: "
-                                  "create a new one (createdb), or drop and recreate this one if its rows can go. "
-                                  "Nothing was written.")
+            _refuse_unless_empty(out)  # again, under the write lock: nothing came in meanwhile
             upgrade(out, target.name)
             with source.read() as src:
                 for table in metadata.sorted_tables:

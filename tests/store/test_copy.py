@@ -173,18 +173,21 @@ def test_a_non_empty_target_is_refused_and_left_as_it_was(sqlite_store, pg_clust
     with psycopg.connect(target) as conn:
         revision = conn.execute("SELECT version_num FROM alembic_version").fetchall()
 
-    other = Database(tmp_path / "other.db")
-    other.migrate()
-    other.upsert_instance({"id": "i-0e0e0000000000004", "name": "n", "state": "running", "created_at": "t0",
-                           "updated_at": "t0"})
-    other.dispose()
+    other = str(tmp_path / "other.db")
+    old = db_v8.open_database(other, other)  # of an older version: a refused copy does not even migrate it
+    old.migrate()
+    old.upsert_instance({"id": "i-0e0e0000000000004", "name": "n", "state": "running", "created_at": "t0",
+                         "updated_at": "t0"})
     capsys.readouterr()
-    assert main([str(tmp_path / "other.db"), with_password(target)]) == 1
+    assert main([other, with_password(target)]) == 1
     out, err = capsys.readouterr()
     assert out == "" and PASSWORD not in err
     assert "TO is not empty: " in err and "instances (3 rows)" in err and "kv (" in err
     assert "Nothing was written" in err
     assert dump(target) == kept and id_counters(target) == counters
+    with closing(sqlite3.connect(other)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (8,)
+        assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'alembic_version'").fetchall() == []
     with psycopg.connect(target) as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == revision
 
