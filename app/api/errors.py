@@ -40,7 +40,7 @@ ERROR_SCHEMA = {
 
 def _error_statuses() -> dict[int, tuple[str, tuple[str, ...], dict]]:
     """Each error status a route declares: what it means, every `code` it carries, and a body as the server
-    sends it. tests/routers/test_openapi.py checks that every code the app raises is listed here."""
+    sends it. tests/api/test_openapi.py checks that every code the app raises is listed here."""
     return {
         400: ("Refused before anything was sent to EC2 (the free-tier policy, a tag or stop_at rule, a body that "
               "cannot be read), or a parameter EC2 rejected; the detail says what to change.",

@@ -19,8 +19,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from app.core.backoff import backoff
 from app.core.errors import Unavailable
+from app.core.locks import LockSession, LockSessions, advisory_key
 from app.core.loops import cancel_and_wait
-from app.store import STORE_ERRORS, Database, LockSession, advisory_key
 
 log = logging.getLogger("ec2_creator")
 
@@ -29,7 +29,7 @@ POLL_SECONDS = 0.25  # how often a loop looks whether this replica leads (no I/O
 
 
 class Leadership:
-    def __init__(self, db: Database, retry_seconds: float) -> None:
+    def __init__(self, db: LockSessions, retry_seconds: float) -> None:
         self.db = db
         self.shared = db.is_postgres
         self.retry_seconds = retry_seconds
@@ -81,7 +81,7 @@ class Leadership:
             else:
                 self._held = self._session.try_lock(LEADER_KEY)
             return self._held
-        except STORE_ERRORS as exc:
+        except self.db.errors as exc:
             log.warning("leadership: the database cannot be reached (%s); not leading until it can", exc)
             self._held = False
             if self._session is not None:
@@ -108,7 +108,7 @@ class Leadership:
 
 
 class InstanceLocks:
-    def __init__(self, db: Database, wait_seconds: float = 120.0) -> None:
+    def __init__(self, db: LockSessions, wait_seconds: float = 120.0) -> None:
         self.db = db
         self.shared = db.is_postgres
         self.wait_seconds = wait_seconds  # then 503 instance_busy (another replica's call takes this long)
@@ -174,7 +174,7 @@ class InstanceLocks:
             try:
                 if self._session is not None and self._session.usable:
                     self._session.unlock(key)
-            except STORE_ERRORS:
+            except self.db.errors:
                 return
 
     def _release(self, keys: list[int]) -> None:

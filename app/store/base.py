@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 
 from app.store.engine import (
     SINGLE_READ_OPTION,
+    STORE_ERRORS,
     WRITE_LOCK,
     WRITE_OPTION,
     LockSession,
@@ -33,6 +34,7 @@ class StoreBase:
     def __init__(self, url: str | Path, pool_size: int = 5, max_overflow: int = 5, pool_timeout: float = 30) -> None:
         self.url = str(url)
         self.is_postgres = is_postgres_url(self.url)
+        self.errors = STORE_ERRORS  # what a session or a statement raises when the database cannot be used
         self.path = None if self.is_postgres else sqlite_path(url)
         self.engine = create_store_engine(url, pool_size, max_overflow, pool_timeout)
         self._sessions = session_engine(self.url) if self.is_postgres else None

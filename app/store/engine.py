@@ -12,7 +12,6 @@ PostgreSQL sessions that hold advisory locks (leadership, per-instance locks) ou
   every replica.
 """
 
-import hashlib
 import os
 import sqlite3
 from pathlib import Path
@@ -26,6 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
 
 from app.config import redact_url as redact_url  # the one redaction of a database URL (re-exported)
+from app.core.locks import advisory_key as advisory_key  # the key of a lock name (re-exported)
 
 # What a broken or busy store raises, on either engine (SQLAlchemy wraps the drivers' errors; a driver's own
 # error can still reach a caller that used the driver directly).
@@ -55,11 +55,6 @@ def sqlite_path(url: str | Path) -> Path:
     if text.startswith("sqlite:///"):
         text = text[len("sqlite:///"):]
     return Path(text).expanduser()
-
-
-def advisory_key(name: str) -> int:
-    """A 64-bit advisory lock key for a name (an instance id, 'leader')."""
-    return int.from_bytes(hashlib.sha256(f"ec2-creator-local:{name}".encode()).digest()[:8], "big", signed=True)
 
 
 def make_private(path: Path) -> None:
