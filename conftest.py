@@ -3,6 +3,7 @@
 The harness itself (processes, emulator, server, AWS_CLI shim) lives in tests/support.
 """
 
+import httpx
 import pytest
 
 import app.lifespan  # noqa: F401 - installs the domains' settings checks (PRICES_FILE, API_TOKENS_FILE, NOTIFY_*), as the server does
@@ -105,4 +106,14 @@ def api_server(emulator, tmp_path_factory, request):
 def api(api_server, fresh_emulator):
     """An httpx client on the module's server; the emulator is fresh and the record caught up."""
     with synced_client(api_server) as client:
+        yield client
+
+
+@pytest.fixture
+def reader(api_server):
+    """An httpx client on the module's server for a test that changes nothing in EC2 and depends on nothing
+    there (a refusal before any `aws` call, the docs, a 404): no emulator reset and no sync, which cost a reset
+    and an `aws` process per test. No faults are injected."""
+    api_server.set_faults()
+    with httpx.Client(base_url=api_server.url, timeout=60) as client:
         yield client

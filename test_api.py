@@ -32,24 +32,24 @@ def state_in_api(api: httpx.Client, instance_id: str) -> str:
 
 
 # -- health and docs ---------------------------------------------------------------------------
-def test_health_is_exactly_ok(api):
-    response = api.get("/health")
+def test_health_is_exactly_ok(reader):
+    response = reader.get("/health")
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
 
 
-def test_openapi_lists_every_seed_route(api):
-    paths = api.get("/openapi.json").json()["paths"]
+def test_openapi_lists_every_seed_route(reader):
+    paths = reader.get("/openapi.json").json()["paths"]
     assert {"get", "post"} <= set(paths["/instances"])
     assert {"get", "delete"} <= set(paths["/instances/{instance_id}"])
     assert "post" in paths["/instances/{instance_id}/start"]
     assert "post" in paths["/instances/{instance_id}/stop"]
 
 
-def test_docs_page_uses_no_cdn(api):
-    html = api.get("/docs").text
+def test_docs_page_uses_no_cdn(reader):
+    html = reader.get("/docs").text
     assert "cdn.jsdelivr.net" not in html and "unpkg.com" not in html
-    js = api.get("/static-offline-docs/swagger-ui-bundle.js")
+    js = reader.get("/static-offline-docs/swagger-ui-bundle.js")
     assert js.status_code == 200 and len(js.content) > 100_000
 
 
@@ -130,6 +130,14 @@ def test_create_security_group_true_means_ssh_from_ssh_ingress_cidr_in_a_group_o
 
 
 # -- free tier: 400, nothing spawned, nothing launched -----------------------------------------
+@pytest.fixture(scope="module")
+def warm_catalog(api_server) -> None:
+    """One create on the module's server, so its AMI catalogue is loaded (a check that needs it must spawn
+    nothing); once per server, not once per case: the catalogue stays loaded across emulator resets."""
+    with httpx.Client(base_url=api_server.url, timeout=60) as client:
+        created(client, name="warm")
+
+
 @pytest.mark.parametrize("overrides, code", [
     ({"instance_type": "t2.large"}, "instance_type_not_allowed"),
     ({"instance_type": "m5.24xlarge"}, "instance_type_not_allowed"),
@@ -139,8 +147,8 @@ def test_create_security_group_true_means_ssh_from_ssh_ingress_cidr_in_a_group_o
     ({"ami": "windows-2022"}, "ami_not_free_tier"),
     ({"ami": "ubuntu-24.04"}, "ami_alias_unavailable"),  # moto publishes no Ubuntu parameters
 ])
-def test_free_tier_violations_are_400_and_spawn_nothing(api, api_server, fresh_emulator, overrides, code):
-    created(api, name="warm")  # make sure the catalogue is loaded: the check itself must spawn nothing
+def test_free_tier_violations_are_400_and_spawn_nothing(warm_catalog, api, api_server, fresh_emulator, overrides,
+                                                       code):
     before = len(api_server.aws_calls())
     response = create(api, name="bad", **overrides)
     assert response.status_code == 400, response.text
@@ -152,7 +160,8 @@ def test_free_tier_violations_are_400_and_spawn_nothing(api, api_server, fresh_e
     assert "bad" not in names
 
 
-def test_sandbox_refusals_name_the_sandbox_and_suggest_only_what_it_resolves(api):
+def test_sandbox_refusals_name_the_sandbox_and_suggest_only_what_it_resolves(reader):
+    api = reader  # refused before any launch: nothing in EC2 to reset or sync
     alias = create(api, name="bad", ami="ubuntu-24.04").json()["detail"]
     assert "local sandbox" in alias and "Amazon Linux" in alias and "this region" not in alias
     assert "ubuntu" not in alias.split("try ", 1)[1] and "amazon-linux-2023" in alias.split("try ", 1)[1]
@@ -161,8 +170,8 @@ def test_sandbox_refusals_name_the_sandbox_and_suggest_only_what_it_resolves(api
     assert "ubuntu" not in unknown and "debian" not in unknown  # aliases this target cannot resolve
 
 
-def test_arm64_ami_on_x86_type_is_400(api, fresh_emulator):
-    response = create(api, ami=fresh_emulator.ami("al2023-ami-kernel-default-arm64"), instance_type=X86_TYPE)
+def test_arm64_ami_on_x86_type_is_400(reader, emulator):
+    response = create(reader, ami=emulator.ami("al2023-ami-kernel-default-arm64"), instance_type=X86_TYPE)
     assert response.status_code == 400
     assert response.json()["code"] == "architecture_mismatch"
 
@@ -176,8 +185,8 @@ def test_arm64_ami_on_x86_type_is_400(api, fresh_emulator):
     {"name": "x", "ami": "amazon-linux-2023", "instance_type": X86_TYPE, "tags": {"ManagedBy": "me"}},
     {"name": "x", "ami": "amazon-linux-2023", "instance_type": X86_TYPE, "storage": 20},  # unknown: not ignored
 ])
-def test_schema_errors_are_422_in_the_envelope(api, body):
-    response = api.post("/instances", json=body)
+def test_schema_errors_are_422_in_the_envelope(reader, body):
+    response = reader.post("/instances", json=body)
     assert response.status_code == 422
     payload = response.json()
     assert isinstance(payload["detail"], str) and payload["code"] == "validation_error"
@@ -205,9 +214,9 @@ def test_list_leaves_out_terminated_unless_asked(api):
     ("GET", "/instances/not-an-id"),
     ("DELETE", "/instances/..%2F..%2Fetc"),
 ])
-def test_unknown_id_is_404_on_every_route(api, api_server, method, path):
+def test_unknown_id_is_404_on_every_route(reader, api_server, method, path):
     before = len(api_server.aws_calls())
-    response = api.request(method, path)
+    response = reader.request(method, path)
     assert response.status_code == 404
     assert response.json()["code"] in ("instance_not_found", "not_found")
     assert api_server.mutations_since(before) == []
