@@ -3,20 +3,42 @@
 The harness itself (processes, emulator, server, AWS_CLI shim) lives in tests/support.
 """
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 import httpx
 import pytest
 
 import app.lifespan  # noqa: F401 - installs the domains' settings checks (PRICES_FILE, API_TOKENS_FILE, NOTIFY_*), as the server does
 from app.store import Database
 from tests.support.emulator import Emulator
-from tests.support.postgres import PgCluster
+from tests.support.postgres import shared_cluster, stop_shared_cluster
 from tests.support.processes import AWS_CLI_V1, aws_cli_v2
-from tests.support.server import ApiServer, build_catalog_template, build_pg_catalog_template, synced_client
+from tests.support.server import ApiServer, shared_catalog_template, shared_pg_catalog_template, synced_client
+
+# What the xdist workers of one run share (one PostgreSQL cluster, the catalogue templates): a directory the
+# controlling process makes before the workers start (they inherit its environment) and removes at the end.
+RUN_DIR = "EC2CL_TEST_RUN_DIR"
+
+
+def run_dir() -> Path:
+    return Path(os.environ[RUN_DIR])
 
 
 def pytest_configure(config) -> None:
+    if not hasattr(config, "workerinput"):  # the controlling process (or the only one)
+        os.environ[RUN_DIR] = tempfile.mkdtemp(prefix="ec2cl-run-")
     config.addinivalue_line("markers", "integration: starts real processes (emulator, server, browser); "
                                        "make test-fast leaves these out")
+
+
+def pytest_sessionfinish(session) -> None:
+    """The controlling process, once every worker is done: the run's PostgreSQL cluster stops, its files go."""
+    if not hasattr(session.config, "workerinput") and os.environ.get(RUN_DIR):
+        stop_shared_cluster(run_dir())
+        shutil.rmtree(run_dir(), ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items) -> None:
@@ -30,23 +52,22 @@ def pytest_collection_modifyitems(items) -> None:
 def emulator(tmp_path_factory):
     emu = Emulator(tmp_path_factory.mktemp("moto"))
     emu.reset()
-    build_catalog_template(emu.url, tmp_path_factory.mktemp("catalog"))
+    shared_catalog_template(run_dir(), emu.url, tmp_path_factory.mktemp("catalog"))
     yield emu
     emu.close()
 
 
 @pytest.fixture(scope="session")
 def pg_cluster():
-    """A private PostgreSQL cluster (Debian's postgresql package), started by the first test that needs one."""
-    cluster = PgCluster.start()
-    yield cluster
-    cluster.stop()
+    """The run's private PostgreSQL cluster (Debian's postgresql package), one for every xdist worker: started by
+    the first test that needs one, stopped when the run ends (pytest_sessionfinish)."""
+    return shared_cluster(run_dir())
 
 
 @pytest.fixture(scope="session")
 def pg_catalog_template(pg_cluster, emulator, tmp_path_factory) -> str:
     """A PostgreSQL database holding only the emulator's AMI catalogue: a new server's database is a copy."""
-    return build_pg_catalog_template(pg_cluster, emulator.url, tmp_path_factory.mktemp("pg-catalog"))
+    return shared_pg_catalog_template(pg_cluster, run_dir(), emulator.url, tmp_path_factory.mktemp("pg-catalog"))
 
 
 def db_engine(request) -> str:

@@ -5,16 +5,25 @@ the server run as the `postgres` user (initdb refuses root); otherwise as the cu
     cluster = PgCluster.start()      # ~1 s
     url = cluster.new_database()     # an empty database of its own, as a postgresql:// URL
     cluster.stop()
+
+The test run shares one cluster between its xdist workers (shared_cluster: the first to ask starts it, under a
+file lock in the run's directory; stop_shared_cluster ends it once the run is over); each test still gets a
+database of its own.
 """
 
+import fcntl
 import glob
+import json
 import os
 import pwd
 import shutil
 import signal
 import subprocess
 import tempfile
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -39,10 +48,10 @@ def pg_bin() -> Path:
 
 
 class PgCluster:
-    def __init__(self, root: Path, port: int, proc: subprocess.Popen, run_as: list[str]) -> None:
+    def __init__(self, root: Path, port: int, proc: subprocess.Popen | None, run_as: list[str]) -> None:
         self.root = root
         self.port = port
-        self.proc = proc
+        self.proc = proc  # None: another process (an xdist worker) started it
         self.run_as = run_as
 
     @classmethod
@@ -73,7 +82,7 @@ class PgCluster:
         return f"postgresql://{USER}@127.0.0.1:{self.port}/{database}"
 
     def _ready(self) -> bool:
-        if self.proc.poll() is not None:
+        if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"postgres exited with {self.proc.returncode}: see {self.root / 'server.log'}")
         try:
             psycopg.connect(self.url(), connect_timeout=2).close()
@@ -89,7 +98,7 @@ class PgCluster:
         return self.url(name)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
+        if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGINT)  # a fast shutdown: sessions still open are ended
             try:
                 self.proc.wait(30)
@@ -97,3 +106,69 @@ class PgCluster:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextmanager
+def run_lock(run_dir: Path, name: str) -> Iterator[None]:
+    """An exclusive lock on `name` among the processes of one test run (its xdist workers)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def shared_cluster(run_dir: Path) -> PgCluster:
+    """The run's one cluster: started by the first worker that asks, found by the others (run_dir/pg-cluster.json).
+    Starting a cluster (initdb, the server) is about a second of CPU on a quiet machine, several on a busy one."""
+    state = run_dir / "pg-cluster.json"
+    with run_lock(run_dir, "pg-cluster"):
+        if state.exists():
+            found = json.loads(state.read_text())
+            cluster = PgCluster(Path(found["root"]), found["port"], None, [])
+            wait_until(cluster._ready, timeout=60, interval=0.1)
+            return cluster
+        cluster = PgCluster.start()
+        assert cluster.proc is not None
+        state.write_text(json.dumps({"root": str(cluster.root), "port": cluster.port, "pid": cluster.proc.pid}))
+        return cluster
+
+
+def stop_shared_cluster(run_dir: Path) -> None:
+    """End the run's cluster, if one was started (by the process that runs the whole session, once the workers are
+    done). Its starter may have exited: the server is stopped by its process group and awaited by its pid."""
+    state = run_dir / "pg-cluster.json"
+    if not state.exists():
+        return
+    found = json.loads(state.read_text())
+    state.unlink()
+    pid = found["pid"]
+
+    def gone() -> bool:
+        try:  # our own child (no xdist): reap it
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return True
+        except ChildProcessError:
+            pass
+        try:  # a worker's, now init's: gone, or a zombie that init has yet to reap
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        except (OSError, IndexError):
+            return True
+
+    try:
+        os.killpg(pid, signal.SIGINT)  # a fast shutdown: sessions still open are ended
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + 30
+    while not gone():
+        if time.monotonic() > deadline:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            wait_until(gone, timeout=30, interval=0.05)
+            break
+        time.sleep(0.05)
+    shutil.rmtree(found["root"], ignore_errors=True)

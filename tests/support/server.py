@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.postgres import run_lock
 from tests.support.processes import ROOT, VENV_BIN, free_port, safe_env, stop_process, wait_http, wait_until
 
 AWS_SHIM = Path(__file__).resolve().parent / "aws_shim.sh"
@@ -19,7 +20,9 @@ BACKGROUND_OPERATIONS = {"describe-instances", "describe-instance-types", "get-p
                          "get-caller-identity", "--version", "describe-alarms"}
 # By emulator URL: a database holding only that emulator's AMI catalogue (and the CLI's version). A new
 # server's database starts as a copy, so the three `aws` processes that fetch the catalogue run once per
-# session, not once per server (they were a fifth of the suite's processes). ApiServer(warm_catalog=False)
+# run, not once per server (they were a fifth of the suite's processes): one xdist worker builds it from its
+# emulator (a server start and four `aws` processes), the others copy it and rename its scope (the endpoint
+# URL) to their own emulator's: every moto server publishes the same catalogue. ApiServer(warm_catalog=False)
 # opts out.
 CATALOG_TEMPLATES: dict[str, Path] = {}
 
@@ -150,4 +153,51 @@ def build_pg_catalog_template(cluster, emulator_url: str, tmp: Path) -> str:
                           "DELETE FROM kv WHERE key NOT LIKE 'catalog_resolved_at:%' "
                           "AND key NOT LIKE 'aws_cli_version:%'"):
             conn.execute(statement)
+    return url.rsplit("/", 1)[1]
+
+
+def rescope_catalog(conn, old_url: str, new_url: str, placeholder: str = "?") -> None:
+    """Make a catalogue fetched from the emulator at old_url that of the emulator at new_url (the scope is
+    "<endpoint>|<region>", in two tables and the kv key that dates it)."""
+    old, new = f"{old_url}|", f"{new_url}|"
+    for statement, args in (("UPDATE ami_catalog SET scope = replace(scope, ?, ?)", (old, new)),
+                            ("UPDATE instance_types SET scope = replace(scope, ?, ?)", (old, new)),
+                            ("UPDATE kv SET key = replace(key, ?, ?) WHERE key LIKE ?",
+                             (old, new, "catalog_resolved_at:%"))):
+        conn.execute(statement.replace("?", placeholder), args)
+
+
+def shared_catalog_template(run_dir: Path, emulator_url: str, tmp: Path) -> Path:
+    """This worker's catalogue template (CATALOG_TEMPLATES), from the run's one (the first worker to ask builds
+    it, under a lock in run_dir that the run's workers share)."""
+    state = run_dir / "catalog-template.json"
+    with run_lock(run_dir, "catalog-template"):
+        if not state.exists():
+            (run_dir / "catalog").mkdir()
+            built = build_catalog_template(emulator_url, run_dir / "catalog")
+            state.write_text(json.dumps({"path": str(built), "url": emulator_url}))
+            return built
+    found = json.loads(state.read_text())
+    template = tmp / "catalog-template.db"
+    shutil.copyfile(found["path"], template)
+    with closing(sqlite3.connect(template)) as conn, conn:
+        rescope_catalog(conn, found["url"], emulator_url)
+    CATALOG_TEMPLATES[emulator_url] = template
+    return template
+
+
+def shared_pg_catalog_template(cluster, run_dir: Path, emulator_url: str, tmp: Path) -> str:
+    """The PostgreSQL twin of shared_catalog_template: this worker's template database, a copy of the run's."""
+    import psycopg
+
+    state = run_dir / "pg-catalog-template.json"
+    with run_lock(run_dir, "pg-catalog-template"):
+        if not state.exists():
+            built = build_pg_catalog_template(cluster, emulator_url, tmp)
+            state.write_text(json.dumps({"name": built, "url": emulator_url}))
+            return built
+        found = json.loads(state.read_text())
+        url = cluster.new_database(found["name"])  # under the lock: a template must have no other session
+    with psycopg.connect(url, autocommit=True) as conn:
+        rescope_catalog(conn, found["url"], emulator_url, placeholder="%s")
     return url.rsplit("/", 1)[1]
