@@ -151,14 +151,18 @@ test-jenkins: venv-dev $(NPM_STAMP) ## Render jenkins/jobs.yaml (Jenkins Job Bui
 test-fast: venv-dev ## Unit and in-process tests only (seconds): the edit-run loop
 	$(PY) -m pytest -q -m "not integration" test_api.py tests
 
-# Workers take whole modules in the order given: the longest first, so none is left alone at the end
-# (pytest collects a module named twice once).
-SLOW_FIRST := tests/test_notifications.py tests/test_budget_guard.py tests/test_iam_policy.py test_api.py tests/postgres/test_contract_on_postgres.py \
-	tests/test_consistency.py tests/test_auto_stop.py tests/test_crash_recovery.py tests/bench \
-	tests/postgres/test_lifecycle_on_postgres.py tests/test_replicas.py tests/test_hostile_input.py tests/test_security.py
+# Workers take whole modules in the order given: the longest first (by `pytest --durations`), so none is left
+# alone at the end (pytest collects a module named twice once). --no-loadscope-reorder keeps that order:
+# pytest-xdist's default hands out the modules with the MOST TESTS first, which left the one-test modules that
+# take one or two minutes (schemathesis, the bench smoke) to start last.
+SLOW_FIRST := tests/test_notifications.py tests/test_consistency.py tests/test_schemathesis.py tests/test_auto_stop.py \
+	tests/bench tests/test_crash_recovery.py tests/test_batching.py tests/test_cloudwatch.py tests/test_doctor.py \
+	test_api.py tests/test_emulator_restart.py tests/test_replicas.py tests/test_lifecycle.py \
+	tests/postgres/test_contract_on_postgres.py tests/test_budget_guard.py tests/test_iam_policy.py \
+	tests/postgres/test_lifecycle_on_postgres.py tests/test_hostile_input.py tests/test_security.py
 
 test-python: venv-dev ## pytest: REST contract suite (test_api.py) and tests/, on PYTEST_WORKERS workers
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadscope $(SLOW_FIRST) test_api.py tests \
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder $(SLOW_FIRST) test_api.py tests \
 	    $(if $(JUNIT_DIR),--junitxml=$(JUNIT_DIR)/pytest.xml)
 
 test: tools ## Everything CI runs; installs what it needs first
