@@ -41,8 +41,17 @@ def pytest_sessionfinish(session) -> None:
         shutil.rmtree(run_dir(), ignore_errors=True)
 
 
-def pytest_collection_modifyitems(items) -> None:
-    """Every test that needs the emulator is an integration test; `make test-fast` runs the others."""
+def pytest_collection_modifyitems(config, items) -> None:
+    """Every test that needs the emulator is an integration test; `make test-fast` runs the others. The tests
+    run in the order of the command line's paths (pytest 8 collects them in one alphabetical walk): make test
+    names the slowest modules first (SLOW_FIRST), so that xdist hands them out first."""
+    named = [(config.invocation_params.dir / arg.split("::", 1)[0]).resolve() for arg in config.args]
+
+    def rank(item) -> int:
+        path = Path(str(item.path)).resolve()
+        return next((i for i, arg in enumerate(named) if path == arg or arg in path.parents), len(named))
+
+    items.sort(key=rank)  # stable: a module keeps its own order
     for item in items:
         if "emulator" in item.fixturenames:
             item.add_marker(pytest.mark.integration)
