@@ -48,7 +48,7 @@ SHELLCHECK  := $(VENV)/bin/shellcheck
 BATS        := node_modules/bats/bin/bats
 JENKINSFILES := jenkins/deployment/Jenkinsfile jenkins/deployment/Jenkinsfile.manage jenkins/deployment/Jenkinsfile.offhours
 
-.PHONY: help venv venv-dev tools system-deps run doctor sandbox sandbox-stop sandbox-status serve-sandbox db-upgrade db-copy test test-fast test-python test-bash test-jenkins lint clean bench bench-smoke
+.PHONY: help venv venv-dev tools system-deps run doctor sandbox sandbox-stop sandbox-status serve-sandbox db-upgrade db-copy test test-fast test-python test-bash test-bash-aws test-bash-scripts test-bash-cli-v2 test-jenkins lint clean bench bench-smoke
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}' \
@@ -131,11 +131,24 @@ lint: venv-dev ## shellcheck the bash scripts; ruff on all Python, mypy on app/,
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
 
-test-bash: venv-dev $(NPM_STAMP) ## bats suites for the bash scripts (the emulator ones with CLI v1, then v2)
-	$(if $(JUNIT_DIR),mkdir -p $(JUNIT_DIR)/bats $(JUNIT_DIR)/bats-cli-v2)
+# Three bats runs that share nothing (each emulator on a free port, each run its own temporary directory), so
+# `make -j` runs them side by side: they mostly wait on processes (moto, uvicorn, aws), and one after the other
+# they were the longest job of make test.
+test-bash: test-bash-aws test-bash-scripts test-bash-cli-v2 ## bats suites for the bash scripts (the emulator ones with CLI v1 and v2)
+
+test-bash-aws: venv-dev $(NPM_STAMP)
+	$(if $(JUNIT_DIR),mkdir -p $(JUNIT_DIR)/bats)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(BATS) $(if $(JUNIT_DIR),--report-formatter junit --output $(JUNIT_DIR)/bats) \
-	    tests/aws_cli_bash_scripts tests/scripts
-	@# The scripts against the emulator once more, with the AWS CLI v2.
+	    tests/aws_cli_bash_scripts
+
+test-bash-scripts: venv-dev $(NPM_STAMP)
+	$(if $(JUNIT_DIR),mkdir -p $(JUNIT_DIR)/bats-scripts)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(BATS) \
+	    $(if $(JUNIT_DIR),--report-formatter junit --output $(JUNIT_DIR)/bats-scripts) tests/scripts
+
+# The scripts against the emulator once more, with the AWS CLI v2.
+test-bash-cli-v2: venv-dev $(NPM_STAMP)
+	$(if $(JUNIT_DIR),mkdir -p $(JUNIT_DIR)/bats-cli-v2)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" AWS_CLI=$(AWS_CLI_V2) EXPECT_AWS_CLI_MAJOR=2 $(BATS) \
 	    $(if $(JUNIT_DIR),--report-formatter junit --output $(JUNIT_DIR)/bats-cli-v2) tests/aws_cli_bash_scripts/integration.bats
 
@@ -168,7 +181,7 @@ test-python: venv-dev ## pytest: REST contract suite (test_api.py) and tests/, o
 test: tools ## Everything CI runs; installs what it needs first
 	@# The lint gate and the suites run side by side (the suites mostly wait on processes: servers,
 	@# emulators, aws), each one's output printed whole when it ends; one that fails fails the run.
-	@$(MAKE) --no-print-directory -j4 --output-sync=target lint test-bash test-jenkins test-python
+	@$(MAKE) --no-print-directory -j6 --output-sync=target lint test-bash test-jenkins test-python
 
 bench: venv-dev ## Full benchmark (several minutes): data/bench/results.json and docs/PERFORMANCE.md
 	$(PY) bench/run_bench.py
