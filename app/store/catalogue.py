@@ -30,7 +30,7 @@ class CatalogueQueries(KvQueries, StoreBase):
             conn.execute(sa.text(KV_UPSERT), {"key": f"catalog_resolved_at:{scope}", "value": now})
 
     def load_catalog(self, scope: str) -> tuple[list[dict], list[dict], str | None]:
-        with self._reading():
+        with self.read():  # one snapshot, one connection: the reads below join it
             amis = self._all("SELECT ami_id, architecture, root_device_name, login_user, alias, image_name "
                              "FROM ami_catalog WHERE scope = :scope", {"scope": scope})
             types = self._all("SELECT name, architecture FROM instance_types WHERE scope = :scope", {"scope": scope})

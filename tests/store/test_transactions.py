@@ -97,6 +97,17 @@ def test_a_read_or_write_inside_a_write_transaction_uses_its_connection(open_sto
     assert other.get_instance("i-0123456789abcdef0")["name"] == "a" and other.kv_get("k") == "v"
 
 
+def test_the_catalogue_loads_on_one_connection(open_store):
+    """A server with DATABASE_POOL_SIZE=1 and no overflow starts: loading the catalogue reads its two tables
+    in one snapshot on one connection (it once held a second one idle while the reads took another)."""
+    db = open_store(pool_size=1, max_overflow=0, pool_timeout=2)
+    db.migrate()
+    db.save_catalog("s", [{"ami_id": "ami-1", "architecture": "x86_64", "root_device_name": "/dev/xvda",
+                           "login_user": "ec2-user"}], [{"name": "t3.micro", "architecture": "x86_64"}])
+    amis, types, resolved = db.load_catalog("s")
+    assert [a["ami_id"] for a in amis] == ["ami-1"] and [t["name"] for t in types] == ["t3.micro"] and resolved
+
+
 def test_outside_a_transaction_each_call_returns_its_connection(open_store):
     db = open_store(pool_size=1, max_overflow=0, pool_timeout=2)
     db.migrate()
