@@ -17,8 +17,8 @@ from tests.support.processes import ROOT, VENV_BIN, free_port, safe_env, stop_pr
 
 AWS_SHIM = Path(__file__).resolve().parent / "aws_shim.sh"
 BACKGROUND_OPERATIONS = {"describe-instances", "describe-instance-types", "get-parameters", "describe-images",
-                         "get-caller-identity", "--version", "describe-alarms",
-                         "delete-security-group"}  # a sweep tidying the group of an instance deleted earlier
+                         "get-caller-identity", "--version", "describe-alarms"}
+TIDYING = {"delete-security-group"}  # a sweep deleting the group of an instance deleted earlier
 # By emulator URL: a database holding only that emulator's AMI catalogue (and the CLI's version). A new
 # server's database starts as a copy, so the three `aws` processes that fetch the catalogue run once per
 # run, not once per server (they were a fifth of the suite's processes): one xdist worker builds it from its
@@ -88,10 +88,12 @@ class ApiServer:
         """Every `aws` process the server spawned so far, as argv lists."""
         return [json.loads(line) for line in self.shim_log.read_text().splitlines() if line.strip()]
 
-    def mutations_since(self, mark: int) -> list[list[str]]:
-        """`aws` processes spawned after `aws_calls()[:mark]` that are not background work (reconcile sweeps'
-        reads and their tidying of a deleted instance's group, the AMI catalogue warming up at start)."""
-        return [c for c in self.aws_calls()[mark:] if not BACKGROUND_OPERATIONS & set(c)]
+    def mutations_since(self, mark: int, ignore_tidying: bool = False) -> list[list[str]]:
+        """`aws` processes spawned after `aws_calls()[:mark]` that are not background reads (reconcile sweeps,
+        the AMI catalogue warming up at start). ignore_tidying: nor a sweep deleting the group of an instance
+        an earlier test deleted (for a test on a module server it did not reset)."""
+        background = BACKGROUND_OPERATIONS | (TIDYING if ignore_tidying else set())
+        return [c for c in self.aws_calls()[mark:] if not background & set(c)]
 
     def server_log(self) -> str:
         return self.log_path.read_text(errors="replace")
