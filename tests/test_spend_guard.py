@@ -154,5 +154,6 @@ def test_a_bulk_start_is_admitted_as_one_set_or_not_at_all(api, server, fresh_em
     assert calls_of(server, "start-instances", mark) == []  # none started: not two of three
     assert {ec2_state(fresh_emulator, b) for b in boxes} == {"stopped"}
     two = api.post("/instances/actions", json={"action": "start", "ids": boxes[:2]})
+    assert two.status_code == 200, two.text
     assert [r["status"] for r in two.json()["results"]] == [202, 202]
     assert len(calls_of(server, "start-instances", mark)) == 1

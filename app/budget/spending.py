@@ -482,6 +482,8 @@ class Spending:
         spans, committed = self._commitments(now, set(reserved) | ({key} if key else set()))
         asked = charges.by_period([period_label(start) for start, _ in spans])
         for k, (start, _) in enumerate(spans):
+            if k > 0 and asked[k] <= 0:  # adds nothing to that later month: cannot push it over (the guard
+                continue                 # readmits what that month already holds when it comes)
             label = period_label(start)
             held = committed[k] + _reserved_in(reserved, label, k)
             if held + asked[k] > self.budget_usd + 1e-9:

@@ -211,6 +211,29 @@ def test_admission_checks_each_period_against_its_budget(tmp_path):
         clock.start_at(None)
 
 
+def test_a_later_month_already_full_refuses_only_what_adds_to_it(tmp_path):
+    """January already holds more than its budget (a week's run and its disk, stopped disks count in full in
+    every later month): a start whose run ends in December adds nothing there and is admitted; one that
+    reaches into January is refused, naming it. (It was refused too, with "would commit USD 0.0000".)"""
+    db = Database(tmp_path / "i.db")
+    db.migrate()
+    spending = Spending(5.0, BOOK, db, "us-east-1", "")
+    rates = Rates.of(BOOK, "t3.micro", "us-east-1", 8)
+    try:
+        clock.start_at(NEW_YEARS_EVE)
+        spans = horizon(clock.now())
+        spending.admit("week", rates.charges(clock.now(), clock.now() + timedelta(days=7), True, spans), "A week")
+        spending.budget_usd = 3.0  # January holds ~3.18 now; December has room
+        short = rates.charges(clock.now(), clock.now() + timedelta(hours=1), True, spans, storage=False)
+        spending.admit(None, short, "A start for an hour")
+        with pytest.raises(Conflict) as refused:
+            spending.admit(None, rates.charges(clock.now(), clock.now() + timedelta(days=2), True, spans,
+                                               storage=False), "A start for two days")
+        assert refused.value.extra["period"] == "2027-01" and refused.value.extra["would_commit"]["total_usd"] > 0
+    finally:
+        clock.start_at(None)
+
+
 def test_shutting_down_costs_nothing_more_from_now():
     start, end = period_bounds(T0)
     deleting = instance_cost(row(state=InstanceState.SHUTTING_DOWN), [event(0, "running"), event(1, "shutting-down")],
