@@ -5,7 +5,7 @@ import pytest
 
 from tests.support.checkip import CheckIp
 from tests.support.processes import wait_until
-from tests.support.server import ApiServer, aws_error, synced_client
+from tests.support.server import ApiServer, aws_error
 
 BODY = {"name": "web-1", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
 
@@ -22,12 +22,6 @@ def api_server(emulator, tmp_path_factory, checkip):
     server = ApiServer(tmp_path_factory.mktemp("ssh_access"), emulator.url, MY_IP_URL=checkip.url)
     yield server
     server.stop()
-
-
-@pytest.fixture
-def api(api_server, fresh_emulator):
-    with synced_client(api_server) as client:
-        yield client
 
 
 def group_of(emulator, instance_id: str) -> list[str]:

@@ -192,15 +192,21 @@ def test_a_run_is_charged_in_every_period_it_spans_and_no_stop_at_only_to_this_o
     assert len(years.totals) == HORIZON and min(years.compute[1:]) > 0  # the horizon covers what can bind
 
 
-def test_admission_checks_each_period_against_its_budget(tmp_path):
+def _a_week_admitted_on_new_years_eve(tmp_path) -> tuple[Spending, Rates, list]:
+    """The clock at New Year's Eve (the caller sets it back), BUDGET_USD 5, and a week's run admitted."""
     db = Database(tmp_path / "i.db")
     db.migrate()
     spending = Spending(5.0, BOOK, db, "us-east-1", "")
     rates = Rates.of(BOOK, "t3.micro", "us-east-1", 8)
+    clock.start_at(NEW_YEARS_EVE)
+    spans = horizon(clock.now())
+    spending.admit("week", rates.charges(clock.now(), clock.now() + timedelta(days=7), True, spans), "A week")
+    return spending, rates, spans
+
+
+def test_admission_checks_each_period_against_its_budget(tmp_path):
     try:
-        clock.start_at(NEW_YEARS_EVE)
-        spans = horizon(clock.now())
-        spending.admit("week", rates.charges(clock.now(), clock.now() + timedelta(days=7), True, spans), "A week")
+        spending, rates, spans = _a_week_admitted_on_new_years_eve(tmp_path)
         # December has room; January holds the week's 2.7 and a month to March 31 would add 12 more.
         with pytest.raises(Conflict) as refused:
             spending.admit(None, rates.charges(clock.now(), datetime(2027, 3, 31, tzinfo=UTC), True, spans), "March")
@@ -215,14 +221,8 @@ def test_a_later_month_already_full_refuses_only_what_adds_to_it(tmp_path):
     """January already holds more than its budget (a week's run and its disk, stopped disks count in full in
     every later month): a start whose run ends in December adds nothing there and is admitted; one that
     reaches into January is refused, naming it. (It was refused too, with "would commit USD 0.0000".)"""
-    db = Database(tmp_path / "i.db")
-    db.migrate()
-    spending = Spending(5.0, BOOK, db, "us-east-1", "")
-    rates = Rates.of(BOOK, "t3.micro", "us-east-1", 8)
     try:
-        clock.start_at(NEW_YEARS_EVE)
-        spans = horizon(clock.now())
-        spending.admit("week", rates.charges(clock.now(), clock.now() + timedelta(days=7), True, spans), "A week")
+        spending, rates, spans = _a_week_admitted_on_new_years_eve(tmp_path)
         spending.budget_usd = 3.0  # January holds ~3.18 now; December has room
         short = rates.charges(clock.now(), clock.now() + timedelta(hours=1), True, spans, storage=False)
         spending.admit(None, short, "A start for an hour")
