@@ -258,11 +258,14 @@ def _lifecycle(api, account, box):
     assert api.post(f"/instances/{new}/stop").status_code == 202
     assert api.post(f"/instances/{new}/start").status_code == 202
 
-    # Auto-stop: the scheduler stops it at its stop_at, with these credentials.
+    # Auto-stop: the scheduler stops it at its stop_at, with these credentials. It stops only what its record shows
+    # running (EC2 cannot stop a pending one): a sync records the start's outcome first.
+    wait_until(lambda: api.post("/instances/sync").status_code == 200
+               and api.get(f"/instances/{new}").json()["state"] == "running", timeout=30, interval=0.5)
     stop_at = (datetime.now(UTC) + timedelta(seconds=3)).isoformat()
     assert api.patch(f"/instances/{new}", json={"stop_at": stop_at}).status_code == 200
 
-    wait_until(lambda: api.get(f"/instances/{new}").json()["state"] in ("stopping", "stopped"), timeout=30,
+    wait_until(lambda: api.get(f"/instances/{new}").json()["state"] in ("stopping", "stopped"), timeout=60,
                interval=0.2)
     assert account.ec2.describe_instances(InstanceIds=[new])["Reservations"][0]["Instances"][0]["State"]["Name"] \
         == "stopped"

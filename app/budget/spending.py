@@ -476,6 +476,26 @@ class Spending:
             with self.db.transaction(instances=False):
                 self._admit(key, charges, what, self.db.reservations(utcnow()))
 
+    def admit_launch(self, claim: Callable[[], tuple[Any, bool]], charges: Charges, what: str) -> tuple[Any, bool]:
+        """Claim a create's launch row (`claim`: (launch, claimed)) and admit its charges under its request id,
+        as one step: no other admission sees the row before it is admitted. Seen between the two, a pending
+        launch row that is not reserved counts as held, so two creates claimed at once each counted the
+        other's row and their own ask, and with room for one both were refused. A launch not claimed (an
+        Idempotency-Key already holding one) is not admitted. On PostgreSQL a refusal rolls the claim back."""
+        self._reload_if_due()
+        with self._lock:  # in this process: no admission and no ledger read between the claim and its admission
+            if not self.shared:
+                launch, claimed = claim()
+                if claimed:
+                    self._admit(launch["request_id"], charges, what, self._reserved)
+                return launch, claimed
+            # Across replicas: the claim is visible to the others only with its reservation (one transaction).
+            with self.db.transaction(instances=False):
+                launch, claimed = claim()
+                if claimed:
+                    self._admit(launch["request_id"], charges, what, self.db.reservations(utcnow()))
+                return launch, claimed
+
     def _admit(self, key: str | None, charges: Charges, what: str, reserved: dict[str, dict[str, float]]) -> None:
         now = clock.now()
         # A create's launch row is written before it is admitted: its own charges are the ones asked here.

@@ -33,7 +33,7 @@ from app.instances.recorder import RUNNING, Recorder, in_minutes, ssh_group_name
 from app.instances.schemas import MAX_BULK, RESERVED_TAG_KEYS, InstanceCreate, InstancePatch, Selector
 from app.instances.ssh_access import MyIp
 from app.store import Database, canonical_json
-from app.store.rows import InstanceRow, InstanceState, LaunchStatus
+from app.store.rows import InstanceRow, InstanceState, LaunchRow, LaunchStatus
 
 log = logging.getLogger("ec2_creator.instances")
 
@@ -279,7 +279,8 @@ class InstanceService:
         # holding a launch launches nothing: it is never refused.
         if not (idempotency_key and (idempotency_key in self._inflight or
                                      await asyncio.to_thread(self._holds_launch, idempotency_key))):
-            await asyncio.to_thread(self._admit_create, None, req, rates)
+            await asyncio.to_thread(self.spending.admit, None, self._create_charges(req, rates),
+                                    f"Creating this {req.instance_type}")
         # Who may reach port 22 (my_ip: this host's address, fetched from MY_IP_URL, cached): before anything is sent.
         ssh_from = await self.resolve_ssh_from(req.ssh_from, req.create_security_group, client_ip)
         if idempotency_key is None:
@@ -320,30 +321,41 @@ class InstanceService:
         raise Conflict("A request with this Idempotency-Key is still being resolved; retry in a few seconds.",
                        code="launch_in_progress", retry_after=5)
 
-    def _admit_create(self, key: str | None, req: InstanceCreate, rates: Rates) -> None:
+    @staticmethod
+    def _create_charges(req: InstanceCreate, rates: Rates) -> Charges:
         """A create commits its run (until its auto-stop; none: to this period's end) in every period it spans."""
         now = clock.now()
         minutes = req.auto_stop_minutes
-        charges = rates.charges(now, now + timedelta(minutes=minutes) if minutes else None, req.associate_public_ip,
-                                horizon(now))
-        self.spending.admit(key, charges, f"Creating this {req.instance_type}")
+        return rates.charges(now, now + timedelta(minutes=minutes) if minutes else None, req.associate_public_ip,
+                             horizon(now))
 
     async def _launch(self, req: InstanceCreate, ami, idempotency_key: str | None, body_hash: str,
                       rates: Rates, caller: Caller = LOCAL, ssh_from: str | None = None) -> InstanceRow:
         body = {"request": req.model_dump(), "ami_id": ami.ami_id, "login_user": ami.login_user,
                 "root_device": ami.root_device_name, "ssh_from": ssh_from}
         # The launch row is written BEFORE the aws process starts: a crash leaves a trace to resolve.
-        launch, claimed = await asyncio.to_thread(self.db.claim_launch, uuid.uuid4().hex, idempotency_key,
-                                                  body_hash, body, self.region, self.endpoint, caller.name,
-                                                  caller.is_admin)
+        claims: list[LaunchRow] = []
+
+        def claim() -> tuple[LaunchRow, bool]:
+            launch, claimed = self.db.claim_launch(uuid.uuid4().hex, idempotency_key, body_hash, body, self.region,
+                                                   self.endpoint, caller.name, caller.is_admin)
+            claims.append(launch)
+            return launch, claimed
+
+        # Claimed and admitted as one step (Spending.admit_launch): refused, it is recorded failed (on PostgreSQL
+        # the refusal rolled the claim back: the update finds nothing).
+        try:
+            launch, claimed = await asyncio.to_thread(self.spending.admit_launch, claim,
+                                                      self._create_charges(req, rates),
+                                                      f"Creating this {req.instance_type}")
+        except ApiError as exc:
+            if claims:
+                await asyncio.to_thread(self.db.finish_launch, claims[0]["request_id"], LaunchStatus.FAILED, None,
+                                        exc.code)
+            raise
         if not claimed:
             raise _AlreadyClaimed()
         request_id = launch["request_id"]
-        try:
-            await asyncio.to_thread(self._admit_create, request_id, req, rates)
-        except ApiError as exc:
-            await asyncio.to_thread(self.db.finish_launch, request_id, LaunchStatus.FAILED, None, exc.code)
-            raise
         # A retry of a lost launch sends what the first attempt sent (same AMI id, client token and
         # RequestId tag), so EC2 can recognise it; a new launch sends what was just resolved.
         body = {**body, **json.loads(launch["body"])}

@@ -1,6 +1,7 @@
 """The spend guard's pure parts: the prices file, the period, one instance's ledger, admission, AWS's plan."""
 
 import json
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -257,6 +258,43 @@ def test_an_unresolved_launch_holds_its_share_until_resolved(tmp_path):
     assert spending.summary().launches[0]["request_id"] == "req-1"
     db.finish_launch("req-1", LaunchStatus.LOST, None, "never seen")
     assert spending.committed() == 0 and spending.summary().launches == []
+
+
+def test_two_creates_claimed_at_once_with_room_for_one_admit_exactly_one(tmp_path):
+    """A launch row is claimed and admitted as one step. Claimed apart, each create counted the other's pending
+    row (not reserved yet) besides its own ask, and with room for one both were refused (issue 24's replicas
+    test saw it). Here the first claim waits up to 2 s for the second before it is admitted: it must not come."""
+    db = Database(tmp_path / "i.db")
+    db.migrate()
+    body = {"request": {"instance_type": "t3.micro", "storage_gb": 8, "auto_stop_minutes": 60,
+                        "associate_public_ip": True}}
+    now = clock.now()
+    rates = Rates.of(BOOK, "t3.micro", "us-east-1", 8)
+    assert rates is not None
+    ask = rates.charges(now, now + timedelta(minutes=60), True, horizon(now))  # what each pending row holds too
+    spending = Spending(1.5 * ask.totals[0], BOOK, db, "us-east-1", "")
+    claimed = [threading.Event(), threading.Event()]
+    outcomes: dict[int, str] = {}
+
+    def create(n: int) -> None:
+        def claim():
+            launch = db.claim_launch(f"req-{n}", None, "h", body, "us-east-1", "")
+            claimed[n].set()
+            claimed[1 - n].wait(2)  # the other create's claim, if it could come before this admission
+            return launch
+
+        try:
+            spending.admit_launch(claim, ask, f"create {n}")
+            outcomes[n] = "admitted"
+        except Conflict as exc:
+            outcomes[n] = exc.code
+
+    threads = [threading.Thread(target=create, args=(n,)) for n in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes.values()) == ["admitted", "budget_exceeded"], outcomes
 
 
 def _running(db: Database, instance_id: str, hours_ago: float, stop_at: str | None = None) -> None:
