@@ -1,9 +1,15 @@
 """Tags and filters: PATCH name/tags through the real scripts (one `aws` process per kind of change),
-changes made outside the API picked up by a sweep, and GET /instances filters that never call AWS."""
+changes made outside the API picked up by a sweep, and GET /instances filters that never call AWS.
 
+Only the first test creates through the API (what a create records is tests/test_lifecycle.py's subject); the
+others launch their instances straight in the emulator and adopt them with one sync: an API create costs four
+`aws` processes, a sync one for all."""
+
+import httpx
 import pytest
 
 from app.instances.schemas import InstanceFilter
+from tests.support.processes import wait_until
 
 BODY = {"name": "tagged", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
 
@@ -12,8 +18,36 @@ def ec2_tags(emulator, instance_id: str) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in emulator.instances()[instance_id].get("Tags", [])}
 
 
+def run(emulator, name: str, tags: dict[str, str] | None = None) -> str:
+    """A running instance named `name` with `tags`, launched in the emulator with our tag (not yet tracked)."""
+    spec = [{"ResourceType": "instance", "Tags": [
+        {"Key": "ManagedBy", "Value": "ec2-creator-local"}, {"Key": "Name", "Value": name},
+        *({"Key": key, "Value": value} for key, value in (tags or {}).items())]}]
+    return emulator.ec2.run_instances(ImageId=emulator.ami(), InstanceType=BODY["instance_type"], MinCount=1,
+                                      MaxCount=1, TagSpecifications=spec)["Instances"][0]["InstanceId"]
+
+
+def synced(api: httpx.Client, states: dict[str, str]) -> None:
+    """Syncs until the record holds each instance in its state (one sync, unless it joined a sweep already under
+    way, which listed EC2 before the change)."""
+    def recorded() -> bool:
+        api.post("/instances/sync").raise_for_status()
+        return all(api.get(f"/instances/{box}").json().get("state") == state for box, state in states.items())
+
+    wait_until(recorded, timeout=30)
+
+
+def launch(api: httpx.Client, emulator, name: str, tags: dict[str, str] | None = None) -> str:
+    """A running instance launched in the emulator and adopted by a sync."""
+    box = run(emulator, name, tags)
+    synced(api, {box: "running"})
+    return box
+
+
 def test_patch_sets_and_removes_tags_and_renames_with_one_process_each(api, api_server, fresh_emulator):
-    box = api.post("/instances", json=BODY | {"tags": {"Team": "web", "Env": "dev"}}).json()["id"]
+    created = api.post("/instances", json=BODY | {"tags": {"Team": "web", "Env": "dev"}, "ssh_from": "none"})
+    assert created.status_code == 201, created.text
+    box = created.json()["id"]
     mark = len(api_server.aws_calls())
     changed = api.patch(f"/instances/{box}", json={"name": "renamed", "tags": {"Team": "platform", "Env": None,
                                                                               "Owner": "alice"}})
@@ -32,6 +66,13 @@ def test_patch_sets_and_removes_tags_and_renames_with_one_process_each(api, api_
     assert again.json()["auto_stop_minutes"] == changed.json()["auto_stop_minutes"]
 
 
+@pytest.fixture(scope="module")
+def refusal_target(api_server, emulator) -> str:
+    """One tracked running instance for every refused PATCH (each is refused before any `aws` process)."""
+    with httpx.Client(base_url=api_server.url, timeout=60) as api:
+        return launch(api, emulator, "refusal-target")
+
+
 @pytest.mark.parametrize(("patch", "status", "code"), [
     ({"tags": {"ManagedBy": "me"}}, 400, "reserved_tag_key"),
     ({"tags": {"Name": "x"}}, 400, "reserved_tag_key"),
@@ -44,16 +85,16 @@ def test_patch_sets_and_removes_tags_and_renames_with_one_process_each(api, api_
     ({"tags": None}, 422, "validation_error"),
     ({"tags": {f"k{n}": "v" for n in range(41)}}, 422, "validation_error"),
 ])
-def test_bad_patches_are_refused_before_any_process(api, api_server, patch, status, code):
-    box = api.post("/instances", json=BODY).json()["id"]
+def test_bad_patches_are_refused_before_any_process(reader, api_server, refusal_target, patch, status, code):
     mark = len(api_server.aws_calls())
-    answer = api.patch(f"/instances/{box}", json=patch)
+    answer = reader.patch(f"/instances/{refusal_target}", json=patch)
     assert (answer.status_code, answer.json()["code"]) == (status, code), answer.text
     assert api_server.mutations_since(mark) == []
 
 
 def test_tags_and_name_changed_outside_the_api_show_after_a_sweep(api, fresh_emulator):
-    box = api.post("/instances", json=BODY | {"tags": {"Team": "web"}}).json()["id"]
+    box = launch(api, fresh_emulator, BODY["name"], {"Team": "web"})
+    assert api.get(f"/instances/{box}").json()["tags"] == {"Team": "web"}
     fresh_emulator.ec2.create_tags(Resources=[box], Tags=[{"Key": "CostCenter", "Value": "42"},
                                                           {"Key": "Name", "Value": "from-console"}])
     fresh_emulator.ec2.delete_tags(Resources=[box], Tags=[{"Key": "Team"}])
@@ -67,14 +108,15 @@ def test_tags_and_name_changed_outside_the_api_show_after_a_sweep(api, fresh_emu
 
 
 def test_list_filters_by_state_tag_and_name_without_calling_aws(api, api_server, fresh_emulator):
-    a = api.post("/instances", json=BODY | {"name": "alpha", "tags": {"Team": "web", "Env": "prod"}}).json()["id"]
-    b = api.post("/instances", json=BODY | {"name": "beta", "tags": {"Team": "web"}}).json()["id"]
-    c = api.post("/instances", json=BODY | {"name": "gamma", "tags": {"Team": "data=science"}}).json()["id"]
-    api.post("/instances/sync")
-    assert api.post(f"/instances/{b}/stop").status_code == 202
-    api.post("/instances/sync")
-    assert api.delete(f"/instances/{c}").status_code == 202
-    api.post("/instances/sync")
+    # Which instances are listed is the subject, not how they got their states: set up in the emulator, adopted by
+    # syncs (the lifecycle suite stops and deletes through the API).
+    a = run(fresh_emulator, "alpha", {"Team": "web", "Env": "prod"})
+    b = run(fresh_emulator, "beta", {"Team": "web"})
+    c = run(fresh_emulator, "gamma", {"Team": "data=science"})
+    synced(api, {a: "running", b: "running", c: "running"})
+    fresh_emulator.ec2.stop_instances(InstanceIds=[b])
+    fresh_emulator.ec2.terminate_instances(InstanceIds=[c])
+    synced(api, {a: "running", b: "stopped", c: "terminated"})
     mark = len(api_server.aws_calls())
 
     def ids(**params) -> list[str]:
@@ -101,11 +143,10 @@ def test_list_filters_by_state_tag_and_name_without_calling_aws(api, api_server,
         assert answer.status_code == 422 and answer.json()["code"] == "validation_error", (bad, answer.text)
 
 
-def test_a_terminated_instance_keeps_its_tags(api, api_server):
-    box = api.post("/instances", json=BODY).json()["id"]
-    assert api.delete(f"/instances/{box}").status_code == 202
-    api.post("/instances/sync")
-    assert api.get(f"/instances/{box}").json()["state"] == "terminated"
+def test_a_terminated_instance_keeps_its_tags(api, api_server, fresh_emulator):
+    box = launch(api, fresh_emulator, BODY["name"])
+    fresh_emulator.ec2.terminate_instances(InstanceIds=[box])
+    synced(api, {box: "terminated"})
     mark = len(api_server.aws_calls())
     answer = api.patch(f"/instances/{box}", json={"tags": {"Team": "x"}})
     assert (answer.status_code, answer.json()["code"]) == (409, "wrong_state")
