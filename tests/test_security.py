@@ -8,7 +8,7 @@ import pytest
 
 from app.api.security import check_bind, is_loopback, requested_bind_host
 from app.config import Settings
-from tests.support.processes import ROOT, safe_env
+from tests.support.processes import ROOT, safe_env, wait_until
 from tests.support.server import ApiServer
 
 TOKEN = "s3cret-token-for-tests-0123456789"
@@ -44,7 +44,8 @@ def test_right_token_works_and_health_and_docs_stay_open(token_server, fresh_emu
     good = {"Authorization": f"Bearer {TOKEN}"}
     assert httpx.get(f"{token_server.url}/instances", headers=good).status_code == 200
     created = httpx.post(f"{token_server.url}/instances", headers=good, timeout=60,
-                         json={"name": "authed", "ami": "amazon-linux-2023", "instance_type": "t3.micro"})
+                         json={"name": "authed", "ami": "amazon-linux-2023", "instance_type": "t3.micro",
+                               "ssh_from": "none"})
     assert created.status_code == 201
     assert httpx.get(f"{token_server.url}/health").json() == {"status": "ok"}
     assert httpx.get(f"{token_server.url}/docs").status_code == 200
@@ -100,14 +101,22 @@ def open_server(emulator, tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture
-def running_instance(open_server, fresh_emulator):
+@pytest.fixture(scope="module")
+def running_instance(open_server, emulator):
+    """One tracked running instance for the module: each refused request leaves it running (the test after them
+    stops it). Launched in the emulator and adopted by a sync (one `aws` process; a create is four): how it came
+    to be tracked is not what these tests test."""
+    spec = [{"ResourceType": "instance", "Tags": [{"Key": "ManagedBy", "Value": "ec2-creator-local"},
+                                                  {"Key": "Name", "Value": "target"}]}]
+    box = emulator.ec2.run_instances(ImageId=emulator.ami(), InstanceType="t3.micro", MinCount=1, MaxCount=1,
+                                     TagSpecifications=spec)["Instances"][0]["InstanceId"]
     with httpx.Client(base_url=open_server.url, timeout=60) as api:
-        api.post("/instances/sync").raise_for_status()
-        created = api.post("/instances", json={"name": "target", "ami": "amazon-linux-2023",
-                                               "instance_type": "t3.micro"})
-        assert created.status_code == 201, created.text
-        return created.json()["id"]
+        def adopted() -> bool:  # a sync may join a sweep already under way, which listed EC2 before the launch
+            api.post("/instances/sync").raise_for_status()
+            return api.get(f"/instances/{box}").json().get("state") == "running"
+
+        wait_until(adopted, timeout=30)
+    return box
 
 
 @pytest.mark.parametrize("headers, code", [
