@@ -23,7 +23,6 @@ import json
 import os
 import re
 import socket
-import time
 import uuid
 from pathlib import Path
 from urllib.parse import quote
@@ -31,7 +30,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from tests.support.processes import ROOT
+from tests.support.processes import ROOT, wait_until
 from tests.support.server import ApiServer
 
 # One marker per run; pytest-xdist workers share the run's id, so they collect the same test ids.
@@ -39,6 +38,9 @@ MARKER = f"ec2cl-pwned-{(os.environ.get('PYTEST_XDIST_TESTRUNUID') or uuid.uuid4
 PWN = f"/tmp/{MARKER}"
 TOKEN = "hostile-suite-token-0123456789abcdef"
 VALID = {"name": "hostile-ok", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
+# The valid creates below make their security group without the SSH rule: no caller's value reaches that
+# `aws` process (its CIDR comes from ssh_from), so it is one process per create the tests need not spawn.
+NO_SSH = {"ssh_from": "none"}
 # What EC2 allows in tag keys/values, and what the API allows in names (plus a leading letter/digit).
 EC2_SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 _.:/=+-@")
 SCRIPT_REFUSED = re.compile(r"failed \(exit \d+\)|rejected its arguments")
@@ -176,14 +178,22 @@ def client(server):
 
 
 @pytest.fixture(scope="module")
-def tracked(client) -> str:
-    """One real tracked instance, so that ids 'almost' equal to it are tried too (warms the catalogue)."""
-    response = client.post("/instances", json={**VALID, "name": "hostile-target"})
-    assert response.status_code == 201, response.text
-    CREATED_ON_PURPOSE.add(response.json()["id"])
-    client.post("/instances/sync").raise_for_status()  # settle its state before the corpus runs
-    time.sleep(1)  # the sweep the create asked for (0.5 s later) has run too
-    return response.json()["id"]
+def tracked(client, emulator) -> str:
+    """One real tracked instance, so that ids 'almost' equal to it are tried too. Launched in the emulator with
+    our tag and adopted by a sync (one `aws` process; a create is four, and creates are tested below): once it
+    is recorded running, no sweep is pending that could change its record while the corpus runs."""
+    spec = [{"ResourceType": "instance", "Tags": [{"Key": "ManagedBy", "Value": "ec2-creator-local"},
+                                                  {"Key": "Name", "Value": "hostile-target"}]}]
+    box = emulator.ec2.run_instances(ImageId=emulator.ami(), InstanceType=VALID["instance_type"], MinCount=1,
+                                     MaxCount=1, TagSpecifications=spec)["Instances"][0]["InstanceId"]
+    CREATED_ON_PURPOSE.add(box)
+
+    def adopted() -> bool:  # a sync may join the start-up sweep, which listed EC2 before the launch
+        client.post("/instances/sync").raise_for_status()
+        return client.get(f"/instances/{box}").json().get("state") == "running"
+
+    wait_until(adopted, timeout=30)
+    return box
 
 
 @pytest.fixture
@@ -342,7 +352,8 @@ OPAQUE_KEYS = [f"$(touch${{IFS}}{PWN})", f";touch${{IFS}}{PWN};", f"`touch${{IFS
 def test_legal_but_hostile_idempotency_keys_are_opaque_tokens(server, client, emulator, tracked, key):
     watch = Watch(server, emulator)
     watch.mark()
-    response = client.post("/instances", json={**VALID, "name": "opaque-key"}, headers={"Idempotency-Key": key})
+    response = client.post("/instances", json={**VALID, **NO_SSH, "name": "opaque-key"},
+                           headers={"Idempotency-Key": key})
     assert response.status_code == 201, response.text
     CREATED_ON_PURPOSE.add(response.json()["id"])
     launches = [c for c in server.mutations_since(watch.calls) if "run-instances" in c]
@@ -354,7 +365,8 @@ def test_legal_but_hostile_idempotency_keys_are_opaque_tokens(server, client, em
     instance = emulator.instances()[response.json()["id"]]
     assert {t["Key"]: t["Value"] for t in instance["Tags"]}["Name"] == "opaque-key"
     assert watch.payload_files() == []
-    replay = client.post("/instances", json={**VALID, "name": "opaque-key"}, headers={"Idempotency-Key": key})
+    replay = client.post("/instances", json={**VALID, **NO_SSH, "name": "opaque-key"},
+                         headers={"Idempotency-Key": key})
     assert replay.status_code == 201 and replay.json()["id"] == response.json()["id"]
     assert replay.headers.get("Idempotent-Replayed") == "true"
 
@@ -540,7 +552,7 @@ LITERAL_NAMES = ["x Key=Owner Value=evil", "file:///etc/passwd", "a/../../" + MA
 def test_tag_values_ec2_allows_arrive_as_exact_literals(server, client, emulator, tracked, name):
     watch = Watch(server, emulator)
     watch.mark()
-    response = client.post("/instances", json={**VALID, "name": name, "tags": LITERAL_TAGS})
+    response = client.post("/instances", json={**VALID, **NO_SSH, "name": name, "tags": LITERAL_TAGS})
     assert response.status_code == 201, response.text
     CREATED_ON_PURPOSE.add(response.json()["id"])
     item = response.json()
