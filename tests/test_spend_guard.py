@@ -35,7 +35,7 @@ def created(api: httpx.Client, **overrides) -> dict:
 def launched(emulator, count: int = 1) -> list[str]:
     """`count` running t3.micro instances with our tag, launched in the emulator (no `aws` process): boxes a test
     needs as setup, whose creation is not what it tests (an API create costs four processes: its SSH group, the
-    rule, the launch, a sweep; tests/test_lifecycle.py tests it). The next sweep adopts them (adopted())."""
+    rule, the launch, a sweep; tests/test_lifecycle.py tests it). The next sweep adopts them (adopt())."""
     return [i["InstanceId"] for i in emulator.ec2.run_instances(
         ImageId=emulator.ami(), InstanceType=BODY["instance_type"], MinCount=count, MaxCount=count,
         TagSpecifications=[{"ResourceType": "instance", "Tags": [
