@@ -12,7 +12,11 @@ import pytest
 
 from tests.support.processes import wait_until
 from tests.support.server import ApiServer
-from tests.test_spend_guard import calls_of, created, ec2_state
+from tests.test_spend_guard import adopt, calls_of, created, ec2_state, launched
+
+# What these tests stop is due by its stop_at; how it was launched is not their subject: boxes are launched in the
+# emulator and adopted by a sweep (each armed for DEFAULT_AUTO_STOP_MINUTES, 480, as a default create is), and the
+# two tests whose subject is what a create arms make their group without the SSH rule (ssh_from none).
 
 
 @pytest.fixture
@@ -42,7 +46,7 @@ def test_a_one_minute_auto_stop_stops_it_in_ec2_with_an_auto_stop_event(api, ser
     """The minute is the service's clock's: after the create the server restarts with CLOCK_START five seconds
     before the stop_at it armed, so the minute is up five seconds later instead of sixty (the restart itself is
     tested on its own below). The stop is judged on the server's clock: its event is not before stop_at."""
-    item = created(api, auto_stop_minutes=1)
+    item = created(api, auto_stop_minutes=1, ssh_from="none")
     assert item["auto_stop_minutes"] == 1
     stop_at = _utc(item["stop_at"])
     assert timedelta(seconds=50) < stop_at - datetime.now(UTC) <= timedelta(minutes=1)
@@ -63,9 +67,7 @@ def _soon(seconds: float) -> str:
 
 
 def test_three_due_together_cost_one_stop_instances_process_and_null_cancels(api, server, fresh_emulator):
-    items = [created(api, name=f"due-{i}") for i in range(3)]
-    kept = created(api, name="kept")
-    api.post("/instances/sync").raise_for_status()
+    *items, kept = adopt(api, launched(fresh_emulator, 4))
     at = _soon(4)
     for item in [*items, kept]:
         response = api.patch(f"/instances/{item['id']}", json={"stop_at": at})
@@ -84,8 +86,7 @@ def test_three_due_together_cost_one_stop_instances_process_and_null_cancels(api
 
 
 def test_what_fell_due_while_the_server_was_down_is_stopped_after_startup(api, server, fresh_emulator):
-    item = created(api)
-    api.post("/instances/sync").raise_for_status()
+    [item] = adopt(api, launched(fresh_emulator))
     assert api.patch(f"/instances/{item['id']}", json={"stop_at": _soon(3)}).status_code == 200
     server.stop()
     time.sleep(4)
@@ -96,7 +97,7 @@ def test_what_fell_due_while_the_server_was_down_is_stopped_after_startup(api, s
 
 
 def test_patch_rules(api, server, fresh_emulator):
-    item = created(api, auto_stop_minutes=None)
+    item = created(api, auto_stop_minutes=None, ssh_from="none")
     assert item["stop_at"] is None and item["auto_stop_minutes"] is None
     api.post("/instances/sync").raise_for_status()
     rearmed = api.patch(f"/instances/{item['id']}", json={"auto_stop_minutes": 90}).json()
@@ -126,8 +127,7 @@ def _stopped_at(fresh_emulator, instance_id: str, stop_at: str, within: float) -
 def test_one_that_falls_due_while_a_stop_round_is_in_flight_is_stopped_at_once(api, server, fresh_emulator):
     """The round stopping the first is slow (EC2 takes 4 s more to answer); the second falls due meanwhile. It
     used to be left alone as if EC2 had refused it: a minute late, unless something woke the loop."""
-    first, second = created(api, name="first"), created(api, name="second")
-    api.post("/instances/sync").raise_for_status()
+    first, second = adopt(api, launched(fresh_emulator, 2))
     server.set_faults({"op": "stop-instances", "match": [first["id"]], "delay": 4, "times": 1})
     at = {first["id"]: _soon(3), second["id"]: _soon(5)}
     for instance_id, stop_at in at.items():
@@ -142,8 +142,7 @@ def test_one_that_falls_due_while_a_stop_round_is_in_flight_is_stopped_at_once(a
 def test_one_recorded_pending_at_a_restart_is_stopped_when_the_sweep_records_it_running(api, server, fresh_emulator):
     """EC2 cannot stop a pending instance, so the first round after a start passes it by; the sweep that
     records it running wakes the auto-stopper (it used to sleep a minute)."""
-    item = created(api)
-    api.post("/instances/sync").raise_for_status()
+    [item] = adopt(api, launched(fresh_emulator))
     server.stop()
     with closing(sqlite3.connect(server.db_path)) as conn, conn:  # as a crash may leave it: still pending
         conn.execute("UPDATE instances SET state = 'pending', stop_at = ? WHERE id = ?",

@@ -10,8 +10,12 @@ from app.budget.spending import PriceBook, Rates, period_bounds
 from app.config import DEFAULT_PRICES_FILE
 from tests.support.processes import wait_until
 from tests.support.server import ApiServer
+from tests.test_spend_guard import adopt, launched
 
 BODY = {"name": "guarded", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
+# What these tests create is admitted or refused by the budget; SSH is not their subject: a group without the rule
+# (one `aws` process fewer per create; tests/test_ssh_access.py tests the rule).
+NO_SSH = BODY | {"ssh_from": "none"}
 BOOK = PriceBook.load(DEFAULT_PRICES_FILE)
 RATES = Rates.of(BOOK, "t3.micro", "us-east-1", 8)
 READ_TIMEOUT = {"stderr": "Read timeout on endpoint URL: \"https://ec2.us-east-1.amazonaws.com/\"", "code": 255}
@@ -54,7 +58,7 @@ def test_retries_of_a_launch_whose_answer_timed_out_never_pass_the_budget(starte
     # "retry". Each unresolved launch holds its share until the sweep (started at once) finds its instance.
     server, api = started(BUDGET_USD=f"{3.5 * one_create(datetime.now(UTC)):.6f}")
     server.set_faults({"op": "run-instances", "times": 8, "fail_after": READ_TIMEOUT})
-    answers = [api.post("/instances", json=BODY | {"name": f"retry-{n}"}).status_code for n in range(8)]
+    answers = [api.post("/instances", json=NO_SSH | {"name": f"retry-{n}"}).status_code for n in range(8)]
     assert answers.count(504) == 3 and answers.count(409) == 5, answers
     assert len(live(fresh_emulator)) == 3
     budget = api.get("/budget").json()
@@ -72,13 +76,13 @@ def test_an_unresolved_launch_holds_its_share_until_it_is_resolved(started, fres
     server, api = started(BUDGET_USD=f"{1.5 * one_create(datetime.now(UTC)):.6f}")
     server.set_faults({"op": "run-instances", "times": 1, "fail_after": READ_TIMEOUT},
                       {"op": "describe-instances", "hide": "all"})
-    assert api.post("/instances", json=BODY).status_code == 504
+    assert api.post("/instances", json=NO_SSH).status_code == 504
     # Resolving starts at once: a lookup by its RequestId (EC2 does not show it yet: nothing is concluded).
     wait_until(lambda: any("tag:RequestId" in " ".join(c) for c in server.aws_calls() if "describe-instances" in c))
     budget = api.get("/budget").json()
     [held] = budget["unresolved_launches"]
     assert held["projected_usd"] > 0 and budget["committed_usd"] >= held["projected_usd"] - 1e-4
-    refused = api.post("/instances", json=BODY | {"name": "second"})
+    refused = api.post("/instances", json=NO_SSH | {"name": "second"})
     assert refused.status_code == 409 and refused.json()["code"] == "budget_exceeded"
     server.set_faults()  # EC2 shows it now: the sweep records it and the launch lets go of its share
     api.post("/instances/sync").raise_for_status()
@@ -104,26 +108,30 @@ def test_policy_comes_before_the_budget_and_a_refusal_says_what_the_create_would
 
 
 def test_an_accepted_delete_frees_its_share_at_once(started, fresh_emulator):
+    # Two running boxes launched in the emulator, each adopted for DEFAULT_AUTO_STOP_MINUTES (480) as a default
+    # create is: the start-up sweep admits them (room for two and a half), the third create is refused.
+    boxes = launched(fresh_emulator, 2)
     server, api = started(BUDGET_USD=f"{2.5 * one_create(datetime.now(UTC)):.6f}")
-    ids = [api.post("/instances", json=BODY | {"name": f"d{n}"}).json()["id"] for n in range(2)]
-    assert api.post("/instances", json=BODY | {"name": "third"}).status_code == 409
+    ids = [box["id"] for box in adopt(api, boxes)]
+    assert api.post("/instances", json=NO_SSH | {"name": "third"}).status_code == 409
     server.set_faults({"op": "describe-instances", "hide": "all"})  # no sync can record them terminated yet
     deleted = api.post("/instances/actions", json={"action": "delete", "ids": ids})
     assert deleted.status_code == 200, deleted.text
     assert api.get("/budget").json()["committed_usd"] < one_create(datetime.now(UTC))  # what they spent only
-    assert api.post("/instances", json=BODY | {"name": "third"}).status_code == 201
+    assert api.post("/instances", json=NO_SSH | {"name": "third"}).status_code == 201
 
 
 def test_at_a_months_start_the_runs_never_admitted_for_it_are_stopped_in_one_call(started, fresh_emulator):
     # The service's clock starts an hour before the new year (four creates fit in it on a loaded machine: 25 s
     # did not, in CI); then the server restarts five seconds before it, and the month ends while the test watches.
-    server, api = started(BUDGET_USD="10", CLOCK_START="2026-12-31T23:00:00Z")
-    week = api.post("/instances", json=BODY | {"name": "week", "auto_stop_minutes": 10080})
+    # The AMI catalogue the server starts with (fetched this run) is weeks old on that clock: not refetched.
+    server, api = started(BUDGET_USD="10", CLOCK_START="2026-12-31T23:00:00Z", AMI_CATALOG_TTL_HOURS=str(24 * 366))
+    week = api.post("/instances", json=NO_SSH | {"name": "week", "auto_stop_minutes": 10080})
     assert week.status_code == 201, week.text  # most of its week is January's: 3.2 of January's 10, disk included
-    forever = [api.post("/instances", json=BODY | {"name": f"forever-{n}", "auto_stop_minutes": None})
+    forever = [api.post("/instances", json=NO_SSH | {"name": f"forever-{n}", "auto_stop_minutes": None})
                for n in range(2)]
     assert [f.status_code for f in forever] == [201, 201]  # charged to December's end, admitted again on 1 January
-    late = api.post("/instances", json=BODY | {"name": "late"}).json()  # the newest run: 8 hours, into January
+    late = api.post("/instances", json=NO_SSH | {"name": "late"}).json()  # the newest run: 8 hours, into January
     march = api.patch(f"/instances/{late['id']}", json={"stop_at": "2027-03-31T00:00:00Z"})
     assert march.status_code == 409 and march.json()["code"] == "budget_exceeded", march.text
     assert march.json()["period"] == "2027-01"  # January's budget is the one it does not fit

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
+from tests.support.processes import wait_until
 from tests.support.server import ApiServer
 
 BODY = {"name": "guarded", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
@@ -31,6 +32,30 @@ def created(api: httpx.Client, **overrides) -> dict:
     return response.json()
 
 
+def launched(emulator, count: int = 1) -> list[str]:
+    """`count` running t3.micro instances with our tag, launched in the emulator (no `aws` process): boxes a test
+    needs as setup, whose creation is not what it tests (an API create costs four processes: its SSH group, the
+    rule, the launch, a sweep; tests/test_lifecycle.py tests it). The next sweep adopts them (adopt())."""
+    return [i["InstanceId"] for i in emulator.ec2.run_instances(
+        ImageId=emulator.ami(), InstanceType=BODY["instance_type"], MinCount=count, MaxCount=count,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": [
+            {"Key": "ManagedBy", "Value": "ec2-creator-local"}, {"Key": "Name", "Value": BODY["name"]}]}],
+    )["Instances"]]
+
+
+def adopt(api: httpx.Client, ids: list[str]) -> list[dict]:
+    """The records of `ids` once a sweep has recorded them running: a server's start-up sweep may have done it
+    (no process more); else a sync does (it may join a sweep that listed EC2 before the launch: then another)."""
+    def recorded() -> bool:
+        if all(api.get(f"/instances/{i}").json().get("state") == "running" for i in ids):
+            return True
+        api.post("/instances/sync").raise_for_status()
+        return False
+
+    wait_until(recorded, timeout=30)
+    return [api.get(f"/instances/{i}").json() for i in ids]
+
+
 def calls_of(server: ApiServer, operation: str, mark: int = 0) -> list[list[str]]:
     return [c for c in server.aws_calls()[mark:] if operation in c]
 
@@ -47,7 +72,7 @@ def restart(server: ApiServer, **env: str) -> None:
 
 def test_t_instances_launch_on_standard_credits_and_without_a_public_ip_when_asked(api, server, fresh_emulator):
     plain = created(api, name="with-ip")
-    private = created(api, name="no-ip", associate_public_ip=False)
+    private = created(api, name="no-ip", associate_public_ip=False, ssh_from="none")  # no rule: no SSH without an IP
     launches = calls_of(server, "run-instances")
     assert len(launches) == 2
     for argv in launches:
@@ -66,7 +91,8 @@ def test_t_instances_launch_on_standard_credits_and_without_a_public_ip_when_ask
 
 def test_over_budget_creates_and_starts_are_refused_without_a_process_stop_and_delete_pass(api, server,
                                                                                            fresh_emulator):
-    first, second = created(api, name="one"), created(api, name="two")
+    # Two running boxes (adopted: each armed for DEFAULT_AUTO_STOP_MINUTES, 480, as a default create is).
+    first, second = adopt(api, launched(fresh_emulator, 2))
     two = api.get("/budget").json()["committed_usd"]  # the server's own projection of two instances
     assert two > 0
     restart(server, BUDGET_USD=f"{two * 1.25:.6f}")  # room for two, not three
@@ -103,8 +129,27 @@ def test_over_budget_creates_and_starts_are_refused_without_a_process_stop_and_d
     assert api.delete(f"/instances/{first['id']}").status_code == 202
 
 
-def test_budget_shows_the_period_every_instance_and_a_missing_price_is_a_400(api, server, fresh_emulator):
-    item = created(api, auto_stop_minutes=30)
+@pytest.fixture
+def priced_server(emulator, fresh_emulator, tmp_path):
+    """A server that allows t3.small but has no price for it (PRICES_FILE)."""
+    srv = ApiServer(tmp_path, emulator.url, ALLOWED_INSTANCE_TYPES="t3.micro,t4g.micro,t3.small",
+                    PRICES_FILE=str(_prices_without(tmp_path, "t3.small")))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def priced_api(priced_server):
+    with httpx.Client(base_url=priced_server.url, timeout=60) as client:
+        yield client
+
+
+def test_budget_shows_the_period_every_instance_and_a_missing_price_is_a_400(priced_api, priced_server,
+                                                                              fresh_emulator):
+    api, server = priced_api, priced_server
+    [box] = adopt(api, launched(fresh_emulator))
+    item = api.patch(f"/instances/{box['id']}", json={"auto_stop_minutes": 30}).json()
+    assert item["auto_stop_minutes"] == 30
     budget = api.get("/budget").json()
     assert budget["budget_usd"] == 100000 and budget["period_start"].endswith("01T00:00:00.000000Z")
     assert budget["remaining_usd"] == pytest.approx(budget["budget_usd"] - budget["committed_usd"], abs=1e-3)
@@ -116,35 +161,33 @@ def test_budget_shows_the_period_every_instance_and_a_missing_price_is_a_400(api
     cost = api.get(f"/instances/{item['id']}").json()["cost"]
     assert cost["projected_usd"] == pytest.approx(entry["projected_usd"], rel=0.01)
 
-    restart(server, ALLOWED_INSTANCE_TYPES="t3.micro,t4g.micro,t3.small",
-            PRICES_FILE=str(_prices_without(server, "t3.small")))
     mark = len(server.aws_calls())
     response = api.post("/instances", json=BODY | {"instance_type": "t3.small"})
     assert response.status_code == 400 and response.json()["code"] == "price_unknown"
     assert "PRICES_FILE" in response.json()["detail"] and server.aws_calls()[mark:] == []
 
 
-def _prices_without(server: ApiServer, instance_type: str):
+def _prices_without(tmp, instance_type: str):
     from app.config import DEFAULT_PRICES_FILE
 
     doc = json.loads(DEFAULT_PRICES_FILE.read_text())
     for region in doc["regions"].values():
         region["instance_hourly"].pop(instance_type, None)
-    path = server.tmp / "prices.json"
+    path = tmp / "prices.json"
     path.write_text(json.dumps(doc))
     return path
 
 
 def test_a_bulk_start_is_admitted_as_one_set_or_not_at_all(api, server, fresh_emulator):
-    boxes = [created(api, name=f"set-{n}", auto_stop_minutes=600)["id"] for n in range(3)]
+    boxes = [box["id"] for box in adopt(api, launched(fresh_emulator, 3))]
+    for box in boxes:  # a start re-arms this: what one start commits is 600 minutes of compute (to the period end)
+        assert api.patch(f"/instances/{box}", json={"auto_stop_minutes": 600}).status_code == 200
+    running = api.get("/budget").json()["committed_usd"]
     api.post("/instances/actions", json={"action": "stop", "ids": boxes}).raise_for_status()
     api.post("/instances/sync").raise_for_status()
     stopped = api.get("/budget").json()["committed_usd"]  # their storage, to the period end
-    api.post(f"/instances/{boxes[0]}/start").raise_for_status()
-    api.post("/instances/sync").raise_for_status()
-    one = api.get("/budget").json()["committed_usd"] - stopped  # what one start commits
-    api.post(f"/instances/{boxes[0]}/stop").raise_for_status()
-    api.post("/instances/sync").raise_for_status()
+    one = (running - stopped) / 3  # what one start commits: a run of 600 minutes, as each of the three had
+    assert one > 0
     restart(server, BUDGET_USD=f"{stopped + one * 2.5:.6f}")  # room for two starts, not three
 
     mark = len(server.aws_calls())
