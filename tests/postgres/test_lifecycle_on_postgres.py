@@ -6,6 +6,7 @@ same on both engines: SQLite's run covers them.
 
 from tests.test_lifecycle import (  # noqa: F401  (collected here once more, on PostgreSQL)
     api,
+    client,
     server,
     test_concurrent_retries_with_one_key_launch_once,
     test_kill_9_mid_burst_then_restart_tracks_every_instance_once,
