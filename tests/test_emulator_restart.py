@@ -6,15 +6,17 @@ neither lost nor half-written, and the next call works once the endpoint is back
 here is our own moto server on a port we keep, not the session one.
 """
 
+import shutil
 import sqlite3
 import time
+from contextlib import closing
 
 import httpx
 import pytest
 
 from tests.support.emulator import Emulator
 from tests.support.processes import wait_until
-from tests.support.server import ApiServer
+from tests.support.server import CATALOG_TEMPLATES, ApiServer, rescope_catalog
 
 pytestmark = pytest.mark.integration  # real processes: make test-fast leaves these out
 
@@ -22,7 +24,8 @@ pytestmark = pytest.mark.integration  # real processes: make test-fast leaves th
 # on a busy 2-core machine (the first EC2 call to a fresh moto server is the slowest, ~3 s).
 CLI_TIMEOUT = 8
 UNREACHABLE_BOUND = 20  # connection refused: the CLI's own retries (3 attempts) plus one process start
-BODY = {"ami": "amazon-linux-2023", "instance_type": "t3.micro"}
+# No SSH rule (ssh_from none): no test here is about SSH, and the rule is one `aws` process per create.
+BODY = {"ami": "amazon-linux-2023", "instance_type": "t3.micro", "ssh_from": "none"}
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +36,16 @@ def emu(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(emu, tmp_path_factory):
+def server(emu, emulator, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("restart")
+    # The server starts with the AMI catalogue, as every test server does (the session emulator's template, made
+    # this emulator's: every moto server publishes the same one): fetching it (four `aws` processes) is not what
+    # this module tests.
+    shutil.copyfile(CATALOG_TEMPLATES[emulator.url], tmp / "instances.db")
+    with closing(sqlite3.connect(tmp / "instances.db")) as conn, conn:
+        rescope_catalog(conn, emulator.url, emu.url)
     # A restarted emulator has really forgotten everything: a short grace lets the record follow soon.
-    srv = ApiServer(tmp_path_factory.mktemp("restart"), emu.url, AWS_CLI_TIMEOUT_SECONDS=str(CLI_TIMEOUT),
-                    CONSISTENCY_GRACE_SECONDS="2")
+    srv = ApiServer(tmp, emu.url, AWS_CLI_TIMEOUT_SECONDS=str(CLI_TIMEOUT), CONSISTENCY_GRACE_SECONDS="2")
     yield srv
     srv.stop()
 
