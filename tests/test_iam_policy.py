@@ -117,8 +117,9 @@ def api(server) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="module")
 def box(api, account) -> str:
-    """A running instance of ours, launched with the whole policy."""
-    created = api.post("/instances", json=BODY | {"name": "iam-kept", "tags": {"team": "a"}})
+    """A running instance of ours, launched with the whole policy. Without the SSH rule (ssh_from none): it is a
+    target; the rule's statement is proven by _create_with_group and the whole-policy lifecycle."""
+    created = api.post("/instances", json=BODY | {"name": "iam-kept", "tags": {"team": "a"}, "ssh_from": "none"})
     assert created.status_code == 201, created.text
     return created.json()["id"]
 
@@ -191,7 +192,7 @@ def test_without_a_statement_its_feature_names_the_missing_action(without, api, 
     if without == "Ec2Read":
         denied(api.post("/instances/sync"), "ec2:DescribeInstances")
     elif without == "Ec2Launch":
-        denied(api.post("/instances", json=BODY), "ec2:RunInstances")
+        denied(api.post("/instances", json=BODY | {"ssh_from": "none"}), "ec2:RunInstances")  # no rule: not the subject
     elif without == "Ec2ManageOwnInstances":
         denied(api.post(f"/instances/{box}/stop"), "ec2:StopInstances")
         # (ec2:CreateTags stays granted here: Ec2TagOnCreate without its Condition grants it everywhere.)
