@@ -14,7 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.processes import wait_until
 from tests.support.server import ApiServer
 
-BODY = {"name": "shared", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
+# No SSH rule (ssh_from none): SSH is not what these tests are about, and the rule costs an `aws` process.
+BODY = {"name": "shared", "ami": "amazon-linux-2023", "instance_type": "t3.micro", "ssh_from": "none"}
 INTERVAL = 2.0
 
 
@@ -26,6 +27,28 @@ def leader_flag(server: ApiServer) -> int:
 
 def calls(server: ApiServer, operation: str) -> int:
     return sum(1 for argv in server.aws_calls() if operation in argv)
+
+
+def launch_by_hand(emulator, name: str) -> str:
+    """A running instance with our tag, for a test about what the replicas do to an instance, not about
+    creating it: a sweep adopts it (an API create costs four `aws` processes; tests/test_lifecycle.py tests it)."""
+    return emulator.ec2.run_instances(
+        ImageId=emulator.ami(), InstanceType="t3.micro", MinCount=1, MaxCount=1,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": [
+            {"Key": "Name", "Value": name}, {"Key": "ManagedBy", "Value": "ec2-creator-local"}]}],
+    )["Instances"][0]["InstanceId"]
+
+
+def adopt(server: ApiServer, instance_id: str) -> None:
+    """Sync on `server` until its record holds the instance running (a sync may join a sweep under way, which
+    listed EC2 before the launch; the leader's own sweeps may adopt it first)."""
+    def running() -> bool:
+        if httpx.get(f"{server.url}/instances/{instance_id}", timeout=10).json().get("state") == "running":
+            return True
+        httpx.post(f"{server.url}/instances/sync", timeout=60).raise_for_status()
+        return False
+
+    wait_until(running, timeout=30, interval=0.1)
 
 
 @pytest.fixture
@@ -101,11 +124,7 @@ def test_when_the_leader_dies_the_other_adopts_within_two_intervals(pair, fresh_
     leader.proc.kill()  # kill -9: no shutdown, the lock goes with its connection
     leader.proc.wait()
     killed = time.monotonic()
-    made = fresh_emulator.ec2.run_instances(
-        ImageId=fresh_emulator.ami(), InstanceType="t3.micro", MinCount=1, MaxCount=1,
-        TagSpecifications=[{"ResourceType": "instance", "Tags": [
-            {"Key": "Name", "Value": "by-hand"}, {"Key": "ManagedBy", "Value": "ec2-creator-local"}]}],
-    )["Instances"][0]["InstanceId"]
+    made = launch_by_hand(fresh_emulator, "by-hand")
 
     def adopted() -> bool:
         return httpx.get(f"{follower.url}/instances/{made}", timeout=5).status_code == 200
@@ -116,10 +135,10 @@ def test_when_the_leader_dies_the_other_adopts_within_two_intervals(pair, fresh_
     assert leader_flag(follower) == 1
 
 
-def test_mutations_of_one_instance_wait_for_each_other_across_replicas(pair):
+def test_mutations_of_one_instance_wait_for_each_other_across_replicas(pair, fresh_emulator):
     a, b = pair
-    made = httpx.post(f"{a.url}/instances", json=BODY | {"name": "serial"}, timeout=60).json()
-    httpx.post(f"{a.url}/instances/sync", timeout=60)
+    made = {"id": launch_by_hand(fresh_emulator, "serial")}
+    adopt(a, made["id"])
     a.set_faults({"op": "stop-instances", "delay": 3})  # A's stop takes 3 s in EC2
     finished: dict[str, float] = {}
 
@@ -140,10 +159,10 @@ def test_mutations_of_one_instance_wait_for_each_other_across_replicas(pair):
         assert started.json()["code"] == "wrong_state"
 
 
-def test_the_leader_stops_on_time_an_instance_whose_auto_stop_was_set_on_the_other(pair):
+def test_the_leader_stops_on_time_an_instance_whose_auto_stop_was_set_on_the_other(pair, fresh_emulator):
     leader, follower = sorted(pair, key=leader_flag, reverse=True)
-    made = httpx.post(f"{follower.url}/instances", json=BODY | {"name": "stop-soon"}, timeout=60).json()
-    httpx.post(f"{follower.url}/instances/sync", timeout=60)
+    made = {"id": launch_by_hand(fresh_emulator, "stop-soon")}
+    adopt(follower, made["id"])
     at = (datetime.now(UTC) + timedelta(seconds=3)).isoformat()
     assert httpx.patch(f"{follower.url}/instances/{made['id']}", json={"stop_at": at}, timeout=60).status_code == 200
     # The follower's request cannot wake the leader's scheduler (which sleeps up to a minute); its sweeps do.
