@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.support.processes import wait_until
-from tests.support.server import aws_error
+from tests.support.server import aws_error, synced_client
 
 BODY = {"name": "watched", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
 IDLE = {"cpu_below_percent": 5, "for_minutes": 30}
@@ -22,6 +22,28 @@ def put_metric(emulator, instance_id: str, name: str, value: float, unit: str, m
     emulator.cloudwatch.put_metric_data(Namespace="AWS/EC2", MetricData=[{
         "MetricName": name, "Dimensions": [{"Name": "InstanceId", "Value": instance_id}], "Unit": unit,
         "Value": value, "Timestamp": datetime.now(UTC) - timedelta(minutes=minutes_ago)}])
+
+
+@pytest.fixture
+def adopted(api_server, fresh_emulator):
+    """A client and one running instance the server tracks, for a test about what is done to an instance
+    (its metrics, its alarm), not about creating it: launched in the fresh emulator with our tag and adopted
+    by the sync the `api` fixture makes anyway (one `aws` process; an API create costs four: its SSH group, the
+    rule, the launch and the sweep after it; tests/test_lifecycle.py tests creating)."""
+    box = fresh_emulator.ec2.run_instances(
+        ImageId=fresh_emulator.ami(), InstanceType=BODY["instance_type"], MinCount=1, MaxCount=1,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": [
+            {"Key": "ManagedBy", "Value": "ec2-creator-local"}, {"Key": "Name", "Value": BODY["name"]}]}],
+    )["Instances"][0]["InstanceId"]
+    with synced_client(api_server) as client:
+        def tracked() -> bool:  # a sync may join a sweep already under way, which listed EC2 before the launch
+            if client.get(f"/instances/{box}").json().get("state") == "running":
+                return True
+            client.post("/instances/sync").raise_for_status()
+            return False
+
+        wait_until(tracked, timeout=30)
+        yield client, box
 
 
 def operations(calls: list[list[str]], about: str = "", service: str = "cloudwatch") -> list[str]:
@@ -39,8 +61,8 @@ def alarm_of(api, instance_id: str, status: str | None, timeout: float = 20) -> 
     return api.get(f"/instances/{instance_id}").json()["idle_alarm"]
 
 
-def test_metrics_come_from_cloudwatch_once_per_series_then_from_the_cache(api, api_server, fresh_emulator):
-    box = api.post("/instances", json=BODY).json()["id"]
+def test_metrics_come_from_cloudwatch_once_per_series_then_from_the_cache(adopted, api_server, fresh_emulator):
+    api, box = adopted
     put_metric(fresh_emulator, box, "CPUUtilization", 42.5, "Percent", 3)
     put_metric(fresh_emulator, box, "NetworkIn", 2048, "Bytes", 3)
     put_metric(fresh_emulator, box, "CPUUtilization", 7.5, "Percent", 90)  # older than the window asked for
@@ -66,8 +88,8 @@ BAD_METRIC_QUERIES = [{"metric": "DiskReadOps"}, {"minutes": 0}, {"minutes": 144
                       {"period": 86460}]
 
 
-def test_bad_metric_queries_are_422_and_spawn_nothing(api, api_server):
-    box = api.post("/instances", json=BODY).json()["id"]  # one instance for every query (each used to make its own)
+def test_bad_metric_queries_are_422_and_spawn_nothing(adopted, api_server):
+    api, box = adopted  # one instance for every query (each used to make its own)
     for params in BAD_METRIC_QUERIES:
         mark = len(api_server.aws_calls())
         got = api.get(f"/instances/{box}/metrics", params=params)
@@ -77,7 +99,8 @@ def test_bad_metric_queries_are_422_and_spawn_nothing(api, api_server):
 
 
 def test_the_idle_alarm_is_put_changed_and_deleted_with_the_instance(api, api_server, fresh_emulator):
-    created = api.post("/instances", json=BODY | {"stop_when_idle": IDLE})
+    # No SSH rule (ssh_from none): one `aws` process fewer, and the alarm is what this test is about.
+    created = api.post("/instances", json=BODY | {"stop_when_idle": IDLE, "ssh_from": "none"})
     assert created.status_code == 201, created.text
     box = created.json()["id"]
     name = f"ec2-creator-local-idle-stop-{box}"
@@ -134,11 +157,12 @@ def test_bad_idle_settings_are_422_before_any_process(api_server, idle):
     assert api_server.mutations_since(mark, ignore_tidying=True) == []  # no reset: earlier tests' groups
 
 
-def test_a_refused_put_shows_its_error_and_is_retried(api, api_server, fresh_emulator):
+def test_a_refused_put_shows_its_error_and_is_retried(adopted, api_server, fresh_emulator):
+    api, box = adopted
     api_server.set_faults({"op": "put-metric-alarm", "times": 1,
                            "fail": aws_error("AccessDenied", "PutMetricAlarm",
                                              "User is not authorized to perform: cloudwatch:PutMetricAlarm")})
-    box = api.post("/instances", json=BODY | {"stop_when_idle": IDLE}).json()["id"]
+    api.patch(f"/instances/{box}", json={"stop_when_idle": IDLE}).raise_for_status()
 
     def failed():
         return (api.get(f"/instances/{box}").json()["idle_alarm"] or {}).get("error")
@@ -150,8 +174,9 @@ def test_a_refused_put_shows_its_error_and_is_retried(api, api_server, fresh_emu
     assert f"ec2-creator-local-idle-stop-{box}" in fresh_emulator.alarms()
 
 
-def test_an_alarm_deleted_by_hand_is_put_again_after_a_restart(api, api_server, fresh_emulator):
-    box = api.post("/instances", json=BODY | {"stop_when_idle": IDLE}).json()["id"]
+def test_an_alarm_deleted_by_hand_is_put_again_after_a_restart(adopted, api_server, fresh_emulator):
+    api, box = adopted
+    api.patch(f"/instances/{box}", json={"stop_when_idle": IDLE}).raise_for_status()
     name = f"ec2-creator-local-idle-stop-{box}"
     alarm_of(api, box, "set")
     fresh_emulator.cloudwatch.delete_alarms(AlarmNames=[name])
@@ -161,11 +186,12 @@ def test_an_alarm_deleted_by_hand_is_put_again_after_a_restart(api, api_server, 
     assert alarm_of(api, box, "set")["error"] is None
 
 
-def test_killed_before_the_alarm_was_put_it_is_put_after_restart(api, api_server, fresh_emulator):
+def test_killed_before_the_alarm_was_put_it_is_put_after_restart(adopted, api_server, fresh_emulator):
+    api, box = adopted
     # The put hangs, then fails (so the orphaned `aws` process cannot put it after the kill).
     api_server.set_faults({"op": "put-metric-alarm", "times": 1, "delay": 15,
                            "fail": aws_error("InternalFailure", "PutMetricAlarm", "try again")})
-    box = api.post("/instances", json=BODY | {"stop_when_idle": IDLE}).json()["id"]
+    api.patch(f"/instances/{box}", json={"stop_when_idle": IDLE}).raise_for_status()
     wait_until(lambda: any("put-metric-alarm" in c for c in api_server.aws_calls()), timeout=20)
     os.killpg(api_server.proc.pid, signal.SIGKILL)
     api_server.proc.wait()
@@ -175,10 +201,11 @@ def test_killed_before_the_alarm_was_put_it_is_put_after_restart(api, api_server
     assert f"ec2-creator-local-idle-stop-{box}" in fresh_emulator.alarms()
 
 
-def test_an_alarm_the_record_lost_is_deleted_at_the_next_audit(api, api_server, fresh_emulator):
+def test_an_alarm_the_record_lost_is_deleted_at_the_next_audit(adopted, api_server, fresh_emulator):
     """Two replicas: one deletes the alarm and records none, another's late put lands after it. The audit
     (at start, then every 10 minutes) finds the alarm of an instance that asks for none and deletes it."""
-    box = api.post("/instances", json=BODY | {"stop_when_idle": IDLE}).json()["id"]
+    api, box = adopted
+    api.patch(f"/instances/{box}", json={"stop_when_idle": IDLE}).raise_for_status()
     name = f"ec2-creator-local-idle-stop-{box}"
     alarm_of(api, box, "set")
     api.patch(f"/instances/{box}", json={"stop_when_idle": None}).raise_for_status()
@@ -193,18 +220,19 @@ def test_an_alarm_the_record_lost_is_deleted_at_the_next_audit(api, api_server, 
     assert alarm_of(api, box, None) is None
 
 
-def test_an_instance_ended_before_its_first_put_shows_no_alarm(api, api_server, fresh_emulator):
+def test_an_instance_ended_before_its_first_put_shows_no_alarm(adopted, api_server, fresh_emulator):
+    api, box = adopted
     api_server.set_faults({"op": "put-metric-alarm", "fail": aws_error(
         "AccessDenied", "PutMetricAlarm", "User is not authorized to perform: cloudwatch:PutMetricAlarm")})
-    box = api.post("/instances", json=BODY | {"stop_when_idle": IDLE}).json()["id"]
+    api.patch(f"/instances/{box}", json={"stop_when_idle": IDLE}).raise_for_status()
     wait_until(lambda: (api.get(f"/instances/{box}").json()["idle_alarm"] or {}).get("error"), timeout=20)
     assert api.delete(f"/instances/{box}").status_code == 202
     assert alarm_of(api, box, None) is None  # nothing was ever put: nothing to delete, nothing shown
     assert f"ec2-creator-local-idle-stop-{box}" not in fresh_emulator.alarms()
 
 
-def test_an_instance_of_another_region_cannot_get_an_idle_alarm_here(api, api_server):
-    box = api.post("/instances", json=BODY).json()["id"]
+def test_an_instance_of_another_region_cannot_get_an_idle_alarm_here(adopted, api_server):
+    api, box = adopted
     with closing(sqlite3.connect(api_server.db_path)) as conn, conn:
         conn.execute("UPDATE instances SET region = 'eu-west-1' WHERE id = ?", (box,))
     refused = api.patch(f"/instances/{box}", json={"stop_when_idle": IDLE})

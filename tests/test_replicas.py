@@ -5,7 +5,9 @@ Each server has its own AWS_CLI shim log, so every `aws` process is counted per 
 
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -14,7 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.processes import wait_until
 from tests.support.server import ApiServer
 
-BODY = {"name": "shared", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
+# No SSH rule (ssh_from none): SSH is not what these tests are about, and the rule costs an `aws` process.
+BODY = {"name": "shared", "ami": "amazon-linux-2023", "instance_type": "t3.micro", "ssh_from": "none"}
 INTERVAL = 2.0
 
 
@@ -24,75 +27,83 @@ def leader_flag(server: ApiServer) -> int:
                 if s.name == "ec2cl_leader")
 
 
-def calls(server: ApiServer, operation: str) -> int:
-    return sum(1 for argv in server.aws_calls() if operation in argv)
+def calls(server: ApiServer, operation: str, since: int = 0) -> int:
+    """How many `aws` processes of `operation` the server spawned after its first `since`."""
+    return sum(1 for argv in server.aws_calls()[since:] if operation in argv)
 
 
-@pytest.fixture
-def pair(emulator, fresh_emulator, pg_cluster, pg_catalog_template, tmp_path):
+def marks(servers: list[ApiServer]) -> list[int]:
+    return [len(s.aws_calls()) for s in servers]
+
+
+def launch_by_hand(emulator, name: str) -> str:
+    """A running instance with our tag, for a test about what the replicas do to an instance, not about
+    creating it: a sweep adopts it (an API create costs four `aws` processes; tests/test_lifecycle.py tests it)."""
+    return emulator.ec2.run_instances(
+        ImageId=emulator.ami(), InstanceType="t3.micro", MinCount=1, MaxCount=1,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": [
+            {"Key": "Name", "Value": name}, {"Key": "ManagedBy", "Value": "ec2-creator-local"}]}],
+    )["Instances"][0]["InstanceId"]
+
+
+def adopt(server: ApiServer, instance_id: str) -> None:
+    """Sync on `server` until its record holds the instance running (a sync may join a sweep under way, which
+    listed EC2 before the launch; the leader's own sweeps may adopt it first)."""
+    def running() -> bool:
+        if httpx.get(f"{server.url}/instances/{instance_id}", timeout=10).json().get("state") == "running":
+            return True
+        httpx.post(f"{server.url}/instances/sync", timeout=60).raise_for_status()
+        return False
+
+    wait_until(running, timeout=30, interval=0.1)
+
+
+def start_pair(emulator, pg_cluster, pg_catalog_template, tmp: Path) -> Iterator[list[ApiServer]]:
     """Two replicas on one database, each sweeping every INTERVAL seconds (when it leads)."""
     url = pg_cluster.new_database(pg_catalog_template)
     servers = []
     try:
         for name in ("a", "b"):
-            (tmp_path / name).mkdir()
-            servers.append(ApiServer(tmp_path / name, emulator.url, DATABASE_URL=url,
+            (tmp / name).mkdir()
+            servers.append(ApiServer(tmp / name, emulator.url, DATABASE_URL=url,
                                      RECONCILE_INTERVAL_SECONDS=str(INTERVAL), CONSISTENCY_GRACE_SECONDS="0"))
         wait_until(lambda: sum(leader_flag(s) for s in servers) == 1, timeout=20)
         yield servers
     finally:
-        for server in servers:
+        for server in sorted(servers, key=leads):  # the follower first: else it takes over, and sweeps, as it stops
             server.stop()
 
 
-def test_one_key_sent_to_both_replicas_at_once_launches_once(pair, fresh_emulator):
-    answers: list[httpx.Response] = []
-
-    def send(server: ApiServer) -> None:
-        answers.append(httpx.post(f"{server.url}/instances", json=BODY, headers={"Idempotency-Key": "both-at-once"},
-                                  timeout=120))
-
-    threads = [threading.Thread(target=send, args=(s,)) for s in pair]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert sum(calls(s, "run-instances") for s in pair) == 1
-    assert len(fresh_emulator.instances(managed_only=True)) == 1
-    codes = sorted(a.status_code for a in answers)
-    assert set(codes) <= {201, 409} and codes[0] == 201, [a.text for a in answers]  # a replay answers 201 too
-    ids = {a.json()["id"] for a in answers if a.status_code < 300}
-    assert len(ids) == 1
-    for answer in answers:
-        if answer.status_code == 409:
-            assert answer.json()["code"] == "launch_in_progress"
-    # The retry the 409 asks for gets the instance, from either replica.
-    for server in pair:
-        again = httpx.post(f"{server.url}/instances", json=BODY, headers={"Idempotency-Key": "both-at-once"},
-                           timeout=60)
-        assert again.status_code == 201 and again.json()["id"] in ids
+def leads(server: ApiServer) -> int:
+    try:
+        return leader_flag(server)
+    except httpx.HTTPError:  # killed (or never up)
+        return 0
 
 
-def test_a_create_on_one_replica_is_listed_by_the_other_at_once(pair):
-    a, b = pair
-    made = httpx.post(f"{a.url}/instances", json=BODY | {"name": "seen-by-b"}, timeout=60)
-    assert made.status_code in (201, 202), made.text
-    listed = httpx.get(f"{b.url}/instances", timeout=10).json()["instances"]
-    assert made.json()["id"] in [i["id"] for i in listed]
-    assert httpx.get(f"{b.url}/instances/{made.json()['id']}", timeout=10).json()["name"] == "seen-by-b"
-    stopped = httpx.post(f"{b.url}/instances/{made.json()['id']}/stop", timeout=60)  # B acts on A's instance
-    assert stopped.status_code in (200, 202), stopped.text
-    assert httpx.get(f"{a.url}/instances/{made.json()['id']}", timeout=10).json()["state"] in ("stopping", "stopped")
+@pytest.fixture
+def pair(emulator, fresh_emulator, pg_cluster, pg_catalog_template, tmp_path):
+    """A pair of its own, for a test that kills or restarts a replica."""
+    yield from start_pair(emulator, pg_cluster, pg_catalog_template, tmp_path)
 
 
-def test_the_two_replicas_together_sweep_about_once_per_interval(pair):
-    before = [calls(s, "describe-instances") for s in pair]
-    time.sleep(5 * INTERVAL)
-    swept = [calls(s, "describe-instances") - b for s, b in zip(pair, before, strict=True)]
-    # 5 intervals: one replica sweeps (each round is a sweep, then an interval's wait: fewer than 5 on a busy
-    # machine), the other not at all; two sweepers would make about 10.
-    assert 2 <= sum(swept) <= 7, swept
-    assert min(swept) == 0, swept
+@pytest.fixture(scope="module")
+def running_pair(emulator, pg_cluster, pg_catalog_template, tmp_path_factory):
+    """The pair the tests that leave both replicas running share (the module's last tests: it stops at the
+    module's end). A pair's start is two servers, a database and an election, each server's start-up sweep."""
+    yield from start_pair(emulator, pg_cluster, pg_catalog_template, tmp_path_factory.mktemp("pair"))
+
+
+@pytest.fixture
+def shared_pair(running_pair, fresh_emulator):
+    """The shared pair, with one leader, no faults and a fresh emulator (the instances of earlier tests are gone
+    from EC2; their records are marked so by the leader's sweeps). Counts are taken from marks()."""
+    for server in running_pair:
+        server.set_faults()
+    assert sum(leader_flag(s) for s in running_pair) == 1
+    yield running_pair
+    for server in running_pair:
+        server.set_faults()
 
 
 def test_when_the_leader_dies_the_other_adopts_within_two_intervals(pair, fresh_emulator):
@@ -101,11 +112,7 @@ def test_when_the_leader_dies_the_other_adopts_within_two_intervals(pair, fresh_
     leader.proc.kill()  # kill -9: no shutdown, the lock goes with its connection
     leader.proc.wait()
     killed = time.monotonic()
-    made = fresh_emulator.ec2.run_instances(
-        ImageId=fresh_emulator.ami(), InstanceType="t3.micro", MinCount=1, MaxCount=1,
-        TagSpecifications=[{"ResourceType": "instance", "Tags": [
-            {"Key": "Name", "Value": "by-hand"}, {"Key": "ManagedBy", "Value": "ec2-creator-local"}]}],
-    )["Instances"][0]["InstanceId"]
+    made = launch_by_hand(fresh_emulator, "by-hand")
 
     def adopted() -> bool:
         return httpx.get(f"{follower.url}/instances/{made}", timeout=5).status_code == 200
@@ -114,41 +121,6 @@ def test_when_the_leader_dies_the_other_adopts_within_two_intervals(pair, fresh_
     took = time.monotonic() - killed
     assert took <= 2 * INTERVAL + 0.5, took  # the half-second: this test's own polling and a slow machine
     assert leader_flag(follower) == 1
-
-
-def test_mutations_of_one_instance_wait_for_each_other_across_replicas(pair):
-    a, b = pair
-    made = httpx.post(f"{a.url}/instances", json=BODY | {"name": "serial"}, timeout=60).json()
-    httpx.post(f"{a.url}/instances/sync", timeout=60)
-    a.set_faults({"op": "stop-instances", "delay": 3})  # A's stop takes 3 s in EC2
-    finished: dict[str, float] = {}
-
-    def stop() -> None:
-        assert httpx.post(f"{a.url}/instances/{made['id']}/stop", timeout=60).status_code in (200, 202)
-        finished["stop"] = time.monotonic()
-
-    stopper = threading.Thread(target=stop)
-    stopper.start()
-    wait_until(lambda: calls(a, "stop-instances") == 1, timeout=10, interval=0.05)
-    started = httpx.post(f"{b.url}/instances/{made['id']}/start", timeout=60)
-    finished["start"] = time.monotonic()
-    stopper.join()
-    # B waited for A's stop to be recorded, then judged the state it left (stopping: 409, or stopped: start).
-    assert finished["start"] >= finished["stop"]
-    assert started.status_code in (200, 202, 409), started.text
-    if started.status_code == 409:
-        assert started.json()["code"] == "wrong_state"
-
-
-def test_the_leader_stops_on_time_an_instance_whose_auto_stop_was_set_on_the_other(pair):
-    leader, follower = sorted(pair, key=leader_flag, reverse=True)
-    made = httpx.post(f"{follower.url}/instances", json=BODY | {"name": "stop-soon"}, timeout=60).json()
-    httpx.post(f"{follower.url}/instances/sync", timeout=60)
-    at = (datetime.now(UTC) + timedelta(seconds=3)).isoformat()
-    assert httpx.patch(f"{follower.url}/instances/{made['id']}", json={"stop_at": at}, timeout=60).status_code == 200
-    # The follower's request cannot wake the leader's scheduler (which sleeps up to a minute); its sweeps do.
-    wait_until(lambda: calls(leader, "stop-instances") == 1, timeout=3 + 2 * INTERVAL + 1, interval=0.1)
-    assert calls(follower, "stop-instances") == 0
 
 
 def test_two_creates_on_two_replicas_share_one_budget(pair):
@@ -175,3 +147,95 @@ def test_two_creates_on_two_replicas_share_one_budget(pair):
     codes = sorted((r.status_code, r.json().get("code")) for r in answers.values())
     assert codes == [(201, None), (409, "budget_exceeded")], [r.text for r in answers.values()]
     assert sum(calls(s, "run-instances") for s in pair) == 2  # the first instance's, and one of the two
+
+
+# The tests below leave both replicas running: they share one pair (the sweep count first, as it was on a pair
+# of its own: nothing an earlier test asked for is left to sweep).
+def test_the_two_replicas_together_sweep_about_once_per_interval(shared_pair):
+    pair = shared_pair
+    before = [calls(s, "describe-instances") for s in pair]
+    time.sleep(5 * INTERVAL)
+    swept = [calls(s, "describe-instances") - b for s, b in zip(pair, before, strict=True)]
+    # 5 intervals: one replica sweeps (each round is a sweep, then an interval's wait: fewer than 5 on a busy
+    # machine), the other not at all; two sweepers would make about 10.
+    assert 2 <= sum(swept) <= 7, swept
+    assert min(swept) == 0, swept
+
+
+def test_one_key_sent_to_both_replicas_at_once_launches_once(shared_pair, fresh_emulator):
+    pair = shared_pair
+    before = marks(pair)
+    answers: list[httpx.Response] = []
+
+    def send(server: ApiServer) -> None:
+        answers.append(httpx.post(f"{server.url}/instances", json=BODY, headers={"Idempotency-Key": "both-at-once"},
+                                  timeout=120))
+
+    threads = [threading.Thread(target=send, args=(s,)) for s in pair]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(calls(s, "run-instances", m) for s, m in zip(pair, before, strict=True)) == 1
+    assert len(fresh_emulator.instances(managed_only=True)) == 1
+    codes = sorted(a.status_code for a in answers)
+    assert set(codes) <= {201, 409} and codes[0] == 201, [a.text for a in answers]  # a replay answers 201 too
+    ids = {a.json()["id"] for a in answers if a.status_code < 300}
+    assert len(ids) == 1
+    for answer in answers:
+        if answer.status_code == 409:
+            assert answer.json()["code"] == "launch_in_progress"
+    # The retry the 409 asks for gets the instance, from either replica.
+    for server in pair:
+        again = httpx.post(f"{server.url}/instances", json=BODY, headers={"Idempotency-Key": "both-at-once"},
+                           timeout=60)
+        assert again.status_code == 201 and again.json()["id"] in ids
+
+
+def test_a_create_on_one_replica_is_listed_by_the_other_at_once(shared_pair):
+    a, b = shared_pair
+    made = httpx.post(f"{a.url}/instances", json=BODY | {"name": "seen-by-b"}, timeout=60)
+    assert made.status_code in (201, 202), made.text
+    listed = httpx.get(f"{b.url}/instances", timeout=10).json()["instances"]
+    assert made.json()["id"] in [i["id"] for i in listed]
+    assert httpx.get(f"{b.url}/instances/{made.json()['id']}", timeout=10).json()["name"] == "seen-by-b"
+    stopped = httpx.post(f"{b.url}/instances/{made.json()['id']}/stop", timeout=60)  # B acts on A's instance
+    assert stopped.status_code in (200, 202), stopped.text
+    assert httpx.get(f"{a.url}/instances/{made.json()['id']}", timeout=10).json()["state"] in ("stopping", "stopped")
+
+
+def test_mutations_of_one_instance_wait_for_each_other_across_replicas(shared_pair, fresh_emulator):
+    a, b = shared_pair
+    made = {"id": launch_by_hand(fresh_emulator, "serial")}
+    adopt(a, made["id"])
+    mark = len(a.aws_calls())
+    a.set_faults({"op": "stop-instances", "delay": 3})  # A's stop takes 3 s in EC2
+    finished: dict[str, float] = {}
+
+    def stop() -> None:
+        assert httpx.post(f"{a.url}/instances/{made['id']}/stop", timeout=60).status_code in (200, 202)
+        finished["stop"] = time.monotonic()
+
+    stopper = threading.Thread(target=stop)
+    stopper.start()
+    wait_until(lambda: calls(a, "stop-instances", mark) == 1, timeout=10, interval=0.05)
+    started = httpx.post(f"{b.url}/instances/{made['id']}/start", timeout=60)
+    finished["start"] = time.monotonic()
+    stopper.join()
+    # B waited for A's stop to be recorded, then judged the state it left (stopping: 409, or stopped: start).
+    assert finished["start"] >= finished["stop"]
+    assert started.status_code in (200, 202, 409), started.text
+    if started.status_code == 409:
+        assert started.json()["code"] == "wrong_state"
+
+
+def test_the_leader_stops_on_time_an_instance_whose_auto_stop_was_set_on_the_other(shared_pair, fresh_emulator):
+    leader, follower = sorted(shared_pair, key=leader_flag, reverse=True)
+    before = marks([leader, follower])
+    made = {"id": launch_by_hand(fresh_emulator, "stop-soon")}
+    adopt(follower, made["id"])
+    at = (datetime.now(UTC) + timedelta(seconds=3)).isoformat()
+    assert httpx.patch(f"{follower.url}/instances/{made['id']}", json={"stop_at": at}, timeout=60).status_code == 200
+    # The follower's request cannot wake the leader's scheduler (which sleeps up to a minute); its sweeps do.
+    wait_until(lambda: calls(leader, "stop-instances", before[0]) == 1, timeout=3 + 2 * INTERVAL + 1, interval=0.1)
+    assert calls(follower, "stop-instances", before[1]) == 0

@@ -99,7 +99,7 @@ def group_exists(emulator, group_id: str) -> bool:
 
 def test_the_group_is_deleted_once_its_instance_is_gone_retrying_while_ec2_still_holds_it(api, api_server,
                                                                                            fresh_emulator):
-    item = api.post("/instances", json=BODY).json()
+    item = api.post("/instances", json=BODY | {"ssh_from": "none"}).json()  # the group, not its rule, is the subject
     group_id = item["security_group_id"]
     # EC2 refuses while the terminated instance's network interface lingers: the sweep carries on.
     api_server.set_faults({"op": "delete-security-group", "fail": aws_error(
