@@ -49,7 +49,7 @@ from tests.support.emulator import KEY_NAME, Emulator  # noqa: E402
 from tests.support.postgres import PgCluster  # noqa: E402
 from tests.support.processes import VENV_BIN, safe_env  # noqa: E402
 from tests.support.receivers import MailServer, WebhookReceiver, wait_for  # noqa: E402
-from tests.support.server import ApiServer  # noqa: E402
+from tests.support.server import CATALOG_TEMPLATES, ApiServer  # noqa: E402
 
 AWS = VENV_BIN / "aws"
 FINDINGS = ROOT / "bench" / "FINDINGS.md"
@@ -86,12 +86,19 @@ class Sizes:
     few_stops: int = 8  # concurrent POST /instances/{id}/stop (coalesced into one call)
     many_stops: int = 100  # the same with more, and a bulk stop of that many by tag
     stop_samples: int = 5  # single stops, for the latency the window adds
+    # The later servers (notifications on, window 0) start with a copy of the first one's AMI catalogue instead of
+    # fetching it (four `aws` processes each, outside every measured figure).
+    share_catalog: bool = False
 
 
 FULL = Sizes("full", (10, 100, 1000), raw_samples=5, serial=8, burst=32, list_samples=100, get_samples=300,
              sweep_samples=3)
-SMOKE = Sizes("smoke", (10,), raw_samples=1, serial=2, burst=4, list_samples=20, get_samples=20, sweep_samples=1,
-              notify_samples=2, serial_leg=False, quiet_wait_s=0.0, few_stops=4, many_stops=8, stop_samples=1)
+# The smallest sizes that still give every figure (each `aws` process is ~0.45 CPU-s: an API create with its SSH
+# group is four, counting the sweep that deletes the group once the emulator is reset in phase 5): one create per
+# notification leg, a burst of 2 (the cap of 8 is checked all the same), 2 and 4 concurrent stops.
+SMOKE = Sizes("smoke", (10,), raw_samples=1, serial=2, burst=2, list_samples=20, get_samples=20, sweep_samples=1,
+              notify_samples=1, serial_leg=False, quiet_wait_s=0.0, few_stops=2, many_stops=4, stop_samples=1,
+              share_catalog=True)
 
 
 # -- processes, from /proc ------------------------------------------------------------------------
@@ -395,8 +402,9 @@ def admission_cost_ms(db_path: Path, copy: Path, samples: int = 50) -> dict:
 
 # -- the run ---------------------------------------------------------------------------------------
 class Bench:
-    def __init__(self, sizes: Sizes, workdir: Path, log=print) -> None:
+    def __init__(self, sizes: Sizes, workdir: Path, log=print, postgres_url: str | None = None) -> None:
         self.sizes, self.workdir, self.log = sizes, workdir, log
+        self.postgres_url = postgres_url  # an empty database to use; None: start a private cluster
         self.results: dict = {"profile": sizes.name, "sizes": asdict(sizes)}
 
     def run(self) -> dict:
@@ -417,6 +425,8 @@ class Bench:
                 self.client = httpx.Client(base_url=self.server.url, timeout=600)
                 wait_idle(self.pid)  # the AMI catalogue warms at start (its `aws` calls) and the first sweep
                 self.results["startup_aws_calls"] = dict(self.calls.since(0))
+                if self.sizes.share_catalog:
+                    share_catalog(self.server.db_path, self.workdir / "catalog-template.db", self.emu.url)
                 self.results["memory"] = {"server_idle_mib": round(rss_bytes(self.pid) / MIB, 1)}
                 for phase in (self.phase_raw_and_create_latency, self.phase_notifications, self.phase_process_counts,
                               self.phase_coalescing, self.phase_concurrency, self.phase_burst, self.phase_scale,
@@ -475,7 +485,9 @@ class Bench:
                            NOTIFY_EVENTS="create", **mail.settings())
         try:
             with httpx.Client(base_url=server.url, timeout=600) as on:
-                expect(on.post("/instances", json=create_body("notify-warm")), 201)  # its catalogue, warm
+                warm = not self.sizes.share_catalog  # a copy of the first server's catalogue is warm already
+                if warm:
+                    expect(on.post("/instances", json=create_body("notify-warm")), 201)  # its catalogue, warm
                 wait_idle(server.proc.pid)
                 off_s, on_s = [], []
                 for i in range(self.sizes.notify_samples):
@@ -487,7 +499,7 @@ class Bench:
                     expect(response, 201)
                     on_s.append(elapsed)
                     wait_idle(server.proc.pid)
-                creates = self.sizes.notify_samples + 1
+                creates = self.sizes.notify_samples + warm
                 wait_for(lambda: len(mail.messages), creates, timeout=60)
                 wait_for(lambda: len(hook.posts), creates, timeout=60)
                 time.sleep(2)  # and no more than that
@@ -794,11 +806,11 @@ class Bench:
         over the same EC2; its first sweep adopts the instances phase 5 left."""
         n = self.sizes.tracked[-1]
         self.log(f"phase 7: GET /instances and GET /instances/{{id}} at {n} tracked, on PostgreSQL")
-        cluster = PgCluster.start()
+        cluster = None if self.postgres_url else PgCluster.start()
         try:
             workdir = self.workdir / "postgres"
             workdir.mkdir()
-            server = ApiServer(workdir, self.emu.url, DATABASE_URL=cluster.new_database(),
+            server = ApiServer(workdir, self.emu.url, DATABASE_URL=self.postgres_url or cluster.new_database(),
                                RECONCILE_INTERVAL_SECONDS="3600", CONSISTENCY_GRACE_SECONDS="0")
             try:
                 calls = CallLog(server.shim_log)
@@ -826,7 +838,22 @@ class Bench:
             finally:
                 server.stop()
         finally:
-            cluster.stop()
+            if cluster:
+                cluster.stop()
+
+
+def share_catalog(db_path: Path, template: Path, emulator_url: str) -> None:
+    """Make the AMI catalogue in db_path (a warm server's SQLite database) the one every later ApiServer on this
+    emulator starts with (tests/support/server.py CATALOG_TEMPLATES): a copy of it with nothing else kept."""
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(db_path)) as source, closing(sqlite3.connect(template)) as copy:
+        source.backup(copy)
+        copy.executescript("DELETE FROM instances; DELETE FROM instance_events; DELETE FROM launches; "
+                           "DELETE FROM kv WHERE key NOT LIKE 'catalog_resolved_at:%' "
+                           "AND key NOT LIKE 'aws_cli_version:%';")
+    CATALOG_TEMPLATES[emulator_url] = template
 
 
 def machine_info() -> dict:
@@ -1085,6 +1112,8 @@ def main(argv: list[str] | None = None) -> int:
                                                        "this results JSON, e.g. after editing bench/FINDINGS.md")
     parser.add_argument("--quiet-wait", type=float, help="seconds to wait for other load to stop before each "
                                                           "timed phase (full default 120, smoke 0)")
+    parser.add_argument("--postgres-url", help="run phase 7 on this empty PostgreSQL database (postgresql://...) "
+                                                   "instead of a private cluster it starts and stops")
     parser.add_argument("--doc", type=Path, help=f"markdown report (full run default "
                                                  f"{DEFAULT_DOC.relative_to(ROOT)}; smoke writes none)")
     args = parser.parse_args(argv)
@@ -1102,7 +1131,7 @@ def main(argv: list[str] | None = None) -> int:
         out_doc = args.doc or (DEFAULT_DOC if results["profile"] == "full" else None)
     else:
         with tempfile.TemporaryDirectory(prefix="ec2cl-bench-") as tmp:
-            results = Bench(sizes, Path(tmp), log).run()
+            results = Bench(sizes, Path(tmp), log, args.postgres_url).run()
         out_json.parent.mkdir(parents=True, exist_ok=True)
         out_json.write_text(json.dumps(results, indent=2) + "\n")
     if out_doc:

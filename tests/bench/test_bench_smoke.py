@@ -17,10 +17,12 @@ pytestmark = pytest.mark.integration  # real processes: make test-fast leaves th
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_bench_smoke_counts_processes_and_reports(tmp_path):
+def test_bench_smoke_counts_processes_and_reports(tmp_path, pg_cluster):
     out, doc = tmp_path / "results.json", tmp_path / "PERFORMANCE.md"
+    # Phase 7 on a new database of the run's PostgreSQL cluster, not on a cluster of its own (initdb and a server).
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "run_bench.py"), "--smoke", "--json", str(out),
-                           "--doc", str(doc)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                           "--doc", str(doc), "--postgres-url", pg_cluster.new_database()],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     results = json.loads(out.read_text())
 
