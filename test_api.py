@@ -10,6 +10,7 @@ import pytest
 
 from tests.support.emulator import KEY_NAME
 from tests.support.processes import wait_until
+from tests.support.seeding import adopt, launch_managed
 from tests.support.server import ApiServer, synced_client
 
 X86_TYPE = "t3.micro"
@@ -32,20 +33,10 @@ def state_in_api(api: httpx.Client, instance_id: str) -> str | None:
 
 
 def seeded(api: httpx.Client, emulator, *names: str) -> list[str]:
-    """Running instances the server tracks, for a test whose subject is not the create: launched in the emulator
-    with our tag and adopted by a sync (an API create costs three `aws` processes each and a sweep; the create
-    tests above test it)."""
-    ids = [emulator.ec2.run_instances(
-        ImageId=emulator.ami(), InstanceType=X86_TYPE, MinCount=1, MaxCount=1,
-        TagSpecifications=[{"ResourceType": "instance", "Tags": [
-            {"Key": "Name", "Value": name}, {"Key": "ManagedBy", "Value": "ec2-creator-local"}]}],
-    )["Instances"][0]["InstanceId"] for name in names]
-
-    def adopted() -> bool:  # a sync may join a sweep already under way, which listed EC2 before the launch
-        api.post("/instances/sync").raise_for_status()
-        return all(state_in_api(api, i) == "running" for i in ids)
-
-    wait_until(adopted, timeout=30)
+    """Running instances the server tracks, one a name, for a test whose subject is not the create: launched in
+    the emulator and adopted by a sync (tests/support/seeding.py; the create tests above test creating)."""
+    ids = [box for name in names for box in launch_managed(emulator, name=name, instance_type=X86_TYPE)]
+    adopt(api, ids)
     return ids
 
 
@@ -297,11 +288,7 @@ def test_changes_made_outside_the_api_show_up(looping_api, fresh_emulator):
 
 def test_sync_adopts_tagged_instances_and_ignores_untagged(api, fresh_emulator):
     ami = fresh_emulator.ami()
-    tagged = fresh_emulator.ec2.run_instances(
-        ImageId=ami, InstanceType=X86_TYPE, MinCount=1, MaxCount=1,
-        TagSpecifications=[{"ResourceType": "instance", "Tags": [
-            {"Key": "Name", "Value": "by-hand"}, {"Key": "ManagedBy", "Value": "ec2-creator-local"}]}],
-    )["Instances"][0]["InstanceId"]
+    [tagged] = launch_managed(fresh_emulator, name="by-hand", instance_type=X86_TYPE)
     untagged = fresh_emulator.ec2.run_instances(ImageId=ami, InstanceType=X86_TYPE, MinCount=1,
                                                 MaxCount=1)["Instances"][0]["InstanceId"]
     result = api.post("/instances/sync").json()  # the background sweep may have adopted it already

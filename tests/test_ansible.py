@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.processes import ROOT, VENV_BIN, free_port, safe_env, stop_process, wait_until
+from tests.support.seeding import adopt, launch_managed
 from tests.support.server import ApiServer, synced_client
 
 SSHD = Path("/usr/sbin/sshd")
@@ -29,39 +30,17 @@ def inventory_list(tmp: Path, url: str, **extra: str) -> subprocess.CompletedPro
                            "--list"], capture_output=True, text=True, timeout=120, env=ansible_env(tmp, url, **extra))
 
 
-def launch_by_hand(emulator, name: str, tags: dict[str, str], public_ip: bool = True) -> str:
-    """An instance launched in the emulator with our tag, for a test of what the inventory makes of recorded
-    instances, not of creating them: a sweep adopts it with its name, tags, address and the AMI's login user
-    (an API create costs four `aws` processes: its SSH group, the rule, the launch, the sweep after it)."""
-    spec = [{"ResourceType": "instance", "Tags": [{"Key": "ManagedBy", "Value": "ec2-creator-local"},
-                                                  {"Key": "Name", "Value": name},
-                                                  *({"Key": k, "Value": v} for k, v in tags.items())]}]
-    network = {} if public_ip else {"NetworkInterfaces": [{"DeviceIndex": 0, "AssociatePublicIpAddress": False}]}
-    return emulator.ec2.run_instances(ImageId=emulator.ami(), InstanceType="t3.micro", MinCount=1,
-                                      MaxCount=1, TagSpecifications=spec, **network)["Instances"][0]["InstanceId"]
-
-
-def adopted(api, *ids: str) -> None:
-    """Sync until the record holds every one of `ids` (a sync may join a sweep under way, which listed EC2
-    before the launch)."""
-    def recorded() -> bool:
-        if all(api.get(f"/instances/{i}").status_code == 200 for i in ids):
-            return True
-        api.post("/instances/sync").raise_for_status()
-        return False
-
-    wait_until(recorded, timeout=30)
-
-
 def test_ansible_inventory_lists_running_instances_with_an_address(api_server, fresh_emulator, tmp_path):
-    web = launch_by_hand(fresh_emulator, "web-1", {"Team": "web"})
-    db = launch_by_hand(fresh_emulator, "db 1", {"Team": "data", "Env": "prod"})
-    stopped = launch_by_hand(fresh_emulator, "idle", {"Team": "web"})
+    # What the inventory makes of recorded instances is the subject, not creating them: launched in the emulator
+    # (tests/support/seeding.py), a sweep adopts them with their names, tags, addresses and the AMI's login user.
+    [web] = launch_managed(fresh_emulator, name="web-1", tags={"Team": "web"})
+    [db] = launch_managed(fresh_emulator, name="db 1", tags={"Team": "data", "Env": "prod"})
+    [stopped] = launch_managed(fresh_emulator, name="idle", tags={"Team": "web"})
     fresh_emulator.ec2.stop_instances(InstanceIds=[stopped])
-    hidden = launch_by_hand(fresh_emulator, "private", {"Team": "web"}, public_ip=False)
+    [hidden] = launch_managed(fresh_emulator, name="private", tags={"Team": "web"}, public_ip=False)
     assert not fresh_emulator.instances()[hidden].get("PublicIpAddress")
     with synced_client(api_server) as api:  # its sync adopts all four: one `aws` process
-        adopted(api, web, db, stopped, hidden)
+        adopt(api, [web, db, stopped, hidden], state=None)  # recorded, in whatever state
         assert api.get(f"/instances/{stopped}").json()["state"] == "stopped"
         recorded = {i["id"]: i for i in api.get("/instances").json()["instances"]}
     mark = len(api_server.aws_calls())
@@ -161,9 +140,9 @@ def ssh_target(tmp_path):
 
 
 def test_the_playbook_runs_in_check_mode_over_ssh(api_server, fresh_emulator, ssh_target, tmp_path):
-    box = launch_by_hand(fresh_emulator, "Web Box 1", {"Team": "web"})
+    [box] = launch_managed(fresh_emulator, name="Web Box 1", tags={"Team": "web"})
     with synced_client(api_server) as api:
-        adopted(api, box)
+        adopt(api, [box], state=None)
     target = {"ansible_host": "127.0.0.1", "ansible_port": ssh_target["port"], "ansible_user": ssh_target["user"],
               "ansible_ssh_private_key_file": str(ssh_target["key"]),
               "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",

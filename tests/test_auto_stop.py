@@ -11,8 +11,9 @@ import httpx
 import pytest
 
 from tests.support.processes import wait_until
+from tests.support.seeding import adopt, launch_managed
 from tests.support.server import ApiServer
-from tests.test_spend_guard import adopt, calls_of, created, ec2_state, launched
+from tests.test_spend_guard import BODY, calls_of, created, ec2_state
 
 # What these tests stop is due by its stop_at; how it was launched is not their subject: boxes are launched in the
 # emulator and adopted by a sweep (each armed for DEFAULT_AUTO_STOP_MINUTES, 480, as a default create is), and the
@@ -67,7 +68,7 @@ def _soon(seconds: float) -> str:
 
 
 def test_three_due_together_cost_one_stop_instances_process_and_null_cancels(api, server, fresh_emulator):
-    *items, kept = adopt(api, launched(fresh_emulator, 4))
+    *items, kept = adopt(api, launch_managed(fresh_emulator, 4, name=BODY["name"]))
     at = _soon(4)
     for item in [*items, kept]:
         response = api.patch(f"/instances/{item['id']}", json={"stop_at": at})
@@ -86,7 +87,7 @@ def test_three_due_together_cost_one_stop_instances_process_and_null_cancels(api
 
 
 def test_what_fell_due_while_the_server_was_down_is_stopped_after_startup(api, server, fresh_emulator):
-    [item] = adopt(api, launched(fresh_emulator))
+    [item] = adopt(api, launch_managed(fresh_emulator, name=BODY["name"]))
     assert api.patch(f"/instances/{item['id']}", json={"stop_at": _soon(3)}).status_code == 200
     server.stop()
     time.sleep(4)
@@ -127,7 +128,7 @@ def _stopped_at(fresh_emulator, instance_id: str, stop_at: str, within: float) -
 def test_one_that_falls_due_while_a_stop_round_is_in_flight_is_stopped_at_once(api, server, fresh_emulator):
     """The round stopping the first is slow (EC2 takes 4 s more to answer); the second falls due meanwhile. It
     used to be left alone as if EC2 had refused it: a minute late, unless something woke the loop."""
-    first, second = adopt(api, launched(fresh_emulator, 2))
+    first, second = adopt(api, launch_managed(fresh_emulator, 2, name=BODY["name"]))
     server.set_faults({"op": "stop-instances", "match": [first["id"]], "delay": 4, "times": 1})
     at = {first["id"]: _soon(3), second["id"]: _soon(5)}
     for instance_id, stop_at in at.items():
@@ -142,7 +143,7 @@ def test_one_that_falls_due_while_a_stop_round_is_in_flight_is_stopped_at_once(a
 def test_one_recorded_pending_at_a_restart_is_stopped_when_the_sweep_records_it_running(api, server, fresh_emulator):
     """EC2 cannot stop a pending instance, so the first round after a start passes it by; the sweep that
     records it running wakes the auto-stopper (it used to sleep a minute)."""
-    [item] = adopt(api, launched(fresh_emulator))
+    [item] = adopt(api, launch_managed(fresh_emulator, name=BODY["name"]))
     server.stop()
     with closing(sqlite3.connect(server.db_path)) as conn, conn:  # as a crash may leave it: still pending
         conn.execute("UPDATE instances SET state = 'pending', stop_at = ? WHERE id = ?",

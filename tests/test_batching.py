@@ -10,7 +10,8 @@ from contextlib import closing
 import httpx
 import pytest
 
-from tests.support.processes import ROOT, safe_env, wait_until
+from tests.support.processes import ROOT, safe_env
+from tests.support.seeding import adopt, launch_managed
 from tests.support.server import aws_error
 
 BODY = {"name": "batch", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
@@ -20,21 +21,10 @@ SERVER_ENV = {"TRANSITION_WINDOW_MS": "250"}
 
 
 def launch(api, emulator, count: int, tags: dict[str, str] | None = None) -> list[str]:
-    """`count` running instances the server tracks. Launched in the emulator with our tag and adopted by one
-    sweep: what this module tests is how their stops, starts and deletes are batched, and an API create costs
-    three `aws` processes each (its SSH group, the rule, the launch: tests/test_lifecycle.py tests it)."""
-    spec = [{"ResourceType": "instance", "Tags": [
-        {"Key": "ManagedBy", "Value": "ec2-creator-local"}, {"Key": "Name", "Value": BODY["name"]},
-        *({"Key": key, "Value": value} for key, value in (tags or {}).items())]}]
-    ids = [i["InstanceId"] for i in emulator.ec2.run_instances(
-        ImageId=emulator.ami(), InstanceType=BODY["instance_type"], MinCount=count, MaxCount=count,
-        TagSpecifications=spec)["Instances"]]
-
-    def adopted() -> bool:  # a sync may join a sweep already under way, which listed EC2 before the launch
-        api.post("/instances/sync").raise_for_status()
-        return all(api.get(f"/instances/{i}").json().get("state") == "running" for i in ids)
-
-    wait_until(adopted, timeout=30)
+    """`count` running instances the server tracks, launched in the emulator and adopted by a sync
+    (tests/support/seeding.py): what this module tests is how their stops, starts and deletes are batched."""
+    ids = launch_managed(emulator, count, name=BODY["name"], tags=tags)
+    adopt(api, ids)
     return ids
 
 

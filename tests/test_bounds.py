@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from tests.support.processes import wait_until
+from tests.support.seeding import adopt, launch_managed
 from tests.support.server import ApiServer, aws_error, synced_client
 
 BODY = {"name": "bounded", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
@@ -27,21 +28,11 @@ def server(api_server):
 @pytest.fixture
 def adopted(api_server, fresh_emulator):
     """A client and a running instance the server tracks, to hold the only slot with its stop: launched in the
-    fresh emulator with our tag and adopted by the sync the `api` fixture makes anyway (an API create costs four
-    `aws` processes: its SSH group, the rule, the launch, the sweep after it; creating is not the subject)."""
-    box = fresh_emulator.ec2.run_instances(
-        ImageId=fresh_emulator.ami(), InstanceType=BODY["instance_type"], MinCount=1, MaxCount=1,
-        TagSpecifications=[{"ResourceType": "instance", "Tags": [
-            {"Key": "ManagedBy", "Value": "ec2-creator-local"}, {"Key": "Name", "Value": BODY["name"]}]}],
-    )["Instances"][0]["InstanceId"]
+    fresh emulator and adopted by the sync the client makes anyway (tests/support/seeding.py; creating is not
+    the subject)."""
+    [box] = launch_managed(fresh_emulator, name=BODY["name"])
     with synced_client(api_server) as client:
-        def tracked() -> bool:  # a sync may join a sweep already under way, which listed EC2 before the launch
-            if client.get(f"/instances/{box}").json().get("state") == "running":
-                return True
-            client.post("/instances/sync").raise_for_status()
-            return False
-
-        wait_until(tracked, timeout=30)
+        adopt(client, [box])
         yield client, box
 
 
@@ -101,11 +92,7 @@ def test_a_sweep_goes_before_user_calls_waiting_for_a_slot(adopted, server):
 
 
 def test_starting_an_adopted_instance_of_a_type_not_allowed_is_refused(api, server, fresh_emulator):
-    spec = [{"ResourceType": "instance", "Tags": [{"Key": "ManagedBy", "Value": "ec2-creator-local"},
-                                                  {"Key": "Name", "Value": "big"}]}]
-    instance_id = fresh_emulator.ec2.run_instances(ImageId=fresh_emulator.ami(), InstanceType="t3.small",
-                                                   MinCount=1, MaxCount=1,
-                                                   TagSpecifications=spec)["Instances"][0]["InstanceId"]
+    [instance_id] = launch_managed(fresh_emulator, name="big", instance_type="t3.small")
     fresh_emulator.ec2.stop_instances(InstanceIds=[instance_id])
     api.post("/instances/sync").raise_for_status()
     assert api.get(f"/instances/{instance_id}").json()["state"] == "stopped"

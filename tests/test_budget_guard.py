@@ -9,8 +9,8 @@ import pytest
 from app.budget.spending import PriceBook, Rates, period_bounds
 from app.config import DEFAULT_PRICES_FILE
 from tests.support.processes import wait_until
+from tests.support.seeding import adopt, launch_managed
 from tests.support.server import ApiServer
-from tests.test_spend_guard import adopt, launched
 
 BODY = {"name": "guarded", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
 # What these tests create is admitted or refused by the budget; SSH is not their subject: a group without the rule
@@ -110,7 +110,7 @@ def test_policy_comes_before_the_budget_and_a_refusal_says_what_the_create_would
 def test_an_accepted_delete_frees_its_share_at_once(started, fresh_emulator):
     # Two running boxes launched in the emulator, each adopted for DEFAULT_AUTO_STOP_MINUTES (480) as a default
     # create is: the start-up sweep admits them (room for two and a half), the third create is refused.
-    boxes = launched(fresh_emulator, 2)
+    boxes = launch_managed(fresh_emulator, 2, name=BODY["name"])
     server, api = started(BUDGET_USD=f"{2.5 * one_create(datetime.now(UTC)):.6f}")
     ids = [box["id"] for box in adopt(api, boxes)]
     assert api.post("/instances", json=NO_SSH | {"name": "third"}).status_code == 409
@@ -166,10 +166,7 @@ def test_an_adopted_instance_that_passes_the_budget_is_stopped_by_the_guard(star
     # Room for its disk to the month's end and half of its 8 hours (DEFAULT_AUTO_STOP_MINUTES) of compute.
     assert RATES is not None
     server, api = started(BUDGET_USD=f"{one_create(datetime.now(UTC)) - 4 * (RATES.compute + RATES.ipv4):.6f}")
-    box = fresh_emulator.ec2.run_instances(  # launched by hand with our tag: no admission could refuse it
-        ImageId=fresh_emulator.ami(), InstanceType="t3.micro", MinCount=1, MaxCount=1, TagSpecifications=[
-            {"ResourceType": "instance", "Tags": [{"Key": "ManagedBy", "Value": "ec2-creator-local"}]}],
-    )["Instances"][0]["InstanceId"]
+    [box] = launch_managed(fresh_emulator, name=None)  # launched by hand with our tag: no admission could refuse it
     api.post("/instances/sync").raise_for_status()  # adopts it (unless the start-up sweep just did)
     assert api.get(f"/instances/{box}").status_code == 200
     wait_until(lambda: api.get(f"/instances/{box}").json()["state"] in ("stopping", "stopped"), timeout=20)

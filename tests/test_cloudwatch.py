@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tests.support.processes import wait_until
+from tests.support.seeding import adopt, launch_managed
 from tests.support.server import aws_error, synced_client
 
 BODY = {"name": "watched", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
@@ -27,22 +28,11 @@ def put_metric(emulator, instance_id: str, name: str, value: float, unit: str, m
 @pytest.fixture
 def adopted(api_server, fresh_emulator):
     """A client and one running instance the server tracks, for a test about what is done to an instance
-    (its metrics, its alarm), not about creating it: launched in the fresh emulator with our tag and adopted
-    by the sync the `api` fixture makes anyway (one `aws` process; an API create costs four: its SSH group, the
-    rule, the launch and the sweep after it; tests/test_lifecycle.py tests creating)."""
-    box = fresh_emulator.ec2.run_instances(
-        ImageId=fresh_emulator.ami(), InstanceType=BODY["instance_type"], MinCount=1, MaxCount=1,
-        TagSpecifications=[{"ResourceType": "instance", "Tags": [
-            {"Key": "ManagedBy", "Value": "ec2-creator-local"}, {"Key": "Name", "Value": BODY["name"]}]}],
-    )["Instances"][0]["InstanceId"]
+    (its metrics, its alarm), not about creating it: launched in the fresh emulator and adopted
+    by the sync the client makes anyway (tests/support/seeding.py; tests/test_lifecycle.py tests creating)."""
+    [box] = launch_managed(fresh_emulator, name=BODY["name"])
     with synced_client(api_server) as client:
-        def tracked() -> bool:  # a sync may join a sweep already under way, which listed EC2 before the launch
-            if client.get(f"/instances/{box}").json().get("state") == "running":
-                return True
-            client.post("/instances/sync").raise_for_status()
-            return False
-
-        wait_until(tracked, timeout=30)
+        adopt(client, [box])
         yield client, box
 
 

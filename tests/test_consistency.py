@@ -12,8 +12,8 @@ import pytest
 
 from tests.support.emulator import KEY_NAME
 from tests.support.processes import wait_until
+from tests.support.seeding import adopt, launch_managed
 from tests.support.server import ApiServer, aws_error, synced_client
-from tests.test_spend_guard import adopt, launched
 
 GRACE = 12.0  # two syncs on a loaded 2-core machine (the suites run side by side) must fit inside it
 BODY = {"name": "box", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
@@ -32,10 +32,9 @@ def server(api_server):
 @pytest.fixture
 def box(api_server, fresh_emulator):
     """A client on the module's server and one running instance it tracks. What these tests are about is how
-    sweeps, lookups and transitions judge an instance EC2 misreports, not its create (four `aws` processes:
-    tests/test_lifecycle.py tests it): it is launched in the emulator with our tag, and the sync that catches
-    the record up (conftest's api) adopts it."""
-    [instance_id] = launched(fresh_emulator)
+    sweeps, lookups and transitions judge an instance EC2 misreports, not its create (tests/test_lifecycle.py tests
+    it): it is launched in the emulator and the sync that catches the record up adopts it (tests/support/seeding.py)."""
+    [instance_id] = launch_managed(fresh_emulator, name=BODY["name"])
     with synced_client(api_server) as client:
         adopt(client, [instance_id])
         yield client, instance_id
@@ -44,7 +43,7 @@ def box(api_server, fresh_emulator):
 def started_with_box(emulator, tmp_path, **env: str) -> tuple[ApiServer, str]:
     """A server whose start-up sweep adopts a running instance launched in us-east-1 just before it started
     (for the tests of a restart elsewhere: the first server only has to have it on record)."""
-    [instance_id] = launched(emulator)
+    [instance_id] = launch_managed(emulator, name=BODY["name"])
     server = ApiServer(tmp_path, emulator.url, **env)
     with httpx.Client(base_url=server.url, timeout=60) as api:
         adopt(api, [instance_id])
@@ -226,11 +225,7 @@ def test_after_a_restart_in_another_region_the_first_regions_instances_are_still
                          "endpoint) VALUES (?, 'h', ?, 'pending', ?, ?, 'us-east-1', ?)",
                          (request_id, json.dumps({"request": {"name": "crashed", "auto_stop_minutes": 30}}),
                           long_ago, long_ago, emulator.url))
-    crashed = fresh_emulator.ec2.run_instances(
-        ImageId=fresh_emulator.ami(), InstanceType="t3.micro", MinCount=1, MaxCount=1,
-        TagSpecifications=[{"ResourceType": "instance", "Tags": [
-            {"Key": "ManagedBy", "Value": "ec2-creator-local"}, {"Key": "RequestId", "Value": "req-launched"}]}],
-    )["Instances"][0]["InstanceId"]
+    [crashed] = launch_managed(fresh_emulator, name=None, tags={"RequestId": "req-launched"})
 
     west = ApiServer(tmp_path, emulator.url, **(east_env | {"AWS_REGION": "us-west-2",
                                                             "AWS_DEFAULT_REGION": "us-west-2"}))

@@ -17,6 +17,7 @@ import pytest
 from app.store import SCHEMA_VERSION, Database
 from tests.store.test_migrations import ORIGINAL_SCHEMA
 from tests.support.processes import ROOT, descendants, safe_env, wait_until
+from tests.support.seeding import launch_managed
 from tests.support.server import CATALOG_TEMPLATES, ApiServer, aws_error
 
 # No SSH rule (ssh_from none): no test here is about SSH, and the rule is one `aws` process per create.
@@ -38,14 +39,6 @@ def launches(server: ApiServer) -> list[list[str]]:
 def named(emulator, name: str) -> list[str]:
     return [i for i, d in emulator.instances().items()
             if {t["Key"]: t["Value"] for t in d.get("Tags", [])}.get("Name") == name]
-
-
-def launch_managed(emulator, name: str) -> str:
-    """An instance of ours (the ManagedBy tag) launched straight in the emulator: a sweep adopts it."""
-    spec = [{"ResourceType": "instance", "Tags": [{"Key": "ManagedBy", "Value": "ec2-creator-local"},
-                                                  {"Key": "Name", "Value": name}]}]
-    return emulator.ec2.run_instances(ImageId=emulator.ami(), InstanceType=BODY["instance_type"], MinCount=1,
-                                      MaxCount=1, TagSpecifications=spec)["Instances"][0]["InstanceId"]
 
 
 def request_tag(call: list[str]) -> str:
@@ -157,17 +150,10 @@ def test_a_database_of_the_original_project_converges_and_one_bad_row_spoils_not
         conn.execute(ORIGINAL_SCHEMA)  # name NOT NULL, as the original project made it
         conn.execute("CREATE TRIGGER poison BEFORE INSERT ON instances WHEN NEW.name = 'poison' "
                      "BEGIN SELECT RAISE(ABORT, 'poisoned row'); END")
-    ec2 = fresh_emulator.ec2
-
-    def launch(tags: list[dict]) -> str:
-        spec = [{"ResourceType": "instance", "Tags": [{"Key": "ManagedBy", "Value": "ec2-creator-local"}, *tags]}]
-        return ec2.run_instances(ImageId=fresh_emulator.ami(), InstanceType="t3.micro", MinCount=1, MaxCount=1,
-                                 TagSpecifications=spec)["Instances"][0]["InstanceId"]
-
-    nameless = launch([])
-    poison = launch([{"Key": "Name", "Value": "poison"}])
-    fine = launch([{"Key": "Name", "Value": "fine"}])
-    legacy = launch([{"Key": "Name", "Value": "legacy"}])
+    [nameless] = launch_managed(fresh_emulator, name=None)
+    [poison] = launch_managed(fresh_emulator, name="poison")
+    [fine] = launch_managed(fresh_emulator, name="fine")
+    [legacy] = launch_managed(fresh_emulator, name="legacy")
     unknown = "i-0000000000000dead"  # recorded by the original project, unknown to this EC2
     with sqlite3.connect(tmp_path / "instances.db") as conn:
         conn.executemany("INSERT INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?)", [
@@ -270,7 +256,7 @@ def test_a_launch_whose_outcome_is_unknown_stays_pending_and_resolves_to_its_ins
 def test_a_store_failure_after_ec2_stopped_an_instance_says_ec2_acted(server, fresh_emulator):
     # The target is launched in EC2 and adopted by the periodic sweep (no `aws` process of its own; an API create
     # was three): how it came to be tracked is not what this tests.
-    instance_id = launch_managed(fresh_emulator, "to-stop")
+    [instance_id] = launch_managed(fresh_emulator, name="to-stop")
     with httpx.Client(base_url=server.url, timeout=90) as api:
         wait_until(lambda: api.get(f"/instances/{instance_id}").json().get("state") == "running", timeout=30)
         server.set_faults({"op": "stop-instances", "times": 1,

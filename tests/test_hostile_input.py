@@ -30,7 +30,8 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from tests.support.processes import ROOT, wait_until
+from tests.support.processes import ROOT
+from tests.support.seeding import adopt, launch_managed
 from tests.support.server import ApiServer
 
 # One marker per run; pytest-xdist workers share the run's id, so they collect the same test ids.
@@ -179,20 +180,12 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def tracked(client, emulator) -> str:
-    """One real tracked instance, so that ids 'almost' equal to it are tried too. Launched in the emulator with
-    our tag and adopted by a sync (one `aws` process; a create is four, and creates are tested below): once it
-    is recorded running, no sweep is pending that could change its record while the corpus runs."""
-    spec = [{"ResourceType": "instance", "Tags": [{"Key": "ManagedBy", "Value": "ec2-creator-local"},
-                                                  {"Key": "Name", "Value": "hostile-target"}]}]
-    box = emulator.ec2.run_instances(ImageId=emulator.ami(), InstanceType=VALID["instance_type"], MinCount=1,
-                                     MaxCount=1, TagSpecifications=spec)["Instances"][0]["InstanceId"]
+    """One real tracked instance, so that ids 'almost' equal to it are tried too. Launched in the emulator and
+    adopted by a sync (tests/support/seeding.py; creates are tested below): once it is recorded running, no sweep
+    is pending that could change its record while the corpus runs."""
+    [box] = launch_managed(emulator, name="hostile-target", instance_type=VALID["instance_type"])
     CREATED_ON_PURPOSE.add(box)
-
-    def adopted() -> bool:  # a sync may join the start-up sweep, which listed EC2 before the launch
-        client.post("/instances/sync").raise_for_status()
-        return client.get(f"/instances/{box}").json().get("state") == "running"
-
-    wait_until(adopted, timeout=30)
+    adopt(client, [box])
     return box
 
 

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tests.support.processes import descendants, wait_until
+from tests.support.seeding import adopt, launch_managed
 from tests.support.server import ApiServer
 
 # No SSH rule (ssh_from none): no test here is about SSH, and the rule is one `aws` process per create.
@@ -52,22 +53,6 @@ def managed_live(emulator) -> set[str]:
 
 def tracked(api: httpx.Client) -> list[str]:
     return [i["id"] for i in api.get("/instances").json()["instances"]]
-
-
-def adopt_one(client: httpx.Client, emulator) -> str:
-    """A running instance the server tracks: launched in the emulator with our tag and adopted by a sync (one
-    `aws` process; an API create was four). How it came to be tracked is not what its test tests."""
-    spec = [{"ResourceType": "instance", "Tags": [{"Key": "ManagedBy", "Value": "ec2-creator-local"},
-                                                  {"Key": "Name", "Value": BODY["name"]}]}]
-    instance_id = emulator.ec2.run_instances(ImageId=emulator.ami(), InstanceType=BODY["instance_type"], MinCount=1,
-                                             MaxCount=1, TagSpecifications=spec)["Instances"][0]["InstanceId"]
-
-    def adopted() -> bool:  # a sync may join a sweep already under way, which listed EC2 before the launch
-        client.post("/instances/sync").raise_for_status()
-        return client.get(f"/instances/{instance_id}").json().get("state") == "running"
-
-    wait_until(adopted, timeout=30)
-    return instance_id
 
 
 # -- Idempotency-Key ---------------------------------------------------------------------------
@@ -130,7 +115,9 @@ def test_malformed_keys_are_422(reader, api_server, key):
 
 # -- serialised mutations ----------------------------------------------------------------------
 def test_start_and_stop_racing_end_consistent(client, api_server, fresh_emulator):
-    instance_id = adopt_one(client, fresh_emulator)
+    # A running instance the server tracks: how it came to be tracked is not what this tests (seeding.py).
+    [instance_id] = launch_managed(fresh_emulator, name=BODY["name"])
+    adopt(client, [instance_id])
     statuses: list[int] = []
 
     def hit(action: str) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from tests.support.processes import free_port, wait_until
 from tests.support.receivers import MailServer, WebhookReceiver, wait_for
+from tests.support.seeding import adopt, launch_managed
 from tests.support.server import ApiServer
 
 pytestmark = pytest.mark.integration
@@ -65,16 +66,6 @@ def mails_for(mail: MailServer, instance_id: str) -> list[str]:
 
 def hooks_for(hook: WebhookReceiver, instance_id: str) -> list[str]:
     return about(hook.titles(), instance_id)
-
-
-def launch_by_hand(emulator, name: str) -> str:
-    """An instance launched in the emulator with our tag: the next sweep adopts it, an event ("adopted") like
-    any other, for a test about what becomes of events, not about creating (an API create costs four `aws`
-    processes: its SSH group, the rule, the launch and the sweep after it; a sweep adopts for one or none)."""
-    return emulator.ec2.run_instances(
-        ImageId=emulator.ami(), InstanceType=BODY["instance_type"], MinCount=1, MaxCount=1, TagSpecifications=[
-            {"ResourceType": "instance", "Tags": [{"Key": "ManagedBy", "Value": "ec2-creator-local"},
-                                                  {"Key": "Name", "Value": name}]}])["Instances"][0]["InstanceId"]
 
 
 def settle(seconds: float = 2.5) -> None:
@@ -224,10 +215,7 @@ def test_budget_crossings_notify_once_each(emulator, fresh_emulator, tmp_path):
                        NOTIFY_EVENTS="budget_80,budget_100,adopted", BUDGET_ENFORCEMENT="notify")
     try:
         # Launched by hand with our tag: adopted, and counted against the budget (no admission to refuse it).
-        box = fresh_emulator.ec2.run_instances(
-            ImageId=fresh_emulator.ami(), InstanceType="t3.micro", MinCount=1, MaxCount=1, TagSpecifications=[
-                {"ResourceType": "instance", "Tags": [{"Key": "ManagedBy", "Value": "ec2-creator-local"}]}],
-        )["Instances"][0]["InstanceId"]
+        [box] = launch_managed(fresh_emulator, name=None)
         with httpx.Client(base_url=server.url, timeout=60) as api:
             api.post("/instances/sync").raise_for_status()
             wait_for(lambda: len([t for t in hook.titles() if "budget" in t]), 2, timeout=45)
@@ -251,7 +239,7 @@ def test_budget_crossings_notify_once_each(emulator, fresh_emulator, tmp_path):
 def test_no_secret_reaches_the_log_or_the_api(emulator, fresh_emulator, tmp_path):
     mail = MailServer().start()  # no AUTH: every login fails, so every mail delivery fails with an error
     dead = free_port()
-    launch_by_hand(fresh_emulator, "secretive")  # the server's start-up sweep adopts it: two deliveries to fail
+    launch_managed(fresh_emulator, name="secretive")  # the server's start-up sweep adopts it: two deliveries to fail
     server = ApiServer(tmp_path, emulator.url, SMTP_USERNAME="mailer", SMTP_PASSWORD="pw-s3cret-99",
                        NOTIFY_URLS=f"json://user:pass-s3cret-98@127.0.0.1:{dead}/hook/tok-s3cret-97",
                        **mail.settings())
@@ -275,13 +263,9 @@ def test_no_secret_reaches_the_log_or_the_api(emulator, fresh_emulator, tmp_path
 
 def test_when_off_events_queue_nothing(api_server, fresh_emulator):
     # No channel: notifications are off (no notify_enabled), so turning notifications on later sends no old news.
-    box = launch_by_hand(fresh_emulator, "quiet")
+    [box] = launch_managed(fresh_emulator, name="quiet")
     with httpx.Client(base_url=api_server.url, timeout=60) as api:
-        def adopted() -> bool:  # an event; a sync may join the start-up sweep, which listed EC2 before the launch
-            api.post("/instances/sync").raise_for_status()
-            return api.get(f"/instances/{box}").status_code == 200
-
-        wait_until(adopted, timeout=30)
+        adopt(api, [box], state=None)  # its adoption is an event
         assert api.get("/notifications").json() == {"enabled": False, "channels": [], "deliveries": []}
     with closing(sqlite3.connect(api_server.db_path)) as conn:
         assert conn.execute("SELECT count(*) FROM instance_events").fetchone()[0] >= 1

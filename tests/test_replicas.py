@@ -14,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.processes import wait_until
+from tests.support.seeding import adopt, launch_managed
 from tests.support.server import ApiServer
 
 # No SSH rule (ssh_from none): SSH is not what these tests are about, and the rule costs an `aws` process.
@@ -36,26 +37,11 @@ def marks(servers: list[ApiServer]) -> list[int]:
     return [len(s.aws_calls()) for s in servers]
 
 
-def launch_by_hand(emulator, name: str) -> str:
-    """A running instance with our tag, for a test about what the replicas do to an instance, not about
-    creating it: a sweep adopts it (an API create costs four `aws` processes; tests/test_lifecycle.py tests it)."""
-    return emulator.ec2.run_instances(
-        ImageId=emulator.ami(), InstanceType="t3.micro", MinCount=1, MaxCount=1,
-        TagSpecifications=[{"ResourceType": "instance", "Tags": [
-            {"Key": "Name", "Value": name}, {"Key": "ManagedBy", "Value": "ec2-creator-local"}]}],
-    )["Instances"][0]["InstanceId"]
-
-
-def adopt(server: ApiServer, instance_id: str) -> None:
-    """Sync on `server` until its record holds the instance running (a sync may join a sweep under way, which
-    listed EC2 before the launch; the leader's own sweeps may adopt it first)."""
-    def running() -> bool:
-        if httpx.get(f"{server.url}/instances/{instance_id}", timeout=10).json().get("state") == "running":
-            return True
-        httpx.post(f"{server.url}/instances/sync", timeout=60).raise_for_status()
-        return False
-
-    wait_until(running, timeout=30, interval=0.1)
+def adopted_on(server: ApiServer, instance_id: str) -> None:
+    """Sync on `server` until its record holds the instance running (tests/support/seeding.py; the leader's own
+    sweeps may adopt it first): what the replicas do to an instance is the subject, not creating it."""
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        adopt(client, [instance_id], interval=0.1)
 
 
 def start_pair(emulator, pg_cluster, pg_catalog_template, tmp: Path) -> Iterator[list[ApiServer]]:
@@ -112,7 +98,7 @@ def test_when_the_leader_dies_the_other_adopts_within_two_intervals(pair, fresh_
     leader.proc.kill()  # kill -9: no shutdown, the lock goes with its connection
     leader.proc.wait()
     killed = time.monotonic()
-    made = launch_by_hand(fresh_emulator, "by-hand")
+    [made] = launch_managed(fresh_emulator, name="by-hand")
 
     def adopted() -> bool:
         return httpx.get(f"{follower.url}/instances/{made}", timeout=5).status_code == 200
@@ -206,8 +192,8 @@ def test_a_create_on_one_replica_is_listed_by_the_other_at_once(shared_pair):
 
 def test_mutations_of_one_instance_wait_for_each_other_across_replicas(shared_pair, fresh_emulator):
     a, b = shared_pair
-    made = {"id": launch_by_hand(fresh_emulator, "serial")}
-    adopt(a, made["id"])
+    made = {"id": launch_managed(fresh_emulator, name="serial")[0]}
+    adopted_on(a, made["id"])
     mark = len(a.aws_calls())
     a.set_faults({"op": "stop-instances", "delay": 3})  # A's stop takes 3 s in EC2
     finished: dict[str, float] = {}
@@ -232,8 +218,8 @@ def test_mutations_of_one_instance_wait_for_each_other_across_replicas(shared_pa
 def test_the_leader_stops_on_time_an_instance_whose_auto_stop_was_set_on_the_other(shared_pair, fresh_emulator):
     leader, follower = sorted(shared_pair, key=leader_flag, reverse=True)
     before = marks([leader, follower])
-    made = {"id": launch_by_hand(fresh_emulator, "stop-soon")}
-    adopt(follower, made["id"])
+    made = {"id": launch_managed(fresh_emulator, name="stop-soon")[0]}
+    adopted_on(follower, made["id"])
     at = (datetime.now(UTC) + timedelta(seconds=3)).isoformat()
     assert httpx.patch(f"{follower.url}/instances/{made['id']}", json={"stop_at": at}, timeout=60).status_code == 200
     # The follower's request cannot wake the leader's scheduler (which sleeps up to a minute); its sweeps do.

@@ -8,7 +8,8 @@ import pytest
 
 from app.api.security import check_bind, is_loopback, requested_bind_host
 from app.config import Settings
-from tests.support.processes import ROOT, safe_env, wait_until
+from tests.support.processes import ROOT, safe_env
+from tests.support.seeding import adopt, launch_managed
 from tests.support.server import ApiServer
 
 TOKEN = "s3cret-token-for-tests-0123456789"
@@ -104,18 +105,11 @@ def open_server(emulator, tmp_path_factory):
 @pytest.fixture(scope="module")
 def running_instance(open_server, emulator):
     """One tracked running instance for the module: each refused request leaves it running (the test after them
-    stops it). Launched in the emulator and adopted by a sync (one `aws` process; a create is four): how it came
-    to be tracked is not what these tests test."""
-    spec = [{"ResourceType": "instance", "Tags": [{"Key": "ManagedBy", "Value": "ec2-creator-local"},
-                                                  {"Key": "Name", "Value": "target"}]}]
-    box = emulator.ec2.run_instances(ImageId=emulator.ami(), InstanceType="t3.micro", MinCount=1, MaxCount=1,
-                                     TagSpecifications=spec)["Instances"][0]["InstanceId"]
+    stops it). Launched in the emulator and adopted by a sync (tests/support/seeding.py): how it came to be
+    tracked is not what these tests test."""
+    [box] = launch_managed(emulator, name="target")
     with httpx.Client(base_url=open_server.url, timeout=60) as api:
-        def adopted() -> bool:  # a sync may join a sweep already under way, which listed EC2 before the launch
-            api.post("/instances/sync").raise_for_status()
-            return api.get(f"/instances/{box}").json().get("state") == "running"
-
-        wait_until(adopted, timeout=30)
+        adopt(api, [box])
     return box
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from tests.support.processes import wait_until
+from tests.support.seeding import adopt, launch_managed
 from tests.support.server import ApiServer
 
 BODY = {"name": "guarded", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
@@ -30,30 +30,6 @@ def created(api: httpx.Client, **overrides) -> dict:
     response = api.post("/instances", json=BODY | overrides)
     assert response.status_code == 201, response.text
     return response.json()
-
-
-def launched(emulator, count: int = 1) -> list[str]:
-    """`count` running t3.micro instances with our tag, launched in the emulator (no `aws` process): boxes a test
-    needs as setup, whose creation is not what it tests (an API create costs four processes: its SSH group, the
-    rule, the launch, a sweep; tests/test_lifecycle.py tests it). The next sweep adopts them (adopt())."""
-    return [i["InstanceId"] for i in emulator.ec2.run_instances(
-        ImageId=emulator.ami(), InstanceType=BODY["instance_type"], MinCount=count, MaxCount=count,
-        TagSpecifications=[{"ResourceType": "instance", "Tags": [
-            {"Key": "ManagedBy", "Value": "ec2-creator-local"}, {"Key": "Name", "Value": BODY["name"]}]}],
-    )["Instances"]]
-
-
-def adopt(api: httpx.Client, ids: list[str]) -> list[dict]:
-    """The records of `ids` once a sweep has recorded them running: a server's start-up sweep may have done it
-    (no process more); else a sync does (it may join a sweep that listed EC2 before the launch: then another)."""
-    def recorded() -> bool:
-        if all(api.get(f"/instances/{i}").json().get("state") == "running" for i in ids):
-            return True
-        api.post("/instances/sync").raise_for_status()
-        return False
-
-    wait_until(recorded, timeout=30)
-    return [api.get(f"/instances/{i}").json() for i in ids]
 
 
 def calls_of(server: ApiServer, operation: str, mark: int = 0) -> list[list[str]]:
@@ -92,7 +68,7 @@ def test_t_instances_launch_on_standard_credits_and_without_a_public_ip_when_ask
 def test_over_budget_creates_and_starts_are_refused_without_a_process_stop_and_delete_pass(api, server,
                                                                                            fresh_emulator):
     # Two running boxes (adopted: each armed for DEFAULT_AUTO_STOP_MINUTES, 480, as a default create is).
-    first, second = adopt(api, launched(fresh_emulator, 2))
+    first, second = adopt(api, launch_managed(fresh_emulator, 2, name=BODY["name"]))
     two = api.get("/budget").json()["committed_usd"]  # the server's own projection of two instances
     assert two > 0
     restart(server, BUDGET_USD=f"{two * 1.25:.6f}")  # room for two, not three
@@ -147,7 +123,7 @@ def priced_api(priced_server):
 def test_budget_shows_the_period_every_instance_and_a_missing_price_is_a_400(priced_api, priced_server,
                                                                               fresh_emulator):
     api, server = priced_api, priced_server
-    [box] = adopt(api, launched(fresh_emulator))
+    [box] = adopt(api, launch_managed(fresh_emulator, name=BODY["name"]))
     item = api.patch(f"/instances/{box['id']}", json={"auto_stop_minutes": 30}).json()
     assert item["auto_stop_minutes"] == 30
     budget = api.get("/budget").json()
@@ -179,7 +155,7 @@ def _prices_without(tmp, instance_type: str):
 
 
 def test_a_bulk_start_is_admitted_as_one_set_or_not_at_all(api, server, fresh_emulator):
-    boxes = [box["id"] for box in adopt(api, launched(fresh_emulator, 3))]
+    boxes = [box["id"] for box in adopt(api, launch_managed(fresh_emulator, 3, name=BODY["name"]))]
     for box in boxes:  # a start re-arms this: what one start commits is 600 minutes of compute (to the period end)
         assert api.patch(f"/instances/{box}", json={"auto_stop_minutes": 600}).status_code == 200
     running = api.get("/budget").json()["committed_usd"]

@@ -2,46 +2,19 @@
 changes made outside the API picked up by a sweep, and GET /instances filters that never call AWS.
 
 Only the first test creates through the API (what a create records is tests/test_lifecycle.py's subject); the
-others launch their instances straight in the emulator and adopt them with one sync: an API create costs four
-`aws` processes, a sync one for all."""
+others launch their instances straight in the emulator and adopt them with one sync (tests/support/seeding.py)."""
 
 import httpx
 import pytest
 
 from app.instances.schemas import InstanceFilter
-from tests.support.processes import wait_until
+from tests.support.seeding import adopt, launch_managed
 
 BODY = {"name": "tagged", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
 
 
 def ec2_tags(emulator, instance_id: str) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in emulator.instances()[instance_id].get("Tags", [])}
-
-
-def run(emulator, name: str, tags: dict[str, str] | None = None) -> str:
-    """A running instance named `name` with `tags`, launched in the emulator with our tag (not yet tracked)."""
-    spec = [{"ResourceType": "instance", "Tags": [
-        {"Key": "ManagedBy", "Value": "ec2-creator-local"}, {"Key": "Name", "Value": name},
-        *({"Key": key, "Value": value} for key, value in (tags or {}).items())]}]
-    return emulator.ec2.run_instances(ImageId=emulator.ami(), InstanceType=BODY["instance_type"], MinCount=1,
-                                      MaxCount=1, TagSpecifications=spec)["Instances"][0]["InstanceId"]
-
-
-def synced(api: httpx.Client, states: dict[str, str]) -> None:
-    """Syncs until the record holds each instance in its state (one sync, unless it joined a sweep already under
-    way, which listed EC2 before the change)."""
-    def recorded() -> bool:
-        api.post("/instances/sync").raise_for_status()
-        return all(api.get(f"/instances/{box}").json().get("state") == state for box, state in states.items())
-
-    wait_until(recorded, timeout=30)
-
-
-def launch(api: httpx.Client, emulator, name: str, tags: dict[str, str] | None = None) -> str:
-    """A running instance launched in the emulator and adopted by a sync."""
-    box = run(emulator, name, tags)
-    synced(api, {box: "running"})
-    return box
 
 
 def test_patch_sets_and_removes_tags_and_renames_with_one_process_each(api, api_server, fresh_emulator):
@@ -70,7 +43,9 @@ def test_patch_sets_and_removes_tags_and_renames_with_one_process_each(api, api_
 def refusal_target(api_server, emulator) -> str:
     """One tracked running instance for every refused PATCH (each is refused before any `aws` process)."""
     with httpx.Client(base_url=api_server.url, timeout=60) as api:
-        return launch(api, emulator, "refusal-target")
+        [box] = launch_managed(emulator, name="refusal-target")
+        adopt(api, [box])
+        return box
 
 
 @pytest.mark.parametrize(("patch", "status", "code"), [
@@ -93,7 +68,8 @@ def test_bad_patches_are_refused_before_any_process(reader, api_server, refusal_
 
 
 def test_tags_and_name_changed_outside_the_api_show_after_a_sweep(api, fresh_emulator):
-    box = launch(api, fresh_emulator, BODY["name"], {"Team": "web"})
+    [box] = launch_managed(fresh_emulator, name=BODY["name"], tags={"Team": "web"})
+    adopt(api, [box])
     assert api.get(f"/instances/{box}").json()["tags"] == {"Team": "web"}
     fresh_emulator.ec2.create_tags(Resources=[box], Tags=[{"Key": "CostCenter", "Value": "42"},
                                                           {"Key": "Name", "Value": "from-console"}])
@@ -110,13 +86,13 @@ def test_tags_and_name_changed_outside_the_api_show_after_a_sweep(api, fresh_emu
 def test_list_filters_by_state_tag_and_name_without_calling_aws(api, api_server, fresh_emulator):
     # Which instances are listed is the subject, not how they got their states: set up in the emulator, adopted by
     # syncs (the lifecycle suite stops and deletes through the API).
-    a = run(fresh_emulator, "alpha", {"Team": "web", "Env": "prod"})
-    b = run(fresh_emulator, "beta", {"Team": "web"})
-    c = run(fresh_emulator, "gamma", {"Team": "data=science"})
-    synced(api, {a: "running", b: "running", c: "running"})
+    [a] = launch_managed(fresh_emulator, name="alpha", tags={"Team": "web", "Env": "prod"})
+    [b] = launch_managed(fresh_emulator, name="beta", tags={"Team": "web"})
+    [c] = launch_managed(fresh_emulator, name="gamma", tags={"Team": "data=science"})
+    adopt(api, [a, b, c])
     fresh_emulator.ec2.stop_instances(InstanceIds=[b])
     fresh_emulator.ec2.terminate_instances(InstanceIds=[c])
-    synced(api, {a: "running", b: "stopped", c: "terminated"})
+    adopt(api, {a: "running", b: "stopped", c: "terminated"})  # the record catches up with the changes
     mark = len(api_server.aws_calls())
 
     def ids(**params) -> list[str]:
@@ -144,9 +120,10 @@ def test_list_filters_by_state_tag_and_name_without_calling_aws(api, api_server,
 
 
 def test_a_terminated_instance_keeps_its_tags(api, api_server, fresh_emulator):
-    box = launch(api, fresh_emulator, BODY["name"])
+    [box] = launch_managed(fresh_emulator, name=BODY["name"])
+    adopt(api, [box])
     fresh_emulator.ec2.terminate_instances(InstanceIds=[box])
-    synced(api, {box: "terminated"})
+    adopt(api, [box], "terminated")
     mark = len(api_server.aws_calls())
     answer = api.patch(f"/instances/{box}", json={"tags": {"Team": "x"}})
     assert (answer.status_code, answer.json()["code"]) == (409, "wrong_state")
