@@ -98,7 +98,8 @@ def test_create_stop_delete_each_deliver_one_mail_and_one_webhook(api, mail, hoo
     assert webhook["path"] == f"/hook/{TOKEN}" and f"Instance: {box}" in webhook["message"]
 
 
-def test_every_event_a_request_causes_carries_its_x_request_id_and_so_does_its_notification(api, server):
+def test_every_event_a_request_causes_carries_its_x_request_id_and_so_does_its_notification(api, server,
+                                                                                          fresh_emulator):
     created = api.post("/instances", json=NO_SSH | {"name": "traced"}, headers={"X-Request-Id": "abc"})
     assert created.status_code == 201, created.text
     assert created.headers["x-request-id"] == "abc"
@@ -114,6 +115,19 @@ def test_every_event_a_request_causes_carries_its_x_request_id_and_so_does_its_n
     # No other request's id leaks into an event; the sweep the stop asks for runs in the background and may
     # record the stopped state before the sync does: no request caused that one (None).
     assert {e["http_request_id"] for e in events} <= {"abc", "stop-req-1", "sweep-1", None}
+    # What a sync records carries the sync's id: once the sweeps the create and the stop asked for have run in the
+    # background (no listing for two seconds: they start within one), a change made outside the API is one only
+    # the next sync can record.
+    def quiet() -> bool:
+        before = len(server.aws_calls())
+        time.sleep(2)
+        return len(server.aws_calls()) == before
+
+    wait_until(quiet, timeout=30)
+    fresh_emulator.ec2.terminate_instances(InstanceIds=[box])
+    api.post("/instances/sync", headers={"X-Request-Id": "sweep-2"}).raise_for_status()
+    outside = [e for e in api.get(f"/instances/{box}/events").json()["events"] if e["to_state"] == "terminated"]
+    assert [e["http_request_id"] for e in outside] == ["sweep-2"], outside
     with closing(sqlite3.connect(server.db_path)) as conn:  # the outbox row written with the event
         rows = conn.execute("SELECT n.data FROM notifications n JOIN instance_events e ON e.seq = n.event_seq "
                             "WHERE e.instance_id = ? AND e.action = 'create'", (box,)).fetchall()
