@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from tests.support.processes import free_port, wait_until
+from tests.support.processes import free_port, wait_quiet, wait_until
 from tests.support.receivers import MailServer, WebhookReceiver, wait_for
 from tests.support.seeding import adopt, launch_managed
 from tests.support.server import ApiServer
@@ -118,12 +118,7 @@ def test_every_event_a_request_causes_carries_its_x_request_id_and_so_does_its_n
     # What a sync records carries the sync's id: once the sweeps the create and the stop asked for have run in the
     # background (no listing for two seconds: they start within one), a change made outside the API is one only
     # the next sync can record.
-    def quiet() -> bool:
-        before = len(server.aws_calls())
-        time.sleep(2)
-        return len(server.aws_calls()) == before
-
-    wait_until(quiet, timeout=30)
+    wait_quiet(server)
     fresh_emulator.ec2.terminate_instances(InstanceIds=[box])
     api.post("/instances/sync", headers={"X-Request-Id": "sweep-2"}).raise_for_status()
     outside = [e for e in api.get(f"/instances/{box}/events").json()["events"] if e["to_state"] == "terminated"]

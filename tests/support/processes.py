@@ -95,6 +95,17 @@ def wait_until(predicate, timeout: float = 15.0, interval: float = 0.2):
         time.sleep(interval)
 
 
+def wait_quiet(server, seconds: float = 2.0, timeout: float = 30.0) -> None:
+    """Until `server` has spawned no `aws` process for `seconds`: the sweeps earlier requests asked for in the
+    background (each starts within a second of its request) have run, so what comes next is the test's own."""
+    def quiet() -> bool:
+        before = len(server.aws_calls())
+        time.sleep(seconds)
+        return len(server.aws_calls()) == before
+
+    wait_until(quiet, timeout=timeout, interval=0)
+
+
 def descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
