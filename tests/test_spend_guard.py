@@ -2,6 +2,7 @@
 (auto-stop: test_auto_stop.py)."""
 
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -13,17 +14,25 @@ from tests.support.server import ApiServer
 BODY = {"name": "guarded", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
 
 
-@pytest.fixture
-def server(emulator, fresh_emulator, tmp_path):
-    srv = ApiServer(tmp_path, emulator.url)
+def _serving(emulator, tmp_path, **env: str) -> Iterator[ApiServer]:
+    srv = ApiServer(tmp_path, emulator.url, **env)
     yield srv
     srv.stop()
 
 
-@pytest.fixture
-def api(server):
+def _client(server: ApiServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=60) as client:
         yield client
+
+
+@pytest.fixture
+def server(emulator, fresh_emulator, tmp_path):
+    yield from _serving(emulator, tmp_path)
+
+
+@pytest.fixture
+def api(server):
+    yield from _client(server)
 
 
 def created(api: httpx.Client, **overrides) -> dict:
@@ -108,16 +117,13 @@ def test_over_budget_creates_and_starts_are_refused_without_a_process_stop_and_d
 @pytest.fixture
 def priced_server(emulator, fresh_emulator, tmp_path):
     """A server that allows t3.small but has no price for it (PRICES_FILE)."""
-    srv = ApiServer(tmp_path, emulator.url, ALLOWED_INSTANCE_TYPES="t3.micro,t4g.micro,t3.small",
-                    PRICES_FILE=str(_prices_without(tmp_path, "t3.small")))
-    yield srv
-    srv.stop()
+    yield from _serving(emulator, tmp_path, ALLOWED_INSTANCE_TYPES="t3.micro,t4g.micro,t3.small",
+                        PRICES_FILE=str(_prices_without(tmp_path, "t3.small")))
 
 
 @pytest.fixture
 def priced_api(priced_server):
-    with httpx.Client(base_url=priced_server.url, timeout=60) as client:
-        yield client
+    yield from _client(priced_server)
 
 
 def test_budget_shows_the_period_every_instance_and_a_missing_price_is_a_400(priced_api, priced_server,
