@@ -15,7 +15,7 @@ import app.lifespan  # noqa: F401 - installs the domains' settings checks (PRICE
 from app.store import Database
 from tests.support.emulator import Emulator
 from tests.support.postgres import shared_cluster, stop_shared_cluster
-from tests.support.processes import AWS_CLI_V1, aws_cli_v2
+from tests.support.processes import AWS_CLI_V1, TLS, aws_cli_v2
 from tests.support.server import ApiServer, shared_catalog_template, shared_pg_catalog_template, synced_client
 
 # What the xdist workers of one run share (one PostgreSQL cluster, the catalogue templates): a directory the
@@ -145,5 +145,5 @@ def reader(api_server):
     there (a refusal before any `aws` call, the docs, a 404): no emulator reset and no sync, which cost a reset
     and an `aws` process per test. No faults are injected."""
     api_server.set_faults()
-    with httpx.Client(base_url=api_server.url, timeout=60) as client:
+    with httpx.Client(base_url=api_server.url, timeout=60, verify=TLS) as client:
         yield client

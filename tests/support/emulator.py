@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.processes import VENV_BIN, free_port, safe_env, stop_process, wait_http
+from tests.support.processes import TLS, VENV_BIN, free_port, safe_env, stop_process, wait_http
 
 KEY_NAME = "my_ec2_keypair"
 # Make the emulator refuse what AWS refuses: unknown key pairs, AMIs and instance types.
@@ -71,7 +71,7 @@ class Emulator:
         self.paused = False
 
     def reset(self) -> None:
-        httpx.post(f"{self.url}/moto-api/reset", timeout=30).raise_for_status()
+        httpx.post(f"{self.url}/moto-api/reset", timeout=30, verify=TLS).raise_for_status()
         self.ec2.create_key_pair(KeyName=KEY_NAME)
 
     def instances(self, managed_only: bool = False) -> dict[str, dict]:

@@ -4,6 +4,7 @@ Every process started through safe_env gets fake credentials, no AWS profile or 
 proxy that goes nowhere for anything but 127.0.0.1, so no test can reach real AWS.
 """
 
+import functools
 import os
 import signal
 import socket
@@ -21,8 +22,10 @@ VENV_BIN = Path(sys.executable).parent
 AWS_CLI_V1 = VENV_BIN / "aws"  # the venv's, pinned in requirements.txt
 
 
+@functools.cache
 def aws_cli_v2() -> Path:
-    """Debian's AWS CLI v2 (AWS_CLI_V2, default /usr/bin/aws), which `make system-deps` installs."""
+    """Debian's AWS CLI v2 (AWS_CLI_V2, default /usr/bin/aws), which `make system-deps` installs. Checked once
+    per process (its `--version` is ~0.5 CPU-s); a missing one fails every test that asks, each time."""
     path = Path(os.environ.get("AWS_CLI_V2") or "/usr/bin/aws")
     try:
         said = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60).stdout
@@ -38,6 +41,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# The TLS context of the harness's httpx clients, built once: httpx builds one for each client (and each
+# httpx.get/post) otherwise, loading the CA bundle every time: ~20 ms of CPU, which made wait_http's polls
+# ~0.4 CPU-s of the test process per server start under load. Same verification (httpx's default context).
+TLS = httpx.create_ssl_context()
 
 
 def safe_env(**extra: str) -> dict[str, str]:
@@ -61,12 +70,13 @@ def safe_env(**extra: str) -> dict[str, str]:
 
 
 def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    """Poll `url` until it answers below 500 (a new httpx client each 0.1 s: with the shared TLS context)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
         try:
-            if httpx.get(url, timeout=1).status_code < 500:
+            if httpx.get(url, timeout=1, verify=TLS).status_code < 500:
                 return
         except httpx.HTTPError:
             pass

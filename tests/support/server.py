@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from tests.support.postgres import run_lock
-from tests.support.processes import ROOT, VENV_BIN, free_port, safe_env, stop_process, wait_http, wait_until
+from tests.support.processes import ROOT, TLS, VENV_BIN, free_port, safe_env, stop_process, wait_http, wait_until
 
 AWS_SHIM = Path(__file__).resolve().parent / "aws_shim.sh"
 BACKGROUND_OPERATIONS = {"describe-instances", "describe-instance-types", "get-parameters", "describe-images",
@@ -103,7 +103,7 @@ class ApiServer:
 def synced_client(server: ApiServer) -> Iterator[httpx.Client]:
     """An httpx client on `server`, with no faults injected and its record caught up by a sync."""
     server.set_faults()
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+    with httpx.Client(base_url=server.url, timeout=60, verify=TLS) as client:
         client.post("/instances/sync").raise_for_status()
         yield client
     server.set_faults()
