@@ -109,10 +109,3 @@ def test_rest_lifecycle_with_cli_v2(emulator, fresh_emulator, tmp_path):
         assert re.search(r"AWS CLI \S+aws_shim\.sh: aws-cli/2\.", server.server_log())
     finally:
         server.stop()
-
-
-def test_the_server_logs_its_cli_and_version_once_per_executable(api_server):
-    wait_until(lambda: "AWS CLI " in api_server.server_log() and "aws-cli/1." in api_server.server_log())
-    assert "v1 is in maintenance mode" in api_server.server_log()
-    versions = [c for c in api_server.aws_calls() if c == ["--version"]]
-    assert versions == []  # known from the catalogue template: no `aws --version` process for this server

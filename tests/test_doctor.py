@@ -1,5 +1,6 @@
 """`make doctor` (scripts/doctor.sh): the real script, the real AWS CLI (v1 and v2) behind the logging
-shim, the real emulator, and the real API server for the /health line."""
+shim, the real emulator, and the real API server for the /health line (and for that server's own line about its
+CLI)."""
 
 import asyncio
 import json
@@ -16,7 +17,7 @@ from app.config import Settings
 from app.core.errors import UpstreamError
 from app.doctor import FAIL, OK, SKIP, WARN, Doctor
 from tests.support.emulator import KEY_NAME
-from tests.support.processes import AWS_CLI_V1, ROOT, free_port, safe_env
+from tests.support.processes import AWS_CLI_V1, ROOT, free_port, safe_env, wait_until
 from tests.support.receivers import MailServer
 from tests.support.server import AWS_SHIM
 
@@ -90,6 +91,15 @@ def test_everything_present_exits_0_and_only_reads(aws_cli_bin, fresh_emulator, 
     assert report.calls and all(READS & set(call) for call in report.calls), report.calls
     assert not fresh_emulator.instances()
     assert fresh_emulator.ec2.describe_key_pairs()["KeyPairs"] == before
+
+
+# The server's own report of its CLI (in test_cli_versions.py before; it shares this module's server, which
+# only answers the doctor's /health line here, instead of starting one of its own).
+def test_the_server_logs_its_cli_and_version_once_per_executable(api_server):
+    wait_until(lambda: "AWS CLI " in api_server.server_log() and "aws-cli/1." in api_server.server_log())
+    assert "v1 is in maintenance mode" in api_server.server_log()
+    versions = [c for c in api_server.aws_calls() if c == ["--version"]]
+    assert versions == []  # known from the catalogue template: no `aws --version` process for this server
 
 
 @pytest.fixture(scope="module")
