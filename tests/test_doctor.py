@@ -1,12 +1,15 @@
 """`make doctor` (scripts/doctor.sh): the real script, the real AWS CLI (v1 and v2) behind the logging
-shim, the real emulator, and the real API server for the /health line."""
+shim, the real emulator, and the real API server for the /health line (and for that server's own line about its
+CLI)."""
 
 import asyncio
 import json
 import re
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -14,7 +17,7 @@ from app.config import Settings
 from app.core.errors import UpstreamError
 from app.doctor import FAIL, OK, SKIP, WARN, Doctor
 from tests.support.emulator import KEY_NAME
-from tests.support.processes import AWS_CLI_V1, ROOT, free_port, safe_env
+from tests.support.processes import AWS_CLI_V1, ROOT, free_port, safe_env, wait_until
 from tests.support.receivers import MailServer
 from tests.support.server import AWS_SHIM
 
@@ -90,44 +93,70 @@ def test_everything_present_exits_0_and_only_reads(aws_cli_bin, fresh_emulator, 
     assert fresh_emulator.ec2.describe_key_pairs()["KeyPairs"] == before
 
 
-def test_missing_key_pair_fails_with_the_create_key_pair_command(fresh_emulator, tmp_path):
-    report = doctor(tmp_path, fresh_emulator.url, KEY_NAME="doctor-missing")
+# The server's own report of its CLI (in test_cli_versions.py before; it shares this module's server, which
+# only answers the doctor's /health line here, instead of starting one of its own).
+def test_the_server_logs_its_cli_and_version_once_per_executable(api_server):
+    wait_until(lambda: "AWS CLI " in api_server.server_log() and "aws-cli/1." in api_server.server_log())
+    assert "v1 is in maintenance mode" in api_server.server_log()
+    versions = [c for c in api_server.aws_calls() if c == ["--version"]]
+    assert versions == []  # known from the catalogue template: no `aws --version` process for this server
+
+
+@pytest.fixture(scope="module")
+def troubles(emulator, tmp_path_factory) -> Iterator[SimpleNamespace]:
+    """Two doctor runs for the checks that judge local things, each on its own line (the key pair, the private
+    key file, mail): a run costs a Python start and six `aws` processes, so one run holds three troubles at once.
+    `broken`: KEY_NAME names no key pair, the private key is readable by others, SMTP answers and a notify URL is
+    set. `mended`: after the printed fix made the key pair, the private key file is missing and nothing listens
+    for mail any more."""
+    emulator.reset()
+    tmp = tmp_path_factory.mktemp("doctor-troubles")
+    loose = tmp / "loose.pem"
+    loose.write_text("key")
+    loose.chmod(0o644)
+    mail = MailServer().start()
+    try:
+        broken = doctor(tmp, emulator.url, KEY_NAME="doctor-missing", SSH_KEY_PATH=str(loose), **mail.settings(),
+                        NOTIFY_URLS="json://127.0.0.1:9/hook/tok")
+    finally:
+        mail.stop()
+    # The command it prints is the fix: run it (against the emulator) and the doctor is satisfied.
+    emulator.ec2.create_key_pair(KeyName="doctor-missing")
+    mended = doctor(tmp, emulator.url, KEY_NAME="doctor-missing", SSH_KEY_PATH=str(tmp / "nowhere.pem"),
+                    **mail.settings())  # now nothing listens there
+    yield SimpleNamespace(broken=broken, mended=mended, loose=loose, mail=mail, endpoint=emulator.url)
+    emulator.ec2.delete_key_pair(KeyName="doctor-missing")
+
+
+def test_missing_key_pair_fails_with_the_create_key_pair_command(troubles):
+    report = troubles.broken
     assert report.rc == 1, report.out
     status, text = report.lines["key pair"]
     assert status == FAIL and "KEY_NAME=doctor-missing does not exist in us-east-1" in text
     fix = report.out.split("key pair: ", 1)[1].splitlines()[0]
-    assert (f"aws --endpoint-url {fresh_emulator.url} --region us-east-1 ec2 create-key-pair --key-name "
-            f"doctor-missing --query KeyMaterial --output text > {tmp_path / 'key.pem'}") in fix
+    # The private key goes where SSH_KEY_PATH says.
+    assert (f"aws --endpoint-url {troubles.endpoint} --region us-east-1 ec2 create-key-pair --key-name "
+            f"doctor-missing --query KeyMaterial --output text > {troubles.loose}") in fix
     assert report.status("default VPC") == OK  # the other checks still ran
+    # Only the key pair fails: the loose private key and the mail lines below do not.
     assert report.out.rstrip().endswith("=> a create would fail: fix key pair")
-    # The command it prints is the fix: run it (against the emulator) and the doctor is satisfied.
-    fresh_emulator.ec2.create_key_pair(KeyName="doctor-missing")
-    assert doctor(tmp_path, fresh_emulator.url, KEY_NAME="doctor-missing").status("key pair") == OK
+    assert troubles.mended.status("key pair") == OK
 
 
-def test_a_loose_or_missing_private_key_warns_but_a_create_would_work(fresh_emulator, tmp_path):
-    loose = tmp_path / "loose.pem"
-    loose.write_text("key")
-    loose.chmod(0o644)
-    report = doctor(tmp_path, fresh_emulator.url, SSH_KEY_PATH=str(loose))
-    assert report.rc == 0, report.out
+def test_a_loose_or_missing_private_key_warns_but_a_create_would_work(troubles):
+    report = troubles.broken  # fails on its key pair alone (above)
     assert report.lines["private key"][0] == WARN and "mode 0644" in report.text("private key")
-    assert f"-> fix: `chmod 600 {loose}`" in report.out
-    report = doctor(tmp_path, fresh_emulator.url, SSH_KEY_PATH=str(tmp_path / "nowhere.pem"))
+    assert f"-> fix: `chmod 600 {troubles.loose}`" in report.out
+    report = troubles.mended
     assert report.rc == 0 and report.status("private key") == WARN and "does not exist" in report.text("private key")
 
 
-def test_smtp_is_checked_without_sending_and_never_fails_a_create(fresh_emulator, tmp_path):
-    mail = MailServer().start()
-    try:
-        report = doctor(tmp_path, fresh_emulator.url, **mail.settings(), NOTIFY_URLS="json://127.0.0.1:9/hook/tok")
-        assert report.rc == 0, report.out
-        assert report.status("email") == OK and f"127.0.0.1:{mail.port} connects" in report.text("email")
-        assert report.lines["notify URLs"] == (OK, "1 valid (json); not contacted (that would send a message)")
-        assert mail.messages == [] and "tok" not in report.out
-    finally:
-        mail.stop()
-    report = doctor(tmp_path, fresh_emulator.url, **mail.settings())  # now nothing listens there
+def test_smtp_is_checked_without_sending_and_never_fails_a_create(troubles):
+    report, port = troubles.broken, troubles.mail.port  # fails on its key pair alone (above)
+    assert report.status("email") == OK and f"127.0.0.1:{port} connects" in report.text("email")
+    assert report.lines["notify URLs"] == (OK, "1 valid (json); not contacted (that would send a message)")
+    assert troubles.mail.messages == [] and "tok" not in report.out
+    report = troubles.mended  # nothing listens there now
     assert report.rc == 0 and report.status("email") == WARN and "SMTP 127.0.0.1" in report.text("email")
 
 
