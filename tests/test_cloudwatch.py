@@ -164,16 +164,47 @@ def test_a_refused_put_shows_its_error_and_is_retried(adopted, api_server, fresh
     assert f"ec2-creator-local-idle-stop-{box}" in fresh_emulator.alarms()
 
 
-def test_an_alarm_deleted_by_hand_is_put_again_after_a_restart(adopted, api_server, fresh_emulator):
-    api, box = adopted
-    api.patch(f"/instances/{box}", json={"stop_when_idle": IDLE}).raise_for_status()
+@pytest.fixture(scope="module")
+def drifted_then_restarted(api_server, emulator):
+    """CloudWatch drifts from the record in two ways, then the server restarts ONCE: the keeper asks CloudWatch
+    what it holds at start (then every 10 minutes), and that one audit must mend both (the two tests below).
+    - `by_hand`: its alarm was deleted by hand (the record says it is set): put again.
+    - `lost`: two replicas, one deletes the alarm and records none, another's late put lands after it (the record
+      says none, CloudWatch holds one): deleted.
+    One restart and one adoption for both: a restart is a server start, its start-up sweep and the audit."""
+    emulator.reset()
+    by_hand, lost = launch_managed(emulator, 2, name=BODY["name"])
+    with synced_client(api_server) as api:
+        adopt(api, [by_hand, lost])
+        for box in (by_hand, lost):
+            api.patch(f"/instances/{box}", json={"stop_when_idle": IDLE}).raise_for_status()
+        for box in (by_hand, lost):
+            alarm_of(api, box, "set")
+        emulator.cloudwatch.delete_alarms(AlarmNames=[f"ec2-creator-local-idle-stop-{by_hand}"])
+        api.patch(f"/instances/{lost}", json={"stop_when_idle": None}).raise_for_status()
+        alarm_of(api, lost, None)
+        emulator.cloudwatch.put_metric_alarm(  # the other replica's late put
+            AlarmName=f"ec2-creator-local-idle-stop-{lost}", Namespace="AWS/EC2", MetricName="CPUUtilization",
+            Statistic="Average", Period=300, EvaluationPeriods=6, Threshold=5.0,
+            ComparisonOperator="LessThanThreshold", Dimensions=[{"Name": "InstanceId", "Value": lost}],
+            AlarmActions=["arn:aws:automate:us-east-1:ec2:stop"])
+        api_server.stop()
+        api_server.start()
+        yield api, by_hand, lost
+
+
+def test_an_alarm_deleted_by_hand_is_put_again_after_a_restart(drifted_then_restarted, emulator):
+    api, box, _ = drifted_then_restarted
     name = f"ec2-creator-local-idle-stop-{box}"
-    alarm_of(api, box, "set")
-    fresh_emulator.cloudwatch.delete_alarms(AlarmNames=[name])
-    api_server.stop()
-    api_server.start()  # the keeper asks CloudWatch what it holds at start (then every 10 minutes)
-    wait_until(lambda: name in fresh_emulator.alarms(), timeout=30)
+    wait_until(lambda: name in emulator.alarms(), timeout=30)
     assert alarm_of(api, box, "set")["error"] is None
+
+
+def test_an_alarm_the_record_lost_is_deleted_at_the_next_audit(drifted_then_restarted, emulator):
+    api, _, box = drifted_then_restarted
+    name = f"ec2-creator-local-idle-stop-{box}"
+    wait_until(lambda: name not in emulator.alarms(), timeout=30)
+    assert alarm_of(api, box, None) is None
 
 
 def test_killed_before_the_alarm_was_put_it_is_put_after_restart(adopted, api_server, fresh_emulator):
@@ -189,25 +220,6 @@ def test_killed_before_the_alarm_was_put_it_is_put_after_restart(adopted, api_se
     api_server.start()
     assert alarm_of(api, box, "set", timeout=30)["error"] is None
     assert f"ec2-creator-local-idle-stop-{box}" in fresh_emulator.alarms()
-
-
-def test_an_alarm_the_record_lost_is_deleted_at_the_next_audit(adopted, api_server, fresh_emulator):
-    """Two replicas: one deletes the alarm and records none, another's late put lands after it. The audit
-    (at start, then every 10 minutes) finds the alarm of an instance that asks for none and deletes it."""
-    api, box = adopted
-    api.patch(f"/instances/{box}", json={"stop_when_idle": IDLE}).raise_for_status()
-    name = f"ec2-creator-local-idle-stop-{box}"
-    alarm_of(api, box, "set")
-    api.patch(f"/instances/{box}", json={"stop_when_idle": None}).raise_for_status()
-    alarm_of(api, box, None)
-    fresh_emulator.cloudwatch.put_metric_alarm(  # the other replica's late put
-        AlarmName=name, Namespace="AWS/EC2", MetricName="CPUUtilization", Statistic="Average", Period=300,
-        EvaluationPeriods=6, Threshold=5.0, ComparisonOperator="LessThanThreshold",
-        Dimensions=[{"Name": "InstanceId", "Value": box}], AlarmActions=["arn:aws:automate:us-east-1:ec2:stop"])
-    api_server.stop()
-    api_server.start()
-    wait_until(lambda: name not in fresh_emulator.alarms(), timeout=30)
-    assert alarm_of(api, box, None) is None
 
 
 def test_an_instance_ended_before_its_first_put_shows_no_alarm(adopted, api_server, fresh_emulator):

@@ -129,20 +129,25 @@ def test_every_event_a_request_causes_carries_its_x_request_id_and_so_does_its_n
     assert len(rows) == 1 and json.loads(rows[0][0])["http_request_id"] == "abc"
 
 
+ADOPTED = "adopted (launched outside the API)"
+
+
 def test_a_stop_outside_the_api_notifies_once(api, mail, fresh_emulator):
-    box = api.post("/instances", json=NO_SSH | {"name": "outside"}).json()["id"]
-    api.post("/instances/sync")
+    # The instance is launched in the emulator and adopted (tests/support/seeding.py): what a stop outside the API
+    # sends is the subject, not creating it (the first test): three `aws` processes fewer than a create.
+    [box] = launch_managed(fresh_emulator, name="outside")
+    adopt(api, [box])
     fresh_emulator.ec2.stop_instances(InstanceIds=[box])
     for _ in range(3):  # three sweeps see it stopped: one notification
         api.post("/instances/sync")
-    wait_for(lambda: len([s for s in mails_for(mail, box) if "outside" in s]), 1)
+    wait_for(lambda: len([s for s in mails_for(mail, box) if "stopped outside" in s]), 1)
     settle()
-    assert [s.rsplit(") ", 1)[1] for s in mails_for(mail, box)] == ["created", "stopped outside the API"]
+    assert [s.rsplit(") ", 1)[1] for s in mails_for(mail, box)] == [ADOPTED, "stopped outside the API"]
 
 
 def test_the_auto_stop_warning_arrives_before_the_stop(api, mail, fresh_emulator):
-    box = api.post("/instances", json=NO_SSH | {"name": "warned"}).json()["id"]
-    api.post("/instances/sync")
+    [box] = launch_managed(fresh_emulator, name="warned")  # adopted, not created: as in the test above
+    adopt(api, [box])
     stop_at = (datetime.now(UTC) + timedelta(seconds=12)).isoformat()
     assert api.patch(f"/instances/{box}", json={"stop_at": stop_at}).status_code == 200
     # AUTO_STOP_WARNING_MINUTES (15) is longer than what is left: the warning goes out at once.
@@ -150,7 +155,7 @@ def test_the_auto_stop_warning_arrives_before_the_stop(api, mail, fresh_emulator
     assert not [s for s in mails_for(mail, box) if "auto-stop" in s and "stops soon" not in s]
     wait_for(lambda: len([s for s in mails_for(mail, box) if "stopped by its auto-stop" in s]), 1, timeout=60)
     subjects = [s.rsplit(") ", 1)[1] for s in mails_for(mail, box)]
-    assert subjects == ["created", "stops soon (auto-stop)", "stopped by its auto-stop"], subjects
+    assert subjects == [ADOPTED, "stops soon (auto-stop)", "stopped by its auto-stop"], subjects
     warning = next(m for m in mail.messages if f"({box}) stops soon" in str(m["Subject"])).get_content()
     url = str(api.base_url).rstrip("/")  # NOTIFY_API_URL follows the server's port
     assert f"curl -X PATCH {url}/instances/{box}" in warning
@@ -167,9 +172,11 @@ def test_smtp_down_through_three_retries_every_mail_arrives_once(api, server, ma
     NOTIFY_RETRY_MAX_SECONDS=1), not a fixed minute: what it proves is the retries, then one delivery each."""
     mail.stop()
     try:
-        # No syncs between: a stop and a delete are accepted from pending and stopping (what the record may
-        # still say), and their notifications come from the API's own events.
-        box = api.post("/instances", json=NO_SSH | {"name": "while-down"}).json()["id"]
+        # Launched in the emulator and adopted (its adoption is the first event), not created: the outage is the
+        # subject. No syncs after: a delete is accepted from stopping (what the record may still say), and the
+        # stop's and the delete's notifications come from the API's own events.
+        [box] = launch_managed(fresh_emulator, name="while-down")
+        adopt(api, [box])
         assert api.post(f"/instances/{box}/stop").status_code == 202
         assert api.delete(f"/instances/{box}").status_code == 202
         # The webhook channel does not wait for the mail channel.
@@ -189,7 +196,7 @@ def test_smtp_down_through_three_retries_every_mail_arrives_once(api, server, ma
         mail.start()
     wait_for(lambda: len(mails_for(mail, box)), 3, timeout=30)
     settle()
-    assert sorted(s.rsplit(") ", 1)[1] for s in mails_for(mail, box)) == ["created", "deleted", "stopped"]
+    assert sorted(s.rsplit(") ", 1)[1] for s in mails_for(mail, box)) == [ADOPTED, "deleted", "stopped"]
     ids = [str(m["Message-ID"]) for m in mail.messages if f"({box})" in str(m["Subject"])]
     assert len(set(ids)) == 3 and all(i.startswith("<ec2cl.") and i.endswith("@ec2-creator-local>") for i in ids)
     delivered = [d for d in api.get("/notifications").json()["deliveries"] if d["instance_id"] == box]
@@ -197,23 +204,22 @@ def test_smtp_down_through_three_retries_every_mail_arrives_once(api, server, ma
     assert len(delivered) == 6
 
 
-def test_killed_right_after_an_event_it_delivers_after_restart(emulator, fresh_emulator, tmp_path):
-    mail = MailServer()  # not started yet: the event cannot be delivered before the kill
-    server = ApiServer(tmp_path, emulator.url, NOTIFY_RETRY_MAX_SECONDS="2", **mail.settings())
+def test_killed_right_after_an_event_it_delivers_after_restart(api, server, mail):
+    """On the module's server (a restart, not a server of its own): the mail server is down from before the
+    event until after the kill, so the event cannot be delivered before it."""
+    mail.stop()
     try:
-        with httpx.Client(base_url=server.url, timeout=60) as api:
-            box = api.post("/instances", json=NO_SSH | {"name": "killed"}).json()["id"]
+        box = api.post("/instances", json=NO_SSH | {"name": "killed"}).json()["id"]
         assert server.proc is not None
         os.killpg(server.proc.pid, signal.SIGKILL)
         server.proc.wait()
-        mail.start()
-        server.start()
-        wait_for(lambda: len(mails_for(mail, box)), 1, timeout=30)
-        settle()
-        assert [s.rsplit(") ", 1)[1] for s in mails_for(mail, box)] == ["created"]
+        server.log.close()
     finally:
-        server.stop()
-        mail.stop()
+        mail.start()
+    server.start()
+    wait_for(lambda: len(mails_for(mail, box)), 1, timeout=30)
+    settle()
+    assert [s.rsplit(") ", 1)[1] for s in mails_for(mail, box)] == ["created"]
 
 
 def test_budget_crossings_notify_once_each(emulator, fresh_emulator, tmp_path):

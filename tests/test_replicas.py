@@ -20,10 +20,13 @@ from tests.support.server import ApiServer
 # No SSH rule (ssh_from none): SSH is not what these tests are about, and the rule costs an `aws` process.
 BODY = {"name": "shared", "ami": "amazon-linux-2023", "instance_type": "t3.micro", "ssh_from": "none"}
 INTERVAL = 2.0
+# One client for the module's requests outside its threads: httpx.get() and friends make a client per call, and each
+# loads the CA bundle (~20 ms of CPU in this process); the polls below make hundreds.
+HTTP = httpx.Client(timeout=60)
 
 
 def leader_flag(server: ApiServer) -> int:
-    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    text = HTTP.get(f"{server.url}/metrics", timeout=10).text
     return next(int(s.value) for f in text_string_to_metric_families(text) for s in f.samples
                 if s.name == "ec2cl_leader")
 
@@ -101,7 +104,7 @@ def test_when_the_leader_dies_the_other_adopts_within_two_intervals(pair, fresh_
     [made] = launch_managed(fresh_emulator, name="by-hand")
 
     def adopted() -> bool:
-        return httpx.get(f"{follower.url}/instances/{made}", timeout=5).status_code == 200
+        return HTTP.get(f"{follower.url}/instances/{made}", timeout=5).status_code == 200
 
     wait_until(adopted, timeout=3 * INTERVAL, interval=0.1)
     took = time.monotonic() - killed
@@ -111,9 +114,9 @@ def test_when_the_leader_dies_the_other_adopts_within_two_intervals(pair, fresh_
 
 def test_two_creates_on_two_replicas_share_one_budget(pair):
     a, b = pair
-    first = httpx.post(f"{a.url}/instances", json=BODY | {"name": "first"}, timeout=60)
+    first = HTTP.post(f"{a.url}/instances", json=BODY | {"name": "first"}, timeout=60)
     assert first.status_code == 201, first.text
-    one = httpx.get(f"{a.url}/budget", timeout=30).json()["committed_usd"]  # one instance's projection
+    one = HTTP.get(f"{a.url}/budget", timeout=30).json()["committed_usd"]  # one instance's projection
     assert one > 0
     for server in pair:  # room for one more, not two
         server.stop()
@@ -173,21 +176,21 @@ def test_one_key_sent_to_both_replicas_at_once_launches_once(shared_pair, fresh_
             assert answer.json()["code"] == "launch_in_progress"
     # The retry the 409 asks for gets the instance, from either replica.
     for server in pair:
-        again = httpx.post(f"{server.url}/instances", json=BODY, headers={"Idempotency-Key": "both-at-once"},
+        again = HTTP.post(f"{server.url}/instances", json=BODY, headers={"Idempotency-Key": "both-at-once"},
                            timeout=60)
         assert again.status_code == 201 and again.json()["id"] in ids
 
 
 def test_a_create_on_one_replica_is_listed_by_the_other_at_once(shared_pair):
     a, b = shared_pair
-    made = httpx.post(f"{a.url}/instances", json=BODY | {"name": "seen-by-b"}, timeout=60)
+    made = HTTP.post(f"{a.url}/instances", json=BODY | {"name": "seen-by-b"}, timeout=60)
     assert made.status_code in (201, 202), made.text
-    listed = httpx.get(f"{b.url}/instances", timeout=10).json()["instances"]
+    listed = HTTP.get(f"{b.url}/instances", timeout=10).json()["instances"]
     assert made.json()["id"] in [i["id"] for i in listed]
-    assert httpx.get(f"{b.url}/instances/{made.json()['id']}", timeout=10).json()["name"] == "seen-by-b"
-    stopped = httpx.post(f"{b.url}/instances/{made.json()['id']}/stop", timeout=60)  # B acts on A's instance
+    assert HTTP.get(f"{b.url}/instances/{made.json()['id']}", timeout=10).json()["name"] == "seen-by-b"
+    stopped = HTTP.post(f"{b.url}/instances/{made.json()['id']}/stop", timeout=60)  # B acts on A's instance
     assert stopped.status_code in (200, 202), stopped.text
-    assert httpx.get(f"{a.url}/instances/{made.json()['id']}", timeout=10).json()["state"] in ("stopping", "stopped")
+    assert HTTP.get(f"{a.url}/instances/{made.json()['id']}", timeout=10).json()["state"] in ("stopping", "stopped")
 
 
 def test_mutations_of_one_instance_wait_for_each_other_across_replicas(shared_pair, fresh_emulator):
@@ -205,7 +208,7 @@ def test_mutations_of_one_instance_wait_for_each_other_across_replicas(shared_pa
     stopper = threading.Thread(target=stop)
     stopper.start()
     wait_until(lambda: calls(a, "stop-instances", mark) == 1, timeout=10, interval=0.05)
-    started = httpx.post(f"{b.url}/instances/{made['id']}/start", timeout=60)
+    started = HTTP.post(f"{b.url}/instances/{made['id']}/start", timeout=60)
     finished["start"] = time.monotonic()
     stopper.join()
     # B waited for A's stop to be recorded, then judged the state it left (stopping: 409, or stopped: start).
@@ -221,7 +224,7 @@ def test_the_leader_stops_on_time_an_instance_whose_auto_stop_was_set_on_the_oth
     made = {"id": launch_managed(fresh_emulator, name="stop-soon")[0]}
     adopted_on(follower, made["id"])
     at = (datetime.now(UTC) + timedelta(seconds=3)).isoformat()
-    assert httpx.patch(f"{follower.url}/instances/{made['id']}", json={"stop_at": at}, timeout=60).status_code == 200
+    assert HTTP.patch(f"{follower.url}/instances/{made['id']}", json={"stop_at": at}, timeout=60).status_code == 200
     # The follower's request cannot wake the leader's scheduler (which sleeps up to a minute); its sweeps do.
     wait_until(lambda: calls(leader, "stop-instances", before[0]) == 1, timeout=3 + 2 * INTERVAL + 1, interval=0.1)
     assert calls(follower, "stop-instances", before[1]) == 0
