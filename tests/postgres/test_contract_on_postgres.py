@@ -8,6 +8,7 @@ them. The store's own queries, transactions, locks and migrations run on both en
 """
 
 from test_api import (  # noqa: F401  (collected here once more, on PostgreSQL)
+    client,
     looping_api,
     test_changes_made_outside_the_api_show_up,
     test_create_answers_at_once_with_the_resolved_ami_and_tags_in_ec2,
