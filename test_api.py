@@ -1,6 +1,9 @@
 """REST contract suite: the real server process, the real bash scripts and `aws`, a real moto server.
 
-Each test starts from a fresh emulator (the record catches up through a sync); fixtures in conftest.py.
+One server for the module (conftest's api_server) and EC2 as the module's earlier tests left it: no test here
+depends on an empty EC2 (each looks at the instances it made or seeded, by id or name), so none resets it. A
+reset made every instance of the tests before it vanish, and the next sync paid for that: a lookup to prove them
+gone and a delete-security-group for each of their groups (issue 26). Fixtures in conftest.py and below.
 """
 
 import threading
@@ -15,6 +18,15 @@ from tests.support.server import ApiServer, synced_client
 
 X86_TYPE = "t3.micro"
 ARM_TYPE = "t4g.micro"
+
+
+@pytest.fixture
+def client(api_server):
+    """A client on the module's server, no faults injected: no emulator reset and no sync (a test that needs
+    the record caught up on instances it seeded syncs: seeded())."""
+    api_server.set_faults()
+    with httpx.Client(base_url=api_server.url, timeout=60) as http:
+        yield http
 
 
 def create(api: httpx.Client, **overrides) -> httpx.Response:
@@ -63,11 +75,11 @@ def test_docs_page_uses_no_cdn(reader):
 
 
 # -- create ------------------------------------------------------------------------------------
-def test_create_answers_at_once_with_the_resolved_ami_and_tags_in_ec2(api, fresh_emulator):
-    item = created(api, name="web-1", tags={"Owner": "me", "Env": "dev"})
+def test_create_answers_at_once_with_the_resolved_ami_and_tags_in_ec2(client, emulator):
+    item = created(client, name="web-1", tags={"Owner": "me", "Env": "dev"})
     assert item["id"].startswith("i-")
     assert item["state"] in ("pending", "running")
-    expected_ami = fresh_emulator.ami()
+    expected_ami = emulator.ami()
     assert item["ami"] == expected_ami
     assert item["instance_type"] == X86_TYPE
     assert item["storage_gb"] == 8
@@ -77,7 +89,7 @@ def test_create_answers_at_once_with_the_resolved_ami_and_tags_in_ec2(api, fresh
     assert item["backend_used"] == "awscli"
     assert item["created_at"] and item["updated_at"]
 
-    ec2 = fresh_emulator.instances()[item["id"]]
+    ec2 = emulator.instances()[item["id"]]
     tags = {t["Key"]: t["Value"] for t in ec2["Tags"]}
     assert tags["Name"] == "web-1" and tags["ManagedBy"] == "ec2-creator-local"
     assert tags["Owner"] == "me" and tags["Env"] == "dev" and tags["RequestId"]
@@ -85,40 +97,40 @@ def test_create_answers_at_once_with_the_resolved_ami_and_tags_in_ec2(api, fresh
     assert ec2["ImageId"] == expected_ami
 
 
-def test_create_uses_the_amis_root_device_gp3_and_size(api, fresh_emulator):
-    item = created(api, storage_gb=20, ssh_from="none")  # SSH is not the subject: no rule to authorize
-    ec2 = fresh_emulator.instances()[item["id"]]
+def test_create_uses_the_amis_root_device_gp3_and_size(client, emulator):
+    item = created(client, storage_gb=20, ssh_from="none")  # SSH is not the subject: no rule to authorize
+    ec2 = emulator.instances()[item["id"]]
     mappings = ec2["BlockDeviceMappings"]
     assert [m["DeviceName"] for m in mappings] == ["/dev/xvda"]
-    volume = fresh_emulator.ec2.describe_volumes(VolumeIds=[mappings[0]["Ebs"]["VolumeId"]])["Volumes"][0]
+    volume = emulator.ec2.describe_volumes(VolumeIds=[mappings[0]["Ebs"]["VolumeId"]])["Volumes"][0]
     assert volume["Size"] == 20 and volume["VolumeType"] == "gp3"
     assert item["storage_gb"] == 20
 
 
-def test_reconciler_fills_state_public_ip_and_ssh_string(api):
-    item = created(api)
-    done = wait_until(lambda: (r := api.get(f"/instances/{item['id']}").json())["state"] == "running" and r)
+def test_reconciler_fills_state_public_ip_and_ssh_string(client):
+    item = created(client)
+    done = wait_until(lambda: (r := client.get(f"/instances/{item['id']}").json())["state"] == "running" and r)
     assert done["public_ip"]
     assert done["ssh_string"] == f"ssh -i ~/.ssh/my_ec2_keypair.pem ec2-user@{done['public_ip']}"
 
 
-def test_arm_alias_on_a_graviton_type(api, fresh_emulator):
-    item = created(api, instance_type=ARM_TYPE, ssh_from="none")
-    assert item["ami"] == fresh_emulator.ami("al2023-ami-kernel-default-arm64")
+def test_arm_alias_on_a_graviton_type(client, emulator):
+    item = created(client, instance_type=ARM_TYPE, ssh_from="none")
+    assert item["ami"] == emulator.ami("al2023-ami-kernel-default-arm64")
 
 
-def test_create_with_an_ami_id_an_alias_resolves_to(api, fresh_emulator):
-    ami = fresh_emulator.ami()
-    assert created(api, ami=ami, ssh_from="none")["ami"] == ami
+def test_create_with_an_ami_id_an_alias_resolves_to(client, emulator):
+    ami = emulator.ami()
+    assert created(client, ami=ami, ssh_from="none")["ami"] == ami
 
 
-def test_create_costs_three_aws_processes_and_reads_none(api, api_server):
+def test_create_costs_three_aws_processes_and_reads_none(client, api_server):
     # The server's catalogue is warm from its start (a copy of the run's: tests/support/server.py); were it not,
     # fetching it would be background reads, which mutations_since leaves out.
     before = len(api_server.aws_calls())
-    item = created(api)
-    api.get("/instances")
-    api.get(f"/instances/{item['id']}")
+    item = created(client)
+    client.get("/instances")
+    client.get(f"/instances/{item['id']}")
     mutations = api_server.mutations_since(before)
     # Its own security group, its SSH rule, the launch (issue 25: SSH that works, not open to the world).
     assert [next(op for op in ("create-security-group", "authorize-security-group-ingress", "run-instances")
@@ -126,16 +138,16 @@ def test_create_costs_three_aws_processes_and_reads_none(api, api_server):
                                                       "run-instances"]
 
 
-def test_create_security_group_true_means_ssh_from_ssh_ingress_cidr_in_a_group_of_its_own(api, fresh_emulator):
+def test_create_security_group_true_means_ssh_from_ssh_ingress_cidr_in_a_group_of_its_own(client, emulator):
     # The first with every field the original project's clients send (its Jenkinsfile.create, API_REFERENCE.md).
-    first = created(api, name="web-server", storage_gb=8, create_security_group=True)
-    second = created(api, name="web-2", create_security_group=True)
+    first = created(client, name="web-server", storage_gb=8, create_security_group=True)
+    second = created(client, name="web-2", create_security_group=True)
     assert first["ssh_from"] == second["ssh_from"] == "0.0.0.0/0"  # SSH_INGRESS_CIDR's default, as asked
     assert first["security_group_id"] and first["security_group_id"] != second["security_group_id"]
-    group = fresh_emulator.ec2.describe_security_groups(GroupIds=[first["security_group_id"]])["SecurityGroups"][0]
+    group = emulator.ec2.describe_security_groups(GroupIds=[first["security_group_id"]])["SecurityGroups"][0]
     assert [(r["FromPort"], r["ToPort"], [ip["CidrIp"] for ip in r["IpRanges"]]) for r in group["IpPermissions"]] \
         == [(22, 22, ["0.0.0.0/0"])]
-    ec2 = fresh_emulator.instances()[first["id"]]
+    ec2 = emulator.instances()[first["id"]]
     assert first["security_group_id"] in [g["GroupId"] for g in ec2["SecurityGroups"]]
 
 
@@ -197,13 +209,13 @@ def test_schema_errors_are_422_in_the_envelope(reader, body):
 
 
 # -- list / get --------------------------------------------------------------------------------
-def test_list_leaves_out_terminated_unless_asked(api, fresh_emulator):
-    keep, gone = seeded(api, fresh_emulator, "keep", "gone")
-    assert api.delete(f"/instances/{gone}").status_code == 202
-    wait_until(lambda: state_in_api(api, gone) == "terminated")
-    listed = {i["id"] for i in api.get("/instances").json()["instances"]}
+def test_list_leaves_out_terminated_unless_asked(client, emulator):
+    keep, gone = seeded(client, emulator, "keep", "gone")
+    assert client.delete(f"/instances/{gone}").status_code == 202
+    wait_until(lambda: state_in_api(client, gone) == "terminated")
+    listed = {i["id"] for i in client.get("/instances").json()["instances"]}
     assert keep in listed and gone not in listed
-    everything = {i["id"] for i in api.get("/instances", params={"include_terminated": "true"}).json()["instances"]}
+    everything = {i["id"] for i in client.get("/instances", params={"include_terminated": "true"}).json()["instances"]}
     assert {keep, gone} <= everything
 
 
@@ -225,40 +237,40 @@ def test_unknown_id_is_404_on_every_route(reader, api_server, method, path):
 
 
 # -- lifecycle ---------------------------------------------------------------------------------
-def test_stop_start_delete_lifecycle(api, fresh_emulator):
-    [instance_id] = seeded(api, fresh_emulator, "web-1")  # running
+def test_stop_start_delete_lifecycle(client, emulator):
+    [instance_id] = seeded(client, emulator, "web-1")  # running
 
-    stop = api.post(f"/instances/{instance_id}/stop")
+    stop = client.post(f"/instances/{instance_id}/stop")
     assert stop.status_code == 202 and stop.json()["state"] in ("stopping", "stopped")
-    assert fresh_emulator.instances()[instance_id]["State"]["Name"] == "stopped"
-    wait_until(lambda: state_in_api(api, instance_id) == "stopped")
-    assert api.get(f"/instances/{instance_id}").json()["public_ip"] is None
+    assert emulator.instances()[instance_id]["State"]["Name"] == "stopped"
+    wait_until(lambda: state_in_api(client, instance_id) == "stopped")
+    assert client.get(f"/instances/{instance_id}").json()["public_ip"] is None
 
-    again = api.post(f"/instances/{instance_id}/stop")
+    again = client.post(f"/instances/{instance_id}/stop")
     assert again.status_code == 200 and again.json()["state"] == "stopped"
 
-    start = api.post(f"/instances/{instance_id}/start")
+    start = client.post(f"/instances/{instance_id}/start")
     assert start.status_code == 202 and start.json()["state"] in ("pending", "running")
-    wait_until(lambda: state_in_api(api, instance_id) == "running")
-    assert api.post(f"/instances/{instance_id}/start").status_code == 200
+    wait_until(lambda: state_in_api(client, instance_id) == "running")
+    assert client.post(f"/instances/{instance_id}/start").status_code == 200
 
-    delete = api.delete(f"/instances/{instance_id}")
+    delete = client.delete(f"/instances/{instance_id}")
     assert delete.status_code == 202 and delete.json()["state"] in ("shutting-down", "terminated")
-    assert fresh_emulator.instances()[instance_id]["State"]["Name"] == "terminated"
-    wait_until(lambda: state_in_api(api, instance_id) == "terminated")
+    assert emulator.instances()[instance_id]["State"]["Name"] == "terminated"
+    wait_until(lambda: state_in_api(client, instance_id) == "terminated")
 
     for action in ("start", "stop"):
-        conflict = api.post(f"/instances/{instance_id}/{action}")
+        conflict = client.post(f"/instances/{instance_id}/{action}")
         assert conflict.status_code == 409 and conflict.json()["code"] == "wrong_state"
-    assert api.delete(f"/instances/{instance_id}").status_code == 200
-    assert api.get(f"/instances/{instance_id}").json()["state"] == "terminated"
+    assert client.delete(f"/instances/{instance_id}").status_code == 200
+    assert client.get(f"/instances/{instance_id}").json()["state"] == "terminated"
 
 
-def test_events_record_each_state_change(api):
-    item = created(api, ssh_from="none")  # the events do not depend on the SSH rule
-    wait_until(lambda: state_in_api(api, item["id"]) == "running")
-    api.post(f"/instances/{item['id']}/stop")
-    events = api.get(f"/instances/{item['id']}/events").json()["events"]
+def test_events_record_each_state_change(client):
+    item = created(client, ssh_from="none")  # the events do not depend on the SSH rule
+    wait_until(lambda: state_in_api(client, item["id"]) == "running")
+    client.post(f"/instances/{item['id']}/stop")
+    events = client.get(f"/instances/{item['id']}/events").json()["events"]
     assert events[0]["action"] == "create" and events[0]["source"] == "api" and events[0]["from_state"] is None
     # "running" is seen by a sweep (which may even be the first to see the new instance).
     assert any(e["to_state"] == "running" for e in events)
@@ -267,9 +279,9 @@ def test_events_record_each_state_change(api):
 
 # -- convergence with EC2 ---------------------------------------------------------------------
 @pytest.fixture
-def looping_api(fresh_emulator, tmp_path, database_env):
+def looping_api(emulator, tmp_path, database_env):
     """A server whose periodic sweep runs every second (the module's server sweeps only when asked)."""
-    server = ApiServer(tmp_path, fresh_emulator.url, RECONCILE_INTERVAL_SECONDS="1", **database_env)
+    server = ApiServer(tmp_path, emulator.url, RECONCILE_INTERVAL_SECONDS="1", **database_env)
     try:
         with synced_client(server) as client:
             yield client
@@ -277,46 +289,46 @@ def looping_api(fresh_emulator, tmp_path, database_env):
         server.stop()
 
 
-def test_changes_made_outside_the_api_show_up(looping_api, fresh_emulator):
+def test_changes_made_outside_the_api_show_up(looping_api, emulator):
     api = looping_api
-    [instance_id] = seeded(api, fresh_emulator, "web-1")  # running
-    fresh_emulator.ec2.stop_instances(InstanceIds=[instance_id])
+    [instance_id] = seeded(api, emulator, "web-1")  # running
+    emulator.ec2.stop_instances(InstanceIds=[instance_id])
     wait_until(lambda: state_in_api(api, instance_id) == "stopped")
-    fresh_emulator.ec2.terminate_instances(InstanceIds=[instance_id])
+    emulator.ec2.terminate_instances(InstanceIds=[instance_id])
     wait_until(lambda: state_in_api(api, instance_id) == "terminated")
 
 
-def test_sync_adopts_tagged_instances_and_ignores_untagged(api, fresh_emulator):
-    ami = fresh_emulator.ami()
-    [tagged] = launch_managed(fresh_emulator, name="by-hand", instance_type=X86_TYPE)
-    untagged = fresh_emulator.ec2.run_instances(ImageId=ami, InstanceType=X86_TYPE, MinCount=1,
+def test_sync_adopts_tagged_instances_and_ignores_untagged(client, emulator):
+    ami = emulator.ami()
+    [tagged] = launch_managed(emulator, name="by-hand", instance_type=X86_TYPE)
+    untagged = emulator.ec2.run_instances(ImageId=ami, InstanceType=X86_TYPE, MinCount=1,
                                                 MaxCount=1)["Instances"][0]["InstanceId"]
-    result = api.post("/instances/sync").json()  # the background sweep may have adopted it already
+    result = client.post("/instances/sync").json()  # the background sweep may have adopted it already
     assert untagged not in result["adopted"]
-    adopted = api.get(f"/instances/{tagged}").json()
-    assert api.get(f"/instances/{tagged}/events").json()["events"][0]["source"] == "adopt"
+    adopted = client.get(f"/instances/{tagged}").json()
+    assert client.get(f"/instances/{tagged}/events").json()["events"][0]["source"] == "adopt"
     assert adopted["name"] == "by-hand" and adopted["ami"] == ami and adopted["instance_type"] == X86_TYPE
-    assert api.get(f"/instances/{untagged}").status_code == 404
-    assert untagged in fresh_emulator.instances() and \
-        fresh_emulator.instances()[untagged]["State"]["Name"] == "running"
+    assert client.get(f"/instances/{untagged}").status_code == 404
+    assert untagged in emulator.instances() and \
+        emulator.instances()[untagged]["State"]["Name"] == "running"
 
 
 # -- non-blocking ------------------------------------------------------------------------------
-def test_health_answers_while_creates_run(api, api_server):
+def test_health_answers_while_creates_run(client, api_server):
     # No warm-up create: the server's AMI catalogue is warm from its start (a copy of the run's). SSH is not the
     # subject: the creates make their groups without a rule.
     results: list[int] = []
 
     def one(i: int) -> None:
-        with httpx.Client(base_url=api_server.url, timeout=60) as client:
-            results.append(create(client, name=f"c-{i}", ssh_from="none").status_code)
+        with httpx.Client(base_url=api_server.url, timeout=60) as each:
+            results.append(create(each, name=f"c-{i}", ssh_from="none").status_code)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
     for t in threads:
         t.start()
     health_during = []
     while any(t.is_alive() for t in threads):
-        health_during.append(api.get("/health").status_code)
+        health_during.append(client.get("/health").status_code)
     for t in threads:
         t.join()
     assert results == [201] * 4
@@ -324,12 +336,12 @@ def test_health_answers_while_creates_run(api, api_server):
 
 
 # -- AWS failures map to clear codes -----------------------------------------------------------
-def test_missing_key_pair_is_400_with_the_fix(api, fresh_emulator):
-    fresh_emulator.ec2.delete_key_pair(KeyName=KEY_NAME)
+def test_missing_key_pair_is_400_with_the_fix(client, emulator):
+    emulator.ec2.delete_key_pair(KeyName=KEY_NAME)
     try:
-        response = create(api, name="no-key", ssh_from="none")  # EC2 refuses the launch, whatever the rule
+        response = create(client, name="no-key", ssh_from="none")  # EC2 refuses the launch, whatever the rule
     finally:
-        fresh_emulator.ec2.create_key_pair(KeyName=KEY_NAME)  # module fixtures elsewhere share the emulator
+        emulator.ec2.create_key_pair(KeyName=KEY_NAME)  # module fixtures elsewhere share the emulator
     body = response.json()
     assert response.status_code == 400, response.text
     assert body["code"] == "key_pair_missing" and body["aws_error_code"] == "InvalidKeyPair.NotFound"

@@ -17,11 +17,15 @@ from tests.support.server import ApiServer
 
 # No SSH rule (ssh_from none): no test here is about SSH, and the rule is one `aws` process per create.
 BODY = {"name": "idem", "ami": "amazon-linux-2023", "instance_type": "t3.micro", "ssh_from": "none"}
+# The crash test's creates: the kill lands once three launches are under way, the other two anywhere from their
+# group to their launch. Each costs a group and a launch, and its replay up to three `aws` processes more.
+BURST = 5
 
 
 @pytest.fixture
 def server(emulator, tmp_path, database_env):
-    """A server of the test's own, for the tests that kill it or shut it down."""
+    """A server of the test's own, for the crash test: it compares everything the server tracks with everything
+    live in EC2, so neither may hold what earlier tests made."""
     srv = ApiServer(tmp_path, emulator.url, **database_env)
     yield srv
     srv.stop()
@@ -35,9 +39,11 @@ def api(server, fresh_emulator):
 
 
 @pytest.fixture
-def client(api_server, fresh_emulator):
-    """A client on the module's server (conftest's api_server, on the module's engine), EC2 fresh, for the tests
-    that neither kill nor stop it: their keys differ and they count only the `aws` processes they cause."""
+def client(api_server):
+    """A client on the module's server (conftest's api_server, on the module's engine), EC2 as the module's
+    earlier tests left it: their keys differ, each counts only the `aws` processes it causes and looks only at
+    the instances it made (the one test that counts EC2's instances by name asks for fresh_emulator). A reset
+    per test cost the emulator's reload, and the server a lookup for the instances it made vanish."""
     api_server.set_faults()
     with httpx.Client(base_url=api_server.url, timeout=120) as http:
         yield http
@@ -136,6 +142,30 @@ def test_start_and_stop_racing_end_consistent(client, api_server, fresh_emulator
 
 
 # -- crashes and shutdown ----------------------------------------------------------------------
+def test_sigterm_lets_an_in_flight_create_finish_and_be_recorded(client, api_server):
+    # The module's server, shut down and started again (the module's last test on it): what it holds from the
+    # tests before is no part of what this looks at, its own create.
+    server = api_server
+    outcome: dict[str, httpx.Response] = {}
+
+    def post() -> None:
+        with httpx.Client(base_url=server.url, timeout=120) as each:
+            outcome["response"] = each.post("/instances", json=BODY | {"name": "in-flight"})
+
+    before = len(run_instances_calls(server))
+    thread = threading.Thread(target=post)
+    thread.start()
+    wait_until(lambda: len(run_instances_calls(server)) > before, timeout=30, interval=0.02)
+    server.proc.send_signal(signal.SIGTERM)
+    thread.join()
+    response = outcome["response"]
+    assert response.status_code == 201, response.text
+    assert server.proc.wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once drained
+    server.stop()
+    server.start()
+    assert client.get(f"/instances/{response.json()['id']}").json()["name"] == "in-flight"
+
+
 def test_kill_9_mid_burst_then_restart_tracks_every_instance_once(api, server, fresh_emulator):
     results: list[object] = []
 
@@ -148,7 +178,7 @@ def test_kill_9_mid_burst_then_restart_tracks_every_instance_once(api, server, f
             results.append(type(exc).__name__)
 
     before = len(run_instances_calls(server))
-    threads = [threading.Thread(target=post, args=(i,)) for i in range(8)]
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(BURST)]
     for t in threads:
         t.start()
     wait_until(lambda: len(run_instances_calls(server)) >= before + 3, timeout=30, interval=0.05)
@@ -175,7 +205,7 @@ def test_kill_9_mid_burst_then_restart_tracks_every_instance_once(api, server, f
 
     # Replaying each key launches only what never reached EC2 (once that is certain: until then the
     # answer is 409 launch_in_progress); nothing is launched twice.
-    for i in range(8):
+    for i in range(BURST):
         def replayed(i: int = i) -> httpx.Response | None:
             replay = api.post("/instances", json=BODY | {"name": f"burst-{i}"},
                               headers={"Idempotency-Key": f"crash-{i}"})
@@ -184,25 +214,4 @@ def test_kill_9_mid_burst_then_restart_tracks_every_instance_once(api, server, f
 
         wait_until(replayed, timeout=40, interval=0.5)
     names = [{t["Key"]: t["Value"] for t in d["Tags"]}["Name"] for d in fresh_emulator.instances().values()]
-    assert sorted(n for n in names if n.startswith("burst-")) == [f"burst-{i}" for i in range(8)]
-
-
-def test_sigterm_lets_an_in_flight_create_finish_and_be_recorded(api, server, fresh_emulator):
-    outcome: dict[str, httpx.Response] = {}
-
-    def post() -> None:
-        with httpx.Client(base_url=server.url, timeout=120) as client:
-            outcome["response"] = client.post("/instances", json=BODY | {"name": "in-flight"})
-
-    before = len(run_instances_calls(server))
-    thread = threading.Thread(target=post)
-    thread.start()
-    wait_until(lambda: len(run_instances_calls(server)) > before, timeout=30, interval=0.02)
-    server.proc.send_signal(signal.SIGTERM)
-    thread.join()
-    response = outcome["response"]
-    assert response.status_code == 201, response.text
-    assert server.proc.wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once drained
-    server.stop()
-    server.start()
-    assert api.get(f"/instances/{response.json()['id']}").json()["name"] == "in-flight"
+    assert sorted(n for n in names if n.startswith("burst-")) == [f"burst-{i}" for i in range(BURST)]
