@@ -7,13 +7,13 @@ validation spawns three (its SSH group, the rule, the launch), a metrics query, 
 ssh-access change one or two (about 200 in a run with 15 for both phases, 170 with 10, ~145-160 with 5
 fuzzing cases per operation; ~115 since the coverage phase no longer reuses the ids of live instances,
 below). The stateful phase keeps 10 scenarios: with 5 it covered 5 API links, not 20 (and shorter
-scenarios, max-steps 3, only 1); with 10 a run covers 11 to 20 of the 94 inferred links (random). The
-examples and coverage phases (each operation's boundary and negative cases, deterministic) are not
-bounded by either, and every operation is still tested in every phase. Per phase, in `aws` processes
-(two runs): examples ~17 (three creates), coverage 65-67 with live ids (13 metrics queries, 8 tag
-changes, 4 ssh-access changes on live instances, 7 creates), 31 without; fuzzing 27-37; stateful
-37-39. Schemathesis runs as a subprocess in a tmp dir, so its `.hypothesis/` and `.schemathesis/`
-caches never land in the repository.
+scenarios, max-steps 3, only 1); with 10 a run covers 11 to 21 of the 94 inferred links (random: 11
+and 19 in two runs before the change below, 21 after it). The examples and coverage phases (each
+operation's boundary and negative cases, deterministic) are not bounded by either, and every
+operation is still tested in every phase. Per phase, in `aws` processes: examples ~17 (three
+creates), coverage 65-67 with live ids (13 metrics queries, 8 tag changes, 4 ssh-access changes on
+live instances, 7 creates), 31 without; fuzzing 27-37; stateful 37-39. Schemathesis runs as a
+subprocess in a tmp dir, so its `.hypothesis/` and `.schemathesis/` caches never land in the repository.
 
 The coverage phase sends its cases for /instances/{instance_id}/... with generated ids (a 404 after
 validation), not with the ids earlier responses returned (`extra-data-sources.responses = false` for
