@@ -89,16 +89,27 @@ class Sizes:
     # The later servers (notifications on, window 0) start with a copy of the first one's AMI catalogue instead of
     # fetching it (four `aws` processes each, outside every measured figure).
     share_catalog: bool = False
+    # The creates of the timed phases (1, 1b, 3, 4) ask for this `ssh_from` (None: the default, my_ip). Phase 2's
+    # create, whose processes are counted, always asks for the default.
+    create_ssh_from: str | None = None
+    # Phase 2b's batches of instances are all adopted by one sweep, not one sweep per batch.
+    adopt_at_once: bool = False
+    # One server with notifications on AND TRANSITION_WINDOW_MS=0 serves phase 1b and the window's cost (its creates
+    # only notify, its stops are the window-0 leg), instead of one server each.
+    one_second_server: bool = False
 
 
 FULL = Sizes("full", (10, 100, 1000), raw_samples=5, serial=8, burst=32, list_samples=100, get_samples=300,
              sweep_samples=3)
 # The smallest sizes that still give every figure (each `aws` process is ~0.45 CPU-s: an API create with its SSH
-# group is four, counting the sweep that deletes the group once the emulator is reset in phase 5): one create per
-# notification leg, a burst of 2 (the cap of 8 is checked all the same), 2 and 4 concurrent stops.
+# group is five, counting the sweep that deletes the group once the emulator is reset in phase 5; four with
+# ssh_from "none", which the timed phases' creates ask for): one create per notification leg, a burst of 2 (the
+# cap of 8 is checked all the same), 2 and 4 concurrent stops; phase 2b's batches adopted by one sweep, one
+# second server (notifications and window 0) instead of two, and phase 7's PostgreSQL database starting with the
+# first server's AMI catalogue (copied, as the SQLite servers' are).
 SMOKE = Sizes("smoke", (10,), raw_samples=1, serial=2, burst=2, list_samples=20, get_samples=20, sweep_samples=1,
               notify_samples=1, serial_leg=False, quiet_wait_s=0.0, few_stops=2, many_stops=4, stop_samples=1,
-              share_catalog=True)
+              share_catalog=True, create_ssh_from="none", adopt_at_once=True, one_second_server=True)
 
 
 # -- processes, from /proc ------------------------------------------------------------------------
@@ -321,8 +332,9 @@ def raw_describe(emulator_url: str) -> float:
 
 
 # -- API helpers -----------------------------------------------------------------------------------
-def create_body(i: int | str) -> dict:
-    return {"name": f"bench-{i}", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
+def create_body(i: int | str, ssh_from: str | None = None) -> dict:
+    return {"name": f"bench-{i}", "ami": "amazon-linux-2023", "instance_type": "t3.micro",
+            **({"ssh_from": ssh_from} if ssh_from else {})}
 
 
 def timed(client: httpx.Client, method: str, url: str, **kw) -> tuple[float, httpx.Response]:
@@ -338,7 +350,7 @@ def expect(response: httpx.Response, *codes: int) -> httpx.Response:
     return response
 
 
-async def concurrent_creates(url: str, count: int, tag: str, probe_health: bool) -> dict:
+async def concurrent_creates(url: str, count: int, tag: str, probe_health: bool, ssh_from: str | None = None) -> dict:
     """`count` POST /instances at once; with probe_health, GET /health every 10 ms meanwhile."""
     limits = httpx.Limits(max_connections=count + 4, max_keepalive_connections=count + 4)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
@@ -356,7 +368,7 @@ async def concurrent_creates(url: str, count: int, tag: str, probe_health: bool)
 
         async def one(i: int) -> int:
             t_req = time.perf_counter()
-            response = await client.post("/instances", json=create_body(f"{tag}-{i}"))
+            response = await client.post("/instances", json=create_body(f"{tag}-{i}", ssh_from))
             latencies.append(round(time.perf_counter() - t_req, 3))
             return response.status_code
 
@@ -406,6 +418,12 @@ class Bench:
         self.sizes, self.workdir, self.log = sizes, workdir, log
         self.postgres_url = postgres_url  # an empty database to use; None: start a private cluster
         self.results: dict = {"profile": sizes.name, "sizes": asdict(sizes)}
+        self.second: ApiServer | None = None  # one_second_server: phase 1b's server, kept for the window's cost
+        self.batches: dict[str, list[str]] = {}  # adopt_at_once: phase 2b's instances, by batch, not handed out yet
+
+    def body(self, i: int | str) -> dict:
+        """A create of a timed phase (1, 1b, 3, 4)."""
+        return create_body(i, self.sizes.create_ssh_from)
 
     def run(self) -> dict:
         t_start = time.perf_counter()
@@ -433,6 +451,8 @@ class Bench:
                               self.phase_sweep, self.phase_postgres):
                     self.timed_phase(phase)
             finally:
+                if self.second:
+                    self.second.stop()
                 self.server.stop()
         finally:
             self.emu.close()
@@ -455,7 +475,7 @@ class Bench:
         for i in range(self.sizes.raw_samples):
             raw_desc.append(raw_describe(self.emu.url))
             raw_run.append(raw_run_instances(self.emu.url, self.ami))
-            elapsed, response = timed(self.client, "POST", "/instances", json=create_body(f"lat-{i}"))
+            elapsed, response = timed(self.client, "POST", "/instances", json=self.body(f"lat-{i}"))
             expect(response, 201)
             api.append(elapsed)
             wait_idle(self.pid)
@@ -481,8 +501,9 @@ class Bench:
         workdir = self.workdir / "notify"
         workdir.mkdir(exist_ok=True)
         # Only creates notify: the two servers share the emulator, so each adopts the other's instances.
+        window0 = {"TRANSITION_WINDOW_MS": "0"} if self.sizes.one_second_server else {}
         server = ApiServer(workdir, self.emu.url, RECONCILE_INTERVAL_SECONDS="3600", NOTIFY_URLS=hook.url(),
-                           NOTIFY_EVENTS="create", **mail.settings())
+                           NOTIFY_EVENTS="create", **mail.settings(), **window0)
         try:
             with httpx.Client(base_url=server.url, timeout=600) as on:
                 warm = not self.sizes.share_catalog  # a copy of the first server's catalogue is warm already
@@ -491,11 +512,11 @@ class Bench:
                 wait_idle(server.proc.pid)
                 off_s, on_s = [], []
                 for i in range(self.sizes.notify_samples):
-                    elapsed, response = timed(self.client, "POST", "/instances", json=create_body(f"off-{i}"))
+                    elapsed, response = timed(self.client, "POST", "/instances", json=self.body(f"off-{i}"))
                     expect(response, 201)
                     off_s.append(elapsed)
                     wait_idle(self.pid)
-                    elapsed, response = timed(on, "POST", "/instances", json=create_body(f"on-{i}"))
+                    elapsed, response = timed(on, "POST", "/instances", json=self.body(f"on-{i}"))
                     expect(response, 201)
                     on_s.append(elapsed)
                     wait_idle(server.proc.pid)
@@ -504,7 +525,10 @@ class Bench:
                 wait_for(lambda: len(hook.posts), creates, timeout=60)
                 time.sleep(2)  # and no more than that
         finally:
-            server.stop()
+            if self.sizes.one_second_server:
+                self.second = server  # its stops are the window-0 leg of phase 2b (window_cost); it stops there
+            else:
+                server.stop()
             mail.stop()
             hook.stop()
         self.results["notifications"] = {
@@ -542,14 +566,23 @@ class Bench:
 
     # 2b -----------------------------------------------------------------------------------------
     def adopted(self, count: int, tag: str) -> list[str]:
-        """`count` running instances tagged ManagedBy (made in the emulator directly, adopted by one sweep)."""
-        tags = [{"Key": "ManagedBy", "Value": "ec2-creator-local"}, {"Key": "Batch", "Value": tag}]
-        made = self.emu.ec2.run_instances(ImageId=self.ami, InstanceType="t3.micro", MinCount=count, MaxCount=count,
-                                          KeyName=KEY_NAME,
-                                          TagSpecifications=[{"ResourceType": "instance", "Tags": tags}])
+        """`count` running instances tagged ManagedBy (made in the emulator directly, adopted by one sweep);
+        with adopt_at_once, those of a batch that adopt_batches made already."""
+        if tag in self.batches:
+            return self.batches.pop(tag)
+        return self.adopt_batches({tag: count})[tag]
+
+    def adopt_batches(self, batches: dict[str, int]) -> dict[str, list[str]]:
+        """For each tag, that many running instances tagged ManagedBy and Batch=tag, all adopted by one sweep."""
+        made = {}
+        for tag, count in batches.items():
+            tags = [{"Key": "ManagedBy", "Value": "ec2-creator-local"}, {"Key": "Batch", "Value": tag}]
+            made[tag] = [i["InstanceId"] for i in self.emu.ec2.run_instances(
+                ImageId=self.ami, InstanceType="t3.micro", MinCount=count, MaxCount=count, KeyName=KEY_NAME,
+                TagSpecifications=[{"ResourceType": "instance", "Tags": tags}])["Instances"]]
         expect(self.client.post("/instances/sync"), 200)
         wait_idle(self.pid)
-        return [i["InstanceId"] for i in made["Instances"]]
+        return made
 
     def stop_all(self, ids: list[str]) -> tuple[float, Counter, dict]:
         """POST /instances/{id}/stop for every id at once: wall, aws processes, answers."""
@@ -571,6 +604,9 @@ class Bench:
         POST /instances/actions sends a whole set in one."""
         few, many = self.sizes.few_stops, self.sizes.many_stops
         self.log(f"phase 2b: {few} and {many} concurrent stops, a bulk stop of {many} by tag, single stops")
+        self.batches = self.adopt_batches({"stops-few": few, "stops-many": many, "bulk": many,
+                                           "single": self.sizes.stop_samples + 1,
+                                           "window": 2 * self.sizes.stop_samples}) if self.sizes.adopt_at_once else {}
         result: dict = {}
         for n, name in ((few, "few"), (many, "many")):
             ids = self.adopted(n, f"stops-{name}")
@@ -607,7 +643,9 @@ class Bench:
         """Single-stop latency with the default window against a server with TRANSITION_WINDOW_MS=0, interleaved."""
         workdir = self.workdir / "window0"
         workdir.mkdir(exist_ok=True)
-        server = ApiServer(workdir, self.emu.url, RECONCILE_INTERVAL_SECONDS="3600", TRANSITION_WINDOW_MS="0")
+        server = self.second or ApiServer(workdir, self.emu.url, RECONCILE_INTERVAL_SECONDS="3600",
+                                          TRANSITION_WINDOW_MS="0")
+        self.second = None
         with_window, without = [], []
         try:
             with httpx.Client(base_url=server.url, timeout=600) as zero:
@@ -641,10 +679,11 @@ class Bench:
                     wait_quiet(self.sizes.quiet_wait_s / 2, self.log)
                 t0 = time.perf_counter()
                 for i in range(n):
-                    expect(self.client.post("/instances", json=create_body(f"serial-{r}-{i}")), 201)
+                    expect(self.client.post("/instances", json=self.body(f"serial-{r}-{i}")), 201)
                 serials.append(time.perf_counter() - t0)
                 wait_idle(self.pid)
-                plain = asyncio.run(concurrent_creates(self.server.url, n, f"conc-{r}", probe_health=False))
+                plain = asyncio.run(concurrent_creates(self.server.url, n, f"conc-{r}", probe_health=False,
+                                                   ssh_from=self.sizes.create_ssh_from))
                 if plain["codes"] != {201: n}:
                     raise RuntimeError(f"concurrent creates answered {plain['codes']}")
                 concurrents.append(plain["wall_s"])
@@ -657,7 +696,8 @@ class Bench:
         else:
             self.log(f"phase 3: {n} concurrent creates with /health probed")
         mark = self.calls.mark()
-        run = asyncio.run(concurrent_creates(self.server.url, n, "probed", probe_health=True))
+        run = asyncio.run(concurrent_creates(self.server.url, n, "probed", probe_health=True,
+                                             ssh_from=self.sizes.create_ssh_from))
         wait_idle(self.pid)
         ops = self.calls.since(mark)
         if run["codes"] != {201: n}:
@@ -674,7 +714,8 @@ class Bench:
         self.log(f"phase 4: burst of {n} concurrent creates, RSS sampled every 50 ms")
         sampler = Sampler(self.pid)
         sampler.start()
-        run = asyncio.run(concurrent_creates(self.server.url, n, "burst", probe_health=False))
+        run = asyncio.run(concurrent_creates(self.server.url, n, "burst", probe_health=False,
+                                             ssh_from=self.sizes.create_ssh_from))
         wait_idle(self.pid)
         memory = sampler.stop()
         self.results["burst"] = {"creates": n, "codes": run["codes"], "succeeded": run["codes"].get(201, 0),
@@ -810,8 +851,15 @@ class Bench:
         try:
             workdir = self.workdir / "postgres"
             workdir.mkdir()
-            server = ApiServer(workdir, self.emu.url, DATABASE_URL=self.postgres_url or cluster.new_database(),
-                               RECONCILE_INTERVAL_SECONDS="3600", CONSISTENCY_GRACE_SECONDS="0")
+            url = self.postgres_url or cluster.new_database()
+            template = CATALOG_TEMPLATES.get(self.emu.url)
+            if self.sizes.share_catalog and template:
+                # The first server's AMI catalogue, as the SQLite servers start with it (four `aws` processes).
+                from app.store.copy import copy_store
+
+                copy_store(str(template), url)
+            server = ApiServer(workdir, self.emu.url, DATABASE_URL=url, RECONCILE_INTERVAL_SECONDS="3600",
+                               CONSISTENCY_GRACE_SECONDS="0")
             try:
                 calls = CallLog(server.shim_log)
                 with httpx.Client(base_url=server.url, timeout=600) as client:
