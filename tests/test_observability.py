@@ -9,9 +9,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.processes import wait_until
+from tests.support.seeding import adopt, launch_managed
 from tests.support.server import ApiServer, aws_error
 
-BODY = {"name": "observed", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
+# No SSH rule (ssh_from none): one `aws` process less per create; no assertion here is about SSH.
+BODY = {"name": "observed", "ami": "amazon-linux-2023", "instance_type": "t3.micro", "ssh_from": "none"}
 
 
 def scrape(client: httpx.Client, **kw) -> dict[tuple, float]:
@@ -50,8 +52,11 @@ def test_metrics_move_with_requests_and_aws_processes(api, api_server):
     assert value(after, "ec2cl_budget_committed_usd") == pytest.approx(committed, rel=0.01) and committed > 0
 
 
-def test_a_failed_aws_process_is_counted_by_its_error_code_and_logged_with_the_request_id(api, api_server):
-    box = api.post("/instances", json=BODY).json()["id"]
+def test_a_failed_aws_process_is_counted_by_its_error_code_and_logged_with_the_request_id(api, api_server,
+                                                                                           fresh_emulator):
+    # The stop is the subject, not how the box came to be tracked: launched in the emulator, adopted by a sync.
+    [box] = launch_managed(fresh_emulator, name=BODY["name"])
+    adopt(api, [box])
     api_server.set_faults({"op": "stop-instances", "times": 1, "fail": aws_error(
         "RequestLimitExceeded", "StopInstances", "Request limit exceeded.")})
     answer = api.post(f"/instances/{box}/stop", headers={"X-Request-Id": "ticket-42.stop"})
