@@ -1,26 +1,41 @@
 """AWS failures seen through the real server: unreachable endpoint, a hanging endpoint, no credentials."""
 
+import shutil
 import socket
+import sqlite3
 import threading
 import time
+from contextlib import closing
 
 import httpx
 import pytest
 
 from tests.support.processes import free_port
-from tests.support.server import ApiServer
+from tests.support.server import CATALOG_TEMPLATES, ApiServer, rescope_catalog
 
 pytestmark = pytest.mark.integration  # real processes: make test-fast leaves these out
 
-BODY = {"name": "x", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
+# No SSH rule (ssh_from none): the create's first `aws` call is then its security group's, which meets the
+# fault (the SSH rule's "my_ip" would first ask a web service for this host's address, which is not the subject).
+BODY = {"name": "x", "ami": "amazon-linux-2023", "instance_type": "t3.micro", "ssh_from": "none"}
 
 
 @pytest.fixture
-def server_at(tmp_path):
+def server_at(emulator, tmp_path):
+    """Start a server on an endpoint that misbehaves. It starts with the AMI catalogue, as every test server does
+    (the session emulator's, made this endpoint's: tests/support/server.py): without it, its start fetched the
+    catalogue and the CLI's version from the broken endpoint (four `aws` processes, each failing or timing out)
+    and so did the create, before its own call; what these tests assert is how the create's and the sync's
+    calls fail."""
     servers = []
 
     def start(endpoint: str, **env) -> ApiServer:
-        servers.append(ApiServer(tmp_path, endpoint, RECONCILE_INTERVAL_SECONDS="3600", **env))
+        tmp = tmp_path / f"server{len(servers)}"
+        tmp.mkdir()
+        shutil.copyfile(CATALOG_TEMPLATES[emulator.url], tmp / "instances.db")
+        with closing(sqlite3.connect(tmp / "instances.db")) as conn, conn:
+            rescope_catalog(conn, emulator.url, endpoint)
+        servers.append(ApiServer(tmp, endpoint, RECONCILE_INTERVAL_SECONDS="3600", **env))
         return servers[-1]
 
     yield start
