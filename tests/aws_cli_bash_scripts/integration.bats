@@ -78,6 +78,10 @@ setup_file() {
   # The scripts launch with key pair my_ec2_keypair: it must exist.
   "${AWS_CLI}" --endpoint-url "${EC2_ENDPOINT_URL}" ec2 create-key-pair \
     --key-name my_ec2_keypair --query KeyName --output text >/dev/null
+  # The AMI the launches use, resolved once (one `aws` process, ~0.5 CPU-s, instead of one per launch); the
+  # first test resolves it through the script again and checks it.
+  AL2023_AMI="$(al2023_ami)"
+  export AL2023_AMI
 }
 
 teardown_file() {
@@ -101,10 +105,9 @@ al2023_ami() {
 # launch NAME [ARGS...]: create_instance.sh with the al2023 AMI and t3.micro;
 # print the instance id.
 launch() {
-  local name="$1" ami
+  local name="$1"
   shift
-  ami="$(al2023_ami)"
-  "${SCRIPTS_DIR}/create_instance.sh" --name "${name}" --ami "${ami}" --type t3.micro "$@" \
+  "${SCRIPTS_DIR}/create_instance.sh" --name "${name}" --ami "${AL2023_AMI}" --type t3.micro "$@" \
     | py 'd["Instances"][0]["InstanceId"]'
 }
 
@@ -124,6 +127,7 @@ state() {
   run al2023_ami
   [ "${status}" -eq 0 ]
   [[ "${output}" =~ ^ami-[0-9a-f]{8,17}$ ]]
+  [ "${output}" = "${AL2023_AMI}" ]
   local ami="${output}"
   run "${SCRIPTS_DIR}/describe_images.sh" "${ami}" ami-00000000deadbeef
   [ "${status}" -eq 0 ]
@@ -141,9 +145,7 @@ state() {
 
 @test "create_instance launches a tagged instance with a gp3 root volume" {
   local name='web "one" x},{Key=Owner,Value=evil --dry-run $(touch /tmp/pwned-ec2cl)'
-  local ami
-  ami="$(al2023_ami)"
-  run --separate-stderr "${SCRIPTS_DIR}/create_instance.sh" --name "${name}" --ami "${ami}" \
+  run --separate-stderr "${SCRIPTS_DIR}/create_instance.sh" --name "${name}" --ami "${AL2023_AMI}" \
     --type t3.micro --storage-gb 10 --tag Team platform --request-id req-int-1
   [ "${status}" -eq 0 ]
   local doc="${output}" id
@@ -165,11 +167,10 @@ state() {
 }
 
 @test "list_instances finds managed instances only, unless --all" {
-  local managed unmanaged ami
+  local managed unmanaged
   managed="$(launch "listed" --request-id req-list-1)"
-  ami="$(al2023_ami)"
   unmanaged="$("${AWS_CLI}" --endpoint-url "${EC2_ENDPOINT_URL}" --output text ec2 run-instances \
-    --image-id "${ami}" --instance-type t3.micro --count 1 --query 'Instances[0].InstanceId')"
+    --image-id "${AL2023_AMI}" --instance-type t3.micro --count 1 --query 'Instances[0].InstanceId')"
   [[ "${unmanaged}" =~ ^i- ]]
   run listed_ids
   [ "${status}" -eq 0 ]
