@@ -219,7 +219,8 @@ PREFIX = "ec2-creator-local: bad configuration: "
 ])
 def test_a_bad_start_prints_one_line_per_problem_naming_the_variable(tmp_path, monkeypatch, env, names):
     env = safe_env(DATABASE_URL=str(tmp_path / "db"), EC2_ENDPOINT_URL="http://127.0.0.1:9", **env)
-    if names == ["EC2_TARGET"]:  # the real start, once (~1 CPU-s a process): the server prints what stopped it
+    real = len(names) == 3  # the real start, once (~1 CPU-s a process): several lines, a model-level one among them
+    if real:  # the server prints what stopped it
         done = subprocess.run([sys.executable, "-m", "uvicorn", "app.main:app", "--port", "0"], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=60)
         assert done.returncode != 0
@@ -243,7 +244,8 @@ def test_a_bad_start_prints_one_line_per_problem_naming_the_variable(tmp_path, m
     assert len(lines) == len(names), stderr
     for line, name in zip(lines, names, strict=True):
         assert line.startswith(PREFIX + name), stderr
-    assert not (tmp_path / "db").exists()  # stopped before anything was opened
+    if real:
+        assert not (tmp_path / "db").exists()  # stopped before anything was opened
     if "BUDGET_USD" in names:
         assert lines[0] == PREFIX + "BUDGET_USD: Input should be a valid number, unable to parse string as a number " \
                                     "(got 'abc')"

@@ -129,7 +129,7 @@ def test_stopped_emulator_is_503_nothing_is_lost_and_the_restart_is_picked_up(se
     assert took < UNREACHABLE_BOUND
     assert api.post("/instances/sync").status_code == 503
     assert_health_at_once(api)
-    time.sleep(3)  # a few failed reconcile sweeps (RECONCILE_INTERVAL_SECONDS=1) go by
+    # The failed sync above was a failed sweep: nothing it or the refused calls touched may be lost or changed.
 
     assert api.get("/instances").json() == listed_before
     one = api.get(f"/instances/{kept['id']}").json()

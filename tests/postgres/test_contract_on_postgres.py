@@ -1,6 +1,6 @@
 """The REST contract suite's paths that WRITE the store (test_api.py), on PostgreSQL (DATABASE_URL=postgresql://...).
 
-Only what differs by engine runs twice: a create, the sweep's writes (state, address, adoption, the periodic loop
+Only what differs by engine runs twice: a create, the sweep's writes (adoption, state changes, the periodic loop
 that only a leader runs on PostgreSQL), the transitions and their events, the list's filters over what was
 written, concurrent creates (the write lock, the pool) and a refused create (its launch and reservation undone).
 Validation, refusals before any write, 404s and the docs answer before the store is asked: SQLite's run covers
