@@ -97,19 +97,30 @@ class Sizes:
     # One server with notifications on AND TRANSITION_WINDOW_MS=0 serves phase 1b and the window's cost (its creates
     # only notify, its stops are the window-0 leg), instead of one server each.
     one_second_server: bool = False
+    # Phase 1b's notifications-off creates are phase 1's API creates (the same server, body and state: the first
+    # `notify_samples` of them) instead of as many more creates; needs raw_samples >= notify_samples.
+    off_from_phase1: bool = False
+    # Phase 5 empties the emulator first. Without it, the first size is reached on top of what the earlier phases
+    # left tracked (it must be larger): after a reset the server's sweep marks every earlier API create gone and
+    # tries to delete its own SSH group, which the reset already removed (one `aws` process each).
+    reset_before_scale: bool = True
 
 
 FULL = Sizes("full", (10, 100, 1000), raw_samples=5, serial=8, burst=32, list_samples=100, get_samples=300,
              sweep_samples=3)
-# The smallest sizes that still give every figure (each `aws` process is ~0.45 CPU-s: an API create with its SSH
-# group is five, counting the sweep that deletes the group once the emulator is reset in phase 5; four with
-# ssh_from "none", which the timed phases' creates ask for): one create per notification leg, a burst of 2 (the
-# cap of 8 is checked all the same), 2 and 4 concurrent stops; phase 2b's batches adopted by one sweep, one
-# second server (notifications and window 0) instead of two, and phase 7's PostgreSQL database starting with the
-# first server's AMI catalogue (copied, as the SQLite servers' are).
-SMOKE = Sizes("smoke", (10,), raw_samples=1, serial=2, burst=2, list_samples=20, get_samples=20, sweep_samples=1,
+# The smallest sizes that still give every figure (each `aws` process is ~0.45 CPU-s: an API create is three
+# with ssh_from "none", which the timed phases' creates ask for: its group, the launch, its sweep): one create per
+# notification leg, the off leg being phase 1's create; a burst of 1 (2 concurrent creates cannot reach the cap of
+# 8 either: what the smoke checks there is that the sampler sees the `aws` processes and that the burst succeeds);
+# 2 and 4 concurrent stops; phase 2b's batches adopted by one sweep, one second server (notifications and window 0)
+# instead of two, and phase 7's PostgreSQL database starting with the first server's AMI catalogue (copied, as the
+# SQLite servers' are). Phase 5 does not empty the emulator: 25 tracked are the 19 the earlier phases leave (the
+# counted create is terminated) and 6 seeded; a reset would cost a sweep and a delete-security-group for each
+# earlier create's group, which the reset already removed.
+SMOKE = Sizes("smoke", (25,), raw_samples=1, serial=2, burst=1, list_samples=20, get_samples=20, sweep_samples=1,
               notify_samples=1, serial_leg=False, quiet_wait_s=0.0, few_stops=2, many_stops=4, stop_samples=1,
-              share_catalog=True, create_ssh_from="none", adopt_at_once=True, one_second_server=True)
+              share_catalog=True, create_ssh_from="none", adopt_at_once=True, one_second_server=True,
+              off_from_phase1=True, reset_before_scale=False)
 
 
 # -- processes, from /proc ------------------------------------------------------------------------
@@ -415,9 +426,11 @@ def admission_cost_ms(db_path: Path, copy: Path, samples: int = 50) -> dict:
 
 # -- the run ---------------------------------------------------------------------------------------
 class Bench:
-    def __init__(self, sizes: Sizes, workdir: Path, log=print, postgres_url: str | None = None) -> None:
+    def __init__(self, sizes: Sizes, workdir: Path, log=print, postgres_url: str | None = None,
+                 emulator_url: str | None = None) -> None:
         self.sizes, self.workdir, self.log = sizes, workdir, log
         self.postgres_url = postgres_url  # an empty database to use; None: start a private cluster
+        self.emulator_url = emulator_url  # a running moto server to use; None: start one
         self.results: dict = {"profile": sizes.name, "sizes": asdict(sizes)}
         self.second: ApiServer | None = None  # one_second_server: phase 1b's server, kept for the window's cost
         self.batches: dict[str, list[str]] = {}  # adopt_at_once: phase 2b's instances, by batch, not handed out yet
@@ -429,12 +442,14 @@ class Bench:
     def run(self) -> dict:
         t_start = time.perf_counter()
         self.results["machine"] = machine_info()
-        self.emu = Emulator(self.workdir)
+        self.emu: Emulator | SessionEmulator = (SessionEmulator(self.emulator_url) if self.emulator_url
+                                                 else Emulator(self.workdir))
         try:
             self.emu.reset()
             self.ami = self.emu.ami()
-            self.log("warming the emulator (its first EC2 call is slow)")
-            raw_describe(self.emu.url)
+            if not self.emulator_url:  # one that has served a session is warm
+                self.log("warming the emulator (its first EC2 call is slow)")
+                raw_describe(self.emu.url)
             self.server = ApiServer(self.workdir, self.emu.url, RECONCILE_INTERVAL_SECONDS="3600",
                                     # The emulator is reset between phases: what it forgot is gone at once.
                                     CONSISTENCY_GRACE_SECONDS="0", GONE_AFTER_MISSED_SWEEPS="1")
@@ -513,10 +528,13 @@ class Bench:
                 wait_idle(server.proc.pid)
                 off_s, on_s = [], []
                 for i in range(self.sizes.notify_samples):
-                    elapsed, response = timed(self.client, "POST", "/instances", json=self.body(f"off-{i}"))
-                    expect(response, 201)
-                    off_s.append(elapsed)
-                    wait_idle(self.pid)
+                    if self.sizes.off_from_phase1:
+                        off_s.append(self.results["create_latency"]["api_s"][i])
+                    else:
+                        elapsed, response = timed(self.client, "POST", "/instances", json=self.body(f"off-{i}"))
+                        expect(response, 201)
+                        off_s.append(elapsed)
+                        wait_idle(self.pid)
                     elapsed, response = timed(on, "POST", "/instances", json=self.body(f"on-{i}"))
                     expect(response, 201)
                     on_s.append(elapsed)
@@ -731,11 +749,15 @@ class Bench:
         return elapsed, expect(response, 200).json()
 
     def phase_scale(self) -> None:
-        self.log("phase 5: emptying the emulator, then 10 / 100 / 1,000 tracked instances")
-        self.emu.reset()
-        self.sync()
-        if self.tracked():
-            raise RuntimeError("instances still listed after the emulator was reset and a sweep ran")
+        sizes = " / ".join(f"{n:,}" for n in self.sizes.tracked)
+        if self.sizes.reset_before_scale:
+            self.log(f"phase 5: emptying the emulator, then {sizes} tracked instances")
+            self.emu.reset()
+            self.sync()
+            if self.tracked():
+                raise RuntimeError("instances still listed after the emulator was reset and a sweep ran")
+        else:
+            self.log(f"phase 5: {sizes} tracked instances, the earlier phases' included")
         scale: dict[str, dict] = {}
         for n in self.sizes.tracked:
             have = len(self.tracked())
@@ -889,6 +911,25 @@ class Bench:
         finally:
             if cluster:
                 cluster.stop()
+
+
+class SessionEmulator:
+    """A moto server that is already running (--emulator-url: the test session's, whose AMI catalogue its servers
+    start with): used and reset like the bench's own, never started or stopped here."""
+
+    def __init__(self, url: str) -> None:
+        import boto3
+
+        self.url = url
+        clients = {name: boto3.client(name, endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
+                                      aws_secret_access_key="testing") for name in ("ec2", "ssm")}
+        self.ec2, self.ssm = clients["ec2"], clients["ssm"]
+
+    reset = Emulator.reset
+    ami = Emulator.ami
+
+    def close(self) -> None:
+        pass  # its owner's
 
 
 def share_catalog(db_path: Path, template: Path, emulator_url: str) -> None:
@@ -1163,6 +1204,11 @@ def main(argv: list[str] | None = None) -> int:
                                                           "timed phase (full default 120, smoke 0)")
     parser.add_argument("--postgres-url", help="run phase 7 on this empty PostgreSQL database (postgresql://...) "
                                                    "instead of a private cluster it starts and stops")
+    parser.add_argument("--emulator-url", help="use this running moto server (http://127.0.0.1:PORT; it is reset) "
+                                               "instead of starting one")
+    parser.add_argument("--catalog-template", type=Path, help="with --emulator-url: a database holding that "
+                                                               "emulator's AMI catalogue, which the servers start "
+                                                               "with instead of fetching it (four `aws` processes)")
     parser.add_argument("--doc", type=Path, help=f"markdown report (full run default "
                                                  f"{DEFAULT_DOC.relative_to(ROOT)}; smoke writes none)")
     args = parser.parse_args(argv)
@@ -1180,7 +1226,11 @@ def main(argv: list[str] | None = None) -> int:
         out_doc = args.doc or (DEFAULT_DOC if results["profile"] == "full" else None)
     else:
         with tempfile.TemporaryDirectory(prefix="ec2cl-bench-") as tmp:
-            results = Bench(sizes, Path(tmp), log, args.postgres_url).run()
+            if args.catalog_template:
+                if not args.emulator_url:
+                    parser.error("--catalog-template needs --emulator-url")
+                CATALOG_TEMPLATES[args.emulator_url] = args.catalog_template
+            results = Bench(sizes, Path(tmp), log, args.postgres_url, args.emulator_url).run()
         out_json.parent.mkdir(parents=True, exist_ok=True)
         out_json.write_text(json.dumps(results, indent=2) + "\n")
     if out_doc:

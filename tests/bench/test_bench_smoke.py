@@ -12,17 +12,25 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.server import CATALOG_TEMPLATES
+
 pytestmark = pytest.mark.integration  # real processes: make test-fast leaves these out
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_bench_smoke_counts_processes_and_reports(tmp_path, pg_cluster):
+def test_bench_smoke_counts_processes_and_reports(tmp_path, pg_cluster, emulator):
     out, doc = tmp_path / "results.json", tmp_path / "PERFORMANCE.md"
-    # Phase 7 on a new database of the run's PostgreSQL cluster, not on a cluster of its own (initdb and a server).
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "run_bench.py"), "--smoke", "--json", str(out),
-                           "--doc", str(doc), "--postgres-url", pg_cluster.new_database()],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    # Phase 7 on a new database of the run's PostgreSQL cluster, not on a cluster of its own (initdb and a server);
+    # the session's moto server (reset) and its AMI catalogue, not a moto server of its own fetching it again.
+    try:
+        done = subprocess.run([sys.executable, str(ROOT / "bench" / "run_bench.py"), "--smoke", "--json", str(out),
+                               "--doc", str(doc), "--postgres-url", pg_cluster.new_database(),
+                               "--emulator-url", emulator.url,
+                               "--catalog-template", str(CATALOG_TEMPLATES[emulator.url])],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+    finally:
+        emulator.reset()  # the bench leaves its instances: the next module finds the emulator as fresh_emulator's
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     results = json.loads(out.read_text())
 
