@@ -105,46 +105,23 @@ def _tail(text: str, limit: int = 20_000) -> str:
     return text if len(text) <= limit else f"[... {len(text) - limit} characters cut ...]\n{text[-limit:]}"
 
 
-@pytest.fixture
-def live(fresh_emulator, tmp_path):
-    server = ApiServer(tmp_path, fresh_emulator.url, API_TOKEN=TOKEN)
+@pytest.fixture(scope="module")
+def live(emulator, tmp_path_factory):
+    """The module's one server, on an emptied emulator: the pinned tests below (refusals and a 405 only: they launch
+    nothing) run on it first, then schemathesis. One server start and its start-up sweep fewer than a server each."""
+    emulator.reset()
+    server = ApiServer(tmp_path_factory.mktemp("schemathesis-server"), emulator.url, API_TOKEN=TOKEN)
     yield server
     server.stop()
 
 
-def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(live, tmp_path):
-    workdir = tmp_path / "schemathesis"
-    workdir.mkdir()
-    config = workdir / "schemathesis.toml"
-    config.write_text(CONFIG)
-    caches_before = {name: (ROOT / name).exists() for name in (".hypothesis", ".schemathesis")}
-    command = [str(VENV_BIN / "schemathesis"), "--config-file", str(config), "run", f"{live.url}/openapi.json",
-               "--max-examples", str(MAX_EXAMPLES), "-H", f"Authorization: Bearer {TOKEN}",
-               "--request-timeout", "90", "--generation-database", "none", "--no-color",
-               # One worker: with two, CPython 3.11 sometimes fails inside schemathesis' coverage phase
-               # ("SystemError: AST constructor recursion depth mismatch"), an error of the tool.
-               "--workers", "1"]
-    started = time.monotonic()
-    done = subprocess.run(command, cwd=workdir, env=safe_env(),
-                          capture_output=True, text=True, timeout=600)
-    elapsed = time.monotonic() - started
-    output = _tail(f"{done.stdout}\n{done.stderr}") + f"\n(exit {done.returncode} after {elapsed:.0f} s)"
-    assert done.returncode == 0, output
-    assert "Test cases:" in done.stdout, output
-    for name, existed in caches_before.items():
-        assert (ROOT / name).exists() == existed, f"schemathesis wrote {name} into the repository"
-    assert " 500 " not in live.server_log() and "Traceback" not in live.server_log(), live.server_log()[-5000:]
-
-
-# -- what schemathesis found, pinned as plain tests ---------------------------------------------------
 @pytest.fixture(scope="module")
-def plain(emulator, tmp_path_factory):
-    server = ApiServer(tmp_path_factory.mktemp("schema"), emulator.url, RECONCILE_INTERVAL_SECONDS="3600")
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+def plain(live):
+    with httpx.Client(base_url=live.url, timeout=60, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
         yield client
-    server.stop()
 
 
+# -- what schemathesis found, pinned as plain tests (first: they change nothing in EC2) -------------------------
 REFUSED_TAGS = [{"$(id)": "v"}, {"k": 1}, {"k": {"Key": "x"}}, {"x},{Key=Owner": "v"}, {"k": "v;id"},
                 {"Name": "v"}, {"aws:x": "v"}]
 
@@ -192,3 +169,28 @@ def test_schema_violating_types_are_refused_not_coerced(plain, extra):
                                             **extra})
     assert answer.status_code == 422, answer.text
     assert plain.get("/instances", params={"include_terminated": "true"}).json() == before
+
+
+# -- schemathesis, after them (the module's order) -----------------------------------------------------------
+def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(live, tmp_path):
+    workdir = tmp_path / "schemathesis"
+    workdir.mkdir()
+    config = workdir / "schemathesis.toml"
+    config.write_text(CONFIG)
+    caches_before = {name: (ROOT / name).exists() for name in (".hypothesis", ".schemathesis")}
+    command = [str(VENV_BIN / "schemathesis"), "--config-file", str(config), "run", f"{live.url}/openapi.json",
+               "--max-examples", str(MAX_EXAMPLES), "-H", f"Authorization: Bearer {TOKEN}",
+               "--request-timeout", "90", "--generation-database", "none", "--no-color",
+               # One worker: with two, CPython 3.11 sometimes fails inside schemathesis' coverage phase
+               # ("SystemError: AST constructor recursion depth mismatch"), an error of the tool.
+               "--workers", "1"]
+    started = time.monotonic()
+    done = subprocess.run(command, cwd=workdir, env=safe_env(),
+                          capture_output=True, text=True, timeout=600)
+    elapsed = time.monotonic() - started
+    output = _tail(f"{done.stdout}\n{done.stderr}") + f"\n(exit {done.returncode} after {elapsed:.0f} s)"
+    assert done.returncode == 0, output
+    assert "Test cases:" in done.stdout, output
+    for name, existed in caches_before.items():
+        assert (ROOT / name).exists() == existed, f"schemathesis wrote {name} into the repository"
+    assert " 500 " not in live.server_log() and "Traceback" not in live.server_log(), live.server_log()[-5000:]
