@@ -233,15 +233,15 @@ def test_killed_right_after_an_event_it_delivers_after_restart(api, server, mail
 
 def test_budget_crossings_notify_once_each(emulator, fresh_emulator, tmp_path):
     hook = WebhookReceiver().start()
+    # Launched by hand with our tag: adopted (by the server's start-up sweep: no sync of its own, one `aws` process
+    # fewer), and counted against the budget (no admission to refuse it).
+    [box] = launch_managed(fresh_emulator, name=None)
     # The budget guard would stop the adopted box at once (tests/test_budget_guard.py): here it only notifies,
     # so spending keeps crossing the lines this test watches.
     server = ApiServer(tmp_path, emulator.url, BUDGET_USD="0.00002", NOTIFY_URLS=hook.url(),
                        NOTIFY_EVENTS="budget_80,budget_100,adopted", BUDGET_ENFORCEMENT="notify")
     try:
-        # Launched by hand with our tag: adopted, and counted against the budget (no admission to refuse it).
-        [box] = launch_managed(fresh_emulator, name=None)
         with httpx.Client(base_url=server.url, timeout=60, verify=TLS) as api:
-            api.post("/instances/sync").raise_for_status()
             wait_for(lambda: len([t for t in hook.titles() if "budget" in t]), 2, timeout=45)
             settle()
             titles = hook.titles()
