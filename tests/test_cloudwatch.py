@@ -36,6 +36,17 @@ def adopted(api_server, fresh_emulator):
         yield client, box
 
 
+@pytest.fixture(scope="module")
+def kept(api_server, emulator):
+    """A client and one running instance the server tracks, shared by the two tests that only read its metrics
+    or are refused before any `aws` process (one adoption for both, not a reset and a sync each): launched in the
+    emulator and adopted like `adopted`'s. A later test's reset ends it; nothing after those two uses it."""
+    [box] = launch_managed(emulator, name=BODY["name"])
+    with synced_client(api_server) as client:
+        adopt(client, [box])
+        yield client, box
+
+
 def operations(calls: list[list[str]], about: str = "", service: str = "cloudwatch") -> list[str]:
     """The `service` operations among `calls`, of those that name `about` (other tests' instances stay out)."""
     return [c[c.index(service) + 1] for c in calls if service in c and about in " ".join(c)]
@@ -51,11 +62,11 @@ def alarm_of(api, instance_id: str, status: str | None, timeout: float = 20) -> 
     return api.get(f"/instances/{instance_id}").json()["idle_alarm"]
 
 
-def test_metrics_come_from_cloudwatch_once_per_series_then_from_the_cache(adopted, api_server, fresh_emulator):
-    api, box = adopted
-    put_metric(fresh_emulator, box, "CPUUtilization", 42.5, "Percent", 3)
-    put_metric(fresh_emulator, box, "NetworkIn", 2048, "Bytes", 3)
-    put_metric(fresh_emulator, box, "CPUUtilization", 7.5, "Percent", 90)  # older than the window asked for
+def test_metrics_come_from_cloudwatch_once_per_series_then_from_the_cache(kept, api_server, emulator):
+    api, box = kept
+    put_metric(emulator, box, "CPUUtilization", 42.5, "Percent", 3)
+    put_metric(emulator, box, "NetworkIn", 2048, "Bytes", 3)
+    put_metric(emulator, box, "CPUUtilization", 7.5, "Percent", 90)  # older than the window asked for
     mark = len(api_server.aws_calls())
     got = api.get(f"/instances/{box}/metrics", params={"metric": "CPUUtilization", "minutes": 60, "period": 300})
     assert got.status_code == 200, got.text
@@ -78,8 +89,8 @@ BAD_METRIC_QUERIES = [{"metric": "DiskReadOps"}, {"minutes": 0}, {"minutes": 144
                       {"period": 86460}]
 
 
-def test_bad_metric_queries_are_422_and_spawn_nothing(adopted, api_server):
-    api, box = adopted  # one instance for every query (each used to make its own)
+def test_bad_metric_queries_are_422_and_spawn_nothing(kept, api_server):
+    api, box = kept  # one instance for every query (each used to make its own)
     for params in BAD_METRIC_QUERIES:
         mark = len(api_server.aws_calls())
         got = api.get(f"/instances/{box}/metrics", params=params)
