@@ -36,6 +36,17 @@ def adopted(api_server, fresh_emulator):
         yield client, box
 
 
+@pytest.fixture(scope="module")
+def kept(api_server, emulator):
+    """A client and one running instance the server tracks, shared by the two tests that only read its metrics
+    or are refused before any `aws` process (one adoption for both, not a reset and a sync each): launched in the
+    emulator and adopted like `adopted`'s. A later test's reset ends it; nothing after those two uses it."""
+    [box] = launch_managed(emulator, name=BODY["name"])
+    with synced_client(api_server) as client:
+        adopt(client, [box])
+        yield client, box
+
+
 def operations(calls: list[list[str]], about: str = "", service: str = "cloudwatch") -> list[str]:
     """The `service` operations among `calls`, of those that name `about` (other tests' instances stay out)."""
     return [c[c.index(service) + 1] for c in calls if service in c and about in " ".join(c)]
@@ -51,11 +62,11 @@ def alarm_of(api, instance_id: str, status: str | None, timeout: float = 20) -> 
     return api.get(f"/instances/{instance_id}").json()["idle_alarm"]
 
 
-def test_metrics_come_from_cloudwatch_once_per_series_then_from_the_cache(adopted, api_server, fresh_emulator):
-    api, box = adopted
-    put_metric(fresh_emulator, box, "CPUUtilization", 42.5, "Percent", 3)
-    put_metric(fresh_emulator, box, "NetworkIn", 2048, "Bytes", 3)
-    put_metric(fresh_emulator, box, "CPUUtilization", 7.5, "Percent", 90)  # older than the window asked for
+def test_metrics_come_from_cloudwatch_once_per_series_then_from_the_cache(kept, api_server, emulator):
+    api, box = kept
+    put_metric(emulator, box, "CPUUtilization", 42.5, "Percent", 3)
+    put_metric(emulator, box, "NetworkIn", 2048, "Bytes", 3)
+    put_metric(emulator, box, "CPUUtilization", 7.5, "Percent", 90)  # older than the window asked for
     mark = len(api_server.aws_calls())
     got = api.get(f"/instances/{box}/metrics", params={"metric": "CPUUtilization", "minutes": 60, "period": 300})
     assert got.status_code == 200, got.text
@@ -78,8 +89,8 @@ BAD_METRIC_QUERIES = [{"metric": "DiskReadOps"}, {"minutes": 0}, {"minutes": 144
                       {"period": 86460}]
 
 
-def test_bad_metric_queries_are_422_and_spawn_nothing(adopted, api_server):
-    api, box = adopted  # one instance for every query (each used to make its own)
+def test_bad_metric_queries_are_422_and_spawn_nothing(kept, api_server):
+    api, box = kept  # one instance for every query (each used to make its own)
     for params in BAD_METRIC_QUERIES:
         mark = len(api_server.aws_calls())
         got = api.get(f"/instances/{box}/metrics", params=params)
@@ -166,16 +177,19 @@ def test_a_refused_put_shows_its_error_and_is_retried(adopted, api_server, fresh
 
 @pytest.fixture(scope="module")
 def drifted_then_restarted(api_server, emulator):
-    """CloudWatch drifts from the record in two ways, then the server restarts ONCE: the keeper asks CloudWatch
-    what it holds at start (then every 10 minutes), and that one audit must mend both (the two tests below).
+    """CloudWatch drifts from the record in two ways and a put is under way when the server is killed; then it
+    restarts ONCE: the keeper asks CloudWatch what it holds at start (then every 10 minutes), and that one audit
+    must mend both drifts, and the put the kill cut short must be made again (the three tests below).
     - `by_hand`: its alarm was deleted by hand (the record says it is set): put again.
     - `lost`: two replicas, one deletes the alarm and records none, another's late put lands after it (the record
       says none, CloudWatch holds one): deleted.
-    One restart and one adoption for both: a restart is a server start, its start-up sweep and the audit."""
+    - `killed`: its put hangs, then fails (so the orphaned `aws` process cannot put it after the kill), and the
+      server is killed (-9) while it hangs: put after the restart.
+    One restart and one adoption for the three: a restart is a server start, its start-up sweep and the audit."""
     emulator.reset()
-    by_hand, lost = launch_managed(emulator, 2, name=BODY["name"])
+    by_hand, lost, killed = launch_managed(emulator, 3, name=BODY["name"])
     with synced_client(api_server) as api:
-        adopt(api, [by_hand, lost])
+        adopt(api, [by_hand, lost, killed])
         for box in (by_hand, lost):
             api.patch(f"/instances/{box}", json={"stop_when_idle": IDLE}).raise_for_status()
         for box in (by_hand, lost):
@@ -188,38 +202,36 @@ def drifted_then_restarted(api_server, emulator):
             Statistic="Average", Period=300, EvaluationPeriods=6, Threshold=5.0,
             ComparisonOperator="LessThanThreshold", Dimensions=[{"Name": "InstanceId", "Value": lost}],
             AlarmActions=["arn:aws:automate:us-east-1:ec2:stop"])
-        api_server.stop()
+        api_server.set_faults({"op": "put-metric-alarm", "times": 1, "delay": 15,
+                               "fail": aws_error("InternalFailure", "PutMetricAlarm", "try again")})
+        api.patch(f"/instances/{killed}", json={"stop_when_idle": IDLE}).raise_for_status()
+        wait_until(lambda: any("put-metric-alarm" in c and killed in " ".join(c) for c in api_server.aws_calls()),
+                   timeout=20)
+        os.killpg(api_server.proc.pid, signal.SIGKILL)
+        api_server.proc.wait()
+        api_server.log.close()
         api_server.start()
-        yield api, by_hand, lost
+        yield api, by_hand, lost, killed
 
 
 def test_an_alarm_deleted_by_hand_is_put_again_after_a_restart(drifted_then_restarted, emulator):
-    api, box, _ = drifted_then_restarted
+    api, box, _, _ = drifted_then_restarted
     name = f"ec2-creator-local-idle-stop-{box}"
     wait_until(lambda: name in emulator.alarms(), timeout=30)
     assert alarm_of(api, box, "set")["error"] is None
 
 
 def test_an_alarm_the_record_lost_is_deleted_at_the_next_audit(drifted_then_restarted, emulator):
-    api, _, box = drifted_then_restarted
+    api, _, box, _ = drifted_then_restarted
     name = f"ec2-creator-local-idle-stop-{box}"
     wait_until(lambda: name not in emulator.alarms(), timeout=30)
     assert alarm_of(api, box, None) is None
 
 
-def test_killed_before_the_alarm_was_put_it_is_put_after_restart(adopted, api_server, fresh_emulator):
-    api, box = adopted
-    # The put hangs, then fails (so the orphaned `aws` process cannot put it after the kill).
-    api_server.set_faults({"op": "put-metric-alarm", "times": 1, "delay": 15,
-                           "fail": aws_error("InternalFailure", "PutMetricAlarm", "try again")})
-    api.patch(f"/instances/{box}", json={"stop_when_idle": IDLE}).raise_for_status()
-    wait_until(lambda: any("put-metric-alarm" in c for c in api_server.aws_calls()), timeout=20)
-    os.killpg(api_server.proc.pid, signal.SIGKILL)
-    api_server.proc.wait()
-    api_server.log.close()
-    api_server.start()
+def test_killed_before_the_alarm_was_put_it_is_put_after_restart(drifted_then_restarted, emulator):
+    api, _, _, box = drifted_then_restarted
     assert alarm_of(api, box, "set", timeout=30)["error"] is None
-    assert f"ec2-creator-local-idle-stop-{box}" in fresh_emulator.alarms()
+    assert f"ec2-creator-local-idle-stop-{box}" in emulator.alarms()
 
 
 def test_an_instance_ended_before_its_first_put_shows_no_alarm(adopted, api_server, fresh_emulator):

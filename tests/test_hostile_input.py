@@ -31,7 +31,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from tests.support.processes import ROOT
+from tests.support.processes import ROOT, TLS
 from tests.support.seeding import adopt, launch_managed
 from tests.support.server import ApiServer
 
@@ -182,7 +182,7 @@ def server(emulator, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(server):
-    with httpx.Client(base_url=server.url, timeout=60) as c:
+    with httpx.Client(base_url=server.url, timeout=60, verify=TLS) as c:
         yield c
 
 
@@ -602,7 +602,7 @@ ALL_ROUTES = [("GET", "/instances"), ("POST", "/instances"), ("POST", "/instance
 def token_client(token_server):
     """One client for the token server's cases, each sending its own Authorization: a client per case (httpx's
     module functions make one per call) loads the CA bundle each time, ~20 ms of CPU in this process."""
-    with httpx.Client(base_url=token_server.url, timeout=60) as c:
+    with httpx.Client(base_url=token_server.url, timeout=60, verify=TLS) as c:
         yield c
 
 

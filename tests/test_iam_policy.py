@@ -26,7 +26,8 @@ from app.aws.runner import child_env
 from app.config import Settings
 from app.doctor import FAIL, Doctor
 from tests.support.emulator import KEY_NAME, STRICT_MOTO
-from tests.support.processes import ROOT, VENV_BIN, free_port, safe_env, stop_process, wait_http, wait_until
+from tests.support.processes import ROOT, TLS, VENV_BIN, free_port, safe_env, stop_process, wait_http, wait_until
+from tests.support.seeding import MANAGED_BY, adopt
 from tests.support.server import AWS_SHIM, ApiServer
 from tests.test_doctor import doctor
 
@@ -82,7 +83,8 @@ class Account:
         key = iam.create_access_key(UserName=SERVICE_USER)["AccessKey"]
         self.keys = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
         httpx.post(f"{self.url}/moto-api/reset-auth", content=b"0", timeout=10).raise_for_status()
-        self.iam = self.client("iam", admin["AccessKeyId"], admin["SecretAccessKey"])
+        self.admin = (admin["AccessKeyId"], admin["SecretAccessKey"])
+        self.iam = self.client("iam", *self.admin)
         self.ec2 = self.client("ec2", admin["AccessKeyId"], admin["SecretAccessKey"])
         self.cloudwatch = self.client("cloudwatch", admin["AccessKeyId"], admin["SecretAccessKey"])
         self.ec2.create_key_pair(KeyName=KEY_NAME)
@@ -116,17 +118,25 @@ def server(account, tmp_path_factory) -> Iterator[ApiServer]:
 
 @pytest.fixture(scope="module")
 def api(server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+    with httpx.Client(base_url=server.url, timeout=60, verify=TLS) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
 def box(api, account) -> str:
-    """A running instance of ours, launched with the whole policy. Without the SSH rule (ssh_from none): it is a
-    target; the rule's statement is proven by _create_with_group and the whole-policy lifecycle."""
-    created = api.post("/instances", json=BODY | {"name": "iam-kept", "tags": {"team": "a"}, "ssh_from": "none"})
-    assert created.status_code == 201, created.text
-    return created.json()["id"]
+    """A running instance of ours, the target of the refusals and of the lifecycle's last calls: launched in the
+    account with our ManagedBy tag (by the admin, in-process) and adopted by one sync with the whole policy, not
+    created (its group, the launch, the sweep after it, and its group's delete at the end: the create, the SSH
+    rule and the group are proven by _create_with_group and the whole-policy lifecycle)."""
+    ami = account.client("ssm", *account.admin).get_parameter(
+        Name="/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64")["Parameter"]["Value"]
+    launched = account.ec2.run_instances(
+        ImageId=ami, InstanceType=BODY["instance_type"], MinCount=1, MaxCount=1, KeyName=KEY_NAME,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": [
+            MANAGED_BY, {"Key": "Name", "Value": "iam-kept"}, {"Key": "team", "Value": "a"}]}])
+    [adopted] = adopt(api, [launched["Instances"][0]["InstanceId"]])
+    assert adopted["tags"] == {"team": "a"}, adopted
+    return adopted["id"]
 
 
 @pytest.fixture

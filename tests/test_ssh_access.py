@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from tests.support.checkip import CheckIp
-from tests.support.processes import wait_until
+from tests.support.processes import TLS, wait_until
 from tests.support.server import ApiServer, aws_error
 
 BODY = {"name": "web-1", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
@@ -33,19 +33,45 @@ def client(api_server) -> Iterator[httpx.Client]:
     cost an `aws` process a test): each test judges only the instances and groups it names, never a count of
     everything in EC2. No faults are injected until a test sets them."""
     api_server.set_faults()
-    with httpx.Client(base_url=api_server.url, timeout=60) as made:
+    with httpx.Client(base_url=api_server.url, timeout=60, verify=TLS) as made:
         yield made
 
 
 @pytest.fixture(scope="module")
-def target(api_server) -> dict:
-    """An instance with a group of its own, created once (SSH from my_ip), for the tests that change its rule:
-    creating is test_my_ip_is_a_slash_32...'s subject, and a create costs four `aws` processes. Each test first
-    puts the rule it starts from (nothing sent when that is the rule in force)."""
-    with httpx.Client(base_url=api_server.url, timeout=60) as made:
-        created = made.post("/instances", json=BODY | {"name": "ssh-target"})
-    assert created.status_code == 201, created.text
-    return created.json()
+def created(api_server, emulator) -> dict:
+    """One create with SSH from my_ip, and what EC2 and the shim showed right after it: the subject of
+    test_my_ip_is_a_slash_32..., and then the `target` of the tests that change its rule (a create costs four
+    `aws` processes; the two used to be one create each). Seen here, before any test changes the rule."""
+    with httpx.Client(base_url=api_server.url, timeout=60, verify=TLS) as made:
+        before = len(api_server.aws_calls())
+        response = made.post("/instances", json=BODY)
+        assert response.status_code == 201, response.text
+        item = response.json()
+        mutations = api_server.mutations_since(before)
+        group_id = item["security_group_id"]
+        done = wait_until(lambda: (r := made.get(f"/instances/{item['id']}").json())["public_ip"] and r)
+    return {"item": item, "mutations": mutations, "groups": group_of(emulator, item["id"]),
+            "rules": ssh_rules(emulator, group_id), "done": done,
+            "group": emulator.ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0],
+            "ec2_tags": {t["Key"]: t["Value"] for t in emulator.instances()[item["id"]]["Tags"]}}
+
+
+@pytest.fixture(scope="module")
+def target(created) -> dict:
+    """The instance with a group of its own (created with SSH from my_ip) for the tests that change its rule. Each
+    test first puts the rule it starts from (nothing sent when that is the rule in force)."""
+    return created["item"]
+
+
+@pytest.fixture(scope="module")
+def closed(api_server, emulator) -> dict:
+    """One create with no SSH rule and no public IPv4, and its group's rules right after it: a subject of
+    test_ssh_from_a_cidr_or_none..., then the instance whose group test_the_group_is_deleted... sees deleted (the
+    group, not its rule, is that one's subject; it used to create one more)."""
+    with httpx.Client(base_url=api_server.url, timeout=60, verify=TLS) as made:
+        item = made.post("/instances", json=BODY | {"name": "closed", "ssh_from": "none",
+                                                    "associate_public_ip": False}).json()
+    return {"item": item, "rules": ssh_rules(emulator, item["security_group_id"])}
 
 
 def group_of(emulator, instance_id: str) -> list[str]:
@@ -60,32 +86,26 @@ def ssh_rules(emulator, group_id: str) -> list[tuple[int, int, list[str]]]:
     return [(r["FromPort"], r["ToPort"], [ip["CidrIp"] for ip in r["IpRanges"]]) for r in group["IpPermissions"]]
 
 
-def test_my_ip_is_a_slash_32_in_a_group_of_its_own_tagged_as_ours(client, api_server, emulator, checkip):
-    before = len(api_server.aws_calls())
-    response = client.post("/instances", json=BODY)
-    assert response.status_code == 201, response.text
-    item = response.json()
+def test_my_ip_is_a_slash_32_in_a_group_of_its_own_tagged_as_ours(created):
+    item = created["item"]
     assert item["ssh_from"] == "203.0.113.7/32" and item["login_user"] == "ec2-user"  # MY_IP_URL's answer
     group_id = item["security_group_id"]
-    assert group_of(emulator, item["id"]) == [group_id]
-    assert ssh_rules(emulator, group_id) == [(22, 22, ["203.0.113.7/32"])]
-    group = emulator.ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]
-    tags = {t["Key"]: t["Value"] for t in group["Tags"]}
-    ec2_tags = {t["Key"]: t["Value"] for t in emulator.instances()[item["id"]]["Tags"]}
-    assert tags == {"ManagedBy": "ec2-creator-local", "RequestId": ec2_tags["RequestId"]}
-    assert len(api_server.mutations_since(before)) == 3  # the group, its rule, the launch
-    done = wait_until(lambda: (r := client.get(f"/instances/{item['id']}").json())["public_ip"] and r)
+    assert created["groups"] == [group_id]
+    assert created["rules"] == [(22, 22, ["203.0.113.7/32"])]
+    tags = {t["Key"]: t["Value"] for t in created["group"]["Tags"]}
+    assert tags == {"ManagedBy": "ec2-creator-local", "RequestId": created["ec2_tags"]["RequestId"]}
+    assert len(created["mutations"]) == 3  # the group, its rule, the launch
+    done = created["done"]
     assert done["ssh_string"] == f"ssh -i ~/.ssh/my_ec2_keypair.pem ec2-user@{done['public_ip']}"
     assert done["ssh_unavailable"] is None
 
 
-def test_ssh_from_a_cidr_or_none_and_a_bad_one_is_a_422_with_no_process(client, api_server, emulator):
+def test_ssh_from_a_cidr_or_none_and_a_bad_one_is_a_422_with_no_process(client, api_server, emulator, closed):
     cidr = client.post("/instances", json=BODY | {"ssh_from": "198.51.100.4"}).json()
     assert cidr["ssh_from"] == "198.51.100.4/32"
     assert ssh_rules(emulator, cidr["security_group_id"]) == [(22, 22, ["198.51.100.4/32"])]
-    closed = client.post("/instances", json=BODY | {"name": "closed", "ssh_from": "none",
-                                                    "associate_public_ip": False}).json()
-    assert closed["ssh_from"] == "none" and ssh_rules(emulator, closed["security_group_id"]) == []
+    rules, closed = closed["rules"], closed["item"]
+    assert closed["ssh_from"] == "none" and rules == []
     assert closed["ssh_string"] is None and "no public IPv4" in closed["ssh_unavailable"]
     before = len(api_server.aws_calls())
     for bad in ("everyone", "0.0.0.0/-1", "2001:db8::/32"):
@@ -125,8 +145,8 @@ def group_exists(emulator, group_id: str) -> bool:
 
 
 def test_the_group_is_deleted_once_its_instance_is_gone_retrying_while_ec2_still_holds_it(client, api_server,
-                                                                                           emulator):
-    item = client.post("/instances", json=BODY | {"ssh_from": "none"}).json()  # the group, not its rule, is the subject
+                                                                                           emulator, closed):
+    item = closed["item"]
     group_id = item["security_group_id"]
     # EC2 refuses while the terminated instance's network interface lingers: the sweep carries on.
     api_server.set_faults({"op": "delete-security-group", "fail": aws_error(
