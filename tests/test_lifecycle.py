@@ -23,16 +23,17 @@ BURST = 5
 
 
 @pytest.fixture
-def server(emulator, tmp_path, database_env):
+def server(fresh_emulator, tmp_path, database_env):
     """A server of the test's own, for the crash test: it compares everything the server tracks with everything
-    live in EC2, so neither may hold what earlier tests made."""
-    srv = ApiServer(tmp_path, emulator.url, **database_env)
+    live in EC2, so neither may hold what earlier tests made. EC2 is reset before it starts (reset after, what its
+    start-up sweep adopted vanished, and the restarted server looked it up)."""
+    srv = ApiServer(tmp_path, fresh_emulator.url, **database_env)
     yield srv
     srv.stop()
 
 
 @pytest.fixture
-def api(server, fresh_emulator):
+def api(server):
     """A client on the test's own server (which starts with the AMI catalogue: no warm-up create is needed)."""
     with httpx.Client(base_url=server.url, timeout=120) as client:
         yield client
