@@ -24,12 +24,35 @@ from tests.support.server import CATALOG_TEMPLATES, ApiServer, aws_error
 BODY = {"name": "once", "ami": "amazon-linux-2023", "instance_type": "t3.micro", "ssh_from": "none"}
 
 
+# Recovery is the periodic loop's work: it sweeps every SWEEP_EVERY seconds here. Each sweep is an `aws` process,
+# and every second of a test's wall was one at an interval of 1 s; each wait below is on a condition, with a timeout
+# of 30 s or more after what it waits for (a delayed launch of 15 s, a grace of 8 s, a lock of 13 s) is over.
+SWEEP_EVERY = "5"
+
+
 @pytest.fixture
 def server(emulator, fresh_emulator, tmp_path):
-    """Recovery is the periodic loop's work: it sweeps every second here."""
-    srv = ApiServer(tmp_path, emulator.url, RECONCILE_INTERVAL_SECONDS="1")
+    """A server of the test's own, for a test that kills it (and what it held must not be any other test's)."""
+    srv = ApiServer(tmp_path, emulator.url, RECONCILE_INTERVAL_SECONDS=SWEEP_EVERY)
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="module")
+def module_server(emulator, tmp_path_factory):
+    srv = ApiServer(tmp_path_factory.mktemp("crash_recovery"), emulator.url, RECONCILE_INTERVAL_SECONDS=SWEEP_EVERY)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def shared(module_server):
+    """The module's server, for the tests that do not kill it (the module's last three): each looks only at its
+    own instance, by a name no other test uses, and counts the launches after its mark. A server start of its own
+    each cost one, and its start-up sweep."""
+    module_server.set_faults()
+    yield module_server
+    module_server.set_faults()
 
 
 def launches(server: ApiServer) -> list[list[str]]:
@@ -121,29 +144,6 @@ def test_a_launch_that_never_reached_ec2_is_failed_only_when_certain_then_resent
     assert named(fresh_emulator, "lost") == [final.json()["id"]]
 
 
-def test_a_store_failure_after_ec2_launched_is_503_with_the_id_and_recorded_later(server, fresh_emulator):
-    # run-instances succeeds, then something holds the database's write lock for longer than the
-    # server's busy timeout (10 s): recording the launch fails.
-    server.set_faults({"op": "run-instances", "times": 1,
-                       "lock_db": {"path": str(server.db_path), "seconds": 13}})
-    with httpx.Client(base_url=server.url, timeout=90) as api:
-        response = api.post("/instances", json=BODY | {"name": "unrecorded"}, headers={"Idempotency-Key": "k-503"})
-        assert response.status_code == 503, response.text
-        body = response.json()
-        assert body["code"] == "record_failed" and body["instance_id"] in body["detail"]
-        assert int(response.headers["Retry-After"]) > 0
-        instance_id = body["instance_id"]
-        assert named(fresh_emulator, "unrecorded") == [instance_id]
-
-        wait_until(lambda: api.get(f"/instances/{instance_id}").status_code == 200, timeout=40, interval=0.5)
-        row = api.get(f"/instances/{instance_id}").json()
-        assert row["name"] == "unrecorded" and row["state"] == "running"
-        replay = api.post("/instances", json=BODY | {"name": "unrecorded"}, headers={"Idempotency-Key": "k-503"})
-        assert replay.status_code == 201 and replay.json()["id"] == instance_id
-    assert named(fresh_emulator, "unrecorded") == [instance_id]
-    assert len(launches(server)) == 1
-
-
 def test_a_database_of_the_original_project_converges_and_one_bad_row_spoils_nothing(emulator, fresh_emulator,
                                                                                       tmp_path):
     with sqlite3.connect(tmp_path / "instances.db") as conn:
@@ -233,11 +233,36 @@ def test_a_database_from_a_newer_version_is_refused_untouched(tmp_path):
         assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")] == ["instances"]
 
 
-def test_a_launch_whose_outcome_is_unknown_stays_pending_and_resolves_to_its_instance(server, fresh_emulator):
+def test_a_store_failure_after_ec2_launched_is_503_with_the_id_and_recorded_later(shared, emulator):
+    # run-instances succeeds, then something holds the database's write lock for longer than the
+    # server's busy timeout (10 s): recording the launch fails.
+    mark = len(launches(shared))
+    shared.set_faults({"op": "run-instances", "times": 1,
+                       "lock_db": {"path": str(shared.db_path), "seconds": 13}})
+    with httpx.Client(base_url=shared.url, timeout=90) as api:
+        response = api.post("/instances", json=BODY | {"name": "unrecorded"}, headers={"Idempotency-Key": "k-503"})
+        assert response.status_code == 503, response.text
+        body = response.json()
+        assert body["code"] == "record_failed" and body["instance_id"] in body["detail"]
+        assert int(response.headers["Retry-After"]) > 0
+        instance_id = body["instance_id"]
+        assert named(emulator, "unrecorded") == [instance_id]
+
+        wait_until(lambda: api.get(f"/instances/{instance_id}").status_code == 200, timeout=40, interval=0.5)
+        row = api.get(f"/instances/{instance_id}").json()
+        assert row["name"] == "unrecorded" and row["state"] == "running"
+        replay = api.post("/instances", json=BODY | {"name": "unrecorded"}, headers={"Idempotency-Key": "k-503"})
+        assert replay.status_code == 201 and replay.json()["id"] == instance_id
+    assert named(emulator, "unrecorded") == [instance_id]
+    assert len(launches(shared)) == mark + 1
+
+
+def test_a_launch_whose_outcome_is_unknown_stays_pending_and_resolves_to_its_instance(shared, emulator):
     # EC2 launches, then the answer is an InternalError: the instance exists, the caller cannot know.
-    server.set_faults({"op": "run-instances", "times": 1, "fail_after": aws_error(
+    mark = len(launches(shared))
+    shared.set_faults({"op": "run-instances", "times": 1, "fail_after": aws_error(
         "InternalError", "RunInstances", "An internal error has occurred.")})
-    with httpx.Client(base_url=server.url, timeout=60) as api:
+    with httpx.Client(base_url=shared.url, timeout=60) as api:
         response = api.post("/instances", json=BODY | {"name": "unknown"}, headers={"Idempotency-Key": "k-500"})
         assert response.status_code == 503, response.text
         assert response.json()["aws_error_code"] == "InternalError"
@@ -249,21 +274,21 @@ def test_a_launch_whose_outcome_is_unknown_stays_pending_and_resolves_to_its_ins
 
         final = wait_until(replayed, timeout=30, interval=0.5)
         assert final.headers["Idempotent-Replayed"] == "true"
-    assert named(fresh_emulator, "unknown") == [final.json()["id"]]  # never a second launch
-    assert len(launches(server)) == 1
+    assert named(emulator, "unknown") == [final.json()["id"]]  # never a second launch
+    assert len(launches(shared)) == mark + 1
 
 
-def test_a_store_failure_after_ec2_stopped_an_instance_says_ec2_acted(server, fresh_emulator):
+def test_a_store_failure_after_ec2_stopped_an_instance_says_ec2_acted(shared, emulator):
     # The target is launched in EC2 and adopted by the periodic sweep (no `aws` process of its own; an API create
     # was three): how it came to be tracked is not what this tests.
-    [instance_id] = launch_managed(fresh_emulator, name="to-stop")
-    with httpx.Client(base_url=server.url, timeout=90) as api:
+    [instance_id] = launch_managed(emulator, name="to-stop")
+    with httpx.Client(base_url=shared.url, timeout=90) as api:
         wait_until(lambda: api.get(f"/instances/{instance_id}").json().get("state") == "running", timeout=30)
-        server.set_faults({"op": "stop-instances", "times": 1,
-                           "lock_db": {"path": str(server.db_path), "seconds": 13}})
+        shared.set_faults({"op": "stop-instances", "times": 1,
+                           "lock_db": {"path": str(shared.db_path), "seconds": 13}})
         response = api.post(f"/instances/{instance_id}/stop")
         assert response.status_code == 503, response.text
         assert response.json()["code"] == "record_failed" and "accepted the stop" in response.json()["detail"]
-        assert fresh_emulator.instances()[instance_id]["State"]["Name"] == "stopped"
+        assert emulator.instances()[instance_id]["State"]["Name"] == "stopped"
         wait_until(lambda: api.get(f"/instances/{instance_id}").json()["state"] == "stopped", timeout=40,
                    interval=0.5)

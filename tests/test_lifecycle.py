@@ -23,16 +23,17 @@ BURST = 5
 
 
 @pytest.fixture
-def server(emulator, tmp_path, database_env):
+def server(fresh_emulator, tmp_path, database_env):
     """A server of the test's own, for the crash test: it compares everything the server tracks with everything
-    live in EC2, so neither may hold what earlier tests made."""
-    srv = ApiServer(tmp_path, emulator.url, **database_env)
+    live in EC2, so neither may hold what earlier tests made. EC2 is reset before it starts (reset after, what its
+    start-up sweep adopted vanished, and the restarted server looked it up)."""
+    srv = ApiServer(tmp_path, fresh_emulator.url, **database_env)
     yield srv
     srv.stop()
 
 
 @pytest.fixture
-def api(server, fresh_emulator):
+def api(server):
     """A client on the test's own server (which starts with the AMI catalogue: no warm-up create is needed)."""
     with httpx.Client(base_url=server.url, timeout=120) as client:
         yield client
@@ -42,8 +43,9 @@ def api(server, fresh_emulator):
 def client(api_server):
     """A client on the module's server (conftest's api_server, on the module's engine), EC2 as the module's
     earlier tests left it: their keys differ, each counts only the `aws` processes it causes and looks only at
-    the instances it made (the one test that counts EC2's instances by name asks for fresh_emulator). A reset
-    per test cost the emulator's reload, and the server a lookup for the instances it made vanish."""
+    the instance it made, by its id or by its key's launches. Only the test that counts EC2's instances named
+    "idem" asks for fresh_emulator (it runs first). A reset per test cost the emulator's reload, and the server
+    a lookup for the instances it made vanish."""
     api_server.set_faults()
     with httpx.Client(base_url=api_server.url, timeout=120) as http:
         yield http
@@ -84,7 +86,7 @@ def test_same_key_other_body_is_409(client):
     assert other.status_code == 409 and other.json()["code"] == "idempotency_key_reused"
 
 
-def test_concurrent_retries_with_one_key_launch_once(client, api_server, fresh_emulator):
+def test_concurrent_retries_with_one_key_launch_once(client, api_server):
     before = len(run_instances_calls(api_server))
     results: list[httpx.Response] = []
 
@@ -120,9 +122,9 @@ def test_malformed_keys_are_422(reader, api_server, key):
 
 
 # -- serialised mutations ----------------------------------------------------------------------
-def test_start_and_stop_racing_end_consistent(client, api_server, fresh_emulator):
+def test_start_and_stop_racing_end_consistent(client, api_server, emulator):
     # A running instance the server tracks: how it came to be tracked is not what this tests (seeding.py).
-    [instance_id] = launch_managed(fresh_emulator, name=BODY["name"])
+    [instance_id] = launch_managed(emulator, name=BODY["name"])
     adopt(client, [instance_id])
     statuses: list[int] = []
 
@@ -137,7 +139,7 @@ def test_start_and_stop_racing_end_consistent(client, api_server, fresh_emulator
         t.join()
     assert set(statuses) <= {200, 202, 409} and len(statuses) == 8
     client.post("/instances/sync")
-    ec2_state = fresh_emulator.instances()[instance_id]["State"]["Name"]
+    ec2_state = emulator.instances()[instance_id]["State"]["Name"]
     assert client.get(f"/instances/{instance_id}").json()["state"] == ec2_state
 
 
@@ -194,9 +196,10 @@ def test_kill_9_mid_burst_then_restart_tracks_every_instance_once(api, server, f
     server.stop()
     assert any(r != 201 for r in results), "the kill came too late to test anything"
 
-    # Launches cut short stay unresolved until certain: the CLI timeout plus the consistency grace.
-    # The periodic loop (a sweep each second here) settles them; nothing else asks for a sweep.
-    server.env |= {"AWS_CLI_TIMEOUT_SECONDS": "5", "CONSISTENCY_GRACE_SECONDS": "3", "RECONCILE_INTERVAL_SECONDS": "1"}
+    # Launches cut short stay unresolved until certain: the CLI timeout plus the consistency grace (8 s).
+    # The periodic loop settles them; nothing else asks for a sweep. A sweep every 5 s (each is an `aws` process;
+    # each second was one): the first past the grace comes within 13 s of the launches, the replays wait 40 s.
+    server.env |= {"AWS_CLI_TIMEOUT_SECONDS": "5", "CONSISTENCY_GRACE_SECONDS": "3", "RECONCILE_INTERVAL_SECONDS": "5"}
     server.start()
     api.post("/instances/sync").raise_for_status()
     listed = tracked(api)

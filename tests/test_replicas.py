@@ -13,16 +13,20 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.processes import wait_until
+from tests.support.processes import TLS, wait_until
 from tests.support.seeding import adopt, launch_managed
 from tests.support.server import ApiServer
 
 # No SSH rule (ssh_from none): SSH is not what these tests are about, and the rule costs an `aws` process.
 BODY = {"name": "shared", "ami": "amazon-linux-2023", "instance_type": "t3.micro", "ssh_from": "none"}
-INTERVAL = 2.0
+# The leader's sweep interval: each sweep is an `aws` process, and the shared pair's leader sweeps for as long as its
+# tests run; every wait and bound below is in intervals (the sweep count sleeps five).
+INTERVAL = 3.0
 # One client for the module's requests outside its threads: httpx.get() and friends make a client per call, and each
-# loads the CA bundle (~20 ms of CPU in this process); the polls below make hundreds.
-HTTP = httpx.Client(timeout=60)
+# loads the CA bundle (~20 ms of CPU in this process; TLS is the harness's context, built once); the polls below make
+# hundreds. No keep-alive: the servers it talks to are killed and restarted on the same port, and a connection kept
+# from before would be a dead one.
+HTTP = httpx.Client(timeout=60, limits=httpx.Limits(max_keepalive_connections=0), verify=TLS)
 
 
 def leader_flag(server: ApiServer) -> int:
@@ -43,7 +47,7 @@ def marks(servers: list[ApiServer]) -> list[int]:
 def adopted_on(server: ApiServer, instance_id: str) -> None:
     """Sync on `server` until its record holds the instance running (tests/support/seeding.py; the leader's own
     sweeps may adopt it first): what the replicas do to an instance is the subject, not creating it."""
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+    with httpx.Client(base_url=server.url, timeout=60, verify=TLS) as client:
         adopt(client, [instance_id], interval=0.1)
 
 
@@ -79,14 +83,18 @@ def pair(emulator, fresh_emulator, pg_cluster, pg_catalog_template, tmp_path):
 @pytest.fixture(scope="module")
 def running_pair(emulator, pg_cluster, pg_catalog_template, tmp_path_factory):
     """The pair the tests that leave both replicas running share (the module's last tests: it stops at the
-    module's end). A pair's start is two servers, a database and an election, each server's start-up sweep."""
+    module's end). A pair's start is two servers, a database and an election, each server's start-up sweep.
+    EC2 is reset before it starts (a reset after its start made the earlier tests' instances, which it had adopted,
+    vanish: its leader looked each up and deleted its group, six `aws` processes, some during the sweep count)."""
+    emulator.reset()
     yield from start_pair(emulator, pg_cluster, pg_catalog_template, tmp_path_factory.mktemp("pair"))
 
 
 @pytest.fixture
-def shared_pair(running_pair, fresh_emulator):
-    """The shared pair, with one leader, no faults and a fresh emulator (the instances of earlier tests are gone
-    from EC2; their records are marked so by the leader's sweeps). Counts are taken from marks()."""
+def shared_pair(running_pair):
+    """The shared pair, with one leader and no faults. EC2 holds what the earlier tests on it made (each looks at
+    its own instances, by id or by a name no other uses; the first to create one asks for a fresh emulator, which
+    holds nothing then). Counts are taken from marks()."""
     for server in running_pair:
         server.set_faults()
     assert sum(leader_flag(s) for s in running_pair) == 1
@@ -193,9 +201,9 @@ def test_a_create_on_one_replica_is_listed_by_the_other_at_once(shared_pair):
     assert HTTP.get(f"{a.url}/instances/{made.json()['id']}", timeout=10).json()["state"] in ("stopping", "stopped")
 
 
-def test_mutations_of_one_instance_wait_for_each_other_across_replicas(shared_pair, fresh_emulator):
+def test_mutations_of_one_instance_wait_for_each_other_across_replicas(shared_pair, emulator):
     a, b = shared_pair
-    made = {"id": launch_managed(fresh_emulator, name="serial")[0]}
+    made = {"id": launch_managed(emulator, name="serial")[0]}
     adopted_on(a, made["id"])
     mark = len(a.aws_calls())
     a.set_faults({"op": "stop-instances", "delay": 3})  # A's stop takes 3 s in EC2
@@ -218,10 +226,10 @@ def test_mutations_of_one_instance_wait_for_each_other_across_replicas(shared_pa
         assert started.json()["code"] == "wrong_state"
 
 
-def test_the_leader_stops_on_time_an_instance_whose_auto_stop_was_set_on_the_other(shared_pair, fresh_emulator):
+def test_the_leader_stops_on_time_an_instance_whose_auto_stop_was_set_on_the_other(shared_pair, emulator):
     leader, follower = sorted(shared_pair, key=leader_flag, reverse=True)
     before = marks([leader, follower])
-    made = {"id": launch_managed(fresh_emulator, name="stop-soon")[0]}
+    made = {"id": launch_managed(emulator, name="stop-soon")[0]}
     adopted_on(follower, made["id"])
     at = (datetime.now(UTC) + timedelta(seconds=3)).isoformat()
     assert HTTP.patch(f"{follower.url}/instances/{made['id']}", json={"stop_at": at}, timeout=60).status_code == 200
