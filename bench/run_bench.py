@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark: what each call costs, in `aws` processes, seconds and MiB, against the budget.
 
-Starts its own moto server and its own API server (tests/support's Emulator / ApiServer / safe_env: fake
-credentials, explicit 127.0.0.1 endpoint, proxy guard), with AWS_CLI pointing at
+Starts its own moto server (or uses --emulator-url's) and its own API server (tests/support's Emulator /
+ApiServer / safe_env: fake credentials, explicit 127.0.0.1 endpoint, proxy guard), with AWS_CLI pointing at
 tests/support/aws_shim.sh, which logs every `aws` process the server spawns.
 
     python bench/run_bench.py            # full run: data/bench/results.json + docs/PERFORMANCE.md
@@ -451,7 +451,7 @@ class Bench:
                 self.log("warming the emulator (its first EC2 call is slow)")
                 raw_describe(self.emu.url)
             self.server = ApiServer(self.workdir, self.emu.url, RECONCILE_INTERVAL_SECONDS="3600",
-                                    # The emulator is reset between phases: what it forgot is gone at once.
+                                    # The emulator is reset before phase 5 (full sizes): what it forgot is gone at once.
                                     CONSISTENCY_GRACE_SECONDS="0", GONE_AFTER_MISSED_SWEEPS="1")
             try:
                 self.calls = CallLog(self.server.shim_log)

@@ -215,8 +215,8 @@ def test_killed_right_after_an_event_it_delivers_after_restart(api, server, mail
     event until after the kill, so the event cannot be delivered before it."""
     # The event is an adoption (the instance launched in the emulator, a sync records it), not a create: any event's
     # outbox row is the subject; a create cost its group, its launch and the sweep after it.
-    [box] = launch_managed(fresh_emulator, name="killed")
     mail.stop()
+    [box] = launch_managed(fresh_emulator, name="killed")
     try:
         api.post("/instances/sync").raise_for_status()
         assert server.proc is not None
