@@ -14,6 +14,7 @@ PostgreSQL sessions that hold advisory locks (leadership, per-instance locks) ou
 
 import os
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,24 @@ def make_private(path: Path) -> None:
             pass  # absent, or not ours to change
 
 
+def use_wal(conn: sqlite3.Connection, timeout: float = 10.0) -> None:
+    """Put the file in WAL mode (it stays so: later connections find it there and change nothing). Switching
+    needs the file to itself, and SQLite answers "database is locked" at once, busy timeout or not, while
+    another connection holds a lock (two stores opening a new file together, one already migrating it): retry
+    for up to `timeout` seconds, as the busy timeout would."""
+    if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 def _pg_connect(url: str):
     return lambda: psycopg.connect(url, **_PG_OPTIONS)
 
@@ -93,7 +112,7 @@ def create_store_engine(url: str | Path, pool_size: int = 5, max_overflow: int =
         make_private(path)
         conn = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout = 10000")
-        conn.execute("PRAGMA journal_mode = WAL")
+        use_wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")
         return conn
 
