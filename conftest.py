@@ -142,8 +142,9 @@ def api(api_server, fresh_emulator):
 @pytest.fixture
 def reader(api_server):
     """An httpx client on the module's server for a test that changes nothing in EC2 and depends on nothing
-    there (a refusal before any `aws` call, the docs, a 404): no emulator reset and no sync, which cost a reset
-    and an `aws` process per test. No faults are injected."""
+    there (a refusal before any `aws` call, the docs, a 404), or that looks only at the instances it made or
+    seeded: no emulator reset and no sync, which cost a reset and an `aws` process per test. No faults are
+    injected."""
     api_server.set_faults()
     with httpx.Client(base_url=api_server.url, timeout=60, verify=TLS) as client:
         yield client

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.support.emulator import KEY_NAME
-from tests.support.processes import TLS, wait_until
+from tests.support.processes import wait_until
 from tests.support.seeding import adopt, launch_managed
 from tests.support.server import ApiServer, synced_client
 
@@ -21,12 +21,10 @@ ARM_TYPE = "t4g.micro"
 
 
 @pytest.fixture
-def client(api_server):
-    """A client on the module's server, no faults injected: no emulator reset and no sync (a test that needs
-    the record caught up on instances it seeded syncs: seeded())."""
-    api_server.set_faults()
-    with httpx.Client(base_url=api_server.url, timeout=60, verify=TLS) as http:
-        yield http
+def client(reader):
+    """conftest's `reader`: no faults injected, no emulator reset and no sync (a test that needs the record caught
+    up on instances it seeded syncs: seeded())."""
+    return reader
 
 
 def create(api: httpx.Client, **overrides) -> httpx.Response:

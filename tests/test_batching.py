@@ -10,7 +10,7 @@ from contextlib import closing
 import httpx
 import pytest
 
-from tests.support.processes import ROOT, TLS, safe_env, wait_until
+from tests.support.processes import ROOT, safe_env, wait_until
 from tests.support.seeding import adopt, launch_managed
 from tests.support.server import aws_error
 
@@ -21,13 +21,11 @@ SERVER_ENV = {"TRANSITION_WINDOW_MS": "250"}
 
 
 @pytest.fixture
-def api(api_server, fresh_emulator):
-    """conftest's `api` without its sync: every test here first launches its instances (launch()), and the sync
-    that adopts them also catches the record up with the emulator's reset (the fixture's sync was a second one,
-    one `aws` process per test). No faults are injected."""
-    api_server.set_faults()
-    with httpx.Client(base_url=api_server.url, timeout=60, verify=TLS) as client:
-        yield client
+def api(api_server, fresh_emulator, reader):
+    """conftest's `api` without its sync (its `reader` on a fresh emulator): every test here first launches its
+    instances (launch()), and the sync that adopts them also catches the record up with the emulator's reset (the
+    fixture's sync was a second one, one `aws` process per test). No faults are injected."""
+    yield reader
     api_server.set_faults()
 
 

@@ -1,7 +1,6 @@
 """SSH that works and is not open to the world (issue 25): the real server, scripts, `aws` and moto, with
 MY_IP_URL served by a local HTTP server (checkip's answer: a documentation-range address)."""
 
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -28,13 +27,11 @@ def api_server(emulator, tmp_path_factory, checkip):
 
 
 @pytest.fixture
-def client(api_server) -> Iterator[httpx.Client]:
-    """A client on the module's server; the emulator is not reset and nothing is synced first (a reset and a sync
-    cost an `aws` process a test): each test judges only the instances and groups it names, never a count of
-    everything in EC2. No faults are injected until a test sets them."""
-    api_server.set_faults()
-    with httpx.Client(base_url=api_server.url, timeout=60, verify=TLS) as made:
-        yield made
+def client(reader) -> httpx.Client:
+    """conftest's `reader`: the emulator is not reset and nothing is synced first (a reset and a sync cost an
+    `aws` process a test): each test judges only the instances and groups it names, never a count of everything
+    in EC2. No faults are injected until a test sets them."""
+    return reader
 
 
 @pytest.fixture(scope="module")
