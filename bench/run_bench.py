@@ -442,8 +442,7 @@ class Bench:
     def run(self) -> dict:
         t_start = time.perf_counter()
         self.results["machine"] = machine_info()
-        self.emu: Emulator | SessionEmulator = (SessionEmulator(self.emulator_url) if self.emulator_url
-                                                 else Emulator(self.workdir))
+        self.emu = Emulator(self.workdir, self.emulator_url)
         try:
             self.emu.reset()
             self.ami = self.emu.ami()
@@ -911,25 +910,6 @@ class Bench:
         finally:
             if cluster:
                 cluster.stop()
-
-
-class SessionEmulator:
-    """A moto server that is already running (--emulator-url: the test session's, whose AMI catalogue its servers
-    start with): used and reset like the bench's own, never started or stopped here."""
-
-    def __init__(self, url: str) -> None:
-        import boto3
-
-        self.url = url
-        clients = {name: boto3.client(name, endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
-                                      aws_secret_access_key="testing") for name in ("ec2", "ssm")}
-        self.ec2, self.ssm = clients["ec2"], clients["ssm"]
-
-    reset = Emulator.reset
-    ami = Emulator.ami
-
-    def close(self) -> None:
-        pass  # its owner's
 
 
 def share_catalog(db_path: Path, template: Path, emulator_url: str) -> None:

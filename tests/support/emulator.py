@@ -21,10 +21,12 @@ class Emulator:
     EC2's side of things. It can be stopped (connection refused), paused (a call that hangs: the
     kernel still accepts connections) and started again, empty, on the same port."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, url: str | None = None) -> None:
+        """Start one; or, given the `url` of one already running (the test session's, for the bench smoke), use
+        and reset it but never start or stop it."""
         self.tmp = tmp
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port = int(url.rsplit(":", 1)[1]) if url else free_port()
+        self.url = url or f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
         self.paused = False
         import boto3  # moto's dependency; used only to look at the emulator
@@ -36,7 +38,8 @@ class Emulator:
                                 aws_access_key_id="testing", aws_secret_access_key="testing")
         self.cloudwatch = boto3.client("cloudwatch", endpoint_url=self.url, region_name="us-east-1",
                                        aws_access_key_id="testing", aws_secret_access_key="testing")
-        self.start()
+        if url is None:
+            self.start()
 
     def start(self) -> None:
         """Start a new, empty moto server with our key pair; its EC2 backend loads now, not on a test's clock."""
