@@ -49,6 +49,8 @@ instances = sa.Table(
     sa.Column("owner", TEXT),
     # 0008, SSH that works.
     sa.Column("ssh_from", TEXT), sa.Column("ssh_unavailable", TEXT), sa.Column("ssh_group", TEXT),
+    # 0010, schedules: the one attached, why it cannot be used, and a snooze of the next stop.
+    sa.Column("schedule", TEXT), sa.Column("schedule_error", TEXT), sa.Column("snoozed_until", TEXT),
     sa.Index("instances_state", "state"),
     sa.Index("instances_stop_at", "stop_at", sqlite_where=sa.text("stop_at IS NOT NULL"),
              postgresql_where=sa.text("stop_at IS NOT NULL")),
@@ -129,6 +131,15 @@ reservations = sa.Table(
     "reservations", metadata,
     sa.Column("key", TEXT, primary_key=True), sa.Column("usd", REAL, nullable=False),
     sa.Column("until", TEXT, nullable=False),
+)
+
+# Schedules (0010): office hours by name; periods and holidays as JSON (app/schedules/calendar.py reads them).
+schedules = sa.Table(
+    "schedules", metadata,
+    sa.Column("name", TEXT, primary_key=True), sa.Column("timezone", TEXT, nullable=False),
+    sa.Column("periods", TEXT, nullable=False), sa.Column("holidays", TEXT, nullable=False),
+    sa.Column("respect_manual_stop", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("created_at", TEXT, nullable=False), sa.Column("updated_at", TEXT, nullable=False),
 )
 
 # Columns holding JSON (decoded when read), with the value an empty or unreadable one reads as.

@@ -66,6 +66,13 @@ def populate(db: Database) -> None:
                                     "alias": "amazon-linux-2023", "image_name": "al2023-ami"}],
                     [{"name": "t3.micro", "architecture": "x86_64"}])
     db.kv_set("aws_cli_version:/usr/bin/aws:1:2", "aws-cli/2.15.0")
+    with db.write() as conn:  # a schedule (issue 27), its box attached and snoozed
+        conn.execute(sa.text("INSERT INTO schedules (name, timezone, periods, holidays, respect_manual_stop, "
+                             "created_at, updated_at) VALUES ('office', 'Europe/Berlin', :periods, '[\"2026-12-24\"]', "
+                             "1, '2026-12-07T00:00:00.000000Z', '2026-12-07T00:00:00.000000Z')"),
+                     {"periods": '[{"days": "mon-fri", "start": "09:00", "stop": "18:00"}]'})
+        conn.execute(sa.text("UPDATE instances SET schedule = 'office', snoozed_until = '2026-12-07T19:00:00.000000Z' "
+                             "WHERE id = :id"), {"id": ALICE})
     db.queue_notification("budget:80:2026-12", "budget_80", None, {"percent": 80})
     db.queue_notification("auto_stop_warning:i-0a11ce00000000001", "auto_stop_warning", ALICE, {"in": 10})
     for note in db.unexpanded_notifications(100):
