@@ -1,5 +1,5 @@
 """The store's facade: one object with every query, grouped by what they serve (app/store/instances.py,
-launches.py, events.py, outbox.py, catalogue.py, reservations.py, kv.py); its transactions in base.py.
+launches.py, events.py, outbox.py, catalogue.py, reservations.py, schedules.py, kv.py); its transactions in base.py.
 
 Methods are synchronous and short; async code calls them through `asyncio.to_thread`, so the event loop
 never waits on the database.
@@ -15,11 +15,12 @@ from app.store.kv import KvQueries
 from app.store.launches import LaunchQueries
 from app.store.outbox import OutboxQueries
 from app.store.reservations import ReservationQueries
+from app.store.schedules import ScheduleQueries
 from app.store.schema import upgrade
 
 
 class Database(InstanceQueries, LaunchQueries, EventQueries, OutboxQueries, CatalogueQueries, ReservationQueries,
-               KvQueries, StoreBase):
+               ScheduleQueries, KvQueries, StoreBase):
     def migrate(self) -> None:
         """Create or upgrade the schema to the head revision, keeping every existing row (app/store/schema.py)."""
         with self.write(wait_seconds=300) as conn:  # another replica migrating: wait for it, then find the head

@@ -20,10 +20,11 @@ class EventQueries(StoreBase):
     def add_event(self, instance_id: str, action: str, from_state: str | None, to_state: str | None,
                   source: str, request_id: str | None = None, aws_error: str | None = None,
                   at: str | None = None, public_ip: str | None = None, actor: str | None = None,
-                  http_request_id: str | None = None) -> None:
+                  http_request_id: str | None = None, detail: str | None = None) -> None:
         """actor: who asked for it through the API (None: the reconciler, the auto-stop, a server without tokens);
         http_request_id: the X-Request-Id of the HTTP request that caused it; by default the running request's
-        (app/core/context.py), so every path that writes an event keeps it (None outside a request)."""
+        (app/core/context.py), so every path that writes an event keeps it (None outside a request); detail: why
+        (a refused scheduled start, a snooze), also in its notification."""
         at = at or utcnow()
         if http_request_id is None:
             running = REQUEST_ID.get()
@@ -32,14 +33,16 @@ class EventQueries(StoreBase):
                   "from_state": None if from_state is None else str(from_state),
                   "to_state": None if to_state is None else str(to_state), "source": source,
                   "request_id": request_id, "aws_error": aws_error, "public_ip": public_ip, "actor": actor,
-                  "http_request_id": http_request_id}
+                  "http_request_id": http_request_id, "detail": detail}
         with self._writing() as conn:
             seq = conn.execute(sa.text(
                 "INSERT INTO instance_events (instance_id, at, action, from_state, to_state, source, request_id, "
-                "aws_error, public_ip, actor, http_request_id) VALUES (:instance_id, :at, :action, :from_state, "
-                ":to_state, :source, :request_id, :aws_error, :public_ip, :actor, :http_request_id) RETURNING seq"),
+                "aws_error, public_ip, actor, http_request_id, detail) VALUES (:instance_id, :at, :action, "
+                ":from_state, :to_state, :source, :request_id, :aws_error, :public_ip, :actor, :http_request_id, "
+                ":detail) RETURNING seq"),
                 values).scalar_one()
-            data = {"to_state": values["to_state"], "public_ip": public_ip, "http_request_id": http_request_id}
+            data = {"to_state": values["to_state"], "public_ip": public_ip, "http_request_id": http_request_id,
+                    **({"detail": detail} if detail else {})}
             conn.execute(sa.text(
                 "INSERT INTO notifications (key, event_seq, instance_id, data, at) "
                 "SELECT :key, :seq, :instance_id, :data, :at WHERE EXISTS (SELECT 1 FROM kv WHERE key = :enabled) "

@@ -14,7 +14,10 @@ from app.store.tables import EVENT_FIELDS, INSTANCE_FIELDS, JSON_FIELDS, instanc
 # it is app/instances/schemas.py's STORED_FIELDS: the store sits below the domains and does not import them).
 PUBLIC_FIELDS = ("id", "name", "public_ip", "ssh_string", "ssh_unavailable", "ssh_from", "login_user", "state", "ami",
                  "instance_type", "storage_gb", "security_group_id", "tags", "backend_used", "region", "created_at",
-                 "updated_at", "auto_stop_minutes", "stop_at", "stop_when_idle", "idle_alarm", "owner")
+                 "updated_at", "auto_stop_minutes", "stop_at", "stop_when_idle", "idle_alarm", "owner", "schedule",
+                 "schedule_error", "next_action")
+# The columns next_action is made of (it is not stored: see next_action()).
+NEXT_ACTION_COLUMNS = ("stop_source", "next_start_at")
 ENDED = tuple(s.value for s in InstanceState if s.ended)
 ACTIVE = f"state NOT IN {ENDED!r}"
 # An instance that is shutting down or ended needs no idle alarm any more.
@@ -74,6 +77,16 @@ def instance_row(row: dict[str, Any]) -> InstanceRow:
     return InstanceRow(**item)  # type: ignore[typeddict-item]  # the columns are INSTANCE_FIELDS
 
 
+def next_action(row: Any) -> dict[str, str] | None:
+    """What comes next for an instance: its stop (stop_at, for its auto-stop or its schedule) while it runs, its
+    schedule's next start while it is stopped; None when nothing is due."""
+    if row["state"] in ("pending", "running") and row["stop_at"]:
+        return {"action": "stop", "at": row["stop_at"], "source": row["stop_source"] or "auto_stop"}
+    if row["state"] == "stopped" and row["next_start_at"]:
+        return {"action": "start", "at": row["next_start_at"], "source": "schedule"}
+    return None
+
+
 def event_row(row: dict[str, Any]) -> EventRow:
     return EventRow(**row)  # type: ignore[typeddict-item]
 
@@ -118,13 +131,17 @@ class InstanceQueries(StoreBase):
             return cached[1]
         conditions = ([] if include_terminated else [ACTIVE]) + ([] if owner is None else ["owner = :owner"])
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        stored = [c for c in PUBLIC_FIELDS if c != "next_action"] + list(NEXT_ACTION_COLUMNS)
         with self._reading() as conn:
-            rows = conn.execute(sa.text(f"SELECT {', '.join(PUBLIC_FIELDS)} FROM instances {where} "
+            rows = conn.execute(sa.text(f"SELECT {', '.join(stored)} FROM instances {where} "
                                         "ORDER BY created_at, id"), {"owner": owner}).all()
-        items = [dict(zip(PUBLIC_FIELDS, row, strict=True)) for row in rows]
-        for item in items:
+        items = []
+        for row in rows:
+            found = dict(zip(stored, row, strict=True))
             for column in JSON_FIELDS:
-                item[column] = decode(column, item[column])
+                found[column] = decode(column, found[column])
+            found["next_action"] = next_action(found)
+            items.append({c: found[c] for c in PUBLIC_FIELDS})
         body = json.dumps({"instances": items}, separators=(",", ":")).encode()
         self._list_cache[(include_terminated, owner)] = (generation, body)
         return body
@@ -212,8 +229,8 @@ class InstanceQueries(StoreBase):
         """Running instances of this EC2 (None: of every region of the endpoint) whose auto-stop comes before
         `horizon`."""
         where, params = scope(region, endpoint)
-        return self._all("SELECT id, stop_at, state, public_ip FROM instances WHERE stop_at IS NOT NULL AND "
-                         f"stop_at <= :horizon AND state IN ('pending', 'running') AND {where}",
+        return self._all("SELECT id, stop_at, stop_source, state, public_ip FROM instances WHERE stop_at IS NOT NULL "
+                         f"AND stop_at <= :horizon AND state IN ('pending', 'running') AND {where}",
                          {**params, "horizon": horizon})
 
     # -- idle alarms (CloudWatch) ---------------------------------------------------------------

@@ -82,6 +82,13 @@ class InstanceRow(TypedDict):
     ssh_unavailable: str | None  # why ssh_string is None
     ssh_group: str | None  # the security group made for this instance alone; None once deleted
     owner: str | None  # who created it through the API (a token's name); None: adopted, or made without tokens
+    schedule: str | None  # the attached schedule's name: the EC2 tag Schedule as last seen or written
+    schedule_error: str | None  # why the attached schedule cannot be used (no such schedule); None: it can
+    snoozed_until: str | None  # the snoozed next stop (UTC); None: not snoozed (cleared when it stops)
+    stop_source: str | None  # what stop_at is for: "auto_stop" or "schedule"
+    next_start_at: str | None  # when its schedule starts it next (while stopped); None: no scheduled start
+    schedule_since: str | None  # when the schedule was attached (its edges before that are not acted on)
+    auto_stop_default: int | None  # 1: auto_stop_minutes is DEFAULT_AUTO_STOP_MINUTES; 0 or None: asked for
 
 
 class LaunchRow(TypedDict):
@@ -113,3 +120,5 @@ class EventRow(TypedDict):
     aws_error: str | None
     public_ip: str | None  # recorded with the change (the ledger counts IPv4 hours from it)
     actor: str | None  # who asked for it through the API; None for the reconciler, the auto-stop and no tokens
+    http_request_id: str | None
+    detail: str | None  # why (a refused scheduled start, a snooze); None for a plain state change

@@ -49,8 +49,12 @@ instances = sa.Table(
     sa.Column("owner", TEXT),
     # 0008, SSH that works.
     sa.Column("ssh_from", TEXT), sa.Column("ssh_unavailable", TEXT), sa.Column("ssh_group", TEXT),
-    # 0010, schedules: the one attached, why it cannot be used, and a snooze of the next stop.
+    # 0010, schedules: the one attached (the EC2 tag Schedule), why it cannot be used, a snooze of the next stop,
+    # what the next stop is for, the schedule's next start, since when it is attached, and whether
+    # auto_stop_minutes is the server's default (1) or was asked for (0; NULL: not known, counted as asked for).
     sa.Column("schedule", TEXT), sa.Column("schedule_error", TEXT), sa.Column("snoozed_until", TEXT),
+    sa.Column("stop_source", TEXT), sa.Column("next_start_at", TEXT), sa.Column("schedule_since", TEXT),
+    sa.Column("auto_stop_default", sa.Integer),
     sa.Index("instances_state", "state"),
     sa.Index("instances_stop_at", "stop_at", sqlite_where=sa.text("stop_at IS NOT NULL"),
              postgresql_where=sa.text("stop_at IS NOT NULL")),
@@ -67,6 +71,7 @@ instance_events = sa.Table(
     sa.Column("public_ip", TEXT),  # 0003
     sa.Column("actor", TEXT),  # 0006
     sa.Column("http_request_id", TEXT),  # 0009: the X-Request-Id of the HTTP request that caused it
+    sa.Column("detail", TEXT),  # 0010: why (a refused scheduled start, a snooze)
     sa.Index("events_instance", "instance_id", "seq"),
     sa.Index("events_at", "at"),
     sqlite_autoincrement=True,
@@ -146,4 +151,4 @@ schedules = sa.Table(
 JSON_FIELDS: dict[str, dict | None] = {"tags": {}, "stop_when_idle": None, "idle_alarm": None}
 INSTANCE_FIELDS: tuple[str, ...] = tuple(c.name for c in instances.columns)
 EVENT_FIELDS: tuple[str, ...] = ("at", "action", "from_state", "to_state", "source", "request_id", "aws_error",
-                                 "public_ip", "actor", "http_request_id")
+                                 "public_ip", "actor", "http_request_id", "detail")
