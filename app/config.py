@@ -158,6 +158,7 @@ class Settings(BaseSettings):
     notify_urls: Annotated[list[SecretStr], NoDecode] = []
     notify_events: Annotated[list[str], NoDecode] = []
     auto_stop_warning_minutes: int = Field(15, ge=0, le=1440)
+    schedule_tick_seconds: float = Field(30.0, ge=1, le=3600)
     notify_retry_max_seconds: float = Field(300.0, ge=1, le=86400)
     # Unset: this server's own address, as uvicorn was told to listen (served_url).
     notify_api_url: str = ""

@@ -1,6 +1,7 @@
 """The wiring, in one place: at start the settings, the store (migrated), the AWS runner, the services and
-the background loops (sweeps, auto-stop, idle alarms, the budget guard, notifications), each loop run by the
-leader replica only; at stop, the same in reverse."""
+the background loops (sweeps, auto-stop, schedules, idle alarms, the budget guard, notifications), each loop run
+by the leader replica only; at stop, the same in reverse. Schedules plug into the instances' stop plan here (the
+instances domain does not import them)."""
 
 import asyncio
 import logging
@@ -24,6 +25,9 @@ from app.instances.idle_alarms import AlarmKeeper
 from app.instances.service import InstanceService
 from app.notifications import service as notifications
 from app.notifications.service import Notifier
+from app.schedules.planner import Calendars, SchedulePlanner
+from app.schedules.scheduler import Scheduler
+from app.schedules.service import ScheduleService
 from app.store import Database, SchemaTooNew, open_database
 
 log = logging.getLogger("ec2_creator")
@@ -99,6 +103,11 @@ async def lifespan(app: FastAPI):
     if notifier.enabled:
         await asyncio.to_thread(db.enable_notifications)
     app.state.notifier = notifier
+    calendars = Calendars(db)
+    service.recorder.planner = SchedulePlanner(db, calendars)
+    app.state.schedules = schedules = ScheduleService(db, service, calendars)
+    scheduler = Scheduler(settings, db, aws, service, calendars)
+    schedules.on_changed = scheduler.wake
     stopper = AutoStopper(db, aws, service.recorder, service.reconciler)
     service.on_stop_at_changed = stopper.wake
     event_loop = asyncio.get_running_loop()
@@ -123,7 +132,7 @@ async def lifespan(app: FastAPI):
     # On PostgreSQL several replicas may share the database: only the leader runs the background loops (a
     # follower retries within half an interval, so a dead leader is replaced within one sweep interval).
     leadership = Leadership(db, min(5.0, settings.reconcile_interval_seconds / 2))
-    for loop in (service.reconciler, stopper, alarms, notifier, guard):
+    for loop in (service.reconciler, stopper, alarms, notifier, guard, scheduler):
         loop.leadership = leadership
 
     if leadership.shared:  # another replica's request cannot wake the leader's loops: each sweep does
@@ -139,6 +148,7 @@ async def lifespan(app: FastAPI):
     cli = asyncio.create_task(_log_cli_version(aws, db))
     service.reconciler.start()
     stopper.start()
+    scheduler.start()
     alarms.start()
     guard.start()
     service.account_plan.start()
@@ -149,6 +159,7 @@ async def lifespan(app: FastAPI):
     try:
         yield
     finally:
+        await scheduler.stop()
         await stopper.stop()
         await guard.stop()
         await service.stop_background()

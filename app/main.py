@@ -19,6 +19,7 @@ from app.instances.schemas import Health
 from app.inventory import router as inventory
 from app.lifespan import lifespan
 from app.notifications import router as notifications
+from app.schedules import router as schedules
 
 
 class QuietStartupExit:
@@ -68,6 +69,7 @@ def create_app(settings_getter: Callable[[], Settings] = load_settings) -> FastA
     app.include_router(instances.router)
     app.include_router(budget.router)
     app.include_router(notifications.router)
+    app.include_router(schedules.router)
     app.include_router(inventory.router)
     app.include_router(metrics.router)
 

@@ -47,7 +47,7 @@ def _error_statuses() -> dict[int, tuple[str, tuple[str, ...], dict]]:
               ("instance_type_not_allowed", "storage_not_free_tier", "instance_type_not_free_tier",
                "ami_alias_unavailable", "ami_not_free_tier", "architecture_mismatch", "price_unknown",
                "too_many_instances", "reserved_tag_key", "too_many_tags", "stop_at_in_past", "stop_at_out_of_range",
-               "key_pair_missing", "aws_bad_parameter", "invalid_body"),
+               "key_pair_missing", "aws_bad_parameter", "invalid_body", "snooze_in_past", "snooze_too_far"),
               {"detail": "storage_gb must be between 8 and 30 GB (the free-tier EBS allowance is 30 GB); got 31.",
                "code": "storage_not_free_tier"}),
         401: ("Only when the server has API_TOKEN or API_TOKENS_FILE set: the bearer token is missing or wrong.",
@@ -60,19 +60,22 @@ def _error_statuses() -> dict[int, tuple[str, tuple[str, ...], dict]]:
               ("admin_only", "forbidden", "host_not_allowed", "cross_site_request", "proxied_request",
                "aws_access_denied"),
               {"detail": "'alice' is a user: this route needs an admin token.", "code": "admin_only"}),
-        404: ("No such instance in the record (or someone else's), or no such route.",
-              ("instance_not_found", "not_found"),
+        404: ("No such instance in the record (or someone else's), no such schedule, or no such route.",
+              ("instance_not_found", "schedule_not_found", "not_found"),
               {"detail": "No instance 'i-0123456789abcdef0' is tracked. GET /instances lists the known ones.",
                "code": "instance_not_found"}),
         409: ("The instance's state, its recorded EC2 (endpoint, region, account), the budget or an "
-              "Idempotency-Key does not allow it.",
+              "Idempotency-Key does not allow it; or a schedule's name is taken, or it is still attached "
+              "(`schedule_in_use` lists the instances in `instance_ids`).",
               ("wrong_state", "instance_gone", "other_endpoint", "other_region", "other_account", "budget_exceeded",
-               "idempotency_key_reused", "idempotent_request_failed", "launch_in_progress", "no_ssh_group"),
+               "idempotency_key_reused", "idempotent_request_failed", "launch_in_progress", "no_ssh_group",
+               "no_stop_due", "schedule_exists", "schedule_in_use"),
               {"detail": "Cannot start instance i-0123456789abcdef0: it is terminated.", "code": "wrong_state"}),
         422: ("The request does not match the schema: `detail` names the first problem and where it is (for a "
               "body that is not JSON: its line and column), every unknown or missing field at once, or, for a body "
-              "sent without `Content-Type: application/json`, that header; `errors` lists them all.",
-              ("validation_error",),
+              "sent without `Content-Type: application/json`, that header; `errors` lists them all. "
+              "`unknown_schedule`: the `schedule` named does not exist (GET /schedules lists them).",
+              ("validation_error", "unknown_schedule"),
               validation_body([{"type": "string_pattern_mismatch", "loc": ("body", "name"), "input": "web$1",
                                 "msg": "", "ctx": {"pattern": NAME_PATTERN}}], None)),
         502: ("AWS or the AWS CLI answered in a way the server cannot use; AWS's own error code is in "

@@ -10,6 +10,7 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _.:/=+\-@]*$"
 WORD_PATTERN = r"^[a-z0-9][a-z0-9.\-]*$"  # ami and instance_type: what the scripts take as one word
 INSTANCE_ID_PATTERN = r"^i-[0-9a-f]{8,17}$"
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"
+SCHEDULE_NAME_PATTERN = r"^[A-Za-z0-9_.\-]+$"  # a schedule's name (also an EC2 tag value: Schedule=<name>)
 
 
 @dataclass(frozen=True)
@@ -43,4 +44,5 @@ PATTERN_HINTS: dict[str, PatternHint] = {
                                      "i-0123456789abcdef0"),
     TAG_FILTER_PATTERN: PatternHint(f"Key=Value or Key, in {_EC2_WORDS} (no = in the key)", _EC2_CHAR),
     IDEMPOTENCY_KEY_PATTERN: PatternHint("printable ASCII characters without spaces", r"[\x21-\x7e]"),
+    SCHEDULE_NAME_PATTERN: PatternHint("letters, digits, _ . and - (1 to 64)", r"[A-Za-z0-9_.\-]"),
 }

@@ -1,6 +1,7 @@
-"""Auto-stop: a lifespan task that stops every running instance whose `stop_at` has come, with ONE
-`stop-instances` call for all of them per region (each instance is stopped in the region it was recorded
-in, whatever the server's AWS_REGION is now), and records each with an event of source `auto_stop`.
+"""Auto-stop: a lifespan task that stops every running instance whose `stop_at` has come (its auto-stop, or its
+schedule's stop: app/instances/plan.py), with ONE `stop-instances` call for all of them per region (each instance
+is stopped in the region it was recorded in, whatever the server's AWS_REGION is now), and records each with an
+event of source `auto_stop` (a scheduled stop: action schedule_stop, source `schedule`).
 
 It sleeps until the earliest `stop_at` it may act on (at most CHECK_SECONDS) and is woken whenever one
 changes, or a sweep records an instance running that has one (e.g. one still `pending` at a restart). One
@@ -25,6 +26,7 @@ from app.core import clock
 from app.core.clock import TIME_FORMAT, parse_time, utcnow
 from app.core.errors import ApiError
 from app.core.loops import WakeableLoop
+from app.instances.plan import AUTO_STOP, SCHEDULE
 from app.instances.reconciler import Reconciler
 from app.instances.recorder import Recorder
 from app.store import Database
@@ -145,7 +147,8 @@ class AutoStopper(WakeableLoop):
         for change in changes:
             row = rows.get(change.get("InstanceId", ""))
             if row is not None:
-                recorded = self.recorder.record_transition(row, change, "stop", uuid.uuid4().hex, source="auto_stop")
+                action, source = ("schedule_stop", SCHEDULE) if row["stop_source"] == SCHEDULE else ("stop", AUTO_STOP)
+                recorded = self.recorder.record_transition(row, change, action, uuid.uuid4().hex, source=source)
                 if recorded["state"] == InstanceState.RUNNING:
                     running.append(row["id"])
         return running

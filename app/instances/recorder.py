@@ -24,6 +24,7 @@ from app.core import clock
 from app.core.clock import TIME_FORMAT, age_seconds, stored_time, utcnow
 from app.core.errors import UpstreamError
 from app.instances.idle_alarms import idle_alarm_view
+from app.instances.plan import AutoStopOnly, StopPlanner
 from app.instances.schemas import RESERVED_TAG_KEYS, SyncResult
 from app.store import Database, canonical_json
 from app.store.rows import InstanceRow, InstanceState, LaunchRow, LaunchStatus
@@ -94,6 +95,8 @@ class Recorder:
         # the auto-stopper counts only running instances, so this is when it must look again (set by the app).
         self.on_stop_armed: Callable[[], None] = lambda: None
         self._local = threading.local()  # per thread: did the current transaction arm a stop_at?
+        # When a run stops (the auto-stop; with schedules, app/schedules/planner.py, set by the app).
+        self.planner: StopPlanner = AutoStopOnly()
 
     @property
     def grace(self) -> float:
@@ -120,15 +123,18 @@ class Recorder:
 
     def _fields(self, row: Mapping[str, Any], state: InstanceState, public_ip: str | None) -> dict[str, Any]:
         """What EC2's state and public IP make of the observed columns. Every start (into pending or
-        running from any other state) arms stop_at from auto_stop_minutes; leaving running clears it."""
+        running from any other state) arms stop_at (the planner's: auto_stop_minutes from now, or the
+        schedule's next stop); leaving running clears it, and a snooze with it."""
         public_ip = public_ip if state.keeps_public_ip else None
         fields: dict[str, Any] = {"state": state, "public_ip": public_ip,
                                   **self.ssh_fields(public_ip, {**row, "state": state})}
         if state not in RUNNING:
-            fields["stop_at"] = None
+            fields |= {"stop_at": None, "stop_source": None, "snoozed_until": None}
         elif row.get("state") not in RUNNING:
-            minutes = row.get("auto_stop_minutes")
-            fields["stop_at"] = in_minutes(minutes) if minutes else None
+            fields["stop_at"], fields["stop_source"] = self.planner.plan(row, clock.now(), True)
+            fields["snoozed_until"] = None
+        if state != InstanceState.STOPPED:
+            fields["next_start_at"] = None  # kept by the scheduler while it is stopped
         return fields
 
     def _armed(self, before: str | None, fields: Mapping[str, Any], row: Mapping[str, Any]) -> None:
@@ -148,6 +154,19 @@ class Recorder:
             self._local.armed = False
             self.on_stop_armed()
 
+    def attach(self, row: Mapping[str, Any], schedule: str | None,
+               state: InstanceState | None = None) -> dict[str, Any]:
+        """The fields of attaching `schedule` (None: detaching) to `row`: a running one's stop is planned again
+        (unless it is snoozed); the scheduler fills in the error and the next start at its next check."""
+        now = clock.now()
+        fields: dict[str, Any] = {"schedule": schedule, "schedule_since": now.strftime(TIME_FORMAT),
+                                  "schedule_error": None, "next_start_at": None}
+        state = state or row.get("state")
+        snoozed = row.get("snoozed_until") and row["snoozed_until"] > now.strftime(TIME_FORMAT)
+        if state in RUNNING and row.get("state") in RUNNING and not snoozed:
+            fields["stop_at"], fields["stop_source"] = self.planner.plan({**row, **fields}, now, False)
+        return fields
+
     def _observed_fields(self, row: Mapping[str, Any], instance: dict) -> dict[str, Any]:
         return self._fields(row, state_of(instance), instance.get("PublicIpAddress"))
 
@@ -160,7 +179,10 @@ class Recorder:
                 request_id: str | None = None, tags: dict[str, str] | None = None, actor: str | None = None) -> bool:
         """Record an instance's state and public IP (and tags, when given) as EC2 gave them; True when
         anything public changed. actor: who asked for it through the API (its event keeps the name)."""
-        new = self._fields(row, state, public_ip)
+        attached: dict[str, Any] = {}
+        if tags is not None and tags.get("Schedule") != row.get("schedule"):  # the tag as EC2 holds it is the truth
+            attached = self.attach(row, tags.get("Schedule"), state)
+        new = {**attached, **self._fields({**row, **attached}, state, public_ip)}
         if tags is not None:  # changed outside the API too: the console, `aws ec2 create-tags`...
             new["tags"] = {k: v for k, v in tags.items() if k not in RESERVED_TAG_KEYS and not k.startswith("aws:")}
             new["name"] = tags.get("Name") or row["name"]
@@ -362,6 +384,8 @@ class Recorder:
             # What the request asked for; one launched by hand gets the default (from now, if it runs).
             "auto_stop_minutes": request.get("auto_stop_minutes") if "auto_stop_minutes" in request
             else self.settings.default_auto_stop_minutes,
+            "auto_stop_default": asked.get("auto_stop_default", 0 if "auto_stop_minutes" in request else 1),
+            "schedule": tags.get("Schedule"), "schedule_since": now,
             "associate_public_ip": int(request["associate_public_ip"]) if "associate_public_ip" in request else None,
             "stop_when_idle": request.get("stop_when_idle"),
             "idle_alarm": idle_alarm_view(instance["InstanceId"], canonical_json(request.get("stop_when_idle")), None),

@@ -24,6 +24,7 @@ from app.instances.schemas import (
     InstanceList,
     InstancePatch,
     MetricSeries,
+    Snooze,
     SshAccess,
     StateName,
     SyncResult,
@@ -117,8 +118,14 @@ async def get_instance(instance: InstanceDep, service: ServiceDep) -> Instance:
 
 @router.patch("/{instance_id}", response_model=Instance, responses=error_responses(400, 403, 404, 409, 422))
 async def patch_instance(instance: InstanceDep, change: InstancePatch, service: ServiceDep) -> Instance:
-    """Change its name, its tags (null removes one), and its auto-stop (auto_stop_minutes or stop_at)."""
+    """Change its name, its tags (null removes one), its auto-stop (auto_stop_minutes or stop_at), its schedule."""
     return Instance.from_row(await service.patch(instance["id"], change))
+
+
+@router.post("/{instance_id}/snooze", response_model=Instance, responses=error_responses(400, 404, 409, 422))
+async def snooze_instance(instance: InstanceDep, body: Snooze, service: ServiceDep, caller: CallerDep) -> Instance:
+    """Push its next stop (schedule or auto-stop) by `minutes` or to `until`; no `aws` process. Budget-checked."""
+    return Instance.from_row(await service.snooze(instance["id"], body.minutes, body.until, actor=caller.name))
 
 
 @router.put("/{instance_id}/ssh-access", response_model=Instance, responses=error_responses(*AWS_ERRORS))

@@ -19,7 +19,8 @@ from pydantic import (
     model_validator,
 )
 
-from app.api.fields import EC2_TEXT, INSTANCE_ID_PATTERN, NAME_PATTERN, WORD_PATTERN
+from app.api.fields import EC2_TEXT, INSTANCE_ID_PATTERN, NAME_PATTERN, SCHEDULE_NAME_PATTERN, WORD_PATTERN
+from app.store.instances import next_action
 
 RESERVED_TAG_KEYS = {"Name", "ManagedBy", "RequestId"}
 # The free-tier bounds of storage_gb, as app/instances/free_tier.py enforces them (a 400 outside them; a test
@@ -48,6 +49,7 @@ def _json_integer(value: object) -> object:
     return value
 
 
+ScheduleName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=SCHEDULE_NAME_PATTERN)]
 AutoStopMinutes = Annotated[Annotated[int, Field(ge=1, le=10080)] | None, BeforeValidator(_json_integer)]
 
 
@@ -140,6 +142,9 @@ class InstanceCreate(BaseModel):
     stop_when_idle: StopWhenIdle | None = Field(
         None, description="Also stop it when idle, by a CloudWatch alarm put right after the launch (works while this "
                           "server is down); null: no alarm")
+    schedule: ScheduleName | None = Field(
+        None, description="A schedule (GET /schedules) that starts and stops it (also written as the EC2 tag "
+                          "Schedule=<name>); an unknown name is 422 unknown_schedule", examples=["office-hours"])
 
     @field_validator("tags")
     @classmethod
@@ -180,12 +185,26 @@ class Instance(BaseModel):
     idle_alarm: IdleAlarm | None = Field(None, description="The CloudWatch alarm that does it (null: none held)")
     owner: str | None = Field(None, description="Who created it through the API (a token's name; `admin` for "
                                                 "API_TOKEN); null: adopted from EC2 or created without tokens")
+    schedule: str | None = Field(None, description="The schedule that starts and stops it: the EC2 tag Schedule as "
+                                                   "EC2 holds it (set here, or in the console); null: none")
+    schedule_error: str | None = Field(None, description="Why its schedule cannot be used (no schedule of that "
+                                                         "name): nothing is started or stopped for it")
+    next_action: "NextAction | None" = Field(None, description="What comes next: its stop while it runs (auto-stop "
+                                                               "or schedule), its scheduled start while stopped; "
+                                                               "null: nothing is due")
     cost: "Cost | None" = Field(None, description="Its spend this budget period (GET /instances/{id})")
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any], cost: "Cost | None" = None) -> "Instance":
         """The public view of a stored row (InstanceRow): its bookkeeping columns stay inside."""
-        return cls.model_validate({**{name: row[name] for name in STORED_FIELDS}, "cost": cost})
+        return cls.model_validate({**{name: row[name] for name in STORED_FIELDS if name != "next_action"},
+                                   "next_action": next_action(row), "cost": cost})
+
+
+class NextAction(BaseModel):
+    action: Literal["start", "stop"]
+    at: str = Field(description="When (UTC)")
+    source: Literal["schedule", "auto_stop"]
 
 
 class Cost(BaseModel):
@@ -228,6 +247,9 @@ class InstancePatch(BaseModel):
                        json_schema_extra={"type": "string"})
     stop_when_idle: StopWhenIdle | None = Field(
         None, description="Stop it when idle (a CloudWatch alarm, put in the background); null: remove the alarm")
+    schedule: ScheduleName | None = Field(
+        None, description="Attach a schedule (also the EC2 tag Schedule=<name>); null: detach it. An unknown name is "
+                          "422 unknown_schedule", examples=["office-hours"])
     tags: PatchTags = Field(
         None,  # type: ignore[arg-type]  # omitted: unchanged; null is refused (the schema has no null)
         max_length=40, examples=[{"Owner": "me"}],
@@ -237,7 +259,7 @@ class InstancePatch(BaseModel):
     @model_validator(mode="after")
     def _one_auto_stop_change(self) -> "InstancePatch":
         if not self.model_fields_set:
-            raise ValueError("give at least one of name, tags, auto_stop_minutes, stop_at or stop_when_idle")
+            raise ValueError("give at least one of name, tags, auto_stop_minutes, stop_at, stop_when_idle or schedule")
         if {"auto_stop_minutes", "stop_at"} <= self.model_fields_set:
             raise ValueError("give auto_stop_minutes or stop_at, not both")
         if "name" in self.model_fields_set and self.name is None:
@@ -247,6 +269,24 @@ class InstancePatch(BaseModel):
         return self
 
 
+
+
+class Snooze(BaseModel):
+    """Push the next stop (its schedule's or its auto-stop's): by `minutes`, or to `until`."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": [{"required": ["minutes"]},
+                                                                         {"required": ["until"]}]})
+
+    minutes: Annotated[Annotated[int, Field(ge=15, le=720)] | None, BeforeValidator(_json_integer)] = Field(
+        None, description="Minutes to push the next stop by (15-720)", examples=[60])
+    until: AwareDatetime | None = Field(None, description="Or: when to stop it instead (RFC 3339, with a zone; "
+                                                          "within 7 days)")
+
+    @model_validator(mode="after")
+    def _one(self) -> "Snooze":
+        if (self.minutes is None) == (self.until is None):
+            raise ValueError("give minutes (15-720) or until (an RFC 3339 time), one of them")
+        return self
 
 
 @dataclass(frozen=True)
@@ -381,6 +421,8 @@ class InstanceEvent(BaseModel):
                                                 "reconciler, the auto-stop and a server without tokens")
     http_request_id: str | None = Field(None, description="The X-Request-Id of the HTTP request that caused it (as in "
                                                           "that request's log lines); null when no request did")
+    detail: str | None = Field(None, description="Why (a refused scheduled start, a snooze); null for a plain state "
+                                                 "change")
 
 
 class EventList(BaseModel):

@@ -13,7 +13,7 @@ import re
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 
 from app.auth.tokens import LOCAL, Caller
 from app.aws.batching import MAX_IDS, Coalescer
@@ -28,6 +28,7 @@ from app.core.leadership import InstanceLocks
 from app.core.loops import cancel_and_wait
 from app.instances.free_tier import SANDBOX_PLACE, Catalog, check_catalog, check_static, login_user_for
 from app.instances.idle_alarms import USED_KEY, Metrics, idle_alarm_view
+from app.instances.plan import AUTO_STOP, StopPlanner
 from app.instances.reconciler import Reconciler
 from app.instances.recorder import RUNNING, Recorder, in_minutes, ssh_group_name
 from app.instances.schemas import MAX_BULK, RESERVED_TAG_KEYS, InstanceCreate, InstancePatch, Selector
@@ -58,9 +59,14 @@ def _result(row: InstanceRow | None, status: int, error: ApiError | None = None,
 
 def request_hash(req: InstanceCreate) -> str:
     # Fields added later are left out while unset, so a key used before they existed still matches.
-    later = {k for k in ("stop_when_idle", "ssh_from") if getattr(req, k) is None}
+    later = {k for k in ("stop_when_idle", "ssh_from", "schedule") if getattr(req, k) is None}
     canonical = json.dumps(req.model_dump(exclude=later), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def launch_tags(req: InstanceCreate) -> dict[str, str]:
+    """The tags a create sends (its `schedule` as the tag Schedule, which it wins over)."""
+    return {**(req.tags or {}), **({"Schedule": req.schedule} if req.schedule else {})}
 
 
 def client_token(idempotency_key: str | None, request_id: str) -> str:
@@ -268,8 +274,11 @@ class InstanceService:
         """
         # Checked in this order: the schema (before this is called), the free-tier policy, then the budget.
         check_static(self.settings.allowed_instance_types, req.instance_type, req.storage_gb)
+        if req.schedule is not None:
+            await asyncio.to_thread(self.check_schedule, req.schedule)
         body_hash = request_hash(req)  # the body as sent: a replay matches whatever the defaults are now
-        if "auto_stop_minutes" not in req.model_fields_set:
+        auto_default = "auto_stop_minutes" not in req.model_fields_set
+        if auto_default:
             req = req.model_copy(update={"auto_stop_minutes": self.settings.default_auto_stop_minutes})
         catalog = await self.ensure_catalog()  # cached: a process only when missing or stale
         place = SANDBOX_PLACE if self.settings.ec2_endpoint_url else f"in {self.region}"
@@ -279,13 +288,13 @@ class InstanceService:
         # holding a launch launches nothing: it is never refused.
         if not (idempotency_key and (idempotency_key in self._inflight or
                                      await asyncio.to_thread(self._holds_launch, idempotency_key))):
-            await asyncio.to_thread(self.spending.admit, None, self._create_charges(req, rates),
-                                    f"Creating this {req.instance_type}")
+            charges = await asyncio.to_thread(self._create_charges, req, rates, auto_default)
+            await asyncio.to_thread(self.spending.admit, None, charges, f"Creating this {req.instance_type}")
         # Who may reach port 22 (my_ip: this host's address, fetched from MY_IP_URL, cached): before anything is sent.
         ssh_from = await self.resolve_ssh_from(req.ssh_from, req.create_security_group, client_ip)
         if idempotency_key is None:
             with self.reconciler.mutating():
-                return await self._launch(req, ami, None, body_hash, rates, caller, ssh_from), False
+                return await self._launch(req, ami, None, body_hash, rates, caller, ssh_from, auto_default), False
         inflight = self._inflight.get(idempotency_key)
         if inflight is not None:
             await asyncio.shield(inflight)  # the first request with this key is running: share its outcome
@@ -294,7 +303,8 @@ class InstanceService:
         self._inflight[idempotency_key] = future
         try:
             with self.reconciler.mutating():
-                return await self._launch(req, ami, idempotency_key, body_hash, rates, caller, ssh_from), False
+                return await self._launch(req, ami, idempotency_key, body_hash, rates, caller, ssh_from,
+                                          auto_default), False
         except _AlreadyClaimed:
             return await self._replay(idempotency_key, body_hash, caller), True
         finally:
@@ -321,18 +331,30 @@ class InstanceService:
         raise Conflict("A request with this Idempotency-Key is still being resolved; retry in a few seconds.",
                        code="launch_in_progress", retry_after=5)
 
-    @staticmethod
-    def _create_charges(req: InstanceCreate, rates: Rates) -> Charges:
-        """A create commits its run (until its auto-stop; none: to this period's end) in every period it spans."""
+    def _create_charges(self, req: InstanceCreate, rates: Rates, auto_default: bool) -> Charges:
+        """A create commits its run (until its planned stop: its auto-stop or its schedule's; none: to this
+        period's end) in every period it spans."""
         now = clock.now()
-        minutes = req.auto_stop_minutes
-        return rates.charges(now, now + timedelta(minutes=minutes) if minutes else None, req.associate_public_ip,
-                             horizon(now))
+        stop_at, _ = self.planner.plan({"schedule": req.schedule, "auto_stop_minutes": req.auto_stop_minutes,
+                                        "auto_stop_default": int(auto_default)}, now, True)
+        return rates.charges(now, parse_time(stop_at), req.associate_public_ip, horizon(now))
+
+    @property
+    def planner(self) -> StopPlanner:
+        """When runs stop (the recorder's: the auto-stop, and with schedules their stops)."""
+        return self.recorder.planner
+
+    def check_schedule(self, name: str) -> None:
+        """422 unknown_schedule unless a schedule called `name` exists."""
+        if not self.planner.exists(name):
+            raise ApiError(f"No schedule named {name!r}: GET /schedules lists them (an admin creates one with POST "
+                           "/schedules).", code="unknown_schedule", status_code=422)
 
     async def _launch(self, req: InstanceCreate, ami, idempotency_key: str | None, body_hash: str,
-                      rates: Rates, caller: Caller = LOCAL, ssh_from: str | None = None) -> InstanceRow:
+                      rates: Rates, caller: Caller = LOCAL, ssh_from: str | None = None,
+                      auto_default: bool = False) -> InstanceRow:
         body = {"request": req.model_dump(), "ami_id": ami.ami_id, "login_user": ami.login_user,
-                "root_device": ami.root_device_name, "ssh_from": ssh_from}
+                "root_device": ami.root_device_name, "ssh_from": ssh_from, "auto_stop_default": int(auto_default)}
         # The launch row is written BEFORE the aws process starts: a crash leaves a trace to resolve.
         claims: list[LaunchRow] = []
 
@@ -344,9 +366,9 @@ class InstanceService:
 
         # Claimed and admitted as one step (Spending.admit_launch): refused, it is recorded failed (on PostgreSQL
         # the refusal rolled the claim back: the update finds nothing).
+        charges = await asyncio.to_thread(self._create_charges, req, rates, auto_default)
         try:
-            launch, claimed = await asyncio.to_thread(self.spending.admit_launch, claim,
-                                                      self._create_charges(req, rates),
+            launch, claimed = await asyncio.to_thread(self.spending.admit_launch, claim, charges,
                                                       f"Creating this {req.instance_type}")
         except ApiError as exc:
             if claims:
@@ -380,7 +402,7 @@ class InstanceService:
             args = ["--name", req.name, "--ami", body["ami_id"], "--type", req.instance_type,
                     "--storage-gb", str(req.storage_gb), "--root-device", body["root_device"],
                     "--request-id", request_id, "--client-token", client_token(idempotency_key, request_id)]
-            for key, value in (req.tags or {}).items():
+            for key, value in launch_tags(req).items():
                 args += ["--tag", key, value]
             if T_FAMILY.fullmatch(req.instance_type):
                 args += ["--cpu-credits", "standard"]
@@ -411,11 +433,12 @@ class InstanceService:
             "id": instance_id, "name": req.name, "ami": body["ami_id"],
             "instance_type": req.instance_type, "storage_gb": req.storage_gb, "security_group_id": group_id,
             "ssh_group": group_id, "ssh_from": body.get("ssh_from") if group_id else None,
-            "tags": req.tags or {}, "backend_used": self.settings.backend, "login_user": body["login_user"],
+            "tags": launch_tags(req), "backend_used": self.settings.backend, "login_user": body["login_user"],
             "request_id": request_id, "launched_at": stored_time(instances[0].get("LaunchTime")),
             "auto_stop_minutes": req.auto_stop_minutes, "associate_public_ip": int(req.associate_public_ip),
             "stop_when_idle": idle, "idle_alarm": idle_alarm_view(instance_id, canonical_json(idle), None),
-            "owner": owner,
+            "owner": owner, "auto_stop_default": body.get("auto_stop_default", 0),
+            "schedule": launch_tags(req).get("Schedule"), "schedule_since": utcnow(),
         }
         try:
             recorded = await asyncio.to_thread(self.recorder.record_launch, instances[0], row)
@@ -460,7 +483,7 @@ class InstanceService:
                 return row, False
             request_id = uuid.uuid4().hex
             if action == "start":  # stop and delete only lower cost: always allowed
-                await asyncio.to_thread(self._admit_starts, request_id, [row])
+                await asyncio.to_thread(self.admit_starts, request_id, [row])
             try:
                 return await self._send_transition(row, action, rule, request_id, actor)
             finally:
@@ -476,7 +499,7 @@ class InstanceService:
             raise Conflict(f"Cannot {action} instance {row['id']}: it is {state}.", code="wrong_state")
         self._check_reachable(row)
         if action == "start":
-            self._check_start_policy(row)
+            self.check_start_policy(row)
         return True
 
     def _after_transitions(self, action: str, rows: list[InstanceRow]) -> None:
@@ -563,7 +586,7 @@ class InstanceService:
                         results[instance_id] = _result(row, exc.status_code, exc, instance_id)
                 key = f"bulk:{uuid.uuid4().hex}"
                 if action == "start" and to_send:
-                    await asyncio.to_thread(self._admit_starts, key, to_send)  # 409 budget_exceeded: nothing sent
+                    await asyncio.to_thread(self.admit_starts, key, to_send)  # 409 budget_exceeded: nothing sent
                 try:
                     results |= await self._send_bulk(action, rule, to_send, caller.name)
                 finally:
@@ -611,14 +634,14 @@ class InstanceService:
         rates = Rates.of(self.spending.book, row["instance_type"], row["region"], row["storage_gb"])
         return rates if rates is not None else self.spending.rates_for(row["instance_type"] or "?", 0)
 
-    def _admit_starts(self, key: str, rows: list[InstanceRow]) -> None:
+    def admit_starts(self, key: str, rows: list[InstanceRow]) -> None:
         """A start commits compute (and IPv4) until its auto-stop or the period end; storage is counted already.
         Several starts are admitted as one set, or none is."""
         now = clock.now()
         spans = horizon(now)
-        each = [self._rates_of(row).charges(now, now + timedelta(minutes=minutes) if minutes else None,
+        each = [self._rates_of(row).charges(now, parse_time(self.planner.plan(row, now, True)[0]),
                                             row["associate_public_ip"] != 0, spans, storage=False)
-                for row in rows for minutes in [row["auto_stop_minutes"]]]
+                for row in rows]
         what = f"Starting {rows[0]['id']}" if len(rows) == 1 else f"Starting these {len(rows)} instances"
         self.spending.admit(key, sum(each[1:], each[0]), what)
 
@@ -635,10 +658,13 @@ class InstanceService:
         longer is checked against the budget like a start. Everything is checked before EC2 is asked."""
         async with self.locks.hold([instance_id]):
             row = await asyncio.to_thread(self.db.require_instance, instance_id)
-            fields = self._auto_stop_fields(row, change) | self._idle_fields(row, change)
+            if change.schedule is not None:
+                await asyncio.to_thread(self.check_schedule, change.schedule)
+            to_set, to_delete = self._tag_changes(row, change)
+            fields = await asyncio.to_thread(self._stop_fields, row, change, to_set, to_delete)
+            fields |= self._idle_fields(row, change)
             if fields.get("stop_when_idle"):
                 await asyncio.to_thread(self.db.kv_set, USED_KEY, "1")
-            to_set, to_delete = self._tag_changes(row, change)
             if to_set or to_delete or "stop_when_idle" in fields:
                 if row["state"].ended or ("stop_when_idle" in fields and row["state"] == S.SHUTTING_DOWN):
                     raise Conflict(f"Instance {instance_id} is {row['state']}: its tags and alarm can no longer "
@@ -657,11 +683,50 @@ class InstanceService:
                     await asyncio.to_thread(self.db.update_instance, instance_id, {**fields, "updated_at": utcnow()})
             finally:
                 await asyncio.to_thread(self.spending.release, key)  # written: the ledger counts it from now on
-            if "stop_at" in fields or "auto_stop_minutes" in fields:
+            if "stop_at" in fields or "auto_stop_minutes" in fields or "schedule" in fields:
                 self.on_stop_at_changed()
             if "stop_when_idle" in fields:
                 self.on_alarms_changed()
             return await asyncio.to_thread(self.db.require_instance, instance_id)
+
+    async def snooze(self, instance_id: str, minutes: int | None, until: datetime | None,
+                     actor: str | None = None) -> InstanceRow:
+        """Push the next stop of a running instance (its schedule's or its auto-stop's) by `minutes`, or to `until`;
+        admitted by the budget like a longer auto-stop. It holds until that stop (the schedule then resumes at its
+        next edge). No `aws` process."""
+        async with self.locks.hold([instance_id]):
+            row = await asyncio.to_thread(self.db.require_instance, instance_id)
+            if row["state"] not in RUNNING:
+                raise Conflict(f"Instance {instance_id} is {row['state']}: a snooze pushes the stop of a running "
+                               "instance.", code="wrong_state")
+            current = parse_time(row["stop_at"])
+            if current is None:
+                raise Conflict(f"Instance {instance_id} has no stop due (no auto-stop, no scheduled stop): there is "
+                               "nothing to snooze.", code="no_stop_due")
+            now = clock.now()
+            new = current + timedelta(minutes=minutes) if minutes else until.astimezone(UTC)  # type: ignore[union-attr]
+            if new <= now:
+                raise PolicyViolation("until must be in the future (to stop it now: POST "
+                                      f"/instances/{instance_id}/stop).", code="snooze_in_past")
+            if new > now + timedelta(days=7):
+                raise PolicyViolation("A snooze pushes the next stop at most 7 days from now.", code="snooze_too_far")
+            stop_at = new.strftime(TIME_FORMAT)
+            key = f"snooze:{instance_id}:{uuid.uuid4().hex}"
+            try:
+                await asyncio.to_thread(self._admit_extension, key, row, stop_at)
+                await asyncio.to_thread(self._write_snooze, row, stop_at, actor)
+            finally:
+                await asyncio.to_thread(self.spending.release, key)
+            self.on_stop_at_changed()
+            return await asyncio.to_thread(self.db.require_instance, instance_id)
+
+    def _write_snooze(self, row: InstanceRow, stop_at: str, actor: str | None) -> None:
+        source = row["stop_source"] or AUTO_STOP
+        with self.db.transaction():
+            self.db.update_instance(row["id"], {"stop_at": stop_at, "snoozed_until": stop_at, "stop_source": source,
+                                                "updated_at": utcnow()})
+            self.db.add_event(row["id"], "snoozed", None, None, "schedule", actor=actor,
+                              detail=f"next stop ({source}) moved from {row['stop_at']} to {stop_at}")
 
     def _idle_fields(self, row: InstanceRow, change: InstancePatch) -> dict:
         """A new (or no) idle stop: recorded now, put in CloudWatch by the alarm keeper in the background."""
@@ -676,6 +741,24 @@ class InstanceService:
                            "this instance's idle stop.", code="other_region")
         return {"stop_when_idle": setting, "alarm_attempts": 0, "alarm_retry_at": None,
                 "idle_alarm": idle_alarm_view(row["id"], canonical_json(setting), row["alarm_held"])}
+
+    def _stop_fields(self, row: InstanceRow, change: InstancePatch, to_set: dict[str, str],
+                     to_delete: list[str]) -> dict:
+        """What a PATCH makes of when it stops: its auto-stop, its stop_at, its schedule (the tag Schedule, set by
+        `schedule` or `tags`); a running one's stop is planned again (in a worker thread: the planner reads the
+        store)."""
+        fields = self._auto_stop_fields(row, change)
+        if "auto_stop_minutes" in fields:
+            fields["auto_stop_default"] = 0
+        if "stop_at" in change.model_fields_set:
+            fields |= {"stop_source": AUTO_STOP if change.stop_at else None, "snoozed_until": None}
+        schedule = to_set.get("Schedule", None if "Schedule" in to_delete else row["schedule"])
+        if schedule != row["schedule"]:
+            fields |= self.recorder.attach({**row, **fields}, schedule)
+        elif "auto_stop_minutes" in fields and row["state"] in RUNNING:
+            fields["stop_at"], fields["stop_source"] = self.planner.plan({**row, **fields}, clock.now(), True)
+            fields["snoozed_until"] = None
+        return fields
 
     @staticmethod
     def _auto_stop_fields(row: InstanceRow, change: InstancePatch) -> dict:
@@ -713,6 +796,14 @@ class InstanceService:
         to_delete = sorted(k for k, v in asked.items() if v is None)
         if "name" in change.model_fields_set and change.name and change.name != row["name"]:
             to_set["Name"] = change.name
+        if "schedule" in change.model_fields_set:  # the tag Schedule: `schedule` wins over tags
+            to_set.pop("Schedule", None)
+            if change.schedule is not None:
+                if current.get("Schedule") != change.schedule or row["schedule"] != change.schedule:
+                    to_set["Schedule"] = change.schedule
+                to_delete = [k for k in to_delete if k != "Schedule"]
+            elif "Schedule" not in to_delete:
+                to_delete = sorted([*to_delete, "Schedule"])
         mine = {k for k in {**current, **to_set} if k != "Name"} - set(to_delete)
         if len(mine) > MAX_USER_TAGS:
             raise PolicyViolation(f"An instance keeps at most {MAX_USER_TAGS} tags of its own (EC2 allows 50; "
@@ -764,7 +855,7 @@ class InstanceService:
                            f"for account {ours}. Restart it with that account's AWS_PROFILE or keys to manage "
                            "this instance.", code="other_account")
 
-    def _check_start_policy(self, row: InstanceRow) -> None:
+    def check_start_policy(self, row: InstanceRow) -> None:
         allowed = self.settings.allowed_instance_types
         if row["instance_type"] not in allowed:
             raise PolicyViolation(

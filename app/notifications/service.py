@@ -43,7 +43,7 @@ log = logging.getLogger("ec2_creator.notifications")
 
 EVENTS = ("create", "start", "stop", "delete", "auto_stop", "auto_stop_warning", "stopped_outside",
           "started_outside", "terminated_outside", "adopted", "came_back", "budget_80", "budget_100",
-          "budget_enforced")
+          "budget_enforced", "schedule_start", "schedule_stop", "schedule_start_refused", "snoozed")
 POLL_SECONDS = 1.0  # how often the sender looks for new notifications and due deliveries (one indexed query)
 BUDGET_CHECK_SECONDS = 10.0
 FIRST_RETRY_SECONDS = 5.0
@@ -66,6 +66,8 @@ def event_name(action: str, source: str, from_state: str | None, to_state: str |
         return {"create": "create", "start": "start", "stop": "stop", "delete": "delete"}.get(action)
     if source == "auto_stop":
         return "auto_stop"
+    if source == "schedule":
+        return action if action in ("schedule_start", "schedule_stop", "schedule_start_refused", "snoozed") else None
     if source == "budget_enforced":
         return "budget_enforced"
     if action == "adopt":
@@ -244,6 +246,8 @@ SUBJECTS = {
     "terminated_outside": "terminated outside the API", "adopted": "adopted (launched outside the API)",
     "came_back": "is back (it had been recorded gone)",
     "budget_enforced": "stopped: this month's committed spend passed BUDGET_USD",
+    "schedule_start": "started by its schedule", "schedule_stop": "stopped by its schedule",
+    "schedule_start_refused": "NOT started by its schedule", "snoozed": "snoozed (its next stop moved)",
 }
 
 
@@ -284,14 +288,18 @@ def compose(event: str, note: dict, row: dict | None, cost: float | None, settin
             if data.get("enforcement") == "notify" else
             "The budget guard stopped it (the newest runs first, until the rest fit). Start it again once there is "
             "room: GET /budget shows each instance's share.", ""]
+    if data.get("detail"):
+        lines[:0] = [str(data["detail"]), ""]
     if event == "auto_stop_warning":
         auth = ' -H "Authorization: Bearer $API_TOKEN"' if settings.auth_configured else ""
+        what = "Scheduled stop" if data.get("source") == "schedule" else "Auto-stop"
         lines[:0] = [
-            f"Auto-stop at {data.get('stop_at')} (in about {data.get('minutes', '?')} min). To keep it running "
-            "2 hours more from now:",
-            f"  curl -X PATCH {settings.notify_api_url}/instances/{instance_id}{auth} -H 'Content-Type: "
-            "application/json' -d '{\"auto_stop_minutes\": 120}'",
-            "(or send {\"stop_at\": \"<time>\"}, or {\"auto_stop_minutes\": null} to cancel this auto-stop)", ""]
+            f"{what} at {data.get('stop_at')} (in about {data.get('minutes', '?')} min). To keep it running, "
+            "snooze it: push the stop by 1 hour (15 to 720 minutes):",
+            f"  curl -X POST {settings.notify_api_url}/instances/{instance_id}/snooze{auth} -H 'Content-Type: "
+            "application/json' -d '{\"minutes\": 60}'",
+            "(or {\"until\": \"<RFC 3339 time>\"}; to change its auto-stop for good: PATCH with "
+            "{\"auto_stop_minutes\": 120}, or null for none)", ""]
     if event == "adopted" and row:
         lines[:0] = [*adopted_auto_stop(row, settings), ""]
         data = {**data, "stop_at": row.get("stop_at"), "auto_stop_minutes": row.get("auto_stop_minutes")}
@@ -382,7 +390,7 @@ class Notifier(LoopTask):
             left = max(0, round(((stop_at or clock.now()) - clock.now()).total_seconds() / 60))
             self.queue(f"auto_stop_warning:{row['id']}:{row['stop_at']}", "auto_stop_warning", row["id"],
                        {"stop_at": row["stop_at"], "minutes": left, "to_state": row["state"],
-                        "public_ip": row["public_ip"]})
+                        "public_ip": row["public_ip"], "source": row["stop_source"] or "auto_stop"})
 
     def queue(self, key: str, event: str, instance_id: str | None, data: dict) -> None:
         """Queue a keyed notification once (the key is UNIQUE in the outbox; this set spares the write)."""

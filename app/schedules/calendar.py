@@ -122,8 +122,10 @@ class Calendar:
                  if since < at <= until}
         return sorted(found, key=lambda edge: (edge[0], edge[1] == "start"))
 
-    def next_edge(self, after: datetime, horizon_days: int = 62) -> tuple[datetime, str] | None:
-        edges = self.edges(after, after + timedelta(days=horizon_days))
+    def next_edge(self, after: datetime, action: str | None = None,
+                  horizon_days: int = 62) -> tuple[datetime, str] | None:
+        """The first edge after `after` (of `action`, when given), looked for up to horizon_days ahead."""
+        edges = [e for e in self.edges(after, after + timedelta(days=horizon_days)) if action in (None, e[1])]
         return edges[0] if edges else None
 
     def desired(self, at: datetime) -> str | None:
@@ -146,8 +148,10 @@ class Calendar:
                 yield to_instant(stop_day, period.stop, self.zone), "stop"
 
 
-def build(timezone: str, periods: Iterable[dict], holidays: Iterable[str] = ()) -> Calendar:
-    """Validate a schedule's fields (CalendarError names the one that is wrong) and return its calendar."""
+def build(timezone: str, periods: Iterable[dict], holidays: Iterable[str] = (),
+          check_overlaps: bool = True) -> Calendar:
+    """Validate a schedule's fields (CalendarError names the one that is wrong) and return its calendar
+    (check_overlaps=False: a stored one, checked when it was written)."""
     zone = parse_zone(timezone)
     built: list[Period] = []
     for index, period in enumerate(periods):
@@ -168,7 +172,8 @@ def build(timezone: str, periods: Iterable[dict], holidays: Iterable[str] = ()) 
             days_off.add(date.fromisoformat(holiday) if re.fullmatch(r"\d{4}-\d{2}-\d{2}", holiday) else _bad())
         except (TypeError, ValueError) as exc:
             raise CalendarError(f"holidays[{index}]", f"{holiday!r} is not a date: YYYY-MM-DD") from exc
-    _refuse_overlaps(built)
+    if check_overlaps:
+        _refuse_overlaps(built)
     return Calendar(zone, tuple(built), frozenset(days_off))
 
 

@@ -78,14 +78,15 @@ def test_instance_message_has_what_the_issue_lists():
         assert line in message.body
 
 
-def test_auto_stop_warning_says_how_to_extend_with_the_token_header_when_one_is_set():
+def test_auto_stop_warning_says_how_to_snooze_with_the_token_header_when_one_is_set():
     note = {"key": "auto_stop_warning:i-1:x", "at": "t", "instance_id": "i-0123456789abcdef0",
             "data": '{"stop_at": "2026-11-28T05:15:00.000000Z", "minutes": 15}'}
     body = compose("auto_stop_warning", note, None, None, settings(api_token="a" * 20,
                                                                    notify_api_url="https://ec2.example.com")).body
     assert "Auto-stop at 2026-11-28T05:15:00.000000Z (in about 15 min)" in body
-    assert ("curl -X PATCH https://ec2.example.com/instances/i-0123456789abcdef0 -H \"Authorization: Bearer "
-            "$API_TOKEN\"") in body
+    assert ("curl -X POST https://ec2.example.com/instances/i-0123456789abcdef0/snooze -H \"Authorization: Bearer "
+            "$API_TOKEN\"") in body and '{"minutes": 60}' in body
+    assert "PATCH" in body and '{"auto_stop_minutes": 120}' in body  # to change it for good
     assert "a" * 20 not in body
 
 
