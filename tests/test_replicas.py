@@ -236,3 +236,23 @@ def test_the_leader_stops_on_time_an_instance_whose_auto_stop_was_set_on_the_oth
     # The follower's request cannot wake the leader's scheduler (which sleeps up to a minute); its sweeps do.
     wait_until(lambda: calls(leader, "stop-instances", before[0]) == 1, timeout=3 + 2 * INTERVAL + 1, interval=0.1)
     assert calls(follower, "stop-instances", before[1]) == 0
+
+
+def test_a_snooze_made_on_the_follower_is_honoured_by_the_leader(shared_pair, emulator):
+    """Issue 27: the snooze is in the shared store; the leader's auto-stop, which would have stopped the instance at
+    its old stop_at, finds nothing due then (it wakes at that stop_at, and after each sweep)."""
+    leader, follower = sorted(shared_pair, key=leader_flag, reverse=True)
+    before = marks([leader, follower])
+    made = launch_managed(emulator, name="snooze-on-follower")[0]
+    adopted_on(follower, made)
+    old = datetime.now(UTC) + timedelta(seconds=2)
+    assert HTTP.patch(f"{follower.url}/instances/{made}", json={"stop_at": old.isoformat()}).status_code == 200
+    snoozed = HTTP.post(f"{follower.url}/instances/{made}/snooze", json={"minutes": 15})
+    assert snoozed.status_code == 200, snoozed.text
+    pushed = datetime.fromisoformat(snoozed.json()["next_action"]["at"].replace("Z", "+00:00"))
+    assert abs((pushed - old - timedelta(minutes=15)).total_seconds()) < 0.01
+    time.sleep(2 + INTERVAL + 1)  # past the old stop_at and a sweep of the leader's after it
+    assert calls(leader, "stop-instances", before[0]) == 0 and calls(follower, "stop-instances", before[1]) == 0
+    assert emulator.instances()[made]["State"]["Name"] == "running"
+    seen = HTTP.get(f"{leader.url}/instances/{made}/events").json()["events"]
+    assert seen[-1]["action"] == "snoozed" and seen[-1]["source"] == "schedule"
