@@ -164,8 +164,8 @@ def test_the_auto_stop_warning_arrives_before_the_stop(api, mail, fresh_emulator
     assert subjects == [ADOPTED, "stops soon (auto-stop)", "stopped by its auto-stop"], subjects
     warning = next(m for m in mail.messages if f"({box}) stops soon" in str(m["Subject"])).get_content()
     url = str(api.base_url).rstrip("/")  # NOTIFY_API_URL follows the server's port
-    assert f"curl -X PATCH {url}/instances/{box}" in warning
-    assert '"auto_stop_minutes": 120' in warning
+    assert f"curl -X POST {url}/instances/{box}/snooze" in warning and '{"minutes": 60}' in warning
+    assert '"auto_stop_minutes": 120' in warning  # and how to change the auto-stop for good
 
 
 def email_deliveries(api: httpx.Client, instance_id: str) -> list[dict]:

@@ -4,6 +4,7 @@ emulator, the guide's length, and the reference's settings table."""
 import json
 import re
 import subprocess
+from datetime import datetime
 
 from tests.support.processes import ROOT, safe_env
 
@@ -69,12 +70,18 @@ def test_curl_tour_creates_lists_stops_starts_and_deletes(api_server, fresh_emul
     assert [a.group(2) for a in answers] == expected_statuses(REFERENCE)  # what the reference says it prints
     docs = [json.loads(a.group(1)) for a in answers]
     states = [d["state"] for d in docs if d.get("id") == instance_id]
-    # get (running), stop, start, patch (auto-stop), patch (name and tags), delete
+    # get (running), stop, start, patch (auto-stop), patch (name and tags), patch (schedule), snooze, delete
     assert states[0] == "running" and states[1] in ("stopping", "stopped")
-    assert states[2] in ("pending", "running") and states[5] in ("shutting-down", "terminated")
+    assert states[2] in ("pending", "running") and states[7] in ("shutting-down", "terminated")
     mine = [d for d in docs if d.get("id") == instance_id]
     assert mine[3]["auto_stop_minutes"] == 120 and mine[3]["stop_at"]
     assert mine[4]["name"] == "my-web-box" and mine[4]["tags"] == {"Team": "web"}
+    attached, snoozed = mine[5]["next_action"], mine[6]["next_action"]
+    assert mine[5]["schedule"] == "weekdays" and ec2_tag(fresh_emulator, instance_id, "Schedule") == "weekdays"
+    assert snoozed["action"] == "stop" and minutes_between(attached["at"], snoozed["at"]) == 60
+    preview = next(d for d in docs if d.get("name") == "weekdays" and "actions" in d)
+    assert preview["actions"] and all(a["instance_ids"] == [instance_id] for a in preview["actions"])
+    assert preview["running_hours"] == 45 and preview["estimated_savings_usd"] > 0
     filtered = next(d for d in docs if "instances" in d and d["instances"] and d["instances"][0].get("name") ==
                     "my-web-box")
     assert [i["id"] for i in filtered["instances"]] == [instance_id]
@@ -87,6 +94,15 @@ def test_curl_tour_creates_lists_stops_starts_and_deletes(api_server, fresh_emul
     assert ec2["State"]["Name"] == "terminated"
     tags = {t["Key"]: t["Value"] for t in ec2["Tags"]}
     assert tags["Team"] == "web" and tags["Name"] == "my-web-box" and "Owner" not in tags
+
+
+def ec2_tag(emulator, instance_id: str, key: str) -> str | None:
+    return {t["Key"]: t["Value"] for t in emulator.instances()[instance_id]["Tags"]}.get(key)
+
+
+def minutes_between(first: str, second: str) -> float:
+    parse = lambda text: datetime.fromisoformat(text.replace("Z", "+00:00"))  # noqa: E731
+    return (parse(second) - parse(first)).total_seconds() / 60
 
 
 def test_configuration_table_lists_every_setting():

@@ -31,6 +31,7 @@ MONDAY = "2026-12-07"
 OFFICE = {"name": "office", "timezone": "UTC", "periods": [{"days": "mon-fri", "start": "09:00", "stop": "17:00"}]}
 EVENING = {"name": "evening", "timezone": "UTC", "periods": [{"days": "mon-fri", "start": "17:15", "stop": "23:00"}]}
 MORNING = {"name": "morning", "timezone": "UTC", "periods": [{"days": "mon-fri", "start": "10:00", "stop": "11:00"}]}
+BOX = {"name": "created-on-a-schedule", "ami": "amazon-linux-2023", "instance_type": "t3.micro", "ssh_from": "none"}
 EXPENSIVE = "t4g.micro"  # priced at USD 40 an hour here: its 8-hour day does not fit BUDGET_USD
 
 
@@ -123,11 +124,24 @@ def test_at_nine_the_due_starts_go_out_as_one_call_and_a_start_over_budget_is_re
     assert ids["b"] in told["title"] and "budget_exceeded" in told["message"]
 
 
-def test_attaching_by_patch_writes_the_tag_and_plans_the_schedules_stop_and_an_unknown_name_is_422(office, emulator):
+def test_attaching_on_create_or_by_patch_writes_the_tag_and_plans_the_schedules_stop(office, emulator):
+    """And an unknown name is a 422 before any `aws` process. (A create here: its subject is what a create with a
+    schedule launches; no SSH rule, which costs a process and is not the subject.)"""
     server, client, ids, _ = office
     mark = len(server.aws_calls())
     assert client.patch(f"/instances/{ids['d']}", json={"schedule": "nope"}).json()["code"] == "unknown_schedule"
+    refused = client.post("/instances", json=BOX | {"schedule": "nope"})
+    assert refused.status_code == 422 and refused.json()["code"] == "unknown_schedule"
     assert server.mutations_since(mark) == []
+    made = client.post("/instances", json=BOX | {"schedule": "office"})
+    assert made.status_code == 201, made.text
+    box = made.json()
+    ids["box"] = box["id"]
+    assert box["schedule"] == "office"
+    assert box["next_action"] == {"action": "stop", "at": at("17:00"), "source": "schedule"}
+    launched = [c for c in server.aws_calls()[mark:] if "run-instances" in c]
+    assert len(launched) == 1 and "Schedule" in json.dumps(launched[0]) and "office" in json.dumps(launched[0])
+    assert {t["Key"]: t["Value"] for t in emulator.instances()[box["id"]]["Tags"]}["Schedule"] == "office"
     d = client.patch(f"/instances/{ids['d']}", json={"schedule": "office"}).json()
     # Inside office hours the default auto-stop (480 min from its adoption, before nine) gives way to 17:00.
     assert d["schedule"] == "office" and d["next_action"] == {"action": "stop", "at": at("17:00"), "source": "schedule"}
@@ -153,7 +167,7 @@ def test_a_snooze_pushes_the_next_stop_without_an_aws_process_and_is_an_event(of
         assert client.post(f"/instances/{ids['a']}/snooze", json=body).status_code == 422, body
     in_use = client.delete("/schedules/office")
     assert in_use.status_code == 409 and in_use.json()["code"] == "schedule_in_use"
-    assert set(in_use.json()["instance_ids"]) == {ids["a"], ids["b"], ids["d"]}
+    assert set(in_use.json()["instance_ids"]) == {ids["a"], ids["b"], ids["d"], ids["box"]}
 
 
 def test_kill_9_then_a_restart_at_half_past_five_does_the_due_stop_keeps_the_snooze_and_catches_up(office, emulator):
@@ -167,9 +181,11 @@ def test_kill_9_then_a_restart_at_half_past_five_does_the_due_stop_keeps_the_sno
     server.start()
     state = lambda key: emulator.instances()[ids[key]]["State"]["Name"]  # noqa: E731
     wait_until(lambda: state("d") == "stopped" and state("e") == "running", timeout=30, interval=0.5)
-    stop = next(e for e in events(client, ids["d"]) if e["action"] == "schedule_stop")
+    recorded = lambda key, action: [e for e in events(client, ids[key]) if e["action"] == action]  # noqa: E731
+    wait_until(lambda: recorded("d", "schedule_stop") and recorded("e", "schedule_start"), timeout=10)
+    stop = recorded("d", "schedule_stop")[0]
     assert stop["source"] == "schedule" and stop["at"] >= at("17:30")
-    assert next(e for e in events(client, ids["e"]) if e["action"] == "schedule_start")["source"] == "schedule"
+    assert recorded("e", "schedule_start")[0]["source"] == "schedule"
     assert state("a") == "running" and instance(client, ids["a"])["next_action"]["at"] == at("18:00")
     assert state("f") == "stopped" and not any(e["action"] == "schedule_start" for e in events(client, ids["f"]))
     f = instance(client, ids["f"])

@@ -37,6 +37,10 @@ Checks: every check (`[checks] enabled = true`), except these, each for a stated
   not tracked (the design decision: malformed or unknown ids are 404), not 405.
 - `positive_data_acceptance` on POST /instances/actions: a schema-valid start may be refused as a set
   by the budget (409), and a selector matching more than 1,000 instances is a 400 (policy).
+- `positive_data_acceptance` on POST /schedules and PUT /schedules/{name}: overlapping periods, a time
+  zone the IANA database does not have and a date that does not exist are 422s that name the field
+  (issue 27's contract); no JSON Schema can say them. On POST /instances/{instance_id}/snooze: an `until`
+  in the past or more than 7 days ahead is a 400 (policy: time is not schema).
 - `use_after_free`: DELETE terminates the instance in EC2 and keeps its record (state
   `terminated`, with its events) on purpose, so a GET after a DELETE is 200.
 """
@@ -89,6 +93,24 @@ include-path = "/instances/actions"
 # The same: GET /instances/actions is GET /instances/{instance_id} with an id nobody tracks.
 checks.unsupported_method.enabled = false
 # A start is admitted by the budget as a set (409), a too-wide selector is a 400: policy, not schema.
+checks.positive_data_acceptance.enabled = false
+
+[[operations]]
+include-path = "/schedules"
+include-method = "POST"
+# A schedule's periods may not overlap, its zone must exist in the IANA database, its holidays must be real
+# dates (2026-02-30 is not): 422s naming the field (issue 27) that no JSON Schema can say.
+checks.positive_data_acceptance.enabled = false
+
+[[operations]]
+include-path = "/schedules/{name}"
+include-method = "PUT"
+# The same for a changed schedule.
+checks.positive_data_acceptance.enabled = false
+
+[[operations]]
+include-path = "/instances/{instance_id}/snooze"
+# A schema-valid `until` in the past, or more than 7 days ahead, is refused by policy with a 400.
 checks.positive_data_acceptance.enabled = false
 
 # The coverage phase's cases for /instances/{instance_id}/... use generated ids, not live instances' ids

@@ -11,6 +11,12 @@ WORD_PATTERN = r"^[a-z0-9][a-z0-9.\-]*$"  # ami and instance_type: what the scri
 INSTANCE_ID_PATTERN = r"^i-[0-9a-f]{8,17}$"
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"
 SCHEDULE_NAME_PATTERN = r"^[A-Za-z0-9_.\-]+$"  # a schedule's name (also an EC2 tag value: Schedule=<name>)
+# A schedule's fields (app/schedules/calendar.py checks what a pattern cannot: the zone exists, the date does).
+_DAY = r"(mon|tue|wed|thu|fri|sat|sun)"
+DAYS_PATTERN = rf"^{_DAY}(-{_DAY}|#[1-5]|L)?( ?, ?{_DAY}(-{_DAY}|#[1-5]|L)?)*$"
+HHMM_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+DATE_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+ZONE_PATTERN = r"^[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9][A-Za-z0-9_+\-]*)*$"
 
 
 @dataclass(frozen=True)
@@ -45,4 +51,9 @@ PATTERN_HINTS: dict[str, PatternHint] = {
     TAG_FILTER_PATTERN: PatternHint(f"Key=Value or Key, in {_EC2_WORDS} (no = in the key)", _EC2_CHAR),
     IDEMPOTENCY_KEY_PATTERN: PatternHint("printable ASCII characters without spaces", r"[\x21-\x7e]"),
     SCHEDULE_NAME_PATTERN: PatternHint("letters, digits, _ . and - (1 to 64)", r"[A-Za-z0-9_.\-]"),
+    DAYS_PATTERN: PatternHint("days separated by commas, each mon..sun, a range like mon-fri, the nth weekday of "
+                              "the month like mon#1 (#1-#5), or the last one like friL"),
+    HHMM_PATTERN: PatternHint("a time HH:MM, 00:00 to 23:59"),
+    DATE_PATTERN: PatternHint("a date YYYY-MM-DD"),
+    ZONE_PATTERN: PatternHint("an IANA time zone such as UTC, Europe/Berlin or America/New_York"),
 }

@@ -704,7 +704,10 @@ class InstanceService:
                 raise Conflict(f"Instance {instance_id} has no stop due (no auto-stop, no scheduled stop): there is "
                                "nothing to snooze.", code="no_stop_due")
             now = clock.now()
-            new = current + timedelta(minutes=minutes) if minutes else until.astimezone(UTC)  # type: ignore[union-attr]
+            try:
+                new = current + timedelta(minutes=minutes) if minutes else until.astimezone(UTC)  # type: ignore[union-attr]
+            except OverflowError:  # a year-1 time with a positive offset: before anything
+                new = now
             if new <= now:
                 raise PolicyViolation("until must be in the future (to stop it now: POST "
                                       f"/instances/{instance_id}/stop).", code="snooze_in_past")

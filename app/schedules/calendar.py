@@ -2,8 +2,8 @@
 
 A schedule has an IANA time zone, periods and holidays. A period is `days` (e.g. `mon-fri`, `sat,sun`, `mon#1`
 the first Monday of the month, `friL` the last Friday), a `start` and/or a `stop` (`HH:MM`, local wall time); a
-stop earlier than its start runs overnight (it stops on the next day). A holiday (`YYYY-MM-DD`) is off all day:
-nothing starts on it, and a period running into it is stopped at its first minute.
+stop earlier than its start runs overnight (it stops on the next day; one equal to it, 24 hours later). A holiday
+(`YYYY-MM-DD`) is off all day: nothing starts on it, and a period running into it is stopped at its first minute.
 
 Wall times become instants through `zoneinfo`: a time that does not exist that day (the hour skipped when
 daylight-saving time begins) runs at the first minute after the gap; a time that happens twice (the hour repeated
@@ -161,8 +161,6 @@ def build(timezone: str, periods: Iterable[dict], holidays: Iterable[str] = (),
         stop = parse_hhmm(period.get("stop"), f"{where}.stop")
         if start is None and stop is None:
             raise CalendarError(where, "a period needs a start, a stop or both")
-        if start is not None and start == stop:
-            raise CalendarError(f"{where}.stop", "a period's stop must differ from its start")
         built.append(Period(days, start, stop))
     if not built:
         raise CalendarError("periods", "a schedule needs at least one period")

@@ -5,11 +5,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints, field_validator, model_validator
 
-from app.api.fields import SCHEDULE_NAME_PATTERN
+from app.api.fields import DATE_PATTERN, DAYS_PATTERN, HHMM_PATTERN, SCHEDULE_NAME_PATTERN, ZONE_PATTERN
 from app.schedules.calendar import CalendarError, build, parse_days, parse_hhmm, parse_zone
 
 ScheduleName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=SCHEDULE_NAME_PATTERN)]
-HHMM = Annotated[str, StringConstraints(max_length=5)]
+HHMM = Annotated[str, StringConstraints(max_length=5, pattern=HHMM_PATTERN)]
 MAX_PERIODS, MAX_HOLIDAYS = 20, 366
 
 
@@ -17,13 +17,14 @@ class Period(BaseModel):
     """When instances run: on `days`, from `start` to `stop` (local time in the schedule's time zone). Leave out
     `start` for a stop-only period or `stop` for a start-only one; a `stop` earlier than `start` runs overnight."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": [{"required": ["start"]},
+                                                                           {"required": ["stop"]}]})
 
-    days: Annotated[str, StringConstraints(min_length=1, max_length=100)] = Field(
+    days: Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=DAYS_PATTERN)] = Field(
         description="`mon-fri`, `sat,sun`, `mon#1` (the first Monday of the month, #1-#5), `friL` (the last Friday), "
                     "or a list of them separated by commas", examples=["mon-fri"])
     start: HHMM | None = Field(None, description="HH:MM (00:00-23:59): when they start", examples=["09:00"])
-    stop: HHMM | None = Field(None, description="HH:MM: when they stop (earlier than start: the next day)",
+    stop: HHMM | None = Field(None, description="HH:MM: when they stop (not after start: the next day)",
                               examples=["18:00"])
 
     @field_validator("days")
@@ -42,8 +43,6 @@ class Period(BaseModel):
     def _start_or_stop(self) -> "Period":
         if self.start is None and self.stop is None:
             raise ValueError("a period needs a start, a stop or both")
-        if self.start is not None and self.start == self.stop:
-            raise ValueError("a period's stop must differ from its start")
         return self
 
 
@@ -59,12 +58,12 @@ class ScheduleBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    timezone: Annotated[str, StringConstraints(min_length=1, max_length=64)] = Field(
+    timezone: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=ZONE_PATTERN)] = Field(
         "UTC", description="An IANA time zone (UTC, Europe/Berlin, America/New_York): the periods' times are its "
                            "wall-clock times", examples=["Europe/Berlin"])
     periods: list[Period] = Field(min_length=1, max_length=MAX_PERIODS,
                                   description="When its instances run; periods may not overlap")
-    holidays: list[Annotated[str, StringConstraints(min_length=10, max_length=10)]] = Field(
+    holidays: list[Annotated[str, StringConstraints(min_length=10, max_length=10, pattern=DATE_PATTERN)]] = Field(
         [], max_length=MAX_HOLIDAYS, description="Days off (YYYY-MM-DD, in the schedule's time zone): nothing "
                                                  "starts; a running period stops at the day's first minute",
         examples=[["2026-12-24", "2026-12-25"]])

@@ -28,6 +28,11 @@ from app.notifications.service import compose, event_name, redact, url_secrets
     ("observe", "reconcile", "stopped", "running", "started_outside"),
     ("observe", "reconcile", "running", "terminated", "terminated_outside"),
     ("observe", "reconcile", "stopped", "shutting-down", "terminated_outside"),
+    # Issue 27: what a schedule did, did not do, and a snooze.
+    ("schedule_start", "schedule", "stopped", "pending", "schedule_start"),
+    ("schedule_stop", "schedule", "running", "stopping", "schedule_stop"),
+    ("schedule_start_refused", "schedule", None, None, "schedule_start_refused"),
+    ("snoozed", "schedule", None, None, "snoozed"),
 ])
 def test_which_events_notify(action, source, from_state, to_state, expected):
     assert event_name(action, source, from_state, to_state) == expected
@@ -105,3 +110,17 @@ def test_an_adoption_says_when_its_default_auto_stop_comes_or_that_it_has_none()
     assert "Auto-stop: 480 min after each start (DEFAULT_AUTO_STOP_MINUTES); it is not running now." in stopped
     never = compose("adopted", note, {**row, "stop_at": None, "auto_stop_minutes": None}, 0.0, settings()).body
     assert "Auto-stop: none (DEFAULT_AUTO_STOP_MINUTES is never)" in never
+
+
+def test_a_scheduled_stops_warning_says_so_and_a_refused_start_says_why():
+    note = {"key": "auto_stop_warning:i-1:x", "at": "t", "instance_id": "i-0123456789abcdef0",
+            "data": '{"stop_at": "2026-12-07T17:00:00.000000Z", "minutes": 15, "source": "schedule"}'}
+    body = compose("auto_stop_warning", note, None, None, settings(notify_api_url="http://127.0.0.1:8000")).body
+    assert body.startswith("Scheduled stop at 2026-12-07T17:00:00.000000Z (in about 15 min)")
+    assert "curl -X POST http://127.0.0.1:8000/instances/i-0123456789abcdef0/snooze" in body
+    refused = {"key": "event:7", "at": "t", "instance_id": "i-0123456789abcdef0",
+               "data": '{"to_state": null, "detail": "budget_exceeded: Starting i-0123456789abcdef0 would pass"}'}
+    message = compose("schedule_start_refused", refused, {"id": "i-0123456789abcdef0", "name": "web"}, None,
+                      settings())
+    assert message.subject == "[ec2-creator-local] web (i-0123456789abcdef0) NOT started by its schedule"
+    assert message.body.startswith("budget_exceeded: Starting i-0123456789abcdef0 would pass\n")

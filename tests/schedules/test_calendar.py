@@ -106,7 +106,6 @@ def test_periods_that_only_touch_do_not_overlap():
     ("UTC", [{"days": "mon", "start": "9:00"}], [], "periods[0].start"),
     ("UTC", [{"days": "mon", "start": "09:00", "stop": "24:00"}], [], "periods[0].stop"),
     ("UTC", [{"days": "mon"}], [], "periods[0]"),
-    ("UTC", [{"days": "mon", "start": "09:00", "stop": "09:00"}], [], "periods[0].stop"),
     ("UTC", [], [], "periods"),
     ("UTC", [{"days": "mon", "start": "09:00"}], ["2026-02-30"], "holidays[0]"),
     ("UTC", [{"days": "mon", "start": "09:00"}], ["2026-12-01", "12/24/2026"], "holidays[1]"),
@@ -115,3 +114,9 @@ def test_bad_fields_are_named(timezone, periods, holidays, field):
     with pytest.raises(CalendarError) as refused:
         build(timezone, periods, holidays)
     assert refused.value.field == field
+
+
+def test_a_stop_equal_to_its_start_runs_24_hours():
+    calendar = build("UTC", [{"days": "mon", "start": "09:00", "stop": "09:00"}])
+    assert calendar.edges(utc(2026, 12, 7), utc(2026, 12, 9)) == [(utc(2026, 12, 7, 9), "start"),
+                                                                  (utc(2026, 12, 8, 9), "stop")]
