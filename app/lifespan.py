@@ -108,7 +108,7 @@ async def lifespan(app: FastAPI):
     app.state.schedules = schedules = ScheduleService(db, service, calendars)
     scheduler = Scheduler(settings, db, aws, service, calendars)
     schedules.on_changed = scheduler.wake
-    stopper = AutoStopper(db, aws, service.recorder, service.reconciler)
+    stopper = AutoStopper(db, aws, service.recorder, service.reconciler, service.locks)
     service.on_stop_at_changed = stopper.wake
     event_loop = asyncio.get_running_loop()
 

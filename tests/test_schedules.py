@@ -107,8 +107,10 @@ def test_before_nine_each_instance_shows_its_schedule_and_next_start_and_the_pre
 
 def test_at_nine_the_due_starts_go_out_as_one_call_and_a_start_over_budget_is_refused_and_told(office, emulator):
     server, client, ids, hook = office
-    wait_until(lambda: emulator.instances()[ids["a"]]["State"]["Name"] == "running", timeout=45, interval=0.5)
-    wait_until(lambda: any(e["action"] == "schedule_start_refused" for e in events(client, ids["b"])), timeout=10)
+    recorded = lambda key, action: any(e["action"] == action for e in events(client, ids[key]))  # noqa: E731
+    wait_until(lambda: recorded("a", "schedule_start") and recorded("b", "schedule_start_refused"), timeout=45,
+               interval=0.5)
+    assert emulator.instances()[ids["a"]]["State"]["Name"] == "running"
     starts = starts_of(server)
     assert len(starts) == 1 and ids["a"] in starts[0] and ids["b"] not in starts[0]
     started = next(e for e in events(client, ids["a"]) if e["action"] == "schedule_start")

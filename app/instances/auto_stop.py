@@ -17,7 +17,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import timedelta
 
 from app.aws.batching import MAX_IDS, PER_INSTANCE
@@ -25,6 +25,7 @@ from app.aws.batching import send as send_batch
 from app.core import clock
 from app.core.clock import TIME_FORMAT, parse_time, utcnow
 from app.core.errors import ApiError
+from app.core.leadership import InstanceLocks
 from app.core.loops import WakeableLoop
 from app.instances.plan import AUTO_STOP, SCHEDULE
 from app.instances.reconciler import Reconciler
@@ -43,11 +44,14 @@ class AutoStopper(WakeableLoop):
     name = "auto-stop"
     failure_delay = CHECK_SECONDS
 
-    def __init__(self, db: Database, aws, recorder: Recorder, reconciler: Reconciler) -> None:
+    def __init__(self, db: Database, aws, recorder: Recorder, reconciler: Reconciler,
+                 locks: InstanceLocks | None = None) -> None:
         self.db = db
         self.aws = aws
         self.recorder = recorder
         self.reconciler = reconciler
+        # The API's per-instance locks: a snooze or PATCH answered before a stop is sent is never overtaken by it.
+        self.locks = locks
         super().__init__()
         # id -> when to try it again: EC2 refused it (a sweep will tell), or it stayed running after EC2 took
         # its stop. No busy loop on those; every other instance is stopped as soon as it is due.
@@ -107,9 +111,23 @@ class AutoStopper(WakeableLoop):
         return stopped
 
     async def _stop(self, rows: dict[str, InstanceRow], ids: list[str], region: str | None = None) -> list[str]:
-        """One stop-instances call for `ids` in `region` (the bulk path's splitting: an id EC2 refuses is left out,
-        the rest sent again); an error about all of them (throttling, the endpoint) is raised for the loop to
-        retry."""
+        """One stop-instances call for those of `ids` in `region` still due under their locks (the bulk path's
+        splitting: an id EC2 refuses is left out, the rest sent again); an error about all of them (throttling,
+        the endpoint) is raised for the loop to retry."""
+        async with self.locks.hold(ids) if self.locks else nullcontext():
+            rows, ids = await asyncio.to_thread(self._still_due, rows, ids)
+            if not ids:
+                return []
+            return await self._send(rows, ids, region)
+
+    def _still_due(self, rows: dict[str, InstanceRow], ids: list[str]) -> tuple[dict[str, InstanceRow], list[str]]:
+        """Read again under the locks: a snooze, a PATCH or a stop may have changed them since the round began."""
+        fresh, now = self.db.get_instances(ids), utcnow()
+        due = [i for i in ids if i in fresh and fresh[i]["state"] == InstanceState.RUNNING
+               and (fresh[i]["stop_at"] or "~") <= now]  # "~" sorts after every time: no stop_at, not due
+        return {**rows, **{i: fresh[i] for i in due}}, due
+
+    async def _send(self, rows: dict[str, InstanceRow], ids: list[str], region: str | None) -> list[str]:
         with self.reconciler.mutating(), self._in_flight(ids):
             answered, failed = await send_batch(self.aws, "stop_instance.sh", "StoppingInstances", ids, region,
                                                 background=True)

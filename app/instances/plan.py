@@ -22,6 +22,11 @@ class StopPlanner(Protocol):
         """Whether a schedule of that name exists."""
         ...
 
+    def snoozed(self, row: Mapping[str, Any], stop: datetime, at: datetime) -> datetime:
+        """Where its stop, snoozed from `stop` to `at`, lands: there, unless the snooze reached into a later period
+        of its schedule (one starts in between and still runs at `at`): that period's stop."""
+        ...
+
 
 def auto_stop_at(row: Mapping[str, Any], now: datetime, at_start: bool) -> datetime | None:
     """The auto-stop of a run: auto_stop_minutes from its start (at_start), else the one it runs under (its
@@ -41,3 +46,6 @@ class AutoStopOnly:
 
     def exists(self, name: str) -> bool:
         return False
+
+    def snoozed(self, row: Mapping[str, Any], stop: datetime, at: datetime) -> datetime:
+        return at

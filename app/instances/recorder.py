@@ -183,6 +183,8 @@ class Recorder:
         if tags is not None and tags.get("Schedule") != row.get("schedule"):  # the tag as EC2 holds it is the truth
             attached = self.attach(row, tags.get("Schedule"), state)
         new = {**attached, **self._fields({**row, **attached}, state, public_ip)}
+        if attached.get("stop_at") and attached["stop_at"] != row.get("stop_at"):
+            self._local.armed = True  # a new stop planned: the auto-stop looks again once this commits
         if tags is not None:  # changed outside the API too: the console, `aws ec2 create-tags`...
             new["tags"] = {k: v for k, v in tags.items() if k not in RESERVED_TAG_KEYS and not k.startswith("aws:")}
             new["name"] = tags.get("Name") or row["name"]

@@ -28,7 +28,7 @@ from app.core.leadership import InstanceLocks
 from app.core.loops import cancel_and_wait
 from app.instances.free_tier import SANDBOX_PLACE, Catalog, check_catalog, check_static, login_user_for
 from app.instances.idle_alarms import USED_KEY, Metrics, idle_alarm_view
-from app.instances.plan import AUTO_STOP, StopPlanner
+from app.instances.plan import AUTO_STOP, SCHEDULE, StopPlanner
 from app.instances.reconciler import Reconciler
 from app.instances.recorder import RUNNING, Recorder, in_minutes, ssh_group_name
 from app.instances.schemas import MAX_BULK, RESERVED_TAG_KEYS, InstanceCreate, InstancePatch, Selector
@@ -335,7 +335,8 @@ class InstanceService:
         """A create commits its run (until its planned stop: its auto-stop or its schedule's; none: to this
         period's end) in every period it spans."""
         now = clock.now()
-        stop_at, _ = self.planner.plan({"schedule": req.schedule, "auto_stop_minutes": req.auto_stop_minutes,
+        stop_at, _ = self.planner.plan({"schedule": launch_tags(req).get("Schedule"),
+                                        "auto_stop_minutes": req.auto_stop_minutes,
                                         "auto_stop_default": int(auto_default)}, now, True)
         return rates.charges(now, parse_time(stop_at), req.associate_public_ip, horizon(now))
 
@@ -706,25 +707,27 @@ class InstanceService:
             now = clock.now()
             try:
                 new = current + timedelta(minutes=minutes) if minutes else until.astimezone(UTC)  # type: ignore[union-attr]
-            except OverflowError:  # a year-1 time with a positive offset: before anything
-                new = now
+            except OverflowError:  # year 1 or 9999 once in UTC: out of any range
+                new = now if until is not None and until.year < 2 else now + timedelta(days=8)
             if new <= now:
-                raise PolicyViolation("until must be in the future (to stop it now: POST "
-                                      f"/instances/{instance_id}/stop).", code="snooze_in_past")
+                raise PolicyViolation(f"The snoozed stop ({new.strftime(TIME_FORMAT)}) must be in the future (to stop "
+                                      f"it now: POST /instances/{instance_id}/stop).", code="snooze_in_past")
+            landed = await asyncio.to_thread(self.planner.snoozed, row, current, new)  # a later period: its stop
+            source = SCHEDULE if landed != new else row["stop_source"] or AUTO_STOP
+            new = landed
             if new > now + timedelta(days=7):
                 raise PolicyViolation("A snooze pushes the next stop at most 7 days from now.", code="snooze_too_far")
             stop_at = new.strftime(TIME_FORMAT)
             key = f"snooze:{instance_id}:{uuid.uuid4().hex}"
             try:
                 await asyncio.to_thread(self._admit_extension, key, row, stop_at)
-                await asyncio.to_thread(self._write_snooze, row, stop_at, actor)
+                await asyncio.to_thread(self._write_snooze, row, stop_at, source, actor)
             finally:
                 await asyncio.to_thread(self.spending.release, key)
             self.on_stop_at_changed()
             return await asyncio.to_thread(self.db.require_instance, instance_id)
 
-    def _write_snooze(self, row: InstanceRow, stop_at: str, actor: str | None) -> None:
-        source = row["stop_source"] or AUTO_STOP
+    def _write_snooze(self, row: InstanceRow, stop_at: str, source: str, actor: str | None) -> None:
         with self.db.transaction():
             self.db.update_instance(row["id"], {"stop_at": stop_at, "snoozed_until": stop_at, "stop_source": source,
                                                 "updated_at": utcnow()})
@@ -753,8 +756,8 @@ class InstanceService:
         fields = self._auto_stop_fields(row, change)
         if "auto_stop_minutes" in fields:
             fields["auto_stop_default"] = 0
-        if "stop_at" in change.model_fields_set:
-            fields |= {"stop_source": AUTO_STOP if change.stop_at else None, "snoozed_until": None}
+        if "stop_at" in change.model_fields_set:  # a stop time asked for: kept when the plan is made again
+            fields |= {"stop_source": AUTO_STOP if change.stop_at else None, "snoozed_until": fields["stop_at"]}
         schedule = to_set.get("Schedule", None if "Schedule" in to_delete else row["schedule"])
         if schedule != row["schedule"]:
             fields |= self.recorder.attach({**row, **fields}, schedule)

@@ -16,7 +16,8 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from functools import cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _ITEM = re.compile(r"^(?P<day>[a-z]{3})(?:-(?P<to>[a-z]{3})|#(?P<nth>[1-5])|(?P<last>L))?$")
@@ -83,12 +84,19 @@ def parse_hhmm(value: str | None, field: str) -> time | None:
     return time(int(hours), int(minutes))
 
 
+@cache
+def _zone_names() -> frozenset[str]:
+    """The IANA zones zoneinfo knows (the system's files or the tzdata package), read once; not the system's
+    own `localtime` or the placeholder `Factory`, which are no place's time."""
+    return frozenset(available_timezones()) - {"localtime", "Factory", "posixrules"}
+
+
 def parse_zone(name: str, field: str = "timezone") -> ZoneInfo:
     try:
-        if not isinstance(name, str) or not name or name.startswith("/") or ".." in name:
+        if not isinstance(name, str) or name not in _zone_names():  # not a folder (America), not `localtime`
             raise ValueError(name)
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
         raise CalendarError(field, f"{name!r} is not an IANA time zone (e.g. UTC, Europe/Berlin, "
                                    "America/New_York)") from exc
 
@@ -127,6 +135,13 @@ class Calendar:
         """The first edge after `after` (of `action`, when given), looked for up to horizon_days ahead."""
         edges = [e for e in self.edges(after, after + timedelta(days=horizon_days)) if action in (None, e[1])]
         return edges[0] if edges else None
+
+    def next_stop(self, after: datetime, horizon_days: int = 62) -> datetime | None:
+        """The first instant after `after` at which its instances stop: a stop edge with no start at the same
+        instant (back-to-back periods, or a 24-hour one, run on through it)."""
+        edges = self.edges(after, after + timedelta(days=horizon_days))
+        starts = {at for at, action in edges if action == "start"}
+        return next((at for at, action in edges if action == "stop" and at not in starts), None)
 
     def desired(self, at: datetime) -> str | None:
         """"running" or "stopped" by the last edge at or before `at` (looked for up to 62 days back), else None."""

@@ -1,8 +1,10 @@
 """The stop plan with schedules (app/instances/plan.py has it without): a running instance on a schedule stops at
-the schedule's next stop, or at its auto-stop when that comes first. Its auto-stop counts when it was asked for
-(auto_stop_minutes given on create or PATCH), or when the instance runs outside the schedule's hours (started by
-hand in the evening: the default auto-stop still ends that run); a default auto-stop gives way to the schedule
-inside its hours. An instance whose schedule does not exist has its auto-stop alone."""
+the schedule's next stop (back-to-back periods run on through their shared minute), or at its auto-stop when that
+comes first. Its auto-stop counts when it was asked for (auto_stop_minutes given on create or PATCH), or when it
+both starts and falls outside the schedule's hours (started by hand in the evening: the default auto-stop ends
+that run); a default auto-stop that starts or ends inside the schedule's hours gives way to the schedule (a box
+started at 06:00 for a 09:00-17:00 schedule runs to 17:00, not to 14:00 and then off all day). An instance whose
+schedule does not exist has its auto-stop alone."""
 
 from collections.abc import Mapping
 from datetime import datetime
@@ -45,17 +47,23 @@ class SchedulePlanner:
     def exists(self, name: str) -> bool:
         return self.db.get_schedule(name) is not None
 
+    def snoozed(self, row: Mapping[str, Any], stop: datetime, at: datetime) -> datetime:
+        found = self.calendars.of(row.get("schedule"))
+        if found is None or found[0].desired(at) != "running" or \
+                not any(action == "start" for _, action in found[0].edges(stop, at)):
+            return at
+        return found[0].next_stop(at) or at
+
     def plan(self, row: Mapping[str, Any], now: datetime, at_start: bool) -> tuple[str | None, str | None]:
         found = self.calendars.of(row.get("schedule"))
         auto = auto_stop_at(row, now, at_start)
         if found is None:
             return (auto.strftime(TIME_FORMAT), AUTO_STOP) if auto else (None, None)
         calendar = found[0]
-        inside = calendar.desired(now) == "running"
-        if inside and row.get("auto_stop_default") == 1:
+        if auto is not None and row.get("auto_stop_default") == 1 and "running" in (calendar.desired(now),
+                                                                                    calendar.desired(auto)):
             auto = None  # the server's default auto-stop gives way to the schedule inside its hours
-        edge = calendar.next_edge(now, "stop")
-        scheduled = edge[0] if edge else None
+        scheduled = calendar.next_stop(now)
         if scheduled is not None and (auto is None or scheduled <= auto):
             return scheduled.strftime(TIME_FORMAT), SCHEDULE
         return (auto.strftime(TIME_FORMAT), AUTO_STOP) if auto else (None, None)

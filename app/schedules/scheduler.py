@@ -5,8 +5,10 @@ restart catches up): an instance whose last edge since then is a start, and whic
 respect_manual_stop false, one stopped while its schedule runs is started too. After downtime a start is done
 only while its period still runs (its last edge is that start). Every start due in one check goes out as ONE
 coalesced `start-instances` call per region, each admitted by the spend guard first: one that does not fit is not
-started, and its event and notification `schedule_start_refused` say why. Stops need no tick: a scheduled stop
-is the instance's stop_at (app/schedules/planner.py), which the auto-stop acts on at its minute.
+started, and its event and notification `schedule_start_refused` say why (it is not tried again that period:
+started by hand, it runs to the period's stop). With respect_manual_stop false, only a person's stop (the API, the
+console) is undone, not the auto-stop's, the budget guard's or an idle alarm's. Stops need no tick: a scheduled
+stop is the instance's stop_at (app/schedules/planner.py), which the auto-stop acts on at its minute.
 
 Each check also keeps what the instances show: `schedule_error` (no schedule of that name: nothing is done for
 it) and `next_start_at` while stopped.
@@ -103,7 +105,7 @@ class Scheduler(WakeableLoop):
                     next_starts[name] = edge[0].strftime(TIME_FORMAT) if edge else None
                 next_start = next_starts[name]
                 since = max(checked, parse_time(row["schedule_since"]) or checked)
-                start = _due_start(calendar, respect, since, now)
+                start = _due_start(calendar, respect or not self._stopped_by_hand(row), since, now)
                 if start is not None:
                     due.append((row, start))
             if row["state"] == InstanceState.STOPPED and row["next_start_at"] != next_start:
@@ -112,10 +114,21 @@ class Scheduler(WakeableLoop):
                 self.db.update_instance(row["id"], fields)
         return due
 
+    def _stopped_by_hand(self, row: InstanceRow) -> bool:
+        """Whether its last stop was a person's (through the API, or outside it: the console) and not its auto-stop,
+        its schedule, the budget guard or its idle alarm (EC2's own stop, seen as one outside the API): only those
+        are undone when the schedule does not respect manual stops."""
+        stops = [e for e in self.db.list_events(row["id"]) if e["to_state"] in ("stopping", "stopped")]
+        if not stops:
+            return False
+        last = stops[-1]
+        return last["source"] == "api" or (last["source"] == "reconcile" and row["stop_when_idle"] is None)
+
     async def _start(self, due: list[tuple[InstanceRow, datetime]]) -> list[str]:
         """Admit each (the free-tier types, then the budget), then start the admitted ones with one call per
         region; the refused ones get a schedule_start_refused event."""
         edges = {row["id"]: at for row, at in due}
+        seen = {row["id"]: (row["schedule"], row["schedule_since"]) for row, _ in due}
         started: list[str] = []
         keys: list[str] = []
         async with self.service.locks.hold(list(edges)):
@@ -123,8 +136,9 @@ class Scheduler(WakeableLoop):
                 rows = await asyncio.to_thread(self.db.get_instances, list(edges))
                 admitted: dict[str | None, dict[str, InstanceRow]] = defaultdict(dict)
                 for instance_id, row in rows.items():
-                    if row["state"] != InstanceState.STOPPED:
-                        continue  # started (or changed) meanwhile
+                    if row["state"] != InstanceState.STOPPED or (row["schedule"], row["schedule_since"]) != \
+                            seen[instance_id]:
+                        continue  # started, or its schedule changed or detached, meanwhile
                     key = f"schedule:{instance_id}:{uuid.uuid4().hex}"
                     try:
                         self.service.check_start_policy(row)

@@ -15,7 +15,6 @@ from app.schedules.calendar import Calendar
 from app.schedules.planner import Calendars
 from app.schedules.schemas import ScheduleBody, ScheduleCreate
 from app.store import Database
-from app.store.rows import InstanceState
 
 
 class ScheduleService:
@@ -48,7 +47,12 @@ class ScheduleService:
         return self.get(name)
 
     def delete(self, name: str, caller: Caller) -> None:
-        self.get(name)
+        with self.db.transaction():  # no attach slips between the check and the delete
+            self.get(name)
+            self._refuse_in_use(name, caller)
+            self.db.delete_schedule(name)
+
+    def _refuse_in_use(self, name: str, caller: Caller) -> None:
         attached = self.db.scheduled_instances(name)
         if attached:
             shown = [r["id"] for r in attached if caller.may_see(r["owner"])]
@@ -57,7 +61,6 @@ class ScheduleService:
                            f"{', '.join(shown) or 'none of yours'}{f' and {hidden} more' if hidden else ''}. Detach it "
                            "first (PATCH /instances/{id} with {\"schedule\": null}).", code="schedule_in_use",
                            extra={"instance_ids": shown})
-        self.db.delete_schedule(name)
 
     @staticmethod
     def _stored(body: ScheduleBody) -> tuple[str, list[dict], list[str], bool]:
@@ -94,8 +97,7 @@ class ScheduleService:
         for row in rows:
             rates = Rates.of(book, row["instance_type"], row["region"], row["storage_gb"])
             if rates is not None:
-                has_ip = row["associate_public_ip"] != 0 and (row["state"] != InstanceState.RUNNING or
-                                                              bool(row["public_ip"]))
+                has_ip = row["associate_public_ip"] != 0  # launched with a public IPv4 (or not known: counted)
                 savings += off * (rates.compute + (rates.ipv4 if has_ip else 0.0))
         return {"name": name, "timezone": stored["timezone"], "start": start.strftime(TIME_FORMAT),
                 "end": end.strftime(TIME_FORMAT), "days": days,

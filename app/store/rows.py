@@ -84,7 +84,8 @@ class InstanceRow(TypedDict):
     owner: str | None  # who created it through the API (a token's name); None: adopted, or made without tokens
     schedule: str | None  # the attached schedule's name: the EC2 tag Schedule as last seen or written
     schedule_error: str | None  # why the attached schedule cannot be used (no such schedule); None: it can
-    snoozed_until: str | None  # the snoozed next stop (UTC); None: not snoozed (cleared when it stops)
+    snoozed_until: str | None  # a stop someone set (a snooze, a PATCH of stop_at): kept when the stop is planned
+    # again (a schedule changed or attached) until it passes; cleared when it stops
     stop_source: str | None  # what stop_at is for: "auto_stop" or "schedule"
     next_start_at: str | None  # when its schedule starts it next (while stopped); None: no scheduled start
     schedule_since: str | None  # when the schedule was attached (its edges before that are not acted on)

@@ -153,3 +153,18 @@ def test_with_no_default_an_adopted_instance_has_no_auto_stop(tmp_path):
                          at(0))
     row = db.get_instance("i-00000000000000010")
     assert row["auto_stop_minutes"] is None and row["stop_at"] is None
+
+
+def test_a_stop_moved_after_the_round_began_is_not_sent_and_a_scheduled_one_is_a_schedule_stop(recorder):
+    """Issue 27: under the instances' locks the round reads them again: a snooze (or PATCH) answered before the stop
+    went out wins. One whose stop is its schedule's is recorded as action schedule_stop, source schedule."""
+    aws = StopAnswers()
+    auto = stopper(recorder, aws)
+    put(recorder, "i-0000000000000000f", at(-1), stop_source="schedule")
+    put(recorder, "i-00000000000000010", at(-1))
+    rows = {r["id"]: r for r in recorder.db.due_for_stop(at(0), None, recorder.endpoint)}
+    recorder.db.update_instance("i-00000000000000010", {"stop_at": at(3600), "snoozed_until": at(3600)})
+    assert asyncio.run(auto._stop(rows, sorted(rows))) == ["i-0000000000000000f"]
+    assert aws.calls == [["i-0000000000000000f"]]
+    event = recorder.db.list_events("i-0000000000000000f")[-1]
+    assert (event["action"], event["source"], event["to_state"]) == ("schedule_stop", "schedule", "stopping")

@@ -103,6 +103,8 @@ def test_periods_that_only_touch_do_not_overlap():
 @pytest.mark.parametrize("timezone, periods, holidays, field", [
     ("Mars/Olympus", [{"days": "mon", "start": "09:00"}], [], "timezone"),
     ("../etc/passwd", [{"days": "mon", "start": "09:00"}], [], "timezone"),
+    ("America", [{"days": "mon", "start": "09:00"}], [], "timezone"),  # a folder of zones, not one
+    ("localtime", [{"days": "mon", "start": "09:00"}], [], "timezone"),
     ("UTC", [{"days": "mon", "start": "9:00"}], [], "periods[0].start"),
     ("UTC", [{"days": "mon", "start": "09:00", "stop": "24:00"}], [], "periods[0].stop"),
     ("UTC", [{"days": "mon"}], [], "periods[0]"),

@@ -65,6 +65,29 @@ def test_attaching_to_a_running_one_keeps_the_auto_stop_it_runs_under(planner):
     assert planner.plan(late, utc(7, 10), False) == ("2026-12-07T17:00:00.000000Z", "schedule")
 
 
+def test_a_default_auto_stop_that_would_end_inside_its_hours_gives_way(planner):
+    # Started by hand at 06:00: the default (480 min) would stop it at 14:00 and no start comes after that
+    # until tomorrow; the schedule's stop (17:00) ends the run instead.
+    assert planner.plan(row(), utc(7, 6), True) == ("2026-12-07T17:00:00.000000Z", "schedule")
+
+
+def test_back_to_back_periods_and_a_24_hour_one_run_on_through_their_shared_minute(planner):
+    planner.db.put_schedule("split", "UTC", [{"days": "mon-fri", "start": "09:00", "stop": "12:00"},
+                                             {"days": "mon-fri", "start": "12:00", "stop": "18:00"}], [], True,
+                            create=True)
+    planner.db.put_schedule("day", "UTC", [{"days": "mon", "start": "09:00", "stop": "09:00"}], [], True, create=True)
+    assert planner.plan(row(schedule="split"), utc(7, 10), True) == ("2026-12-07T18:00:00.000000Z", "schedule")
+    assert planner.plan(row(schedule="day"), utc(7, 10), True) == ("2026-12-08T09:00:00.000000Z", "schedule")
+
+
+def test_a_snooze_into_a_later_period_lasts_to_that_periods_stop(planner):
+    assert planner.snoozed(row(), utc(7, 17), utc(7, 18)) == utc(7, 18)  # after hours: where it was pushed to
+    assert planner.snoozed(row(), utc(7, 12), utc(7, 13)) == utc(7, 13)  # the same period: where it was pushed to
+    # From Monday 17:00 into Wednesday's hours (Tuesday is a holiday): a stop there would leave it off that day.
+    assert planner.snoozed(row(), utc(7, 17), utc(9, 10)) == utc(9, 17)
+    assert planner.snoozed(row(schedule=None), utc(7, 17), utc(9, 10)) == utc(9, 10)
+
+
 def test_exists_reads_the_store(planner):
     assert planner.exists("office") and not planner.exists("ghost")
 
@@ -92,6 +115,24 @@ def test_a_manual_stop_is_respected_unless_the_schedule_says_otherwise():
     assert _due_start(CALENDAR, True, utc(7, 11), utc(7, 11, 1)) is None
     assert _due_start(CALENDAR, False, utc(7, 11), utc(7, 11, 1)) == utc(7, 9)
     assert _due_start(CALENDAR, False, utc(7, 18), utc(7, 18, 1)) is None  # outside its hours: stays stopped
+
+
+def test_only_a_persons_stop_is_undone_when_manual_stops_are_not_respected(planner, tmp_path):
+    from app.config import Settings
+    from app.instances.service import InstanceService
+    from app.schedules.scheduler import Scheduler
+
+    db = planner.db
+    scheduler = Scheduler(Settings(_env_file=None), db, None, InstanceService(Settings(_env_file=None), db, None),  # type: ignore[call-arg, arg-type]
+                          planner.calendars)
+    for source, idle, by_hand in (("api", None, True), ("reconcile", None, True), ("auto_stop", None, False),
+                                  ("schedule", None, False), ("budget_enforced", None, False),
+                                  ("reconcile", {"cpu_below_percent": 5, "for_minutes": 60}, False)):
+        instance_id = f"i-{len(source):08x}{int(by_hand):09x}"
+        db.upsert_instance({"id": instance_id, "name": "x", "state": "stopped", "stop_when_idle": idle,
+                            "created_at": "t", "updated_at": "t"})
+        db.add_event(instance_id, "stop", "running", "stopping", source)
+        assert scheduler._stopped_by_hand(db.get_instance(instance_id)) is by_hand, (source, idle)
 
 
 def test_running_hours_over_a_window():

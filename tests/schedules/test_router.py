@@ -86,6 +86,7 @@ def test_a_schedule_is_stored_listed_and_read_as_sent(client):
 @pytest.mark.parametrize("change, where", [
     ({"timezone": "Mars/Olympus"}, "timezone"),
     ({"timezone": "../etc/passwd"}, "timezone"),
+    ({"timezone": "America"}, "timezone"),
     ({"periods": [{"days": "funday", "start": "09:00"}]}, "periods[0].days"),
     ({"periods": [{"days": "mon", "start": "9:00"}]}, "periods[0].start"),
     ({"periods": [{"days": "mon", "stop": "24:00"}]}, "periods[0].stop"),
