@@ -20,7 +20,7 @@ ADMIN = [Depends(require_admin)]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=Schedule, dependencies=ADMIN,
-             responses=error_responses(403, 409, 422))
+             responses=error_responses(400, 403, 409, 422))
 async def create_schedule(body: Annotated[ScheduleCreate, Body(openapi_examples={"office_hours": {
                               "summary": "Weekdays 9 to 18 in Berlin, off on two holidays",
                               "value": SCHEDULE_EXAMPLE}})],
@@ -43,7 +43,8 @@ async def get_schedule(name: NamePath, service: ScheduleServiceDep) -> Schedule:
     return Schedule.model_validate(await asyncio.to_thread(service.get, name))
 
 
-@router.put("/{name}", response_model=Schedule, dependencies=ADMIN, responses=error_responses(403, 404, 422))
+@router.put("/{name}", response_model=Schedule, dependencies=ADMIN,
+            responses=error_responses(400, 403, 404, 422))
 async def replace_schedule(name: NamePath, body: ScheduleBody, service: ScheduleServiceDep) -> Schedule:
     """Change a schedule (admins); its running instances' next stops are planned again (a snooze is kept)."""
     changed = await asyncio.to_thread(service.replace, name, body)
