@@ -159,6 +159,9 @@ class Settings(BaseSettings):
     notify_events: Annotated[list[str], NoDecode] = []
     auto_stop_warning_minutes: int = Field(15, ge=0, le=1440)
     schedule_tick_seconds: float = Field(30.0, ge=1, le=3600)
+    # The web dashboard (/ui): how long a login lasts, and what signs its cookie (unset: a secret kept in the store).
+    ui_session_hours: float = Field(12.0, gt=0, le=24 * 30)
+    ui_session_secret: SecretStr | None = Field(None, min_length=32)
     notify_retry_max_seconds: float = Field(300.0, ge=1, le=86400)
     # Unset: this server's own address, as uvicorn was told to listen (served_url).
     notify_api_url: str = ""

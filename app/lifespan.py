@@ -29,6 +29,7 @@ from app.schedules.planner import Calendars, SchedulePlanner
 from app.schedules.scheduler import Scheduler
 from app.schedules.service import ScheduleService
 from app.store import Database, SchemaTooNew, open_database
+from app.ui.session import Sessions, session_secret
 
 log = logging.getLogger("ec2_creator")
 
@@ -103,6 +104,7 @@ async def lifespan(app: FastAPI):
     if notifier.enabled:
         await asyncio.to_thread(db.enable_notifications)
     app.state.notifier = notifier
+    app.state.ui_sessions = Sessions(settings, await asyncio.to_thread(session_secret, settings, db))
     calendars = Calendars(db)
     service.recorder.planner = SchedulePlanner(db, calendars)
     app.state.schedules = schedules = ScheduleService(db, service, calendars)

@@ -5,6 +5,7 @@ import sys
 from collections.abc import Callable
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -20,6 +21,8 @@ from app.inventory import router as inventory
 from app.lifespan import lifespan
 from app.notifications import router as notifications
 from app.schedules import router as schedules
+from app.ui import router as ui
+from app.ui.deps import LoginRequired
 
 
 class QuietStartupExit:
@@ -72,6 +75,9 @@ def create_app(settings_getter: Callable[[], Settings] = load_settings) -> FastA
     app.include_router(schedules.router)
     app.include_router(inventory.router)
     app.include_router(metrics.router)
+    app.include_router(ui.router)  # the dashboard's pages (not in the API's schema), and / -> /ui
+    app.mount("/ui/static", StaticFiles(directory=ui.HERE / "static"), name="ui-static")
+    app.add_exception_handler(LoginRequired, ui.login_required)  # type: ignore[arg-type]
 
     @app.get("/health", response_model=Health, tags=["health"])
     async def health() -> dict:

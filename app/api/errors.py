@@ -58,7 +58,7 @@ def _error_statuses() -> dict[int, tuple[str, tuple[str, ...], dict]]:
               "have sent on another site's behalf; or (`aws_access_denied`) AWS denied the server's credentials an "
               "IAM permission this call needs: the detail names the action, docs/iam-policy.json grants it.",
               ("admin_only", "forbidden", "host_not_allowed", "cross_site_request", "proxied_request",
-               "aws_access_denied"),
+               "aws_access_denied", "csrf_failed"),
               {"detail": "'alice' is a user: this route needs an admin token.", "code": "admin_only"}),
         404: ("No such instance in the record (or someone else's), no such schedule, or no such route.",
               ("instance_not_found", "schedule_not_found", "not_found"),

@@ -146,6 +146,17 @@ class InstanceQueries(StoreBase):
         self._list_cache[(include_terminated, owner)] = (generation, body)
         return body
 
+    def revision(self) -> int:
+        """The newest revision of any instance row (every write bumps it, on every replica): what the dashboard's
+        live stream watches."""
+        return int(self._scalar("SELECT COALESCE(MAX(rev), 0) FROM instances") or 0)
+
+    def last_started(self) -> dict[str, str]:
+        """When each instance last entered pending or running (its uptime's start), in one read."""
+        return {r["instance_id"]: r["at"] for r in self._all(
+            "SELECT instance_id, MAX(at) AS at FROM instance_events WHERE to_state IN ('pending', 'running') "
+            "AND (from_state IS NULL OR from_state NOT IN ('pending', 'running')) GROUP BY instance_id")}
+
     def tracked_ids(self, region: str, endpoint: str, account: str) -> dict[str, InstanceRow]:
         """Every instance of this EC2 (endpoint, region, account) not yet terminated, by id: what a sweep
         judges. Rows of another EC2, or recorded before the scope was kept, are never judged here."""

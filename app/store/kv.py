@@ -10,6 +10,11 @@ class KvQueries(StoreBase):
     def kv_get(self, key: str) -> str | None:
         return self._scalar("SELECT value FROM kv WHERE key = :key", {"key": key})
 
+    def kv_create(self, key: str, value: str) -> bool:
+        """Set `key` unless it is set already (the first writer wins, on every replica); True when this call set it."""
+        return self._run("INSERT INTO kv (key, value) VALUES (:key, :value) ON CONFLICT (key) DO NOTHING",
+                         {"key": key, "value": value}) == 1
+
     def kv_set(self, key: str, value: str | None) -> None:
         if value is None:
             self._run("DELETE FROM kv WHERE key = :key", {"key": key})

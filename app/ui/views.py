@@ -1,0 +1,76 @@
+"""What the pages show, computed from the store and the spend ledger (never from AWS): the instances table with
+each row's cost, uptime and next action, and the spend banner."""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from app.auth.tokens import Caller
+from app.budget.spending import Spending
+from app.core import clock
+from app.core.clock import parse_time
+from app.instances.schemas import InstanceFilter
+from app.store import Database
+from app.store.instances import next_action
+
+PAGE_SIZE = 200  # rows per page of the instances table
+
+
+def duration(seconds: float) -> str:
+    """`3 d 4 h`, `2 h 5 min`, `12 min`, `40 s`."""
+    seconds = max(0, int(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min" if minutes else f"{secs} s"
+
+
+@dataclass(frozen=True)
+class Banner:
+    budget_usd: float
+    spent_usd: float
+    committed_usd: float
+
+    @property
+    def remaining_usd(self) -> float:
+        return max(0.0, self.budget_usd - self.committed_usd)
+
+    @property
+    def used_percent(self) -> float:
+        return min(100.0, 100 * self.committed_usd / self.budget_usd) if self.budget_usd else 100.0
+
+
+def banner(spending: Spending) -> tuple[Banner, dict[str, float]]:
+    """The spend banner, and each instance's spend this period (by id)."""
+    summary = spending.summary()
+    spent = {item["id"]: item["spent_usd"] for item in summary.instances}
+    return Banner(spending.budget_usd, summary.spent_usd, summary.committed_usd), spent
+
+
+def instance_rows(db: Database, spent: Mapping[str, float], caller: Caller, wanted: InstanceFilter,
+                  page: int = 1, now: datetime | None = None) -> tuple[list[dict[str, Any]], int]:
+    """The rows of one page of the instances table (the caller's own, or all for an admin) and how many match."""
+    now = now or clock.now()
+    rows = [r for r in db.list_instances(wanted.asks_for_ended) if caller.may_see(r["owner"]) and wanted.matches(r)]
+    total = len(rows)
+    rows = rows[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
+    started = db.last_started() if rows else {}
+    shown = []
+    for row in rows:
+        since = parse_time(started.get(row["id"])) if row["state"] in ("pending", "running") else None
+        action = next_action(row)
+        at = parse_time(action["at"]) if action else None
+        shown.append({
+            "id": row["id"], "name": row["name"], "state": str(row["state"]), "type": row["instance_type"],
+            "region": row["region"], "public_ip": row["public_ip"], "owner": row["owner"],
+            "uptime": duration((now - since).total_seconds()) if since else None,
+            "cost": spent.get(row["id"], 0.0), "schedule": row["schedule"],
+            "next": None if action is None or at is None else {
+                **action, "in": duration((at - now).total_seconds()), "overdue": at <= now},
+        })
+    return shown, total
