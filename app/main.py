@@ -23,6 +23,7 @@ from app.notifications import router as notifications
 from app.schedules import router as schedules
 from app.ui import router as ui
 from app.ui.deps import LoginRequired
+from app.ui.views import Outcomes
 
 
 class QuietStartupExit:
@@ -78,6 +79,7 @@ def create_app(settings_getter: Callable[[], Settings] = load_settings) -> FastA
     app.include_router(ui.router)  # the dashboard's pages (not in the API's schema), and / -> /ui
     app.mount("/ui/static", StaticFiles(directory=ui.HERE / "static"), name="ui-static")
     app.add_exception_handler(LoginRequired, ui.login_required)  # type: ignore[arg-type]
+    app.state.ui_outcomes = Outcomes()
 
     @app.get("/health", response_model=Health, tags=["health"])
     async def health() -> dict:

@@ -4,7 +4,6 @@ no `aws` process. Live updates come as server-sent events fed from the store's r
 the leader streams them too), with polling as the fallback."""
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,7 +20,7 @@ from app.instances.deps import ServiceDep
 from app.instances.schemas import InstanceFilter, StateName
 from app.ui.deps import CsrfDep, LoginRequired, SessionDep, SessionsDep
 from app.ui.session import COOKIE, UiSession
-from app.ui.views import PAGE_SIZE, banner, instance_rows
+from app.ui.views import PAGE_SIZE, banner, instance_rows, outcome
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -111,6 +110,7 @@ async def instances_page(request: Request, session: SessionDep, store: StoreDep,
     rows, total = await asyncio.to_thread(instance_rows, store, spent, session.caller, wanted, page)
     query = request.url.query
     return render(request, "instances.html", session, rows=rows, total=total, page=page, page_size=PAGE_SIZE,
+                  outcomes=request.app.state.ui_outcomes.of(session.sid),
                   banner=spend, query=query, filters={"state": state or [], "tag": tag or "", "name": name or ""},
                   states=list(StateName.__args__))  # type: ignore[attr-defined]
 
@@ -128,7 +128,9 @@ async def instance_rows_fragment(request: Request, session: SessionDep, store: S
 def _rows_html(request: Request, session: UiSession, store, spending, wanted: InstanceFilter, page: int) -> str:
     _, spent = banner(spending)
     rows, _ = instance_rows(store, spent, session.caller, wanted, page)
-    return templates.get_template("_rows.html").render(request=request, session=session, rows=rows)
+    outcomes = request.app.state.ui_outcomes.of(session.sid)
+    return templates.get_template("_rows.html").render(request=request, session=session, rows=rows,
+                                                       outcomes=outcomes)
 
 
 def _rows_response(request, session, store, spending, wanted, page) -> HTMLResponse:
@@ -167,5 +169,6 @@ async def bulk(request: Request, session: CsrfDep, service: ServiceDep,
                ids: Annotated[list[str], Form(max_length=1000)]) -> HTMLResponse:
     """The bulk bar: one request for the selected instances; each row's outcome comes back (out of band)."""
     results = await service.bulk(action, ids, session.caller)
-    return render(request, "_outcomes.html", session, action=action, results=results,
-                  data=json.dumps({"action": action, "count": len(results)}))
+    outcomes = {r["id"]: outcome(action, r) for r in results}
+    request.app.state.ui_outcomes.keep(session.sid, outcomes)
+    return render(request, "_outcomes.html", session, outcomes=outcomes)

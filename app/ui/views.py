@@ -1,6 +1,7 @@
 """What the pages show, computed from the store and the spend ledger (never from AWS): the instances table with
 each row's cost, uptime and next action, and the spend banner."""
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -74,3 +75,35 @@ def instance_rows(db: Database, spent: Mapping[str, float], caller: Caller, want
                 **action, "in": duration((at - now).total_seconds()), "overdue": at <= now},
         })
     return shown, total
+
+
+def outcome(action: str, result: Mapping[str, Any]) -> dict[str, Any]:
+    """One row's outcome of a bulk action, as its row shows it."""
+    status = result["status"]
+    if status == 202:
+        text = f"{action}: accepted"
+    elif status == 200:
+        text = f"{action}: nothing to do"
+    else:
+        text = f"{action} refused: {(result.get('error') or {}).get('detail') or status}"
+    return {"status": status, "css": "ok" if status < 300 else "refused", "text": text}
+
+
+class Outcomes:
+    """Each session's last bulk outcomes, shown in its rows for OUTCOME_SECONDS (the live stream re-renders the rows;
+    they must not vanish with the next update). In this process's memory: a replica that did not take the request
+    streams the rows without them."""
+
+    OUTCOME_SECONDS = 600.0
+
+    def __init__(self) -> None:
+        self._kept: dict[str, tuple[float, dict[str, dict[str, Any]]]] = {}
+
+    def keep(self, sid: str, outcomes: dict[str, dict[str, Any]]) -> None:
+        now = time.monotonic()
+        self._kept = {k: v for k, v in self._kept.items() if v[0] > now}
+        self._kept[sid] = (now + self.OUTCOME_SECONDS, outcomes)
+
+    def of(self, sid: str) -> dict[str, dict[str, Any]]:
+        kept = self._kept.get(sid)
+        return kept[1] if kept and kept[0] > time.monotonic() else {}
