@@ -793,6 +793,13 @@ class Bench:
             if len(response.json()["instances"]) < n:  # and the earlier phases' ones, spent this month
                 raise RuntimeError(f"GET /budget lists {len(response.json()['instances'])} instances, {n} expected")
             mark_reads = self.calls.mark()
+            pages = []  # the dashboard's instances page (its first page of rows, the spend banner)
+            for _ in range(self.sizes.list_samples):
+                elapsed, response = timed(self.client, "GET", "/ui")
+                expect(response, 200)
+                pages.append(elapsed)
+            if response.text.count("data-instance-id=") < min(n, 200):
+                raise RuntimeError("the dashboard's instances page shows fewer rows than expected")
             for k in range(self.sizes.get_samples):
                 elapsed, response = timed(self.client, "GET", f"/instances/{ids[(k * 7919) % len(ids)]}")
                 expect(response, 200)
@@ -801,6 +808,7 @@ class Bench:
                 "adopt_sweep_s": round(adopt_s, 3), "adopted": len(adopted.get("adopted", [])),
                 "adopt_sweep_aws_processes": dict(ops), "seed_s": round(seeded, 3),
                 "list": latency_summary(lists), "get": latency_summary(gets), "budget": latency_summary(budgets),
+                "ui_page": latency_summary(pages),
                 "admission_ms": admission_cost_ms(self.server.db_path, self.workdir / f"ledger-{n}.db"),
                 "list_response_bytes": list_bytes,
                 "reads_aws_processes": sum(self.calls.since(mark_reads).values()),
@@ -1019,6 +1027,9 @@ def checks(r: dict) -> list[dict]:
     add(f"GET /instances/{{id}} p50 at {top} (ms)", "timing", get["p50_ms"], "<= 5", get["p50_ms"] <= 5)
     bud, adm = r["scale"][top]["budget"], r["scale"][top]["admission_ms"]
     add(f"GET /budget p50 at {top} (ms)", "timing", bud["p50_ms"], "<= 20", bud["p50_ms"] <= 20)
+    page = r["scale"][top]["ui_page"]
+    add(f"dashboard instances page (/ui) p50 at {top} (ms)", "timing", page["p50_ms"], "<= 100",
+        page["p50_ms"] <= 100)
     add(f"budget check added to a create at {top}, p50 (ms)", "timing", adm["p50_ms"], "<= 1", adm["p50_ms"] <= 1)
     add(f"sweep / raw describe at {sw['instances']}", "timing", sw["ratio_to_raw_describe"], "<= 1.2",
         sw["ratio_to_raw_describe"] <= 1.2)
@@ -1084,6 +1095,7 @@ def table(r: dict) -> str:
         rows.append((f"GET /instances at {n}: p50 / p99", f"{s['list']['p50_ms']} / {s['list']['p99_ms']} ms"))
         rows.append((f"GET /instances/{{id}} at {n}: p50 / p99", f"{s['get']['p50_ms']} / {s['get']['p99_ms']} ms"))
         rows.append((f"GET /budget at {n}: p50 / p99", f"{s['budget']['p50_ms']} / {s['budget']['p99_ms']} ms"))
+        rows.append((f"dashboard /ui at {n}: p50 / p99", f"{s['ui_page']['p50_ms']} / {s['ui_page']['p99_ms']} ms"))
         rows.append((f"budget check of a create at {n}: p50 / p99",
                      f"{s['admission_ms']['p50_ms']} / {s['admission_ms']['p99_ms']} ms"))
     pg = r["postgres"]
