@@ -134,6 +134,24 @@ def test_without_a_token_browser_and_proxy_requests_are_refused(open_server, run
     assert httpx.get(f"{open_server.url}/instances/{running_instance}").json()["state"] in ("pending", "running")
 
 
+def test_without_a_token_the_dashboards_pages_keep_the_same_guards(open_server, running_instance):
+    """Issue 28: the pages are served to loopback clients without a login, and the guards above hold for them: a
+    foreign Host (DNS rebinding) is refused, and a cross-site form post is refused before its CSRF token is even
+    looked at."""
+    page = httpx.get(f"{open_server.url}/ui")
+    assert page.status_code == 200 and f'data-instance-id="{running_instance}"' in page.text
+    rebound = httpx.get(f"{open_server.url}/ui", headers={"Host": "attacker.example"})
+    assert rebound.status_code == 403 and rebound.json()["code"] == "host_not_allowed"
+    before = len(open_server.aws_calls())
+    forged = httpx.post(f"{open_server.url}/ui/actions", data={"action": "stop", "ids": running_instance},
+                        headers={"Origin": "https://attacker.example"})
+    assert forged.status_code == 403 and forged.json()["code"] == "cross_site_request"
+    no_token = httpx.post(f"{open_server.url}/ui/actions", data={"action": "stop", "ids": running_instance},
+                          cookies=page.cookies)  # same origin, but without the page's CSRF token
+    assert no_token.status_code == 403 and no_token.json()["code"] == "csrf_failed"
+    assert open_server.mutations_since(before) == []
+
+
 def test_without_a_token_loopback_clients_and_same_origin_pages_are_served(open_server, running_instance):
     url = f"{open_server.url}/instances/{running_instance}"
     assert httpx.get(url, headers={"Host": "localhost"}).status_code == 200
