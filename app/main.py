@@ -22,7 +22,7 @@ from app.lifespan import lifespan
 from app.notifications import router as notifications
 from app.schedules import router as schedules
 from app.ui import budget as ui_budget
-from app.ui import instance
+from app.ui import create, instance
 from app.ui import router as ui
 from app.ui.deps import LoginRequired
 from app.ui.views import Outcomes
@@ -81,6 +81,7 @@ def create_app(settings_getter: Callable[[], Settings] = load_settings) -> FastA
     app.include_router(ui.router)  # the dashboard's pages (not in the API's schema), and / -> /ui
     app.include_router(instance.router)
     app.include_router(ui_budget.router)
+    app.include_router(create.router)
     app.mount("/ui/static", StaticFiles(directory=ui.HERE / "static"), name="ui-static")
     app.add_exception_handler(LoginRequired, ui.login_required)  # type: ignore[arg-type]
     app.state.ui_outcomes = Outcomes()

@@ -288,7 +288,7 @@ class InstanceService:
         # holding a launch launches nothing: it is never refused.
         if not (idempotency_key and (idempotency_key in self._inflight or
                                      await asyncio.to_thread(self._holds_launch, idempotency_key))):
-            charges = await asyncio.to_thread(self._create_charges, req, rates, auto_default)
+            charges = await asyncio.to_thread(self.create_charges, req, rates, auto_default)
             await asyncio.to_thread(self.spending.admit, None, charges, f"Creating this {req.instance_type}")
         # Who may reach port 22 (my_ip: this host's address, fetched from MY_IP_URL, cached): before anything is sent.
         ssh_from = await self.resolve_ssh_from(req.ssh_from, req.create_security_group, client_ip)
@@ -331,7 +331,7 @@ class InstanceService:
         raise Conflict("A request with this Idempotency-Key is still being resolved; retry in a few seconds.",
                        code="launch_in_progress", retry_after=5)
 
-    def _create_charges(self, req: InstanceCreate, rates: Rates, auto_default: bool) -> Charges:
+    def create_charges(self, req: InstanceCreate, rates: Rates, auto_default: bool) -> Charges:
         """A create commits its run (until its planned stop: its auto-stop or its schedule's; none: to this
         period's end) in every period it spans."""
         now = clock.now()
@@ -367,7 +367,7 @@ class InstanceService:
 
         # Claimed and admitted as one step (Spending.admit_launch): refused, it is recorded failed (on PostgreSQL
         # the refusal rolled the claim back: the update finds nothing).
-        charges = await asyncio.to_thread(self._create_charges, req, rates, auto_default)
+        charges = await asyncio.to_thread(self.create_charges, req, rates, auto_default)
         try:
             launch, claimed = await asyncio.to_thread(self.spending.admit_launch, claim, charges,
                                                       f"Creating this {req.instance_type}")
