@@ -70,3 +70,15 @@ def test_at_375_pixels_the_instances_page_does_not_scroll_sideways(page, ui_serv
     expect(page.locator("tr[data-instance-id]").first).to_be_visible()
     assert page.evaluate("document.documentElement.scrollWidth") <= 375
     shoot(page, "instances-375px")
+
+
+def test_log_out_ends_the_session(page, ui_server, boxes):
+    login(page, ui_server, "alice")
+    page.get_by_role("button", name="Log out").click()
+    page.wait_for_url(f"{ui_server.url}/ui/login")
+    assert not [c for c in page.context.cookies() if c["name"] == "ec2cl_session"]
+    page.goto(f"{ui_server.url}/ui")
+    expect(page).to_have_url(f"{ui_server.url}/ui/login")  # no session: back to the login page
+    page.get_by_label("Your token").fill("not-a-token")
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("alert")).to_have_text("That token is not valid here.")
