@@ -30,6 +30,7 @@ from app.schedules.scheduler import Scheduler
 from app.schedules.service import ScheduleService
 from app.store import Database, SchemaTooNew, open_database
 from app.ui.session import Sessions, session_secret
+from app.ui.shutdown import watch_stop_signals
 
 log = logging.getLogger("ec2_creator")
 
@@ -104,7 +105,9 @@ async def lifespan(app: FastAPI):
     if notifier.enabled:
         await asyncio.to_thread(db.enable_notifications)
     app.state.notifier = notifier
-    app.state.ui_sessions = Sessions(settings, await asyncio.to_thread(session_secret, settings, db))
+    app.state.ui_sessions = Sessions(settings, await asyncio.to_thread(session_secret, settings, db), db)
+    app.state.ui_stopping = asyncio.Event()  # the dashboard's live streams end when it is set
+    watch_stop_signals(app.state.ui_stopping)
     calendars = Calendars(db)
     service.recorder.planner = SchedulePlanner(db, calendars)
     app.state.schedules = schedules = ScheduleService(db, service, calendars)
@@ -161,6 +164,7 @@ async def lifespan(app: FastAPI):
     try:
         yield
     finally:
+        app.state.ui_stopping.set()
         await scheduler.stop()
         await stopper.stop()
         await guard.stop()

@@ -15,6 +15,11 @@ class KvQueries(StoreBase):
         return self._run("INSERT INTO kv (key, value) VALUES (:key, :value) ON CONFLICT (key) DO NOTHING",
                          {"key": key, "value": value}) == 1
 
+    def kv_delete_expired(self, prefix: str, now: str) -> None:
+        """Forget the keys starting with `prefix` whose value (a stored time) is before `now`."""
+        self._run("DELETE FROM kv WHERE key >= :low AND key < :high AND value < :now",
+                  {"low": prefix, "high": prefix + "\uffff", "now": now})
+
     def kv_set(self, key: str, value: str | None) -> None:
         if value is None:
             self._run("DELETE FROM kv WHERE key = :key", {"key": key})

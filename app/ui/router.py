@@ -5,6 +5,7 @@ the leader streams them too), with polling as the fallback."""
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,7 +18,7 @@ from app.api.deps import SettingsDep, StoreDep, require_token
 from app.budget.deps import SpendingDep
 from app.core.errors import ApiError
 from app.instances.deps import ServiceDep
-from app.instances.schemas import InstanceFilter, StateName
+from app.instances.schemas import MAX_BULK, InstanceFilter, StateName
 from app.ui.deps import CsrfDep, LoginRequired, SessionDep, SessionsDep
 from app.ui.session import COOKIE, UiSession
 from app.ui.views import PAGE_SIZE, banner, instance_rows, outcome
@@ -27,6 +28,14 @@ templates = Jinja2Templates(directory=HERE / "templates")
 router = APIRouter(include_in_schema=False)
 LIVE_REFRESH_SECONDS = 30.0  # the rows are sent again this often even without a change (countdowns, uptimes)
 LIVE_POLL_SECONDS = 1.0  # how often the live stream looks at the store's revision (one indexed query)
+LIVE_SESSION_CHECK_SECONDS = 5.0  # how often it checks that its session still holds
+LIVE_MAX_SECONDS = 600.0  # a stream ends after this; the browser reconnects (EventSource), with its cookie as it is
+
+
+def stopping_event(request: Request) -> asyncio.Event:
+    """Set when the server is asked to stop: uvicorn waits for open responses before it stops, and a live stream
+    would never end by itself (app/ui/shutdown.py)."""
+    return request.app.state.ui_stopping
 
 
 def render(request: Request, template: str, session: UiSession | None, status_code: int = 200,
@@ -68,10 +77,14 @@ async def login_page(request: Request, settings: SettingsDep) -> Response:
 
 @router.post("/ui/login")
 async def login(request: Request, settings: SettingsDep, sessions: SessionsDep,
-                token: Annotated[str, Form(max_length=512)] = "") -> Response:
+                token: Annotated[str, Form(max_length=4096)] = "") -> Response:
     """A token (API_TOKEN, or one's own from API_TOKENS_FILE) for a session cookie."""
     if not settings.auth_configured:
         return RedirectResponse("/ui", status_code=303)
+    origin = request.headers.get("origin")
+    if origin is not None and origin.rstrip("/") != f"{request.url.scheme}://{request.url.netloc}":
+        # Another site's page logging the browser in as someone else (login CSRF).
+        return render(request, "login.html", None, status_code=403, error="Log in from this server's own page.")
     try:
         caller = await asyncio.to_thread(
             require_token, settings, HTTPAuthorizationCredentials(scheme="Bearer", credentials=token.strip()))
@@ -79,12 +92,13 @@ async def login(request: Request, settings: SettingsDep, sessions: SessionsDep,
         return render(request, "login.html", None, status_code=exc.status_code,
                       error="That token is not valid here." if exc.status_code == 401 else exc.detail)
     response = RedirectResponse("/ui", status_code=303)
-    set_session_cookie(request, response, sessions.issue(caller))
+    set_session_cookie(request, response, sessions.issue(caller, token.strip()))
     return response
 
 
 @router.post("/ui/logout")
-async def logout(_: CsrfDep) -> Response:
+async def logout(session: CsrfDep, sessions: SessionsDep) -> Response:
+    await asyncio.to_thread(sessions.end, session)  # a copy of the cookie no longer works either
     response = RedirectResponse("/ui/login", status_code=303)
     response.delete_cookie(COOKIE, path="/")
     return response
@@ -146,17 +160,25 @@ async def live(request: Request, session: SessionDep, store: StoreDep, spending:
     replica: the store's revision), and every LIVE_REFRESH_SECONDS for the countdowns."""
     wanted = _filter(state, tag, name)
 
+    cookie, sessions, stopping = request.cookies.get(COOKIE), request.app.state.ui_sessions, stopping_event(request)
+
     async def stream() -> AsyncIterator[str]:
         seen, sent_at = -1, 0.0
         loop = asyncio.get_running_loop()
+        ends, checked = loop.time() + LIVE_MAX_SECONDS, loop.time()
         yield "retry: 3000\n\n"
-        while not await request.is_disconnected():
+        while not await request.is_disconnected() and not stopping.is_set() and loop.time() < ends:
+            if loop.time() - checked >= LIVE_SESSION_CHECK_SECONDS:  # logged out, revoked, expired: the stream ends
+                checked = loop.time()
+                if await asyncio.to_thread(sessions.read, cookie) is None:
+                    return
             revision = await asyncio.to_thread(store.revision)
             if revision != seen or loop.time() - sent_at >= LIVE_REFRESH_SECONDS:
                 html = await asyncio.to_thread(_rows_html, request, session, store, spending, wanted, page)
                 seen, sent_at = revision, loop.time()
                 yield "event: rows\n" + "".join(f"data: {line}\n" for line in html.splitlines()) + "\n"
-            await asyncio.sleep(LIVE_POLL_SECONDS)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), LIVE_POLL_SECONDS)
 
     # X-Accel-Buffering: nginx sends each event at once (docs/TEAM_SETUP.md has the other proxies' settings).
     return StreamingResponse(stream(), media_type="text/event-stream",
@@ -166,9 +188,18 @@ async def live(request: Request, session: SessionDep, store: StoreDep, spending:
 @router.post("/ui/actions")
 async def bulk(request: Request, session: CsrfDep, service: ServiceDep,
                action: Annotated[str, Form(pattern="^(start|stop|delete)$")],
-               ids: Annotated[list[str], Form(max_length=1000)]) -> HTMLResponse:
-    """The bulk bar: one request for the selected instances; each row's outcome comes back (out of band)."""
-    results = await service.bulk(action, ids, session.caller)
+               ids: Annotated[list[str] | None, Form()] = None) -> HTMLResponse:
+    """The bulk bar: one request for the selected instances; each row's outcome comes back (out of band), and a
+    refusal of the whole request (the budget for a set of starts, nothing selected) in the bar's notice."""
+    if not ids:
+        return render(request, "_outcomes.html", session, outcomes={}, notice="Select at least one instance first.")
+    if len(ids) > MAX_BULK:
+        return render(request, "_outcomes.html", session, outcomes={},
+                      notice=f"Select at most {MAX_BULK} instances at once.")
+    try:
+        results = await service.bulk(action, ids, session.caller)
+    except ApiError as exc:
+        return render(request, "_outcomes.html", session, outcomes={}, notice=f"{action} refused: {exc.detail}")
     outcomes = {r["id"]: outcome(action, r) for r in results}
     request.app.state.ui_outcomes.keep(session.sid, outcomes)
-    return render(request, "_outcomes.html", session, outcomes=outcomes)
+    return render(request, "_outcomes.html", session, outcomes=outcomes, notice="")
