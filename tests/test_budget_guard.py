@@ -112,6 +112,8 @@ def test_an_accepted_delete_frees_its_share_at_once(started, fresh_emulator):
     # create is: the start-up sweep admits them (room for two and a half), the third create is refused.
     boxes = launch_managed(fresh_emulator, 2, name=BODY["name"])
     server, api = started(BUDGET_USD=f"{2.5 * one_create(datetime.now(UTC)):.6f}")
+    # Adopted by the start-up sweep (no sync of our own: one `aws` process less).
+    wait_until(lambda: all(api.get(f"/instances/{i}").json().get("state") == "running" for i in boxes), timeout=30)
     ids = [box["id"] for box in adopt(api, boxes)]
     assert api.post("/instances", json=NO_SSH | {"name": "third"}).status_code == 409
     server.set_faults({"op": "describe-instances", "hide": "all"})  # no sync can record them terminated yet
@@ -165,10 +167,10 @@ def test_at_a_months_start_the_runs_never_admitted_for_it_are_stopped_in_one_cal
 def test_an_adopted_instance_that_passes_the_budget_is_stopped_by_the_guard(started, fresh_emulator):
     # Room for its disk to the month's end and half of its 8 hours (DEFAULT_AUTO_STOP_MINUTES) of compute.
     assert RATES is not None
-    server, api = started(BUDGET_USD=f"{one_create(datetime.now(UTC)) - 4 * (RATES.compute + RATES.ipv4):.6f}")
     [box] = launch_managed(fresh_emulator, name=None)  # launched by hand with our tag: no admission could refuse it
-    api.post("/instances/sync").raise_for_status()  # adopts it (unless the start-up sweep just did)
-    assert api.get(f"/instances/{box}").status_code == 200
+    server, api = started(BUDGET_USD=f"{one_create(datetime.now(UTC)) - 4 * (RATES.compute + RATES.ipv4):.6f}")
+    # Adopted by the start-up sweep (no sync of our own: one `aws` process less); the guard may stop it at once.
+    wait_until(lambda: api.get(f"/instances/{box}").status_code == 200, timeout=30)
     wait_until(lambda: api.get(f"/instances/{box}").json()["state"] in ("stopping", "stopped"), timeout=20)
     assert box not in running(fresh_emulator)
     assert any(box in c for c in server.aws_calls() if "stop-instances" in c)

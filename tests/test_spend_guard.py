@@ -2,37 +2,41 @@
 (auto-stop: test_auto_stop.py)."""
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 
+from tests.support.processes import wait_until
 from tests.support.seeding import adopt, launch_managed
 from tests.support.server import ApiServer
 
 BODY = {"name": "guarded", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
 
 
-def _serving(emulator, tmp_path, **env: str) -> Iterator[ApiServer]:
-    srv = ApiServer(tmp_path, emulator.url, **env)
-    yield srv
-    srv.stop()
-
-
-def _client(server: ApiServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=60) as client:
-        yield client
-
-
 @pytest.fixture
-def server(emulator, fresh_emulator, tmp_path):
-    yield from _serving(emulator, tmp_path)
+def serve(fresh_emulator, tmp_path) -> Iterator[Callable[..., tuple[ApiServer, httpx.Client]]]:
+    """serve(**env) starts the test's own server (and a client on it) on the fresh emulator. A test that needs
+    instances launches them first: the server's start-up sweep adopts them (adopt() then syncs nothing)."""
+    started: list[tuple[ApiServer, httpx.Client]] = []
+
+    def serve_(**env: str) -> tuple[ApiServer, httpx.Client]:
+        server = ApiServer(tmp_path, fresh_emulator.url, **env)
+        started.append((server, httpx.Client(base_url=server.url, timeout=60)))
+        return started[-1]
+
+    yield serve_
+    for server, client in started:
+        client.close()
+        server.stop()
 
 
-@pytest.fixture
-def api(server):
-    yield from _client(server)
+def swept_in(api: httpx.Client, ids: list[str]) -> list[dict]:
+    """The records of `ids`, launched before the server started, once its start-up sweep has adopted them (no
+    sync of our own: one `aws` process less)."""
+    wait_until(lambda: all(api.get(f"/instances/{i}").json().get("state") == "running" for i in ids), timeout=30)
+    return adopt(api, ids)
 
 
 def created(api: httpx.Client, **overrides) -> dict:
@@ -55,29 +59,11 @@ def restart(server: ApiServer, **env: str) -> None:
     server.start()
 
 
-def test_t_instances_launch_on_standard_credits_and_without_a_public_ip_when_asked(api, server, fresh_emulator):
-    plain = created(api, name="with-ip")
-    private = created(api, name="no-ip", associate_public_ip=False, ssh_from="none")  # no rule: no SSH without an IP
-    launches = calls_of(server, "run-instances")
-    assert len(launches) == 2
-    for argv in launches:
-        spec = json.loads(argv[argv.index("--credit-specification") + 1])
-        assert spec == {"CpuCredits": "standard"}
-    assert "--no-associate-public-ip-address" not in launches[0]
-    assert "--no-associate-public-ip-address" in launches[1]
-    assert fresh_emulator.instances()[plain["id"]].get("PublicIpAddress")
-    assert not fresh_emulator.instances()[private["id"]].get("PublicIpAddress")
-    api.post("/instances/sync").raise_for_status()
-    record = api.get(f"/instances/{private['id']}").json()
-    assert record["public_ip"] is None and record["ssh_string"] is None  # no sentence in it (issue 25)
-    assert "no public IPv4 address" in record["ssh_unavailable"]
-    assert api.get(f"/instances/{plain['id']}").json()["ssh_string"].startswith("ssh -i ")
-
-
-def test_over_budget_creates_and_starts_are_refused_without_a_process_stop_and_delete_pass(api, server,
-                                                                                           fresh_emulator):
+def test_over_budget_creates_and_starts_are_refused_without_a_process_stop_and_delete_pass(serve, fresh_emulator):
     # Two running boxes (adopted: each armed for DEFAULT_AUTO_STOP_MINUTES, 480, as a default create is).
-    first, second = adopt(api, launch_managed(fresh_emulator, 2, name=BODY["name"]))
+    boxes = launch_managed(fresh_emulator, 2, name=BODY["name"])
+    server, api = serve()  # after the launch: its start-up sweep adopts them
+    first, second = swept_in(api, boxes)
     two = api.get("/budget").json()["committed_usd"]  # the server's own projection of two instances
     assert two > 0
     restart(server, BUDGET_USD=f"{two * 1.25:.6f}")  # room for two, not three
@@ -114,16 +100,23 @@ def test_over_budget_creates_and_starts_are_refused_without_a_process_stop_and_d
     assert api.delete(f"/instances/{first['id']}").status_code == 202
 
 
-@pytest.fixture
-def priced_server(emulator, fresh_emulator, tmp_path):
-    """A server that allows t3.small but has no price for it (PRICES_FILE)."""
-    yield from _serving(emulator, tmp_path, ALLOWED_INSTANCE_TYPES="t3.micro,t4g.micro,t3.small",
-                        PRICES_FILE=str(_prices_without(tmp_path, "t3.small")))
+@pytest.fixture(scope="module")
+def priced_server(emulator, tmp_path_factory) -> Iterator[ApiServer]:
+    """A server that allows t3.small but has no price for it (PRICES_FILE), shared by the two tests that set no
+    budget (one server start less). It starts on an emptied emulator and the budget test runs first: its record
+    then holds that test's instance only."""
+    emulator.reset()
+    tmp = tmp_path_factory.mktemp("priced")
+    server = ApiServer(tmp, emulator.url, ALLOWED_INSTANCE_TYPES="t3.micro,t4g.micro,t3.small",
+                       PRICES_FILE=str(_prices_without(tmp, "t3.small")))
+    yield server
+    server.stop()
 
 
 @pytest.fixture
-def priced_api(priced_server):
-    yield from _client(priced_server)
+def priced_api(priced_server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=priced_server.url, timeout=60) as client:
+        yield client
 
 
 def test_budget_shows_the_period_every_instance_and_a_missing_price_is_a_400(priced_api, priced_server,
@@ -149,6 +142,28 @@ def test_budget_shows_the_period_every_instance_and_a_missing_price_is_a_400(pri
     assert "PRICES_FILE" in response.json()["detail"] and server.aws_calls()[mark:] == []
 
 
+def test_t_instances_launch_on_standard_credits_and_without_a_public_ip_when_asked(priced_api, priced_server,
+                                                                                   fresh_emulator):
+    api, server = priced_api, priced_server  # no price or budget in question: the module's shared server
+    mark = len(server.aws_calls())
+    plain = created(api, name="with-ip")
+    private = created(api, name="no-ip", associate_public_ip=False, ssh_from="none")  # no rule: no SSH without an IP
+    launches = calls_of(server, "run-instances", mark)
+    assert len(launches) == 2
+    for argv in launches:
+        spec = json.loads(argv[argv.index("--credit-specification") + 1])
+        assert spec == {"CpuCredits": "standard"}
+    assert "--no-associate-public-ip-address" not in launches[0]
+    assert "--no-associate-public-ip-address" in launches[1]
+    assert fresh_emulator.instances()[plain["id"]].get("PublicIpAddress")
+    assert not fresh_emulator.instances()[private["id"]].get("PublicIpAddress")
+    api.post("/instances/sync").raise_for_status()
+    record = api.get(f"/instances/{private['id']}").json()
+    assert record["public_ip"] is None and record["ssh_string"] is None  # no sentence in it (issue 25)
+    assert "no public IPv4 address" in record["ssh_unavailable"]
+    assert api.get(f"/instances/{plain['id']}").json()["ssh_string"].startswith("ssh -i ")
+
+
 def _prices_without(tmp, instance_type: str):
     from app.config import DEFAULT_PRICES_FILE
 
@@ -160,8 +175,10 @@ def _prices_without(tmp, instance_type: str):
     return path
 
 
-def test_a_bulk_start_is_admitted_as_one_set_or_not_at_all(api, server, fresh_emulator):
-    boxes = [box["id"] for box in adopt(api, launch_managed(fresh_emulator, 3, name=BODY["name"]))]
+def test_a_bulk_start_is_admitted_as_one_set_or_not_at_all(serve, fresh_emulator):
+    launched = launch_managed(fresh_emulator, 3, name=BODY["name"])
+    server, api = serve()  # after the launch: its start-up sweep adopts them
+    boxes = [box["id"] for box in swept_in(api, launched)]
     for box in boxes:  # a start re-arms this: what one start commits is 600 minutes of compute (to the period end)
         assert api.patch(f"/instances/{box}", json={"auto_stop_minutes": 600}).status_code == 200
     running = api.get("/budget").json()["committed_usd"]

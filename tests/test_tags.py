@@ -2,7 +2,9 @@
 changes made outside the API picked up by a sweep, and GET /instances filters that never call AWS.
 
 Only the first test creates through the API (what a create records is tests/test_lifecycle.py's subject); the
-others launch their instances straight in the emulator and adopt them with one sync (tests/support/seeding.py)."""
+others' instances are launched straight in the emulator and adopted by one sync for the module (`seeded`,
+tests/support/seeding.py). Every test looks only at its own instances: none resets the emulator or syncs first
+(`reader`)."""
 
 import httpx
 import pytest
@@ -17,7 +19,8 @@ def ec2_tags(emulator, instance_id: str) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in emulator.instances()[instance_id].get("Tags", [])}
 
 
-def test_patch_sets_and_removes_tags_and_renames_with_one_process_each(api, api_server, fresh_emulator):
+def test_patch_sets_and_removes_tags_and_renames_with_one_process_each(reader, api_server, emulator):
+    api = reader
     created = api.post("/instances", json=BODY | {"tags": {"Team": "web", "Env": "dev"}, "ssh_from": "none"})
     assert created.status_code == 201, created.text
     box = created.json()["id"]
@@ -29,7 +32,7 @@ def test_patch_sets_and_removes_tags_and_renames_with_one_process_each(api, api_
     assert changed.json()["tags"] == {"Team": "platform", "Owner": "alice"}
     calls = api_server.mutations_since(mark)
     assert [c[c.index("ec2") + 1] for c in calls] == ["create-tags", "delete-tags"], calls
-    tags = ec2_tags(fresh_emulator, box)
+    tags = ec2_tags(emulator, box)
     assert tags["Name"] == "renamed" and tags["Team"] == "platform" and tags["Owner"] == "alice"
     assert "Env" not in tags and tags["ManagedBy"] == "ec2-creator-local"
     # Unchanged values cost nothing; a tag-only PATCH leaves the auto-stop alone.
@@ -40,12 +43,26 @@ def test_patch_sets_and_removes_tags_and_renames_with_one_process_each(api, api_
 
 
 @pytest.fixture(scope="module")
-def refusal_target(api_server, emulator) -> str:
-    """One tracked running instance for every refused PATCH (each is refused before any `aws` process)."""
+def seeded(api_server, emulator) -> dict[str, str]:
+    """The module's tracked running instances by role, launched in the emulator and adopted by one sync: the
+    target of every refused PATCH (each is refused before any `aws` process), the box changed outside the API,
+    the three boxes filtered (alpha, beta, gamma) and the box terminated with its tags."""
+    launched = {
+        "refusal-target": launch_managed(emulator, name="refusal-target")[0],
+        "outside": launch_managed(emulator, name=BODY["name"], tags={"Team": "web"})[0],
+        "alpha": launch_managed(emulator, name="alpha", tags={"Team": "web", "Env": "prod"})[0],
+        "beta": launch_managed(emulator, name="beta", tags={"Team": "web"})[0],
+        "gamma": launch_managed(emulator, name="gamma", tags={"Team": "data=science"})[0],
+        "terminated": launch_managed(emulator, name=BODY["name"], tags={"Team": "web"})[0],
+    }
     with httpx.Client(base_url=api_server.url, timeout=60) as api:
-        [box] = launch_managed(emulator, name="refusal-target")
-        adopt(api, [box])
-        return box
+        adopt(api, list(launched.values()))
+    return launched
+
+
+@pytest.fixture
+def refusal_target(seeded) -> str:
+    return seeded["refusal-target"]
 
 
 @pytest.mark.parametrize(("patch", "status", "code"), [
@@ -67,31 +84,28 @@ def test_bad_patches_are_refused_before_any_process(reader, api_server, refusal_
     assert api_server.mutations_since(mark) == []
 
 
-def test_tags_and_name_changed_outside_the_api_show_after_a_sweep(api, fresh_emulator):
-    [box] = launch_managed(fresh_emulator, name=BODY["name"], tags={"Team": "web"})
-    adopt(api, [box])
+def test_tags_and_name_changed_outside_the_api_show_after_a_sweep(reader, emulator, seeded):
+    api, box = reader, seeded["outside"]
     assert api.get(f"/instances/{box}").json()["tags"] == {"Team": "web"}
-    fresh_emulator.ec2.create_tags(Resources=[box], Tags=[{"Key": "CostCenter", "Value": "42"},
+    emulator.ec2.create_tags(Resources=[box], Tags=[{"Key": "CostCenter", "Value": "42"},
                                                           {"Key": "Name", "Value": "from-console"}])
-    fresh_emulator.ec2.delete_tags(Resources=[box], Tags=[{"Key": "Team"}])
+    emulator.ec2.delete_tags(Resources=[box], Tags=[{"Key": "Team"}])
     api.post("/instances/sync").raise_for_status()
     got = api.get(f"/instances/{box}").json()
     assert got["name"] == "from-console" and got["tags"] == {"CostCenter": "42"}
     # A tag added in the console and not yet swept is still removed when a PATCH says null.
-    fresh_emulator.ec2.create_tags(Resources=[box], Tags=[{"Key": "Scratch", "Value": "1"}])
+    emulator.ec2.create_tags(Resources=[box], Tags=[{"Key": "Scratch", "Value": "1"}])
     assert api.patch(f"/instances/{box}", json={"tags": {"Scratch": None}}).status_code == 200
-    assert "Scratch" not in ec2_tags(fresh_emulator, box)
+    assert "Scratch" not in ec2_tags(emulator, box)
 
 
-def test_list_filters_by_state_tag_and_name_without_calling_aws(api, api_server, fresh_emulator):
+def test_list_filters_by_state_tag_and_name_without_calling_aws(reader, api_server, emulator, seeded):
     # Which instances are listed is the subject, not how they got their states: set up in the emulator, adopted by
     # syncs (the lifecycle suite stops and deletes through the API).
-    [a] = launch_managed(fresh_emulator, name="alpha", tags={"Team": "web", "Env": "prod"})
-    [b] = launch_managed(fresh_emulator, name="beta", tags={"Team": "web"})
-    [c] = launch_managed(fresh_emulator, name="gamma", tags={"Team": "data=science"})
-    adopt(api, [a, b, c])
-    fresh_emulator.ec2.stop_instances(InstanceIds=[b])
-    fresh_emulator.ec2.terminate_instances(InstanceIds=[c])
+    api = reader
+    a, b, c = seeded["alpha"], seeded["beta"], seeded["gamma"]
+    emulator.ec2.stop_instances(InstanceIds=[b])
+    emulator.ec2.terminate_instances(InstanceIds=[c])
     adopt(api, {a: "running", b: "stopped", c: "terminated"})  # the record catches up with the changes
     mark = len(api_server.aws_calls())
 
@@ -119,10 +133,9 @@ def test_list_filters_by_state_tag_and_name_without_calling_aws(api, api_server,
         assert answer.status_code == 422 and answer.json()["code"] == "validation_error", (bad, answer.text)
 
 
-def test_a_terminated_instance_keeps_its_tags(api, api_server, fresh_emulator):
-    [box] = launch_managed(fresh_emulator, name=BODY["name"], tags={"Team": "web"})
-    adopt(api, [box])
-    fresh_emulator.ec2.terminate_instances(InstanceIds=[box])
+def test_a_terminated_instance_keeps_its_tags(reader, api_server, emulator, seeded):
+    api, box = reader, seeded["terminated"]
+    emulator.ec2.terminate_instances(InstanceIds=[box])
     adopt(api, [box], "terminated")
     mark = len(api_server.aws_calls())
     answer = api.patch(f"/instances/{box}", json={"tags": {"Team": "x"}})

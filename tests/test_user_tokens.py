@@ -36,8 +36,10 @@ def people_server(emulator, tmp_path_factory):
 
 
 @pytest.fixture
-def as_(people_server, fresh_emulator):
-    """as_("alice") is an httpx client sending alice's token; the record is caught up first."""
+def as_(people_server):
+    """as_("alice") is an httpx client sending alice's token. No emulator reset nor sync first (an `aws` process
+    a test): each test looks only at the instances it creates, and a user sees (and a sync of theirs names) only
+    their own; instances left by other tests are someone else's or nobody's (seen by admins only)."""
     people_server.set_faults()
     clients: list[httpx.Client] = []
 
@@ -47,14 +49,13 @@ def as_(people_server, fresh_emulator):
         clients.append(made)
         return made
 
-    client("root").post("/instances/sync").raise_for_status()
     yield client
     for made in clients:
         made.close()
     people_server.set_faults()
 
 
-def test_alice_cannot_see_or_stop_bobs_instance_and_the_admin_can(people_server, as_, fresh_emulator):
+def test_alice_cannot_see_or_stop_bobs_instance_and_the_admin_can(people_server, as_, emulator):
     alice, bob, root = as_("alice"), as_("bob"), as_("root")
     created = bob.post("/instances", json=BODY)
     assert created.status_code == 201, created.text
@@ -83,7 +84,7 @@ def test_alice_cannot_see_or_stop_bobs_instance_and_the_admin_can(people_server,
     assert [i["id"] for i in alice.get("/budget").json()["instances"]] == []
     assert alice.get("/notifications").status_code == 403
     assert people_server.mutations_since(mark) == []  # no `aws` process spawned for alice
-    assert fresh_emulator.instances()[bobs]["State"]["Name"] == "running"
+    assert emulator.instances()[bobs]["State"]["Name"] == "running"
 
     # root, an admin: lists it (owned by bob) and stops it.
     listed = {i["id"]: i for i in root.get("/instances").json()["instances"]}
@@ -92,7 +93,7 @@ def test_alice_cannot_see_or_stop_bobs_instance_and_the_admin_can(people_server,
     stopped = root.post(f"/instances/{bobs}/stop")
     assert stopped.status_code == 202, stopped.text
     assert [c for c in people_server.mutations_since(mark) if "stop-instances" in c]
-    wait_until(lambda: fresh_emulator.instances()[bobs]["State"]["Name"] == "stopped")
+    wait_until(lambda: emulator.instances()[bobs]["State"]["Name"] == "stopped")
 
     # The history says who did what; bob sees it too.
     events = bob.get(f"/instances/{bobs}/events").json()["events"]
@@ -105,7 +106,7 @@ def test_alice_cannot_see_or_stop_bobs_instance_and_the_admin_can(people_server,
     assert [(r["id"], r["status"]) for r in mine["results"]] == [(bobs, 202)]
 
 
-def test_an_idempotency_key_is_its_owners(people_server, as_, fresh_emulator):
+def test_an_idempotency_key_is_its_owners(people_server, as_, emulator):
     alice, bob = as_("alice"), as_("bob")
     key = {"Idempotency-Key": "shared-key-1"}
     first = bob.post("/instances", json=BODY, headers=key)
@@ -120,7 +121,7 @@ def test_an_idempotency_key_is_its_owners(people_server, as_, fresh_emulator):
     assert again.headers["Idempotent-Replayed"] == "true"
 
 
-def test_a_launch_resolved_by_a_sweep_keeps_its_owner(people_server, as_, fresh_emulator):
+def test_a_launch_resolved_by_a_sweep_keeps_its_owner(people_server, as_, emulator):
     alice, bob = as_("alice"), as_("bob")
     # EC2 launches, then answers with an error: the launch stays pending until a sweep finds its instance.
     people_server.set_faults({"op": "run-instances", "times": 1, "fail_after": aws_error(
