@@ -25,7 +25,7 @@ from app.ui import budget as ui_budget
 from app.ui import create, instance
 from app.ui import router as ui
 from app.ui.deps import LoginRequired
-from app.ui.views import Outcomes
+from app.ui.views import Outcomes, RowsCache
 
 
 class QuietStartupExit:
@@ -85,6 +85,7 @@ def create_app(settings_getter: Callable[[], Settings] = load_settings) -> FastA
     app.mount("/ui/static", StaticFiles(directory=ui.HERE / "static"), name="ui-static")
     app.add_exception_handler(LoginRequired, ui.login_required)  # type: ignore[arg-type]
     app.state.ui_outcomes = Outcomes()
+    app.state.ui_rows = RowsCache()
 
     @app.get("/health", response_model=Health, tags=["health"])
     async def health() -> dict:

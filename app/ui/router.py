@@ -140,8 +140,7 @@ async def instance_rows_fragment(request: Request, session: SessionDep, store: S
 
 
 def _rows_html(request: Request, session: UiSession, store, spending, wanted: InstanceFilter, page: int) -> str:
-    _, spent = banner(spending)
-    rows, _ = instance_rows(store, spent, session.caller, wanted, page)
+    rows = request.app.state.ui_rows.get(store, spending, session.caller, wanted, page)
     outcomes = request.app.state.ui_outcomes.of(session.sid)
     return templates.get_template("_rows.html").render(request=request, session=session, rows=rows,
                                                        outcomes=outcomes)

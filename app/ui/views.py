@@ -1,6 +1,7 @@
 """What the pages show, computed from the store and the spend ledger (never from AWS): the instances table with
 each row's cost, uptime and next action, and the spend banner."""
 
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -107,3 +108,31 @@ class Outcomes:
     def of(self, sid: str) -> dict[str, dict[str, Any]]:
         kept = self._kept.get(sid)
         return kept[1] if kept and kept[0] > time.monotonic() else {}
+
+
+class RowsCache:
+    """The table's rows, computed once per (store revision, whose view, filter, page) and half minute, for every
+    open tab of this process: a change to one instance costs one computation, not one per tab (the live streams
+    all ask at once)."""
+
+    BUCKET_SECONDS = 30  # uptimes and countdowns are shown to the minute: recomputed at least this often
+    SIZE = 64
+
+    def __init__(self) -> None:
+        self._kept: dict[tuple, list[dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, db: Database, spending: Spending, caller: Caller, wanted: InstanceFilter,
+            page: int) -> list[dict[str, Any]]:
+        view = "*" if caller.is_admin else caller.name
+        key = (db.revision(), view, wanted, page, int(time.time() // self.BUCKET_SECONDS))
+        with self._lock:
+            found = self._kept.get(key)
+        if found is None:
+            _, spent = banner(spending)
+            found, _ = instance_rows(db, spent, caller, wanted, page)
+            with self._lock:
+                if len(self._kept) >= self.SIZE:
+                    self._kept.clear()
+                self._kept[key] = found
+        return found
