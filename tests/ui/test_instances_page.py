@@ -2,6 +2,8 @@
 375-pixel-wide screen."""
 
 import re
+import threading
+import time
 
 import httpx
 import pytest
@@ -9,7 +11,7 @@ from playwright.sync_api import expect
 
 from tests.support.processes import TLS
 from tests.support.seeding import adopt, launch_managed
-from tests.ui.conftest import api_client, login, shoot
+from tests.ui.conftest import TOKENS, api_client, login, shoot
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +84,32 @@ def test_log_out_ends_the_session(page, ui_server, boxes):
     page.get_by_label("Your token").fill("not-a-token")
     page.get_by_role("button", name="Log in").click()
     expect(page.get_by_role("alert")).to_have_text("That token is not valid here.")
+
+
+def test_nothing_selected_is_said_in_the_bar(page, ui_server, boxes):
+    login(page, ui_server, "root")
+    page.get_by_role("button", name="Start", exact=True).click()
+    expect(page.locator("#bulk-notice")).to_have_text("Select at least one instance first.")
+
+
+def test_an_open_live_stream_does_not_hold_the_server_up_when_it_is_asked_to_stop(ui_server, boxes):
+    """The module's last test: it stops the server. uvicorn waits for open responses before it stops, and a
+    dashboard tab's stream never ends by itself: the server ends them on SIGTERM."""
+    client = httpx.Client(base_url=ui_server.url, timeout=30, verify=TLS)
+    client.post("/ui/login", data={"token": TOKENS["root"][0]})
+    opened = threading.Event()
+
+    def listen() -> None:
+        with client.stream("GET", "/ui/events") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event: rows"):
+                    opened.set()
+
+    reader = threading.Thread(target=listen, daemon=True)
+    reader.start()
+    assert opened.wait(15), "the live stream sent no rows"
+    started = time.monotonic()
+    ui_server.stop()
+    assert time.monotonic() - started < 5
+    reader.join(5)
+    assert not reader.is_alive()  # the stream ended with the server
