@@ -400,7 +400,11 @@ def test_hostile_path_ids_are_4xx(server, client, watch, tracked, method, route,
     value = value.replace("{ID}", tracked).replace("{UPPER}", tracked.upper())
     before = stored(server, tracked)
     response = client.request(method, route.replace("{id}", quote(value, safe="")))
-    assert_refused(response)
+    if response.request.url.path == "/" and method == "GET":
+        # ".." took the request out of /instances: "/" is the dashboard's redirect (issue 28), which acts on nothing.
+        assert response.status_code == 307 and response.headers["location"] == "/ui", response.text
+    else:
+        assert_refused(response)
     assert stored(server, tracked) == before
 
 
