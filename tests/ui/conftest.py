@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import sync_playwright
 
 from tests.support.processes import ROOT, TLS
 from tests.support.server import ApiServer
@@ -26,6 +27,40 @@ def browser_type_launch_args() -> dict:
     return {"executable_path": str(CHROMIUM), "args": [
         "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--disable-dev-shm-usage"]}
+
+
+# Playwright's sync API runs an event loop in this thread for as long as it is started: pytest-playwright starts it
+# once per session, so every later test of the same xdist worker that calls asyncio.run() failed ("cannot be called
+# from a running event loop"). Here it lives for one module: started by the module's first browser test, stopped
+# after its last (one Chromium per module; make test hands these modules out early).
+@pytest.fixture(scope="module")
+def playwright():
+    with sync_playwright() as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def browser_type(playwright, browser_name):
+    return getattr(playwright, browser_name or "chromium")
+
+
+@pytest.fixture(scope="module")
+def launch_browser(browser_type_launch_args, browser_type):
+    def launch(**kwargs):
+        return browser_type.launch(**{**browser_type_launch_args, **kwargs})
+    return launch
+
+
+@pytest.fixture(scope="module")
+def browser(launch_browser):
+    launched = launch_browser()
+    yield launched
+    launched.close()
+
+
+@pytest.fixture(scope="module")
+def browser_context_args() -> dict:
+    return {}
 
 
 def tokens_toml() -> str:
