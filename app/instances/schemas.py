@@ -284,8 +284,9 @@ class Snooze(BaseModel):
 
     @model_validator(mode="after")
     def _one(self) -> "Snooze":
-        if (self.minutes is None) == (self.until is None):
-            raise ValueError("give minutes (15-720) or until (an RFC 3339 time), one of them")
+        given = self.model_fields_set & {"minutes", "until"}
+        if len(given) != 1 or getattr(self, next(iter(given))) is None:
+            raise ValueError("give minutes (15-720) or until (an RFC 3339 time), one of them, not null")
         return self
 
 
