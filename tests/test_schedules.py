@@ -56,21 +56,24 @@ def office(emulator, tmp_path_factory):
                        PRICES_FILE=str(tmp / "prices.json"), BUDGET_USD="100", NOTIFY_URLS=hook.url(),
                        NOTIFY_EVENTS="schedule_start_refused,schedule_start,schedule_stop")
     client = httpx.Client(base_url=server.url, timeout=60, verify=TLS)
-    for schedule in (OFFICE, EVENING, MORNING):
-        assert client.post("/schedules", json=schedule).status_code == 201
-    names = {}
-    for key, tags, instance_type in (("a", {"Schedule": "office"}, "t3.micro"),
-                                     ("b", {"Schedule": "office"}, EXPENSIVE), ("c", {"Schedule": "ghost"}, "t3.micro"),
-                                     ("d", {}, "t3.micro"), ("e", {"Schedule": "evening"}, "t3.micro"),
-                                     ("f", {"Schedule": "morning"}, "t3.micro")):
-        names[key] = launch_managed(emulator, name=f"box-{key}", tags=tags, instance_type=instance_type)[0]
-    stopped = [names[k] for k in "abcef"]
-    emulator.ec2.stop_instances(InstanceIds=stopped)
-    adopt(client, {i: "stopped" if i in stopped else "running" for i in names.values()})
-    yield server, client, names, hook
-    client.close()
-    server.stop()
-    hook.stop()
+    try:  # a setup that fails must not leave the server running
+        for schedule in (OFFICE, EVENING, MORNING):
+            assert client.post("/schedules", json=schedule).status_code == 201
+        names = {}
+        for key, tags, instance_type in (("a", {"Schedule": "office"}, "t3.micro"),
+                                         ("b", {"Schedule": "office"}, EXPENSIVE),
+                                         ("c", {"Schedule": "ghost"}, "t3.micro"), ("d", {}, "t3.micro"),
+                                         ("e", {"Schedule": "evening"}, "t3.micro"),
+                                         ("f", {"Schedule": "morning"}, "t3.micro")):
+            names[key] = launch_managed(emulator, name=f"box-{key}", tags=tags, instance_type=instance_type)[0]
+        stopped = [names[k] for k in "abcef"]
+        emulator.ec2.stop_instances(InstanceIds=stopped)
+        adopt(client, {i: "stopped" if i in stopped else "running" for i in names.values()})
+        yield server, client, names, hook
+    finally:
+        client.close()
+        server.stop()
+        hook.stop()
 
 
 def instance(client: httpx.Client, instance_id: str) -> dict:
