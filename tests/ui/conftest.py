@@ -18,7 +18,7 @@ from tests.support.server import ApiServer
 CHROMIUM = Path("/usr/lib/chromium/chromium")  # /usr/bin/chromium is a shell wrapper: Playwright needs the binary
 SCREENSHOTS = ROOT / "reports" / "screenshots"
 TOKENS = {"root": ("root-token-0123456789abcdef", "admin"), "alice": ("alice-token-0123456789abcdef", "user"),
-          "bob": ("bob-token-0123456789abcdef", "user")}
+          "bob": ("bob-token-0123456789abcdef", "user"), "carol": ("carol-token-0123456789abcdef", "user")}
 
 
 @pytest.fixture(scope="session")
