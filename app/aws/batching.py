@@ -13,8 +13,10 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from app.core.errors import ApiError
 
@@ -32,6 +34,20 @@ PER_INSTANCE = {"IncorrectInstanceState", "InvalidInstanceID.NotFound", "Invalid
 # batch that gets one is split in halves, so one caller's instance never fails the others'.
 MAYBE_PER_INSTANCE = PER_INSTANCE | {"UnauthorizedOperation", "InsufficientInstanceCapacity",
                                      "InsufficientCapacity", "InstanceLimitExceeded", "VcpuLimitExceeded"}
+
+
+Row = TypeVar("Row", bound=Mapping[str, Any])
+
+
+def by_region(rows: Iterable[Row]) -> Iterator[tuple[str | None, dict[str, Row]]]:
+    """Recorded instances in the calls EC2 takes: per region (each is acted on in the region it was recorded in),
+    at most MAX_IDS each, as {id: row}."""
+    grouped: dict[str | None, list[Row]] = defaultdict(list)
+    for row in rows:
+        grouped[row["region"]].append(row)
+    for region, members in grouped.items():
+        for start in range(0, len(members), MAX_IDS):
+            yield region, {r["id"]: r for r in members[start:start + MAX_IDS]}
 
 
 async def send(aws, script: str, response_key: str, ids: Sequence[str], region: str | None = None,

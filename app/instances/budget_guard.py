@@ -14,9 +14,8 @@ is read then). The leader alone runs it.
 import asyncio
 import logging
 import uuid
-from collections import defaultdict
 
-from app.aws.batching import MAX_IDS
+from app.aws.batching import by_region
 from app.aws.batching import send as send_batch
 from app.budget.spending import Spending, period_bounds, period_label
 from app.config import Settings
@@ -81,12 +80,8 @@ class BudgetGuard(WakeableLoop):
         log.warning("budget guard: USD %.4f committed this month (%s) passes BUDGET_USD %.2f: stopping %s",
                     committed, period, budget, ", ".join(ids))
         stopped: list[str] = []
-        by_region: dict[str | None, list[InstanceRow]] = defaultdict(list)
-        for row in rows:
-            by_region[row["region"]].append(row)
-        for region, members in by_region.items():
-            for start in range(0, len(members), MAX_IDS):
-                stopped += await self._stop({r["id"]: r for r in members[start:start + MAX_IDS]}, region)
+        for region, chunk in by_region(rows):
+            stopped += await self._stop(chunk, region)
         return stopped
 
     def _notify_only(self, rows: list[InstanceRow], period: str, committed: float, budget: float) -> None:

@@ -11,12 +11,11 @@ import json
 import logging
 import re
 import uuid
-from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from app.auth.tokens import LOCAL, Caller
-from app.aws.batching import MAX_IDS, Coalescer
+from app.aws.batching import Coalescer, by_region
 from app.aws.batching import send as send_batch
 from app.aws.runner import AwsCli, outcome_unknown
 from app.budget.spending import AccountPlan, Charges, PriceBook, Rates, Spending, horizon
@@ -600,33 +599,28 @@ class InstanceService:
     async def _send_bulk(self, action: str, rule: Transition, rows: list[InstanceRow],
                          actor: str | None = None) -> dict[str, dict]:
         results: dict[str, dict] = {}
-        by_region: dict[str | None, list[InstanceRow]] = defaultdict(list)
-        for row in rows:
-            by_region[row["region"]].append(row)
         batch = {r["id"] for r in rows}
         self.recorder.transitions |= batch
         try:
-            for region, members in by_region.items():
-                for start in range(0, len(members), MAX_IDS):
-                    chunk = {r["id"]: r for r in members[start:start + MAX_IDS]}
-                    answered, failed = await send_batch(self.aws, rule.script, rule.response_key, list(chunk),
-                                                        region)
-                    request_id = uuid.uuid4().hex
-                    for instance_id, change in answered.items():
-                        try:
-                            recorded = await self._record_transition(chunk[instance_id], change, action, request_id,
-                                                                     actor)
-                            results[instance_id] = _result(recorded, 202)
-                        except ApiError as unrecorded:
-                            results[instance_id] = _result(chunk[instance_id], unrecorded.status_code, unrecorded)
-                    for instance_id, error in failed.items():
-                        self.recorder.transitions.discard(instance_id)
-                        try:
-                            row, changed = await self._refused(chunk[instance_id], action, request_id, error,
-                                                               actor)
-                            results[instance_id] = _result(row, 202 if changed else 200)
-                        except ApiError as refused:
-                            results[instance_id] = _result(chunk[instance_id], refused.status_code, refused)
+            for region, chunk in by_region(rows):
+                answered, failed = await send_batch(self.aws, rule.script, rule.response_key, list(chunk),
+                                                    region)
+                request_id = uuid.uuid4().hex
+                for instance_id, change in answered.items():
+                    try:
+                        recorded = await self._record_transition(chunk[instance_id], change, action, request_id,
+                                                                 actor)
+                        results[instance_id] = _result(recorded, 202)
+                    except ApiError as unrecorded:
+                        results[instance_id] = _result(chunk[instance_id], unrecorded.status_code, unrecorded)
+                for instance_id, error in failed.items():
+                    self.recorder.transitions.discard(instance_id)
+                    try:
+                        row, changed = await self._refused(chunk[instance_id], action, request_id, error,
+                                                           actor)
+                        results[instance_id] = _result(row, 202 if changed else 200)
+                    except ApiError as refused:
+                        results[instance_id] = _result(chunk[instance_id], refused.status_code, refused)
         finally:
             self.recorder.transitions -= batch
         return results

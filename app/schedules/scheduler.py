@@ -17,10 +17,9 @@ it) and `next_start_at` while stopped.
 import asyncio
 import logging
 import uuid
-from collections import defaultdict
 from datetime import datetime, timedelta
 
-from app.aws.batching import MAX_IDS
+from app.aws.batching import by_region
 from app.aws.batching import send as send_batch
 from app.config import Settings
 from app.core import clock
@@ -118,11 +117,8 @@ class Scheduler(WakeableLoop):
         """Whether its last stop was a person's (through the API, or outside it: the console) and not its auto-stop,
         its schedule, the budget guard or its idle alarm (EC2's own stop, seen as one outside the API): only those
         are undone when the schedule does not respect manual stops."""
-        stops = [e for e in self.db.list_events(row["id"]) if e["to_state"] in ("stopping", "stopped")]
-        if not stops:
-            return False
-        last = stops[-1]
-        return last["source"] == "api" or (last["source"] == "reconcile" and row["stop_when_idle"] is None)
+        source = self.db.last_stop_source(row["id"])  # one indexed row, not the history, at every check
+        return source == "api" or (source == "reconcile" and row["stop_when_idle"] is None)
 
     async def _start(self, due: list[tuple[InstanceRow, datetime]]) -> list[str]:
         """Admit each (the free-tier types, then the budget), then start the admitted ones with one call per
@@ -134,7 +130,7 @@ class Scheduler(WakeableLoop):
         async with self.service.locks.hold(list(edges)):
             with self.service.reconciler.mutating():
                 rows = await asyncio.to_thread(self.db.get_instances, list(edges))
-                admitted: dict[str | None, dict[str, InstanceRow]] = defaultdict(dict)
+                admitted: list[InstanceRow] = []
                 for instance_id, row in rows.items():
                     if row["state"] != InstanceState.STOPPED or (row["schedule"], row["schedule_since"]) != \
                             seen[instance_id]:
@@ -147,13 +143,10 @@ class Scheduler(WakeableLoop):
                         await asyncio.to_thread(self._refused, row, edges[instance_id], exc)
                         continue
                     keys.append(key)
-                    admitted[row["region"]][instance_id] = row
+                    admitted.append(row)
                 try:
-                    for region, members in admitted.items():
-                        ids = list(members)
-                        for first in range(0, len(ids), MAX_IDS):
-                            started += await self._send({i: members[i] for i in ids[first:first + MAX_IDS]}, region,
-                                                        edges)
+                    for region, chunk in by_region(admitted):
+                        started += await self._send(chunk, region, edges)
                 finally:
                     for key in keys:
                         await asyncio.to_thread(self.service.spending.release, key)

@@ -50,6 +50,11 @@ class EventQueries(StoreBase):
                 {"key": f"event:{seq}", "seq": seq, "instance_id": instance_id, "data": json.dumps(data), "at": at,
                  "enabled": NOTIFY_ENABLED})
 
+    def last_stop_source(self, instance_id: str) -> str | None:
+        """Who stopped the instance last: the source of its newest event into stopping or stopped (None: none)."""
+        return self._scalar("SELECT source FROM instance_events WHERE instance_id = :id AND to_state IN "
+                            "('stopping', 'stopped') ORDER BY seq DESC LIMIT 1", {"id": instance_id})
+
     def list_events(self, instance_id: str) -> list[EventRow]:
         return [event_row(r) for r in self._all(
             f"SELECT {EVENT_COLUMNS} FROM instance_events WHERE instance_id = :id ORDER BY seq", {"id": instance_id})]
