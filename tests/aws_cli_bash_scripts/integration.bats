@@ -3,8 +3,8 @@
 # on a free 127.0.0.1 port. Needs aws and moto_server: $AWS_CLI /
 # $MOTO_SERVER, else on PATH. Never reaches AWS: fake credentials, explicit
 # endpoint, no metadata service, and a proxy that goes nowhere for anything
-# but 127.0.0.1. `make test` runs this file twice: with the venv's CLI v1 and,
-# with EXPECT_AWS_CLI_MAJOR=2, with Debian's CLI v2 (AWS_CLI_V2).
+# but 127.0.0.1. `make test` runs it with Debian's CLI v2 (AWS_CLI_V2,
+# EXPECT_AWS_CLI_MAJOR=2); the venv's v1 runs it too (AWS_CLI unset).
 
 bats_require_minimum_version 1.5.0
 

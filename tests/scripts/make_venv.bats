@@ -25,7 +25,7 @@ with zipfile.ZipFile(wheel, "w") as z:
     z.writestr("devonly_tool-1.0.dist-info/RECORD", "".join(f"{n},,\n" for n in [*files, "devonly_tool-1.0.dist-info/RECORD"]))
 PY
   printf -- '-r requirements.txt\n./devonly_tool-1.0-py3-none-any.whl\n' >"${APP}/requirements-dev.txt"
-  export PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+  export PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1 VENV_INSTALLER=pip  # pip alone: no index, no uv
   export PYTHON_BOOT="${PYTHON_BOOT:-python3}"
   unset VENV
 }
