@@ -28,6 +28,18 @@ from tests.support.seeding import adopt, launch_managed
 from tests.ui.conftest import TOKENS, api_client, login, shoot
 
 
+def enter(page, ui_server, name: str, path: str = "/ui"):
+    """`name`'s session without the login page, then `path` in the browser: the token POSTed to /ui/login as
+    the form posts it, through the page's own context (its cookie jar: the session cookie lands where a login
+    through the form puts it). The login page and the instances page a login lands on are two page loads (a
+    browser's render and the server's, and the live stream the instances page opens), and only three tests are
+    about logging in: the first, the CSRF and the log-out tests log in through the form."""
+    answer = page.context.request.post(f"{ui_server.url}/ui/login", form={"token": TOKENS[name][0]},
+                                       max_redirects=0)
+    assert answer.status == 303 and answer.headers["location"] == "/ui", answer.status
+    return page.goto(f"{ui_server.url}{path}")
+
+
 # -- budget, schedules, notifications ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def budget_boxes(ui_server, emulator):
@@ -57,8 +69,7 @@ def test_the_gauge_shows_the_budget_and_a_row_per_instance_and_a_user_sees_only_
     shoot(page, "budget")
 
     page.context.clear_cookies()
-    login(page, ui_server, "alice")
-    page.goto(f"{ui_server.url}/ui/budget")
+    enter(page, ui_server, "alice", "/ui/budget")
     rows = page.locator("table.shares tr[data-instance-id]")
     expect(rows).to_have_count(1)
     assert rows.first.get_attribute("data-instance-id") == budget_boxes[1]
@@ -67,10 +78,9 @@ def test_the_gauge_shows_the_budget_and_a_row_per_instance_and_a_user_sees_only_
 
 def test_the_spend_per_day_has_a_bar_for_today_that_adds_up_to_what_is_spent(page, ui_server, budget_boxes):
     page.set_viewport_size({"width": 375, "height": 800})
-    login(page, ui_server, "root")
     with api_client(ui_server) as api:
         before = api.get("/budget").json()["spent_usd"]  # read before the page: a little less had been spent
-    page.goto(f"{ui_server.url}/ui/budget")
+    enter(page, ui_server, "root", "/ui/budget")
     today = datetime.now(UTC).date().isoformat()
     bars = page.locator("svg.days rect.bar")
     expect(bars.last).to_have_attribute("data-day", today)  # the period so far, ending with today
@@ -89,8 +99,7 @@ def test_the_spend_per_day_has_a_bar_for_today_that_adds_up_to_what_is_spent(pag
 def test_the_schedules_page_shows_the_week_of_office_hours(page, ui_server, budget_boxes):
     with api_client(ui_server) as api:
         api.patch(f"/instances/{budget_boxes[1]}", json={"schedule": "office"}).raise_for_status()
-    login(page, ui_server, "alice")
-    page.goto(f"{ui_server.url}/ui/schedules")
+    enter(page, ui_server, "alice", "/ui/schedules")
     office = page.locator('section[data-schedule="office"]')
     expect(office.locator("[data-hours]")).to_have_text("40.0")
     expect(office.locator("table.week td.on")).to_have_count(40)  # mon-fri, 09 to 17: 5 x 8 hours
@@ -106,13 +115,13 @@ def test_the_schedules_page_shows_the_week_of_office_hours(page, ui_server, budg
 
 
 def test_notifications_are_an_admins_page(page, ui_server, budget_boxes):
-    login(page, ui_server, "alice")
+    enter(page, ui_server, "alice")
     expect(page.get_by_role("link", name="Notifications")).to_have_count(0)
     answer = page.goto(f"{ui_server.url}/ui/notifications")
     assert answer is not None and answer.status == 403
     expect(page.locator("[data-forbidden]")).to_contain_text("an admin's")
     page.context.clear_cookies()
-    login(page, ui_server, "root")
+    enter(page, ui_server, "root")
     page.get_by_role("link", name="Notifications").click()
     expect(page.get_by_role("heading", name="Notifications")).to_be_visible()
     expect(page.locator("[data-forbidden]")).to_have_count(0)
@@ -121,17 +130,25 @@ def test_notifications_are_an_admins_page(page, ui_server, budget_boxes):
 
 # -- the instance page ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def box(ui_server, emulator):
-    """One running box of root's (adopted: no owner, an admin's)."""
+def boxes(ui_server, emulator) -> tuple[str, list[str]]:
+    """The instance page's box and the instances page's three, launched together and adopted by one sync (one
+    `aws` process, not one per section): each section looks only at its own, and the budget section's counts
+    are taken before these exist."""
     with api_client(ui_server) as api:
-        ids = launch_managed(emulator, 1, name="detail-box")
-        adopt(api, ids)
-    return ids[0]
+        [detail] = launch_managed(emulator, 1, name="detail-box")
+        web = launch_managed(emulator, 3, name="web")
+        adopt(api, [detail, *web])
+    return detail, web
+
+
+@pytest.fixture(scope="module")
+def box(boxes) -> str:
+    """One running box of root's (adopted: no owner, an admin's)."""
+    return boxes[0]
 
 
 def open_page(page, ui_server, instance_id: str, who: str = "root"):
-    login(page, ui_server, who)
-    return page.goto(f"{ui_server.url}/ui/instances/{instance_id}")
+    return enter(page, ui_server, who, f"/ui/instances/{instance_id}")
 
 
 def test_the_page_shows_the_instance_and_its_events_and_the_tags_editor_sets_a_tag_in_ec2(page, ui_server, box,
@@ -196,8 +213,7 @@ def test_the_cpu_chart_is_loaded_only_when_asked_and_375_pixels_do_not_scroll_si
 
 # -- the create form ----------------------------------------------------------------------------------------------
 def test_a_create_through_the_form_shows_up_pending_then_running_without_a_reload(page, ui_server, emulator):
-    login(page, ui_server, "alice")
-    page.goto(f"{ui_server.url}/ui/create")
+    enter(page, ui_server, "alice", "/ui/create")
     page.get_by_label("Name").fill("from-the-form")
     page.get_by_label("SSH access from").fill("none")  # no security group rule to add: one `aws` process fewer
     page.get_by_label("Auto-stop after").fill("90")
@@ -214,8 +230,7 @@ def test_a_create_through_the_form_shows_up_pending_then_running_without_a_reloa
 
 
 def test_a_refused_create_shows_the_apis_message_next_to_the_field(page, ui_server, emulator):
-    login(page, ui_server, "alice")
-    page.goto(f"{ui_server.url}/ui/create")
+    enter(page, ui_server, "alice", "/ui/create")
     before = set(emulator.instances())
     page.get_by_label("Name").fill("too-big")
     page.get_by_label("SSH access from").fill("none")
@@ -240,9 +255,8 @@ def test_a_refused_create_shows_the_apis_message_next_to_the_field(page, ui_serv
 
 def test_the_estimate_shows_before_submitting_and_follows_the_form_at_375_pixels(page, ui_server):
     page.set_viewport_size({"width": 375, "height": 900})
-    login(page, ui_server, "alice")
     mark = len(ui_server.aws_calls())
-    page.goto(f"{ui_server.url}/ui/create")
+    enter(page, ui_server, "alice", "/ui/create")
     estimate = page.locator("#estimate")
     expect(estimate.locator("[data-estimate='fits']")).to_be_visible()
     default_month = estimate.locator("[data-month-usd]").inner_text()
@@ -266,13 +280,10 @@ def test_the_estimate_shows_before_submitting_and_follows_the_form_at_375_pixels
 
 # -- the instances page (last: its last test stops the server) ----------------------------------------------------
 @pytest.fixture(scope="module")
-def page_boxes(ui_server, emulator):
+def page_boxes(ui_server, boxes) -> list[str]:
     """Three running boxes: two of no owner (an admin's), one carol's (owner set in the store, as a create of
     hers would)."""
-    with api_client(ui_server) as api:
-        ids = launch_managed(emulator, 3, name="web")
-        adopt(api, ids)
-    import sqlite3
+    ids = boxes[1]
     with sqlite3.connect(ui_server.db_path) as db:
         db.execute("UPDATE instances SET owner = 'carol', rev = rev + 100 WHERE id = ?", (ids[2],))
     return ids
@@ -280,7 +291,7 @@ def page_boxes(ui_server, emulator):
 
 def test_the_bulk_bar_stops_two_and_each_row_says_so_and_the_rows_follow_without_a_reload(page, ui_server, page_boxes,
                                                                                         emulator):
-    login(page, ui_server, "root")
+    enter(page, ui_server, "root")
     for instance_id in page_boxes[:2]:
         page.locator(f"#sel-{instance_id}").check()
     page.get_by_role("button", name="Stop", exact=True).click()
@@ -295,7 +306,7 @@ def test_the_bulk_bar_stops_two_and_each_row_says_so_and_the_rows_follow_without
 
 
 def test_a_user_sees_only_their_own_instances(page, ui_server, page_boxes):
-    login(page, ui_server, "carol")  # alice owns boxes of the sections above
+    enter(page, ui_server, "carol")  # alice owns boxes of the sections above
     rows = page.locator("tr[data-instance-id]")
     expect(rows).to_have_count(1)
     assert rows.first.get_attribute("data-instance-id") == page_boxes[2]
@@ -318,7 +329,7 @@ def test_a_post_without_the_csrf_token_is_403(page, ui_server, page_boxes):
 
 def test_at_375_pixels_the_instances_page_does_not_scroll_sideways(page, ui_server, page_boxes):
     page.set_viewport_size({"width": 375, "height": 800})
-    login(page, ui_server, "root")
+    enter(page, ui_server, "root")
     expect(page.locator("tr[data-instance-id]").first).to_be_visible()
     assert page.evaluate("document.documentElement.scrollWidth") <= 375
     shoot(page, "instances-375px")
@@ -337,7 +348,7 @@ def test_log_out_ends_the_session(page, ui_server, page_boxes):
 
 
 def test_nothing_selected_is_said_in_the_bar(page, ui_server, page_boxes):
-    login(page, ui_server, "root")
+    enter(page, ui_server, "root")
     page.get_by_role("button", name="Start", exact=True).click()
     expect(page.locator("#bulk-notice")).to_have_text("Select at least one instance first.")
 
