@@ -46,6 +46,9 @@ def started_with_box(emulator, tmp_path, **env: str) -> tuple[ApiServer, str]:
     [instance_id] = launch_managed(emulator, name=BODY["name"])
     server = ApiServer(tmp_path, emulator.url, **env)
     with httpx.Client(base_url=server.url, timeout=60) as api:
+        # The start-up sweep adopts it: wait for that (reading the record) rather than sync, which waited for
+        # the sweep under way and then ran another (one `aws` process more). adopt() then only checks.
+        wait_until(lambda: api.get(f"/instances/{instance_id}").status_code == 200, timeout=30)
         adopt(api, [instance_id])
     return server, instance_id
 

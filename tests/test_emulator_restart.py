@@ -97,15 +97,6 @@ def assert_record_agrees_with_ec2(api: httpx.Client, emu: Emulator) -> None:
     wait_until(agree, timeout=30, interval=1)
 
 
-def tracked(api: httpx.Client, emu: Emulator, name: str) -> dict:
-    """An instance the server tracks from before the outage: launched in the emulator and adopted by a sync
-    (tests/support/seeding.py). Its create is not the subject (the create after the outage is): through the API
-    it cost three `aws` processes (its group, the launch, the sweep after it) and a sync."""
-    [instance_id] = launch_managed(emu, name=name)
-    [record] = adopt(api, [instance_id])
-    return record
-
-
 def create(api: httpx.Client, name: str) -> dict:
     response = api.post("/instances", json={**BODY, "name": name})
     assert response.status_code == 201, response.text
@@ -113,8 +104,13 @@ def create(api: httpx.Client, name: str) -> dict:
 
 
 def test_stopped_emulator_is_503_nothing_is_lost_and_the_restart_is_picked_up(server, emu, api):
+    # An instance the server tracks from before the outage: launched in the emulator and adopted by a sync
+    # (tests/support/seeding.py). Its create is not the subject (the create after the outage is): through the API it
+    # cost three `aws` processes (its group, the launch, the sweep after it). Launched before the first sync, which
+    # adopts it too (adopt() then only checks: one `aws` process fewer than a sync of its own).
+    [kept_id] = launch_managed(emu, name="before-the-outage")
     wait_until(lambda: api.post("/instances/sync").status_code == 200, timeout=60, interval=1)
-    kept = tracked(api, emu, "before-the-outage")
+    [kept] = adopt(api, [kept_id])
     listed_before = api.get("/instances").json()
     before = records(server)
 
@@ -158,8 +154,9 @@ def test_stopped_emulator_is_503_nothing_is_lost_and_the_restart_is_picked_up(se
 
 
 def test_hanging_emulator_is_504_within_the_timeout_and_records_stay_whole(server, emu, api):
-    kept = tracked(api, emu, "before-the-hang")
-    assert_record_agrees_with_ec2(api, emu)
+    [kept_id] = launch_managed(emu, name="before-the-hang")  # tracked from before the hang, as above
+    assert_record_agrees_with_ec2(api, emu)  # its sync adopts it too: adopt() then only checks
+    [kept] = adopt(api, [kept_id])
     listed_before = api.get("/instances").json()
     before = records(server)
 
