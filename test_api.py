@@ -3,18 +3,22 @@
 One server for the module (conftest's api_server) and EC2 as the module's earlier tests left it: no test here
 depends on an empty EC2 (each looks at the instances it made or seeded, by id or name), so none resets it. A
 reset made every instance of the tests before it vanish, and the next sync paid for that: a lookup to prove them
-gone and a delete-security-group for each of their groups (issue 26). Fixtures in conftest.py and below.
+gone and a delete-security-group for each of their groups (issue 26). Creates are shared where the tests of one
+body only read what it made: `made` (the default create: its answer, cost, address and events) and
+`creates_at_once` (four creates sent at once while /health is asked: the alias, AMI-id, root-volume and
+security-group tests' creates, and the load of the health test). Fixtures in conftest.py and below.
 """
 
 import threading
+from dataclasses import dataclass
 
 import httpx
 import pytest
 
 from tests.support.emulator import KEY_NAME
-from tests.support.processes import wait_until
+from tests.support.processes import TLS, wait_until
 from tests.support.seeding import adopt, launch_managed
-from tests.support.server import ApiServer, synced_client
+from tests.support.server import ApiServer
 
 X86_TYPE = "t3.micro"
 ARM_TYPE = "t4g.micro"
@@ -50,6 +54,69 @@ def seeded(api: httpx.Client, emulator, *names: str) -> list[str]:
     return ids
 
 
+@dataclass
+class Made:
+    item: dict  # the create's answer
+    mutations: list[list[str]]  # the `aws` processes it spawned that were not background reads
+
+
+@pytest.fixture(scope="module")
+def made(api_server) -> Made:
+    """One create with the defaults (and two tags), made once for the tests of what a create answers, costs and
+    leads to (its answer and EC2's instance, its `aws` processes, the sweep filling in its address, its events):
+    each of them was a create of its own with the same body, four `aws` processes each. They read it;
+    test_events_record_each_state_change stops it, and comes after them in this file."""
+    api_server.set_faults()
+    with httpx.Client(base_url=api_server.url, timeout=60, verify=TLS) as client:
+        before = len(api_server.aws_calls())
+        item = created(client, name="web-1", tags={"Owner": "me", "Env": "dev"})
+        return Made(item, api_server.mutations_since(before))
+
+
+@dataclass
+class AtOnce:
+    answers: dict[str, httpx.Response]  # by name
+    health_during: list[int]  # the status of each GET /health sent while they ran
+
+
+@pytest.fixture(scope="module")
+def creates_at_once(api_server, emulator) -> AtOnce:
+    """Four creates sent at once, /health asked over and over while they run: the creates the tests of a graviton
+    type's alias, an AMI id with a bigger root volume, and create_security_group: true (two groups) each made on
+    its own before, now the load of test_health_answers_while_creates_run (four creates without an SSH rule
+    before: two here have one, more work for the server while it answers). Each test reads its own answer."""
+    api_server.set_faults()
+    bodies = {
+        "graviton": {"instance_type": ARM_TYPE, "ssh_from": "none"},  # SSH is not the subject
+        "by-ami-id": {"ami": emulator.ami(), "storage_gb": 20, "ssh_from": "none"},
+        # Every field the original project's clients send (its Jenkinsfile.create, API_REFERENCE.md).
+        "web-server": {"storage_gb": 8, "create_security_group": True},
+        "web-2": {"create_security_group": True},
+    }
+    answers: dict[str, httpx.Response] = {}
+
+    def one(name: str) -> None:
+        with httpx.Client(base_url=api_server.url, timeout=60, verify=TLS) as each:
+            answers[name] = create(each, name=name, **bodies[name])
+
+    threads = [threading.Thread(target=one, args=(name,)) for name in bodies]
+    for t in threads:
+        t.start()
+    health_during = []
+    with httpx.Client(base_url=api_server.url, timeout=60, verify=TLS) as client:
+        while any(t.is_alive() for t in threads):
+            health_during.append(client.get("/health").status_code)
+    for t in threads:
+        t.join()
+    return AtOnce(answers, health_during)
+
+
+def answer(at_once: AtOnce, name: str) -> dict:
+    response = at_once.answers[name]
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
 # -- health and docs ---------------------------------------------------------------------------
 def test_health_is_exactly_ok(reader):
     response = reader.get("/health")
@@ -73,8 +140,8 @@ def test_docs_page_uses_no_cdn(reader):
 
 
 # -- create ------------------------------------------------------------------------------------
-def test_create_answers_at_once_with_the_resolved_ami_and_tags_in_ec2(client, emulator):
-    item = created(client, name="web-1", tags={"Owner": "me", "Env": "dev"})
+def test_create_answers_at_once_with_the_resolved_ami_and_tags_in_ec2(made, emulator):
+    item = made.item
     assert item["id"].startswith("i-")
     assert item["state"] in ("pending", "running")
     expected_ami = emulator.ami()
@@ -95,8 +162,8 @@ def test_create_answers_at_once_with_the_resolved_ami_and_tags_in_ec2(client, em
     assert ec2["ImageId"] == expected_ami
 
 
-def test_create_uses_the_amis_root_device_gp3_and_size(client, emulator):
-    item = created(client, storage_gb=20, ssh_from="none")  # SSH is not the subject: no rule to authorize
+def test_create_uses_the_amis_root_device_gp3_and_size(creates_at_once, emulator):
+    item = answer(creates_at_once, "by-ami-id")  # storage_gb 20
     ec2 = emulator.instances()[item["id"]]
     mappings = ec2["BlockDeviceMappings"]
     assert [m["DeviceName"] for m in mappings] == ["/dev/xvda"]
@@ -105,41 +172,40 @@ def test_create_uses_the_amis_root_device_gp3_and_size(client, emulator):
     assert item["storage_gb"] == 20
 
 
-def test_reconciler_fills_state_public_ip_and_ssh_string(client):
-    item = created(client)
+def test_reconciler_fills_state_public_ip_and_ssh_string(client, made):
+    item = made.item
     done = wait_until(lambda: (r := client.get(f"/instances/{item['id']}").json())["state"] == "running" and r)
     assert done["public_ip"]
     assert done["ssh_string"] == f"ssh -i ~/.ssh/my_ec2_keypair.pem ec2-user@{done['public_ip']}"
 
 
-def test_arm_alias_on_a_graviton_type(client, emulator):
-    item = created(client, instance_type=ARM_TYPE, ssh_from="none")
+def test_arm_alias_on_a_graviton_type(creates_at_once, emulator):
+    item = answer(creates_at_once, "graviton")  # amazon-linux-2023 on a t4g
     assert item["ami"] == emulator.ami("al2023-ami-kernel-default-arm64")
 
 
-def test_create_with_an_ami_id_an_alias_resolves_to(client, emulator):
+def test_create_with_an_ami_id_an_alias_resolves_to(creates_at_once, emulator):
     ami = emulator.ami()
-    assert created(client, ami=ami, ssh_from="none")["ami"] == ami
+    assert answer(creates_at_once, "by-ami-id")["ami"] == ami
 
 
-def test_create_costs_three_aws_processes_and_reads_none(client, api_server):
+def test_create_costs_three_aws_processes_and_reads_none(client, api_server, made):
     # The server's catalogue is warm from its start (a copy of the run's: tests/support/server.py); were it not,
     # fetching it would be background reads, which mutations_since leaves out.
     before = len(api_server.aws_calls())
-    item = created(client)
     client.get("/instances")
-    client.get(f"/instances/{item['id']}")
-    mutations = api_server.mutations_since(before)
+    client.get(f"/instances/{made.item['id']}")
+    mutations = made.mutations + api_server.mutations_since(before)
     # Its own security group, its SSH rule, the launch (issue 25: SSH that works, not open to the world).
     assert [next(op for op in ("create-security-group", "authorize-security-group-ingress", "run-instances")
                  if op in m) for m in mutations] == ["create-security-group", "authorize-security-group-ingress",
                                                       "run-instances"]
 
 
-def test_create_security_group_true_means_ssh_from_ssh_ingress_cidr_in_a_group_of_its_own(client, emulator):
+def test_create_security_group_true_means_ssh_from_ssh_ingress_cidr_in_a_group_of_its_own(creates_at_once, emulator):
     # The first with every field the original project's clients send (its Jenkinsfile.create, API_REFERENCE.md).
-    first = created(client, name="web-server", storage_gb=8, create_security_group=True)
-    second = created(client, name="web-2", create_security_group=True)
+    first = answer(creates_at_once, "web-server")
+    second = answer(creates_at_once, "web-2")
     assert first["ssh_from"] == second["ssh_from"] == "0.0.0.0/0"  # SSH_INGRESS_CIDR's default, as asked
     assert first["security_group_id"] and first["security_group_id"] != second["security_group_id"]
     group = emulator.ec2.describe_security_groups(GroupIds=[first["security_group_id"]])["SecurityGroups"][0]
@@ -209,8 +275,9 @@ def test_schema_errors_are_422_in_the_envelope(reader, body):
 # -- list / get --------------------------------------------------------------------------------
 def test_list_leaves_out_terminated_unless_asked(client, emulator):
     keep, gone = seeded(client, emulator, "keep", "gone")
-    assert client.delete(f"/instances/{gone}").status_code == 202
-    wait_until(lambda: state_in_api(client, gone) == "terminated")
+    # Terminated outside the API and seen by a sync: how it ended is not the subject (the lifecycle test's delete).
+    emulator.ec2.terminate_instances(InstanceIds=[gone])
+    adopt(client, [gone], state="terminated")
     listed = {i["id"] for i in client.get("/instances").json()["instances"]}
     assert keep in listed and gone not in listed
     everything = {i["id"] for i in client.get("/instances", params={"include_terminated": "true"}).json()["instances"]}
@@ -264,8 +331,8 @@ def test_stop_start_delete_lifecycle(client, emulator):
     assert client.get(f"/instances/{instance_id}").json()["state"] == "terminated"
 
 
-def test_events_record_each_state_change(client):
-    item = created(client, ssh_from="none")  # the events do not depend on the SSH rule
+def test_events_record_each_state_change(client, made):
+    item = made.item  # stopped here: after the other tests of this create
     wait_until(lambda: state_in_api(client, item["id"]) == "running")
     client.post(f"/instances/{item['id']}/stop")
     events = client.get(f"/instances/{item['id']}/events").json()["events"]
@@ -280,8 +347,8 @@ def test_events_record_each_state_change(client):
 def looping_api(emulator, tmp_path, database_env):
     """A server whose periodic sweep runs every second (the module's server sweeps only when asked)."""
     server = ApiServer(tmp_path, emulator.url, RECONCILE_INTERVAL_SECONDS="1", **database_env)
-    try:
-        with synced_client(server) as client:
+    try:  # no sync asked: what the test waits for, the periodic sweep does
+        with httpx.Client(base_url=server.url, timeout=60, verify=TLS) as client:
             yield client
     finally:
         server.stop()
@@ -289,7 +356,8 @@ def looping_api(emulator, tmp_path, database_env):
 
 def test_changes_made_outside_the_api_show_up(looping_api, emulator):
     api = looping_api
-    [instance_id] = seeded(api, emulator, "web-1")  # running
+    [instance_id] = launch_managed(emulator, name="web-1", instance_type=X86_TYPE)  # running
+    wait_until(lambda: state_in_api(api, instance_id) == "running")  # adopted by a periodic sweep
     emulator.ec2.stop_instances(InstanceIds=[instance_id])
     wait_until(lambda: state_in_api(api, instance_id) == "stopped")
     emulator.ec2.terminate_instances(InstanceIds=[instance_id])
@@ -312,24 +380,11 @@ def test_sync_adopts_tagged_instances_and_ignores_untagged(client, emulator):
 
 
 # -- non-blocking ------------------------------------------------------------------------------
-def test_health_answers_while_creates_run(client, api_server):
-    # No warm-up create: the server's AMI catalogue is warm from its start (a copy of the run's). SSH is not the
-    # subject: the creates make their groups without a rule.
-    results: list[int] = []
-
-    def one(i: int) -> None:
-        with httpx.Client(base_url=api_server.url, timeout=60) as each:
-            results.append(create(each, name=f"c-{i}", ssh_from="none").status_code)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    health_during = []
-    while any(t.is_alive() for t in threads):
-        health_during.append(client.get("/health").status_code)
-    for t in threads:
-        t.join()
-    assert results == [201] * 4
+def test_health_answers_while_creates_run(creates_at_once):
+    # No warm-up create: the server's AMI catalogue is warm from its start (a copy of the run's). The four creates
+    # (creates_at_once) are those of the alias, AMI-id and security-group tests above.
+    assert [r.status_code for r in creates_at_once.answers.values()] == [201] * 4
+    health_during = creates_at_once.health_during
     assert health_during and set(health_during) == {200}
 
 

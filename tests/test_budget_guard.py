@@ -9,7 +9,7 @@ import pytest
 from app.budget.spending import PriceBook, Rates, period_bounds
 from app.config import DEFAULT_PRICES_FILE
 from tests.support.processes import wait_until
-from tests.support.seeding import adopt, launch_managed
+from tests.support.seeding import launch_managed
 from tests.support.server import ApiServer
 
 BODY = {"name": "guarded", "ami": "amazon-linux-2023", "instance_type": "t3.micro"}
@@ -27,6 +27,17 @@ def one_create(now: datetime, minutes: int = 480) -> float:
     month_end = period_bounds(now)[1]
     hours = min(minutes / 60, (month_end - now).total_seconds() / 3600)
     return (RATES.compute + RATES.ipv4) * hours + RATES.storage * (month_end - now).total_seconds() / 3600
+
+
+def swept_in(api: httpx.Client, ids: list[str]) -> list[dict]:
+    """The records of instances launched before the server started, once its start-up sweep has adopted them
+    running (no sync of the test's own: one `aws` process fewer)."""
+    def records() -> list[dict] | None:
+        got = [api.get(f"/instances/{i}") for i in ids]
+        ok = all(g.status_code == 200 and g.json()["state"] == "running" for g in got)
+        return [g.json() for g in got] if ok else None
+
+    return wait_until(records, timeout=30)
 
 
 def live(emulator) -> set[str]:
@@ -112,9 +123,7 @@ def test_an_accepted_delete_frees_its_share_at_once(started, fresh_emulator):
     # create is: the start-up sweep admits them (room for two and a half), the third create is refused.
     boxes = launch_managed(fresh_emulator, 2, name=BODY["name"])
     server, api = started(BUDGET_USD=f"{2.5 * one_create(datetime.now(UTC)):.6f}")
-    # Adopted by the start-up sweep (no sync of our own: one `aws` process less).
-    wait_until(lambda: all(api.get(f"/instances/{i}").json().get("state") == "running" for i in boxes), timeout=30)
-    ids = [box["id"] for box in adopt(api, boxes)]
+    ids = [box["id"] for box in swept_in(api, boxes)]
     assert api.post("/instances", json=NO_SSH | {"name": "third"}).status_code == 409
     server.set_faults({"op": "describe-instances", "hide": "all"})  # no sync can record them terminated yet
     deleted = api.post("/instances/actions", json={"action": "delete", "ids": ids})
@@ -169,8 +178,8 @@ def test_an_adopted_instance_that_passes_the_budget_is_stopped_by_the_guard(star
     assert RATES is not None
     [box] = launch_managed(fresh_emulator, name=None)  # launched by hand with our tag: no admission could refuse it
     server, api = started(BUDGET_USD=f"{one_create(datetime.now(UTC)) - 4 * (RATES.compute + RATES.ipv4):.6f}")
-    # Adopted by the start-up sweep (no sync of our own: one `aws` process less); the guard may stop it at once.
-    wait_until(lambda: api.get(f"/instances/{box}").status_code == 200, timeout=30)
+    # The start-up sweep adopts it (no sync of the test's own); the guard may have stopped it already.
+    wait_until(lambda: api.get(f"/instances/{box}").status_code == 200)
     wait_until(lambda: api.get(f"/instances/{box}").json()["state"] in ("stopping", "stopped"), timeout=20)
     assert box not in running(fresh_emulator)
     assert any(box in c for c in server.aws_calls() if "stop-instances" in c)

@@ -292,8 +292,11 @@ def test_aws_settings_in_dotenv_reach_the_cli(emulator, fresh_emulator, tmp_path
     ec2.create_key_pair(KeyName=KEY_NAME)
     server = ApiServer(tmp_path, emulator.url, cwd=tmp_path, unset=AWS_ENV)
     try:
+        # ssh_from none: its group without the SSH rule (one `aws` process fewer); the group and the launch still
+        # carry the region and timeouts checked below.
         response = httpx.post(f"{server.url}/instances", timeout=60,
-                              json={"name": "dotenv", "ami": "amazon-linux-2023", "instance_type": "t3.micro"})
+                              json={"name": "dotenv", "ami": "amazon-linux-2023", "instance_type": "t3.micro",
+                                    "ssh_from": "none"})
         assert response.status_code == 201, response.text  # the keys reached the CLI
         assert response.json()["region"] == "eu-west-1"
         calls = server.aws_calls()

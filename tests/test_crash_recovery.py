@@ -31,14 +31,6 @@ BODY = {"name": "once", "ami": "amazon-linux-2023", "instance_type": "t3.micro",
 SWEEP_EVERY = "5"
 
 
-@pytest.fixture
-def server(emulator, fresh_emulator, tmp_path):
-    """A server of the test's own, for a test that kills it (and what it held must not be any other test's)."""
-    srv = ApiServer(tmp_path, emulator.url, RECONCILE_INTERVAL_SECONDS=SWEEP_EVERY)
-    yield srv
-    srv.stop()
-
-
 @pytest.fixture(scope="module")
 def module_server(emulator, tmp_path_factory):
     srv = ApiServer(tmp_path_factory.mktemp("crash_recovery"), emulator.url, RECONCILE_INTERVAL_SECONDS=SWEEP_EVERY)
@@ -46,14 +38,32 @@ def module_server(emulator, tmp_path_factory):
     srv.stop()
 
 
+@pytest.fixture(scope="module")
+def module_env(module_server) -> dict[str, str]:
+    """The settings the module's server starts with (a kill test restarts it with others)."""
+    return dict(module_server.env)
+
+
 @pytest.fixture
-def shared(module_server):
-    """The module's server, for the tests that do not kill it (the module's last three): each looks only at its
-    own instance, by a name no other test uses, and counts the launches after its mark. A server start of its own
-    each cost one, and its start-up sweep."""
+def shared(module_server, module_env):
+    """The module's server, for the tests that do not kill it: each looks only at its own instance, by a name no
+    other test uses, and counts the launches after its mark. A server start of its own each cost one, and its
+    start-up sweep. Started after the tests that reset EC2 (the module's first three): it resets nothing."""
+    if module_server.env != module_env:  # a kill test restarted it with other settings
+        module_server.stop()
+        module_server.env = dict(module_env)
+        module_server.start()
     module_server.set_faults()
     yield module_server
     module_server.set_faults()
+
+
+@pytest.fixture
+def server(shared):
+    """The module's server, for the two tests that kill it (the module's last): each looks at its own key's
+    instance by a name no other test uses and counts the launches after its mark. A server of their own each cost
+    a start, its start-up sweep and an EC2 reset."""
+    return shared
 
 
 def launches(server: ApiServer) -> list[list[str]]:
@@ -81,68 +91,6 @@ def post_in_background(server: ApiServer, key: str, name: str) -> threading.Thre
     thread = threading.Thread(target=post)
     thread.start()
     return thread
-
-
-def test_kill_9_mid_create_then_a_retry_with_the_same_key_never_launches_twice(server, fresh_emulator):
-    # EC2 is slow to answer this launch (one call only: the rule is used up by the call it delays).
-    server.set_faults({"op": "run-instances", "delay": 15, "times": 1})
-    thread = post_in_background(server, "crash-once", "crash-once")
-    wait_until(lambda: len(launches(server)) == 1, timeout=30, interval=0.05)
-    orphans = descendants(server.proc.pid)
-    os.kill(server.proc.pid, signal.SIGKILL)  # the `aws` process lives on in its own session
-    thread.join()
-    server.stop()
-    server.start()
-
-    with httpx.Client(base_url=server.url, timeout=60) as api:
-        retry = api.post("/instances", json=BODY | {"name": "crash-once"}, headers={"Idempotency-Key": "crash-once"})
-        assert retry.status_code == 409, retry.text  # the first launch is not resolved yet
-        assert retry.json()["code"] == "launch_in_progress" and int(retry.headers["Retry-After"]) > 0
-
-        def replayed() -> httpx.Response | None:
-            again = api.post("/instances", json=BODY | {"name": "crash-once"},
-                             headers={"Idempotency-Key": "crash-once"})
-            return again if again.status_code == 201 else None
-
-        final = wait_until(replayed, timeout=30, interval=0.5)
-        assert final.headers["Idempotent-Replayed"] == "true"
-        wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in orphans), timeout=30)
-        assert named(fresh_emulator, "crash-once") == [final.json()["id"]]  # exactly one instance
-        assert len(launches(server)) == 1  # and no second run-instances
-        events = api.get(f"/instances/{final.json()['id']}/events").json()["events"]
-        assert [e["action"] for e in events] == ["adopt"]
-
-
-def test_a_launch_that_never_reached_ec2_is_failed_only_when_certain_then_resent_exactly(server,
-                                                                                         fresh_emulator):
-    server.set_faults({"op": "run-instances", "delay": 30})
-    thread = post_in_background(server, "lost-launch", "lost")
-    wait_until(lambda: len(launches(server)) == 1, timeout=30, interval=0.05)
-    victims = [server.proc.pid, *descendants(server.proc.pid)]  # the server and its `aws` process
-    for pid in victims:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    thread.join()
-    server.stop()
-    server.set_faults()
-    server.env |= {"AWS_CLI_TIMEOUT_SECONDS": "5", "CONSISTENCY_GRACE_SECONDS": "3"}
-    server.start()
-
-    with httpx.Client(base_url=server.url, timeout=60) as api:
-        early = api.post("/instances", json=BODY | {"name": "lost"}, headers={"Idempotency-Key": "lost-launch"})
-        assert early.status_code == 409 and early.json()["code"] == "launch_in_progress"
-
-        def resent() -> httpx.Response | None:
-            again = api.post("/instances", json=BODY | {"name": "lost"}, headers={"Idempotency-Key": "lost-launch"})
-            return again if again.status_code == 201 else None
-
-        final = wait_until(resent, timeout=40, interval=0.5)
-    first, second = launches(server)
-    assert second[second.index("--client-token") + 1] == first[first.index("--client-token") + 1] == "lost-launch"
-    assert request_tag(second) == request_tag(first)  # the exact request again: EC2's dedupe holds
-    assert named(fresh_emulator, "lost") == [final.json()["id"]]
 
 
 def test_a_database_of_the_original_project_converges_and_one_bad_row_spoils_nothing(emulator, fresh_emulator,
@@ -293,3 +241,66 @@ def test_a_store_failure_after_ec2_stopped_an_instance_says_ec2_acted(shared, em
         assert emulator.instances()[instance_id]["State"]["Name"] == "stopped"
         wait_until(lambda: api.get(f"/instances/{instance_id}").json()["state"] == "stopped", timeout=40,
                    interval=0.5)
+
+
+def test_kill_9_mid_create_then_a_retry_with_the_same_key_never_launches_twice(server, emulator):
+    mark = len(launches(server))
+    # EC2 is slow to answer this launch (one call only: the rule is used up by the call it delays).
+    server.set_faults({"op": "run-instances", "delay": 15, "times": 1})
+    thread = post_in_background(server, "crash-once", "crash-once")
+    wait_until(lambda: len(launches(server)) == mark + 1, timeout=30, interval=0.05)
+    orphans = descendants(server.proc.pid)
+    os.kill(server.proc.pid, signal.SIGKILL)  # the `aws` process lives on in its own session
+    thread.join()
+    server.stop()
+    server.start()
+
+    with httpx.Client(base_url=server.url, timeout=60) as api:
+        retry = api.post("/instances", json=BODY | {"name": "crash-once"}, headers={"Idempotency-Key": "crash-once"})
+        assert retry.status_code == 409, retry.text  # the first launch is not resolved yet
+        assert retry.json()["code"] == "launch_in_progress" and int(retry.headers["Retry-After"]) > 0
+
+        def replayed() -> httpx.Response | None:
+            again = api.post("/instances", json=BODY | {"name": "crash-once"},
+                             headers={"Idempotency-Key": "crash-once"})
+            return again if again.status_code == 201 else None
+
+        final = wait_until(replayed, timeout=30, interval=0.5)
+        assert final.headers["Idempotent-Replayed"] == "true"
+        wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in orphans), timeout=30)
+        assert named(emulator, "crash-once") == [final.json()["id"]]  # exactly one instance
+        assert len(launches(server)) == mark + 1  # and no second run-instances
+        events = api.get(f"/instances/{final.json()['id']}/events").json()["events"]
+        assert [e["action"] for e in events] == ["adopt"]
+
+
+def test_a_launch_that_never_reached_ec2_is_failed_only_when_certain_then_resent_exactly(server, emulator):
+    mark = len(launches(server))
+    server.set_faults({"op": "run-instances", "delay": 30})
+    thread = post_in_background(server, "lost-launch", "lost")
+    wait_until(lambda: len(launches(server)) == mark + 1, timeout=30, interval=0.05)
+    victims = [server.proc.pid, *descendants(server.proc.pid)]  # the server and its `aws` process
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    thread.join()
+    server.stop()
+    server.set_faults()
+    server.env |= {"AWS_CLI_TIMEOUT_SECONDS": "5", "CONSISTENCY_GRACE_SECONDS": "3"}
+    server.start()
+
+    with httpx.Client(base_url=server.url, timeout=60) as api:
+        early = api.post("/instances", json=BODY | {"name": "lost"}, headers={"Idempotency-Key": "lost-launch"})
+        assert early.status_code == 409 and early.json()["code"] == "launch_in_progress"
+
+        def resent() -> httpx.Response | None:
+            again = api.post("/instances", json=BODY | {"name": "lost"}, headers={"Idempotency-Key": "lost-launch"})
+            return again if again.status_code == 201 else None
+
+        final = wait_until(resent, timeout=40, interval=0.5)
+    first, second = launches(server)[mark:]
+    assert second[second.index("--client-token") + 1] == first[first.index("--client-token") + 1] == "lost-launch"
+    assert request_tag(second) == request_tag(first)  # the exact request again: EC2's dedupe holds
+    assert named(emulator, "lost") == [final.json()["id"]]

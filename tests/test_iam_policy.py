@@ -12,9 +12,12 @@ import asyncio
 import copy
 import json
 import re
+import shutil
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -28,7 +31,7 @@ from app.doctor import FAIL, Doctor
 from tests.support.emulator import KEY_NAME, STRICT_MOTO
 from tests.support.processes import ROOT, TLS, VENV_BIN, free_port, safe_env, stop_process, wait_http, wait_until
 from tests.support.seeding import MANAGED_BY, adopt
-from tests.support.server import AWS_SHIM, ApiServer
+from tests.support.server import AWS_SHIM, CATALOG_TEMPLATES, ApiServer, rescope_catalog
 from tests.test_doctor import doctor
 
 pytestmark = pytest.mark.integration
@@ -110,8 +113,18 @@ def account(tmp_path_factory) -> Iterator[Account]:
 
 
 @pytest.fixture(scope="module")
-def server(account, tmp_path_factory) -> Iterator[ApiServer]:
-    made = ApiServer(tmp_path_factory.mktemp("iam-server"), account.url, **account.keys)
+def server(account, emulator, tmp_path_factory) -> Iterator[ApiServer]:
+    """The service with the user's keys. Its database starts as a copy of the run's catalogue (every moto server
+    publishes the same one), made this account's: no catalogue fetch at start (four `aws` processes). The calls
+    that fetch it (ec2:DescribeInstanceTypes, ssm:GetParameters, ec2:DescribeImages, with these keys) are
+    made by `make doctor`'s catalogue check, the same code: with the whole policy (it passes) and without
+    SsmPublicAmiParameters (it fails)."""
+    tmp = tmp_path_factory.mktemp("iam-server")
+    shutil.copyfile(CATALOG_TEMPLATES[emulator.url], tmp / "instances.db")
+    (tmp / "instances.db").chmod(0o600)
+    with closing(sqlite3.connect(tmp / "instances.db")) as conn, conn:
+        rescope_catalog(conn, emulator.url, account.url)
+    made = ApiServer(tmp, account.url, **account.keys)
     yield made
     made.stop()
 
@@ -231,7 +244,7 @@ def test_without_a_statement_its_feature_names_the_missing_action(without, api, 
     elif without == "Ec2ManageOwnSshGroups":
         denied(_create_with_group(api), "ec2:AuthorizeSecurityGroupIngress")
     elif without == "SsmPublicAmiParameters":
-        # The server read its catalogue at start; `make doctor` reads it anew: its catalogue check, with these
+        # The server holds its catalogue (copied, above); `make doctor` reads it anew: its catalogue check, with these
         # keys (two `aws` processes; the whole doctor runs with the whole policy below, and its FAIL line makes
         # it exit 1: tests/test_doctor.py).
         line = asyncio.run(doctor_of(account, server.url).catalog())[0]
@@ -286,21 +299,18 @@ def _lifecycle(api, account, box):
     assert api.get(f"/instances/{new}/metrics").status_code == 200
     tagged = api.patch(f"/instances/{new}", json={"tags": {"team": None, "env": "test"}})
     assert tagged.status_code == 200 and tagged.json()["tags"] == {"env": "test"}, tagged.text
-    assert api.post("/instances/sync").status_code == 200
-    assert api.post(f"/instances/{new}/stop").status_code == 202
-    assert api.post(f"/instances/{new}/start").status_code == 202
-
-    # Auto-stop: the scheduler stops it at its stop_at, with these credentials. It stops only what its record shows
-    # running (EC2 cannot stop a pending one): a sync records the start's outcome first.
+    # Auto-stop: the scheduler stops it at its stop_at, with these credentials (ec2:StopInstances: the same call a
+    # POST /instances/{id}/stop sends, which the lifecycle no longer makes as well). It stops only what its record
+    # shows running (EC2 cannot stop a pending one): a sync records the launch's outcome first.
     wait_until(lambda: api.post("/instances/sync").status_code == 200
                and api.get(f"/instances/{new}").json()["state"] == "running", timeout=30, interval=0.5)
     stop_at = (datetime.now(UTC) + timedelta(seconds=3)).isoformat()
     assert api.patch(f"/instances/{new}", json={"stop_at": stop_at}).status_code == 200
 
-    wait_until(lambda: api.get(f"/instances/{new}").json()["state"] in ("stopping", "stopped"), timeout=60,
-               interval=0.2)
+    wait_until(lambda: api.get(f"/instances/{new}").json()["state"] == "stopped", timeout=60, interval=0.2)
     assert account.ec2.describe_instances(InstanceIds=[new])["Reservations"][0]["Instances"][0]["State"]["Name"] \
         == "stopped"
+    assert api.post(f"/instances/{new}/start").status_code == 202  # ec2:StartInstances
 
     # The kept box had its calls refused above: with the whole policy they work.
     assert api.patch(f"/instances/{box}", json={"tags": {"team": None}}).json()["tags"] == {}

@@ -43,6 +43,10 @@ def hook():
 
 @pytest.fixture(scope="module")
 def server(emulator, mail, hook, tmp_path_factory):
+    """The module's server. EC2 is reset once, before it starts: each test on it looks only at the instance it
+    made or launched, by id (a reset and a sync before each cost an `aws` process, and the sweep then looked up
+    what the reset took away)."""
+    emulator.reset()
     srv = ApiServer(tmp_path_factory.mktemp("notifications"), emulator.url, NOTIFY_RETRY_MAX_SECONDS="1",
                     NOTIFY_URLS=hook.url(f"hook/{TOKEN}"), **mail.settings())
     yield srv
@@ -50,9 +54,8 @@ def server(emulator, mail, hook, tmp_path_factory):
 
 
 @pytest.fixture
-def api(server, fresh_emulator):
+def api(server):
     with httpx.Client(base_url=server.url, timeout=60, verify=TLS) as client:
-        client.post("/instances/sync").raise_for_status()
         yield client
 
 
@@ -77,7 +80,7 @@ def settle(seconds: float = 2.5) -> None:
     time.sleep(seconds)
 
 
-def test_create_stop_delete_each_deliver_one_mail_and_one_webhook(api, mail, hook, fresh_emulator):
+def test_create_stop_delete_each_deliver_one_mail_and_one_webhook(api, mail, hook, emulator):
     created = api.post("/instances", json=BODY)
     assert created.status_code == 201, created.text
     box = created.json()["id"]
@@ -105,7 +108,7 @@ def test_create_stop_delete_each_deliver_one_mail_and_one_webhook(api, mail, hoo
 
 
 def test_every_event_a_request_causes_carries_its_x_request_id_and_so_does_its_notification(api, server,
-                                                                                          fresh_emulator):
+                                                                                          emulator):
     created = api.post("/instances", json=NO_SSH | {"name": "traced"}, headers={"X-Request-Id": "abc"})
     assert created.status_code == 201, created.text
     assert created.headers["x-request-id"] == "abc"
@@ -125,7 +128,7 @@ def test_every_event_a_request_causes_carries_its_x_request_id_and_so_does_its_n
     # background (no listing for two seconds: they start within one), a change made outside the API is one only
     # the next sync can record.
     wait_quiet(server)
-    fresh_emulator.ec2.terminate_instances(InstanceIds=[box])
+    emulator.ec2.terminate_instances(InstanceIds=[box])
     api.post("/instances/sync", headers={"X-Request-Id": "sweep-2"}).raise_for_status()
     outside = [e for e in api.get(f"/instances/{box}/events").json()["events"] if e["to_state"] == "terminated"]
     assert [e["http_request_id"] for e in outside] == ["sweep-2"], outside
@@ -138,12 +141,12 @@ def test_every_event_a_request_causes_carries_its_x_request_id_and_so_does_its_n
 ADOPTED = "adopted (launched outside the API)"
 
 
-def test_a_stop_outside_the_api_notifies_once(api, mail, fresh_emulator):
+def test_a_stop_outside_the_api_notifies_once(api, mail, emulator):
     # The instance is launched in the emulator and adopted (tests/support/seeding.py): what a stop outside the API
     # sends is the subject, not creating it (the first test): three `aws` processes fewer than a create.
-    [box] = launch_managed(fresh_emulator, name="outside")
+    [box] = launch_managed(emulator, name="outside")
     adopt(api, [box])
-    fresh_emulator.ec2.stop_instances(InstanceIds=[box])
+    emulator.ec2.stop_instances(InstanceIds=[box])
     for _ in range(3):  # three sweeps see it stopped: one notification
         api.post("/instances/sync")
     wait_for(lambda: len([s for s in mails_for(mail, box) if "stopped outside" in s]), 1)
@@ -151,8 +154,8 @@ def test_a_stop_outside_the_api_notifies_once(api, mail, fresh_emulator):
     assert [s.rsplit(") ", 1)[1] for s in mails_for(mail, box)] == [ADOPTED, "stopped outside the API"]
 
 
-def test_the_auto_stop_warning_arrives_before_the_stop(api, mail, fresh_emulator):
-    [box] = launch_managed(fresh_emulator, name="warned")  # adopted, not created: as in the test above
+def test_the_auto_stop_warning_arrives_before_the_stop(api, mail, emulator):
+    [box] = launch_managed(emulator, name="warned")  # adopted, not created: as in the test above
     adopt(api, [box])
     stop_at = (datetime.now(UTC) + timedelta(seconds=12)).isoformat()
     assert api.patch(f"/instances/{box}", json={"stop_at": stop_at}).status_code == 200
@@ -173,7 +176,7 @@ def email_deliveries(api: httpx.Client, instance_id: str) -> list[dict]:
             if d["instance_id"] == instance_id and d["channel"] == "email"]
 
 
-def test_smtp_down_through_three_retries_every_mail_arrives_once(api, server, mail, hook, fresh_emulator):
+def test_smtp_down_through_three_retries_every_mail_arrives_once(api, server, mail, hook, emulator):
     """The outage lasts until every mail has failed three times (the module's server caps the backoff at
     NOTIFY_RETRY_MAX_SECONDS=1), not a fixed minute: what it proves is the retries, then one delivery each."""
     mail.stop()
@@ -181,7 +184,7 @@ def test_smtp_down_through_three_retries_every_mail_arrives_once(api, server, ma
         # Launched in the emulator and adopted (its adoption is the first event), not created: the outage is the
         # subject. No syncs after: a delete is accepted from stopping (what the record may still say), and the
         # stop's and the delete's notifications come from the API's own events.
-        [box] = launch_managed(fresh_emulator, name="while-down")
+        [box] = launch_managed(emulator, name="while-down")
         adopt(api, [box])
         assert api.post(f"/instances/{box}/stop").status_code == 202
         assert api.delete(f"/instances/{box}").status_code == 202
@@ -210,13 +213,13 @@ def test_smtp_down_through_three_retries_every_mail_arrives_once(api, server, ma
     assert len(delivered) == 6
 
 
-def test_killed_right_after_an_event_it_delivers_after_restart(api, server, mail, fresh_emulator):
+def test_killed_right_after_an_event_it_delivers_after_restart(api, server, mail, emulator):
     """On the module's server (a restart, not a server of its own): the mail server is down from before the
     event until after the kill, so the event cannot be delivered before it."""
     # The event is an adoption (the instance launched in the emulator, a sync records it), not a create: any event's
     # outbox row is the subject; a create cost its group, its launch and the sweep after it.
     mail.stop()
-    [box] = launch_managed(fresh_emulator, name="killed")
+    [box] = launch_managed(emulator, name="killed")
     try:
         api.post("/instances/sync").raise_for_status()
         assert server.proc is not None

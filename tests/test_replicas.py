@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.processes import TLS, wait_until
 from tests.support.seeding import adopt, launch_managed
 from tests.support.server import ApiServer
+from tests.test_budget_guard import one_create
 
 # No SSH rule (ssh_from none): SSH is not what these tests are about, and the rule costs an `aws` process.
 BODY = {"name": "shared", "ami": "amazon-linux-2023", "instance_type": "t3.micro", "ssh_from": "none"}
@@ -51,15 +52,16 @@ def adopted_on(server: ApiServer, instance_id: str) -> None:
         adopt(client, [instance_id], interval=0.1)
 
 
-def start_pair(emulator, pg_cluster, pg_catalog_template, tmp: Path) -> Iterator[list[ApiServer]]:
-    """Two replicas on one database, each sweeping every INTERVAL seconds (when it leads)."""
+def start_pair(emulator, pg_cluster, pg_catalog_template, tmp: Path, **env: str) -> Iterator[list[ApiServer]]:
+    """Two replicas on one database, each sweeping every INTERVAL seconds (when it leads), with settings `env`."""
     url = pg_cluster.new_database(pg_catalog_template)
     servers = []
     try:
         for name in ("a", "b"):
             (tmp / name).mkdir()
             servers.append(ApiServer(tmp / name, emulator.url, DATABASE_URL=url,
-                                     RECONCILE_INTERVAL_SECONDS=str(INTERVAL), CONSISTENCY_GRACE_SECONDS="0"))
+                                     RECONCILE_INTERVAL_SECONDS=str(INTERVAL), CONSISTENCY_GRACE_SECONDS="0",
+                                     **env))
         wait_until(lambda: sum(leader_flag(s) for s in servers) == 1, timeout=20)
         yield servers
     finally:
@@ -74,10 +76,17 @@ def leads(server: ApiServer) -> int:
         return 0
 
 
+# Room for two and a half default creates (one_create: the server's own prices and projection, a few seconds
+# earlier): the first create and one of the two at once fit, not both.
+ROOM = 2.5
+
+
 @pytest.fixture
-def pair(emulator, fresh_emulator, pg_cluster, pg_catalog_template, tmp_path):
-    """A pair of its own, for a test that kills or restarts a replica."""
-    yield from start_pair(emulator, pg_cluster, pg_catalog_template, tmp_path)
+def budget_pair(emulator, fresh_emulator, pg_cluster, pg_catalog_template, tmp_path):
+    """A pair of its own started with a budget of ROOM creates (a restart of both, to set it, cost two server
+    starts and their start-up sweeps more)."""
+    yield from start_pair(emulator, pg_cluster, pg_catalog_template, tmp_path,
+                          BUDGET_USD=f"{ROOM * one_create(datetime.now(UTC)):.6f}")
 
 
 @pytest.fixture(scope="module")
@@ -103,33 +112,15 @@ def shared_pair(running_pair):
         server.set_faults()
 
 
-def test_when_the_leader_dies_the_other_adopts_within_two_intervals(pair, fresh_emulator):
-    leader, follower = sorted(pair, key=leader_flag, reverse=True)
-    assert (leader_flag(leader), leader_flag(follower)) == (1, 0)
-    leader.proc.kill()  # kill -9: no shutdown, the lock goes with its connection
-    leader.proc.wait()
-    killed = time.monotonic()
-    [made] = launch_managed(fresh_emulator, name="by-hand")
-
-    def adopted() -> bool:
-        return HTTP.get(f"{follower.url}/instances/{made}", timeout=5).status_code == 200
-
-    wait_until(adopted, timeout=3 * INTERVAL, interval=0.1)
-    took = time.monotonic() - killed
-    assert took <= 2 * INTERVAL + 0.5, took  # the half-second: this test's own polling and a slow machine
-    assert leader_flag(follower) == 1
-
-
-def test_two_creates_on_two_replicas_share_one_budget(pair):
+def test_two_creates_on_two_replicas_share_one_budget(budget_pair):
+    pair = budget_pair
     a, b = pair
     first = HTTP.post(f"{a.url}/instances", json=BODY | {"name": "first"}, timeout=60)
     assert first.status_code == 201, first.text
-    one = HTTP.get(f"{a.url}/budget", timeout=30).json()["committed_usd"]  # one instance's projection
-    assert one > 0
-    for server in pair:  # room for one more, not two
-        server.stop()
-        server.env |= {"BUDGET_USD": f"{one * 2.5:.6f}"}
-        server.start()
+    budget = HTTP.get(f"{b.url}/budget", timeout=30).json()  # one instance's projection, seen by the other
+    assert budget["committed_usd"] > 0
+    assert 2 * budget["committed_usd"] < budget["budget_usd"] < 3 * budget["committed_usd"]  # room for one more
+    for server in pair:
         server.set_faults({"op": "run-instances", "delay": 2})  # both creates are in flight at once
     answers: dict[str, httpx.Response] = {}
 
@@ -146,8 +137,8 @@ def test_two_creates_on_two_replicas_share_one_budget(pair):
     assert sum(calls(s, "run-instances") for s in pair) == 2  # the first instance's, and one of the two
 
 
-# The tests below leave both replicas running: they share one pair (the sweep count first, as it was on a pair
-# of its own: nothing an earlier test asked for is left to sweep).
+# The tests below share one pair: those that leave both replicas running (the sweep count first, as it was on a
+# pair of its own: nothing an earlier test asked for is left to sweep), then the one that kills its leader.
 def test_the_two_replicas_together_sweep_about_once_per_interval(shared_pair):
     pair = shared_pair
     before = [calls(s, "describe-instances") for s in pair]
@@ -256,3 +247,22 @@ def test_a_snooze_made_on_the_follower_is_honoured_by_the_leader(shared_pair, em
     assert emulator.instances()[made]["State"]["Name"] == "running"
     seen = HTTP.get(f"{leader.url}/instances/{made}/events").json()["events"]
     assert seen[-1]["action"] == "snoozed" and seen[-1]["source"] == "schedule"
+
+
+def test_when_the_leader_dies_the_other_adopts_within_two_intervals(shared_pair, emulator):
+    """The module's last test: it kills the shared pair's leader (a pair of its own cost two server starts, a
+    database and an election). The instance it launches is new to both: the survivor's sweep adopts it."""
+    leader, follower = sorted(shared_pair, key=leader_flag, reverse=True)
+    assert (leader_flag(leader), leader_flag(follower)) == (1, 0)
+    leader.proc.kill()  # kill -9: no shutdown, the lock goes with its connection
+    leader.proc.wait()
+    killed = time.monotonic()
+    [made] = launch_managed(emulator, name="by-hand")
+
+    def adopted() -> bool:
+        return HTTP.get(f"{follower.url}/instances/{made}", timeout=5).status_code == 200
+
+    wait_until(adopted, timeout=3 * INTERVAL, interval=0.1)
+    took = time.monotonic() - killed
+    assert took <= 2 * INTERVAL + 0.5, took  # the half-second: this test's own polling and a slow machine
+    assert leader_flag(follower) == 1

@@ -71,6 +71,14 @@ def closed(api_server, emulator) -> dict:
     return {"item": item, "rules": ssh_rules(emulator, item["security_group_id"])}
 
 
+@pytest.fixture(scope="module")
+def cidr(api_server) -> dict:
+    """One create with SSH from a CIDR: a subject of test_ssh_from_a_cidr_or_none..., then the instance whose rule
+    test_a_failed_revoke... changes (it starts from this rule: a PUT of it sent one `aws` process more)."""
+    with httpx.Client(base_url=api_server.url, timeout=60, verify=TLS) as made:
+        return made.post("/instances", json=BODY | {"ssh_from": "198.51.100.4"}).json()
+
+
 def group_of(emulator, instance_id: str) -> list[str]:
     """The instance's groups as EC2 shows them (moto lists them under the interface when it has one)."""
     ec2 = emulator.instances()[instance_id]
@@ -97,8 +105,7 @@ def test_my_ip_is_a_slash_32_in_a_group_of_its_own_tagged_as_ours(created):
     assert done["ssh_unavailable"] is None
 
 
-def test_ssh_from_a_cidr_or_none_and_a_bad_one_is_a_422_with_no_process(client, api_server, emulator, closed):
-    cidr = client.post("/instances", json=BODY | {"ssh_from": "198.51.100.4"}).json()
+def test_ssh_from_a_cidr_or_none_and_a_bad_one_is_a_422_with_no_process(client, api_server, emulator, closed, cidr):
     assert cidr["ssh_from"] == "198.51.100.4/32"
     assert ssh_rules(emulator, cidr["security_group_id"]) == [(22, 22, ["198.51.100.4/32"])]
     rules, closed = closed["rules"], closed["item"]
@@ -163,9 +170,11 @@ def test_the_group_is_deleted_once_its_instance_is_gone_retrying_while_ec2_still
 
 
 def test_a_failed_revoke_keeps_the_old_rule_on_record_and_a_retry_finishes_the_change(client, api_server, emulator,
-                                                                                     target):
-    item, group_id = target, target["security_group_id"]
+                                                                                     cidr):
+    item, group_id = cidr, cidr["security_group_id"]
+    before = len(api_server.aws_calls())
     assert client.put(f"/instances/{item['id']}/ssh-access", json={"ssh_from": "198.51.100.4"}).status_code == 200
+    assert api_server.mutations_since(before) == []  # created with it: in force already
     api_server.set_faults({"op": "revoke-security-group-ingress", "times": 1, "fail": aws_error(
         "RequestLimitExceeded", "RevokeSecurityGroupIngress", "Request limit exceeded.")})
     failed = client.put(f"/instances/{item['id']}/ssh-access", json={"ssh_from": "198.51.100.5"})
