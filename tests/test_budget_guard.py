@@ -179,7 +179,7 @@ def test_an_adopted_instance_that_passes_the_budget_is_stopped_by_the_guard(star
     [box] = launch_managed(fresh_emulator, name=None)  # launched by hand with our tag: no admission could refuse it
     server, api = started(BUDGET_USD=f"{one_create(datetime.now(UTC)) - 4 * (RATES.compute + RATES.ipv4):.6f}")
     # The start-up sweep adopts it (no sync of the test's own); the guard may have stopped it already.
-    wait_until(lambda: api.get(f"/instances/{box}").status_code == 200)
+    wait_until(lambda: api.get(f"/instances/{box}").status_code == 200, timeout=30)
     wait_until(lambda: api.get(f"/instances/{box}").json()["state"] in ("stopping", "stopped"), timeout=20)
     assert box not in running(fresh_emulator)
     assert any(box in c for c in server.aws_calls() if "stop-instances" in c)
