@@ -198,6 +198,9 @@ test-python: venv-dev ## pytest: REST contract suite (test_api.py) and tests/, o
 test: ## Everything CI runs; installs what it needs first
 	@# The system check (then node_modules) and the venv side by side: the venv's install is the long one.
 	@$(MAKE) --no-print-directory -j3 tools
+	@# The project's own modules byte-compiled once: where PYTHONDONTWRITEBYTECODE is set (CI here), every server
+	@# start (~150 in a run) compiled app/ again otherwise (the venv's packages are compiled at install).
+	@$(PY) -m compileall -q -j0 app tests/support bench >/dev/null
 	@# The lint gate and the suites run side by side (the suites mostly wait on processes: servers,
 	@# emulators, aws), each one's output printed whole when it ends; one that fails fails the run.
 	@$(MAKE) --no-print-directory -j6 --output-sync=target lint test-bash test-jenkins test-python
