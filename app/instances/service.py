@@ -276,12 +276,9 @@ class InstanceService:
         if req.schedule is not None:
             await asyncio.to_thread(self.check_schedule, req.schedule)
         body_hash = request_hash(req)  # the body as sent: a replay matches whatever the defaults are now
-        auto_default = "auto_stop_minutes" not in req.model_fields_set
-        if auto_default:
-            req = req.model_copy(update={"auto_stop_minutes": self.settings.default_auto_stop_minutes})
+        req, auto_default = self.with_default_auto_stop(req)
         catalog = await self.ensure_catalog()  # cached: a process only when missing or stale
-        place = SANDBOX_PLACE if self.settings.ec2_endpoint_url else f"in {self.region}"
-        ami = check_catalog(catalog, self.settings.allowed_instance_types, req.ami, req.instance_type, place)
+        ami = check_catalog(catalog, self.settings.allowed_instance_types, req.ami, req.instance_type, self.place)
         rates = self.spending.rates_for(req.instance_type, req.storage_gb)  # 400 price_unknown
         # The budget: checked here, and again, reserving, when the launch is claimed. A replay of a key already
         # holding a launch launches nothing: it is never refused.
@@ -330,13 +327,28 @@ class InstanceService:
         raise Conflict("A request with this Idempotency-Key is still being resolved; retry in a few seconds.",
                        code="launch_in_progress", retry_after=5)
 
+    @property
+    def place(self) -> str:
+        """Where the free-tier catalogue's refusals say the AMI or type is missing."""
+        return SANDBOX_PLACE if self.settings.ec2_endpoint_url else f"in {self.region}"
+
+    def with_default_auto_stop(self, req: InstanceCreate) -> tuple[InstanceCreate, bool]:
+        """The request with DEFAULT_AUTO_STOP_MINUTES where it gives no auto_stop_minutes, and whether it did."""
+        if "auto_stop_minutes" in req.model_fields_set:
+            return req, False
+        return req.model_copy(update={"auto_stop_minutes": self.settings.default_auto_stop_minutes}), True
+
+    def planned_stop(self, req: InstanceCreate, auto_default: bool, now: datetime) -> tuple[str | None, str | None]:
+        """A new instance's planned stop (its auto-stop or its schedule's) and its source; None: none planned."""
+        return self.planner.plan({"schedule": launch_tags(req).get("Schedule"),
+                                  "auto_stop_minutes": req.auto_stop_minutes,
+                                  "auto_stop_default": int(auto_default)}, now, True)
+
     def create_charges(self, req: InstanceCreate, rates: Rates, auto_default: bool) -> Charges:
         """A create commits its run (until its planned stop: its auto-stop or its schedule's; none: to this
         period's end) in every period it spans."""
         now = clock.now()
-        stop_at, _ = self.planner.plan({"schedule": launch_tags(req).get("Schedule"),
-                                        "auto_stop_minutes": req.auto_stop_minutes,
-                                        "auto_stop_default": int(auto_default)}, now, True)
+        stop_at, _ = self.planned_stop(req, auto_default, now)
         return rates.charges(now, parse_time(stop_at), req.associate_public_ip, horizon(now))
 
     @property

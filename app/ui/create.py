@@ -21,7 +21,7 @@ from app.core import clock
 from app.core.clock import parse_time
 from app.core.errors import ApiError
 from app.instances.deps import ServiceDep
-from app.instances.free_tier import ALIASES, SANDBOX_PLACE, check_catalog, check_static
+from app.instances.free_tier import ALIASES, check_catalog, check_static
 from app.instances.schemas import MAX_STORAGE_GB, MIN_STORAGE_GB, InstanceCreate
 from app.instances.service import InstanceService
 from app.ui.deps import CsrfDep, SessionDep
@@ -136,16 +136,14 @@ class Estimate:
         return self.remaining_usd - self.month_usd
 
 
-def estimate(service: InstanceService, spending: Spending, req: InstanceCreate, auto_default: bool) -> Estimate:
+def estimate(service: InstanceService, spending: Spending, req: InstanceCreate) -> Estimate:
     """What POST /instances would commit for `req`, as its admission counts it, and whether it fits the budget
     (Spending.admit with no key only checks). Reads prices and the ledger: no process. Blocking (a thread)."""
-    if auto_default:
-        req = req.model_copy(update={"auto_stop_minutes": service.settings.default_auto_stop_minutes})
+    req, auto_default = service.with_default_auto_stop(req)
     rates = spending.rates_for(req.instance_type, req.storage_gb)  # 400 price_unknown
     charges = service.create_charges(req, rates, auto_default)  # the very charges a create is admitted for
     now = clock.now()
-    stop_at, source = service.planner.plan({"schedule": req.schedule, "auto_stop_minutes": req.auto_stop_minutes,
-                                            "auto_stop_default": int(auto_default)}, now, True)
+    stop_at, source = service.planned_stop(req, auto_default, now)
     until = parse_time(stop_at)
     hourly = rates.compute + (rates.ipv4 if req.associate_public_ip else 0.0) + rates.storage
     summary = spending.summary(now)
@@ -167,8 +165,8 @@ def policy_problem(service: InstanceService, req: InstanceCreate) -> tuple[str, 
     try:
         check_static(service.settings.allowed_instance_types, req.instance_type, req.storage_gb)
         if service.catalog.types:
-            place = SANDBOX_PLACE if service.settings.ec2_endpoint_url else f"in {service.region}"
-            check_catalog(service.catalog, service.settings.allowed_instance_types, req.ami, req.instance_type, place)
+            check_catalog(service.catalog, service.settings.allowed_instance_types, req.ami, req.instance_type,
+                          service.place)
     except ApiError as exc:
         return FIELD_OF_CODE.get(exc.code, ""), exc.detail
     return None
@@ -217,8 +215,7 @@ async def create_estimate(request: Request, session: CsrfDep, service: ServiceDe
         context["problem"] = f"{found[0]}: {found[1]}" if found[0] else found[1]
     else:
         try:
-            context["estimate"] = await asyncio.to_thread(estimate, service, spending, req,
-                                                          "auto_stop_minutes" not in req.model_fields_set)
+            context["estimate"] = await asyncio.to_thread(estimate, service, spending, req)
         except ApiError as exc:  # price_unknown, unknown_schedule (the planner), a store that cannot answer
             context["problem"] = exc.detail
     return render(request, "_create_estimate.html", session, now=clock.now(), duration=duration, **context)
