@@ -14,7 +14,6 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
 from app.api.deps import StoreDep
-from app.api.errors import validation_body
 from app.budget.deps import SpendingDep
 from app.budget.spending import Spending
 from app.core import clock
@@ -27,7 +26,7 @@ from app.instances.service import InstanceService
 from app.ui.deps import CsrfDep, SessionDep
 from app.ui.router import render
 from app.ui.session import UiSession
-from app.ui.views import duration
+from app.ui.views import body_errors, duration
 
 router = APIRouter(include_in_schema=False)
 
@@ -104,8 +103,7 @@ def parse(body: dict[str, Any]) -> tuple[InstanceCreate | None, dict[str, str]]:
     try:
         return InstanceCreate.model_validate(body), {}
     except ValidationError as exc:
-        listed = validation_body([{**err, "loc": ("body", *err["loc"])} for err in exc.errors()], body,
-                                 model=InstanceCreate)["errors"]
+        listed = body_errors(exc, body, InstanceCreate)["errors"]
         errors: dict[str, str] = {}
         for err in listed:
             field = str(err["loc"][1]) if len(err["loc"]) > 1 else ""

@@ -14,21 +14,20 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, ValidationError
 
 from app.api.deps import StoreDep
-from app.api.errors import validation_body
 from app.budget.deps import SpendingDep
 from app.budget.spending import Spending
 from app.core import clock
 from app.core.clock import parse_time
 from app.core.errors import ApiError
 from app.instances.deps import ServiceDep
-from app.instances.schemas import InstancePatch, Snooze
+from app.instances.schemas import RESERVED_TAG_KEYS, InstancePatch, Snooze
 from app.store import Database
 from app.store.instances import next_action
 from app.store.rows import InstanceRow
 from app.ui.deps import CsrfDep, SessionDep
 from app.ui.router import render
 from app.ui.session import UiSession
-from app.ui.views import duration
+from app.ui.views import body_errors, duration
 
 router = APIRouter(include_in_schema=False)
 
@@ -56,7 +55,7 @@ def _details(store: Database, spending: Spending, row: InstanceRow) -> dict[str,
         "cost": cost,
         "events": list(reversed(store.list_events(row["id"]))),  # newest first
         "schedules": [s["name"] for s in store.list_schedules()],
-        "tags": {k: v for k, v in (row["tags"] or {}).items() if k not in ("Name", "ManagedBy", "RequestId")},
+        "tags": {k: v for k, v in (row["tags"] or {}).items() if k not in RESERVED_TAG_KEYS},
     }
 
 
@@ -76,8 +75,7 @@ def _number(text: str) -> int | float | str | None:
 
 def _problem(exc: ValidationError, body: dict) -> str:
     """The API's 422 detail for the same body."""
-    errors = [{**err, "loc": ("body", *err.get("loc", ()))} for err in exc.errors()]
-    return str(validation_body(errors, body, model=InstancePatch)["detail"])
+    return str(body_errors(exc, body, InstancePatch)["detail"])
 
 
 async def _page(request: Request, session: UiSession, store: Database, spending: Spending, instance_id: str,

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
+
+from app.api.errors import validation_body
 from app.auth.tokens import Caller
 from app.budget.spending import Spending
 from app.core import clock
@@ -136,3 +139,9 @@ class RowsCache:
                     self._kept.clear()
                 self._kept[key] = found
         return found
+
+
+def body_errors(exc: ValidationError, body: dict, model: type[BaseModel]) -> dict:
+    """The API's 422 body for a form's `body` that `model` refused (its `detail` and each of its `errors`)."""
+    return validation_body([{**err, "loc": ("body", *err.get("loc", ()))} for err in exc.errors()], body,
+                           model=model)
