@@ -186,7 +186,7 @@ test-fast: venv-dev ## Unit and in-process tests only (seconds): the edit-run lo
 # take one or two minutes (schemathesis, the bench smoke) to start last.
 SLOW_FIRST := tests/test_notifications.py tests/test_consistency.py tests/test_schemathesis.py tests/test_auto_stop.py \
 	tests/bench tests/test_crash_recovery.py tests/test_batching.py tests/test_schedules.py tests/test_cloudwatch.py \
-	tests/test_doctor.py tests/ui/test_dashboard.py \
+	tests/test_doctor.py tests/ui/test_dashboard.py tests/test_ec2cl.py \
 	test_api.py tests/test_emulator_restart.py tests/test_replicas.py tests/test_lifecycle.py \
 	tests/postgres/test_contract_on_postgres.py tests/test_budget_guard.py tests/test_iam_policy.py \
 	tests/postgres/test_lifecycle_on_postgres.py tests/test_hostile_input.py tests/test_security.py

@@ -2,21 +2,17 @@
 server, and ansible/site.yml in check mode over SSH to a real sshd (Debian's openssh-server) on 127.0.0.1,
 with the host variables pointed at it."""
 
-import getpass
 import importlib.util
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.support.processes import ROOT, VENV_BIN, free_port, safe_env, stop_process, wait_until
+from tests.support.processes import ROOT, VENV_BIN, safe_env
 from tests.support.seeding import adopt, launch_managed
 from tests.support.server import ApiServer, synced_client
-
-SSHD = Path("/usr/sbin/sshd")
+from tests.support.sshd import running_sshd
 
 
 def ansible_env(tmp: Path, url: str, **extra: str) -> dict[str, str]:
@@ -111,32 +107,8 @@ def test_the_inventory_script_follows_the_servers_port(environ, url):
 @pytest.fixture
 def ssh_target(tmp_path):
     """A real sshd on 127.0.0.1 (a free port) that lets this user in with a key made for the test."""
-    assert SSHD.exists(), "openssh-server is missing: run `make system-deps` (scripts/system_deps.sh)"
-    home = tmp_path / "sshd"
-    home.mkdir()
-    for name in ("host_key", "client_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(home / name)], check=True)
-    shutil.copyfile(home / "client_key.pub", home / "authorized_keys")
-    port = free_port()
-    (home / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {home / 'host_key'}\n"
-        f"AuthorizedKeysFile {home / 'authorized_keys'}\nPidFile {home / 'sshd.pid'}\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-        "PermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\n")
-    if os.geteuid() == 0:
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
-    proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(home / "sshd_config")], stdout=subprocess.DEVNULL,
-                            stderr=open(home / "sshd.log", "wb"), start_new_session=True)
-
-    def listening() -> bool:
-        probe = subprocess.run(["ssh-keyscan", "-p", str(port), "127.0.0.1"], capture_output=True, timeout=10)
-        return proc.poll() is None and b"ssh-ed25519" in probe.stdout
-
-    try:
-        wait_until(listening, timeout=20, interval=0.3)
-        yield {"port": port, "key": home / "client_key", "user": getpass.getuser()}
-    finally:
-        stop_process(proc)
+    with running_sshd(tmp_path / "sshd") as target:
+        yield target
 
 
 def test_the_playbook_runs_in_check_mode_over_ssh(api_server, fresh_emulator, ssh_target, tmp_path):

