@@ -90,7 +90,19 @@ def main_options(ctx: typer.Context,
     ctx.ensure_object(State).profile_name = profile
 
 
-InstanceArg = Annotated[str, typer.Argument(metavar="NAME", help="The instance: its name or id")]
+def complete_names(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Shell completion of instance names (one list request, 2 s at most; nothing when the API cannot say)."""
+    try:
+        api = Api(config.load(ctx.find_root().params.get("profile")), _state(ctx).transport)
+        api.http.timeout = httpx.Timeout(2.0)
+        found = api.get("/instances")["instances"]
+    except (CliError, httpx.HTTPError, ValueError, KeyError, TypeError):
+        return []
+    return sorted({i["name"] for i in found if i.get("name") and i["name"].startswith(incomplete)})
+
+
+InstanceArg = Annotated[str, typer.Argument(metavar="NAME", help="The instance: its name or id",
+                                            autocompletion=complete_names)]
 OutputOption = Annotated[Output, typer.Option("--output", "-o", help="table for people, json for scripts (the "
                                                                      "API's own objects)")]
 
@@ -281,7 +293,8 @@ def _bulk(ctx: typer.Context, action: str, refs: list[str], output: Output, conf
         raise typer.Exit(REFUSED)
 
 
-Names = Annotated[list[str], typer.Argument(metavar="NAME...", help="Instances: names or ids", show_default=False)]
+Names = Annotated[list[str], typer.Argument(metavar="NAME...", help="Instances: names or ids", show_default=False,
+                                            autocompletion=complete_names)]
 
 
 @command(app)

@@ -317,6 +317,15 @@ def test_ssh_by_name_waits_for_sshd_then_becomes_ssh(server, emulator, sshd, hom
     assert done.returncode == 4, done.stderr
     assert "waiting for ssh on" in done.stderr and "ec2cl: timed_out: ssh to cli-ssh-box" in done.stderr
 
+    # Shell completion (`ec2cl --install-completion`) of commands and of instance names, in each shell.
+    for shell, extra in (("bash", {"COMP_WORDS": "ec2cl ssh cli-ss", "COMP_CWORD": "2"}),
+                         ("zsh", {"_TYPER_COMPLETE_ARGS": "ec2cl ssh cli-ss"}),
+                         ("fish", {"_TYPER_COMPLETE_ARGS": "ec2cl ssh cli-ss",
+                                   "_TYPER_COMPLETE_FISH_ACTION": "get-args"})):
+        completed = subprocess.run([str(VENV_BIN / "ec2cl")], capture_output=True, text=True, timeout=30,
+                                   env={**env, "_EC2CL_COMPLETE": f"complete_{shell}", **extra})
+        assert completed.returncode == 0 and "cli-ssh-box" in completed.stdout, (shell, completed)
+
     # ssh-config: a Host entry by name and id, with the same options.
     done = ec2cl("ssh-config", "-i", str(sshd["key"]))
     assert done.returncode == 0 and done.stdout == "Include ~/.ssh/config.d/ec2cl\n"
