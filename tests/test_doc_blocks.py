@@ -1,11 +1,12 @@
-"""Every shell block a user is told to paste, in README.md, docs/QUICK_START.md and docs/REFERENCE.md, runs as
-written against a sandbox (emulator) and API server this module starts: the docs cannot drift from the code.
+"""Every shell block a user is told to paste, in README.md, docs/QUICK_START.md, docs/REFERENCE.md and
+docs/EC2CL.md, runs as written against a sandbox (emulator) and API server this module starts: the docs cannot
+drift from the code.
 
 A block that cannot run here (it starts a server in the foreground, needs your AWS account, or is a
 template to fill in) carries `<!-- not-run: why -->` on the line above it; any other block runs, with
 `bash -euo pipefail`, from the repository root, the addresses 127.0.0.1:8000 (the API) and
-127.0.0.1:5055 (the sandbox) pointed at this module's, fake credentials only, and no region set (as on
-a machine with no ~/.aws/config).
+127.0.0.1:5055 (the sandbox) pointed at this module's (and `ec2cl` at it: EC2CL_URL), fake credentials
+only, and no region set (as on a machine with no ~/.aws/config).
 """
 
 import re
@@ -16,7 +17,7 @@ import pytest
 
 from tests.support.processes import ROOT, safe_env
 
-DOCS = ("README.md", "docs/QUICK_START.md", "docs/REFERENCE.md")
+DOCS = ("README.md", "docs/QUICK_START.md", "docs/REFERENCE.md", "docs/EC2CL.md")
 BLOCK = re.compile(r"(?:<!--(?P<note>[^>]*)-->[ \t]*\n)?(?P<indent>[ \t]*)```bash\n(?P<body>.*?)```", re.S)
 
 
@@ -45,11 +46,13 @@ def test_the_docs_have_blocks_and_every_skipped_one_says_why():
 
 
 @pytest.mark.parametrize("where, body", RUN, ids=[where for where, _ in RUN])
-def test_a_pasted_block_runs(where, body, api_server, fresh_emulator):
+def test_a_pasted_block_runs(where, body, api_server, fresh_emulator, tmp_path):
     script = body.replace("http://127.0.0.1:8000", api_server.url).replace("http://127.0.0.1:5055",
                                                                           fresh_emulator.url)
     # Fake credentials always (no test reaches AWS), but no region: a fresh machine has no ~/.aws/config.
     env = {k: v for k, v in safe_env().items() if k not in ("AWS_REGION", "AWS_DEFAULT_REGION")}
+    # ec2cl (on PATH: the venv's bin) talks to this module's server, with a config directory of its own.
+    env |= {"EC2CL_URL": api_server.url, "XDG_CONFIG_HOME": str(tmp_path)}
     done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, capture_output=True, text=True,
                           timeout=180, env=env)
     assert done.returncode == 0, f"{where} failed ({done.returncode}):\n{done.stderr[-3000:]}"
