@@ -1,9 +1,16 @@
 #!/usr/bin/env bats
 # Tests for scripts/ensure_venv.sh: the venv is reused while requirements*.txt
 # are unchanged and rebuilt when they change. The requirements install nothing
-# and pip may not use an index, so no package is downloaded.
+# and pip may not use an index, so no package is downloaded. The venvs are made
+# without ensurepip, with a copy of PYTHON_BOOT's pip (helpers/venv_boot.bash).
 
 bats_require_minimum_version 1.5.0
+
+load helpers/venv_boot
+
+setup_file() {
+  fast_venv_boot
+}
 
 setup() {
   REPO_ROOT="$(cd -- "${BATS_TEST_DIRNAME}/../.." && pwd)"

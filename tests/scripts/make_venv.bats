@@ -2,9 +2,16 @@
 # The Makefile's two venv levels: `make run` installs requirements.txt only (the server, the sandbox, the
 # AWS CLI), `make venv-dev` (make test, make lint) adds requirements-dev.txt. Run on a copy of the Makefile
 # whose requirements-dev.txt holds one dev-only package, a wheel made here: pip may not use an index, so
-# nothing is downloaded.
+# nothing is downloaded. The venvs are made without ensurepip, with a copy of PYTHON_BOOT's pip
+# (helpers/venv_boot.bash).
 
 bats_require_minimum_version 1.5.0
+
+load helpers/venv_boot
+
+setup_file() {
+  fast_venv_boot
+}
 
 setup() {
   REPO_ROOT="$(cd -- "${BATS_TEST_DIRNAME}/../.." && pwd)"

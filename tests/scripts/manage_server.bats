@@ -2,7 +2,12 @@
 # Tests for scripts/manage_server.sh: the real API server (uvicorn) on a free
 # port of 127.0.0.1, started from a throw-away APP_DIR whose app/ is this
 # checkout's. The server points at a closed EC2 endpoint with fake
-# credentials: /health answers without AWS, and nothing reaches AWS.
+# credentials: /health answers without AWS, and nothing reaches AWS. Its AWS_CLI
+# is a stub that fails as the real CLI does against that closed endpoint (the
+# servers spawn a few at start-up; each real one costs ~0.5 CPU-s), but for
+# the TARGET=sandbox test, which serves against a real emulator.
+# The tests that need a running server of ours, not a fresh start, share one
+# (SHARED_APP: use_shared and ensure_shared); teardown_file stops it.
 # Needs the project's venv (PYTHON, default <repo>/.venv/bin/python) and curl.
 
 bats_require_minimum_version 1.5.0
@@ -33,11 +38,13 @@ spawn() {
   printf '%s\n' "${SPAWNED}" >>"${BATS_TEST_TMPDIR}/spawned"
 }
 
-# servers_on PORT: how many processes run this app's uvicorn on PORT.
+# servers_on PORT: how many processes run this app's uvicorn on PORT (read
+# with builtins: two processes per /proc entry cost ~0.25 CPU-s a call).
 servers_on() {
-  local f n=0
+  local f n=0 argv IFS=' '
   for f in /proc/[0-9]*/cmdline; do
-    if tr '\0' ' ' <"${f}" 2>/dev/null | grep -q -- "-m uvicorn app.main:app --host 127.0.0.1 --port $1 *$"; then
+    mapfile -d '' -t argv <"${f}" 2>/dev/null || continue
+    if [[ "${argv[*]}" =~ -m\ uvicorn\ app\.main:app\ --host\ 127\.0\.0\.1\ --port\ $1\ *$ ]]; then
       n=$((n + 1))
     fi
   done
@@ -63,6 +70,68 @@ setup_file() {
   fi
   export PYTHON
   export REAL_PYTHON="${PYTHON}"
+  export ORIG_AWS_CLI="${AWS_CLI:-}"
+  export AWS_CLI="${BATS_FILE_TMPDIR}/aws"
+  cat >"${AWS_CLI}" <<'STUB'
+#!/bin/sh
+# The AWS CLI against a closed endpoint: a version, and "Could not connect" to everything else.
+if [ "$1" = --version ]; then
+  echo "aws-cli/2.0.0 Python/3 Linux (manage_server.bats stub)"
+  exit 0
+fi
+printf '\nCould not connect to the endpoint URL: "%s/"\n' "${EC2_ENDPOINT_URL:-https://ec2.amazonaws.com}" >&2
+exit 255
+STUB
+  chmod +x "${AWS_CLI}"
+  # The shared server's checkout: one that the user 'nobody' can see (the other-user test).
+  SHARED_APP="$(mktemp -d /tmp/manage-server-bats.XXXXXX)"
+  chmod 755 "${SHARED_APP}"
+  make_app_dir "${SHARED_APP}"
+  export SHARED_APP
+  free_port >"${BATS_FILE_TMPDIR}/shared.port"
+}
+
+teardown_file() {
+  local pid
+  STOP_TIMEOUT=2 "${MANAGE}" stop "${SHARED_APP}" >/dev/null 2>&1 || true
+  if [[ -f "${BATS_FILE_TMPDIR}/shared.pids" ]]; then
+    while read -r pid; do  # whatever a failed test left behind, if it still serves SHARED_APP
+      if [[ "$(readlink "/proc/${pid}/cwd" 2>/dev/null)" == "${SHARED_APP}" ]]; then
+        kill -KILL "${pid}" 2>/dev/null || true
+      fi
+    done <"${BATS_FILE_TMPDIR}/shared.pids"
+  fi
+  rm -rf -- "${SHARED_APP}"
+}
+
+# use_shared: this test works on the shared server's checkout (APP_DIR, PORT,
+# PIDF); teardown leaves the server running for the next test.
+use_shared() {
+  SHARED=1
+  APP_DIR="${SHARED_APP}"
+  RUN_DIR="${APP_DIR}/data/run"
+  PIDF="${RUN_DIR}/server.pid"
+  PORT="$(cat "${BATS_FILE_TMPDIR}/shared.port")"
+  export DATABASE_URL="${BATS_FILE_TMPDIR}/shared.db"
+}
+
+# ensure_shared: the shared server runs and answers; started here unless a
+# test before left it running.
+ensure_shared() {
+  if "${MANAGE}" status "${SHARED_APP}" >/dev/null 2>&1; then
+    return 0
+  fi
+  DATABASE_URL="${BATS_FILE_TMPDIR}/shared.db" "${MANAGE}" start "${SHARED_APP}" 127.0.0.1 \
+    "$(cat "${BATS_FILE_TMPDIR}/shared.port")" >/dev/null
+  record_shared
+}
+
+# record_shared [PORT]: note the shared server's pid (for teardown_file) and its port.
+record_shared() {
+  cat "${SHARED_APP}/data/run/server.pid" >>"${BATS_FILE_TMPDIR}/shared.pids" 2>/dev/null || true
+  if [[ -n "${1:-}" ]]; then
+    echo "$1" >"${BATS_FILE_TMPDIR}/shared.port"
+  fi
 }
 
 setup() {
@@ -76,6 +145,7 @@ setup() {
   unset JENKINS_NODE_COOKIE BUILD_ID BUILD_NUMBER JENKINS_SERVER_COOKIE HUDSON_COOKIE
   export DATABASE_URL="${BATS_TEST_TMPDIR}/instances.db"
   export START_TIMEOUT=30 STOP_TIMEOUT=5
+  SHARED=""
   APP_DIR="${BATS_TEST_TMPDIR}/checkout"
   make_app_dir "${APP_DIR}"
   RUN_DIR="${APP_DIR}/data/run"
@@ -86,7 +156,7 @@ setup() {
 
 teardown() {
   local pid
-  if [[ -f "${PIDF}" ]]; then
+  if [[ -z "${SHARED}" && -f "${PIDF}" ]]; then
     STOP_TIMEOUT=2 "${MANAGE}" stop "${APP_DIR}" >/dev/null 2>&1 || true
   fi
   while read -r pid; do
@@ -130,7 +200,10 @@ start_ok() {
 }
 
 @test "start detaches the server, writes the PID file and waits for /health" {
+  use_shared
+  "${MANAGE}" stop "${APP_DIR}" >/dev/null  # a fresh start, whatever ran before
   start_ok
+  record_shared
   [[ "${output}" == *"http://127.0.0.1:${PORT}/docs"* ]]
   # Which EC2 and which database, in its first lines: real AWS is never a surprise.
   [[ "${output}" == *"targets SANDBOX (http://127.0.0.1:"*"database "* ]]
@@ -155,7 +228,8 @@ start_ok() {
 }
 
 @test "a second start exits 0 and leaves the one server alone" {
-  start_ok
+  use_shared
+  ensure_shared
   local pid
   pid="$(cat "${PIDF}")"
   run --separate-stderr "${MANAGE}" start "${APP_DIR}" 127.0.0.1 "${PORT}"
@@ -170,26 +244,43 @@ start_ok() {
   [ "$(cat "${PIDF}")" = "${pid}" ]
 }
 
-@test "concurrent starts do not race: one server, both exit 0" {
-  local out="${BATS_TEST_TMPDIR}/out"
-  "${MANAGE}" start "${APP_DIR}" 127.0.0.1 "${PORT}" >"${out}.1" 2>&1 3>&- &
-  local first=$!
-  "${MANAGE}" start "${APP_DIR}" 127.0.0.1 "${PORT}" >"${out}.2" 2>&1 3>&- &
-  local second=$!
-  local rc1=0 rc2=0
-  wait "${first}" || rc1=$?
-  wait "${second}" || rc2=$?
-  cat "${out}.1" "${out}.2"
-  [ "${rc1}" -eq 0 ]
-  [ "${rc2}" -eq 0 ]
-  [ "$(cat "${out}.1" "${out}.2" | grep -c 'started (pid')" -eq 1 ]
-  [ "$(cat "${out}.1" "${out}.2" | grep -c 'already running')" -eq 1 ]
-  [ "$(servers_on "${PORT}")" -eq 1 ]
+@test "a server of another user: status and stop exit 4 and signal nothing" {
+  if [[ "$(id -u)" -ne 0 ]] || ! command -v runuser >/dev/null || ! id nobody >/dev/null 2>&1 \
+    || ! runuser -u nobody -- test -x "${MANAGE}"; then
+    skip "needs root, runuser and a user 'nobody' that can run ${MANAGE}"
+  fi
+  # The shared server's checkout, which 'nobody' can see, served by root.
+  use_shared
+  ensure_shared
+  local pid
+  pid="$(cat "${PIDF}")"
+  run runuser -u nobody -- "${MANAGE}" status "${APP_DIR}" 127.0.0.1 "${PORT}"
+  [ "${status}" -eq 4 ]
+  [[ "${output}" == *"no permission"* ]]
+  run --separate-stderr runuser -u nobody -- "${MANAGE}" stop "${APP_DIR}"
+  echo "${stderr}"
+  [ "${status}" -eq 4 ]
+  [[ "${stderr}" != *"line "* ]]
+  alive "${pid}"
   health
 }
 
+@test "a server of another checkout, named by the PID file, is not ours" {
+  # The other checkout: the shared server's.
+  ensure_shared
+  local other="${SHARED_APP}"
+  local pid
+  pid="$(cat "${other}/data/run/server.pid")"
+  PID_FILE="${other}/data/run/server.pid" run "${MANAGE}" status "${APP_DIR}" 127.0.0.1 "${PORT}"
+  [ "${status}" -eq 1 ]
+  [[ "${output}" == *"another checkout"* ]]
+  alive "${pid}"
+}
+
 @test "stop ends the server with SIGTERM; then status is 3 and stop is 0 again" {
-  start_ok
+  use_shared
+  ensure_shared
+  health
   local pid
   pid="$(cat "${PIDF}")"
   run --separate-stderr "${MANAGE}" stop "${APP_DIR}"
@@ -207,17 +298,55 @@ start_ok() {
 }
 
 @test "restart replaces a running server, and starts a stopped one" {
+  use_shared
+  "${MANAGE}" stop "${APP_DIR}" >/dev/null  # stopped, whatever ran before
   run --separate-stderr "${MANAGE}" restart "${APP_DIR}" 127.0.0.1 "${PORT}"
+  record_shared
   [ "${status}" -eq 0 ]
   health
   local pid
   pid="$(cat "${PIDF}")"
   PORT="$(free_port)"
   run --separate-stderr "${MANAGE}" restart "${APP_DIR}" 127.0.0.1 "${PORT}"
+  record_shared "${PORT}"
   echo "${output} ${stderr}"
   [ "${status}" -eq 0 ]
   ! alive "${pid}"
   [ "$(cat "${PIDF}")" != "${pid}" ]
+  health
+}
+
+@test "running but not answering: status 4; stop escalates to SIGKILL" {
+  use_shared
+  ensure_shared
+  local pid
+  pid="$(cat "${PIDF}")"
+  kill -STOP "${pid}"
+  run "${MANAGE}" status "${APP_DIR}" 127.0.0.1 "${PORT}"
+  [ "${status}" -eq 4 ]
+  STOP_TIMEOUT=1 run --separate-stderr "${MANAGE}" stop "${APP_DIR}"
+  echo "${output} ${stderr}"
+  [ "${status}" -eq 0 ]
+  [[ "${stderr}" == *SIGKILL* ]]
+  ! alive "${pid}"
+  [ ! -e "${PIDF}" ]
+}
+
+@test "concurrent starts do not race: one server, both exit 0" {
+  local out="${BATS_TEST_TMPDIR}/out"
+  "${MANAGE}" start "${APP_DIR}" 127.0.0.1 "${PORT}" >"${out}.1" 2>&1 3>&- &
+  local first=$!
+  "${MANAGE}" start "${APP_DIR}" 127.0.0.1 "${PORT}" >"${out}.2" 2>&1 3>&- &
+  local second=$!
+  local rc1=0 rc2=0
+  wait "${first}" || rc1=$?
+  wait "${second}" || rc2=$?
+  cat "${out}.1" "${out}.2"
+  [ "${rc1}" -eq 0 ]
+  [ "${rc2}" -eq 0 ]
+  [ "$(cat "${out}.1" "${out}.2" | grep -c 'started (pid')" -eq 1 ]
+  [ "$(cat "${out}.1" "${out}.2" | grep -c 'already running')" -eq 1 ]
+  [ "$(servers_on "${PORT}")" -eq 1 ]
   health
 }
 
@@ -301,22 +430,6 @@ s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(); time.sleep(300)' "${PORT}"
   done
 }
 
-@test "a server of another checkout, named by the PID file, is not ours" {
-  local other="${BATS_TEST_TMPDIR}/other"
-  make_app_dir "${other}"
-  run "${MANAGE}" start "${other}" 127.0.0.1 "${PORT}"
-  [ "${status}" -eq 0 ]
-  local pid
-  pid="$(cat "${other}/data/run/server.pid")"
-  PID_FILE="${other}/data/run/server.pid" run "${MANAGE}" status "${APP_DIR}" 127.0.0.1 "${PORT}"
-  [ "${status}" -eq 1 ]
-  [[ "${output}" == *"another checkout"* ]]
-  alive "${pid}"
-  run "${MANAGE}" stop "${other}"
-  [ "${status}" -eq 0 ]
-  ! alive "${pid}"
-}
-
 @test "hostile PID file contents: status 4, stop signals nothing" {
   spawn sleep 300
   local canary="${SPAWNED}" content
@@ -362,49 +475,6 @@ s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(); time.sleep(300)' "${PORT}"
   [ "$(cat "${BATS_TEST_TMPDIR}/elsewhere")" = 1 ]
 }
 
-@test "a server of another user: status and stop exit 4 and signal nothing" {
-  if [[ "$(id -u)" -ne 0 ]] || ! command -v runuser >/dev/null || ! id nobody >/dev/null 2>&1 \
-    || ! runuser -u nobody -- test -x "${MANAGE}"; then
-    skip "needs root, runuser and a user 'nobody' that can run ${MANAGE}"
-  fi
-  # A checkout that 'nobody' can see, served by root.
-  APP_DIR="$(mktemp -d /tmp/manage-server-bats.XXXXXX)"
-  chmod 755 "${APP_DIR}"
-  make_app_dir "${APP_DIR}"
-  RUN_DIR="${APP_DIR}/data/run"
-  PIDF="${RUN_DIR}/server.pid"
-  start_ok
-  local pid
-  pid="$(cat "${PIDF}")"
-  run runuser -u nobody -- "${MANAGE}" status "${APP_DIR}" 127.0.0.1 "${PORT}"
-  [ "${status}" -eq 4 ]
-  [[ "${output}" == *"no permission"* ]]
-  run --separate-stderr runuser -u nobody -- "${MANAGE}" stop "${APP_DIR}"
-  echo "${stderr}"
-  [ "${status}" -eq 4 ]
-  [[ "${stderr}" != *"line "* ]]
-  alive "${pid}"
-  health
-  run "${MANAGE}" stop "${APP_DIR}"
-  [ "${status}" -eq 0 ]
-  rm -rf "${APP_DIR}"
-}
-
-@test "running but not answering: status 4; stop escalates to SIGKILL" {
-  start_ok
-  local pid
-  pid="$(cat "${PIDF}")"
-  kill -STOP "${pid}"
-  run "${MANAGE}" status "${APP_DIR}" 127.0.0.1 "${PORT}"
-  [ "${status}" -eq 4 ]
-  STOP_TIMEOUT=1 run --separate-stderr "${MANAGE}" stop "${APP_DIR}"
-  echo "${output} ${stderr}"
-  [ "${status}" -eq 0 ]
-  [[ "${stderr}" == *SIGKILL* ]]
-  ! alive "${pid}"
-  [ ! -e "${PIDF}" ]
-}
-
 @test "a server that never answers: start stops it after START_TIMEOUT, removes the PID file, shows the log" {
   local fake="${BATS_TEST_TMPDIR}/fakepython"
   # Python for anything but "-m uvicorn", which only sleeps.
@@ -448,13 +518,11 @@ s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(); time.sleep(300)' "${PORT}"
   # ProcessTreeKiller at the end of the build: kill every process whose
   # environment carries the cookie (by JENKINS_NODE_COOKIE or BUILD_ID).
   local env_file p killed=""
-  for env_file in /proc/[0-9]*/environ; do
+  while read -r env_file; do
     p="${env_file#/proc/}"
     p="${p%/environ}"
-    if tr '\0' '\n' <"${env_file}" 2>/dev/null | grep -qx -e "JENKINS_NODE_COOKIE=${cookie}" -e "BUILD_ID=${cookie}"; then
-      kill -KILL "${p}" 2>/dev/null && killed="${killed} ${p}"
-    fi
-  done
+    kill -KILL "${p}" 2>/dev/null && killed="${killed} ${p}"
+  done < <(grep -l -a -z -x -e "JENKINS_NODE_COOKIE=${cookie}" -e "BUILD_ID=${cookie}" /proc/[0-9]*/environ 2>/dev/null)
   echo "killed:${killed}"
   [[ " ${killed} " != *" ${pid} "* ]]
   sleep 1
@@ -530,6 +598,8 @@ s = socket.socket(); s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(); time.sle
 }
 
 @test "TARGET=sandbox starts APP_DIR's emulator and serves against it with that sandbox's database; a bad TARGET is a usage error" {
+  # The real AWS CLI: the sandbox makes its key pair with it, and the server serves against the emulator.
+  if [[ -n "${ORIG_AWS_CLI}" ]]; then export AWS_CLI="${ORIG_AWS_CLI}"; else unset AWS_CLI; fi
   ln -s -- "${REPO_ROOT}/scripts" "${APP_DIR}/scripts"
   ln -s -- "${REPO_ROOT}/.venv" "${APP_DIR}/.venv"
   local sport

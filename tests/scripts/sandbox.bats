@@ -1,6 +1,8 @@
 #!/usr/bin/env bats
-# Tests for scripts/sandbox.sh against real moto servers on free ports (a second one for the
-# per-port tests at the end: two emulators side by side).
+# Tests for scripts/sandbox.sh against real moto servers on free ports: the first one runs from its
+# start to the stop tests at the end, a second one joins it for the per-port tests (two emulators side
+# by side). The tests read the emulator's key pairs through its EC2 API with curl (ec2 below): an
+# `aws` process costs ~0.5 CPU-s, and the script's own calls are what is tested.
 # Needs moto_server and aws: $MOTO_SERVER / $AWS_CLI, else on PATH.
 
 bats_require_minimum_version 1.5.0
@@ -44,6 +46,22 @@ setup_file() {
 teardown_file() {
   "${SANDBOX}" stop >/dev/null 2>&1 || true
   SANDBOX_PORT="${SECOND_PORT}" "${SANDBOX}" stop >/dev/null 2>&1 || true
+}
+
+# ec2 URL ACTION [NAME=VALUE...]: call the emulator's EC2 Query API (any signature passes); print its XML.
+ec2() {
+  local url="$1" query="Action=$2&Version=2016-11-15" param
+  shift 2
+  for param in "$@"; do query+="&${param}"; done
+  curl --silent --fail --noproxy '*' --max-time 10 -H "Authorization: AWS4-HMAC-SHA256 \
+Credential=testing/20260101/${AWS_DEFAULT_REGION}/ec2/aws4_request, SignedHeaders=host, Signature=0" "${url}/?${query}"
+}
+
+# key_pair_name URL NAME: the name of the emulator's key pair NAME (fails if it has none).
+key_pair_name() {
+  local xml
+  xml="$(ec2 "$1" DescribeKeyPairs "KeyName.1=$2")" || return
+  sed -n 's:.*<keyName>\([^<]*\)</keyName>.*:\1:p' <<<"${xml}"
 }
 
 # both_answer: the emulators on SANDBOX_PORT and SECOND_PORT both report running.
@@ -118,8 +136,7 @@ both_answer() {
 }
 
 @test "the key pair exists in the emulator and its private key is mode 600" {
-  run "${AWS_CLI}" --endpoint-url "${SANDBOX_URL}" --output text \
-    ec2 describe-key-pairs --key-names my_ec2_keypair --query 'KeyPairs[0].KeyName'
+  run key_pair_name "${SANDBOX_URL}" my_ec2_keypair
   [ "${status}" -eq 0 ]
   [ "${output}" = "my_ec2_keypair" ]
   local pem="${STATE_DIR}/my_ec2_keypair.pem"
@@ -140,76 +157,16 @@ both_answer() {
 }
 
 @test "start on a running emulator recreates a missing key pair" {
-  "${AWS_CLI}" --endpoint-url "${SANDBOX_URL}" ec2 delete-key-pair --key-name my_ec2_keypair
+  ec2 "${SANDBOX_URL}" DeleteKeyPair KeyName=my_ec2_keypair >/dev/null
+  run key_pair_name "${SANDBOX_URL}" my_ec2_keypair
+  [ "${status}" -ne 0 ]  # gone
   KEY_NAME=other_key run --separate-stderr "${SANDBOX}" start
   [ "${status}" -eq 0 ]
   [ -f "${STATE_DIR}/other_key.pem" ]
   run --separate-stderr "${SANDBOX}" start
   [ "${status}" -eq 0 ]
-  run "${AWS_CLI}" --endpoint-url "${SANDBOX_URL}" --output text \
-    ec2 describe-key-pairs --key-names my_ec2_keypair --query 'KeyPairs[0].KeyName'
+  run key_pair_name "${SANDBOX_URL}" my_ec2_keypair
   [ "${output}" = "my_ec2_keypair" ]
-}
-
-@test "stop stops the server" {
-  local pid
-  pid="$(cut -d' ' -f1 "${STATE_DIR}/moto.pid")"
-  run "${SANDBOX}" stop
-  [ "${status}" -eq 0 ]
-  [ ! -e "${STATE_DIR}/moto.pid" ]
-  # Gone, or a zombie its new parent has not reaped yet.
-  ! kill -0 "${pid}" 2>/dev/null || [[ "$(awk '{ sub(/.*\) /, ""); print $1 }' "/proc/${pid}/stat")" == Z ]]
-}
-
-@test "status is 3 after stop" {
-  run "${SANDBOX}" status
-  [ "${status}" -eq 3 ]
-}
-
-@test "stop again exits 0" {
-  run "${SANDBOX}" stop
-  [ "${status}" -eq 0 ]
-}
-
-@test "stop never kills an unrelated process named in the pid file" {
-  sleep 300 3>&- &
-  local pid=$!
-  mkdir -p "${STATE_DIR}"
-  printf '%s\n' "${pid}" >"${STATE_DIR}/moto.pid"
-  run "${SANDBOX}" stop
-  local alive=0
-  kill -0 "${pid}" 2>/dev/null && alive=1
-  kill "${pid}" 2>/dev/null || true
-  [ "${status}" -eq 0 ]
-  [ "${alive}" -eq 1 ]
-  [ ! -e "${STATE_DIR}/moto.pid" ]
-}
-
-@test "stop never signals a moto_server look-alike whose start time is not the recorded one" {
-  bash -c "exec -a moto_server python3 -c 'import time; time.sleep(300)' -p ${SANDBOX_PORT}" 3>&- &
-  local pid=$!
-  mkdir -p "${STATE_DIR}"
-  sleep 0.2
-  [[ "$(tr '\0' ' ' <"/proc/${pid}/cmdline")" == "moto_server "* ]]
-  printf '%s 1\n' "${pid}" >"${STATE_DIR}/moto.pid"  # a pid reused since: another start time
-  run "${SANDBOX}" stop
-  local alive=0
-  kill -0 "${pid}" 2>/dev/null && alive=1
-  kill "${pid}" 2>/dev/null || true
-  [ "${status}" -eq 0 ]
-  [ "${alive}" -eq 1 ]
-  [[ "${output}" == *"nothing signalled"* ]]
-}
-
-@test "stop ignores a pid file with garbage" {
-  mkdir -p "${STATE_DIR}"
-  printf '%s\n' '-1' >"${STATE_DIR}/moto.pid"
-  run "${SANDBOX}" stop
-  [ "${status}" -eq 0 ]
-  printf '%s\n' '$(touch pwned)' >"${STATE_DIR}/moto.pid"
-  run "${SANDBOX}" stop
-  [ "${status}" -eq 0 ]
-  [ ! -e pwned ]
 }
 
 # --- Per port: each SANDBOX_PORT is its own emulator, with its own PID file, log, key and database. ---
@@ -318,19 +275,77 @@ make_n() {
   SANDBOX_PORT="${SECOND_PORT}" run "${SANDBOX}" status
   [ "${status}" -eq 3 ]
   [ "${output}" = "sandbox: not running at ${SECOND_URL}"$'\n'"sandbox: another emulator runs at ${SANDBOX_URL} (stop it: make sandbox-stop SANDBOX_PORT=${SANDBOX_PORT})" ]
-  # The first one still answers, is still the one its pid file names, and stops with its own stop.
+  # The first one still answers and is still the one its pid file names (its own stop: "stop stops the server").
   [ "$(cat "${STATE_DIR}/moto.pid")" = "${first_pid_file}" ]
   run "${SANDBOX}" status
   [ "${status}" -eq 0 ]
   [ "${output}" = "sandbox: running at ${SANDBOX_URL} (pid ${first_pid_file% *}, state in ${STATE_DIR})" ]
-  run "${AWS_CLI}" --endpoint-url "${SANDBOX_URL}" --output text \
-    ec2 describe-key-pairs --key-names my_ec2_keypair --query 'KeyPairs[0].KeyName'
+  run key_pair_name "${SANDBOX_URL}" my_ec2_keypair
   [ "${output}" = "my_ec2_keypair" ]
+}
+
+# --- Stop: the first emulator, which ran from the first start; then PID files and ports it did not start. ---
+
+@test "stop stops the server" {
+  local pid
+  pid="$(cut -d' ' -f1 "${STATE_DIR}/moto.pid")"
   run "${SANDBOX}" stop
   [ "${status}" -eq 0 ]
-  [ "${output}" = "sandbox: moto server at ${SANDBOX_URL} (pid ${first_pid_file% *}) stopped" ]
+  [ "${output}" = "sandbox: moto server at ${SANDBOX_URL} (pid ${pid}) stopped" ]
+  [ ! -e "${STATE_DIR}/moto.pid" ]
+  # Gone, or a zombie its new parent has not reaped yet.
+  ! kill -0 "${pid}" 2>/dev/null || [[ "$(awk '{ sub(/.*\) /, ""); print $1 }' "/proc/${pid}/stat")" == Z ]]
+}
+
+@test "status is 3 after stop" {
   run "${SANDBOX}" status
   [ "${status}" -eq 3 ]
+}
+
+@test "stop again exits 0" {
+  run "${SANDBOX}" stop
+  [ "${status}" -eq 0 ]
+}
+
+@test "stop never kills an unrelated process named in the pid file" {
+  sleep 300 3>&- &
+  local pid=$!
+  mkdir -p "${STATE_DIR}"
+  printf '%s\n' "${pid}" >"${STATE_DIR}/moto.pid"
+  run "${SANDBOX}" stop
+  local alive=0
+  kill -0 "${pid}" 2>/dev/null && alive=1
+  kill "${pid}" 2>/dev/null || true
+  [ "${status}" -eq 0 ]
+  [ "${alive}" -eq 1 ]
+  [ ! -e "${STATE_DIR}/moto.pid" ]
+}
+
+@test "stop never signals a moto_server look-alike whose start time is not the recorded one" {
+  bash -c "exec -a moto_server python3 -c 'import time; time.sleep(300)' -p ${SANDBOX_PORT}" 3>&- &
+  local pid=$!
+  mkdir -p "${STATE_DIR}"
+  sleep 0.2
+  [[ "$(tr '\0' ' ' <"/proc/${pid}/cmdline")" == "moto_server "* ]]
+  printf '%s 1\n' "${pid}" >"${STATE_DIR}/moto.pid"  # a pid reused since: another start time
+  run "${SANDBOX}" stop
+  local alive=0
+  kill -0 "${pid}" 2>/dev/null && alive=1
+  kill "${pid}" 2>/dev/null || true
+  [ "${status}" -eq 0 ]
+  [ "${alive}" -eq 1 ]
+  [[ "${output}" == *"nothing signalled"* ]]
+}
+
+@test "stop ignores a pid file with garbage" {
+  mkdir -p "${STATE_DIR}"
+  printf '%s\n' '-1' >"${STATE_DIR}/moto.pid"
+  run "${SANDBOX}" stop
+  [ "${status}" -eq 0 ]
+  printf '%s\n' '$(touch pwned)' >"${STATE_DIR}/moto.pid"
+  run "${SANDBOX}" stop
+  [ "${status}" -eq 0 ]
+  [ ! -e pwned ]
 }
 
 @test "status and stop leave alone what answers on the port without having been started here" {
