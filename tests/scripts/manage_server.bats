@@ -287,9 +287,9 @@ start_ok() {
   [ "${status}" -eq 0 ]
   [[ "${output}" == *"stopped (pid ${pid})"* ]]
   [[ "${stderr}" != *SIGKILL* ]]
-  ! alive "${pid}"
+  run ! alive "${pid}"
   [ ! -e "${PIDF}" ]
-  ! health
+  run ! health
   grep -q "Finished server process \[${pid}\]" "${RUN_DIR}/server.log"
   run "${MANAGE}" status "${APP_DIR}" 127.0.0.1 "${PORT}"
   [ "${status}" -eq 3 ]
@@ -311,7 +311,7 @@ start_ok() {
   record_shared "${PORT}"
   echo "${output} ${stderr}"
   [ "${status}" -eq 0 ]
-  ! alive "${pid}"
+  run ! alive "${pid}"
   [ "$(cat "${PIDF}")" != "${pid}" ]
   health
 }
@@ -328,7 +328,7 @@ start_ok() {
   echo "${output} ${stderr}"
   [ "${status}" -eq 0 ]
   [[ "${stderr}" == *SIGKILL* ]]
-  ! alive "${pid}"
+  run ! alive "${pid}"
   [ ! -e "${PIDF}" ]
 }
 
@@ -489,7 +489,7 @@ s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(); time.sleep(300)' "${PORT}"
   [[ "${stderr}" == *"fake server: listening nowhere"* ]]
   [[ "${stderr}" == *"did not become healthy"* ]]
   [ ! -e "${PIDF}" ]
-  ! alive "$(cat "${BATS_TEST_TMPDIR}/fake.pid")"
+  run ! alive "$(cat "${BATS_TEST_TMPDIR}/fake.pid")"
 }
 
 @test "a server that exits at start-up: start fails at once and shows why" {
@@ -532,7 +532,8 @@ s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(); time.sleep(300)' "${PORT}"
   [ "${status}" -eq 0 ]
   # The rest of the environment reaches the server; the build's variables don't.
   tr '\0' '\n' <"/proc/${pid}/environ" | grep -qx "MARKER_PASSED_THROUGH=yes"
-  ! tr '\0' '\n' <"/proc/${pid}/environ" | grep -E '^(JENKINS_NODE_COOKIE|BUILD_ID|BUILD_NUMBER|BUILD_TAG|JOB_NAME|JENKINS_SERVER_COOKIE|HUDSON_COOKIE)='
+  run ! grep -zE '^(JENKINS_NODE_COOKIE|BUILD_ID|BUILD_NUMBER|BUILD_TAG|JOB_NAME|JENKINS_SERVER_COOKIE|HUDSON_COOKIE)=' \
+    "/proc/${pid}/environ"
 }
 
 @test "a non-loopback HOST needs API_TOKEN" {
