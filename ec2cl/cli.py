@@ -259,6 +259,7 @@ def ssh_into(ctx: typer.Context,
     if not instance.get("public_ip") or not instance.get("ssh_string"):
         why = instance.get("ssh_unavailable") or "it has no public address"
         raise CliError(f"cannot ssh into {names.label(instance)}: {why}", REFUSED, "ssh_unavailable")
+    ssh.destination(instance)  # an address or login user ssh must not be handed: refused here
     key = ssh.pick_key(identity, instance)
     if not key.is_file():
         say(f"no key file at {key}: ssh will try your agent's keys (--identity names the key pair's .pem)")
@@ -424,7 +425,8 @@ def _host_alias(name: str | None) -> bool:
 def ssh_config_text(instances: list[dict], identity: str | None) -> str:
     """A Host block per running instance with an ssh command: its id, and its name when that is one word no other
     of them has."""
-    usable = [i for i in instances if i["state"] == "running" and i.get("public_ip") and i.get("ssh_string")]
+    usable = [i for i in instances if i["state"] == "running" and i.get("public_ip") and i.get("ssh_string")
+              and ssh.unusable(i) is None]
     counts: dict[str, int] = {}
     for i in usable:
         counts[i.get("name") or ""] = counts.get(i.get("name") or "", 0) + 1
@@ -432,6 +434,8 @@ def ssh_config_text(instances: list[dict], identity: str | None) -> str:
     for i in sorted(usable, key=lambda i: (i.get("name") or "", i["id"])):
         aliases = [i["name"]] if _host_alias(i.get("name")) and counts[i["name"]] == 1 else []
         key = ssh.pick_key(identity, i)
+        if any(c in str(key) for c in '"\n\r'):
+            continue  # a path ssh_config cannot quote
         blocks.append("\n".join([
             f"\nHost {' '.join([*aliases, i['id']])}", f"    HostName {i['public_ip']}",
             f"    User {i.get('login_user') or 'ec2-user'}", f'    IdentityFile "{key}"',

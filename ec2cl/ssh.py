@@ -2,12 +2,16 @@
 public address to the next instance once this one lets it go), and a probe through `ssh` itself until sshd
 answers, so the user's own ssh configuration applies to the probe as to the session."""
 
+import ipaddress
 import os
+import re
 import shlex
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from ec2cl.errors import REFUSED, CliError
 
 DEFAULT_KEY = "~/.ssh/my_ec2_keypair.pem"
 SSH = "ssh"  # the system ssh, found on PATH as the user's shell would
@@ -45,7 +49,30 @@ def options(instance: dict, key: Path) -> list[str]:
     return argv + ["-o", f"HostKeyAlias={instance['id']}", "-o", "StrictHostKeyChecking=accept-new"]
 
 
+# What an instance's fields may hold before they reach ssh's argv or ~/.ssh/config: the API's values are checked
+# anyway, so that a server answering nonsense cannot make ssh read an option, another host or a config directive.
+LOGIN_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+INSTANCE_ID = re.compile(r"^i-[0-9a-f]{8,17}$")
+
+
+def unusable(instance: dict) -> str | None:
+    """Why the instance's id, address or login user cannot be handed to ssh (None: they can)."""
+    if not INSTANCE_ID.match(str(instance.get("id", ""))):
+        return f"its id {instance.get('id')!r} is not an instance id"
+    try:
+        ipaddress.ip_address(str(instance.get("public_ip")))
+    except ValueError:
+        return f"its public address {instance.get('public_ip')!r} is not an IP address"
+    if not LOGIN_USER.match(str(instance.get("login_user") or "ec2-user")):
+        return f"its login user {instance.get('login_user')!r} is not a user name"
+    return None
+
+
 def destination(instance: dict) -> str:
+    """`user@address`, both checked (unusable())."""
+    why = unusable(instance)
+    if why:
+        raise CliError(f"cannot ssh into {instance.get('id')}: {why}", REFUSED, "ssh_unavailable")
     return f"{instance.get('login_user') or 'ec2-user'}@{instance['public_ip']}"
 
 

@@ -2,7 +2,11 @@
 
 from pathlib import Path
 
+import pytest
+
 from ec2cl import ssh
+from ec2cl.cli import ssh_config_text
+from ec2cl.errors import CliError
 
 BOX = {"id": "i-0123456789abcdef0", "public_ip": "198.51.100.7", "login_user": "ubuntu",
        "ssh_string": "ssh -i ~/.ssh/server.pem ubuntu@198.51.100.7"}
@@ -38,3 +42,27 @@ def test_which_key(tmp_path, monkeypatch):
     assert ssh.key_from_ssh_string("ssh -i 'a b.pem' u@h") == "a b.pem"
     assert ssh.key_from_ssh_string(None) is None and ssh.key_from_ssh_string("ssh 'unclosed") is None
     assert isinstance(ssh.pick_key(None, {}), Path)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("public_ip", "-oProxyCommand=touch /tmp/x"), ("public_ip", "evil.example.com"), ("public_ip", None),
+    ("login_user", "root -oProxyCommand=x"), ("login_user", "a@b"), ("login_user", "Admin\n"),
+    ("id", "i-1\nHost *"),
+])
+def test_an_api_value_that_is_not_an_address_user_or_id_never_reaches_ssh(field, value, tmp_path):
+    hostile = {**BOX, field: value}
+    assert ssh.unusable(hostile)
+    with pytest.raises(CliError) as raised:
+        ssh.session_argv(hostile, tmp_path / "k.pem")
+    assert raised.value.code == "ssh_unavailable"
+
+
+def test_ssh_config_leaves_out_what_it_cannot_write_safely(tmp_path):
+    boxes = [{**BOX, "state": "running", "name": "web 1"},  # a name with a space: by its id only
+             {**BOX, "id": "i-0aaaaaaaaaaaaaaaa", "state": "running", "name": "db\nHost *\n ProxyCommand x"},
+             {**BOX, "id": "i-0bbbbbbbbbbbbbbbb", "state": "running", "name": "evil", "public_ip": "x\nHost *"},
+             {**BOX, "id": "i-0cccccccccccccccc", "state": "stopped", "name": "idle"}]
+    text = ssh_config_text(boxes, str(tmp_path / "k.pem"))
+    hosts = [line for line in text.splitlines() if line.startswith("Host ")]
+    assert sorted(hosts) == ["Host i-0123456789abcdef0", "Host i-0aaaaaaaaaaaaaaaa"]
+    assert "ProxyCommand" not in text and "evil" not in text and "idle" not in text
