@@ -110,6 +110,13 @@ class Sizes:
     # Phase 4's burst is phase 3's probed concurrent creates, sampled (the same figures: all succeed, the sampler sees
     # their `aws` processes, at most MAX_AWS_PROCESSES at once), instead of more creates of its own.
     burst_in_concurrency: bool = False
+    # Phase 2b's single-stop latency (the bulk stop's reference) is phase 2's counted stop (a single
+    # POST /instances/{id}/stop on the same server), not stops of instances of its own.
+    single_from_counts: bool = False
+    # Phase 6 probes /health and samples RSS during its (one) timed sweep, instead of during one more sweep.
+    probe_timed_sweep: bool = False
+    # Phase 7's server adopts the tracked instances by its start-up sweep (waited for), not by one more sync.
+    adopt_at_start: bool = False
 
 
 FULL = Sizes("full", (10, 100, 1000), raw_samples=5, serial=8, burst=32, list_samples=100, get_samples=300,
@@ -124,11 +131,15 @@ FULL = Sizes("full", (10, 100, 1000), raw_samples=5, serial=8, burst=32, list_sa
 # does not empty the emulator: 25 tracked are the 16 the earlier phases leave (the counted create is terminated)
 # and 9 seeded; a reset would cost a sweep and a delete-security-group for each
 # earlier create's group, which the reset already removed. The window-0 leg (its sync and two stops with their
-# sweeps) was five `aws` processes, a burst of its own three.
+# sweeps) was five `aws` processes, a burst of its own three. The single stop (the bulk stop's reference, a timing
+# line) is phase 2's counted stop (a stop and its sweep fewer); phase 6's one timed sweep runs under the /health
+# probe and the RSS sampler (a sweep fewer; its timing is only reported); phase 7's server adopts by its start-up
+# sweep (a sync fewer).
 SMOKE = Sizes("smoke", (25,), raw_samples=1, serial=2, burst=1, list_samples=20, get_samples=20, sweep_samples=1,
               notify_samples=1, serial_leg=False, quiet_wait_s=0.0, few_stops=2, many_stops=4, stop_samples=1,
               share_catalog=True, create_ssh_from="none", adopt_at_once=True, one_second_server=True,
-              off_from_phase1=True, reset_before_scale=False, window_leg=False, burst_in_concurrency=True)
+              off_from_phase1=True, reset_before_scale=False, window_leg=False, burst_in_concurrency=True,
+              single_from_counts=True, probe_timed_sweep=True, adopt_at_start=True)
 
 
 # -- processes, from /proc ------------------------------------------------------------------------
@@ -442,6 +453,7 @@ class Bench:
         self.results: dict = {"profile": sizes.name, "sizes": asdict(sizes)}
         self.second: ApiServer | None = None  # one_second_server: phase 1b's server, kept for the window's cost
         self.batches: dict[str, list[str]] = {}  # adopt_at_once: phase 2b's instances, by batch, not handed out yet
+        self.request_s: dict[str, float] = {}  # phase 2: each counted request's latency
 
     def body(self, i: int | str) -> dict:
         """A create of a timed phase (1, 1b, 3, 4)."""
@@ -571,7 +583,9 @@ class Bench:
 
         def measure(name: str, method: str, path: str, *codes: int, **kw) -> httpx.Response:
             mark = self.calls.mark()
-            response = expect(self.client.request(method, path, **kw), *codes)
+            elapsed, response = timed(self.client, method, path, **kw)
+            expect(response, *codes)
+            self.request_s[name] = elapsed
             wait_idle(self.pid)
             ops = self.calls.since(mark)
             counts[name] = {"total": sum(ops.values()), "mutating": sum(n for op, n in ops.items() if op in MUTATING),
@@ -630,8 +644,9 @@ class Bench:
         POST /instances/actions sends a whole set in one."""
         few, many = self.sizes.few_stops, self.sizes.many_stops
         self.log(f"phase 2b: {few} and {many} concurrent stops, a bulk stop of {many} by tag, single stops")
+        single_n = 0 if self.sizes.single_from_counts else self.sizes.stop_samples + 1
         self.batches = self.adopt_batches({"stops-few": few, "stops-many": many, "bulk": many,
-                                           "single": self.sizes.stop_samples + 1,
+                                           **({"single": single_n} if single_n else {}),
                                            **({"window": 2 * self.sizes.stop_samples} if self.sizes.window_leg
                                               else {})}) if self.sizes.adopt_at_once else {}
         result: dict = {}
@@ -643,8 +658,8 @@ class Bench:
             result[f"{name}_concurrent_stops"] = {"n": n, "wall_s": round(wall, 3),
                                                   "stop_processes": ops.get("stop-instances", 0)}
         ids = self.adopted(many, "bulk")
-        single_ids = self.adopted(self.sizes.stop_samples + 1, "single")
-        singles = []
+        single_ids = [] if self.sizes.single_from_counts else self.adopted(self.sizes.stop_samples + 1, "single")
+        singles = [self.request_s["stop"]] if self.sizes.single_from_counts else []
         for instance_id in single_ids[1:]:
             elapsed, response = timed(self.client, "POST", f"/instances/{instance_id}/stop")
             expect(response, 202)
@@ -844,20 +859,6 @@ class Bench:
         n = self.sizes.tracked[-1]
         self.log(f"phase 6: one sweep vs one raw describe-instances, {n} instances")
         raws, sweeps, procs = [], [], []
-        for _ in range(self.sizes.sweep_samples):
-            if self.sizes.quiet_wait_s:
-                wait_quiet(self.sizes.quiet_wait_s / 2, self.log)
-            raws.append(raw_describe(self.emu.url))
-            wait_idle(self.pid)
-            mark = self.calls.mark()
-            elapsed, result = self.sync()
-            sweeps.append(elapsed)
-            procs.append(sum(self.calls.since(mark).values()))
-            if any(result.values()):
-                raise RuntimeError(f"a steady-state sweep changed something: {result}")
-        wait_idle(self.pid)
-        sampler = Sampler(self.pid)
-        sampler.start()
         stop = threading.Event()
         health: list[float] = []
 
@@ -869,11 +870,36 @@ class Bench:
                     health.append(time.perf_counter() - t0)
                     stop.wait(0.02)
 
-        prober = threading.Thread(target=probe, daemon=True)
-        prober.start()
-        mark = self.calls.mark()
-        probed_s, _ = self.sync()
-        procs.append(sum(self.calls.since(mark).values()))
+        def probed() -> tuple[Sampler, threading.Thread]:
+            sampler = Sampler(self.pid)
+            sampler.start()
+            prober = threading.Thread(target=probe, daemon=True)
+            prober.start()
+            return sampler, prober
+
+        watch = None
+        for k in range(self.sizes.sweep_samples):
+            if self.sizes.quiet_wait_s:
+                wait_quiet(self.sizes.quiet_wait_s / 2, self.log)
+            raws.append(raw_describe(self.emu.url))
+            wait_idle(self.pid)
+            if self.sizes.probe_timed_sweep and k == self.sizes.sweep_samples - 1:
+                watch = probed()  # the last timed sweep is also the probed one
+            mark = self.calls.mark()
+            elapsed, result = self.sync()
+            sweeps.append(elapsed)
+            procs.append(sum(self.calls.since(mark).values()))
+            if any(result.values()):
+                raise RuntimeError(f"a steady-state sweep changed something: {result}")
+        if watch is None:
+            wait_idle(self.pid)
+            watch = probed()
+            mark = self.calls.mark()
+            probed_s, _ = self.sync()
+            procs.append(sum(self.calls.since(mark).values()))
+        else:
+            probed_s = sweeps[-1]
+        sampler, prober = watch
         stop.set()
         prober.join()
         memory = sampler.stop()
@@ -911,7 +937,13 @@ class Bench:
             try:
                 calls = CallLog(server.shim_log)
                 with httpx.Client(base_url=server.url, timeout=600) as client:
-                    expect(client.post("/instances/sync"), 200)
+                    if self.sizes.adopt_at_start:  # its start-up sweep adopts them: wait for it
+                        deadline = time.monotonic() + 60
+                        while (len(expect(client.get("/instances"), 200).json()["instances"]) < n
+                               and time.monotonic() < deadline):
+                            time.sleep(0.1)
+                    else:
+                        expect(client.post("/instances/sync"), 200)
                     ids = [i["id"] for i in expect(client.get("/instances"), 200).json()["instances"]]
                     if len(ids) != n:
                         raise RuntimeError(f"{len(ids)} instances listed on PostgreSQL, {n} expected")

@@ -1,25 +1,35 @@
-"""Schemathesis against the live server (real uvicorn process, real scripts, real moto server).
+"""Schemathesis against live servers (real uvicorn processes, real scripts, real moto server).
 
 No 5xx, and every response matches the OpenAPI schema the server publishes. The run is bounded
 (FUZZING_MAX_EXAMPLES cases per operation in the fuzzing phase, MAX_EXAMPLES scenarios in the stateful
 phase) because its cost is the `aws` processes it causes (~0.45 CPU-s each): a create that passes
-validation spawns three (its SSH group, the rule, the launch), a metrics query, a transition or an
-ssh-access change one or two (about 200 in a run with 15 for both phases, 170 with 10, ~145-160 with 5
-fuzzing cases per operation; ~115 since the coverage phase no longer reuses the ids of live instances,
-below). The stateful phase keeps 10 scenarios: with 5 it covered 5 API links, not 20 (and shorter
-scenarios, max-steps 3, only 1); with 10 a run covers 11 to 21 of the 94 inferred links (random: 11
-and 19 in two runs before the change below, 21 after it). The examples and coverage phases (each
-operation's boundary and negative cases, deterministic) are not bounded by either, and every
-operation is still tested in every phase. Per phase, in `aws` processes: examples ~17 (three
-creates), coverage 65-67 with live ids (13 metrics queries, 8 tag changes, 4 ssh-access changes on
-live instances, 7 creates), 31 without; fuzzing 27-37; stateful 37-39. Schemathesis runs as a
-subprocess in a tmp dir, so its `.hypothesis/` and `.schemathesis/` caches never land in the repository.
+validation spawns three (its SSH group, the rule, the launch) and a sweep, a metrics query, a transition or
+an ssh-access change one or two. The stateful phase keeps 10 scenarios: with 5 it covered 5 API links, not
+20; with 10 a run covers 11 to 21 of the inferred links. Every operation is tested in the coverage and
+fuzzing phases; the examples phase tests those with examples, the stateful one follows links.
+Schemathesis runs as a subprocess in a tmp dir, so its `.hypothesis/` and `.schemathesis/` caches never land
+in the repository.
+
+Two servers on one emulator, two schemathesis runs (issue 30): the coverage and fuzzing phases run against a
+server whose budget (BUDGET_USD=0.0001) refuses every schema-valid create by policy with a 409, after the
+schema, the free-tier policy, the catalogue and the price are checked and before any `aws` process; the
+examples and stateful phases run against the module's server, which accepts. So POST /instances is tested
+both ways: accepted (the schema's example, the stateful scenarios' creates and the links from them: start,
+stop, delete, ssh-access, PATCH, metrics, ... on instances created through the API) and refused by the
+budget (every boundary and random valid body). The refusing server also tracks one live instance (launched in
+the emulator, adopted by its start-up sweep; BUDGET_ENFORCEMENT=notify so its guard does not stop it), which
+the fuzzing phase's cases for /instances/{instance_id}/... reuse: stop, delete, metrics, tags on a live id.
+Before: one server, all four phases, 77-83 `aws` processes (the coverage phase's 7 boundary creates and the
+fuzzing phase's operations on the ~10 instances earlier phases had made); after: ~35 (one run: 13 on the
+refusing server, 21 on the accepting one). Not tested any more: a boundary-valued create (the coverage
+phase's) or a random valid create (the fuzzing phase's) going all the way to EC2 (the accepting phases'
+creates do; tests/test_hostile_input.py sends values EC2 allows through the scripts as exact literals).
 
 The coverage phase sends its cases for /instances/{instance_id}/... with generated ids (a 404 after
 validation), not with the ids earlier responses returned (`extra-data-sources.responses = false` for
 that phase): its boundary cases of PATCH, ssh-access, metrics, start and stop on live instances were
 two thirds of its `aws` processes. Those operations on live instances are still tested by the examples,
-fuzzing (which reuses live ids) and stateful phases; the coverage phase's creates are unchanged.
+fuzzing (which reuses live ids) and stateful phases.
 
 Checks: every check (`[checks] enabled = true`), except these, each for a stated reason:
 
@@ -47,12 +57,14 @@ Checks: every check (`[checks] enabled = true`), except these, each for a stated
 
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import jsonschema
 import pytest
 
 from tests.support.processes import ROOT, VENV_BIN, safe_env
+from tests.support.seeding import launch_managed
 from tests.support.server import ApiServer
 
 TOKEN = "schemathesis-token-0123456789abcdef"
@@ -197,25 +209,56 @@ def test_schema_violating_types_are_refused_not_coerced(plain, extra):
 
 
 # -- schemathesis, after them (the module's order) -----------------------------------------------------------
-def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(live, tmp_path):
-    workdir = tmp_path / "schemathesis"
+# The coverage and fuzzing phases run against a second server on the same emulator whose budget refuses every create
+# by policy (409 budget_exceeded, checked after the schema, the free-tier policy and the catalogue, before any `aws`
+# process): they test every operation, POST /instances up to its refusal, and on one live instance (launched in the
+# emulator, adopted by that server's start-up sweep) the operations on a live id. The examples and stateful phases
+# run against the module's server, which accepts: the schema's example create, the stateful scenarios' creates and
+# the links from them (start, stop, delete, ssh-access, PATCH, metrics, ... on instances created through the API).
+REFUSING_PHASES, ACCEPTING_PHASES = "coverage,fuzzing", "examples,stateful"
+
+
+def _schemathesis(url: str, phases: str, workdir: Path) -> str:
     workdir.mkdir()
     config = workdir / "schemathesis.toml"
     config.write_text(CONFIG)
-    caches_before = {name: (ROOT / name).exists() for name in (".hypothesis", ".schemathesis")}
-    command = [str(VENV_BIN / "schemathesis"), "--config-file", str(config), "run", f"{live.url}/openapi.json",
-               "--max-examples", str(MAX_EXAMPLES), "-H", f"Authorization: Bearer {TOKEN}",
+    command = [str(VENV_BIN / "schemathesis"), "--config-file", str(config), "run", f"{url}/openapi.json",
+               "--phases", phases, "--max-examples", str(MAX_EXAMPLES), "-H", f"Authorization: Bearer {TOKEN}",
                "--request-timeout", "90", "--generation-database", "none", "--no-color",
                # One worker: with two, CPython 3.11 sometimes fails inside schemathesis' coverage phase
                # ("SystemError: AST constructor recursion depth mismatch"), an error of the tool.
                "--workers", "1"]
     started = time.monotonic()
-    done = subprocess.run(command, cwd=workdir, env=safe_env(),
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, cwd=workdir, env=safe_env(), capture_output=True, text=True, timeout=600)
     elapsed = time.monotonic() - started
     output = _tail(f"{done.stdout}\n{done.stderr}") + f"\n(exit {done.returncode} after {elapsed:.0f} s)"
     assert done.returncode == 0, output
     assert "Test cases:" in done.stdout, output
+    return output
+
+
+def _launches(server: ApiServer) -> int:
+    return sum("run-instances" in call for call in server.aws_calls())
+
+
+def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(live, emulator, tmp_path):
+    caches_before = {name: (ROOT / name).exists() for name in (".hypothesis", ".schemathesis")}
+    launch_managed(emulator, 1, name="schemathesis-adopted")
+    # BUDGET_ENFORCEMENT=notify: the budget guard does not stop the adopted instance (it is over this budget).
+    (tmp_path / "refusing-server").mkdir()
+    refusing = ApiServer(tmp_path / "refusing-server", emulator.url, API_TOKEN=TOKEN, BUDGET_USD="0.0001",
+                         BUDGET_ENFORCEMENT="notify", RECONCILE_INTERVAL_SECONDS="3600")
+    try:
+        _schemathesis(refusing.url, REFUSING_PHASES, tmp_path / "refusing")
+    finally:
+        refusing.stop()
+    refused_log = refusing.server_log()
+    # Schema-valid creates were sent and refused (409: the budget; the server logs no error codes), none launched.
+    assert '"POST /instances HTTP/1.1" 409' in refused_log, "no create reached the budget's refusal"
+    assert _launches(refusing) == 0, refusing.aws_calls()
+    output = _schemathesis(live.url, ACCEPTING_PHASES, tmp_path / "accepting")
+    assert _launches(live) >= 1, output  # the examples phase's create, at least
     for name, existed in caches_before.items():
         assert (ROOT / name).exists() == existed, f"schemathesis wrote {name} into the repository"
-    assert " 500 " not in live.server_log() and "Traceback" not in live.server_log(), live.server_log()[-5000:]
+    for log in (refused_log, live.server_log()):
+        assert " 500 " not in log and "Traceback" not in log, log[-5000:]
