@@ -70,7 +70,8 @@ def create_app(settings_getter: Callable[[], Settings] = load_settings) -> FastA
     install_error_handlers(app)
     app.state.metrics = Metrics()
     app.add_middleware(GuardMiddleware, settings_getter=settings_getter)
-    app.add_middleware(RequestMiddleware, metrics=app.state.metrics)  # outermost: every answer counted
+    app.add_middleware(RequestMiddleware, metrics=app.state.metrics,  # outermost: every answer counted
+                       sandbox=lambda: settings_getter().ec2_target == "sandbox")
     app.add_middleware(QuietStartupExit)  # lifespan only
     app.include_router(instances.router)
     app.include_router(budget.router)

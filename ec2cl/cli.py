@@ -8,6 +8,7 @@ import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -24,7 +25,7 @@ HELP = ("Get a free-tier EC2 box up, ssh into it by name, take it down: the comm
         "API is unreachable, 4 a wait timed out; `ec2cl ssh` then exits with ssh's own code.")
 app = typer.Typer(name="ec2cl", help=HELP, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]})
-schedule_app = typer.Typer(help="Schedules: list and show them; attach one to an instance, or detach it.",
+schedule_app = typer.Typer(help="Schedules: list, show, attach to an instance.",
                            no_args_is_help=True)
 app.add_typer(schedule_app, name="schedule")
 
@@ -101,6 +102,7 @@ def complete_names(ctx: typer.Context, incomplete: str) -> list[str]:
     return sorted({i["name"] for i in found if i.get("name") and i["name"].startswith(incomplete)})
 
 
+SNOOZE_MINUTES = (15, 720)  # the API's bounds of POST /instances/{id}/snooze
 InstanceArg = Annotated[str, typer.Argument(metavar="NAME", help="The instance: its name or id",
                                             autocompletion=complete_names)]
 OutputOption = Annotated[Output, typer.Option("--output", "-o", help="table for people, json for scripts (the "
@@ -114,16 +116,30 @@ def _state(ctx: typer.Context) -> State:
 # -- profiles -------------------------------------------------------------------------------------------------------
 @command(app)
 def login(ctx: typer.Context,
-          url: Annotated[str | None, typer.Option(help="The API's URL (else EC2CL_URL, the profile's, "
+          url: Annotated[str | None, typer.Option(metavar="URL", help="The API's URL (else EC2CL_URL, the profile's, "
                                                        "http://127.0.0.1:8000)", show_default=False)] = None,
           token_stdin: Annotated[bool, typer.Option("--token-stdin", help="Read the token from stdin (a script's "
                                                                           "way) rather than asking")] = False) -> None:
-    """Check a token against the API, then keep it in the profile (config.toml, mode 0600)."""
+    """Log in: check a token, keep it in the profile.
+
+    The profile is in config.toml (mode 0600); a server that asks for no token needs no login."""
     state = _state(ctx)
     current = state.profile()
     target = (url or current.url).rstrip("/")
     if not target.startswith(("http://", "https://")):
         raise CliError(f"--url must start with http:// or https://, not {target!r}", USAGE, "bad_url")
+    try:
+        Api(config.Profile(current.name, target, None, current.path), state.transport).get("/instances",
+                                                                                          state="running")
+    except CliError as exc:
+        if exc.code != "unauthorized":
+            raise
+    else:
+        raise CliError(f"{target} asks for no token (its API_TOKEN and API_TOKENS_FILE are unset): there is "
+                       "nothing to log in to", USAGE, "no_token_needed")
+    if not token_stdin and not sys.stdin.isatty():
+        raise CliError("no terminal to ask for the token on: pipe it to `ec2cl login --token-stdin`", USAGE,
+                       "no_token")
     token = sys.stdin.readline().strip() if token_stdin else typer.prompt("Token", hide_input=True).strip()
     if not token:
         raise CliError("no token given", USAGE, "no_token")
@@ -142,17 +158,31 @@ def _instance_rows(instances: list[dict]) -> list[list[Any]]:
 INSTANCE_HEADERS = ("NAME", "ID", "STATE", "TYPE", "PUBLIC IP", "NEXT")
 
 
+class State_(StrEnum):
+    pending = "pending"
+    running = "running"
+    stopping = "stopping"
+    stopped = "stopped"
+    shutting_down = "shutting-down"
+    terminated = "terminated"
+
+
 @command(app, "ls")
 def list_instances(ctx: typer.Context,
-                   state: Annotated[list[str] | None, typer.Option(
-                       "--state", help="Only this state (repeatable: any of them)", show_default=False)] = None,
+                   state: Annotated[list[State_] | None, typer.Option(
+                       "--state", metavar="STATE", help="Only this state (repeatable: any of them)",
+                       show_default=False)] = None,
                    tag: Annotated[list[str] | None, typer.Option(
-                       "--tag", help="K=V, or K for any value (repeatable: all must match)",
+                       "--tag", metavar="K=V", help="K=V, or K for any value (repeatable: all must match)",
                        show_default=False)] = None,
                    output: OutputOption = Output.table,
                    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Ids only, one a line")] = False) -> None:
-    """List instances (terminated ones with --state terminated)."""
-    found = _state(ctx).api().get("/instances", state=state or None, tag=tag or None)
+    """List instances.
+
+    Terminated ones only with --state terminated."""
+    found = _state(ctx).api().get("/instances", state=[str(s) for s in state or []] or None, tag=tag or None)
+    if not found["instances"] and output == Output.table:
+        say("no instances" + (" match" if state or tag else " yet: `ec2cl up NAME` launches one"))
     if quiet:
         for instance in found["instances"]:
             typer.echo(instance["id"])
@@ -177,6 +207,10 @@ def _ssh_from(given: str | None) -> str:
     return f"{address}/32"
 
 
+SANDBOX_NOTE = ("this server runs against the local EC2 sandbox: its boxes' addresses are made up, so ssh cannot "
+                "reach them (on your AWS account, EC2_TARGET=aws make run, it does)")
+
+
 def _describe(instance: dict) -> str:
     parts = [instance["state"], instance.get("instance_type"), instance.get("ami")]
     if instance.get("public_ip"):
@@ -189,22 +223,30 @@ def _describe(instance: dict) -> str:
 @command(app)
 def up(ctx: typer.Context,
        name: Annotated[str, typer.Argument(metavar="NAME", help="Its name (unique among live instances)")],
-       ami: Annotated[str, typer.Option(help="An AMI alias or a free-tier AMI id")] = "amazon-linux-2023",
-       instance_type: Annotated[str, typer.Option("--type", help="A free-tier instance type")] = "t3.micro",
-       disk: Annotated[int | None, typer.Option(help="Root volume in GB (8-30; else the server's 8)",
+       ami: Annotated[str, typer.Option(metavar="ALIAS",
+                                        help="An AMI alias or a free-tier AMI id")] = "amazon-linux-2023",
+       instance_type: Annotated[str, typer.Option("--type", metavar="TYPE",
+                                                  help="A free-tier instance type")] = "t3.micro",
+       disk: Annotated[int | None, typer.Option(metavar="GB", help="Root volume in GB (8-30; else the server's 8)",
                                                 show_default=False)] = None,
-       auto_stop: Annotated[str | None, typer.Option(help="Stop it this long after each start: 8h, 90m, or off "
-                                                          "(else the server's default)", show_default=False)] = None,
-       schedule: Annotated[str | None, typer.Option(help="A schedule that starts and stops it",
+       auto_stop: Annotated[str | None, typer.Option(
+           metavar="DURATION", help="Stop it this long after each start: 8h, 90m, 1h30m, or off (else the server's "
+                                    "default)", show_default=False)] = None,
+       schedule: Annotated[str | None, typer.Option(metavar="NAME", help="A schedule that starts and stops it",
                                                     show_default=False)] = None,
        no_public_ip: Annotated[bool, typer.Option("--no-public-ip", help="No public IPv4 (billed hourly); "
                                                                          "reachable only inside its VPC")] = False,
-       ssh_from: Annotated[str | None, typer.Option(help="Who may reach port 22: a CIDR, my_ip or none (else this "
-                                                        "machine's public address)", show_default=False)] = None,
+       ssh_from: Annotated[str | None, typer.Option(
+           metavar="CIDR", help="Who may reach port 22: a CIDR, my_ip or none (else this machine's public address)",
+           show_default=False)] = None,
        wait: Annotated[bool, typer.Option("--wait", help="Show progress until it runs")] = False,
-       timeout: Annotated[float, typer.Option(help="With --wait: seconds to wait at most", min=1)] = 300,
+       timeout: Annotated[float, typer.Option(metavar="SECONDS", help="With --wait: seconds to wait at most",
+                                              min=1)] = 300,
        output: OutputOption = Output.table) -> None:
-    """Launch a box (one retry-safe create), optionally waiting until it runs."""
+    """Launch a box (--wait: until it runs).
+
+    One retry-safe create: the same Idempotency-Key is sent again if the connection drops. Durations are like
+    8h, 90m, 1h30m or 2d."""
     body: dict[str, Any] = {"name": name, "ami": ami, "instance_type": instance_type}
     if disk is not None:
         body["storage_gb"] = disk
@@ -227,7 +269,7 @@ def up(ctx: typer.Context,
         return
     typer.echo(_describe(instance))
     if instance["state"] in ("pending", "running"):
-        say(f"next: ec2cl ssh {shlex.quote(name)}")
+        say(SANDBOX_NOTE if api.sandbox else f"next: ec2cl ssh {shlex.quote(name)}")
 
 
 # -- ssh --------------------------------------------------------------------------------------------------------------
@@ -238,15 +280,21 @@ def ssh_into(ctx: typer.Context,
                  metavar="[-- COMMAND...]", help="A command to run there (after --) instead of a shell",
                  show_default=False)] = None,
              start: Annotated[bool, typer.Option("--start", help="Start it first if it is stopped")] = False,
-             timeout: Annotated[float, typer.Option(help="Seconds to wait at most until it runs and ssh answers",
-                                                    min=1)] = 180,
+             timeout: Annotated[float, typer.Option(
+                 metavar="SECONDS", help="Seconds to wait at most until it runs and ssh answers", min=1)] = 180,
              identity: Annotated[str | None, typer.Option(
-                 "--identity", "-i", help="The private key (else the server's SSH_KEY_PATH when it is on this "
-                                          "machine, else ~/.ssh/my_ec2_keypair.pem)", show_default=False)] = None,
+                 "--identity", "-i", metavar="KEY", show_default=False,
+                 help="The private key (else the server's SSH_KEY_PATH when it is on this machine, else "
+                      "~/.ssh/my_ec2_keypair.pem)")] = None,
              ) -> None:
-    """ssh into an instance by name: waits until it runs and sshd answers, then runs the system ssh."""
+    """ssh into an instance by name.
+
+    Waits until it runs and sshd answers (--timeout), then runs the system ssh as its login user, with its key;
+    ec2cl then exits with ssh's code."""
     api = _state(ctx).api()
     instance = names.resolve(api, name)
+    if api.sandbox:
+        say(SANDBOX_NOTE)
     deadline = waiting.Deadline(timeout)
     if instance["state"] in ("stopped", "stopping"):
         if not start:
@@ -272,10 +320,19 @@ def ssh_into(ctx: typer.Context,
 # -- start, stop, rm ------------------------------------------------------------------------------------------------
 def _bulk(ctx: typer.Context, action: str, refs: list[str], output: Output, confirm: bool = False) -> None:
     api = _state(ctx).api()
-    targets = names.resolve_many(api, refs)
+    try:
+        targets = names.resolve_many(api, refs)
+    except CliError as exc:
+        if len(refs) > 1:
+            exc.message += "; nothing was done"
+        raise
     if confirm:
         listed = ", ".join(names.label(i) for i in targets)
-        typer.confirm(f"Terminate {listed}? Its disk goes with it", default=False, abort=True, err=True)
+        try:
+            typer.confirm(f"Terminate {listed}? Its disk goes with it", default=False, abort=True, err=True)
+        except typer.Abort:
+            raise CliError("not confirmed: nothing was done (--yes skips the question)", REFUSED,
+                           "not_confirmed") from None
     result = api.post("/instances/actions", {"action": action, "ids": [i["id"] for i in targets]})
     by_id = {i["id"]: i for i in targets}
     failed = [r for r in result["results"] if r["status"] >= 400]
@@ -314,7 +371,9 @@ def start(ctx: typer.Context, name: Names, output: OutputOption = Output.table) 
 def rm(ctx: typer.Context, name: Names,
        yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask")] = False,
        output: OutputOption = Output.table) -> None:
-    """Terminate instances and their disks (asks first unless --yes)."""
+    """Terminate instances and their disks.
+
+    One request for them all; asks first unless --yes."""
     _bulk(ctx, "delete", name, output, confirm=not yes)
 
 
@@ -324,10 +383,15 @@ def snooze(ctx: typer.Context, name: InstanceArg,
            duration: Annotated[str, typer.Argument(metavar="DURATION",
                                                    help="How much later it stops: 2h, 90m (15m-12h)")],
            output: OutputOption = Output.table) -> None:
-    """Push an instance's next stop (its auto-stop's or its schedule's) later."""
+    """Push an instance's next stop later.
+
+    Its auto-stop's or its schedule's: by 15m to 12h, within the budget."""
     api = _state(ctx).api()
+    pushed = minutes(duration, "DURATION")
+    if not SNOOZE_MINUTES[0] <= pushed <= SNOOZE_MINUTES[1]:
+        raise CliError(f"DURATION: a snooze is 15m to 12h, not {duration}", USAGE, "bad_duration")
     instance = names.resolve(api, name)
-    instance = api.post(f"/instances/{instance['id']}/snooze", {"minutes": minutes(duration, "DURATION")})
+    instance = api.post(f"/instances/{instance['id']}/snooze", {"minutes": pushed})
     if output == Output.json:
         emit_json(instance)
     else:
@@ -337,7 +401,9 @@ def snooze(ctx: typer.Context, name: InstanceArg,
 @command(app)
 def events(ctx: typer.Context, name: InstanceArg,
            output: OutputOption = Output.table) -> None:
-    """An instance's history: each state change, when, and who or what did it."""
+    """An instance's history of state changes.
+
+    Each change, when, and who or what did it."""
     api = _state(ctx).api()
     instance = names.resolve(api, name)
     found = api.get(f"/instances/{instance['id']}/events")
@@ -351,7 +417,9 @@ def events(ctx: typer.Context, name: InstanceArg,
 
 @command(app)
 def budget(ctx: typer.Context, output: OutputOption = Output.table) -> None:
-    """This budget period's spend: spent, committed (until each box stops) and what remains."""
+    """This budget period's spend.
+
+    Spent, committed (spent, and what each box costs until it stops) and what remains."""
     found = _state(ctx).api().get("/budget")
     if output == Output.json:
         emit_json(found)
@@ -376,6 +444,8 @@ def _periods(schedule: dict) -> str:
 def schedule_list(ctx: typer.Context, output: OutputOption = Output.table) -> None:
     """The schedules (definitions)."""
     found = _state(ctx).api().get("/schedules")
+    if not found["schedules"] and output == Output.table:
+        say("no schedules yet: an admin makes them through the API (POST /schedules; docs/REFERENCE.md#schedules)")
     if output == Output.json:
         emit_json(found)
     else:
@@ -402,7 +472,9 @@ def schedule_set(ctx: typer.Context, name: InstanceArg,
                  schedule: Annotated[str, typer.Argument(metavar="SCHEDULE",
                                                          help="A schedule's name, or none to detach it")],
                  output: OutputOption = Output.table) -> None:
-    """Attach a schedule to an instance (the EC2 tag Schedule), or detach it with `none`."""
+    """Attach a schedule to an instance, or none.
+
+    It is the EC2 tag Schedule; `none` detaches it."""
     api = _state(ctx).api()
     instance = names.resolve(api, name)
     instance = api.patch(f"/instances/{instance['id']}", {"schedule": None if schedule == "none" else schedule})
@@ -446,11 +518,15 @@ def ssh_config_text(instances: list[dict], identity: str | None) -> str:
 
 @command(app, "ssh-config")
 def ssh_config(ctx: typer.Context,
-               identity: Annotated[str | None, typer.Option("--identity", "-i", help="The private key for every "
-                                                            "entry (else as ec2cl ssh picks it)",
-                                                            show_default=False)] = None) -> None:
-    """Write Host entries for running instances to ~/.ssh/config.d/ec2cl (then `ssh NAME`, scp, rsync, VS Code)."""
-    found = _state(ctx).api().get("/instances", state="running")
+               identity: Annotated[str | None, typer.Option(
+                   "--identity", "-i", metavar="KEY", show_default=False,
+                   help="The private key for every entry (else as ec2cl ssh picks it)")] = None) -> None:
+    """Write ~/.ssh/config entries for running boxes.
+
+    A Host entry per running instance in ~/.ssh/config.d/ec2cl: then `ssh NAME`, scp, rsync and editors'
+    remote modes work."""
+    api = _state(ctx).api()
+    found = api.get("/instances", state="running")
     path = SSH_CONFIG.expanduser()
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     text = ssh_config_text(found["instances"], identity)
@@ -459,6 +535,8 @@ def ssh_config(ctx: typer.Context,
         out.write(text)
     hosts = text.count("\nHost ")
     say(f"wrote {hosts} host{'s' * (hosts != 1)} to {path}")
+    if api.sandbox and hosts:
+        say(SANDBOX_NOTE)
     main_config = Path("~/.ssh/config").expanduser()
     included = main_config.is_file() and any(line.strip() == INCLUDE for line in main_config.read_text().splitlines())
     if included:
@@ -473,10 +551,13 @@ def ssh_config(ctx: typer.Context,
 def doctor(ctx: typer.Context,
            name: Annotated[str | None, typer.Argument(metavar="[NAME]", show_default=False,
                                                       help="Check this instance (else every running one)")] = None,
-           identity: Annotated[str | None, typer.Option("--identity", "-i", help="The private key ec2cl ssh would "
-                                                        "use", show_default=False)] = None) -> None:
-    """Can ec2cl get you in? The API answers, the token works, the key file is there at 0600, and each instance's
-    security group lets this machine in on port 22."""
+           identity: Annotated[str | None, typer.Option(
+               "--identity", "-i", metavar="KEY", show_default=False,
+               help="The private key ec2cl ssh would use")] = None) -> None:
+    """Check that ec2cl can get you in.
+
+    The API answers, the token works, the key file is there at 0600, and each running instance's SSH rule lets
+    this machine in on port 22."""
     lines: list[tuple[str, str, str]] = []
     state = _state(ctx)
     api = state.api()
@@ -487,6 +568,9 @@ def doctor(ctx: typer.Context,
         _report(lines)
         raise typer.Exit(UNREACHABLE if exc.exit_code == UNREACHABLE else REFUSED) from None
     lines.append(("ok", "API", f"{api.url} answers ({health.get('status', 'ok')})"))
+    if api.sandbox:
+        lines.append(("WARN", "sandbox", "the server runs against the local EC2 sandbox: its addresses are made up, "
+                                         "so ssh cannot reach them"))
     try:
         running = api.get("/instances", state="running")["instances"]
     except CliError as exc:

@@ -43,8 +43,13 @@ class Api:
         headers = {"User-Agent": f"ec2cl/{__version__}"}
         if profile.token:
             headers["Authorization"] = f"Bearer {profile.token}"
-        self.http = httpx.Client(base_url=profile.url, headers=headers, timeout=TIMEOUT, transport=transport)
+        self.http = httpx.Client(base_url=profile.url, headers=headers, timeout=TIMEOUT, transport=transport,
+                                 event_hooks={"response": [self._note_target]})
         self.sleep = sleep
+        self.sandbox = False  # the server said it runs against the local EC2 sandbox (X-EC2-Target)
+
+    def _note_target(self, response: httpx.Response) -> None:
+        self.sandbox = self.sandbox or response.headers.get("X-EC2-Target") == "sandbox"
 
     def close(self) -> None:
         self.http.close()

@@ -2,6 +2,7 @@
 leaves terminated ones out): none is an unknown name (exit 1), two or more an ambiguous one (exit 2), unless
 all but one of them are shutting down (`ec2cl rm web-1 --yes && ec2cl up web-1`: the new one is meant)."""
 
+import difflib
 import re
 from collections.abc import Sequence
 
@@ -23,13 +24,15 @@ def label(instance: dict) -> str:
 LEAVING = ("shutting-down", "terminated")
 
 
-def _pick(ref: str, candidates: list[dict]) -> dict:
+def _pick(ref: str, candidates: list[dict], known: list[dict] | None = None) -> dict:
     staying = [i for i in candidates if i["state"] not in LEAVING]
     if len(candidates) > 1 and len(staying) == 1:
         return staying[0]
     if not candidates:
-        raise CliError(f"no instance is named {ref!r} (terminated ones do not count): `ec2cl ls` lists them",
-                       REFUSED, "instance_not_found")
+        near = difflib.get_close_matches(ref, sorted({i["name"] for i in known or [] if i.get("name")}), n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise CliError(f"no instance is named {ref!r} (terminated ones do not count): `ec2cl ls` lists "
+                       f"them{hint}", REFUSED, "instance_not_found")
     if len(candidates) > 1:
         listed = ", ".join(f"{i['id']} ({i['state']})" for i in candidates)
         raise CliError(f"{len(candidates)} instances are named {ref!r}: {listed}; name one by its id",
@@ -41,7 +44,8 @@ def resolve(api: Api, ref: str) -> dict:
     """The instance `ref` names (GET /instances/{id}, or the list filtered by name: no `aws` process)."""
     if is_id(ref):
         return api.get(f"/instances/{ref}")
-    return _pick(ref, api.get("/instances", name=ref)["instances"])
+    found = api.get("/instances", name=ref)["instances"]
+    return _pick(ref, found, None if found else api.get("/instances")["instances"])
 
 
 def resolve_many(api: Api, refs: Sequence[str]) -> list[dict]:
@@ -52,7 +56,7 @@ def resolve_many(api: Api, refs: Sequence[str]) -> list[dict]:
     found: dict[str, dict] = {}
     for ref in refs:
         instance = by_id.get(ref, {"id": ref, "name": None, "state": None}) if is_id(ref) else \
-            _pick(ref, [i for i in live if i.get("name") == ref])
+            _pick(ref, [i for i in live if i.get("name") == ref], live)
         found.setdefault(instance["id"], instance)
     return list(found.values())
 

@@ -75,11 +75,13 @@ class Metrics:
 
 class RequestMiddleware:
     """Gives every request an id (a sane X-Request-Id is kept, else a new one), echoes it, and counts the
-    request by route template, method and status."""
+    request by route template, method and status. Against the local sandbox (EC2_TARGET=sandbox), every answer
+    also says so (`X-EC2-Target: sandbox`): a client then knows the addresses it gets are made up (ec2cl)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, sandbox: Callable[[], bool] = lambda: False) -> None:
         self.app = app
         self.metrics = metrics
+        self.sandbox = sandbox
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -100,7 +102,8 @@ class RequestMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode()),
+                                      *([(b"x-ec2-target", b"sandbox")] if self.sandbox() else [])]
             await send(message)
 
         try:

@@ -17,12 +17,17 @@ OTHER = {**BOX, "id": "i-0fedcba9876543210", "name": "db", "state": "stopped", "
 class FakeApi:
     """The routes the commands use, answering from a list of instances; `sent` is every request."""
 
-    def __init__(self, *instances: dict) -> None:
-        self.instances, self.sent = list(instances), []
+    def __init__(self, *instances: dict, headers: dict | None = None) -> None:
+        self.instances, self.sent, self.headers = list(instances), [], headers or {}
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content) if request.content else None
         self.sent.append((request.method, request.url.path, dict(request.url.params.multi_items()), body))
+        answer = self.answer(request, body)
+        answer.headers.update(self.headers)
+        return answer
+
+    def answer(self, request: httpx.Request, body: dict | None) -> httpx.Response:
         if request.method == "GET" and request.url.path == "/instances":
             name = request.url.params.get("name")
             return httpx.Response(200, json={"instances": [i for i in self.instances if name in (None, i["name"])]})
@@ -82,6 +87,9 @@ def test_up_defaults_and_a_given_ssh_from(run):
     (["stop"], "Missing argument 'NAME...'"),
     (["schedule", "set", "web-1"], "Missing argument 'SCHEDULE'"),
     (["ls", "--bogus"], "No such option: --bogus"),
+    (["ls", "--state", "bogus"], "'bogus' is not one of 'pending', 'running'"),
+    (["snooze", "web-1", "10m"], "ec2cl: bad_duration: DURATION: a snooze is 15m to 12h, not 10m"),
+    (["snooze", "web-1", "13h"], "ec2cl: bad_duration: DURATION: a snooze is 15m to 12h, not 13h"),
 ])
 def test_usage_errors_exit_2_and_send_nothing_that_changes_anything(run, args, message):
     fake = FakeApi(BOX)
@@ -114,7 +122,8 @@ def test_rm_asks_then_sends_one_request_and_a_refused_line_exits_1(run):
     fake = FakeApi(BOX, OTHER)
     code, _, err = run(fake, "rm", "web-1", "db", input="n\n")
     assert code == 1 and "Terminate web-1 (i-0123456789abcdef0), db (i-0fedcba9876543210)?" in err
-    assert "aborted: nothing was done" in err and all(m == "GET" for m, *_ in fake.sent)
+    assert "ec2cl: not_confirmed: not confirmed: nothing was done (--yes skips the question)" in err
+    assert all(m == "GET" for m, *_ in fake.sent)
     code, out, err = run(fake, "rm", "web-1", "db", "web-1", input="y\n")
     assert code == 1
     [(_, path, _, body)] = [s for s in fake.sent if s[0] == "POST"]
@@ -144,3 +153,31 @@ def test_help_version_and_completion():
     for command in ("ls", "up", "ssh", "stop", "start", "rm", "snooze", "events", "budget", "schedule", "ssh-config",
                     "doctor", "login"):
         assert f" {command} " in helped
+
+
+def test_a_misspelt_name_gets_a_suggestion(run):
+    code, _, err = run(FakeApi(BOX, OTHER), "events", "web1")
+    assert code == 1 and err == ("ec2cl: instance_not_found: no instance is named 'web1' (terminated ones do not "
+                                 "count): `ec2cl ls` lists them; did you mean 'web-1'?\n")
+    code, _, err = run(FakeApi(BOX, OTHER), "stop", "web-1", "nosuch")
+    assert code == 1 and err.endswith("`ec2cl ls` lists them; nothing was done\n")
+
+
+def test_against_the_sandbox_up_and_doctor_say_its_addresses_are_made_up(run):
+    fake = FakeApi(headers={"X-EC2-Target": "sandbox"})
+    code, _, err = run(fake, "up", "web-1", "--ssh-from", "none")
+    assert code == 0 and "the local EC2 sandbox: its boxes' addresses are made up" in err
+    assert "next: ec2cl ssh" not in err
+    code, _, err = run(FakeApi(), "up", "web-1", "--ssh-from", "none")
+    assert code == 0 and "next: ec2cl ssh web-1" in err and "sandbox" not in err
+
+
+def test_login_on_a_server_without_tokens(run):
+    code, _, err = run(FakeApi(), "login", "--token-stdin", input="anything\n")
+    assert code == 2 and "asks for no token (its API_TOKEN and API_TOKENS_FILE are unset)" in err
+
+
+def test_an_empty_list_says_so(run):
+    code, out, err = run(FakeApi(), "ls")
+    assert code == 0 and out == "NAME  ID  STATE  TYPE  PUBLIC IP  NEXT\n"
+    assert err == "ec2cl: no instances yet: `ec2cl up NAME` launches one\n"
