@@ -4,6 +4,7 @@
 import functools
 import ipaddress
 import os
+import re
 import shlex
 import sys
 from collections.abc import Callable
@@ -17,7 +18,7 @@ import typer
 
 from ec2cl import __version__, config, names, ssh, waiting
 from ec2cl.client import DEFAULT_MY_IP_URL, Api, my_address
-from ec2cl.errors import REFUSED, UNREACHABLE, USAGE, CliError
+from ec2cl.errors import REFUSED, UNREACHABLE, USAGE, CliError, clean
 from ec2cl.output import Output, emit_json, emit_table, minutes, money, next_action, relative
 
 HELP = ("Get a free-tier EC2 box up, ssh into it by name, take it down: the command-line client of EC2 Creator "
@@ -34,7 +35,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def say(message: str) -> None:
     """Progress and notes: stderr, so stdout stays the command's output."""
-    typer.echo(f"ec2cl: {message}", err=True)
+    typer.echo(clean(f"ec2cl: {message}"), err=True)
 
 
 @dataclass
@@ -64,6 +65,10 @@ def command(typer_app: typer.Typer, name: str | None = None) -> Callable[[F], F]
         def run(*args: Any, **kwargs: Any) -> Any:
             try:
                 return function(*args, **kwargs)
+            except (KeyError, TypeError, AttributeError):  # an answer without the fields this version reads
+                typer.echo("ec2cl: bad_response: the API's answer lacks what ec2cl reads: is it EC2 Creator Local's "
+                           "API, of a version this ec2cl knows?", err=True)
+                raise typer.Exit(REFUSED) from None
             except CliError as exc:
                 typer.echo(exc.line(), err=True)
                 raise typer.Exit(exc.exit_code) from None
@@ -124,10 +129,9 @@ def login(ctx: typer.Context,
 
     The profile is in config.toml (mode 0600); a server that asks for no token needs no login."""
     state = _state(ctx)
-    current = state.profile()
+    current = config.load(state.profile_name, new=True)  # login may add the profile
     target = (url or current.url).rstrip("/")
-    if not target.startswith(("http://", "https://")):
-        raise CliError(f"--url must start with http:// or https://, not {target!r}", USAGE, "bad_url")
+    config.check_url(target)
     try:
         Api(config.Profile(current.name, target, None, current.path), state.transport).get("/instances",
                                                                                           state="running")
@@ -207,6 +211,8 @@ def _ssh_from(given: str | None) -> str:
     return f"{address}/32"
 
 
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+SSH_FROM = re.compile(rf"my_ip|none|{_OCTET}(\.{_OCTET}){{3}}(/(3[0-2]|[12]?[0-9]))?")  # the API's ssh_from
 SANDBOX_NOTE = ("this server runs against the local EC2 sandbox: its boxes' addresses are made up, so ssh cannot "
                 "reach them (on your AWS account, EC2_TARGET=aws make run, it does)")
 
@@ -247,11 +253,18 @@ def up(ctx: typer.Context,
 
     One retry-safe create: the same Idempotency-Key is sent again if the connection drops. Durations are like
     8h, 90m, 1h30m or 2d."""
+    if not name.strip():
+        raise CliError("NAME: give the box a name", USAGE, "bad_name")
+    if ssh_from is not None and not SSH_FROM.fullmatch(ssh_from):
+        raise CliError(f"--ssh-from: {ssh_from!r} is not my_ip, none, an IPv4 address or an IPv4 CIDR such as "
+                       "203.0.113.0/24", USAGE, "bad_ssh_from")
     body: dict[str, Any] = {"name": name, "ami": ami, "instance_type": instance_type}
     if disk is not None:
         body["storage_gb"] = disk
     if auto_stop is not None:
         body["auto_stop_minutes"] = None if auto_stop.strip().lower() == "off" else minutes(auto_stop, "--auto-stop")
+        if body["auto_stop_minutes"] is not None and not 1 <= body["auto_stop_minutes"] <= 10080:
+            raise CliError(f"--auto-stop: {auto_stop} is not between 1m and 7d", USAGE, "bad_duration")
     if schedule is not None:
         body["schedule"] = schedule
     if no_public_ip:
@@ -267,7 +280,7 @@ def up(ctx: typer.Context,
     if output == Output.json:
         emit_json(instance)
         return
-    typer.echo(_describe(instance))
+    typer.echo(clean(_describe(instance)))
     if instance["state"] in ("pending", "running"):
         say(SANDBOX_NOTE if api.sandbox else f"next: ec2cl ssh {shlex.quote(name)}")
 
@@ -302,13 +315,15 @@ def ssh_into(ctx: typer.Context,
                            "first", REFUSED, "wrong_state")
         instance = waiting.until_state(api, instance, "stopped", deadline, say)
         say(f"starting {names.label(instance)}")
-        instance = api.post(f"/instances/{instance['id']}/start")
+        instance = api.post(names.path(instance, "/start"))
     instance = waiting.until_state(api, instance, "running", deadline, say)
     if not instance.get("public_ip") or not instance.get("ssh_string"):
         why = instance.get("ssh_unavailable") or "it has no public address"
         raise CliError(f"cannot ssh into {names.label(instance)}: {why}", REFUSED, "ssh_unavailable")
     ssh.destination(instance)  # an address or login user ssh must not be handed: refused here
     key = ssh.pick_key(identity, instance)
+    if not identity and key == ssh.server_key(instance):
+        say(f"using the server's SSH_KEY_PATH, {key} (--identity names another)")
     if not key.is_file():
         say(f"no key file at {key}: ssh will try your agent's keys (--identity names the key pair's .pem)")
     waiting.until_ssh(instance, key, deadline, say)
@@ -391,11 +406,11 @@ def snooze(ctx: typer.Context, name: InstanceArg,
     if not SNOOZE_MINUTES[0] <= pushed <= SNOOZE_MINUTES[1]:
         raise CliError(f"DURATION: a snooze is 15m to 12h, not {duration}", USAGE, "bad_duration")
     instance = names.resolve(api, name)
-    instance = api.post(f"/instances/{instance['id']}/snooze", {"minutes": pushed})
+    instance = api.post(names.path(instance, "/snooze"), {"minutes": pushed})
     if output == Output.json:
         emit_json(instance)
     else:
-        typer.echo(_describe(instance))
+        typer.echo(clean(_describe(instance)))
 
 
 @command(app)
@@ -406,7 +421,7 @@ def events(ctx: typer.Context, name: InstanceArg,
     Each change, when, and who or what did it."""
     api = _state(ctx).api()
     instance = names.resolve(api, name)
-    found = api.get(f"/instances/{instance['id']}/events")
+    found = api.get(names.path(instance, "/events"))
     if output == Output.json:
         emit_json(found)
         return
@@ -436,6 +451,9 @@ def budget(ctx: typer.Context, output: OutputOption = Output.table) -> None:
 
 
 # -- schedules ------------------------------------------------------------------------------------------------------
+SCHEDULE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # the API's (also the EC2 tag Schedule's value)
+
+
 def _periods(schedule: dict) -> str:
     return "; ".join(f"{p['days']} {p.get('start') or '..'}-{p.get('stop') or '..'}" for p in schedule["periods"])
 
@@ -458,6 +476,9 @@ def schedule_show(ctx: typer.Context,
                   name: Annotated[str, typer.Argument(metavar="SCHEDULE", help="The schedule's name")],
                   output: OutputOption = Output.table) -> None:
     """One schedule: its periods, holidays and settings."""
+    if not SCHEDULE_NAME.fullmatch(name):
+        raise CliError(f"SCHEDULE: {name!r} is not a schedule name (1-64 of letters, digits, _ . and -)", USAGE,
+                       "bad_schedule_name")
     found = _state(ctx).api().get(f"/schedules/{name}")
     if output == Output.json:
         emit_json(found)
@@ -477,12 +498,12 @@ def schedule_set(ctx: typer.Context, name: InstanceArg,
     It is the EC2 tag Schedule; `none` detaches it."""
     api = _state(ctx).api()
     instance = names.resolve(api, name)
-    instance = api.patch(f"/instances/{instance['id']}", {"schedule": None if schedule == "none" else schedule})
+    instance = api.patch(names.path(instance), {"schedule": None if schedule == "none" else schedule})
     if output == Output.json:
         emit_json(instance)
     else:
-        typer.echo(f"{names.label(instance)}: schedule {instance.get('schedule') or 'none'}"
-                   + (f" ({instance['schedule_error']})" if instance.get("schedule_error") else ""))
+        typer.echo(clean(f"{names.label(instance)}: schedule {instance.get('schedule') or 'none'}"
+                   + (f" ({instance['schedule_error']})" if instance.get("schedule_error") else "")))
 
 
 # -- ssh-config -----------------------------------------------------------------------------------------------------
@@ -619,7 +640,11 @@ def _ssh_rule_line(instance: dict, address: str | None) -> tuple[str, str, str]:
         return ("FAIL", who, f"no SSH rule (ssh_from none): {fix}")
     if address is None:
         return ("WARN", who, f"port 22 is open to {rule}; this machine's address is unknown")
-    if ipaddress.IPv4Address(address) in ipaddress.IPv4Network(rule, strict=False):
+    try:
+        network = ipaddress.IPv4Network(rule, strict=False)
+    except ValueError:
+        return ("WARN", who, f"its SSH rule {rule!r} is not an IPv4 CIDR: not checked")
+    if ipaddress.IPv4Address(address) in network:
         return ("ok", who, f"port 22 is open to {rule}, which holds {address}")
     return ("FAIL", who, f"port 22 is open to {rule} only, not to {address}: {fix}")
 
@@ -627,7 +652,7 @@ def _ssh_rule_line(instance: dict, address: str | None) -> tuple[str, str, str]:
 def _report(lines: list[tuple[str, str, str]]) -> None:
     width = max(len(what) for _, what, _ in lines)
     for level, what, text in lines:
-        typer.echo(f"{level:<4}  {what:<{width}}  {text}")
+        typer.echo(clean(f"{level:<4}  {what:<{width}}  {text}"))
 
 
 def main() -> None:

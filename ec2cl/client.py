@@ -9,11 +9,14 @@ from typing import Any
 import httpx
 
 from ec2cl import __version__
-from ec2cl.config import Profile
-from ec2cl.errors import REFUSED, UNREACHABLE, CliError
+from ec2cl.config import Profile, shown
+from ec2cl.errors import REFUSED, UNREACHABLE, USAGE, CliError
 
-# Connect and write quickly; a mutation's answer may wait on EC2 (the server's AWS_CLI_TIMEOUT_SECONDS is 60 s).
-TIMEOUT = httpx.Timeout(10.0, read=150.0)
+# Connect and write quickly; a read answers from the record at once; a mutation's answer may wait on EC2 (the
+# server's AWS_CLI_TIMEOUT_SECONDS is 60 s, and a launch runs three scripts).
+TIMEOUT = httpx.Timeout(10.0, read=30.0)
+MUTATION_TIMEOUT = httpx.Timeout(10.0, read=150.0)
+CREATE_DEADLINE = 300.0  # a create's re-sends stop after this many seconds in all
 # A create whose connection dropped is sent again with the same Idempotency-Key after these pauses (seconds):
 # the server answers the first launch (Idempotent-Replayed) rather than launching a second box.
 RESEND_DELAYS = (1.0, 2.0, 4.0, 8.0)
@@ -39,7 +42,7 @@ class Api:
 
     def __init__(self, profile: Profile, transport: httpx.BaseTransport | None = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
-        self.url = profile.url
+        self.url = shown(profile.url)  # for messages: no password in them
         headers = {"User-Agent": f"ec2cl/{__version__}"}
         if profile.token:
             headers["Authorization"] = f"Bearer {profile.token}"
@@ -63,20 +66,30 @@ class Api:
         """The response, which is a success: a 4xx or 5xx raises its CliError (exit 1), a failed connection exit 3."""
         try:
             response = self.http.request(method, path, **kwargs)
+        except httpx.LocalProtocolError:  # a request httpx refuses to send: nothing of it is echoed (a token)
+            raise CliError("the request could not be sent as HTTP (is the token one line of printable "
+                           "ASCII?)", USAGE, "bad_request") from None
         except httpx.TransportError as exc:
             raise self.unreachable(exc) from None
         if response.status_code >= 400:
             raise _refusal(response)
         return response
 
+    def json(self, response: httpx.Response) -> Any:
+        try:
+            return response.json()
+        except ValueError:
+            raise CliError(f"{self.url} answered {response.status_code} with no JSON: is it EC2 Creator Local's "
+                           "API?", REFUSED, "bad_response") from None
+
     def get(self, path: str, **params: Any) -> Any:
-        return self.send("GET", path, params={k: v for k, v in params.items() if v is not None}).json()
+        return self.json(self.send("GET", path, params={k: v for k, v in params.items() if v is not None}))
 
     def post(self, path: str, body: Any = None) -> Any:
-        return self.send("POST", path, json=body).json()
+        return self.json(self.send("POST", path, json=body, timeout=MUTATION_TIMEOUT))
 
     def patch(self, path: str, body: Any) -> Any:
-        return self.send("PATCH", path, json=body).json()
+        return self.json(self.send("PATCH", path, json=body, timeout=MUTATION_TIMEOUT))
 
     def create(self, body: dict, on_resend: Callable[[str], None] = lambda note: None) -> tuple[dict, bool]:
         """POST /instances with one Idempotency-Key for this invocation. When the connection drops after the
@@ -84,9 +97,14 @@ class Api:
         again with the same key: the server answers with the instance the first one launched, never a second
         box. Returns the instance and whether it was such a replay."""
         key = f"ec2cl-{uuid.uuid4()}"
+        started = time.monotonic()
         for attempt in range(len(RESEND_DELAYS) + 1):
             try:
-                response = self.http.post("/instances", json=body, headers={"Idempotency-Key": key})
+                response = self.http.post("/instances", json=body, headers={"Idempotency-Key": key},
+                                          timeout=MUTATION_TIMEOUT)
+            except httpx.LocalProtocolError:
+                raise CliError("the request could not be sent as HTTP (is the token one line of printable "
+                               "ASCII?)", USAGE, "bad_request") from None
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 if attempt == 0:  # nothing was sent: the API is not there
                     raise self.unreachable(exc) from None
@@ -99,8 +117,8 @@ class Api:
                 else:
                     if response.status_code >= 400:
                         raise _refusal(response)
-                    return response.json(), response.headers.get("Idempotent-Replayed") == "true"
-            if attempt == len(RESEND_DELAYS):
+                    return self.json(response), response.headers.get("Idempotent-Replayed") == "true"
+            if attempt == len(RESEND_DELAYS) or time.monotonic() - started > CREATE_DEADLINE:
                 raise self.unreachable(error, f" The create may have gone through: `ec2cl ls` shows it (its "
                                               f"Idempotency-Key was {key}).")
             delay = RESEND_DELAYS[attempt]

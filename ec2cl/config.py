@@ -8,6 +8,7 @@ directory), overridden by EC2CL_URL, EC2CL_TOKEN and EC2CL_PROFILE.
 
 import json
 import os
+import re
 import stat
 import tempfile
 import tomllib
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import platformdirs
 
 from ec2cl.errors import USAGE, CliError
@@ -53,26 +55,50 @@ def _read(path: Path) -> dict:
     return profiles
 
 
-def load(profile: str | None = None, environ: Mapping[str, str] = os.environ) -> Profile:
+def shown(url: str) -> str:
+    """The URL as messages show it: without a user or password in it."""
+    try:
+        return str(httpx.URL(url).copy_with(username=None, password=None))
+    except (httpx.InvalidURL, TypeError):
+        return "(the URL)"
+
+
+def load(profile: str | None = None, environ: Mapping[str, str] = os.environ, new: bool = False) -> Profile:
     """The profile asked for (--profile, else EC2CL_PROFILE, else "default"), with EC2CL_URL and EC2CL_TOKEN
-    taking precedence over what it holds. Naming a profile the file lacks is a usage error; the default one may
-    be missing (then the default URL and no token)."""
+    taking precedence over what it holds. Naming a profile the file lacks is a usage error (unless `new`: login
+    adds it); the default one may be missing (then the default URL and no token)."""
     path = config_path()
     name = profile or environ.get("EC2CL_PROFILE") or DEFAULT_PROFILE
     profiles = _read(path)
-    if name not in profiles and name != DEFAULT_PROFILE:
+    if name not in profiles and name != DEFAULT_PROFILE and not new:
         known = ", ".join(sorted(profiles)) or "none"
         raise CliError(f"no profile {name!r} in {path} (profiles: {known}); `ec2cl --profile {name} login` adds "
                        "it", USAGE, "unknown_profile")
     entry = profiles.get(name, {})
     url = environ.get("EC2CL_URL") or entry.get("url") or DEFAULT_URL
     token = environ.get("EC2CL_TOKEN") or entry.get("token") or None
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise CliError(f"the API URL must start with http:// or https://, not {url!r}", USAGE, "bad_config")
+    check_url(url)
+    if token is not None and not PRINTABLE.fullmatch(str(token)):
+        raise CliError("the token (EC2CL_TOKEN, or the profile's) holds characters an HTTP header cannot carry "
+                       "(a line end, a non-ASCII letter): give it as one line of printable ASCII", USAGE,
+                       "bad_token")
     warnings = []
     if entry.get("token") and path.stat().st_mode & 0o077:
         warnings.append(f"{path} holds a token and others may read it: chmod 600 {path}")
     return Profile(name, url.rstrip("/"), token if isinstance(token, str) else None, path, tuple(warnings))
+
+
+PRINTABLE = re.compile(r"[\x21-\x7e]+")
+
+
+def check_url(url: object) -> None:
+    """An http(s) URL httpx can use, else a usage error."""
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise CliError(f"the API URL must start with http:// or https://, not {url!r}", USAGE, "bad_config")
+    try:
+        httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise CliError(f"the API URL {shown(url)!r} cannot be used: {exc}", USAGE, "bad_config") from None
 
 
 def _toml_string(value: str) -> str:

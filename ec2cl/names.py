@@ -4,6 +4,7 @@ all but one of them are shutting down (`ec2cl rm web-1 --yes && ec2cl up web-1`:
 
 import difflib
 import re
+import shlex
 from collections.abc import Sequence
 
 from ec2cl.client import Api
@@ -13,7 +14,14 @@ INSTANCE_ID = re.compile(r"^i-[0-9a-f]{8,17}$")
 
 
 def is_id(ref: str) -> bool:
-    return bool(INSTANCE_ID.match(ref))
+    return bool(INSTANCE_ID.fullmatch(ref))
+
+
+def path(instance: dict, suffix: str = "") -> str:
+    """`/instances/<id><suffix>`, for an id the API gave: anything but an instance id is refused, never sent."""
+    if not is_id(str(instance.get("id"))):
+        raise CliError(f"the API gave {instance.get('id')!r} as an instance id", REFUSED, "bad_response")
+    return f"/instances/{instance['id']}{suffix}"
 
 
 def label(instance: dict) -> str:
@@ -63,9 +71,12 @@ def resolve_many(api: Api, refs: Sequence[str]) -> list[dict]:
 
 def require_free(api: Api, name: str) -> None:
     """`ec2cl up` refuses a name a live instance has (exit 2): every later command resolves by name. One shutting
-    down does not hold its name."""
+    down does not hold its name. Nor may a name look like an id (it would be read as one)."""
+    if is_id(name):
+        raise CliError(f"{name!r} looks like an instance id: every later command would read it as one; choose "
+                       "another name", USAGE, "name_taken")
     taken = [i for i in api.get("/instances", name=name)["instances"] if i["state"] not in LEAVING]
     if taken:
         listed = ", ".join(f"{i['id']} ({i['state']})" for i in taken)
-        raise CliError(f"the name {name!r} is taken by {listed}: choose another, or `ec2cl rm {name}` first",
-                       USAGE, "name_taken")
+        raise CliError(f"the name {name!r} is taken by {listed}: choose another, or `ec2cl rm {shlex.quote(name)}` "
+                       "first", USAGE, "name_taken")

@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from ec2cl.errors import USAGE, CliError
+from ec2cl.errors import USAGE, CliError, clean
 
 
 class Output(StrEnum):
@@ -23,7 +23,8 @@ def emit_json(value: Any) -> None:
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """Left-aligned columns two spaces apart; an empty cell is `-`."""
-    cells = [[str(h) for h in headers]] + [["-" if v is None or v == "" else str(v) for v in row] for row in rows]
+    cells = [[str(h) for h in headers]] + [["-" if v is None or v == "" else clean(str(v)) for v in row]
+                                           for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
 

@@ -31,14 +31,19 @@ def key_from_ssh_string(ssh_string: str | None) -> str | None:
     return None
 
 
+def server_key(instance: dict) -> Path | None:
+    """The server's SSH_KEY_PATH, when that file is on this machine (absolute)."""
+    named = key_from_ssh_string(instance.get("ssh_string"))
+    if named and Path(named).expanduser().is_file():
+        return Path(named).expanduser().resolve()  # (a relative SSH_KEY_PATH: the server runs here too)
+    return None
+
+
 def pick_key(identity: str | None, instance: dict) -> Path:
     """--identity; else the server's SSH_KEY_PATH when that file is on this machine; else ~/.ssh/my_ec2_keypair.pem."""
     if identity:
         return Path(identity).expanduser()
-    server_key = key_from_ssh_string(instance.get("ssh_string"))
-    if server_key and Path(server_key).expanduser().is_file():
-        return Path(server_key).expanduser().resolve()  # (a relative SSH_KEY_PATH: the server runs here too)
-    return Path(DEFAULT_KEY).expanduser()
+    return server_key(instance) or Path(DEFAULT_KEY).expanduser()
 
 
 def options(instance: dict, key: Path) -> list[str]:
@@ -57,13 +62,15 @@ INSTANCE_ID = re.compile(r"^i-[0-9a-f]{8,17}$")
 
 def unusable(instance: dict) -> str | None:
     """Why the instance's id, address or login user cannot be handed to ssh (None: they can)."""
-    if not INSTANCE_ID.match(str(instance.get("id", ""))):
+    if not INSTANCE_ID.fullmatch(str(instance.get("id", ""))):
         return f"its id {instance.get('id')!r} is not an instance id"
-    try:
-        ipaddress.ip_address(str(instance.get("public_ip")))
+    address = str(instance.get("public_ip"))
+    try:  # IPv4, written as such (an IPv6 scope id after % may hold anything)
+        if str(ipaddress.IPv4Address(address)) != address:
+            raise ValueError(address)
     except ValueError:
-        return f"its public address {instance.get('public_ip')!r} is not an IP address"
-    if not LOGIN_USER.match(str(instance.get("login_user") or "ec2-user")):
+        return f"its public address {instance.get('public_ip')!r} is not an IPv4 address"
+    if not LOGIN_USER.fullmatch(str(instance.get("login_user") or "ec2-user")):
         return f"its login user {instance.get('login_user')!r} is not a user name"
     return None
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ec2cl import ssh
+from ec2cl import names, ssh
 from ec2cl.client import Api
 from ec2cl.errors import REFUSED, TIMED_OUT, CliError
 from ec2cl.names import label
@@ -53,7 +53,7 @@ def until_state(api: Api, instance: dict, wanted: str, deadline: Deadline, say: 
         if deadline.left() <= 0:
             raise _timed_out(f"{label(instance)} was still {state}", deadline)
         sleep(min(POLL_SECONDS, max(deadline.left(), 0.1)))
-        instance = api.get(f"/instances/{instance['id']}")
+        instance = api.get(names.path(instance))
 
 
 def until_ssh(instance: dict, key: Path, deadline: Deadline, say: Callable[[str], None],

@@ -87,6 +87,11 @@ def test_up_defaults_and_a_given_ssh_from(run):
     (["stop"], "Missing argument 'NAME...'"),
     (["schedule", "set", "web-1"], "Missing argument 'SCHEDULE'"),
     (["ls", "--bogus"], "No such option: --bogus"),
+    (["up", "i-0aaaaaaaaaaaaaaaa"], "ec2cl: name_taken: 'i-0aaaaaaaaaaaaaaaa' looks like an instance id"),
+    (["up", " "], "ec2cl: bad_name: NAME: give the box a name"),
+    (["up", "web-9", "--ssh-from", "bogus"], "ec2cl: bad_ssh_from: --ssh-from: 'bogus' is not my_ip, none,"),
+    (["up", "web-9", "--auto-stop", "0m"], "ec2cl: bad_duration: --auto-stop: 0m is not between 1m and 7d"),
+    (["schedule", "show", "../instances"], "ec2cl: bad_schedule_name: SCHEDULE: '../instances' is not a"),
     (["ls", "--state", "bogus"], "'bogus' is not one of 'pending', 'running'"),
     (["snooze", "web-1", "10m"], "ec2cl: bad_duration: DURATION: a snooze is 15m to 12h, not 10m"),
     (["snooze", "web-1", "13h"], "ec2cl: bad_duration: DURATION: a snooze is 15m to 12h, not 13h"),
@@ -181,3 +186,20 @@ def test_an_empty_list_says_so(run):
     code, out, err = run(FakeApi(), "ls")
     assert code == 0 and out == "NAME  ID  STATE  TYPE  PUBLIC IP  NEXT\n"
     assert err == "ec2cl: no instances yet: `ec2cl up NAME` launches one\n"
+
+
+@pytest.mark.parametrize("answer, message", [
+    (httpx.Response(200, text="<html>captive portal</html>"), "answered 200 with no JSON"),
+    (httpx.Response(200, json={"foo": 1}), "the API's answer lacks what ec2cl reads"),
+])
+def test_an_answer_that_is_not_the_apis_is_one_line_exit_1(run, answer, message):
+    for args in (["ls"], ["budget"], ["stop", "web-1"], ["doctor"]):
+        code, out, err = run(lambda request: answer, *args)
+        assert code == 1 and message in err + out and "Traceback" not in err + out, (args, err)  # doctor: stdout
+
+
+def test_control_characters_from_the_api_reach_the_terminal_escaped(run):
+    code, out, _ = run(FakeApi({**BOX, "name": "web\x1b]0;pwned\x07"}), "ls")
+    assert code == 0 and "\x1b" not in out and "web\\x1b]0;pwned\\x07" in out
+    code, _, err = run(lambda r: httpx.Response(409, json={"detail": "no\x1b[2J", "code": "x"}), "ls")
+    assert code == 1 and err == "ec2cl: x: no\\x1b[2J\n"

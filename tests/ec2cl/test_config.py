@@ -35,11 +35,13 @@ def test_the_environment_overrides_the_profile(config_home):
 
 def test_login_writes_mode_0600_and_keeps_the_other_profiles(config_home):
     config.save("team", "https://ec2.example.com", "first")
-    path = config.save("default", "http://127.0.0.1:8000", 'a "quoted" \\ token\x7f\u00e9')
+    path = config.save("default", "http://127.0.0.1:8000", 'a"quoted"\\token#[x]=1')
+    config.save("caf\u00e9 \"x\"\x7f", "http://127.0.0.1:8000", "t")  # any profile name
     assert path == config_home
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
-    assert config.load(environ={}).token == 'a "quoted" \\ token\x7f\u00e9'  # read back exactly
+    assert config.load(environ={}).token == 'a"quoted"\\token#[x]=1'  # read back exactly
     assert config.load("team", environ={}).token == "first"
+    assert config.load("caf\u00e9 \"x\"\x7f", environ={}).token == "t"
     assert list(path.parent.iterdir()) == [path]  # no temporary file left
 
 
@@ -70,3 +72,18 @@ def test_an_unknown_profile_is_a_usage_error_naming_the_known_ones(config_home):
         config.load("staging", environ={})
     assert (raised.value.exit_code, raised.value.code) == (USAGE, "unknown_profile")
     assert "(profiles: team)" in raised.value.message
+
+
+@pytest.mark.parametrize("token", ["SECRETx\r", "SECRET t\u00f6k\u00e9n", "two\nlines"])
+def test_a_token_no_header_can_carry_is_refused_without_showing_it(config_home, token):
+    with pytest.raises(CliError) as raised:
+        config.load(environ={"EC2CL_TOKEN": token})
+    assert (raised.value.exit_code, raised.value.code) == (USAGE, "bad_token") and "SECRET" not in raised.value.line()
+
+
+def test_a_url_with_a_password_is_shown_without_it_and_a_broken_one_is_a_usage_error(config_home):
+    assert config.shown("http://me:SECRETPW@127.0.0.1:9/") == "http://127.0.0.1:9/"
+    with pytest.raises(CliError) as raised:
+        config.load(environ={"EC2CL_URL": "http://[::1"})
+    assert (raised.value.exit_code, raised.value.code) == (USAGE, "bad_config")
+    assert config.load("team", environ={}, new=True).name == "team"  # login may name a new profile

@@ -47,7 +47,8 @@ def test_which_key(tmp_path, monkeypatch):
 @pytest.mark.parametrize("field, value", [
     ("public_ip", "-oProxyCommand=touch /tmp/x"), ("public_ip", "evil.example.com"), ("public_ip", None),
     ("login_user", "root -oProxyCommand=x"), ("login_user", "a@b"), ("login_user", "Admin\n"),
-    ("id", "i-1\nHost *"),
+    ("id", "i-1\nHost *"), ("id", "i-0123456789abcdef0\n"), ("login_user", "ec2-user\n"),
+    ("public_ip", "fe80::1%a\nHost *\n    ProxyCommand sh -c x"), ("public_ip", "::1"), ("public_ip", "010.0.0.1"),
 ])
 def test_an_api_value_that_is_not_an_address_user_or_id_never_reaches_ssh(field, value, tmp_path):
     hostile = {**BOX, field: value}
@@ -61,6 +62,8 @@ def test_ssh_config_leaves_out_what_it_cannot_write_safely(tmp_path):
     boxes = [{**BOX, "state": "running", "name": "web 1"},  # a name with a space: by its id only
              {**BOX, "id": "i-0aaaaaaaaaaaaaaaa", "state": "running", "name": "db\nHost *\n ProxyCommand x"},
              {**BOX, "id": "i-0bbbbbbbbbbbbbbbb", "state": "running", "name": "evil", "public_ip": "x\nHost *"},
+             {**BOX, "id": "i-0dddddddddddddddd", "state": "running", "name": "evil",
+              "public_ip": "fe80::1%a\nHost *\n    ProxyCommand sh -c x"},
              {**BOX, "id": "i-0cccccccccccccccc", "state": "stopped", "name": "idle"}]
     text = ssh_config_text(boxes, str(tmp_path / "k.pem"))
     hosts = [line for line in text.splitlines() if line.startswith("Host ")]
