@@ -307,17 +307,23 @@ make_n() {
   [ "${status}" -eq 0 ]
 }
 
+# `sandbox.sh stop` with the pid file naming PID, which is not ours: stop exits 0 and PID lives (then the test ends
+# it). $output is stop's.
+stop_spares() {
+  local pid="$1" alive=0
+  run "${SANDBOX}" stop
+  kill -0 "${pid}" 2>/dev/null && alive=1
+  kill "${pid}" 2>/dev/null || true
+  [ "${status}" -eq 0 ]
+  [ "${alive}" -eq 1 ]
+}
+
 @test "stop never kills an unrelated process named in the pid file" {
   sleep 300 3>&- &
   local pid=$!
   mkdir -p "${STATE_DIR}"
   printf '%s\n' "${pid}" >"${STATE_DIR}/moto.pid"
-  run "${SANDBOX}" stop
-  local alive=0
-  kill -0 "${pid}" 2>/dev/null && alive=1
-  kill "${pid}" 2>/dev/null || true
-  [ "${status}" -eq 0 ]
-  [ "${alive}" -eq 1 ]
+  stop_spares "${pid}"
   [ ! -e "${STATE_DIR}/moto.pid" ]
 }
 
@@ -328,12 +334,7 @@ make_n() {
   sleep 0.2
   [[ "$(tr '\0' ' ' <"/proc/${pid}/cmdline")" == "moto_server "* ]]
   printf '%s 1\n' "${pid}" >"${STATE_DIR}/moto.pid"  # a pid reused since: another start time
-  run "${SANDBOX}" stop
-  local alive=0
-  kill -0 "${pid}" 2>/dev/null && alive=1
-  kill "${pid}" 2>/dev/null || true
-  [ "${status}" -eq 0 ]
-  [ "${alive}" -eq 1 ]
+  stop_spares "${pid}"
   [[ "${output}" == *"nothing signalled"* ]]
 }
 
