@@ -65,9 +65,9 @@ def command(typer_app: typer.Typer, name: str | None = None) -> Callable[[F], F]
         def run(*args: Any, **kwargs: Any) -> Any:
             try:
                 return function(*args, **kwargs)
-            except (KeyError, TypeError, AttributeError):  # an answer without the fields this version reads
-                typer.echo("ec2cl: bad_response: the API's answer lacks what ec2cl reads: is it EC2 Creator Local's "
-                           "API, of a version this ec2cl knows?", err=True)
+            except (KeyError, TypeError, AttributeError) as exc:  # an answer without the fields this version reads
+                typer.echo(clean(f"ec2cl: bad_response: the API's answer lacks what ec2cl reads ({type(exc).__name__}: "
+                                 f"{exc}): is it EC2 Creator Local's API, of a version this ec2cl knows?"), err=True)
                 raise typer.Exit(REFUSED) from None
             except CliError as exc:
                 typer.echo(exc.line(), err=True)
@@ -311,8 +311,8 @@ def ssh_into(ctx: typer.Context,
     deadline = waiting.Deadline(timeout)
     if instance["state"] in ("stopped", "stopping"):
         if not start:
-            raise CliError(f"{names.label(instance)} is {instance['state']}: `ec2cl ssh --start {name}` starts it "
-                           "first", REFUSED, "wrong_state")
+            raise CliError(f"{names.label(instance)} is {instance['state']}: `ec2cl ssh --start "
+                           f"{shlex.quote(name)}` starts it first", REFUSED, "wrong_state")
         instance = waiting.until_state(api, instance, "stopped", deadline, say)
         say(f"starting {names.label(instance)}")
         instance = api.post(names.path(instance, "/start"))

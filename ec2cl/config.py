@@ -78,7 +78,7 @@ def load(profile: str | None = None, environ: Mapping[str, str] = os.environ, ne
     url = environ.get("EC2CL_URL") or entry.get("url") or DEFAULT_URL
     token = environ.get("EC2CL_TOKEN") or entry.get("token") or None
     check_url(url)
-    if token is not None and not PRINTABLE.fullmatch(str(token)):
+    if token is not None and not new and not PRINTABLE.fullmatch(str(token)):  # (login replaces it)
         raise CliError("the token (EC2CL_TOKEN, or the profile's) holds characters an HTTP header cannot carry "
                        "(a line end, a non-ASCII letter): give it as one line of printable ASCII", USAGE,
                        "bad_token")
