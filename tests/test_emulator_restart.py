@@ -3,13 +3,11 @@
 
 The API answers 503 / 504 within a bounded time, /health stays 200 at once, what was recorded is
 neither lost nor half-written, and the next call works once the endpoint is back. The emulator
-here is our own moto server on a port we keep, not the session one.
+here is the session's moto server (on a port it keeps), left running and reset for the next module.
 """
 
-import shutil
 import sqlite3
 import time
-from contextlib import closing
 
 import httpx
 import pytest
@@ -17,7 +15,7 @@ import pytest
 from tests.support.emulator import Emulator
 from tests.support.processes import wait_until
 from tests.support.seeding import adopt, launch_managed
-from tests.support.server import CATALOG_TEMPLATES, ApiServer, rescope_catalog
+from tests.support.server import ApiServer
 
 pytestmark = pytest.mark.integration  # real processes: make test-fast leaves these out
 
@@ -30,23 +28,24 @@ BODY = {"ami": "amazon-linux-2023", "instance_type": "t3.micro", "ssh_from": "no
 
 
 @pytest.fixture(scope="module")
-def emu(tmp_path_factory):
-    emulator = Emulator(tmp_path_factory.mktemp("own-moto"))  # our own: this module stops and restarts it
+def emu(emulator):
+    """The session's moto server, which this module stops, pauses and starts again on its port (an own one cost a
+    moto start, ~1.7 CPU-s, and a catalogue rescope). Left running, resumed and reset for the worker's next module:
+    a restarted moto server is an empty one, as a reset leaves it (our key pair created again). Reset first: what
+    earlier modules left in it is not this module's."""
+    emulator.reset()
     yield emulator
-    emulator.stop()
+    if not emulator.running():
+        emulator.start()
+    emulator.resume()
+    emulator.reset()
 
 
 @pytest.fixture(scope="module")
-def server(emu, emulator, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("restart")
-    # The server starts with the AMI catalogue, as every test server does (the session emulator's template, made
-    # this emulator's: every moto server publishes the same one): fetching it (four `aws` processes) is not what
-    # this module tests.
-    shutil.copyfile(CATALOG_TEMPLATES[emulator.url], tmp / "instances.db")
-    with closing(sqlite3.connect(tmp / "instances.db")) as conn, conn:
-        rescope_catalog(conn, emulator.url, emu.url)
+def server(emu, tmp_path_factory):
     # A restarted emulator has really forgotten everything: a short grace lets the record follow soon.
-    srv = ApiServer(tmp, emu.url, AWS_CLI_TIMEOUT_SECONDS=str(CLI_TIMEOUT), CONSISTENCY_GRACE_SECONDS="2")
+    srv = ApiServer(tmp_path_factory.mktemp("restart"), emu.url, AWS_CLI_TIMEOUT_SECONDS=str(CLI_TIMEOUT),
+                    CONSISTENCY_GRACE_SECONDS="2")
     yield srv
     srv.stop()
 
