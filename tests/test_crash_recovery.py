@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -31,9 +32,40 @@ BODY = {"name": "once", "ami": "amazon-linux-2023", "instance_type": "t3.micro",
 SWEEP_EVERY = "5"
 
 
+OLD = "i-0123456789abcdef0"  # the pruning test's instance, terminated in 2020
+
+
+def seed_old_history(db_path: Path, emulator_url: str) -> None:
+    """For the pruning test: an instance terminated long ago, events of 2020 and a recent one, and launches of 2020
+    (finished ones and an unresolved one, of another region and endpoint: no sweep here looks at it)."""
+    # A copy of the catalogue template, as every test server starts with (its four `aws` processes fetching the
+    # AMI catalogue are not what this tests); migrate() finds it current.
+    shutil.copyfile(CATALOG_TEMPLATES[emulator_url], db_path)
+    db = Database(db_path)
+    db.migrate()
+    db.upsert_instance({"id": OLD, "name": "old", "state": "terminated", "tags": {},
+                        "created_at": "2020-01-01T00:00:00.000000Z", "updated_at": "2020-01-01T00:00:00.000000Z"})
+    db.add_event(OLD, "create", None, "pending", "api", at="2020-01-01T00:00:00.000000Z")
+    # Its state when last month began, which the budget counts from: kept whatever the retention.
+    db.add_event(OLD, "observe", "pending", "running", "reconcile", at="2020-01-01T00:01:00.000000Z")
+    db.add_event(OLD, "delete", "running", "terminated", "api")  # recent: kept
+    db.dispose()
+    with closing(sqlite3.connect(db_path, isolation_level=None)) as conn:
+        for request_id, status in (("old-done", "launched"), ("old-failed", "failed"), ("old-pending", "pending")):
+            conn.execute("INSERT INTO launches (request_id, body_hash, body, status, created_at, updated_at, "
+                         "region, endpoint) VALUES (?, 'h', '{}', ?, '2020-01-01T00:00:00.000000Z', "
+                         "'2020-01-01T00:00:00.000000Z', 'eu-north-1', 'elsewhere')", (request_id, status))
+
+
 @pytest.fixture(scope="module")
 def module_server(emulator, tmp_path_factory):
-    srv = ApiServer(tmp_path_factory.mktemp("crash_recovery"), emulator.url, RECONCILE_INTERVAL_SECONDS=SWEEP_EVERY)
+    """The module's server, from the pruning test on (the module's second): it starts on seed_old_history()'s
+    database with a retention of 30 days (the events it writes are recent: nothing else is pruned), in an EC2 reset
+    just before (the tests after the pruning one reset nothing)."""
+    tmp = tmp_path_factory.mktemp("crash_recovery")
+    seed_old_history(tmp / "instances.db", emulator.url)
+    emulator.reset()
+    srv = ApiServer(tmp, emulator.url, RECONCILE_INTERVAL_SECONDS=SWEEP_EVERY, EVENTS_RETENTION_DAYS="30")
     yield srv
     srv.stop()
 
@@ -48,7 +80,7 @@ def module_env(module_server) -> dict[str, str]:
 def shared(module_server, module_env):
     """The module's server, for the tests that do not kill it: each looks only at its own instance, by a name no
     other test uses, and counts the launches after its mark. A server start of its own each cost one, and its
-    start-up sweep. Started after the tests that reset EC2 (the module's first three): it resets nothing."""
+    start-up sweep. It resets nothing (module_server started in an EC2 reset for it)."""
     if module_server.env != module_env:  # a kill test restarted it with other settings
         module_server.stop()
         module_server.env = dict(module_env)
@@ -131,39 +163,23 @@ def test_a_database_of_the_original_project_converges_and_one_bad_row_spoils_not
         server.stop()
 
 
-def test_old_events_and_finished_launches_are_pruned_but_never_an_instance(emulator, fresh_emulator, tmp_path):
-    # A copy of the catalogue template, as every test server starts with (its four `aws` processes fetching the
-    # AMI catalogue are not what this tests); migrate() finds it current.
-    shutil.copyfile(CATALOG_TEMPLATES[emulator.url], tmp_path / "instances.db")
-    db = Database(tmp_path / "instances.db")
-    db.migrate()
-    instance = "i-0123456789abcdef0"
-    db.upsert_instance({"id": instance, "name": "old", "state": "terminated", "tags": {},
-                        "created_at": "2020-01-01T00:00:00.000000Z", "updated_at": "2020-01-01T00:00:00.000000Z"})
-    db.add_event(instance, "create", None, "pending", "api", at="2020-01-01T00:00:00.000000Z")
-    # Its state when last month began, which the budget counts from: kept whatever the retention.
-    db.add_event(instance, "observe", "pending", "running", "reconcile", at="2020-01-01T00:01:00.000000Z")
-    db.add_event(instance, "delete", "running", "terminated", "api")  # recent: kept
-    db.dispose()
-    conn = sqlite3.connect(tmp_path / "instances.db", isolation_level=None)
-    for request_id, status in (("old-done", "launched"), ("old-failed", "failed"), ("old-pending", "pending")):
-        conn.execute("INSERT INTO launches (request_id, body_hash, body, status, created_at, updated_at, region, "
-                     "endpoint) VALUES (?, 'h', '{}', ?, '2020-01-01T00:00:00.000000Z', "
-                     "'2020-01-01T00:00:00.000000Z', 'eu-north-1', 'elsewhere')", (request_id, status))
-    server = ApiServer(tmp_path, emulator.url, EVENTS_RETENTION_DAYS="30")
+def test_old_events_and_finished_launches_are_pruned_but_never_an_instance(module_server):
+    # The module's server starts on the history seed_old_history() wrote (a server of its own cost a start and its
+    # start-up sweep): it prunes once its first sweep is done.
+    conn = sqlite3.connect(module_server.db_path, isolation_level=None)
     try:
         def pruned() -> bool:
-            left = conn.execute("SELECT count(*) FROM instance_events WHERE instance_id = ?", (instance,))
+            left = conn.execute("SELECT count(*) FROM instance_events WHERE instance_id = ?", (OLD,))
             return left.fetchone()[0] == 2
         wait_until(pruned, timeout=30)
-        with httpx.Client(base_url=server.url, timeout=60) as api:
-            events = api.get(f"/instances/{instance}/events").json()["events"]
+        with httpx.Client(base_url=module_server.url, timeout=60) as api:
+            events = api.get(f"/instances/{OLD}/events").json()["events"]
             assert [e["action"] for e in events] == ["observe", "delete"]
-            assert api.get(f"/instances/{instance}").json()["name"] == "old"
+            assert api.get(f"/instances/{OLD}").json()["name"] == "old"
         left = [r[0] for r in conn.execute("SELECT request_id FROM launches ORDER BY request_id")]
         assert left == ["old-pending"]  # an unresolved launch is never forgotten
     finally:
-        server.stop()
+        conn.close()
 
 
 def test_a_database_from_a_newer_version_is_refused_untouched(tmp_path):
