@@ -29,12 +29,41 @@ def server(api_server):
     return api_server
 
 
+# The tests that each judge one running instance the module's server tracks from before (box), in the module's order.
+POOLED = ("test_a_missing_instance_is_gone_only_when_proven_and_comes_back_when_seen",
+          "test_an_instance_the_tagged_sweep_misses_but_ec2_has_stays_tracked",
+          "test_not_found_past_the_grace_is_checked_by_a_direct_lookup",
+          "test_a_describe_that_is_not_a_describe_answer_is_an_error_not_an_empty_ec2")
+
+
+@pytest.fixture(scope="module")
+def pool(api_server, emulator) -> dict[str, str]:
+    """One running instance for each POOLED test, by test name. What these tests are about is how sweeps, lookups and
+    transitions judge an instance EC2 misreports, not its create (tests/test_lifecycle.py tests it): they are launched
+    in the emulator at once and one sync adopts them all (tests/support/seeding.py), in an EC2 reset for them. An
+    EC2 reset and a sync per test cost four of each more. Each test faults and looks at its own instance only (a
+    sweep lists the others as they are)."""
+    emulator.reset()
+    ids = launch_managed(emulator, len(POOLED), name=BODY["name"])
+    with synced_client(api_server) as client:
+        adopt(client, ids)
+    return dict(zip(POOLED, ids, strict=True))
+
+
 @pytest.fixture
-def box(api_server, fresh_emulator):
-    """A client on the module's server and one running instance it tracks. What these tests are about is how
-    sweeps, lookups and transitions judge an instance EC2 misreports, not its create (tests/test_lifecycle.py tests
-    it): it is launched in the emulator and the sync that catches the record up adopts it (tests/support/seeding.py)."""
-    [instance_id] = launch_managed(fresh_emulator, name=BODY["name"])
+def box(api_server, pool, request):
+    """A client on the module's server (no faults) and the test's own instance from the pool."""
+    api_server.set_faults()
+    with httpx.Client(base_url=api_server.url, timeout=60, verify=TLS) as client:
+        yield client, pool[request.node.name]
+    api_server.set_faults()
+
+
+@pytest.fixture
+def new_box(api_server, pool, emulator):
+    """As box, for the test that needs its instance just launched (within the grace): launched in the pool's EC2
+    and adopted by the sync that catches the record up."""
+    [instance_id] = launch_managed(emulator, name=BODY["name"])
     with synced_client(api_server) as client:
         adopt(client, [instance_id])
         yield client, instance_id
@@ -112,8 +141,8 @@ def test_an_instance_the_tagged_sweep_misses_but_ec2_has_stays_tracked(box, serv
     assert "gone" not in actions(api, instance_id)
 
 
-def test_not_found_from_a_transition_within_the_grace_is_a_retryable_503(box, server):
-    api, instance_id = box  # just launched: within the grace (an API create cost three `aws` processes more)
+def test_not_found_from_a_transition_within_the_grace_is_a_retryable_503(new_box, server):
+    api, instance_id = new_box  # just launched: within the grace (an API create cost three `aws` processes more)
     server.set_faults({"op": "stop-instances", "times": 1, "fail": aws_error(
         "InvalidInstanceID.NotFound", "StopInstances", f"The instance ID '{instance_id}' does not exist")})
     response = api.post(f"/instances/{instance_id}/stop")
