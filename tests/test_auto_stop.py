@@ -17,23 +17,15 @@ from tests.test_spend_guard import BODY, calls_of, created, ec2_state
 
 # What these tests stop is due by its stop_at; how it was launched is not their subject: boxes are launched in the
 # emulator and adopted by a sweep (each armed for DEFAULT_AUTO_STOP_MINUTES, 480, as a default create is), and the
-# two tests whose subject is what a create arms make their group without the SSH rule (ssh_from none). All but the
-# one that restarts on another clock share one server.
-
-
-@pytest.fixture
-def own_server(emulator, fresh_emulator, tmp_path):
-    """A server of its own, for the test that restarts it on another clock."""
-    srv = ApiServer(tmp_path, emulator.url)
-    yield srv
-    srv.stop()
+# two tests whose subject is what a create arms make their group without the SSH rule (ssh_from none). All share one
+# server: the one that restarts it on another clock runs last.
 
 
 @pytest.fixture(scope="module")
 def shared_server(emulator, tmp_path_factory):
-    """The server the other tests share (each started one of its own: a server start and its start-up sweep). EC2
-    is reset once, before it starts; each test then looks only at the instances it launched, by id, and nothing
-    an earlier one leaves falls due (stopped, cancelled, or 480 minutes away). Those that restart it restart it."""
+    """The server the tests share (each started one of its own: a server start and its start-up sweep). EC2 is
+    reset once, before it starts; each test then looks only at the instances it launched, by id, and nothing an
+    earlier one leaves falls due (stopped, cancelled, or 480 minutes away). Those that restart it restart it."""
     emulator.reset()
     srv = ApiServer(tmp_path_factory.mktemp("auto_stop"), emulator.url)
     yield srv
@@ -59,11 +51,6 @@ def api(server):
     yield from _client(server)
 
 
-@pytest.fixture
-def own_api(own_server):
-    yield from _client(own_server)
-
-
 def auto_stopped(api: httpx.Client, instance_id: str) -> bool:
     """The scheduler recorded its stop (it writes once EC2 has answered)."""
     return any(e["source"] == "auto_stop" and e["action"] == "stop"
@@ -72,26 +59,6 @@ def auto_stopped(api: httpx.Client, instance_id: str) -> bool:
 
 def _utc(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def test_a_one_minute_auto_stop_stops_it_in_ec2_with_an_auto_stop_event(own_api, own_server, fresh_emulator):
-    """The minute is the service's clock's: after the create the server restarts with CLOCK_START five seconds
-    before the stop_at it armed, so the minute is up five seconds later instead of sixty (the restart itself is
-    tested on its own below). The stop is judged on the server's clock: its event is not before stop_at."""
-    item = created(own_api, auto_stop_minutes=1, ssh_from="none")
-    assert item["auto_stop_minutes"] == 1
-    stop_at = _utc(item["stop_at"])
-    assert timedelta(seconds=50) < stop_at - datetime.now(UTC) <= timedelta(minutes=1)
-    own_server.stop()
-    assert ec2_state(fresh_emulator, item["id"]) == "running"
-    own_server.env["CLOCK_START"] = (stop_at - timedelta(seconds=5)).isoformat()
-    own_server.start()
-    wait_until(lambda: ec2_state(fresh_emulator, item["id"]) == "stopped", timeout=60 + 15, interval=0.5)
-    wait_until(lambda: auto_stopped(own_api, item["id"]), timeout=10)
-    event = next(e for e in own_api.get(f"/instances/{item['id']}/events").json()["events"]
-                 if e["source"] == "auto_stop" and e["action"] == "stop")
-    assert _utc(event["at"]) >= stop_at  # not before its minute was up
-    assert own_api.get(f"/instances/{item['id']}").json()["stop_at"] is None
 
 
 def _soon(seconds: float) -> str:
@@ -115,17 +82,6 @@ def test_three_due_together_cost_one_stop_instances_process_and_null_cancels(api
     assert ec2_state(emulator, kept["id"]) == "running"
     for i in ids:
         wait_until(lambda i=i: auto_stopped(api, i), timeout=10)
-
-
-def test_what_fell_due_while_the_server_was_down_is_stopped_after_startup(api, server, emulator):
-    [item] = adopt(api, launch_managed(emulator, name=BODY["name"]))
-    assert api.patch(f"/instances/{item['id']}", json={"stop_at": _soon(3)}).status_code == 200
-    server.stop()
-    time.sleep(4)
-    assert ec2_state(emulator, item["id"]) == "running"  # nobody stopped it while the server was down
-    server.start()
-    wait_until(lambda: ec2_state(emulator, item["id"]) == "stopped", timeout=20, interval=0.5)
-    wait_until(lambda: auto_stopped(api, item["id"]), timeout=10)
 
 
 def test_patch_rules(api, server, emulator):
@@ -172,14 +128,66 @@ def test_one_that_falls_due_while_a_stop_round_is_in_flight_is_stopped_at_once(a
     assert [first["id"] in c for c in stops] == [True, False], stops  # two rounds: the second came at once
 
 
-def test_one_recorded_pending_at_a_restart_is_stopped_when_the_sweep_records_it_running(api, server, emulator):
+@pytest.fixture(scope="module")
+def restarted(shared_server, emulator):
+    """One restart for the two tests below (each restarted the server: a server start and its start-up sweep).
+    - `due`: its stop_at falls due while the server is down.
+    - `pending`: recorded pending, as a crash may leave it, with a stop_at already past.
+    Returns both records, the state EC2 showed for `due` after it was due with the server down, and when the
+    server started again (each test's wait is counted from then, as when it restarted the server itself)."""
+    if shared_server.proc is None or shared_server.proc.poll() is not None:  # a test that stopped it failed
+        shared_server.start()
+    with httpx.Client(base_url=shared_server.url, timeout=60) as api:
+        due, pending = adopt(api, launch_managed(emulator, 2, name=BODY["name"]))
+        assert api.patch(f"/instances/{due['id']}", json={"stop_at": _soon(3)}).status_code == 200
+    shared_server.stop()
+    with closing(sqlite3.connect(shared_server.db_path)) as conn, conn:  # as a crash may leave it: still pending
+        conn.execute("UPDATE instances SET state = 'pending', stop_at = ? WHERE id = ?",
+                     ((datetime.now(UTC) - timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), pending["id"]))
+    time.sleep(4)
+    due_while_down = ec2_state(emulator, due["id"])
+    shared_server.start()
+    return {"due": due, "pending": pending, "due_while_down": due_while_down, "started": time.monotonic()}
+
+
+def _left(restarted: dict, timeout: float) -> float:
+    """What is left of `timeout` seconds counted from the restart."""
+    return max(0.0, restarted["started"] + timeout - time.monotonic())
+
+
+def test_what_fell_due_while_the_server_was_down_is_stopped_after_startup(api, restarted, emulator):
+    item = restarted["due"]
+    assert restarted["due_while_down"] == "running"  # nobody stopped it while the server was down
+    wait_until(lambda: ec2_state(emulator, item["id"]) == "stopped", timeout=_left(restarted, 20), interval=0.5)
+    wait_until(lambda: auto_stopped(api, item["id"]), timeout=10)
+
+
+def test_one_recorded_pending_at_a_restart_is_stopped_when_the_sweep_records_it_running(api, restarted, emulator):
     """EC2 cannot stop a pending instance, so the first round after a start passes it by; the sweep that
     records it running wakes the auto-stopper (it used to sleep a minute)."""
-    [item] = adopt(api, launch_managed(emulator, name=BODY["name"]))
-    server.stop()
-    with closing(sqlite3.connect(server.db_path)) as conn, conn:  # as a crash may leave it: still pending
-        conn.execute("UPDATE instances SET state = 'pending', stop_at = ? WHERE id = ?",
-                     ((datetime.now(UTC) - timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), item["id"]))
-    server.start()
-    wait_until(lambda: ec2_state(emulator, item["id"]) in ("stopping", "stopped"), timeout=15, interval=0.25)
+    item = restarted["pending"]
+    wait_until(lambda: ec2_state(emulator, item["id"]) in ("stopping", "stopped"), timeout=_left(restarted, 15),
+               interval=0.25)
     wait_until(lambda: auto_stopped(api, item["id"]), timeout=10)
+
+
+def test_a_one_minute_auto_stop_stops_it_in_ec2_with_an_auto_stop_event(api, server, emulator):
+    """The minute is the service's clock's: after the create the server restarts with CLOCK_START five seconds
+    before the stop_at it armed, so the minute is up five seconds later instead of sixty (the restart itself is
+    tested on its own above). The stop is judged on the server's clock: its event is not before stop_at. On the
+    module's server (it had one of its own: a server start, its start-up sweep and a reset), and last: the server
+    runs on a clock about a minute ahead after it (nothing an earlier test left falls due in that minute)."""
+    item = created(api, auto_stop_minutes=1, ssh_from="none")
+    assert item["auto_stop_minutes"] == 1
+    stop_at = _utc(item["stop_at"])
+    assert timedelta(seconds=50) < stop_at - datetime.now(UTC) <= timedelta(minutes=1)
+    server.stop()
+    assert ec2_state(emulator, item["id"]) == "running"
+    server.env["CLOCK_START"] = (stop_at - timedelta(seconds=5)).isoformat()
+    server.start()
+    wait_until(lambda: ec2_state(emulator, item["id"]) == "stopped", timeout=60 + 15, interval=0.5)
+    wait_until(lambda: auto_stopped(api, item["id"]), timeout=10)
+    event = next(e for e in api.get(f"/instances/{item['id']}/events").json()["events"]
+                 if e["source"] == "auto_stop" and e["action"] == "stop")
+    assert _utc(event["at"]) >= stop_at  # not before its minute was up
+    assert api.get(f"/instances/{item['id']}").json()["stop_at"] is None

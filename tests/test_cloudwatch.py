@@ -25,22 +25,24 @@ def put_metric(emulator, instance_id: str, name: str, value: float, unit: str, m
         "Value": value, "Timestamp": datetime.now(UTC) - timedelta(minutes=minutes_ago)}])
 
 
-@pytest.fixture
-def adopted(api_server, fresh_emulator):
-    """A client and one running instance the server tracks, for a test about what is done to an instance
-    (its metrics, its alarm), not about creating it: launched in the fresh emulator and adopted
-    by the sync the client makes anyway (tests/support/seeding.py; tests/test_lifecycle.py tests creating)."""
-    [box] = launch_managed(fresh_emulator, name=BODY["name"])
+@pytest.fixture(scope="module")
+def trio(api_server, emulator) -> dict[str, str]:
+    """Three running instances the server tracks, one for each test about what is done to an instance (its alarm
+    refused then retried, ended before its first put, of another region), not about creating it: launched in the
+    emulator and adopted by one sync for the three (tests/support/seeding.py; tests/test_lifecycle.py tests
+    creating). Each of those tests looks only at its own box, by id: they used to reset the emulator and adopt one
+    box each (a reset and a describe-instances per test)."""
+    boxes = launch_managed(emulator, 3, name=BODY["name"])
     with synced_client(api_server) as client:
-        adopt(client, [box])
-        yield client, box
+        adopt(client, boxes)
+    return dict(zip(("refused", "ended", "other-region"), boxes, strict=True))
 
 
 @pytest.fixture(scope="module")
 def kept(api_server, emulator):
     """A client and one running instance the server tracks, shared by the two tests that only read its metrics
     or are refused before any `aws` process (one adoption for both, not a reset and a sync each): launched in the
-    emulator and adopted like `adopted`'s. A later test's reset ends it; nothing after those two uses it."""
+    emulator and adopted like `trio`'s."""
     [box] = launch_managed(emulator, name=BODY["name"])
     with synced_client(api_server) as client:
         adopt(client, [box])
@@ -99,8 +101,10 @@ def test_bad_metric_queries_are_422_and_spawn_nothing(kept, api_server):
         assert api_server.aws_calls()[mark:] == [], params
 
 
-def test_the_idle_alarm_is_put_changed_and_deleted_with_the_instance(api, api_server, fresh_emulator):
-    # No SSH rule (ssh_from none): one `aws` process fewer, and the alarm is what this test is about.
+def test_the_idle_alarm_is_put_changed_and_deleted_with_the_instance(reader, api_server, emulator):
+    # No SSH rule (ssh_from none): one `aws` process fewer, and the alarm is what this test is about. It looks only
+    # at its own instance and alarm, by id and name: no reset and no sync first (`reader`).
+    api = reader
     created = api.post("/instances", json=BODY | {"stop_when_idle": IDLE, "ssh_from": "none"})
     assert created.status_code == 201, created.text
     box = created.json()["id"]
@@ -108,7 +112,7 @@ def test_the_idle_alarm_is_put_changed_and_deleted_with_the_instance(api, api_se
     assert created.json()["stop_when_idle"] == {"cpu_below_percent": 5.0, "for_minutes": 30}
     assert created.json()["idle_alarm"] == {"name": name, "status": "pending", "error": None}
     assert alarm_of(api, box, "set") == {"name": name, "status": "set", "error": None}
-    alarm = fresh_emulator.alarms()[name]
+    alarm = emulator.alarms()[name]
     assert alarm["Dimensions"] == [{"Name": "InstanceId", "Value": box}]
     assert (alarm["MetricName"], alarm["Namespace"], alarm["Statistic"]) == ("CPUUtilization", "AWS/EC2", "Average")
     assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (5.0, "LessThanThreshold")
@@ -122,12 +126,12 @@ def test_the_idle_alarm_is_put_changed_and_deleted_with_the_instance(api, api_se
     changed = api.patch(f"/instances/{box}", json={"stop_when_idle": {"cpu_below_percent": 2.5, "for_minutes": 15}})
     assert changed.status_code == 200 and changed.json()["idle_alarm"]["status"] == "pending"
     alarm_of(api, box, "set")
-    alarm = fresh_emulator.alarms()[name]
+    alarm = emulator.alarms()[name]
     assert (alarm["Threshold"], alarm["EvaluationPeriods"]) == (2.5, 3)
     removed = api.patch(f"/instances/{box}", json={"stop_when_idle": None})
     assert removed.json()["stop_when_idle"] is None and removed.json()["idle_alarm"]["status"] == "deleting"
     alarm_of(api, box, None)
-    assert name not in fresh_emulator.alarms()
+    assert name not in emulator.alarms()
     assert operations(api_server.aws_calls()[mark:], name) == ["put-metric-alarm", "delete-alarms"]
 
     # Set again, then DELETE the instance: the alarm goes with it.
@@ -135,7 +139,7 @@ def test_the_idle_alarm_is_put_changed_and_deleted_with_the_instance(api, api_se
     alarm_of(api, box, "set")
     assert api.delete(f"/instances/{box}").status_code == 202
     alarm_of(api, box, None)
-    assert name not in fresh_emulator.alarms()
+    assert name not in emulator.alarms()
     # It keeps showing its setting; a new one is refused (an unchanged one is a no-op, like any PATCH).
     assert api.get(f"/instances/{box}").json()["stop_when_idle"] == {"cpu_below_percent": 5.0, "for_minutes": 30}
     refused = api.patch(f"/instances/{box}", json={"stop_when_idle": {"cpu_below_percent": 9, "for_minutes": 30}})
@@ -158,8 +162,8 @@ def test_bad_idle_settings_are_422_before_any_process(api_server, idle):
     assert api_server.mutations_since(mark, ignore_tidying=True) == []  # no reset: earlier tests' groups
 
 
-def test_a_refused_put_shows_its_error_and_is_retried(adopted, api_server, fresh_emulator):
-    api, box = adopted
+def test_a_refused_put_shows_its_error_and_is_retried(reader, trio, api_server, emulator):
+    api, box = reader, trio["refused"]
     api_server.set_faults({"op": "put-metric-alarm", "times": 1,
                            "fail": aws_error("AccessDenied", "PutMetricAlarm",
                                              "User is not authorized to perform: cloudwatch:PutMetricAlarm")})
@@ -172,7 +176,27 @@ def test_a_refused_put_shows_its_error_and_is_retried(adopted, api_server, fresh
     shown = api.get(f"/instances/{box}").json()["idle_alarm"]
     assert shown["status"] == "pending" and "not authorized" in shown["error"]
     assert alarm_of(api, box, "set", timeout=30)["error"] is None  # the retry, about 5 s later
-    assert f"ec2-creator-local-idle-stop-{box}" in fresh_emulator.alarms()
+    assert f"ec2-creator-local-idle-stop-{box}" in emulator.alarms()
+
+
+def test_an_instance_ended_before_its_first_put_shows_no_alarm(reader, trio, api_server, emulator):
+    api, box = reader, trio["ended"]
+    api_server.set_faults({"op": "put-metric-alarm", "fail": aws_error(
+        "AccessDenied", "PutMetricAlarm", "User is not authorized to perform: cloudwatch:PutMetricAlarm")})
+    api.patch(f"/instances/{box}", json={"stop_when_idle": IDLE}).raise_for_status()
+    wait_until(lambda: (api.get(f"/instances/{box}").json()["idle_alarm"] or {}).get("error"), timeout=20)
+    assert api.delete(f"/instances/{box}").status_code == 202
+    assert alarm_of(api, box, None) is None  # nothing was ever put: nothing to delete, nothing shown
+    assert f"ec2-creator-local-idle-stop-{box}" not in emulator.alarms()
+
+
+def test_an_instance_of_another_region_cannot_get_an_idle_alarm_here(reader, trio, api_server):
+    api, box = reader, trio["other-region"]
+    with closing(sqlite3.connect(api_server.db_path)) as conn, conn:
+        conn.execute("UPDATE instances SET region = 'eu-west-1' WHERE id = ?", (box,))
+    refused = api.patch(f"/instances/{box}", json={"stop_when_idle": IDLE})
+    assert (refused.status_code, refused.json()["code"]) == (409, "other_region"), refused.text
+    assert api.get(f"/instances/{box}").json()["stop_when_idle"] is None
 
 
 @pytest.fixture(scope="module")
@@ -185,8 +209,9 @@ def drifted_then_restarted(api_server, emulator):
       says none, CloudWatch holds one): deleted.
     - `killed`: its put hangs, then fails (so the orphaned `aws` process cannot put it after the kill), and the
       server is killed (-9) while it hangs: put after the restart.
-    One restart and one adoption for the three: a restart is a server start, its start-up sweep and the audit."""
-    emulator.reset()
+    One restart and one adoption for the three: a restart is a server start, its start-up sweep and the audit. EC2
+    and CloudWatch are not reset first (each test looks at its own box by id; the earlier tests' alarms agree with
+    the record): a reset took away the alarm of an earlier test's box, which the audit then put again."""
     by_hand, lost, killed = launch_managed(emulator, 3, name=BODY["name"])
     with synced_client(api_server) as api:
         adopt(api, [by_hand, lost, killed])
@@ -232,23 +257,3 @@ def test_killed_before_the_alarm_was_put_it_is_put_after_restart(drifted_then_re
     api, _, _, box = drifted_then_restarted
     assert alarm_of(api, box, "set", timeout=30)["error"] is None
     assert f"ec2-creator-local-idle-stop-{box}" in emulator.alarms()
-
-
-def test_an_instance_ended_before_its_first_put_shows_no_alarm(adopted, api_server, fresh_emulator):
-    api, box = adopted
-    api_server.set_faults({"op": "put-metric-alarm", "fail": aws_error(
-        "AccessDenied", "PutMetricAlarm", "User is not authorized to perform: cloudwatch:PutMetricAlarm")})
-    api.patch(f"/instances/{box}", json={"stop_when_idle": IDLE}).raise_for_status()
-    wait_until(lambda: (api.get(f"/instances/{box}").json()["idle_alarm"] or {}).get("error"), timeout=20)
-    assert api.delete(f"/instances/{box}").status_code == 202
-    assert alarm_of(api, box, None) is None  # nothing was ever put: nothing to delete, nothing shown
-    assert f"ec2-creator-local-idle-stop-{box}" not in fresh_emulator.alarms()
-
-
-def test_an_instance_of_another_region_cannot_get_an_idle_alarm_here(adopted, api_server):
-    api, box = adopted
-    with closing(sqlite3.connect(api_server.db_path)) as conn, conn:
-        conn.execute("UPDATE instances SET region = 'eu-west-1' WHERE id = ?", (box,))
-    refused = api.patch(f"/instances/{box}", json={"stop_when_idle": IDLE})
-    assert (refused.status_code, refused.json()["code"]) == (409, "other_region"), refused.text
-    assert api.get(f"/instances/{box}").json()["stop_when_idle"] is None

@@ -288,12 +288,18 @@ def test_no_secret_reaches_the_log_or_the_api(emulator, fresh_emulator, tmp_path
         mail.stop()
 
 
-def test_when_off_events_queue_nothing(api_server, fresh_emulator):
+def test_when_off_events_queue_nothing(emulator, fresh_emulator, tmp_path):
     # No channel: notifications are off (no notify_enabled), so turning notifications on later sends no old news.
+    # Launched before its server starts: the start-up sweep adopts it (no sync of its own, one `aws` process fewer).
     [box] = launch_managed(fresh_emulator, name="quiet")
-    with httpx.Client(base_url=api_server.url, timeout=60, verify=TLS) as api:
-        adopt(api, [box], state=None)  # its adoption is an event
-        assert api.get("/notifications").json() == {"enabled": False, "channels": [], "deliveries": []}
-    with closing(sqlite3.connect(api_server.db_path)) as conn:
-        assert conn.execute("SELECT count(*) FROM instance_events").fetchone()[0] >= 1
-        assert conn.execute("SELECT count(*) FROM notifications").fetchone()[0] == 0
+    server = ApiServer(tmp_path, emulator.url)
+    try:
+        with httpx.Client(base_url=server.url, timeout=60, verify=TLS) as api:
+            # Its adoption is an event: waited for, not synced (a sync joining the start-up sweep costs one more).
+            wait_until(lambda: api.get(f"/instances/{box}").status_code == 200, timeout=30)
+            assert api.get("/notifications").json() == {"enabled": False, "channels": [], "deliveries": []}
+        with closing(sqlite3.connect(server.db_path)) as conn:
+            assert conn.execute("SELECT count(*) FROM instance_events").fetchone()[0] >= 1
+            assert conn.execute("SELECT count(*) FROM notifications").fetchone()[0] == 0
+    finally:
+        server.stop()

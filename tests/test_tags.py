@@ -1,10 +1,10 @@
 """Tags and filters: PATCH name/tags through the real scripts (one `aws` process per kind of change),
 changes made outside the API picked up by a sweep, and GET /instances filters that never call AWS.
 
-Only the first test creates through the API (what a create records is tests/test_lifecycle.py's subject); the
-others' instances are launched straight in the emulator and adopted by one sync for the module (`seeded`,
-tests/support/seeding.py). Every test looks only at its own instances: none resets the emulator or syncs first
-(`reader`)."""
+No test creates through the API (what a create records is tests/test_lifecycle.py's subject; a create with tags is
+run by the REFERENCE tour, tests/test_readme.py): every test's instances are launched straight in the emulator and
+adopted by one sync for the module (`seeded`, tests/support/seeding.py). Every test looks only at its own
+instances: none resets the emulator or syncs first (`reader`)."""
 
 import httpx
 import pytest
@@ -19,11 +19,11 @@ def ec2_tags(emulator, instance_id: str) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in emulator.instances()[instance_id].get("Tags", [])}
 
 
-def test_patch_sets_and_removes_tags_and_renames_with_one_process_each(reader, api_server, emulator):
-    api = reader
-    created = api.post("/instances", json=BODY | {"tags": {"Team": "web", "Env": "dev"}, "ssh_from": "none"})
-    assert created.status_code == 201, created.text
-    box = created.json()["id"]
+def test_patch_sets_and_removes_tags_and_renames_with_one_process_each(reader, api_server, emulator, seeded):
+    # The box is launched with its tags and adopted (`seeded`): what a PATCH does is the subject, not the create
+    # (which cost its group, its launch and the sweep after it).
+    api, box = reader, seeded["patched"]
+    assert api.get(f"/instances/{box}").json()["tags"] == {"Team": "web", "Env": "dev"}
     mark = len(api_server.aws_calls())
     changed = api.patch(f"/instances/{box}", json={"name": "renamed", "tags": {"Team": "platform", "Env": None,
                                                                               "Owner": "alice"}})
@@ -44,10 +44,12 @@ def test_patch_sets_and_removes_tags_and_renames_with_one_process_each(reader, a
 
 @pytest.fixture(scope="module")
 def seeded(api_server, emulator) -> dict[str, str]:
-    """The module's tracked running instances by role, launched in the emulator and adopted by one sync: the
-    target of every refused PATCH (each is refused before any `aws` process), the box changed outside the API,
-    the three boxes filtered (alpha, beta, gamma) and the box terminated with its tags."""
+    """The module's tracked running instances by role, launched in the emulator and adopted by one sync: the box
+    renamed and retagged by PATCH, the target of every refused PATCH (each is refused before any `aws` process),
+    the box changed outside the API, the three boxes filtered (alpha, beta, gamma) and the box terminated with its
+    tags."""
     launched = {
+        "patched": launch_managed(emulator, name=BODY["name"], tags={"Team": "web", "Env": "dev"})[0],
         "refusal-target": launch_managed(emulator, name="refusal-target")[0],
         "outside": launch_managed(emulator, name=BODY["name"], tags={"Team": "web"})[0],
         "alpha": launch_managed(emulator, name="alpha", tags={"Team": "web", "Env": "prod"})[0],
