@@ -55,12 +55,21 @@ def as_(people_server):
     people_server.set_faults()
 
 
-def test_alice_cannot_see_or_stop_bobs_instance_and_the_admin_can(people_server, as_, emulator):
-    alice, bob, root = as_("alice"), as_("bob"), as_("root")
-    created = bob.post("/instances", json=BODY)
+@pytest.fixture(scope="module")
+def bobs_create(people_server) -> dict:
+    """bob's create, sent once with an Idempotency-Key: the instance alice cannot see or stop (and the admin can),
+    and the key alice cannot reuse, instead of a create each (its group, its launch)."""
+    with httpx.Client(base_url=people_server.url, timeout=60,
+                      headers={"Authorization": f"Bearer {TOKENS['bob']}"}) as bob:
+        created = bob.post("/instances", json=BODY, headers={"Idempotency-Key": "shared-key-1"})
     assert created.status_code == 201, created.text
-    bobs = created.json()["id"]
-    assert created.json()["owner"] == "bob"
+    return created.json()
+
+
+def test_alice_cannot_see_or_stop_bobs_instance_and_the_admin_can(people_server, as_, emulator, bobs_create):
+    alice, bob, root = as_("alice"), as_("bob"), as_("root")
+    bobs = bobs_create["id"]
+    assert bobs_create["owner"] == "bob"
     wait_until(lambda: bob.get(f"/instances/{bobs}").json()["state"] == "running")
 
     # alice: not listed, and every route on it is the 404 of an id nobody tracks; nothing reaches EC2.
@@ -106,18 +115,16 @@ def test_alice_cannot_see_or_stop_bobs_instance_and_the_admin_can(people_server,
     assert [(r["id"], r["status"]) for r in mine["results"]] == [(bobs, 202)]
 
 
-def test_an_idempotency_key_is_its_owners(people_server, as_, emulator):
+def test_an_idempotency_key_is_its_owners(people_server, as_, emulator, bobs_create):
     alice, bob = as_("alice"), as_("bob")
-    key = {"Idempotency-Key": "shared-key-1"}
-    first = bob.post("/instances", json=BODY, headers=key)
-    assert first.status_code == 201, first.text
+    key = {"Idempotency-Key": "shared-key-1"}  # bob's create was sent with it (bobs_create)
     mark = len(people_server.aws_calls())
     theirs = alice.post("/instances", json=BODY, headers=key)
     assert theirs.status_code == 409 and theirs.json()["code"] == "idempotency_key_reused"
-    assert first.json()["id"] not in theirs.text
+    assert bobs_create["id"] not in theirs.text
     assert people_server.mutations_since(mark) == []  # nothing launched for alice
     again = bob.post("/instances", json=BODY, headers=key)
-    assert again.status_code == 201 and again.json()["id"] == first.json()["id"]
+    assert again.status_code == 201 and again.json()["id"] == bobs_create["id"]
     assert again.headers["Idempotent-Replayed"] == "true"
 
 
