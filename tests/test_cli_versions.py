@@ -69,10 +69,14 @@ def test_an_operation_the_cli_does_not_know_says_upgrade_the_cli(emulator):
     assert "point AWS_CLI at it" in error.detail
 
 
-def test_timestamps_differ_on_the_wire_and_are_stored_alike(aws_cli_bin, fresh_emulator):
-    fresh_emulator.ec2.run_instances(ImageId=fresh_emulator.ami(), InstanceType="t3.micro", MinCount=1, MaxCount=1)
-    doc = asyncio.run(cli(aws_cli_bin, fresh_emulator.url).run("list_instances.sh", "--all"))
-    launched = doc["Reservations"][0]["Instances"][0]["LaunchTime"]
+def test_timestamps_differ_on_the_wire_and_are_stored_alike(aws_cli_bin, emulator):
+    # Its own instance, listed by id: no emulator reset (what other tests left there is not listed).
+    [mine] = emulator.ec2.run_instances(ImageId=emulator.ami(), InstanceType="t3.micro", MinCount=1,
+                                        MaxCount=1)["Instances"]
+    doc = asyncio.run(cli(aws_cli_bin, emulator.url).run("list_instances.sh", "--all", "--filter-instance-id",
+                                                         mine["InstanceId"]))
+    [reservation] = doc["Reservations"]
+    launched = reservation["Instances"][0]["LaunchTime"]
     # What each CLI prints: v1 `...09.000Z`, v2 `...09+00:00`.
     assert launched.endswith(".000Z" if aws_cli_bin == AWS_CLI_V1 else "+00:00"), launched
     assert parse_time(launched) is not None
