@@ -44,17 +44,20 @@ class State:
 
     profile_name: str | None = None
     transport: httpx.BaseTransport | None = None  # tests: an API in process
+    _profile: config.Profile | None = field(default=None, repr=False)
     _api: Api | None = field(default=None, repr=False)
 
     def profile(self) -> config.Profile:
-        return config.load(self.profile_name)
+        """The profile in force, read once."""
+        if self._profile is None:
+            self._profile = config.load(self.profile_name)
+        return self._profile
 
     def api(self) -> Api:
         if self._api is None:
-            profile = self.profile()
-            for warning in profile.warnings:
+            for warning in self.profile().warnings:
                 say(warning)
-            self._api = Api(profile, self.transport)
+            self._api = Api(self.profile(), self.transport)
         return self._api
 
 

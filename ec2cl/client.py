@@ -24,6 +24,12 @@ DEFAULT_MY_IP_URL = "https://checkip.amazonaws.com"
 MY_IP_TIMEOUT = 3.0
 
 
+def _unsendable() -> CliError:
+    """A request httpx refuses to send (a header value it cannot carry): nothing of it is echoed (a token)."""
+    return CliError("the request could not be sent as HTTP (is the token one line of printable ASCII?)", USAGE,
+                    "bad_request")
+
+
 def _refusal(response: httpx.Response) -> CliError:
     """The API's error envelope ({"detail", "code"}) as one line; a body that is not one (a proxy's page) by its
     HTTP status."""
@@ -66,9 +72,8 @@ class Api:
         """The response, which is a success: a 4xx or 5xx raises its CliError (exit 1), a failed connection exit 3."""
         try:
             response = self.http.request(method, path, **kwargs)
-        except httpx.LocalProtocolError:  # a request httpx refuses to send: nothing of it is echoed (a token)
-            raise CliError("the request could not be sent as HTTP (is the token one line of printable "
-                           "ASCII?)", USAGE, "bad_request") from None
+        except httpx.LocalProtocolError:
+            raise _unsendable() from None
         except httpx.TransportError as exc:
             raise self.unreachable(exc) from None
         if response.status_code >= 400:
@@ -103,8 +108,7 @@ class Api:
                 response = self.http.post("/instances", json=body, headers={"Idempotency-Key": key},
                                           timeout=MUTATION_TIMEOUT)
             except httpx.LocalProtocolError:
-                raise CliError("the request could not be sent as HTTP (is the token one line of printable "
-                               "ASCII?)", USAGE, "bad_request") from None
+                raise _unsendable() from None
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 if attempt == 0:  # nothing was sent: the API is not there
                     raise self.unreachable(exc) from None
@@ -112,7 +116,7 @@ class Api:
             except httpx.TransportError as exc:
                 error = exc
             else:
-                if response.status_code == 409 and attempt and _code(response) == "launch_in_progress":
+                if response.status_code == 409 and attempt and _refusal(response).code == "launch_in_progress":
                     error = RuntimeError("the first request is still launching")
                 else:
                     if response.status_code >= 400:
@@ -126,14 +130,6 @@ class Api:
                       f"Idempotency-Key (no second instance is launched)")
             self.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _code(response: httpx.Response) -> str | None:
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    return body.get("code") if isinstance(body, dict) else None
 
 
 def my_address(url: str) -> str | None:

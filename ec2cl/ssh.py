@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ec2cl.errors import REFUSED, CliError
+from ec2cl.names import is_id
 
 DEFAULT_KEY = "~/.ssh/my_ec2_keypair.pem"
 SSH = "ssh"  # the system ssh, found on PATH as the user's shell would
@@ -57,12 +58,11 @@ def options(instance: dict, key: Path) -> list[str]:
 # What an instance's fields may hold before they reach ssh's argv or ~/.ssh/config: the API's values are checked
 # anyway, so that a server answering nonsense cannot make ssh read an option, another host or a config directive.
 LOGIN_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-INSTANCE_ID = re.compile(r"^i-[0-9a-f]{8,17}$")
 
 
 def unusable(instance: dict) -> str | None:
     """Why the instance's id, address or login user cannot be handed to ssh (None: they can)."""
-    if not INSTANCE_ID.fullmatch(str(instance.get("id", ""))):
+    if not is_id(str(instance.get("id", ""))):
         return f"its id {instance.get('id')!r} is not an instance id"
     address = str(instance.get("public_ip"))
     try:  # IPv4, written as such (an IPv6 scope id after % may hold anything)

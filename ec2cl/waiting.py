@@ -9,7 +9,6 @@ from pathlib import Path
 from ec2cl import names, ssh
 from ec2cl.client import Api
 from ec2cl.errors import REFUSED, TIMED_OUT, CliError
-from ec2cl.names import label
 
 POLL_SECONDS = 2.0
 ENDED = ("shutting-down", "terminated")
@@ -46,12 +45,12 @@ def until_state(api: Api, instance: dict, wanted: str, deadline: Deadline, say: 
         if state == wanted:
             return instance
         if state in ENDED or state == other:
-            raise CliError(f"{label(instance)} is {state}, not {wanted}", REFUSED, "wrong_state")
+            raise CliError(f"{names.label(instance)} is {state}, not {wanted}", REFUSED, "wrong_state")
         if state != shown:
-            say(f"{label(instance)} is {state}; waiting until it is {wanted} ({deadline.elapsed():.0f} s)")
+            say(f"{names.label(instance)} is {state}; waiting until it is {wanted} ({deadline.elapsed():.0f} s)")
             shown = state
         if deadline.left() <= 0:
-            raise _timed_out(f"{label(instance)} was still {state}", deadline)
+            raise _timed_out(f"{names.label(instance)} was still {state}", deadline)
         sleep(min(POLL_SECONDS, max(deadline.left(), 0.1)))
         instance = api.get(names.path(instance))
 
@@ -68,7 +67,7 @@ def until_ssh(instance: dict, key: Path, deadline: Deadline, say: Callable[[str]
                 say(f"ssh answers after {deadline.elapsed():.0f} s")
             return
         if result.fatal:
-            raise CliError(f"ssh to {label(instance)}: {result.reason}", REFUSED, "ssh_failed")
+            raise CliError(f"ssh to {names.label(instance)}: {result.reason}", REFUSED, "ssh_failed")
         if result.reason != shown:
             say(f"waiting for ssh on {instance['public_ip']}:22: {result.reason} ({deadline.elapsed():.0f} s)")
             shown = result.reason
@@ -77,5 +76,5 @@ def until_ssh(instance: dict, key: Path, deadline: Deadline, say: Callable[[str]
             if "Permission denied" in result.reason:
                 hint = (f" (logging in as {instance.get('login_user') or 'ec2-user'} with {key}: is that the key "
                         "pair's private key? --identity names another)")
-            raise _timed_out(f"ssh to {label(instance)} still failed: {result.reason}{hint}", deadline)
+            raise _timed_out(f"ssh to {names.label(instance)} still failed: {result.reason}{hint}", deadline)
         sleep(min(POLL_SECONDS, max(deadline.left(), 0.1)))

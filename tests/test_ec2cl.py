@@ -9,6 +9,7 @@ import socket
 import stat
 import subprocess
 import threading
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -16,6 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ec2cl.cli import app
+from ec2cl.output import parse_time
 from tests.support.checkip import CheckIp
 from tests.support.processes import ROOT, VENV_BIN, free_port, safe_env, wait_until
 from tests.support.seeding import adopt, launch_managed
@@ -72,10 +74,6 @@ def record(server: ApiServer, instance_id: str) -> dict:
         return client.get(f"/instances/{instance_id}").json()
 
 
-def launches(server: ApiServer, mark: int) -> int:
-    return sum("run-instances" in call for call in server.aws_calls()[mark:])
-
-
 def test_a_box_up_waited_for_listed_snoozed_stopped_started_and_removed(cli, server, checkip, home):
     mark = len(server.aws_calls())
     code, out, err = cli("up", "cli-web-1", "--wait", "--auto-stop", "90m")
@@ -85,7 +83,7 @@ def test_a_box_up_waited_for_listed_snoozed_stopped_started_and_removed(cli, ser
     [box] = json.loads(cli("ls", "-o", "json", "--tag", "Name=cli-web-1")[1])["instances"]
     assert (box["state"], box["auto_stop_minutes"]) == ("running", 90)
     assert box["ssh_from"] == "203.0.113.7/32"  # this machine's address (MY_IP_URL), not the server's
-    assert launches(server, mark) == 1
+    assert server.calls_of("run-instances", mark) == 1
 
     # A table for people, ids for scripts; a name a live instance has is refused before anything is sent.
     code, out, _ = cli("ls", "--state", "running")
@@ -94,13 +92,13 @@ def test_a_box_up_waited_for_listed_snoozed_stopped_started_and_removed(cli, ser
     assert box["id"] in cli("ls", "-q")[1].split()
     code, _, err = cli("up", "cli-web-1")
     assert code == 2 and err.startswith("ec2cl: name_taken: ") and box["id"] in err
-    assert launches(server, mark) == 1
+    assert server.calls_of("run-instances", mark) == 1
 
     # snooze: the stop moves two hours later (no `aws` process).
     code, out, err = cli("snooze", "cli-web-1", "2h", "-o", "json")
     assert code == 0, err
     assert json.loads(out)["stop_at"] > box["stop_at"]
-    assert (_minutes_between(box["stop_at"], json.loads(out)["stop_at"])) == 120
+    assert parse_time(json.loads(out)["stop_at"]) - parse_time(box["stop_at"]) == timedelta(minutes=120)
     code, _, err = cli("snooze", "cli-web-1", "soon")
     assert code == 2 and "bad_duration" in err
 
@@ -149,11 +147,6 @@ def test_a_box_up_waited_for_listed_snoozed_stopped_started_and_removed(cli, ser
     assert code == 1 and err.startswith("ec2cl: instance_not_found: no instance is named 'cli-web-1'")
 
 
-def _minutes_between(earlier: str, later: str) -> int:
-    from datetime import datetime
-    return round((datetime.fromisoformat(later) - datetime.fromisoformat(earlier)).total_seconds() / 60)
-
-
 def test_an_ambiguous_name_lists_the_candidates_and_exits_2(cli, server, emulator):
     twins = launch_managed(emulator, 2, name="cli-twin")
     with api(server) as client:
@@ -177,7 +170,7 @@ def test_up_sends_the_create_again_with_the_same_key_when_the_connection_drops(c
     assert code == 0, err
     assert "sending the create again in 1 s with the same Idempotency-Key" in err
     assert "the server had already launched it" in err  # the second answer was the first launch's
-    assert launches(server, mark) == 1
+    assert server.calls_of("run-instances", mark) == 1
     created = json.loads(out)
     assert (created["name"], created["ssh_from"]) == ("cli-resent", "198.51.100.0/24")
     keys = {request.split(b"idempotency-key: ", 1)[1].split(b"\r\n", 1)[0] for request in proxy.requests}
@@ -312,7 +305,7 @@ def test_ssh_by_name_waits_for_sshd_then_becomes_ssh(server, emulator, sshd, hom
     done = ec2cl("ssh", "--start", "cli-ssh-box", "-i", str(sshd["key"]), "--", "echo", "started")
     assert done.returncode == 0, done.stderr
     assert done.stdout == "started\n" and "starting cli-ssh-box" in done.stderr
-    assert sum("start-instances" in call for call in server.aws_calls()[mark:]) == 1
+    assert server.calls_of("start-instances", mark) == 1
 
     # sshd not answering: progress, then exit 4 when --timeout runs out.
     env["SSH_MAP_PORT"] = str(free_port())

@@ -237,10 +237,6 @@ def _schemathesis(url: str, phases: str, workdir: Path) -> str:
     return output
 
 
-def _launches(server: ApiServer) -> int:
-    return sum("run-instances" in call for call in server.aws_calls())
-
-
 def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(live, emulator, tmp_path):
     caches_before = {name: (ROOT / name).exists() for name in (".hypothesis", ".schemathesis")}
     launch_managed(emulator, 1, name="schemathesis-adopted")
@@ -255,9 +251,9 @@ def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(live, emulato
     refused_log = refusing.server_log()
     # Schema-valid creates were sent and refused (409: the budget; the server logs no error codes), none launched.
     assert '"POST /instances HTTP/1.1" 409' in refused_log, "no create reached the budget's refusal"
-    assert _launches(refusing) == 0, refusing.aws_calls()
+    assert refusing.calls_of("run-instances") == 0, refusing.aws_calls()
     output = _schemathesis(live.url, ACCEPTING_PHASES, tmp_path / "accepting")
-    assert _launches(live) >= 1, output  # the examples phase's create, at least
+    assert live.calls_of("run-instances") >= 1, output  # the examples phase's create, at least
     for name, existed in caches_before.items():
         assert (ROOT / name).exists() == existed, f"schemathesis wrote {name} into the repository"
     for log in (refused_log, live.server_log()):

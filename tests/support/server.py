@@ -88,6 +88,10 @@ class ApiServer:
         """Every `aws` process the server spawned so far, as argv lists."""
         return [json.loads(line) for line in self.shim_log.read_text().splitlines() if line.strip()]
 
+    def calls_of(self, operation: str, since: int = 0) -> int:
+        """How many `aws` processes ran `operation` (run-instances, ...) after `aws_calls()[:since]`."""
+        return sum(operation in call for call in self.aws_calls()[since:])
+
     def mutations_since(self, mark: int, ignore_tidying: bool = False) -> list[list[str]]:
         """`aws` processes spawned after `aws_calls()[:mark]` that are not background reads (reconcile sweeps,
         the AMI catalogue warming up at start). ignore_tidying: nor a sweep deleting the group of an instance
