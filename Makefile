@@ -38,10 +38,9 @@ AFTER_BIND  = bash -c 'trap "" INT; budget=; while IFS= read -r line; do printf 
 AWS_CLI_V2  ?= /usr/bin/aws
 export AWS_CLI_V2
 # Integration tests mostly wait (on EC2 calls, grace periods, auto-stop and retry timers, a mail server that is
-# down for a minute): more workers than cores overlap the waits. But the run is CPU-bound, and each worker brings
-# its own emulator and contention: at issue 29, back to back from fresh clones, three workers took 453 s and
-# 749 CPU-s where four took 510 s and 914 CPU-s (five were no faster than four at issue 26).
-PYTEST_WORKERS ?= 3
+# down for a minute): four workers on two cores overlap the waits. Five were no faster (issue 26: the run is
+# CPU-bound, wall/CPU 0.57 with either) and squeeze each worker's timing margins more.
+PYTEST_WORKERS ?= 4
 # `make test JUNIT_DIR=reports`: pytest and bats also write JUnit XML there (the Jenkins build job).
 JUNIT_DIR   ?=
 NPM_STAMP   := node_modules/.installed
